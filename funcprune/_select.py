@@ -1,0 +1,139 @@
+"""Vectorized selection primitives: the only place that knows how to pick "the k smallest survivors".
+
+Two strategies, chosen by what is static:
+
+* ``select``: one flat tensor. With a Python-int ``k`` it is an unsorted ``topk`` (the same
+  positions torch's sorted ``topk`` picks, ties included, at a fraction of the cost). With a tensor
+  ``k`` (a per-element count under ``vmap``, or a swept amount) it is a sorted ``topk`` at a static
+  bound ``k_max`` followed by a per-element cutoff, so no shape depends on data.
+* ``radix_select_keep``: many tensors at once (global pruning), eager only. An exact radix
+  selection on the bit patterns of non-negative keys, 16 bits per pass, counted with ``bincount``
+  chunk by chunk: O(n) time, no concatenated copy of the keys, exact int64 counts past 2**31
+  entries. Ties at the threshold go to the lowest global index.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+
+Count = Union[int, torch.Tensor]
+
+_DIGIT_BITS = 16
+_DIGITS = 1 << _DIGIT_BITS
+_INT_VIEW = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+DEFAULT_CHUNK = 1 << 20
+
+
+def _worst(dtype: torch.dtype, largest: bool):
+    """The key value that is never selected before a real one."""
+    if dtype.is_floating_point:
+        return -float("inf") if largest else float("inf")
+    info = torch.iinfo(dtype)
+    return info.min if largest else info.max
+
+
+def select(key: torch.Tensor, k: Count, *, largest: bool, alive: Optional[torch.Tensor] = None,
+           k_max: Optional[int] = None) -> torch.Tensor:
+    """Bool mask (shape of the flat ``key``) of the ``k`` largest or smallest entries among ``alive``.
+
+    Args:
+      key: a 1-D tensor of scores.
+      k: how many to select; a Python int, or an int64 0-d tensor (possibly batched by ``vmap``).
+      largest: select the largest keys (else the smallest).
+      alive: optional bool mask of the candidates; dead entries are never selected while
+        ``k`` does not exceed the number alive.
+      k_max: a static upper bound on a tensor ``k`` (defaults to ``key.numel()``).
+    """
+    n = key.numel()
+    if alive is not None:
+        key = key.masked_fill(~alive, _worst(key.dtype, largest))
+    if isinstance(k, int):
+        chosen = torch.zeros(n, dtype=torch.bool, device=key.device)
+        if k == 0:
+            return chosen
+        idx = torch.topk(key, k, largest=largest, sorted=False).indices
+        return chosen.index_fill(0, idx, True)
+    k_max = n if k_max is None else min(k_max, n)
+    chosen = torch.zeros(n, dtype=torch.bool, device=key.device)
+    if k_max == 0:
+        return chosen
+    idx = torch.topk(key, k_max, largest=largest, sorted=True).indices
+    take = torch.arange(k_max, device=key.device) < k
+    return chosen.scatter(0, idx, take)
+
+
+def _bits(key: torch.Tensor) -> torch.Tensor:
+    """Integer view of non-negative floating keys: same order as the values (NaN after inf)."""
+    return key.view(_INT_VIEW[key.element_size()])
+
+
+def _paired_chunks(key: torch.Tensor, live: Optional[torch.Tensor], chunk: int):
+    """Yield ``(start, key_piece, live_piece)`` over the flattened tensors, ``chunk`` entries at a time."""
+    flat, live_flat = key.reshape(-1), None if live is None else live.reshape(-1)
+    for start in range(0, flat.numel(), chunk):
+        yield start, flat[start:start + chunk], None if live_flat is None else live_flat[start:start + chunk]
+
+
+def radix_select_keep(keys: Sequence[torch.Tensor], alive: Sequence[Optional[torch.Tensor]], k: int,
+                      *, key_fn: Callable[[torch.Tensor], torch.Tensor] = lambda piece: piece,
+                      largest: bool = False, chunk: int = DEFAULT_CHUNK) -> list:
+    """Keep masks after dropping the ``k`` smallest (or largest) alive entries across all ``keys``.
+
+    Eager only. ``key_fn`` maps a flat piece of a tensor in ``keys`` to its non-negative floating
+    keys, all of one dtype (e.g. ``abs`` and a cast to the common dtype); it runs chunk by chunk,
+    so no full-size copy of the keys is ever made. ``k`` must not exceed the number of alive
+    entries. Returns one bool mask per tensor, shaped like it. ``chunk`` bounds every temporary.
+    """
+    device = keys[0].device
+    nbits = 8 * key_fn(keys[0].reshape(-1)[:1]).element_size()
+    flip = (1 << (nbits - 1)) - 1  # reverses the order of non-negative bit patterns
+    work = torch.int32 if nbits <= 32 else torch.int64
+
+    def bits_of(piece):
+        b = _bits(key_fn(piece)).to(work)
+        return flip - b if largest else b
+
+    if k == 0:
+        return [torch.ones_like(key, dtype=torch.bool) if live is None else live.clone()
+                for key, live in zip(keys, alive)]
+    # Find the bit pattern `prefix` of the k-th selected key, 16 bits per pass, most significant first.
+    prefix = torch.zeros((), dtype=torch.int64, device=device)
+    due = torch.tensor(k, dtype=torch.int64, device=device)  # still to select at and below `prefix`
+    for shift in range(max(nbits - _DIGIT_BITS, 0), -1, -_DIGIT_BITS):
+        hist = torch.zeros(_DIGITS + 1, dtype=torch.int64, device=device)
+        for key, live in zip(keys, alive):
+            for _, piece, live_piece in _paired_chunks(key, live, chunk):
+                b = bits_of(piece)
+                inside = (b >> (shift + _DIGIT_BITS)) == (prefix >> (shift + _DIGIT_BITS))
+                if live_piece is not None:
+                    inside &= live_piece
+                hist += torch.bincount(torch.where(inside, (b >> shift) & (_DIGITS - 1), _DIGITS),
+                                       minlength=_DIGITS + 1)
+        cum = hist[:_DIGITS].cumsum(0)
+        digit = torch.searchsorted(cum, due)
+        due = due - torch.where(digit > 0, cum[(digit - 1).clamp(min=0)], 0)
+        prefix = prefix | (digit << shift)
+        ties = hist[digit]
+    # Every alive key below `prefix` goes; of the keys equal to it, the first `due` in index order.
+    all_ties = bool(due == ties)
+    masks, ties_seen = [], torch.zeros((), dtype=torch.int64, device=device)
+    for key, live in zip(keys, alive):
+        keep = torch.empty(key.numel(), dtype=torch.bool, device=device)
+        for start, piece, live_piece in _paired_chunks(key, live, chunk):
+            b = bits_of(piece)
+            if all_ties:
+                dropped = b <= prefix
+            else:
+                tie = b == prefix
+                if live_piece is not None:
+                    tie &= live_piece
+                dropped = (b < prefix) | (tie & (tie.cumsum(0) + ties_seen <= due))
+                ties_seen = ties_seen + tie.sum()
+            piece_keep = ~dropped
+            if live_piece is not None:
+                piece_keep &= live_piece
+            keep[start:start + piece.numel()] = piece_keep
+        masks.append(keep.view(key.shape))
+    return masks

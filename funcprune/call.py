@@ -1,0 +1,57 @@
+"""Run an ``nn.Module`` on masked parameters through ``torch.func.functional_call``."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import torch
+
+from . import _pytree
+from ._pytree import Tree
+from .tree import _masked
+
+__all__ = ["functional_call"]
+
+
+def functional_call(module: torch.nn.Module, params: Tree, masks: Optional[Tree] = None, args: Any = (),
+                    kwargs: Optional[Dict[str, Any]] = None) -> Any:
+    """Call ``module`` with ``params`` (masked by ``masks``) in place of its own tensors.
+
+    A pure function of ``params`` and ``masks``: the module is not changed, and ``grad``,
+    ``vjp``, ``jacrev`` and ``vmap`` (over stacked params, stacked masks, or both) compose with it.
+    Gradients reach the dense params and are zero at pruned entries, as ``weight_orig.grad`` is for
+    a module pruned by ``torch.nn.utils.prune``.
+
+    Args:
+      module: the model; its own parameters and buffers fill in any name ``params`` lacks.
+      params: tree of tensors named like ``module.named_parameters()`` (buffers may be included).
+      masks: masks over some of the names (bool or float); a masked name missing from ``params``
+        masks the module's own tensor.
+      args: positional input(s) of the forward (a single tensor or a tuple).
+      kwargs: keyword inputs of the forward.
+
+    Raises:
+      KeyError: a mask name that is not a parameter or buffer of the module.
+
+    Example:
+      >>> lin = torch.nn.Linear(2, 1)
+      >>> masks = {"weight": torch.zeros(1, 2, dtype=torch.bool)}
+      >>> out = functional_call(lin, dict(lin.named_parameters()), masks, torch.ones(1, 2))
+      >>> torch.allclose(out, lin.bias)
+      True
+    """
+    named = _pytree.named_leaves(params)
+    own = dict(module.named_parameters())
+    own.update(module.named_buffers())
+    named_masks = _pytree.named_leaves(masks) if masks is not None else {}
+    unknown = [name for name in list(named_masks) + list(named) if name not in own]
+    if unknown:
+        raise KeyError(f"name(s) {unknown} are not parameters or buffers of {type(module).__name__}; "
+                       f"it has {list(own)}")
+    tensors = dict(named)
+    for name, mask in named_masks.items():
+        value = tensors.get(name, own[name])
+        if mask.shape != value.shape:
+            raise ValueError(f"{name}: mask has shape {tuple(mask.shape)} but the param has shape {tuple(value.shape)}")
+        tensors[name] = _masked(value, mask)
+    return torch.func.functional_call(module, tensors, args, kwargs)

@@ -1,0 +1,234 @@
+"""Pytree-level pruning: lift the tensor methods over ``(params, masks)`` trees.
+
+Params are any optree pytree of tensors, usually ``dict(model.named_parameters())``; masks are a
+tree over the same names that may cover only some of them (dicts simply omit unmasked names).
+Every function returns new trees and leaves its inputs untouched.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Dict, NamedTuple, Optional, Union
+
+import torch
+
+from . import _amount, _pytree, _select
+from ._amount import Amount
+from ._pytree import Include, Tree
+from .methods import _count, _drop_count, _keep_of, _plain_amount, l1_unstructured, random_unstructured
+
+__all__ = ["prune", "global_unstructured", "apply_masks", "mask_grads", "sparsity", "Sparsity"]
+
+
+def _named_error(name: str, err: Exception) -> Exception:
+    """The same exception type, its message prefixed with the offending leaf's name."""
+    if type(err) in (ValueError, TypeError, IndexError, KeyError):
+        return type(err)(f"{name}: {err.args[0] if err.args else err}")
+    return err
+
+
+def prune(params: Tree, method: Callable[..., torch.Tensor], *args: Any, masks: Optional[Tree] = None,
+          scores: Optional[Tree] = None, include: Include = None, **kwargs: Any) -> Tree:
+    """Apply one tensor-level mask function to the selected leaves, on top of ``masks``.
+
+    Args:
+      params: pytree of tensors, e.g. ``dict(model.named_parameters())``.
+      method: a tensor-level function such as :func:`funcprune.l1_unstructured`; it is called as
+        ``method(scores_leaf, *args, mask=old_mask, **kwargs)``.
+      masks: existing masks (a tree over some of the names) or None.
+      scores: optional importance scores over some of the names (else the params are used).
+      include: which leaves to prune: None (all), a predicate ``(name, leaf) -> bool``, or names.
+
+    Returns:
+      The new masks: every selected leaf gets a mask, earlier masks of other leaves are kept.
+
+    Raises:
+      KeyError: a name in ``masks``/``scores``/``include`` that is not in ``params``.
+      ValueError, TypeError, IndexError: as the method raises them, prefixed with the leaf name;
+      nothing is returned half-done.
+
+    Example:
+      >>> params = {"w": torch.tensor([[1.0, -2.0], [0.5, 3.0]]), "b": torch.zeros(2)}
+      >>> prune(params, l1_unstructured, 0.5, include=["w"])
+      {'w': tensor([[False,  True],
+              [False,  True]])}
+    """
+    named = _pytree.named_leaves(params)
+    old = _pytree.lookup(named, masks, "masks")
+    named_scores = _pytree.lookup(named, scores, "scores")
+    new = dict(old)
+    for name in _pytree.selected(named, include):
+        try:
+            new[name] = method(named_scores.get(name, named[name]), *args, mask=old.get(name), **kwargs)
+        except (ValueError, TypeError, IndexError, KeyError) as err:
+            raise _named_error(name, err) from err
+    return _pytree.like(params, new)
+
+
+def _common_dtype(tensors) -> torch.dtype:
+    return functools.reduce(torch.promote_types, (t.dtype for t in tensors))
+
+
+def global_unstructured(params: Tree, amount: Amount, masks: Optional[Tree] = None, *,
+                        scores: Optional[Tree] = None, method: Union[str, Callable] = "l1",
+                        include: Include = None, generator: Optional[torch.Generator] = None,
+                        chunk_size: int = _select.DEFAULT_CHUNK) -> Tree:
+    """Prune one ``amount`` across all selected leaves at once, as if they were one vector.
+
+    Matches ``torch.nn.utils.prune.global_unstructured`` (with ``L1Unstructured`` or
+    ``RandomUnstructured``): ``amount`` counts (or is a fraction of) the surviving entries of all
+    selected leaves together, and the entries with the smallest ``|score|`` (or random ones) go.
+
+    Unlike torch, L1 never concatenates the weights: on real tensors it finds the exact global
+    threshold with a radix selection over the leaves, ``chunk_size`` entries at a time, so the
+    extra memory is the bool masks plus a few chunk-sized buffers, counts are exact past 2**31
+    entries, and ties at the threshold go to the earliest entry in leaf order. Under ``vmap`` or on
+    ``meta`` it falls back to a concatenated ``topk`` (no data-dependent shapes). The random method
+    draws one uniform vector over all entries, exactly as torch does, so seeds give torch's masks.
+
+    Args:
+      params: pytree of tensors.
+      amount: int count, float fraction of the survivors, or 0-d tensor.
+      masks: existing masks over some of the names.
+      scores: optional importance scores over some of the names.
+      method: ``"l1"`` or ``"random"`` (or :func:`funcprune.l1_unstructured` /
+        :func:`funcprune.random_unstructured`).
+      include: which leaves take part (None: all; a predicate ``(name, leaf)``; or names).
+      generator: RNG for ``method="random"``.
+      chunk_size: largest number of entries processed at once by the L1 selection.
+
+    Returns:
+      New masks with an entry for every selected leaf (and earlier masks of the others).
+
+    Example:
+      >>> params = {"a": torch.tensor([3.0, -1.0]), "b": torch.tensor([0.5, 2.0, -4.0])}
+      >>> global_unstructured(params, amount=2)
+      {'a': tensor([ True, False]), 'b': tensor([False,  True,  True])}
+    """
+    method = {l1_unstructured: "l1", random_unstructured: "random"}.get(method, method)
+    if method not in ("l1", "random"):
+        raise ValueError(f"method must be 'l1' or 'random', got {method!r}")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    _amount.validate_amount(amount)
+    named = _pytree.named_leaves(params)
+    old = _pytree.lookup(named, masks, "masks")
+    named_scores = _pytree.lookup(named, scores, "scores")
+    names = _pytree.selected(named, include)
+    if not names:
+        raise ValueError("global_unstructured needs at least one leaf to prune")
+    leaves = [named_scores.get(name, named[name]).detach() for name in names]
+    keeps = []
+    for name, leaf in zip(names, leaves):
+        try:
+            keeps.append(_keep_of(leaf, old.get(name)))
+        except (ValueError, TypeError) as err:
+            raise _named_error(name, err) from err
+    dtype = _common_dtype(leaves)
+    total = sum(leaf.numel() for leaf in leaves)
+    alive = total if all(k is None for k in keeps) else sum(
+        leaf.numel() if k is None else _count(k) for leaf, k in zip(leaves, keeps))
+    amount, k = _drop_count(amount, alive, "parameters")
+
+    concrete = all(_amount._is_concrete(t) for t in leaves + [k for k in keeps if k is not None])
+    if method == "l1" and concrete and isinstance(k, int):
+        new_keeps = _select.radix_select_keep(leaves, keeps, k, key_fn=lambda piece: piece.abs().to(dtype),
+                                              chunk=chunk_size)
+    else:
+        flat_alive = None if all(k is None for k in keeps) else torch.cat(
+            [(torch.ones_like(leaf, dtype=torch.bool) if keep is None else keep).reshape(-1)
+             for leaf, keep in zip(leaves, keeps)])
+        device = leaves[0].device
+        if method == "l1":
+            key = torch.cat([leaf.reshape(-1).to(dtype=dtype, device=device).abs() for leaf in leaves])
+        elif isinstance(k, int) and k == 0 and flat_alive is None:
+            key = None  # torch draws nothing when nothing is pruned
+        else:
+            key = torch.rand(total, generator=generator, dtype=dtype, device=device)
+        flat = torch.ones(total, dtype=torch.bool, device=device) if key is None else ~_select.select(
+            key, k, largest=method == "random", alive=flat_alive, k_max=_amount.max_prune_count(amount, total))
+        if flat_alive is not None:
+            flat = flat & flat_alive
+        new_keeps = [piece.view(leaf.shape) for piece, leaf in zip(flat.split([t.numel() for t in leaves]), leaves)]
+    new = dict(old)
+    new.update(zip(names, new_keeps))
+    return _pytree.like(params, new)
+
+
+def _masked(value: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``value`` with pruned entries zeroed, in ``value``'s dtype, differentiable in ``value``."""
+    if mask.dtype == torch.bool:
+        return value * mask
+    return value * mask.to(value.dtype)
+
+
+def _map_masked(tree: Tree, masks: Optional[Tree], what: str) -> Tree:
+    named = _pytree.named_leaves(tree)
+    named_masks = _pytree.lookup(named, masks, "masks")
+    for name, mask in named_masks.items():
+        if mask.shape != named[name].shape:
+            raise ValueError(f"{name}: mask has shape {tuple(mask.shape)} but the {what} has shape "
+                             f"{tuple(named[name].shape)}")
+    out = {name: _masked(leaf, named_masks[name]) if name in named_masks else leaf for name, leaf in named.items()}
+    return _pytree.like(tree, out)
+
+
+def apply_masks(params: Tree, masks: Optional[Tree]) -> Tree:
+    """A copy of ``params`` with pruned entries zeroed; leaves without a mask pass through.
+
+    Masks may be bool or floating; the result keeps each param's dtype, and gradients flow to the
+    unmasked entries (zero at pruned ones).
+
+    Example:
+      >>> apply_masks({"w": torch.ones(3)}, {"w": torch.tensor([True, False, True])})
+      {'w': tensor([1., 0., 1.])}
+    """
+    return _map_masked(params, masks, "param")
+
+
+def mask_grads(grads: Tree, masks: Optional[Tree]) -> Tree:
+    """Zero the gradients of pruned entries (leaves without a mask pass through).
+
+    Example:
+      >>> mask_grads({"w": torch.ones(2)}, {"w": torch.tensor([False, True])})
+      {'w': tensor([0., 1.])}
+    """
+    return _map_masked(grads, masks, "grad")
+
+
+class Sparsity(NamedTuple):
+    """How much of a masks tree is pruned (0-d tensors, so it works under ``vmap`` too)."""
+
+    fraction: torch.Tensor
+    """Pruned entries over all entries counted (float)."""
+    pruned: torch.Tensor
+    """Number of pruned entries (int64)."""
+    total: int
+    """Number of entries counted."""
+    per_leaf: Dict[str, torch.Tensor]
+    """Fraction pruned of each masked leaf, by name."""
+
+
+def sparsity(masks: Tree, params: Optional[Tree] = None) -> Sparsity:
+    """Per-leaf and global fraction of pruned entries.
+
+    Args:
+      masks: a masks tree (bool or float; zero means pruned).
+      params: if given, its unmasked leaves count as dense, so ``fraction`` is over the whole model.
+
+    Example:
+      >>> s = sparsity({"w": torch.tensor([True, False, False, True])})
+      >>> float(s.fraction), int(s.pruned), s.total
+      (0.5, 2, 4)
+    """
+    named = _pytree.named_leaves(masks)
+    if params is not None:
+        named_params = _pytree.named_leaves(params)
+        _pytree.lookup(named_params, masks, "masks")
+        total = sum(p.numel() for p in named_params.values())
+    else:
+        total = sum(m.numel() for m in named.values())
+    pruned_each = {name: (m == 0).sum() for name, m in named.items()}
+    per_leaf = {name: count / max(named[name].numel(), 1) for name, count in pruned_each.items()}
+    pruned = sum(pruned_each.values(), torch.zeros((), dtype=torch.int64))
+    return Sparsity(pruned / max(total, 1), pruned, total, per_leaf)
