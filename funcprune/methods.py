@@ -214,9 +214,9 @@ def ln_structured(scores: torch.Tensor, amount: Amount, n: Norm, dim: int,
     if isinstance(n, bool) or not (isinstance(n, (int, float, str))):
         raise TypeError(f"n must be a norm order accepted by torch.norm, got {n!r}")
     dim, others, keep, alive_channels, alive, amount, k = _channel_setup(scores, amount, dim, mask)
+    norm = torch.norm(scores.detach(), p=n, dim=others)  # before the shortcut: a bad `n` raises as in torch
     if isinstance(k, int) and k == 0:
         return identity(scores, keep)
-    norm = torch.norm(scores.detach(), p=n, dim=others)
     survivors = select(norm, alive - k, largest=True, alive=alive_channels, k_max=scores.shape[dim])
     return _spread(survivors, scores, dim, keep)
 

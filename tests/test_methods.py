@@ -1,0 +1,287 @@
+"""Tensor-level mask functions, differentially against torch.nn.utils.prune."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.utils.prune as torch_prune
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import funcprune as fp
+from _torch_ref import outcome, torch_mask
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+NORMS = [1, 2, 3, math.inf, -math.inf, "fro"]
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def cases(draw, min_dims=1):
+    """A random scores tensor, dtype, optional prior mask and an amount (valid or not)."""
+    shape = tuple(draw(st.lists(st.integers(1, 6), min_size=min_dims, max_size=4)))
+    dtype = draw(st.sampled_from(DTYPES))
+    seed = draw(st.integers(0, 2**31 - 1))
+    gen = torch.Generator().manual_seed(seed)
+    scores = torch.randn(shape, generator=gen).to(dtype)
+    prior = (torch.rand(shape, generator=gen) > draw(st.sampled_from([0.2, 0.5, 0.9]))) if draw(st.booleans()) else None
+    size = math.prod(shape)
+    amount = draw(st.one_of(st.integers(0, size + 1), st.floats(0, 1), st.sampled_from([0.5, 0.25, 1.0, 0.0])))
+    return scores, prior, amount
+
+
+def assert_same_selection(got, ref, key, prior, *, largest_pruned=False):
+    """Bitwise equality, or (where tied keys make torch's choice arbitrary) the same tie-consistent count."""
+    assert got.dtype == torch.bool and got.shape == ref.shape
+    if torch.equal(got, ref):
+        return
+    alive = torch.ones_like(got) if prior is None else prior
+    assert int(got.sum()) == int(ref.sum()), "different number pruned"
+    assert not (got & ~alive).any(), "a pruned entry came back"
+    kept, pruned = key[got & alive].double(), key[alive & ~got].double()
+    if kept.numel() and pruned.numel():
+        # only ties at the threshold may be chosen differently
+        if largest_pruned:
+            assert pruned.min() >= kept.max()
+        else:
+            assert pruned.max() <= kept.min()
+    assert (key[got ^ ref].double().unique().numel()) <= 1, "differences beyond a single tied value"
+
+
+@SETTINGS
+@given(cases())
+def test_l1_unstructured_matches_torch(case):
+    scores, prior, amount = case
+    ref, ref_err = outcome(lambda: torch_mask(torch_prune.L1Unstructured(amount), scores, prior))
+    got, err = outcome(lambda: fp.l1_unstructured(scores, amount, prior))
+    assert err == ref_err
+    if ref is not None:
+        assert_same_selection(got, ref, scores.abs(), prior)
+
+
+@SETTINGS
+@given(cases(min_dims=2), st.sampled_from(NORMS), st.data())
+def test_ln_structured_matches_torch(case, n, data):
+    scores, prior, amount = case
+    dim = data.draw(st.integers(-scores.dim(), scores.dim() - 1))
+    if isinstance(amount, int):
+        amount = min(amount, scores.shape[dim] + 1)
+    ref, ref_err = outcome(lambda: torch_mask(torch_prune.LnStructured(amount, n, dim), scores, prior))
+    got, err = outcome(lambda: fp.ln_structured(scores, amount, n, dim, prior))
+    assert err == ref_err
+    if ref is not None:
+        others = [d for d in range(scores.dim()) if d != dim % scores.dim()]
+        norm = torch.norm(scores, p=n, dim=others)
+        view = [1] * scores.dim()
+        view[dim] = -1
+        assert_same_selection(got, ref, norm.view(view).expand(scores.shape), prior)
+
+
+@SETTINGS
+@given(cases(), st.integers(0, 2**31 - 1))
+def test_random_unstructured_fresh_mask_same_draws_as_torch(case, seed):
+    scores, _, amount = case
+    torch.manual_seed(seed)
+    ref, ref_err = outcome(lambda: torch_mask(torch_prune.RandomUnstructured(amount), scores))
+    torch.manual_seed(seed)
+    got, err = outcome(lambda: fp.random_unstructured(scores, amount))
+    assert err == ref_err
+    if ref is not None:
+        assert torch.equal(got, ref)
+        assert torch.equal(torch.rand(3), (torch.manual_seed(seed), torch_mask(torch_prune.RandomUnstructured(amount), scores), torch.rand(3))[2]), "RNG stream advanced differently"
+
+
+@SETTINGS
+@given(cases(min_dims=2), st.integers(0, 2**31 - 1), st.data())
+def test_random_structured_fresh_mask_same_draws_as_torch(case, seed, data):
+    scores, _, amount = case
+    dim = data.draw(st.integers(-scores.dim(), scores.dim() - 1))
+    if isinstance(amount, int):
+        amount = min(amount, scores.shape[dim] + 1)
+    torch.manual_seed(seed)
+    ref, ref_err = outcome(lambda: torch_mask(torch_prune.RandomStructured(amount, dim), scores))
+    torch.manual_seed(seed)
+    got, err = outcome(lambda: fp.random_structured(scores, amount, dim))
+    assert err == ref_err
+    if ref is not None:
+        assert torch.equal(got, ref)
+
+
+@SETTINGS
+@given(cases(), st.integers(0, 2**31 - 1))
+def test_random_unstructured_on_prior_mask_prunes_exact_count_of_survivors(case, seed):
+    scores, prior, amount = case
+    alive = scores.numel() if prior is None else int(prior.sum())
+    expected, err = outcome(lambda: torch_prune._compute_nparams_toprune(amount, alive))
+    if isinstance(amount, int) and amount > alive:
+        with pytest.raises(ValueError, match="amount"):
+            fp.random_unstructured(scores, amount, prior)
+        return
+    gen = torch.Generator().manual_seed(seed)
+    got = fp.random_unstructured(scores, amount, prior, generator=gen)
+    again = fp.random_unstructured(scores, amount, prior, generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(got, again)
+    assert alive - int(got.sum()) == expected
+    if prior is not None:
+        assert not (got & ~prior).any()
+
+
+def test_custom_from_mask_and_identity_match_torch():
+    scores = torch.randn(4, 5)
+    custom = (torch.rand(4, 5) > 0.5).float()
+    prior = torch.rand(4, 5) > 0.3
+    for p in (None, prior):
+        ref = torch_mask(torch_prune.CustomFromMask(custom), scores, p)
+        assert torch.equal(fp.custom_from_mask(scores, custom, p), ref)
+        assert torch.equal(fp.identity(scores, p), torch_mask(torch_prune.Identity(), scores, p))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_method_returns_a_new_bool_mask_on_the_scores_device(device, dtype):
+    scores = torch.randn(6, 4, device=device).to(dtype)
+    prior = torch.rand(6, 4, device=device) > 0.3
+    before_scores, before_prior = scores.clone(), prior.clone()
+    gen = torch.Generator(device=device).manual_seed(0)
+    masks = [
+        fp.identity(scores, prior),
+        fp.l1_unstructured(scores, 0.4, prior),
+        fp.random_unstructured(scores, 3, prior, generator=gen),
+        fp.random_structured(scores, 0.5, 1, prior, generator=gen),
+        fp.ln_structured(scores, 1, 2, 0, prior),
+        fp.custom_from_mask(scores, prior.float(), prior),
+    ]
+    for mask in masks:
+        assert mask.dtype == torch.bool and mask.shape == scores.shape and mask.device == scores.device
+        assert not (mask & ~prior).any(), "the old mask must stay pruned"
+        assert mask.data_ptr() != prior.data_ptr()
+    assert torch.equal(scores, before_scores) and torch.equal(prior, before_prior)
+
+
+def test_every_method_runs_on_meta():
+    scores = torch.empty(6, 4, device="meta")
+    prior = torch.empty(6, 4, device="meta", dtype=torch.bool)
+    for fn in (lambda m: fp.identity(scores, m), lambda m: fp.l1_unstructured(scores, 0.4, m),
+               lambda m: fp.random_unstructured(scores, 0.4, m), lambda m: fp.random_structured(scores, 2, 0, m),
+               lambda m: fp.ln_structured(scores, 0.5, 1, -1, m), lambda m: fp.custom_from_mask(scores, prior, m),
+               lambda m: fp.l1_unstructured(scores, torch.tensor(0.3, device="meta"), m)):
+        for mask in (None, prior):
+            out = fn(mask)
+            assert out.device.type == "meta" and out.dtype == torch.bool and out.shape == scores.shape
+
+
+def _vmap_vs_loop(fn, *stacked, randomness="error"):
+    batched = torch.func.vmap(fn, randomness=randomness)(*stacked)
+    looped = torch.stack([fn(*(x[i] for x in stacked)) for i in range(stacked[0].shape[0])])
+    return batched, looped
+
+
+@pytest.mark.parametrize("amount", [0.0, 0.3, 0.5, 1.0, 2])
+def test_vmap_over_masks_each_element_prunes_its_own_survivors(amount):
+    gen = torch.Generator().manual_seed(1)
+    scores = torch.randn(5, 7, generator=gen)
+    masks = torch.rand(8, 5, 7, generator=gen) > torch.linspace(0.05, 0.9, 8).view(8, 1, 1)
+    for fn in (lambda m: fp.l1_unstructured(scores, amount, m),
+               lambda m: fp.ln_structured(scores, amount, 2, 0, m),
+               lambda m: fp.ln_structured(scores, amount, 1, -1, m),
+               lambda m: fp.identity(scores, m)):
+        batched = torch.func.vmap(fn)(masks)
+        for mask, out in zip(masks, batched):
+            expected, err = outcome(lambda: fn(mask))
+            if err is None:
+                assert torch.equal(out, expected)
+            else:  # too few survivors for an int amount: documented to prune every survivor under vmap
+                assert err is ValueError and not out.any()
+
+
+def test_vmap_over_amounts_is_a_sparsity_sweep():
+    scores = torch.randn(40)
+    prior = torch.rand(40) > 0.25
+    amounts = torch.linspace(0, 1, 11, dtype=torch.float64)
+    batched, _ = _vmap_vs_loop(lambda a: fp.l1_unstructured(scores, a, prior), amounts)
+    for a, mask in zip(amounts.tolist(), batched):
+        assert torch.equal(mask, fp.l1_unstructured(scores, a, prior))
+    counts = torch.arange(0, 6)
+    batched, looped = _vmap_vs_loop(lambda k: fp.ln_structured(scores.view(8, 5), k, 2, 0), counts)
+    assert torch.equal(batched, looped)
+
+
+def test_vmap_over_stacked_scores_and_masks():
+    scores = torch.randn(6, 4, 3)
+    masks = torch.rand(6, 4, 3) > 0.4
+    batched, looped = _vmap_vs_loop(lambda s, m: fp.l1_unstructured(s, 0.5, m), scores, masks)
+    assert torch.equal(batched, looped)
+
+
+def test_int_amount_beyond_survivors_under_vmap_prunes_every_survivor():
+    scores = torch.randn(10)
+    masks = torch.stack([torch.arange(10) < 3, torch.arange(10) < 8])
+    out = torch.func.vmap(lambda m: fp.l1_unstructured(scores, 5, m))(masks)
+    assert out[0].sum() == 0 and out[1].sum() == 3
+
+
+@pytest.mark.parametrize("method", ["unstructured", "structured"])
+def test_random_methods_under_vmap_draw_per_element_and_keep_counts(method):
+    scores = torch.randn(6, 5)
+    masks = torch.ones(16, 6, 5, dtype=torch.bool)
+    if method == "unstructured":
+        out = torch.func.vmap(lambda m: fp.random_unstructured(scores, 0.4, m), randomness="different")(masks)
+        assert (out.sum((1, 2)) == 18).all()
+    else:
+        out = torch.func.vmap(lambda m: fp.random_structured(scores, 2, 0, m), randomness="different")(masks)
+        assert (out.all(2).sum(1) == 4).all()
+    assert len({tuple(m.flatten().tolist()) for m in out}) > 1, "every element drew the same mask"
+    same = torch.func.vmap(lambda m: fp.random_unstructured(scores, 0.4, m), randomness="same")(masks)
+    assert all(torch.equal(same[0], m) for m in same)
+
+
+@pytest.mark.parametrize("bad, err", [("0.3", TypeError), (None, TypeError), (-1, ValueError), (1.5, ValueError),
+                                      (-0.1, ValueError), (True, TypeError), (torch.ones(2), ValueError)])
+def test_bad_amounts_raise_like_torch(bad, err):
+    scores = torch.randn(3, 4)
+    with pytest.raises(err, match="amount"):
+        fp.l1_unstructured(scores, bad)
+    with pytest.raises(err, match="amount"):
+        fp.ln_structured(scores, bad, 2, 0)
+    if not isinstance(bad, (bool, torch.Tensor)):
+        with pytest.raises(err):
+            torch_prune.L1Unstructured(bad)
+
+
+def test_structural_errors():
+    with pytest.raises(ValueError, match="multidimensional"):
+        fp.ln_structured(torch.randn(5), 1, 2, 0)
+    with pytest.raises(ValueError, match="multidimensional"):
+        fp.random_structured(torch.randn(5), 1, 0)
+    for dim in (2, -3, 7):
+        with pytest.raises(IndexError, match=f"Invalid index {dim}"):
+            fp.ln_structured(torch.randn(3, 4), 1, 2, dim)
+    with pytest.raises(ValueError, match=r"amount=5 should be smaller than the number of parameters to prune=4"):
+        fp.ln_structured(torch.randn(3, 4), 5, 2, 1)
+    with pytest.raises(ValueError, match=r"prune=2"):
+        fp.l1_unstructured(torch.randn(3), 3, torch.tensor([True, False, True]))
+    with pytest.raises(ValueError, match=r"mask has shape \(4, 3\) but the scores have shape \(3, 4\)"):
+        fp.l1_unstructured(torch.randn(3, 4), 0.5, torch.ones(4, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"custom has shape \(2,\)"):
+        fp.custom_from_mask(torch.randn(3), torch.ones(2))
+    with pytest.raises(TypeError, match="mask must be a tensor"):
+        fp.identity(torch.randn(3), [1, 0, 1])
+
+
+def test_float_and_int_masks_are_accepted_as_keep_where_nonzero():
+    scores = torch.randn(4, 4)
+    prior = torch.rand(4, 4) > 0.5
+    for as_other in (prior.float(), prior.to(torch.int8), prior.double()):
+        assert torch.equal(fp.l1_unstructured(scores, 0.5, as_other), fp.l1_unstructured(scores, 0.5, prior))
+
+
+def test_amount_rounding_is_pythons_round_half_to_even():
+    # 0.5 * 5 = 2.5 rounds to 2, 0.5 * 7 = 3.5 rounds to 4, as torch's _compute_nparams_toprune does
+    for size in (5, 7, 9, 11):
+        mask = fp.l1_unstructured(torch.randn(size), 0.5)
+        assert size - int(mask.sum()) == torch_prune._compute_nparams_toprune(0.5, size) == round(0.5 * size)
+
+
+def test_grad_flows_through_scores_untouched():
+    w = torch.randn(4, 4, requires_grad=True)
+    mask = fp.l1_unstructured(w, 0.5)
+    assert not mask.requires_grad and w.grad is None
