@@ -7,6 +7,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from . import _pytree
+from .bridge import _reparametrized
 from ._pytree import Tree
 from .tree import _masked
 
@@ -21,6 +22,11 @@ def functional_call(module: torch.nn.Module, params: Tree, masks: Optional[Tree]
     ``vjp``, ``jacrev`` and ``vmap`` (over stacked params, stacked masks, or both) compose with it.
     Gradients reach the dense params and are zero at pruned entries, as ``weight_orig.grad`` is for
     a module pruned by ``torch.nn.utils.prune``.
+
+    A module pruned by ``funcprune.compat`` or ``torch.nn.utils.prune`` takes the original names:
+    ``params["fc1.weight"]`` replaces ``fc1.weight_orig`` and ``masks["fc1.weight"]`` replaces
+    ``fc1.weight_mask`` (its own mask and values fill in whatever is not given); its stored pruned
+    tensors are put back afterwards, so nothing computed inside (e.g. under ``vmap``) leaks out.
 
     Args:
       module: the model; its own parameters and buffers fill in any name ``params`` lacks.
@@ -41,17 +47,42 @@ def functional_call(module: torch.nn.Module, params: Tree, masks: Optional[Tree]
       True
     """
     named = _pytree.named_leaves(params)
+    reparam = _reparametrized(module)
     own = dict(module.named_parameters())
     own.update(module.named_buffers())
     named_masks = _pytree.named_leaves(masks) if masks is not None else {}
-    unknown = [name for name in list(named_masks) + list(named) if name not in own]
+    unknown = [name for name in list(named_masks) + list(named) if name not in own and name not in reparam]
     if unknown:
         raise KeyError(f"name(s) {unknown} are not parameters or buffers of {type(module).__name__}; "
                        f"it has {list(own)}")
-    tensors = dict(named)
+    tensors = {_orig_name(name, reparam): value for name, value in named.items()}
+    if len(tensors) != len(named):
+        raise ValueError("params name a pruned tensor both by its original name and as '<name>_orig'")
     for name, mask in named_masks.items():
+        if name in reparam:  # the module's own hook multiplies them, so the forward is unchanged
+            target = _orig_name(name, reparam)
+            value = tensors.get(target, own[target])
+            if mask.shape != value.shape:
+                raise ValueError(f"{name}: mask has shape {tuple(mask.shape)} but the param has shape "
+                                 f"{tuple(value.shape)}")
+            tensors[target[:-len("_orig")] + "_mask"] = mask
+            continue
         value = tensors.get(name, own[name])
         if mask.shape != value.shape:
             raise ValueError(f"{name}: mask has shape {tuple(mask.shape)} but the param has shape {tuple(value.shape)}")
         tensors[name] = _masked(value, mask)
-    return torch.func.functional_call(module, tensors, args, kwargs)
+    if not reparam:
+        return torch.func.functional_call(module, tensors, args, kwargs)
+    # The pruning hooks store what they compute on the module; put the module's own values back.
+    computed = [(sub, local, sub.__dict__.get(local)) for sub, local, _ in reparam.values()]
+    try:
+        return torch.func.functional_call(module, tensors, args, kwargs)
+    finally:
+        for sub, local, value in computed:
+            if value is not None:
+                setattr(sub, local, value)
+
+
+def _orig_name(name: str, reparam) -> str:
+    """The module's own name for ``name``: ``<name>_orig`` for a pruned tensor."""
+    return name + "_orig" if name in reparam else name

@@ -1,0 +1,36 @@
+"""Drop-in ``torch.nn.utils.prune``: ``import funcprune.compat as prune``.
+
+Same classes, functions, module layout (``<name>_orig`` parameter, ``<name>_mask`` buffer in the
+parameter's dtype, the method object as forward pre-hook) and the same masks for the same seed;
+the masks come from funcprune's functional core. Where torch is broken it does better:
+``copy.deepcopy`` of a pruned module works, a failing pruning call leaves the module untouched
+(parameter order included), ``CustomFromMask`` hooks keep no second copy of the mask, and
+``global_unstructured`` with L1 never concatenates the weights.
+
+Example:
+  >>> import funcprune.compat as prune
+  >>> m = prune.l1_unstructured(torch.nn.Linear(4, 2), "weight", amount=0.5)
+  >>> [n for n, _ in m.named_parameters()], [n for n, _ in m.named_buffers()]
+  (['bias', 'weight_orig'], ['weight_mask'])
+  >>> int(m.weight_mask.sum()), prune.is_pruned(m)
+  (4, True)
+"""
+
+import torch  # noqa: F401  (doctest namespace)
+
+from ._amounts import (_compute_nparams_toprune, _compute_norm, _validate_pruning_amount,
+                       _validate_pruning_amount_init, _validate_pruning_dim, _validate_structured_pruning)
+from ._functions import (custom_from_mask, global_unstructured, identity, is_pruned, l1_unstructured,
+                         ln_structured, random_structured, random_unstructured, remove)
+from ._methods import (BasePruningMethod, CustomFromMask, Identity, L1Unstructured, LnStructured,
+                       PruningContainer, RandomStructured, RandomUnstructured)
+
+__all__ = ["BasePruningMethod", "PruningContainer", "Identity", "RandomUnstructured", "L1Unstructured",
+           "RandomStructured", "LnStructured", "CustomFromMask", "identity", "random_unstructured",
+           "l1_unstructured", "random_structured", "ln_structured", "global_unstructured", "custom_from_mask",
+           "remove", "is_pruned"]
+
+# Methods beyond torch.nn.utils.prune (N:M, blocks, channels with their bias), same module protocol.
+from ._beyond import BlockStructured, NMStructured, block_structured, ln_structured_with_bias, nm_structured
+
+__all__ += ["NMStructured", "BlockStructured", "nm_structured", "block_structured", "ln_structured_with_bias"]

@@ -1,0 +1,73 @@
+"""torch.nn.utils.prune's amount helpers, as thin wrappers over :mod:`funcprune._amount`.
+
+torch's own pruning tests call these module-level helpers directly, so they keep torch's names,
+signatures and rules (a ``bool`` is an ``int`` here, as in torch; tensors are rejected).
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+from .. import _amount
+
+__all__ = ["_validate_pruning_amount_init", "_validate_pruning_amount", "_compute_nparams_toprune",
+           "_validate_structured_pruning", "_validate_pruning_dim", "_compute_norm"]
+
+
+def _as_core_amount(amount):
+    """torch treats ``True``/``False`` as the ints 1/0; the core does not accept bools."""
+    return int(amount) if isinstance(amount, bool) else amount
+
+
+def _validate_pruning_amount_init(amount) -> None:
+    """Raise ``TypeError``/``ValueError`` for an amount that is not an int >= 0 or a float in [0, 1].
+
+    Example:
+      >>> _validate_pruning_amount_init(0.3)
+    """
+    if not isinstance(amount, numbers.Real):
+        raise TypeError(f"Invalid type for amount: {amount}. Must be int or float.")
+    _amount.validate_amount(_as_core_amount(amount))
+
+
+def _validate_pruning_amount(amount, tensor_size: int) -> None:
+    """Raise ``ValueError`` if an int ``amount`` exceeds ``tensor_size`` (floats always fit).
+
+    Example:
+      >>> _validate_pruning_amount(3, tensor_size=4)
+    """
+    if isinstance(amount, numbers.Integral):
+        _amount.check_count(int(amount), tensor_size)
+
+
+def _compute_nparams_toprune(amount, tensor_size: int) -> int:
+    """Units to prune: an int ``amount`` as is, a float as ``round(amount * tensor_size)``.
+
+    Example:
+      >>> _compute_nparams_toprune(0.4, 17)
+      7
+    """
+    if isinstance(amount, numbers.Integral):
+        return amount
+    return _amount.prune_count(float(amount), tensor_size)
+
+
+def _validate_structured_pruning(t: torch.Tensor) -> None:
+    """Raise ``ValueError`` for a tensor with fewer than 2 dims (channels need structure)."""
+    if t.dim() <= 1:
+        raise ValueError("Structured pruning can only be applied to multidimensional tensors. "
+                         f"Found tensor of shape {t.shape} with {t.dim()} dims")
+
+
+def _validate_pruning_dim(t: torch.Tensor, dim: int) -> None:
+    """Raise ``IndexError`` if ``dim >= t.dim()``, as torch does."""
+    if dim >= t.dim():
+        raise IndexError(f"Invalid index {dim} for tensor of size {t.shape}")
+
+
+def _compute_norm(t: torch.Tensor, n, dim: int) -> torch.Tensor:
+    """L``n`` norm of every channel along ``dim`` (over all the other dims)."""
+    dims = [d for d in range(t.dim()) if d != dim % t.dim()]
+    return torch.norm(t, p=n, dim=dims)

@@ -1,0 +1,124 @@
+"""Compat pruning methods beyond ``torch.nn.utils.prune``: N:M, block, and channel-with-bias.
+
+Module-mutating shells, exactly like the built-in compat methods: ``apply`` adds
+``<name>_orig``/``<name>_mask`` and the forward pre-hook, ``compute_mask`` calls the functional
+core (:mod:`funcprune.patterns`). Inside a ``PruningContainer`` (a second pruning of the same
+tensor) they act on the survivors through the core's ``mask=`` argument instead of torch's
+slicing, which would tear N:M groups and blocks apart.
+
+Example:
+  >>> import funcprune.compat as prune
+  >>> m = nm_structured(torch.nn.Linear(8, 2), "weight", n=2, m=4)
+  >>> m.weight_mask.view(2, 2, 4).sum(-1)
+  tensor([[2., 2.],
+          [2., 2.]])
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import patterns
+from . import _module
+from ._amounts import _as_core_amount, _validate_pruning_amount_init
+from ._methods import BasePruningMethod, CustomFromMask, LnStructured, _zero_pruned
+
+__all__ = ["NMStructured", "BlockStructured", "nm_structured", "block_structured", "ln_structured_with_bias"]
+
+
+class NMStructured(BasePruningMethod):
+    """Keep the ``n`` largest-magnitude entries of every ``m`` consecutive ones along ``dim``."""
+
+    PRUNING_TYPE = "unstructured"
+
+    def __init__(self, n: int, m: int, dim: int = -1) -> None:
+        if not isinstance(n, int) or not isinstance(m, int) or not 0 <= n <= m or m < 1:
+            raise ValueError(f"n and m must be ints with 0 <= n <= m and m >= 1, got n={n!r}, m={m!r}")
+        self.n, self.m, self.dim = n, m, dim
+
+    def compute_mask(self, t, default_mask):
+        return _zero_pruned(default_mask, patterns.nm_structured(t, self.n, self.m, self.dim))
+
+    def _survivor_mask(self, t, default_mask):
+        return patterns.nm_structured(t, self.n, self.m, self.dim, mask=default_mask)
+
+    @classmethod
+    def apply(cls, module, name, n, m, dim=-1, importance_scores=None):
+        return super().apply(module, name, n=n, m=m, dim=dim, importance_scores=importance_scores)
+
+
+class BlockStructured(BasePruningMethod):
+    """Prune the ``amount`` blocks of ``block_shape`` with the smallest L``n`` norm."""
+
+    PRUNING_TYPE = "unstructured"
+
+    def __init__(self, amount, block_shape, n=1) -> None:
+        _validate_pruning_amount_init(amount)
+        if isinstance(block_shape, int) or not all(isinstance(b, int) and b >= 1 for b in block_shape):
+            raise TypeError(f"block_shape must be a sequence of positive ints, got {block_shape!r}")
+        self.amount, self.block_shape, self.n = amount, tuple(block_shape), n
+
+    def compute_mask(self, t, default_mask):
+        keep = patterns.block_structured(t, _as_core_amount(self.amount), self.block_shape, self.n)
+        return _zero_pruned(default_mask, keep)
+
+    def _survivor_mask(self, t, default_mask):
+        return patterns.block_structured(t, _as_core_amount(self.amount), self.block_shape, self.n,
+                                         mask=default_mask)
+
+    @classmethod
+    def apply(cls, module, name, amount, block_shape, n=1, importance_scores=None):
+        return super().apply(module, name, amount=amount, block_shape=block_shape, n=n,
+                             importance_scores=importance_scores)
+
+
+_module.register_builtin_compute(NMStructured, BlockStructured)
+
+
+def nm_structured(module, name, n, m, dim=-1, importance_scores=None):
+    """Prune ``module.<name>`` to an N:M pattern (``n`` kept in every ``m``) along ``dim``.
+
+    Example:
+      >>> m = nm_structured(torch.nn.Linear(4, 1), "weight", 1, 2)
+      >>> int(m.weight_mask.sum())
+      2
+    """
+    NMStructured.apply(module, name, n, m, dim, importance_scores=importance_scores)
+    return module
+
+
+def block_structured(module, name, amount, block_shape, n=1, importance_scores=None):
+    """Prune ``amount`` blocks of ``block_shape`` of ``module.<name>`` with the smallest L``n`` norm.
+
+    Example:
+      >>> m = block_structured(torch.nn.Linear(4, 4), "weight", 0.5, (2, 2))
+      >>> int((m.weight_mask == 0).sum())
+      8
+    """
+    BlockStructured.apply(module, name, amount, block_shape, n, importance_scores=importance_scores)
+    return module
+
+
+def ln_structured_with_bias(module, amount, n, name="weight", bias_name="bias", importance_scores=None):
+    """``ln_structured`` on the output channels (dim 0) of ``module.<name>``, and the same channels of its bias.
+
+    torch's ``ln_structured`` leaves the bias of a pruned output channel alone, so the channel
+    still outputs its bias; here the bias gets a mask too, so the channel outputs zero. Without a
+    ``bias_name`` parameter on the module only the weight is pruned.
+
+    Example:
+      >>> lin = ln_structured_with_bias(torch.nn.Linear(3, 4), amount=2, n=2)
+      >>> lin.bias_mask.tolist() == (lin.weight_mask.sum(dim=1) > 0).float().tolist()
+      True
+    """
+    bias = getattr(module, bias_name, None)
+    has_bias = isinstance(bias, torch.Tensor)
+    weight = getattr(module, name)
+    if has_bias and (weight.dim() < 1 or bias.shape != (weight.shape[0],)):
+        raise ValueError(f"{bias_name} has shape {tuple(bias.shape)} but {name} has "
+                         f"{weight.shape[0] if weight.dim() else 0} output channels")  # checked before any change
+    LnStructured.apply(module, name, amount, n, 0, importance_scores=importance_scores)
+    if has_bias:
+        kept = patterns.channels_kept(getattr(module, name + "_mask"), 0)
+        CustomFromMask.apply(module, bias_name, kept.to(bias.dtype))
+    return module

@@ -1,0 +1,389 @@
+"""funcprune.compat against torch.nn.utils.prune: every method and function, differential, same seed."""
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.utils.prune as T
+
+import funcprune.compat as C
+
+
+class LeNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 6, 3), nn.Conv2d(6, 16, 3)
+        self.fc1, self.fc2, self.fc3 = nn.Linear(400, 120), nn.Linear(120, 84), nn.Linear(84, 10)
+
+    def forward(self, x):
+        x = nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2).flatten(1)
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+# (factory, input shape, name of a >= 2-D parameter)
+MODULES = {
+    "linear": (lambda: nn.Linear(7, 5), (3, 7), "weight"),
+    "conv1d": (lambda: nn.Conv1d(3, 4, 3), (2, 3, 9), "weight"),
+    "conv2d": (lambda: nn.Conv2d(3, 4, 3), (2, 3, 6, 6), "weight"),
+    "conv3d": (lambda: nn.Conv3d(2, 3, 2), (1, 2, 4, 4, 4), "weight"),
+    "lstm": (lambda: nn.LSTM(4, 6), (5, 2, 4), "weight_ih_l0"),
+}
+
+
+def describe(hook):
+    history = [type(m).__name__ for m in hook] if isinstance(hook, T.PruningContainer) else None
+    return type(hook).__name__, getattr(hook, "_tensor_name", None), history
+
+
+def layout(module):
+    """Everything observable about a (pruned) module tree, in order."""
+    return {
+        "params": [(n, p.dtype) for n, p in module.named_parameters()],
+        "buffers": [(n, b.dtype) for n, b in module.named_buffers()],
+        "hooks": [(n, [describe(h) for h in m._forward_pre_hooks.values()]) for n, m in module.named_modules()],
+        "state_dict": list(module.state_dict()),
+    }
+
+
+def assert_same(ours, theirs, x=None):
+    """Same layout, bit-identical tensors (state_dict and pruned attributes) and outputs."""
+    assert layout(ours) == layout(theirs)
+    for (k, a), (_, b) in zip(ours.state_dict().items(), theirs.state_dict().items()):
+        assert torch.equal(a, b), k
+    for (n, m), (_, mt) in zip(ours.named_modules(), theirs.named_modules()):
+        for h in m._forward_pre_hooks.values():
+            a, b = getattr(m, h._tensor_name), getattr(mt, h._tensor_name)
+            assert torch.equal(a, b) and a.grad_fn is not None, f"{n}.{h._tensor_name}"
+    if x is not None:
+        out, ref = ours(x), theirs(x)
+        out, ref = (out[0], ref[0]) if isinstance(out, tuple) else (out, ref)
+        assert torch.equal(out, ref)
+
+
+def twins(factory, seed=0):
+    torch.manual_seed(seed)
+    a = factory()
+    b = factory()
+    b.load_state_dict(a.state_dict())
+    return a, b
+
+
+def both(ours, theirs, step, seed):
+    """Run ``step(prune_module, model)`` with each library after the same seed."""
+    torch.manual_seed(seed)
+    step(C, ours)
+    torch.manual_seed(seed)
+    step(T, theirs)
+
+
+STEPS = {
+    "random_unstructured": lambda P, m, n: P.random_unstructured(m, n, 0.3),
+    "l1_unstructured": lambda P, m, n: P.l1_unstructured(m, n, 4),
+    "random_structured": lambda P, m, n: P.random_structured(m, n, 0.5, 0),
+    "random_structured_-1": lambda P, m, n: P.random_structured(m, n, 1, -1),
+    "ln_structured_l2_dim0": lambda P, m, n: P.ln_structured(m, n, 0.5, 2, 0),
+    "ln_structured_inf_dim1": lambda P, m, n: P.ln_structured(m, n, 1, float("inf"), 1),
+    "ln_structured_l1_-1": lambda P, m, n: P.ln_structured(m, n, 0.34, 1, -1),
+    "identity": lambda P, m, n: P.identity(m, n),
+    "custom_from_mask": lambda P, m, n: P.custom_from_mask(m, n, (torch.arange(getattr(m, n).numel()) % 3 > 0)
+                                                           .view_as(getattr(m, n))),
+}
+
+
+@pytest.mark.parametrize("kind", MODULES)
+@pytest.mark.parametrize("step", STEPS)
+def test_single_pruning_matches_torch(kind, step):
+    factory, shape, name = MODULES[kind]
+    ours, theirs = twins(factory)
+    both(ours, theirs, lambda P, m: STEPS[step](P, m, name), seed=1)
+    assert_same(ours, theirs, torch.randn(shape))
+
+
+SEQUENCES = [
+    ["random_unstructured", "l1_unstructured", "ln_structured_l2_dim0"],
+    ["ln_structured_l2_dim0", "random_unstructured", "random_structured_-1", "l1_unstructured"],
+    ["l1_unstructured"] * 3 + ["random_unstructured"] * 2,
+    ["random_structured", "ln_structured_inf_dim1", "custom_from_mask", "identity", "ln_structured_l1_-1"],
+]
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv2d", "lstm"])
+@pytest.mark.parametrize("sequence", range(len(SEQUENCES)))
+def test_iterative_pruning_matches_torch_after_every_step(kind, sequence):
+    factory, shape, name = MODULES[kind]
+    ours, theirs = twins(factory, seed=sequence)
+    x = torch.randn(shape)
+    for i, step in enumerate(SEQUENCES[sequence]):
+        both(ours, theirs, lambda P, m: STEPS[step](P, m, name), seed=10 + i)
+        assert_same(ours, theirs, x)
+    hook = next(iter(ours._forward_pre_hooks.values()))
+    assert isinstance(hook, C.PruningContainer) and len(hook) == len(SEQUENCES[sequence])
+    reference = next(iter(theirs._forward_pre_hooks.values()))
+    assert [type(m).__name__ for m in hook] == [type(m).__name__ for m in reference]
+
+
+def test_pruning_bias_and_weight_of_every_layer_of_a_lenet():
+    ours, theirs = twins(LeNet)
+    x = torch.randn(2, 1, 28, 28)
+
+    def step(P, model):
+        for i, (_, m) in enumerate(model.named_children()):
+            P.l1_unstructured(m, "bias", 0.25)
+            P.random_unstructured(m, "weight", 0.2)
+            P.ln_structured(m, "weight", 0.3, 2, i % 2)
+            P.l1_unstructured(m, "weight", 0.2, importance_scores=m.weight_orig.detach() ** 2)
+
+    both(ours, theirs, step, seed=3)
+    assert_same(ours, theirs, x)
+
+
+def method_pairs():
+    """(compat method, torch method) built with the same arguments."""
+    yield C.L1Unstructured(3), T.L1Unstructured(3)
+    yield C.L1Unstructured(0.4), T.L1Unstructured(0.4)
+    yield C.RandomUnstructured(0.5), T.RandomUnstructured(0.5)
+    yield C.RandomUnstructured(0), T.RandomUnstructured(0)
+    yield C.LnStructured(1, 2, 0), T.LnStructured(1, 2, 0)
+    yield C.LnStructured(0.5, 1, -1), T.LnStructured(0.5, 1, -1)
+    yield C.LnStructured(0.0, 2, 1), T.LnStructured(0.0, 2, 1)
+    yield C.RandomStructured(2, 1), T.RandomStructured(2, 1)
+    yield C.RandomStructured(0.0, 0), T.RandomStructured(0.0, 0)
+    yield C.Identity(), T.Identity()
+    mask = torch.arange(24).view(4, 6) % 4 != 1
+    yield C.CustomFromMask(mask), T.CustomFromMask(mask)
+
+
+@pytest.mark.parametrize("pair", range(len(list(method_pairs()))))
+@pytest.mark.parametrize("mask_dtype", [torch.float32, torch.int64, torch.bool])
+def test_compute_mask_and_container_match_torch(pair, mask_dtype):
+    ours, theirs = list(method_pairs())[pair]
+    torch.manual_seed(pair)
+    t = torch.randn(4, 6)
+    default = (torch.rand(4, 6) > 0.3).to(mask_dtype)
+    default[1] = 0  # a dead channel along dim 0
+    for fn in (lambda m: m.compute_mask(t, default.clone()), lambda m: _in_container(m, t, default.clone()),
+               lambda m: m.prune(t, default.clone()), lambda m: m.prune(t, default.clone(), importance_scores=-t)):
+        torch.manual_seed(7)
+        got = fn(ours)
+        torch.manual_seed(7)
+        want = fn(theirs)
+        assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+def _in_container(method, t, default_mask):
+    lib = C if isinstance(method, C.BasePruningMethod) else T
+    container = lib.PruningContainer()
+    container._tensor_name = method._tensor_name = "t"
+    container.add_pruning_method(method)
+    return container.compute_mask(t, default_mask)
+
+
+def test_container_compute_mask_does_not_write_into_default_mask():
+    container = C.PruningContainer(*[])
+    container._tensor_name = "t"
+    for method in (C.L1Unstructured(2), C.RandomUnstructured(2)):
+        method._tensor_name = "t"
+        container.add_pruning_method(method)
+        default = torch.ones(3, 4)
+        container.compute_mask(torch.randn(3, 4), default)
+        assert torch.equal(default, torch.ones(3, 4))
+
+
+def test_ported_container_compute_mask_worked_example():
+    # torch's test_pruning_container_compute_mask
+    container = C.PruningContainer()
+    container._tensor_name = "test"
+    t = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]], dtype=torch.float32)
+    default_mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 1]])
+    for method, expected in ((C.L1Unstructured(amount=2), [[0, 0, 1, 0], [1, 1, 0, 1]]),
+                             (C.LnStructured(amount=1, n=2, dim=0), [[0, 0, 0, 0], [1, 1, 0, 1]]),
+                             (C.LnStructured(amount=1, n=2, dim=1), [[0, 1, 1, 0], [0, 1, 0, 1]])):
+        method._tensor_name = "test"
+        container.add_pruning_method(method)
+        assert torch.equal(container.compute_mask(t, default_mask), torch.tensor(expected, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("lib_method", ["L1Unstructured", "RandomUnstructured"])
+@pytest.mark.parametrize("amount", [0.2, 0.8, 7, 0])
+def test_global_unstructured_matches_torch(lib_method, amount):
+    ours, theirs = twins(LeNet, seed=4)
+    x = torch.randn(2, 1, 28, 28)
+
+    def step(P, model):
+        P.l1_unstructured(model.fc1, "weight", 0.5)  # an existing mask the global step must respect
+        P.random_unstructured(model.conv2, "weight", 0.3)
+        params = [(model.conv1, "weight"), (model.conv2, "weight"), (model.fc1, "weight"), (model.fc3, "bias")]
+        scores = {(model.fc3, "bias"): torch.linspace(-1, 1, 10)}
+        P.global_unstructured(iter(params) if P is C else params, pruning_method=getattr(P, lib_method),
+                              importance_scores=scores, amount=amount)
+
+    both(ours, theirs, step, seed=5)
+    assert_same(ours, theirs, x)
+
+
+def test_global_unstructured_with_a_custom_unstructured_method_matches_torch():
+    def foobar(lib):
+        class EveryOther(lib.BasePruningMethod):
+            PRUNING_TYPE = "unstructured"
+
+            def __init__(self, start=0):
+                self.start = start
+
+            def compute_mask(self, t, default_mask):
+                mask = default_mask.clone()
+                mask.view(-1)[self.start::2] = 0
+                return mask
+        return EveryOther
+
+    ours, theirs = twins(lambda: nn.Sequential(nn.Linear(5, 4), nn.Linear(4, 3)))
+
+    def step(P, model):
+        P.l1_unstructured(model[0], "weight", 5)
+        P.global_unstructured([(model[0], "weight"), (model[1], "weight")], foobar(P), start=1)
+
+    both(ours, theirs, step, seed=0)
+    assert_same(ours, theirs, torch.randn(2, 5))
+
+
+@pytest.mark.parametrize("bad, error", [(5, TypeError), ([(nn.Linear(2, 2), "weight")], TypeError)])
+def test_global_unstructured_errors_match_torch(bad, error):
+    kwargs = {"pruning_method": C.L1Unstructured, "amount": 1}
+    with pytest.raises(error):
+        C.global_unstructured(bad, importance_scores=[] if isinstance(bad, list) else None, **kwargs)
+    with pytest.raises(error):
+        T.global_unstructured(bad, importance_scores=[] if isinstance(bad, list) else None,
+                              pruning_method=T.L1Unstructured, amount=1)
+    m = nn.Linear(3, 2)
+    for P in (C, T):
+        with pytest.raises(TypeError):
+            P.global_unstructured([(m, "weight")], pruning_method=P.LnStructured, amount=1, n=2, dim=0)
+    assert not C.is_pruned(m)
+
+
+def test_global_unstructured_failure_undoes_every_pair():
+    model = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 2))
+    model[1].register_buffer("scale", torch.ones(2, 2))  # pruning a buffer fails in register_parameter
+    before = layout(model)
+    with pytest.raises(TypeError):
+        C.global_unstructured([(model[0], "weight"), (model[1], "scale")], C.L1Unstructured, amount=2)
+    assert layout(model) == before and type(model[0]) is nn.Linear
+
+
+def test_global_hooks_keep_no_second_mask_copy():
+    model = nn.Sequential(nn.Linear(30, 20), nn.Linear(20, 10))
+    C.global_unstructured([(model[0], "weight"), (model[1], "weight")], C.L1Unstructured, amount=0.5)
+    for m in model:
+        hook = next(iter(m._forward_pre_hooks.values()))
+        assert hook.mask is m.weight_mask
+
+
+def test_importance_scores_match_torch():
+    ours, theirs = twins(lambda: nn.Conv2d(3, 5, 3))
+    scores = torch.randn(5, 3, 3, 3)
+
+    def step(P, m):
+        P.l1_unstructured(m, "weight", 0.3, importance_scores=scores)
+        P.ln_structured(m, "weight", 2, 1, 0, importance_scores=scores.double())
+        P.l1_unstructured(m, "weight", 0.3, importance_scores=scores)
+
+    both(ours, theirs, step, seed=0)
+    assert_same(ours, theirs, torch.randn(1, 3, 5, 5))
+
+
+def test_ported_amount_helpers():
+    for P in (C, T):
+        with pytest.raises(TypeError):
+            P._validate_pruning_amount_init(amount="I'm a string")
+        for bad in (1.1, 20.0, -10):
+            with pytest.raises(ValueError):
+                P._validate_pruning_amount_init(amount=bad)
+        for good in (0.34, 1500, 0, 0.0, 1, 1.0, True):
+            P._validate_pruning_amount_init(amount=good)
+        with pytest.raises(ValueError):
+            P._validate_pruning_amount(amount=20, tensor_size=19)
+        for amount, size in ((0.3, 0), (19, 20), (0, 0), (1, 1)):
+            P._validate_pruning_amount(amount=amount, tensor_size=size)
+        for amount, size in ((0, 15), (10, 15), (1, 15), (1.0, 15), (0.4, 17), (0.5, 5), (0.5, 7)):
+            assert C._compute_nparams_toprune(amount, size) == T._compute_nparams_toprune(amount, size)
+    t = torch.randn(3, 4, 5)
+    assert torch.equal(C._compute_norm(t, 2, -1), T._compute_norm(t, 2, -1))
+
+
+def test_unstructured_same_magnitude_prunes_exactly_the_count():
+    # torch's test_unstructured_pruning_same_magnitude: integer tensor full of ties
+    t = 2 * torch.randint(low=-1, high=2, size=(10, 7))
+    mask = C.L1Unstructured(amount=0.2).compute_mask(t, default_mask=torch.ones_like(t))
+    assert mask.dtype == t.dtype and int((mask == 0).sum()) == C._compute_nparams_toprune(0.2, t.nelement())
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_masks_have_the_parameter_dtype_and_device(device, dtype):
+    m = nn.Linear(6, 4).to(device=device, dtype=dtype)
+    C.l1_unstructured(m, "weight", 0.5)
+    C.ln_structured(m, "weight", 1, 2, 0)
+    C.random_unstructured(m, "bias", 1)
+    for buf in (m.weight_mask, m.bias_mask):
+        assert buf.dtype == dtype and buf.device.type == device.type
+    assert int((m.weight_mask == 0).sum()) >= 12
+
+
+def test_method_objects_are_torch_base_methods_and_custom_subclasses_work_in_other_files():
+    assert issubclass(C.L1Unstructured, T.BasePruningMethod) and issubclass(C.PruningContainer, T.PruningContainer)
+
+    class Halves(C.BasePruningMethod):  # a user method: no registry involved
+        PRUNING_TYPE = "structured"
+        dim = 0
+
+        def compute_mask(self, t, default_mask):
+            mask = default_mask.clone()
+            mask[: t.shape[0] // 2] = 0
+            return mask
+
+    m = nn.Linear(3, 4)
+    Halves.apply(m, "weight")
+    Halves.apply(m, "weight")  # second time: on the 2 surviving rows, torch's structured slicing
+    assert m.weight_mask.sum(dim=1).tolist() == [0, 0, 0, 3]
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("amount", [3, 0.5])
+def test_tied_scores_give_torchs_masks_in_containers_and_global(seed, amount):
+    """Integer weights tie everywhere: which tied entries go must still be torch's choice."""
+    ours, theirs = twins(lambda: nn.Sequential(nn.Conv2d(4, 12, 3), nn.Linear(6, 5)), seed)
+    with torch.no_grad():
+        for m in (ours, theirs):
+            torch.manual_seed(seed)
+            for p in m.parameters():
+                p.copy_(torch.randint(-2, 3, p.shape))
+
+    def step(P, model):
+        P.l1_unstructured(model[0], "weight", amount)
+        P.l1_unstructured(model[0], "weight", amount)
+        P.ln_structured(model[0], "weight", 2, 1, 0)
+        P.ln_structured(model[0], "weight", 1, 1, 1, importance_scores=model[0].weight_orig.detach().round())
+        P.global_unstructured([(model[0], "weight"), (model[1], "weight"), (model[1], "bias")], P.L1Unstructured,
+                              amount=amount)
+
+    both(ours, theirs, step, seed)
+    assert_same(ours, theirs)
+
+
+@pytest.mark.parametrize("pair", range(len(list(method_pairs()))))
+def test_compute_mask_leaves_its_inputs_alone(pair):
+    ours, _ = list(method_pairs())[pair]
+    t, default = torch.randn(4, 6), (torch.rand(4, 6) > 0.3).float()
+    t0, d0 = t.clone(), default.clone()
+    ours.compute_mask(t, default)
+    _in_container(ours, t, default)
+    assert torch.equal(t, t0) and torch.equal(default, d0)
+
+
+def test_meta_modules_prune_without_reading_values():
+    model = nn.Sequential(nn.Linear(8, 6, device="meta"), nn.Conv2d(3, 4, 3, device="meta"))
+    C.l1_unstructured(model[0], "weight", 0.5)
+    C.l1_unstructured(model[0], "weight", 0.5)
+    C.ln_structured(model[1], "weight", 1, 2, 0)
+    C.ln_structured(model[1], "weight", 1, 2, 0)
+    C.global_unstructured([(model[0], "weight"), (model[1], "weight")], C.L1Unstructured, amount=0.3)
+    assert model[0].weight_mask.is_meta and model[0].weight_mask.dtype == torch.float32
+    assert model[1].weight.shape == (4, 3, 3, 3) and len(next(iter(model[0]._forward_pre_hooks.values()))) == 3
