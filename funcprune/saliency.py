@@ -1,0 +1,121 @@
+"""Importance scores as trees, computed with ``torch.func``: feed them to any method as ``scores``.
+
+Every function returns a tree shaped like ``params`` (only the leaves picked by ``include``, by
+default every floating leaf) of non-negative scores, larger = more important, so
+``prune(params, l1_unstructured, amount, scores=s)``, ``global_unstructured(params, amount,
+scores=s)`` and the structured methods all drop the least important entries.
+
+Gradient-based scores take ``loss_fn(params, batch) -> scalar`` (typically a
+:func:`funcprune.functional_call` of a model plus a loss) and differentiate it with
+``torch.func.grad`` at the *masked* params, so pruned entries score zero. They are pure, hence
+``torch.func.vmap`` over K batches (then average) or over K stacked models gives K score trees in
+one call.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import torch
+
+from . import _pytree
+from ._pytree import Include, Tree
+from .tree import apply_masks
+
+LossFn = Callable[[Tree, Any], torch.Tensor]
+
+__all__ = ["magnitude", "gradient", "snip", "taylor"]
+
+
+def _floating(name: str, leaf: torch.Tensor) -> bool:
+    return leaf.is_floating_point()
+
+
+def _pick(params: Tree, include: Include, values: dict) -> Tree:
+    named = _pytree.named_leaves(params)
+    names = _pytree.selected(named, _floating if include is None else include)
+    return _pytree.like(params, {name: values[name] for name in names})
+
+
+def _grads(loss_fn: LossFn, params: Tree, batch: Any, masks: Optional[Tree]):
+    """Named ``(effective params, dL/d effective params)`` at the masked params."""
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable as loss_fn(params, batch), got {loss_fn!r}")
+    effective = apply_masks(params, masks)
+    effective = _pytree.like(params, {n: p.detach() for n, p in _pytree.named_leaves(effective).items()})
+    grads = torch.func.grad(loss_fn)(effective, batch)
+    return _pytree.named_leaves(effective), _pytree.named_leaves(grads)
+
+
+def magnitude(params: Tree, masks: Optional[Tree] = None, *, include: Include = None) -> Tree:
+    """``|param|`` (zero where ``masks`` pruned): the score of magnitude pruning.
+
+    Example:
+      >>> magnitude({"w": torch.tensor([-2.0, 1.0])}, {"w": torch.tensor([True, False])})
+      {'w': tensor([2., 0.])}
+    """
+    named = _pytree.named_leaves(apply_masks(params, masks))
+    return _pick(params, include, {name: leaf.detach().abs() for name, leaf in named.items()})
+
+
+def gradient(loss_fn: LossFn, params: Tree, batch: Any, masks: Optional[Tree] = None, *,
+             include: Include = None) -> Tree:
+    """``|dL/dw|`` at the masked params, dense (pruned entries too): RigL's growth criterion.
+
+    Args:
+      loss_fn: ``loss_fn(params, batch) -> scalar``, differentiable in ``params``.
+      params: pytree of tensors; batch: whatever ``loss_fn`` takes; masks: current masks.
+      include: leaves to score (None: every floating leaf).
+
+    Example:
+      >>> loss = lambda p, x: (p["w"] * x).sum()
+      >>> gradient(loss, {"w": torch.ones(2)}, torch.tensor([3.0, -4.0]))
+      {'w': tensor([3., 4.])}
+    """
+    _, grads = _grads(loss_fn, params, batch, masks)
+    return _pick(params, include, {name: g.abs() for name, g in grads.items()})
+
+
+def snip(loss_fn: LossFn, params: Tree, batch: Any, masks: Optional[Tree] = None, *,
+         include: Include = None) -> Tree:
+    """SNIP connection sensitivity ``|dL/dw * w|`` (Lee et al., 2019), at the masked params.
+
+    ``dL/dc`` for a multiplicative gate ``c = 1`` on each weight: how much the loss moves when the
+    connection is removed, to first order. Normalising by the total does not change any ranking,
+    so the raw values are returned.
+
+    Example:
+      >>> loss = lambda p, x: (p["w"] * x).sum()
+      >>> snip(loss, {"w": torch.tensor([1.0, -2.0])}, torch.tensor([3.0, 1.0]))
+      {'w': tensor([3., 2.])}
+    """
+    effective, grads = _grads(loss_fn, params, batch, masks)
+    return _pick(params, include, {name: (grads[name] * effective[name]).abs() for name in grads})
+
+
+def taylor(loss_fn: LossFn, params: Tree, batch: Any, masks: Optional[Tree] = None, *,
+           include: Include = None, dim: Optional[int] = None) -> Tree:
+    """First-order Taylor importance ``(dL/dw * w) ** 2`` (Molchanov et al., 2019).
+
+    The squared first-order estimate of the loss change when a weight is zeroed. With ``dim``,
+    the importance of each channel along ``dim`` (``(sum over the channel of dL/dw * w) ** 2``) is
+    spread over its entries, ready for a structured method along the same ``dim``; leaves with
+    fewer dims than ``dim`` needs get the per-entry score.
+
+    Example:
+      >>> loss = lambda p, x: (p["w"] * x).sum()
+      >>> taylor(loss, {"w": torch.tensor([[1.0, 2.0], [1.0, -1.0]])}, torch.ones(2, 2), dim=0)
+      {'w': tensor([[9., 9.],
+              [0., 0.]])}
+    """
+    if dim is not None and (not isinstance(dim, int) or isinstance(dim, bool)):
+        raise TypeError(f"dim must be an int or None, got {dim!r}")
+    effective, grads = _grads(loss_fn, params, batch, masks)
+    scores = {}
+    for name, g in grads.items():
+        first_order = g * effective[name]
+        if dim is not None and first_order.dim() >= 2 and -first_order.dim() <= dim < first_order.dim():
+            others = [d for d in range(first_order.dim()) if d != dim % first_order.dim()]
+            first_order = first_order.sum(dim=others, keepdim=True).expand_as(g)
+        scores[name] = first_order.square()
+    return _pick(params, include, scores)

@@ -1,0 +1,232 @@
+"""Pruning schedules: pure functions of the training step.
+
+A schedule maps a step to the *cumulative* target sparsity at that step (or, for dynamic sparse
+training, to a drop fraction). funcprune's ``amount`` is relative to the survivors, so a growing
+target becomes a per-round amount with :func:`amount_between` (from the measured sparsity, which
+lands every round exactly on the target) or :func:`round_amounts` (a whole plan up front).
+
+Steps are ints or 0-d tensors; with a tensor step a schedule returns a 0-d float64 tensor, so
+schedules compose with ``vmap`` and compiled training steps.
+
+Example:
+  >>> s = polynomial(0.8, begin=0, end=100, every=25)
+  >>> [round(float(s(t)), 4) for t in (0, 24, 25, 50, 75, 100, 1000)]
+  [0.0, 0.0, 0.4625, 0.7, 0.7875, 0.8, 0.8]
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Callable, List, Sequence, Union
+
+import torch
+
+Step = Union[int, torch.Tensor]
+Schedule = Callable[[Step], Union[float, torch.Tensor]]
+
+__all__ = ["Schedule", "constant", "one_shot", "periodic", "polynomial", "cosine_decay", "is_update_step",
+           "amount_between", "round_amounts"]
+
+
+def _fraction(value, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{what} must be a float in [0, 1], got {value!r}")
+    return float(value)
+
+
+def _step_int(value, what: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{what} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _window(begin, end, every) -> tuple:
+    begin, end, every = _step_int(begin, "begin"), _step_int(end, "end"), _step_int(every, "every", 1)
+    if begin > end:
+        raise ValueError(f"begin={begin} must not be after end={end}")
+    return begin, end, every
+
+
+def _clip(x, lo, hi):
+    return x.clamp(lo, hi) if isinstance(x, torch.Tensor) else min(max(x, lo), hi)
+
+
+def _as_step(step: Step):
+    if isinstance(step, torch.Tensor):
+        return step.to(torch.float64)
+    if isinstance(step, bool) or not isinstance(step, numbers.Real):
+        raise TypeError(f"step must be an int or a 0-d tensor, got {step!r}")
+    return step
+
+
+def _where(cond, a, b):
+    if isinstance(cond, torch.Tensor):
+        return torch.where(cond, torch.as_tensor(a, dtype=torch.float64, device=cond.device),
+                           torch.as_tensor(b, dtype=torch.float64, device=cond.device))
+    return a if cond else b
+
+
+def constant(value: float) -> Schedule:
+    """The same value at every step.
+
+    Example:
+      >>> constant(0.3)(10)
+      0.3
+    """
+    value = _fraction(value, "value")
+    return lambda step: _where(_as_step(step) >= 0, value, value)
+
+
+def one_shot(sparsity: float, step: int = 0) -> Schedule:
+    """No pruning before ``step``, then ``sparsity`` at once.
+
+    Example:
+      >>> s = one_shot(0.9, step=5)
+      >>> s(4), s(5)
+      (0.0, 0.9)
+    """
+    sparsity, at = _fraction(sparsity, "sparsity"), _step_int(step, "step")
+    return lambda t: _where(_as_step(t) >= at, sparsity, 0.0)
+
+
+def _rounds_done(t, begin: int, every: int, rounds: int):
+    done = (t - begin) // every + 1
+    return _clip(done, 0, rounds)
+
+
+def periodic(amount: float, begin: int, every: int, rounds: int) -> Schedule:
+    """Prune ``amount`` of the survivors every ``every`` steps from ``begin``, ``rounds`` times.
+
+    The schedule is the cumulative sparsity ``1 - (1 - amount) ** r`` after the ``r`` rounds done
+    by the step (rounds happen at ``begin``, ``begin + every``, ...), i.e. iterative pruning as in
+    the lottery-ticket experiments.
+
+    Example:
+      >>> s = periodic(0.5, begin=10, every=10, rounds=3)
+      >>> [s(t) for t in (9, 10, 19, 20, 30, 99)]
+      [0.0, 0.5, 0.5, 0.75, 0.875, 0.875]
+    """
+    amount = _fraction(amount, "amount")
+    begin, every, rounds = _step_int(begin, "begin"), _step_int(every, "every", 1), _step_int(rounds, "rounds")
+
+    def schedule(step: Step):
+        done = _rounds_done(_as_step(step), begin, every, rounds)
+        return 1.0 - (1.0 - amount) ** done
+    return schedule
+
+
+def polynomial(final: float, begin: int, end: int, every: int = 1, initial: float = 0.0,
+               power: float = 3.0) -> Schedule:
+    """Gradual magnitude pruning of Zhu & Gupta (2017): sparsity rises as a polynomial, then stays.
+
+    At update steps ``t = begin, begin + every, ...`` up to ``end`` the target is
+    ``final + (initial - final) * (1 - (t - begin) / (end - begin)) ** power``; between updates it
+    holds the last update's value, before ``begin`` it is ``initial`` and from ``end`` on ``final``.
+
+    Args:
+      final: sparsity reached at ``end``. initial: sparsity at ``begin``.
+      begin, end: first and last pruning steps (``begin <= end``; equal means one-shot).
+      every: steps between updates (the paper's ``Δt``). power: 3 in the paper.
+
+    Raises:
+      ValueError: ``begin > end``, ``every < 1``, fractions outside ``[0, 1]``, ``power <= 0``.
+
+    Example:
+      >>> polynomial(0.5, begin=0, end=10)(5)
+      0.4375
+    """
+    final, initial = _fraction(final, "final"), _fraction(initial, "initial")
+    begin, end, every = _window(begin, end, every)
+    if isinstance(power, bool) or not isinstance(power, numbers.Real) or power <= 0:
+        raise ValueError(f"power must be a positive number, got {power!r}")
+    span = end - begin
+
+    def schedule(step: Step):
+        t = _as_step(step)
+        if span == 0:
+            return _where(t >= begin, final, initial)
+        last = begin + every * ((_clip(t, begin, end) - begin) // every)
+        # Written from `initial` so the first update gives `initial` exactly (no float drift below it).
+        value = initial + (final - initial) * (1.0 - (1.0 - (last - begin) / span) ** power)
+        return _where(t >= end, final, _where(t >= begin, value, initial))
+    return schedule
+
+
+def cosine_decay(initial: float, steps: int, final: float = 0.0) -> Schedule:
+    """Cosine annealing from ``initial`` to ``final`` over ``steps`` (RigL's drop-fraction schedule).
+
+    Example:
+      >>> f = cosine_decay(0.3, steps=100)
+      >>> f(0), round(f(50), 6), f(100), f(200)
+      (0.3, 0.15, 0.0, 0.0)
+    """
+    initial, final = _fraction(initial, "initial"), _fraction(final, "final")
+    steps = _step_int(steps, "steps", 1)
+
+    def schedule(step: Step):
+        t = _clip(_as_step(step), 0, steps)
+        cos = torch.cos(math.pi * t / steps) if isinstance(t, torch.Tensor) else math.cos(math.pi * t / steps)
+        return final + (initial - final) * 0.5 * (1.0 + cos)
+    return schedule
+
+
+def is_update_step(step: Step, begin: int, end: int, every: int = 1):
+    """Whether masks change at ``step``: ``begin <= step <= end`` and on the ``every`` grid.
+
+    Example:
+      >>> [t for t in range(12) if is_update_step(t, 2, 8, 3)]
+      [2, 5, 8]
+    """
+    begin, end, every = _window(begin, end, every)
+    on_grid = (step - begin) % every == 0
+    return (step >= begin) & (step <= end) & on_grid
+
+
+def amount_between(current, target):
+    """The survivor-relative ``amount`` that takes sparsity ``current`` to ``target``.
+
+    ``(target - current) / (1 - current)``. Passing the *measured* sparsity of a leaf (or of the
+    tree, for global pruning) as ``current`` makes each round prune ``round(target * n) -
+    pruned``, so the target is met exactly however the previous rounds rounded. A ``target`` at
+    or below ``current`` gives 0 (pruning cannot lower sparsity).
+
+    Raises:
+      ValueError: a number outside ``[0, 1]`` (tensors are clamped instead).
+
+    Example:
+      >>> amount_between(0.5, 0.75)
+      0.5
+    """
+    if isinstance(current, torch.Tensor) or isinstance(target, torch.Tensor):
+        current = torch.as_tensor(current, dtype=torch.float64)
+        target = torch.as_tensor(target, dtype=torch.float64, device=current.device)
+        room = 1.0 - current
+        return torch.where(room > 0, (target - current).clamp(min=0) / room.clamp(min=1e-300), 0.0).clamp(0, 1)
+    current, target = _fraction(current, "current"), _fraction(target, "target")
+    if target <= current:  # e.g. a measured sparsity that rounded past the target: nothing to prune
+        return 0.0
+    return min((target - current) / (1.0 - current), 1.0)
+
+
+def round_amounts(targets: Sequence[float]) -> List[float]:
+    """Per-round amounts that reach the cumulative sparsities ``targets`` one after the other.
+
+    ``1 - targets[-1] == prod(1 - a)``, so when each ``targets[r] * n`` is a whole number the
+    rounds land on it exactly; otherwise prefer :func:`amount_between` on the measured sparsity.
+
+    Raises:
+      ValueError: a target outside ``[0, 1]`` or a decreasing sequence.
+
+    Example:
+      >>> [round(a, 4) for a in round_amounts([0.2, 0.4, 0.6, 0.8])]
+      [0.2, 0.25, 0.3333, 0.5]
+    """
+    amounts, current = [], 0.0
+    for r, target in enumerate(targets):
+        target = _fraction(target, f"targets[{r}]")
+        if target < current:
+            raise ValueError(f"targets must not decrease: targets[{r}]={target} < {current}")
+        amounts.append(amount_between(current, target))
+        current = target
+    return amounts

@@ -1,0 +1,189 @@
+"""Export: finalize vs torch's remove, sparse conversion that computes the same outputs, mask checkpoints."""
+
+import copy
+import io
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.utils.prune as torch_prune
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import funcprune as fp
+from funcprune.export import (SemiStructuredUnavailable, check_semi_structured, finalize, load_masks, save_masks,
+                              semi_structured_available, semi_structured_pattern, size_report, to_semi_structured,
+                              to_sparse, verify)
+from funcprune.patterns import nm_structured
+
+
+def mlp(seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 4))
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    masks = fp.prune(params, fp.l1_unstructured, 0.7, include=lambda n, p: n.endswith("weight"))
+    masks = fp.prune(params, fp.l1_unstructured, 3, masks=masks, include=["0.bias"])
+    return model, params, masks
+
+
+def test_finalize_equals_torch_remove():
+    model, params, masks = mlp()
+    ref = copy.deepcopy(model)
+    for name, mask in masks.items():
+        module_name, _, tensor = name.rpartition(".")
+        torch_prune.custom_from_mask(ref.get_submodule(module_name), tensor, mask)
+        torch_prune.remove(ref.get_submodule(module_name), tensor)
+    out = finalize(params, masks)
+    for name, p in ref.named_parameters():
+        assert torch.equal(out.params[name], p.detach())
+    snapshot = copy.deepcopy(params)
+    out.params["0.weight"].add_(1)  # a copy, not a view of the input
+    assert torch.equal(params["0.weight"], snapshot["0.weight"])
+
+
+def test_size_report_numbers():
+    _, params, masks = mlp()
+    report = finalize(params, masks).report
+    assert report.dense_bytes == 4 * sum(p.numel() for p in params.values())
+    assert report.total == sum(p.numel() for p in params.values())
+    assert report.nnz == sum(int(m.sum()) for m in masks.values()) + params["2.bias"].numel()
+    leaf = report.per_leaf["0.weight"]
+    nnz = int(masks["0.weight"].sum())
+    assert (leaf.nnz, leaf.dense, leaf.coo, leaf.csr, leaf.bitmask) == (
+        nnz, 16 * 12 * 4, nnz * (2 * 8 + 4), 17 * 8 + nnz * 12, 24 + nnz * 4)
+    assert report.sparse_bytes < report.dense_bytes
+    assert size_report(params).sparse_bytes == size_report(params).dense_bytes
+
+
+@pytest.mark.parametrize("layout", ["csr", "coo"])
+def test_to_sparse_matches_masked_dense_model(layout, device):
+    model, params, masks = mlp()
+    model, params = model.to(device), {k: v.to(device) for k, v in params.items()}
+    masks = {k: v.to(device) for k, v in masks.items()}
+    out = to_sparse(params, masks, layout)
+    expected_layout = torch.sparse_csr if layout == "csr" else torch.sparse_coo
+    assert out.params["0.weight"].layout == expected_layout and out.params["2.bias"].layout == torch.strided
+    assert out.skipped == ({"0.bias": "CSR needs a 2-D tensor, got shape (16,)"} if layout == "csr" else {})
+    for name, mask in masks.items():
+        value = out.params[name]
+        dense = value.to_dense() if value.layout != torch.strided else value
+        assert torch.equal(dense, params[name] * mask)
+    x = torch.randn(9, 12, device=device)
+    check = verify(params, masks, out.params, model if layout == "csr" else None, (x,))
+    assert check.ok and check.mismatched == ()
+    if layout == "csr":
+        assert check.max_abs_diff < 1e-5
+
+
+def test_to_sparse_stores_the_mask_structure_not_the_nonzeros():
+    params = {"w": torch.tensor([[0.0, 1.0], [2.0, 0.0]])}
+    masks = {"w": torch.tensor([[True, True], [False, False]])}
+    coo = to_sparse(params, masks, "coo").params["w"]
+    assert coo._nnz() == 2 and coo.indices().tolist() == [[0, 0], [0, 1]]
+
+
+def test_verify_detects_a_wrong_export():
+    model, params, masks = mlp()
+    exported = dict(to_sparse(params, masks, "csr").params)
+    exported["2.weight"] = params["2.weight"]  # unmasked: wrong
+    check = verify(params, masks, exported, model, (torch.randn(3, 12),))
+    assert not check.ok and check.mismatched == ("2.weight",) and check.max_abs_diff > 0
+
+
+def test_to_sparse_errors():
+    _, params, masks = mlp()
+    with pytest.raises(ValueError, match="layout"):
+        to_sparse(params, masks, "bsr")
+    with pytest.raises(KeyError):
+        to_sparse(params, {"nope": torch.ones(1)})
+
+
+def two_four(rows, cols, dtype, device="cpu"):
+    torch.manual_seed(rows + cols)
+    w = torch.randn(rows, cols, device=device).to(dtype)
+    n, m = semi_structured_pattern(dtype)
+    return w, nm_structured(w, n, m)
+
+
+def test_semi_structured_layout_check_on_any_device():
+    w, mask = two_four(32, 64, torch.float16)
+    assert check_semi_structured(w, mask) == [] and check_semi_structured(w * mask) == []
+    assert any("2:4" in p for p in check_semi_structured(w))  # dense rows break the pattern
+    assert any("not a multiple" in p for p in check_semi_structured(*two_four(24, 64, torch.float16)))
+    assert "2-D" in check_semi_structured(torch.zeros(4, 4, 4, dtype=torch.float16))[0]
+    assert any("dtype" in p for p in check_semi_structured(torch.zeros(32, 64, dtype=torch.float64)))
+    assert any("not contiguous" in p for p in check_semi_structured((w * mask).t().contiguous().t()))
+    f32, f32_mask = two_four(32, 64, torch.float32)
+    assert semi_structured_pattern(torch.float32) == (1, 2)
+    # A 2:4 float32 mask is not enough: TF32 kernels need 1:2.
+    assert any("1:2" in p for p in check_semi_structured(f32, nm_structured(f32, 2, 4)))
+
+
+def test_semi_structured_conversion_skips_cleanly_where_unsupported(device):
+    w, mask = two_four(32, 64, torch.float16, device)
+    ok, reason = semi_structured_available(w.device)
+    if not ok:
+        assert "CUDA" in reason or "capability" in reason
+        with pytest.raises(SemiStructuredUnavailable, match="CUDA|capability"):
+            to_semi_structured(w, mask)
+        out = to_sparse({"w": w}, {"w": mask}, "semi_structured")
+        assert out.skipped == {"w": reason} and torch.equal(out.params["w"], w * mask)
+        return
+    out = to_sparse({"w": w}, {"w": mask}, "semi_structured")  # CUDA sm80+: the real kernels
+    assert out.skipped == {}
+    lin = nn.Linear(64, 32).to(device=device, dtype=torch.float16)
+    params = {"weight": w, "bias": lin.bias.detach()}
+    check = verify(params, {"weight": mask}, {**params, **out.params}, lin,
+                   (torch.randn(64, 64, device=device, dtype=torch.float16),), rtol=1e-2, atol=1e-2)
+    assert check.ok
+
+
+def test_semi_structured_layout_errors_are_reported():
+    if semi_structured_available(torch.device("cuda"))[0]:
+        with pytest.raises(SemiStructuredUnavailable, match="2:4"):
+            to_semi_structured(torch.randn(32, 64, device="cuda", dtype=torch.float16))
+    else:
+        with pytest.raises(SemiStructuredUnavailable, match="CUDA"):
+            to_semi_structured(torch.randn(32, 64, dtype=torch.float16))
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=st.lists(st.integers(0, 9), min_size=0, max_size=3).map(tuple), seed=st.integers(0, 2**16))
+def test_mask_checkpoint_round_trips_and_is_numpy_packbits(shape, seed):
+    mask = torch.rand(shape, generator=torch.Generator().manual_seed(seed)) > 0.5
+    buffer = io.BytesIO()
+    save_masks({"m.weight": mask, "n": {"bias": ~mask}}, buffer)
+    buffer.seek(0)
+    raw = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+    assert raw["format"] == "funcprune.masks" and raw["version"] == 1
+    assert np.array_equal(raw["masks"]["m.weight"]["bits"].numpy(), np.packbits(mask.numpy().ravel()))
+    loaded = load_masks(buffer)
+    assert set(loaded) == {"m.weight", "n.bias"}
+    assert loaded["m.weight"].dtype == torch.bool and torch.equal(loaded["m.weight"], mask)
+    assert torch.equal(loaded["n.bias"], ~mask)
+
+
+def test_mask_checkpoint_file_like_and_errors(tmp_path):
+    params = {"fc": {"weight": torch.randn(300, 400), "bias": torch.randn(300)}}
+    masks = {"fc": {"weight": (torch.rand(300, 400) > 0.5).float()}}  # compat-style float mask
+    path = tmp_path / "masks.pt"
+    save_masks(masks, path)
+    loaded = load_masks(path, like=params)
+    assert list(loaded) == ["fc"] and list(loaded["fc"]) == ["weight"]
+    assert torch.equal(loaded["fc"]["weight"], masks["fc"]["weight"].bool())
+    assert path.stat().st_size < 300 * 400 // 8 + 4096  # one bit per entry plus torch.save's zip framing
+    with pytest.raises(ValueError, match="shape"):
+        load_masks(path, like={"fc": {"weight": torch.randn(400, 300)}})
+    with pytest.raises(KeyError):
+        load_masks(path, like={"other": torch.randn(300, 400)})
+    with pytest.raises(ValueError, match="0 or 1"):
+        save_masks({"w": torch.tensor([0.5, 1.0])}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="meta"):
+        save_masks({"w": torch.ones(3, device="meta", dtype=torch.bool)}, tmp_path / "bad.pt")
+    torch.save({"weight": torch.ones(2)}, tmp_path / "not_masks.pt")
+    with pytest.raises(ValueError, match="not a funcprune mask checkpoint"):
+        load_masks(tmp_path / "not_masks.pt")
+    torch.save({"format": "funcprune.masks", "version": 99, "masks": {}}, tmp_path / "future.pt")
+    with pytest.raises(ValueError, match="version"):
+        load_masks(tmp_path / "future.pt")
