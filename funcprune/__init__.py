@@ -35,7 +35,26 @@ __all__ = [
 ]
 
 # --- compat bridge (module <-> params, masks) ---
+from .bridge import from_module, to_module  # noqa: E402
+
+__all__ += ["from_module", "to_module"]
 
 # --- multi-mask experiments and functional training ---
+from .multi import call_with_buffers, stacked_call, vmap_stacked  # noqa: E402
+from .stack import masks_for_amounts, masks_for_scores, masks_for_seeds, stack, stack_size, unstack  # noqa: E402
+from .train import lottery_round, masked_update  # noqa: E402
+
+__all__ += ["call_with_buffers", "lottery_round", "masked_update", "masks_for_amounts", "masks_for_scores",
+            "masks_for_seeds", "stack", "stack_size", "stacked_call", "unstack", "vmap_stacked"]
 
 # --- beyond torch.nn.utils.prune: patterns, distributions, schedules, saliency, export ---
+from . import distributions, dst, export, patterns, saliency, schedules  # noqa: E402
+from .distributions import erk, prune_by, to_counts, uniform  # noqa: E402
+from .dst import drop_and_grow, rigl_update, set_update, zero_grown  # noqa: E402
+from .export import finalize, load_masks, save_masks, size_report, to_sparse, verify  # noqa: E402
+from .patterns import block_structured, channels_kept, nm_structured, prune_channels, satisfies_nm  # noqa: E402
+
+__all__ += ["distributions", "dst", "export", "patterns", "saliency", "schedules", "erk", "prune_by", "to_counts",
+            "uniform", "drop_and_grow", "rigl_update", "set_update", "zero_grown", "finalize", "load_masks",
+            "save_masks", "size_report", "to_sparse", "verify", "block_structured", "channels_kept",
+            "nm_structured", "prune_channels", "satisfies_nm"]

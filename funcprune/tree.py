@@ -158,7 +158,9 @@ def global_unstructured(params: Tree, amount: Amount, masks: Optional[Tree] = No
 def _masked(value: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``value`` with pruned entries zeroed, in ``value``'s dtype, differentiable in ``value``."""
     if mask.dtype == torch.bool:
-        return value * mask
+        # bool -> uint8 is a free reinterpretation and uint8 -> float a fast vectorized cast, while
+        # bool -> float and a mixed bool multiply are ~5x slower; float * float is the fastest product.
+        mask = mask.view(torch.uint8)
     return value * mask.to(value.dtype)
 
 

@@ -235,16 +235,25 @@ def test_random_methods_under_vmap_draw_per_element_and_keep_counts(method):
 
 
 @pytest.mark.parametrize("bad, err", [("0.3", TypeError), (None, TypeError), (-1, ValueError), (1.5, ValueError),
-                                      (-0.1, ValueError), (True, TypeError), (torch.ones(2), ValueError)])
+                                      (-0.1, ValueError), (torch.ones(2), ValueError), (torch.tensor(True), TypeError)])
 def test_bad_amounts_raise_like_torch(bad, err):
     scores = torch.randn(3, 4)
     with pytest.raises(err, match="amount"):
         fp.l1_unstructured(scores, bad)
     with pytest.raises(err, match="amount"):
         fp.ln_structured(scores, bad, 2, 0)
-    if not isinstance(bad, (bool, torch.Tensor)):
+    if not isinstance(bad, torch.Tensor):
         with pytest.raises(err):
             torch_prune.L1Unstructured(bad)
+
+
+def test_bool_amount_is_rejected_up_front():
+    # torch validates True as an int, then fails inside topk with a TypeError; funcprune says so at once
+    scores = torch.randn(5)
+    with pytest.raises(TypeError):
+        torch_mask(torch_prune.L1Unstructured(True), scores)
+    with pytest.raises(TypeError, match="amount"):
+        fp.l1_unstructured(scores, True)
 
 
 def test_structural_errors():

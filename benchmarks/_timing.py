@@ -1,0 +1,59 @@
+"""Interleaved timing: every contender runs once per round, in alternating order, medians win.
+
+Each contender is a ``prepare`` callable returning a zero-argument ``run``; ``prepare`` is not
+timed, so a contender that mutates its input (torch's module API) gets a fresh one every call.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable, Dict, List
+
+import torch
+
+Prepare = Callable[[], Callable[[], object]]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _sample(prepare: Prepare, number: int, device: torch.device) -> float:
+    """Seconds per call, averaged over ``number`` calls of freshly prepared runs."""
+    runs = [prepare() for _ in range(number)]
+    _sync(device)
+    start = time.perf_counter()
+    for run in runs:
+        run()
+    _sync(device)
+    return (time.perf_counter() - start) / number
+
+
+def interleaved(contenders: Dict[str, Prepare], *, rounds: int = 7, warmup: int = 1,
+                min_sample: float = 0.02, budget: float = 60.0, min_rounds: int = 3,
+                device: torch.device = torch.device("cpu")) -> Dict[str, float]:
+    """Median seconds per call of each contender, timed in interleaved rounds.
+
+    Args:
+      contenders: ``{label: prepare}``; ``prepare()`` returns the zero-argument call to time.
+      rounds: samples per contender; the median is reported.
+      warmup: untimed calls of each contender first.
+      min_sample: a sample repeats a fast call until it lasts about this long.
+      budget: seconds of timed samples after which no new round starts (once ``min_rounds`` ran).
+      min_rounds: rounds always run, whatever the budget.
+      device: synchronised around every sample when it is a CUDA device.
+    """
+    numbers = {}
+    for label, prepare in contenders.items():
+        once = min(_sample(prepare, 1, device) for _ in range(max(warmup, 1)))  # warm-up doubles as calibration
+        numbers[label] = max(1, min(1000, int(min_sample / max(once, 1e-9))))
+    samples: Dict[str, List[float]] = {label: [] for label in contenders}
+    order = list(contenders)
+    for r in range(rounds):
+        if r >= min_rounds and sum(sum(v) for v in samples.values()) > budget:
+            break  # slow rows (seconds per call): stop at ``min_rounds`` once over budget
+        for label in order if r % 2 == 0 else reversed(order):
+            samples[label].append(_sample(contenders[label], numbers[label], device))
+    return {label: statistics.median(values) for label, values in samples.items()}

@@ -1,0 +1,168 @@
+"""funcprune vs torch.nn.utils.prune, side by side: ``python benchmarks/run.py [--quick]``.
+
+Every comparison first checks that both libraries produce the same masks (or outputs), then
+times them interleaved in one process (median of several rounds after a warm-up) and prints
+medians and ratios (funcprune / torch, lower is better). Memory, the scaling run and the
+> 2**31-entry run use a fresh process per case. Results go to ``benchmarks/results.md`` and the
+scaling curve to ``benchmarks/scaling.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+if "--passive-omp" in sys.argv:  # must precede loading OpenMP; the worker processes inherit it
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+import _cases  # noqa: E402
+import _memory  # noqa: E402
+import _module_cases  # noqa: E402
+import _report  # noqa: E402
+from _timing import interleaved  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _compat():
+    try:
+        import funcprune.compat as compat
+        for name in ("l1_unstructured", "global_unstructured", "ln_structured", "L1Unstructured"):
+            getattr(compat, name)
+        return compat
+    except Exception as err:  # noqa: BLE001 - the compat rows are optional while it is being written
+        print(f"(compat rows skipped: funcprune.compat unavailable: {err})")
+        return None
+
+
+def _all_cases(args):
+    compat = None if args.no_compat else _compat()
+    models = ["resnet18"] if args.quick else ["resnet18", "resnet50", "mlp", "lenet"]
+    cases = [c for model in models for c in _cases.functional_cases(model, quick=args.quick)]
+    if torch.cuda.is_available():  # CUDA rows: the same mask computations on the GPU, synchronised timing
+        cuda = torch.device("cuda")
+        cases += [c for model in models[:2] for c in _cases.functional_cases(model, quick=args.quick, device=cuda)]
+    cases += _module_cases.forward_cases("mlp", compat)
+    if not args.quick:
+        cases += _module_cases.forward_cases("resnet18", compat)
+    if compat is not None:
+        cases += _module_cases.compat_cases(compat, quick=args.quick)
+    return [c for c in cases if args.only is None or args.only in f"{c.group} {c.shapes}"]
+
+
+def time_cases(cases, args):
+    """Check, then time every case; one result row each."""
+    rows = []
+    for case in cases:
+        row = {"group": case.group, "shapes": case.shapes, "target": case.target, "ours": case.ours_label,
+               "theirs": case.theirs_label}
+        try:
+            _cases.check(case)
+            row["note"] = case.note
+            ours, theirs = _cases.seeded(case.ours, case.seed), _cases.seeded(case.theirs, case.seed)
+            medians = interleaved({"ours": ours.prepare, "theirs": theirs.prepare}, rounds=args.rounds,
+                                  min_sample=case.min_sample, device=case.device)
+            row.update(ours_s=medians["ours"], theirs_s=medians["theirs"], ratio=medians["ours"] / medians["theirs"])
+        except Exception as err:  # noqa: BLE001 - a broken row is reported, the others still run
+            row["error"] = f"{type(err).__name__}: {err}"
+        print(_report.row_line(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def memory_rows(args):
+    """Peak and held memory of global L1 0.8, each library in a fresh process."""
+    rows = []
+    for model in ["resnet18"] if args.quick else ["resnet18", "resnet50"]:
+        got = {lib: _memory.run_worker({"model": model, "lib": lib, "amount": 0.8, "threads": torch.get_num_threads()})
+               for lib in ("funcprune", "torch")}
+        rows.append({"model": model, **got})
+        print(_report.memory_line(model, got), flush=True)
+    return rows
+
+
+def scaling_rows(args):
+    """Time and peak memory of global L1 0.8 from 1M to 200M entries (16 float32 leaves)."""
+    rows = []
+    for n in _memory.scaling_sizes(args.quick):
+        got = {lib: _memory.run_worker({"model": "flat", "n": n, "lib": lib, "amount": 0.8,
+                                        "threads": torch.get_num_threads()}) for lib in ("funcprune", "torch")}
+        rows.append({"n": n, **got})
+        print(_report.scaling_line(n, got), flush=True)
+    return rows
+
+
+def huge_row():
+    """Global L1 0.5 on float16 weights with more than 2**31 entries, funcprune only, exact count checked."""
+    spec = {"model": "flat", "n": _memory.HUGE_TOTAL, "leaves": 17, "dtype": "float16", "lib": "funcprune",
+            "amount": 0.5, "verify": True, "threads": torch.get_num_threads()}
+    got = _memory.run_worker(spec, timeout=1800)
+    print("huge:", json.dumps(got), flush=True)
+    return got
+
+
+def machine(device) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "device": str(device),
+            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "default"),
+            "load average": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and sizes (under two minutes)")
+    parser.add_argument("--rounds", type=int, default=None, help="timed rounds per contender (median)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for every case")
+    parser.add_argument("--passive-omp", action="store_true",
+                        help="OMP_WAIT_POLICY=PASSIVE: on a machine busy with other work, spinning OpenMP "
+                             "threads make every parallel op wait for a time slice")
+    parser.add_argument("--only", default=None, help="run only the rows whose 'group shapes' contain this")
+    parser.add_argument("--no-compat", action="store_true", help="skip the funcprune.compat rows")
+    parser.add_argument("--skip-memory", action="store_true", help="skip the fresh-process memory rows")
+    parser.add_argument("--skip-scaling", action="store_true", help="skip the 1M..200M scaling run")
+    parser.add_argument("--skip-huge", action="store_true", help="skip the > 2**31-entry run (needs ~8 GiB)")
+    parser.add_argument("--out", default=os.path.join(HERE, "results.md"), help="markdown report path")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(_memory.worker(json.loads(args.worker))))
+        return 0
+    args.rounds = args.rounds or (3 if args.quick else 15)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    info = machine(devices[-1])
+    print(_report.header(info))
+    rows = time_cases(_all_cases(args), args)
+    memory = [] if args.skip_memory or args.only else memory_rows(args)
+    scaling = [] if args.skip_scaling or args.only else scaling_rows(args)
+    huge = None if args.skip_huge or args.quick or args.only else huge_row()
+    elapsed = time.perf_counter() - start
+    _report.write(args.out, info, rows, memory, scaling, huge, elapsed, quick=args.quick)
+    if scaling:
+        _report.plot(scaling, os.path.join(os.path.dirname(args.out), "scaling.png"))
+    print(f"wrote {args.out} ({elapsed:.0f} s)")
+    failed = [r for r in rows if "error" in r]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Smoke tests of the benchmark suite's building blocks (no timing asserts)."""
+
+import math
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+
+import _cases  # noqa: E402
+import _memory  # noqa: E402
+import _models  # noqa: E402
+import _report  # noqa: E402
+from _timing import interleaved  # noqa: E402
+
+
+def test_models_have_the_advertised_sizes():
+    assert sum(math.prod(s) for s in _models.resnet50_shapes().values()) == 25_502_912
+    resnet = _models.build("resnet18")
+    names = _models.prunable_names(resnet)
+    params = dict(resnet.named_parameters())
+    assert len(names) == 21 and sum(params[n].numel() for n in names) == 11_678_912
+    assert resnet(_models.example_input("resnet18", 1)[:, :, :64, :64]).shape == (1, 1000)
+    for name, outputs in (("mlp", 10), ("lenet", 10)):
+        model = _models.build(name)
+        assert model(_models.example_input(name, 2)).shape == (2, outputs)
+    assert sum(w.numel() for w in _models.weights("mlp").values()) == 4 * 1024 * 1024 + 10 * 1024
+
+
+def test_models_are_seeded():
+    a, b = _models.weights("lenet", seed=3), _models.weights("lenet", seed=3)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    flat = _models.flat_weights(1003, leaves=4)
+    assert sum(w.numel() for w in flat.values()) == 1003 and len(flat) == 4
+
+
+def test_every_lenet_case_has_parity_with_torch():
+    cases = _cases.functional_cases("lenet")
+    assert {c.group for c in cases} >= {"l1_unstructured 0.3, per layer", "global_unstructured L1 0.8"}
+    for case in cases:
+        _cases.check(case)
+
+
+def test_parity_check_catches_a_different_mask():
+    case = _cases.functional_cases("lenet")[0]
+    flipped = _cases.Side(case.theirs.prepare, lambda masks: {n: ~m.bool() for n, m in masks.items()})
+    with pytest.raises(AssertionError, match="masks differ"):
+        _cases.check(_cases.Case(case.group, case.shapes, case.ours, flipped))
+
+
+def test_random_cases_reseed_both_sides():
+    weights = {n: w for n, w in _models.weights("lenet").items() if w.dim() > 1}
+    import funcprune as fp
+    import torch.nn.utils.prune as torch_prune
+    ours = _cases.Side(lambda: lambda: fp.prune(weights, fp.random_unstructured, 0.4), lambda m: m)
+    theirs = _cases._torch_per_tensor(weights, lambda: torch_prune.RandomUnstructured(0.4))
+    _cases.check(_cases.Case("random", "lenet", ours, theirs, seed=5))
+    a = _cases.seeded(ours, 5).prepare()()
+    b = _cases.seeded(ours, 5).prepare()()
+    assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_interleaved_timer_reports_a_median_per_contender():
+    calls = {"a": 0, "b": 0}
+
+    def contender(label):
+        def prepare():
+            def run():
+                calls[label] += 1
+            return run
+        return prepare
+    medians = interleaved({"a": contender("a"), "b": contender("b")}, rounds=3, min_sample=0.0)
+    assert set(medians) == {"a", "b"} and all(v >= 0 for v in medians.values())
+    assert calls["a"] >= 4 and calls["b"] >= 4
+
+
+def test_memory_worker_checks_exact_counts_with_small_chunks():
+    got = _memory.worker({"model": "flat", "n": 10_007, "leaves": 3, "dtype": "float16", "lib": "funcprune",
+                          "amount": 0.5, "chunk": 997, "verify": True})
+    assert got["exact"] and got["ordered"] and got["pruned"] == round(0.5 * 10_007)
+    assert got["mask_mib"] == pytest.approx(10_007 / 2**20)
+
+
+def test_growth_exponent_recovers_power_laws():
+    sizes = [10**6, 10**7, 10**8]
+    assert _memory.growth_exponent(sizes, [n * 1e-8 for n in sizes]) == pytest.approx(1.0)
+    assert 1.0 < _memory.growth_exponent(sizes, [n * math.log(n) for n in sizes]) < 1.15
+
+
+def test_report_writes_tables(tmp_path):
+    rows = [{"group": "g", "shapes": "s", "target": 0.5, "ours": "funcprune", "theirs": "torch", "ours_s": 0.01,
+             "theirs_s": 0.04, "ratio": 0.25}, {"group": "bad", "shapes": "s", "target": None, "ours": "funcprune",
+                                                "theirs": "torch", "error": "AssertionError: masks differ"}]
+    assert "ok" in _report.row_line(rows[0]) and "ERROR" in _report.row_line(rows[1])
+    mem = {"funcprune": {"peak_mib": 10.0, "held_mib": 5.0, "mask_mib": 2.0},
+           "torch": {"peak_mib": 100.0, "held_mib": 50.0, "mask_mib": 8.0}}
+    scaling = [{"n": n, **mem} for n in (10**6, 10**7)]
+    for s in scaling:
+        s["funcprune"] = dict(s["funcprune"], seconds=s["n"] * 1e-8)
+        s["torch"] = {"error": "timed out"}
+    path = tmp_path / "results.md"
+    _report.write(str(path), {"cores": 2}, rows, [{"model": "m", **mem}], scaling, None, 1.0, quick=True)
+    text = path.read_text()
+    assert "| g | s | funcprune 10.00 | torch 40.00 | 0.250 | <= 0.50 | ok |" in text
+    assert "| m | 10 | 100 | 0.100 |" in text and "timed out" in text and "ERROR" in text
+    _report.plot(scaling, str(tmp_path / "scaling.png"))
+    assert (tmp_path / "scaling.png").stat().st_size > 0
+
+
+# The eager fast path of ``_select.select`` (tuned for these benchmarks) must give topk's positions.
+KINDS = ["normal", "abs", "ties", "nan", "half", "inf"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("largest", [False, True])
+def test_threshold_fast_path_gives_topks_positions(kind, largest):
+    from funcprune import _select
+    gen = torch.Generator().manual_seed(2 * KINDS.index(kind) + largest)
+    n = _select._FAST_MIN * 3 + 7
+    key = torch.randn(n, generator=gen)
+    if kind == "abs":
+        key = key.abs()
+    elif kind == "ties":
+        key = (key * 4).round()
+    elif kind == "nan":
+        key[torch.randint(0, n, (40,), generator=gen)] = float("nan")
+    elif kind == "half":
+        key = key.half()
+    elif kind == "inf":
+        key[:50] = float("inf")
+    for k in (1, 17, n // 3, n // 2, n - 30, n - 1):
+        got = _select.select(key, k, largest=largest)
+        ref = torch.zeros(n, dtype=torch.bool)
+        ref[torch.topk(key, k, largest=largest).indices] = True
+        assert torch.equal(got, ref), (kind, k)
+        fast = _select._select_by_threshold(key, k, largest)
+        if kind in ("normal", "abs") and 0.01 < k / n < 0.99:
+            assert fast is not None  # continuous keys take the fast path
+        assert fast is None or torch.equal(fast, ref)
+
+
+def test_threshold_fast_path_with_survivors_matches_torch():
+    import funcprune as fp
+    import torch.nn.utils.prune as torch_prune
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(300, 200, generator=gen)
+    mask = fp.l1_unstructured(w, 0.4)
+    for amount in (0.3, 1234):
+        ref = _torch_container_mask(torch_prune, w, mask, amount)
+        assert torch.equal(fp.l1_unstructured(w, amount, mask), ref)
+
+
+def _torch_container_mask(torch_prune, w, mask, amount):
+    container = torch_prune.PruningContainer()
+    container._tensor_name = "w"
+    method = torch_prune.L1Unstructured(amount)
+    method._tensor_name = "w"
+    container.add_pruning_method(method)
+    return container.compute_mask(w, mask.float()).bool()
