@@ -116,9 +116,9 @@ def _module_masks(mods: Dict[str, nn.Module]) -> Masks:
 def _torch_per_tensor(weights: Dict[str, torch.Tensor], make_method: Callable[[], object]) -> Side:
     def run():
         method = make_method()
-        # funcprune visits a dict's leaves in optree's (sorted-key) order; so does this loop, so
-        # the random methods see the same draws.
-        return {name: method.compute_mask(weights[name], torch.ones_like(weights[name])) for name in sorted(weights)}
+        # funcprune visits a dict's leaves in insertion (named_parameters) order, as this loop does,
+        # so the random methods see the same draws.
+        return {name: method.compute_mask(w, torch.ones_like(w)) for name, w in weights.items()}
     return Side(lambda: run, _same)
 
 
@@ -150,7 +150,7 @@ def _fp_iterative(weights, amount: float, rounds: int) -> Side:
 
 def _torch_global(weights, method, amount) -> Side:
     def prepare():
-        mods = holders({name: weights[name] for name in sorted(weights)})  # optree's leaf order
+        mods = holders(weights)  # same leaf order as funcprune: the random draws line up
         pairs = [(m, "weight") for m in mods.values()]
         return lambda: (torch_prune.global_unstructured(pairs, pruning_method=method, amount=amount), mods)[1]
     return Side(prepare, _module_masks)

@@ -17,9 +17,19 @@ Tree = Any
 Include = Union[None, Callable[[str, torch.Tensor], bool], Iterable[str]]
 
 
+_NAMESPACE = "funcprune"
+
+
+def _flatten(tree: Tree):
+    """optree's flatten, but dicts in insertion order (optree sorts keys by default), so leaves come
+    in ``named_parameters()`` order: random draws and tie-breaking then follow torch's order."""
+    with optree.dict_insertion_ordered(True, namespace=_NAMESPACE):
+        return optree.tree_flatten_with_path(tree, namespace=_NAMESPACE)
+
+
 def named_leaves(tree: Tree) -> Dict[str, Any]:
-    """``{qualified name: leaf}`` in flattening order (``None`` is a hole, not a leaf)."""
-    paths, leaves, _ = optree.tree_flatten_with_path(tree)
+    """``{qualified name: leaf}`` in insertion order (``None`` is a hole, not a leaf)."""
+    paths, leaves, _ = _flatten(tree)
     return {".".join(str(p) for p in path): leaf for path, leaf in zip(paths, leaves)}
 
 
@@ -38,7 +48,7 @@ def _strip_holes(tree: Tree) -> Tree:
 
 def like(params: Tree, named: Mapping[str, Any]) -> Tree:
     """A tree shaped like ``params`` holding ``named[name]`` at each leaf; dicts omit missing names."""
-    paths, _, spec = optree.tree_flatten_with_path(params)
+    paths, _, spec = _flatten(params)
     names = [".".join(str(p) for p in path) for path in paths]
     return _strip_holes(optree.tree_unflatten(spec, [named.get(name) for name in names]))
 

@@ -22,6 +22,8 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
+from ._amount import _is_concrete
+
 Count = Union[int, torch.Tensor]
 
 _DIGIT_BITS = 16
@@ -38,13 +40,6 @@ def _worst(dtype: torch.dtype, largest: bool):
         return -float("inf") if largest else float("inf")
     info = torch.iinfo(dtype)
     return info.min if largest else info.max
-
-
-def _concrete(t: torch.Tensor) -> bool:
-    """A real eager tensor whose values may be read (not meta, not wrapped by vmap/grad, not fake)."""
-    if t.device.type == "meta" or torch._C._functorch.is_functorch_wrapped_tensor(t):
-        return False
-    return not isinstance(t, torch._subclasses.FakeTensor)
 
 
 def _select_by_threshold(key: torch.Tensor, k: int, largest: bool) -> Optional[torch.Tensor]:
@@ -102,7 +97,7 @@ def select(key: torch.Tensor, k: Count, *, largest: bool, alive: Optional[torch.
     if alive is not None:
         key = key.masked_fill(~alive, _worst(key.dtype, largest))
     if isinstance(k, int):
-        if 0 < k < n and n >= _FAST_MIN and key.device.type == "cpu" and _concrete(key):
+        if 0 < k < n and n >= _FAST_MIN and key.device.type == "cpu" and _is_concrete(key):
             chosen = _select_by_threshold(key, k, largest)
             if chosen is not None:
                 return chosen
@@ -111,7 +106,7 @@ def select(key: torch.Tensor, k: Count, *, largest: bool, alive: Optional[torch.
             return chosen
         idx = torch.topk(key, k, largest=largest, sorted=False).indices
         # Filling a fresh tensor in place saves a copy; under vmap the indices are batched.
-        return chosen.index_fill_(0, idx, True) if _concrete(idx) else chosen.index_fill(0, idx, True)
+        return chosen.index_fill_(0, idx, True) if _is_concrete(idx) else chosen.index_fill(0, idx, True)
     k_max = n if k_max is None else min(k_max, n)
     chosen = torch.zeros(n, dtype=torch.bool, device=key.device)
     if k_max == 0:

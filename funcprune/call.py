@@ -48,26 +48,26 @@ def functional_call(module: torch.nn.Module, params: Tree, masks: Optional[Tree]
     """
     named = _pytree.named_leaves(params)
     reparam = _reparametrized(module)
-    own = dict(module.named_parameters())
-    own.update(module.named_buffers())
     named_masks = _pytree.named_leaves(masks) if masks is not None else {}
-    unknown = [name for name in list(named_masks) + list(named) if name not in own and name not in reparam]
+    unknown = [name for name in list(named_masks) + list(named)
+               if name not in reparam and _own_tensor(module, name) is None]
     if unknown:
+        known = [n for n, _ in module.named_parameters()] + [n for n, _ in module.named_buffers()]
         raise KeyError(f"name(s) {unknown} are not parameters or buffers of {type(module).__name__}; "
-                       f"it has {list(own)}")
+                       f"it has {known}")
     tensors = {_orig_name(name, reparam): value for name, value in named.items()}
     if len(tensors) != len(named):
         raise ValueError("params name a pruned tensor both by its original name and as '<name>_orig'")
     for name, mask in named_masks.items():
         if name in reparam:  # the module's own hook multiplies them, so the forward is unchanged
             target = _orig_name(name, reparam)
-            value = tensors.get(target, own[target])
+            value = tensors.get(target, _own_tensor(module, target))
             if mask.shape != value.shape:
                 raise ValueError(f"{name}: mask has shape {tuple(mask.shape)} but the param has shape "
                                  f"{tuple(value.shape)}")
             tensors[target[:-len("_orig")] + "_mask"] = mask
             continue
-        value = tensors.get(name, own[name])
+        value = tensors.get(name, _own_tensor(module, name))
         if mask.shape != value.shape:
             raise ValueError(f"{name}: mask has shape {tuple(mask.shape)} but the param has shape {tuple(value.shape)}")
         tensors[name] = _masked(value, mask)
@@ -86,3 +86,14 @@ def functional_call(module: torch.nn.Module, params: Tree, masks: Optional[Tree]
 def _orig_name(name: str, reparam) -> str:
     """The module's own name for ``name``: ``<name>_orig`` for a pruned tensor."""
     return name + "_orig" if name in reparam else name
+
+
+def _own_tensor(module: torch.nn.Module, name: str) -> Optional[torch.Tensor]:
+    """The module's parameter or buffer called ``name``, or None (a lookup, not a walk of the tree)."""
+    path, _, local = name.rpartition(".")
+    try:
+        sub = module.get_submodule(path)
+    except AttributeError:
+        return None
+    found = sub._parameters.get(local)
+    return found if found is not None else sub._buffers.get(local)

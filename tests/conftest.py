@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -8,3 +10,10 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 def device(request):
     """Every device the tests can run on here: CPU always, CUDA when present."""
     return torch.device(request.param)
+
+
+# CI runs a fixed set of hypothesis examples, so a red CI is reproducible; locally they vary.
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI") else "default")

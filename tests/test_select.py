@@ -66,3 +66,24 @@ def test_select_static_and_tensor_counts_agree(largest):
         static = select(key, k, largest=largest, alive=alive)
         dynamic = select(key, torch.tensor(k), largest=largest, alive=alive, k_max=k + 3)
         assert torch.equal(static, dynamic) and int(static.sum()) == k and not (static & ~alive).any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+@pytest.mark.parametrize("largest", [False, True])
+def test_select_eager_fast_path_picks_topks_set(dtype, largest):
+    # sizes above the threshold-path cut-off, with exact ties, zeros, inf and NaN among the keys
+    from funcprune._select import _FAST_MIN
+
+    gen = torch.Generator().manual_seed(1)
+    n = 3 * _FAST_MIN + 7
+    key = torch.randn(n, generator=gen).abs().to(dtype)
+    key[:100] = 0.0
+    key[100:200] = key[300]
+    key[200], key[201] = float("inf"), float("nan")
+    for k in (1, 150, n // 3, n // 2, n - 150, n - 1):
+        ref = torch.zeros(n, dtype=torch.bool)
+        ref[torch.topk(key, k, largest=largest).indices] = True
+        got = select(key, k, largest=largest)
+        assert int(got.sum()) == k
+        if not torch.equal(got, ref):  # only a tie straddling the cut may be chosen differently
+            assert key[got ^ ref].double().unique().numel() == 1

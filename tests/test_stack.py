@@ -129,7 +129,7 @@ def test_amounts_tensor_and_meta():
     ([0.5, 1.5], ValueError, "amount=1.5"),
     ([-1, 2], ValueError, "amount=-1"),
     ([], ValueError, "must not be empty"),
-    ([0, 1000], ValueError, r"conv.bias: amount=1000 should be smaller"),
+    ([0, 1000], ValueError, r"conv.weight: amount=1000 should be smaller"),
     (torch.zeros(2, 2), ValueError, r"1-D tensor, got shape \(2, 2\)"),
 ])
 def test_amounts_errors(amounts, error, message):
@@ -202,7 +202,7 @@ def test_scores_equals_loop(device):
 def test_scores_errors():
     params = make_params("cpu")
     scores = fp.stack([params, params])
-    with pytest.raises(ValueError, match=r"'fc.bias' has leading dim 3, but 'conv.bias' has 2"):
+    with pytest.raises(ValueError, match=r"'fc.bias' has leading dim 3, but 'conv.weight' has 2"):
         fp.masks_for_scores(params, fp.l1_unstructured, {**scores, "fc.bias": torch.zeros(3, 5)}, 0.5)
     with pytest.raises(ValueError, match=r"scores leaf 'fc.bias' has shape \(2, 4\)"):
         fp.masks_for_scores(params, fp.l1_unstructured, {**scores, "fc.bias": torch.zeros(2, 4)}, 0.5)
