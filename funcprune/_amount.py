@@ -54,7 +54,7 @@ def _validate_number(amount) -> None:
         raise ValueError(f"amount={amount} should either be a float in the range [0, 1] or a non-negative integer")
 
 
-def prune_count(amount: Amount, size: Union[int, torch.Tensor]):
+def prune_count(amount: Amount, size: Union[int, torch.Tensor]) -> Union[int, torch.Tensor]:
     """Number of units to prune out of ``size`` still-unpruned units.
 
     Returns a Python int when both ``amount`` and ``size`` are Python numbers (torch's

@@ -22,8 +22,9 @@ class SemiStructuredUnavailable(RuntimeError):
 
 
 def _backend():
+    # _FORCE_CUTLASS is torch's own (private) switch; older releases without it default to CUTLASS
     semi = torch.sparse.SparseSemiStructuredTensor
-    return torch.sparse.SparseSemiStructuredTensorCUTLASS if semi._FORCE_CUTLASS else \
+    return torch.sparse.SparseSemiStructuredTensorCUTLASS if getattr(semi, "_FORCE_CUTLASS", True) else \
         torch.sparse.SparseSemiStructuredTensorCUSPARSELT
 
 

@@ -81,6 +81,8 @@ def functional_call(module: torch.nn.Module, params: Tree, masks: Optional[Tree]
         for sub, local, value in computed:
             if value is not None:
                 setattr(sub, local, value)
+            else:  # nothing was stored before: drop what the hook wrote (it may be a vmap-batched tensor)
+                sub.__dict__.pop(local, None)
 
 
 def _orig_name(name: str, reparam) -> str:

@@ -23,7 +23,7 @@ import torch
 from . import _amount, _pytree
 from ._pytree import Include, Tree
 from .methods import _count, _keep_of
-from .tree import _named_error, prune
+from .tree import _named_error, _scores_for, prune
 
 __all__ = ["uniform", "erk", "to_counts", "prune_by"]
 
@@ -243,7 +243,7 @@ def prune_by(params: Tree, method: Callable[..., torch.Tensor], amounts: Tree, *
     named = _pytree.named_leaves(params)
     per_leaf = _pytree.lookup(named, amounts, "amounts")
     old = _pytree.lookup(named, masks, "masks")
-    named_scores = _pytree.lookup(named, scores, "scores")
+    named_scores = _scores_for(named, scores)
     new = dict(old)
     for name, amount in per_leaf.items():
         try:

@@ -152,7 +152,7 @@ def to_sparse(params: Tree, masks: Tree, layout: str = "csr", *, include: Includ
       masks: masks over some of the names; only masked leaves are converted.
       layout: ``"coo"`` (any shape), ``"csr"`` (2-D leaves, e.g. Linear weights; runs through
         ``torch.nn.functional.linear``) or ``"semi_structured"`` (2:4 on CUDA sm80+, see
-        :func:`funcprune.semistructured.to_semi_structured`).
+        :func:`funcprune.export.to_semi_structured`).
       include: restrict the conversion to these masked leaves.
 
     Returns:

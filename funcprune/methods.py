@@ -19,7 +19,7 @@ there an int ``amount`` larger than the survivors simply prunes every survivor, 
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 
@@ -68,13 +68,17 @@ def _drop_count(amount: Amount, alive, what: str):
     return amount, k
 
 
-def _unstructured(scores: torch.Tensor, key: torch.Tensor, amount: Amount, keep: Optional[torch.Tensor],
-                  largest: bool) -> torch.Tensor:
+def _unstructured(scores: torch.Tensor, make_key: Callable[[], torch.Tensor], amount: Amount,
+                  keep: Optional[torch.Tensor], largest: bool) -> torch.Tensor:
+    """Drop ``amount`` survivors by ``make_key()``, called only once the count is valid and non-zero
+    (so a random method draws nothing, as in torch, when it fails or prunes nothing)."""
     n = scores.numel()
     alive = n if keep is None else _count(keep)
     amount, k = _drop_count(amount, alive, "parameters")
+    if isinstance(k, int) and k == 0:
+        return identity(scores, keep)
     flat_keep = None if keep is None else keep.reshape(-1)
-    dropped = select(key.reshape(-1), k, largest=largest, alive=flat_keep,
+    dropped = select(make_key().reshape(-1), k, largest=largest, alive=flat_keep,
                      k_max=_amount.max_prune_count(amount, n))
     new = ~dropped.view(scores.shape)
     return new if keep is None else new & keep
@@ -110,7 +114,7 @@ def l1_unstructured(scores: torch.Tensor, amount: Amount, mask: Optional[torch.T
     """
     _amount.validate_amount(amount)
     keep = _keep_of(scores, mask)
-    return _unstructured(scores, scores.detach().abs(), amount, keep, largest=False)
+    return _unstructured(scores, lambda: scores.detach().abs(), amount, keep, largest=False)
 
 
 def _uniform(like: torch.Tensor, shape, dtype: torch.dtype, generator: Optional[torch.Generator]) -> torch.Tensor:
@@ -135,11 +139,8 @@ def random_unstructured(scores: torch.Tensor, amount: Amount, mask: Optional[tor
     """
     _amount.validate_amount(amount)
     keep = _keep_of(scores, mask)
-    plain = _plain_amount(amount)
-    if not isinstance(plain, torch.Tensor) and keep is None and _amount.prune_count(plain, scores.numel()) == 0:
-        return torch.ones_like(scores, dtype=torch.bool)  # torch draws nothing here either
-    prob = _uniform(scores, scores.shape, scores.dtype, generator)
-    return _unstructured(scores, prob, amount, keep, largest=True)
+    return _unstructured(scores, lambda: _uniform(scores, scores.shape, scores.dtype, generator), amount, keep,
+                         largest=True)
 
 
 def _channel_setup(scores: torch.Tensor, amount: Amount, dim: int, mask: Optional[torch.Tensor]):

@@ -27,7 +27,7 @@ from ._amount import Amount
 from ._pytree import Include, Tree
 from ._select import select
 from .methods import Norm, _count, _drop_count, _keep_of, ln_structured
-from .tree import _named_error
+from .tree import _named_error, _scores_for
 
 __all__ = ["nm_structured", "satisfies_nm", "block_structured", "channels_kept", "prune_channels"]
 
@@ -244,7 +244,7 @@ def prune_channels(params: Tree, amount: Amount, n: Norm = 2, dim: int = 0, *, m
     """
     named = _pytree.named_leaves(params)
     old = _pytree.lookup(named, masks, "masks")
-    named_scores = _pytree.lookup(named, scores, "scores")
+    named_scores = _scores_for(named, scores)
     if include is None:
         include = lambda name, leaf: name.rpartition(".")[2] == "weight" and leaf.dim() >= 2  # noqa: E731
     new = dict(old)

@@ -15,7 +15,7 @@ import torch
 from . import _amount, _pytree, _select
 from ._amount import Amount
 from ._pytree import Include, Tree
-from .methods import _count, _drop_count, _keep_of, _plain_amount, l1_unstructured, random_unstructured
+from .methods import _count, _drop_count, _keep_of, l1_unstructured, random_unstructured
 
 __all__ = ["prune", "global_unstructured", "apply_masks", "mask_grads", "sparsity", "Sparsity"]
 
@@ -55,7 +55,7 @@ def prune(params: Tree, method: Callable[..., torch.Tensor], *args: Any, masks: 
     """
     named = _pytree.named_leaves(params)
     old = _pytree.lookup(named, masks, "masks")
-    named_scores = _pytree.lookup(named, scores, "scores")
+    named_scores = _scores_for(named, scores)
     new = dict(old)
     for name in _pytree.selected(named, include):
         try:
@@ -63,6 +63,16 @@ def prune(params: Tree, method: Callable[..., torch.Tensor], *args: Any, masks: 
         except (ValueError, TypeError, IndexError, KeyError) as err:
             raise _named_error(name, err) from err
     return _pytree.like(params, new)
+
+
+def _scores_for(named: Dict[str, torch.Tensor], scores: Optional[Tree]) -> Dict[str, torch.Tensor]:
+    """Importance scores by name, each checked against its param's shape (torch raises there too)."""
+    named_scores = _pytree.lookup(named, scores, "scores")
+    for name, leaf in named_scores.items():
+        if leaf.shape != named[name].shape:
+            raise ValueError(f"{name}: scores have shape {tuple(leaf.shape)} but the param has shape "
+                             f"{tuple(named[name].shape)}")
+    return named_scores
 
 
 def _common_dtype(tensors) -> torch.dtype:
@@ -113,7 +123,7 @@ def global_unstructured(params: Tree, amount: Amount, masks: Optional[Tree] = No
     _amount.validate_amount(amount)
     named = _pytree.named_leaves(params)
     old = _pytree.lookup(named, masks, "masks")
-    named_scores = _pytree.lookup(named, scores, "scores")
+    named_scores = _scores_for(named, scores)
     names = _pytree.selected(named, include)
     if not names:
         raise ValueError("global_unstructured needs at least one leaf to prune")
@@ -141,7 +151,7 @@ def global_unstructured(params: Tree, amount: Amount, masks: Optional[Tree] = No
         device = leaves[0].device
         if method == "l1":
             key = torch.cat([leaf.reshape(-1).to(dtype=dtype, device=device).abs() for leaf in leaves])
-        elif isinstance(k, int) and k == 0 and flat_alive is None:
+        elif isinstance(k, int) and k == 0:
             key = None  # torch draws nothing when nothing is pruned
         else:
             key = torch.rand(total, generator=generator, dtype=dtype, device=device)
@@ -161,9 +171,9 @@ def _masked(value: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # bool -> uint8 is a free reinterpretation and uint8 -> float a fast vectorized cast, while
         # bool -> float and a mixed bool multiply are ~5x slower; float * float is the fastest product.
         mask = mask.view(torch.uint8)
-    if (mask.dtype != value.dtype and not value.requires_grad
-            and _amount._is_concrete(value) and _amount._is_concrete(mask)):
-        # the cast is a fresh tensor: multiply into it rather than allocate a second full-size one
+    if mask.dtype != value.dtype and not value.requires_grad and _amount._is_concrete(value):
+        # The cast is a fresh tensor (batched too, under vmap over masks): multiply into it rather
+        # than allocate a second full-size one. Not for wrapped values (grad, stacked params).
         return mask.to(value.dtype).mul_(value)
     return value * mask.to(value.dtype)
 

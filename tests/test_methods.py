@@ -290,7 +290,28 @@ def test_amount_rounding_is_pythons_round_half_to_even():
         assert size - int(mask.sum()) == torch_prune._compute_nparams_toprune(0.5, size) == round(0.5 * size)
 
 
-def test_grad_flows_through_scores_untouched():
+def test_masks_carry_no_autograd_history():
     w = torch.randn(4, 4, requires_grad=True)
-    mask = fp.l1_unstructured(w, 0.5)
-    assert not mask.requires_grad and w.grad is None
+    for mask in (fp.l1_unstructured(w, 0.5), fp.ln_structured(w, 1, 2, 0), fp.random_unstructured(w, 0.5)):
+        assert not mask.requires_grad and mask.grad_fn is None
+    (w * fp.l1_unstructured(w, 0.5)).sum().backward()
+    assert torch.equal(w.grad, fp.l1_unstructured(w, 0.5).float())
+
+
+@pytest.mark.parametrize("call", [
+    lambda s, m: fp.random_unstructured(s, 11),                 # fails: more than there is
+    lambda s, m: fp.random_unstructured(s, 0, m),               # prunes nothing on top of a mask
+    lambda s, m: fp.random_unstructured(s, 0.01, m),            # rounds to nothing
+    lambda s, m: fp.random_structured(s.view(2, 5), 0, 0, m.view(2, 5)),
+    lambda s, m: fp.global_unstructured({"a": s}, 0, {"a": m}, method="random"),
+])
+def test_random_methods_draw_nothing_when_failing_or_pruning_nothing(call):
+    scores, prior = torch.zeros(10), torch.arange(10) < 7
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    try:
+        call(scores, prior)
+    except ValueError:
+        pass
+    assert torch.equal(torch.rand(3), expected), "the global RNG moved"
