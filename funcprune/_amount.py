@@ -82,3 +82,10 @@ def check_count(count: int, size: int, what: str = "parameters") -> None:
     """torch's ``_validate_pruning_amount``: a count may not exceed what is left to prune."""
     if count > size:
         raise ValueError(f"amount={count} should be smaller than the number of {what} to prune={size}")
+
+
+def fraction(value, what: str) -> float:
+    """A plain float in ``[0, 1]`` (a sparsity or a schedule value), or ValueError naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{what} must be a float in [0, 1], got {value!r}")
+    return float(value)

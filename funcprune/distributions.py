@@ -21,17 +21,12 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 
 from . import _amount, _pytree
+from ._amount import fraction as _fraction
 from ._pytree import Include, Tree
 from .methods import _count, _keep_of
 from .tree import _named_error, _scores_for, prune
 
 __all__ = ["uniform", "erk", "to_counts", "prune_by"]
-
-
-def _fraction(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{what} must be a float in [0, 1], got {value!r}")
-    return float(value)
 
 
 def _covered(params: Tree, include: Include, exclude: Include, overrides: Optional[Mapping[str, float]]):

@@ -22,17 +22,13 @@ from typing import Callable, List, Sequence, Union
 
 import torch
 
+from ._amount import fraction as _fraction
+
 Step = Union[int, torch.Tensor]
 Schedule = Callable[[Step], Union[float, torch.Tensor]]
 
 __all__ = ["Schedule", "constant", "one_shot", "periodic", "polynomial", "cosine_decay", "is_update_step",
            "amount_between", "round_amounts"]
-
-
-def _fraction(value, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{what} must be a float in [0, 1], got {value!r}")
-    return float(value)
 
 
 def _step_int(value, what: str, minimum: int = 0) -> int:
