@@ -13,6 +13,7 @@ import torch
 import torch.nn.utils.prune as _torch_prune
 
 from . import _pytree
+from ._amount import _is_concrete
 from ._pytree import Tree
 
 __all__ = ["from_module", "to_module"]
@@ -103,6 +104,8 @@ def to_module(module: torch.nn.Module, params: Optional[Tree] = None, masks: Opt
     named_masks = _pytree.lookup(current, masks, "masks")
     for what, named in (("param", named_params), ("mask", named_masks)):
         for name, value in named.items():
+            if not _is_concrete(value):  # copied into the module below: checked before anything changes
+                raise ValueError(f"{name}: {what} must be a real tensor (not meta or vmap-batched)")
             if tuple(value.shape) != tuple(current[name].shape):
                 raise ValueError(f"{name}: {what} has shape {tuple(value.shape)} but the parameter has shape "
                                  f"{tuple(current[name].shape)}")

@@ -142,3 +142,12 @@ def test_round_trip_and_core_masks(device):
     assert all(torch.equal(back_masks[n], masks[n]) for n in masks)
     x = torch.randn(2, 1, 28, 28, device=device)
     assert torch.allclose(model(x), fp.functional_call(LeNet().to(device), params, masks, (x,)), atol=1e-6)
+
+
+def test_to_module_rejects_unreadable_tensors_before_changing_anything():
+    lin = torch.nn.Linear(3, 2)
+    before = {k: v.clone() for k, v in lin.state_dict().items()}
+    with pytest.raises(ValueError, match=r"weight: mask must be a real tensor"):
+        fp.to_module(lin, {"bias": torch.zeros(2)}, {"weight": torch.ones(2, 3, dtype=torch.bool, device="meta")})
+    assert list(lin.state_dict()) == list(before)
+    assert all(torch.equal(lin.state_dict()[k], v) for k, v in before.items())
