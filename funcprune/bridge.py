@@ -23,11 +23,18 @@ def _reparametrized(module: torch.nn.Module) -> Dict[str, Tuple[torch.nn.Module,
     """``{qualified original name: (submodule, local name, prefix)}`` of every pruned tensor."""
     found = {}
     for prefix, sub in module.named_modules():
-        for hook in sub._forward_pre_hooks.values():
-            name = getattr(hook, "_tensor_name", None) if isinstance(hook, _torch_prune.BasePruningMethod) else None
-            if name is not None:
-                found[f"{prefix}.{name}" if prefix else name] = (sub, name, prefix)
+        for name in _pruned_locals(sub):
+            found[f"{prefix}.{name}" if prefix else name] = (sub, name, prefix)
     return found
+
+
+def _pruned_locals(sub: torch.nn.Module):
+    """Local names of ``sub``'s tensors reparametrized by a pruning hook (compat's or torch's)."""
+    for hook in sub._forward_pre_hooks.values():
+        if isinstance(hook, _torch_prune.BasePruningMethod):
+            name = getattr(hook, "_tensor_name", None)
+            if name is not None:
+                yield name
 
 
 def _original_names(module: torch.nn.Module, reparam) -> Dict[str, str]:

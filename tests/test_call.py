@@ -110,3 +110,31 @@ def test_errors_name_the_offending_tensor():
         fp.functional_call(net, {**params, "extra": torch.ones(1)}, masks, (x,))
     with pytest.raises(ValueError, match=r"fc\.weight: mask has shape \(3,\)"):
         fp.functional_call(net, params, {"fc.weight": torch.ones(3, dtype=torch.bool)}, (x,))
+
+
+class Tied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 4)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_tied_tensors_take_one_value_and_one_mask_as_torch_ties_them():
+    torch.manual_seed(0)
+    net, x = Tied(), torch.randn(3, 4)
+    weight = torch.randn(4, 4)
+    mask = torch.rand(4, 4) > 0.5
+    want = torch.func.functional_call(net, {"a.weight": weight * mask}, (x,))  # ties b.weight too
+    assert torch.equal(fp.functional_call(net, {"a.weight": weight}, {"a.weight": mask}, (x,)), want)
+    assert torch.equal(fp.functional_call(net, {"b.weight": weight}, {"a.weight": mask}, (x,)), want)
+    assert torch.equal(fp.functional_call(net, {"a.weight": weight, "b.weight": weight}, {"b.weight": mask}, (x,)),
+                       want)
+    with pytest.raises(ValueError, match=r"params give different values for 'a\.weight' and 'b\.weight'"):
+        fp.functional_call(net, {"a.weight": weight, "b.weight": weight.clone()}, None, (x,))
+    with pytest.raises(ValueError, match="masks give different values"):
+        fp.functional_call(net, {}, {"a.weight": mask, "b.weight": ~mask}, (x,))
+    assert net.b.weight is net.a.weight and isinstance(net.a.weight, nn.Parameter)

@@ -210,6 +210,24 @@ def test_apply_masks_and_mask_grads(device):
         fp.mask_grads(params, {"x.weight": torch.ones(3, dtype=torch.bool)})
 
 
+def test_apply_masks_under_autograd_matches_the_plain_product_and_keeps_a_1_byte_mask():
+    torch.manual_seed(0)
+    value = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    mask = torch.rand(4, 6) > 0.5
+
+    def masked(v):
+        return fp.apply_masks({"w": v}, {"w": mask})["w"]
+
+    out = masked(value)
+    assert torch.equal(out, value.detach() * mask)
+    assert [t.element_size() for t in out.grad_fn.saved_tensors] == [1]  # the mask, not a float copy of it
+    grad = torch.randn(4, 6, dtype=torch.float64)
+    out.backward(grad)
+    assert torch.equal(value.grad, grad * mask)
+    assert torch.autograd.gradcheck(masked, (value,), check_forward_ad=True)
+    assert torch.autograd.gradgradcheck(masked, (value,))
+
+
 def test_sparsity_counts_and_vmap():
     masks = {"a": torch.tensor([True, False, False, True]), "b": torch.zeros(2, 3)}
     report = fp.sparsity(masks)
