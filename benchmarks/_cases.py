@@ -46,6 +46,8 @@ class Case:
     min_sample: float = 0.02  # seconds per timed sample (equal-work forward rows average longer)
     tie_scores: Optional[Masks] = None  # global L1: the masks may differ only at entries tied at the threshold
     note: str = ""
+    count_faults: bool = False  # forward rows: report page faults per call of each side
+    rounds: Optional[int] = None  # at least this many rounds (not with --quick): near-equal rows need more
 
 
 def check(case: Case) -> None:

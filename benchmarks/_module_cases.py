@@ -150,5 +150,5 @@ def forward_cases(model: str, compat=None) -> List[Case]:
                           check_fn=_outputs_check(_no_grad(lambda: compat_model(x)), _no_grad(lambda: hooked(x)),
                                                   f"{model} compat forward")))
     for case in cases:  # near-equal work on both sides: longer samples steady the ratio
-        case.min_sample = 0.25
+        case.min_sample, case.rounds, case.count_faults = 0.25, 31, True
     return cases

@@ -1,4 +1,4 @@
-"""Interleaved timing: every contender runs once per round, in alternating order, medians win.
+"""Interleaved timing: every contender runs once per round, in alternating order; medians and per-round ratios.
 
 Each contender is a ``prepare`` callable returning a zero-argument ``run``; ``prepare`` is not
 timed, so a contender that mutates its input (torch's module API) gets a fresh one every call.
@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, NamedTuple, Tuple
 
 import torch
+
+try:
+    import resource
+except ImportError:  # not on Windows: page faults are then not counted
+    resource = None
 
 Prepare = Callable[[], Callable[[], object]]
 
@@ -31,10 +36,29 @@ def _sample(prepare: Prepare, number: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / number
 
 
+class Timing(NamedTuple):
+    """Seconds per call of each contender: the medians, and every round's sample in round order."""
+
+    medians: Dict[str, float]
+    samples: Dict[str, List[float]]
+
+    def paired_ratio(self, ours: str, theirs: str) -> Tuple[float, float, float]:
+        """Median and quartiles of the per-round ratios ``ours / theirs``.
+
+        Samples taken side by side in one round share the machine's state (load, clock, cache), so
+        their ratio is steadier than the ratio of the two medians when that state drifts.
+        """
+        ratios = sorted(a / b for a, b in zip(self.samples[ours], self.samples[theirs]))
+        if len(ratios) < 2:
+            return ratios[0], ratios[0], ratios[0]
+        low, _, high = statistics.quantiles(ratios, n=4, method="inclusive")
+        return statistics.median(ratios), low, high
+
+
 def interleaved(contenders: Dict[str, Prepare], *, rounds: int = 7, warmup: int = 1,
                 min_sample: float = 0.02, budget: float = 60.0, min_rounds: int = 3,
-                device: torch.device = torch.device("cpu")) -> Dict[str, float]:
-    """Median seconds per call of each contender, timed in interleaved rounds.
+                device: torch.device = torch.device("cpu")) -> Timing:
+    """Seconds per call of each contender, timed in interleaved rounds.
 
     Args:
       contenders: ``{label: prepare}``; ``prepare()`` returns the zero-argument call to time.
@@ -56,4 +80,16 @@ def interleaved(contenders: Dict[str, Prepare], *, rounds: int = 7, warmup: int 
             break  # slow rows (seconds per call): stop at ``min_rounds`` once over budget
         for label in order if r % 2 == 0 else reversed(order):
             samples[label].append(_sample(contenders[label], numbers[label], device))
-    return {label: statistics.median(values) for label, values in samples.items()}
+    return Timing({label: statistics.median(values) for label, values in samples.items()}, samples)
+
+
+def minor_faults_per_call(prepare: Prepare, calls: int = 5) -> float:
+    """Page faults the kernel served per call (memory the allocator had handed back and asked for again)."""
+    if resource is None:
+        return float("nan")
+    runs = [prepare() for _ in range(calls)]
+    runs[0]()  # warm
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for run in runs[1:]:
+        run()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / (calls - 1)

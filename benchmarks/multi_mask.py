@@ -133,7 +133,7 @@ def main(k: int = 32, rounds: int = 7, grad: bool = False) -> Dict[str, Dict[str
         with torch.no_grad() if not grad else torch.enable_grad():
             timed = contenders(name, k, grad)
             _check(timed)
-            times = interleaved(timed, rounds=rounds, warmup=2)
+            times = interleaved(timed, rounds=rounds, warmup=2).medians
         results[name] = times
         print(f"\n{name}, K={k}, {'grad_and_value' if grad else 'forward'}, torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads")

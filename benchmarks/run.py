@@ -1,8 +1,9 @@
 """funcprune vs torch.nn.utils.prune, side by side: ``python benchmarks/run.py [--quick]``.
 
 Every comparison first checks that both libraries produce the same masks (or outputs), then
-times them interleaved in one process (median of several rounds after a warm-up) and prints
-medians and ratios (funcprune / torch, lower is better). Memory, the scaling run and the
+times them interleaved in one process (several rounds after a warm-up) and prints the median
+times and the median of the per-round ratios (funcprune / torch, lower is better) with their
+quartiles. Memory, the scaling run and the
 > 2**31-entry run use a fresh process per case. Results go to ``benchmarks/results.md`` and the
 scaling curve to ``benchmarks/scaling.png``.
 """
@@ -26,7 +27,7 @@ import _cases  # noqa: E402
 import _memory  # noqa: E402
 import _module_cases  # noqa: E402
 import _report  # noqa: E402
-from _timing import interleaved  # noqa: E402
+from _timing import interleaved, minor_faults_per_call  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -67,9 +68,15 @@ def time_cases(cases, args):
             _cases.check(case)
             row["note"] = case.note
             ours, theirs = _cases.seeded(case.ours, case.seed), _cases.seeded(case.theirs, case.seed)
-            medians = interleaved({"ours": ours.prepare, "theirs": theirs.prepare}, rounds=args.rounds,
-                                  min_sample=case.min_sample, device=case.device)
-            row.update(ours_s=medians["ours"], theirs_s=medians["theirs"], ratio=medians["ours"] / medians["theirs"])
+            rounds = args.rounds if args.quick or case.rounds is None else max(args.rounds, case.rounds)
+            timing = interleaved({"ours": ours.prepare, "theirs": theirs.prepare}, rounds=rounds,
+                                 min_sample=case.min_sample, device=case.device)
+            ratio, low, high = timing.paired_ratio("ours", "theirs")
+            row.update(ours_s=timing.medians["ours"], theirs_s=timing.medians["theirs"], ratio=ratio,
+                       ratio_low=low, ratio_high=high)
+            if case.count_faults:
+                row.update(ours_faults=minor_faults_per_call(ours.prepare),
+                           theirs_faults=minor_faults_per_call(theirs.prepare))
         except Exception as err:  # noqa: BLE001 - a broken row is reported, the others still run
             row["error"] = f"{type(err).__name__}: {err}"
         print(_report.row_line(row), flush=True)

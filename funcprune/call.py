@@ -37,7 +37,9 @@ def functional_call(module: torch.nn.Module, params: Tree, masks: Optional[Tree]
       kwargs: keyword inputs of the forward.
 
     Raises:
-      KeyError: a mask name that is not a parameter or buffer of the module.
+      KeyError: a name in ``params`` or ``masks`` that is not a parameter or buffer of the module.
+      ValueError: a mask whose shape is not its param's; two different values (or masks) for the
+        names of one tied tensor.
 
     Example:
       >>> lin = torch.nn.Linear(2, 1)
@@ -52,7 +54,7 @@ def functional_call(module: torch.nn.Module, params: Tree, masks: Optional[Tree]
     unknown = [name for name in (*named_masks, *named) if name not in layout.tensors and name not in layout.pruned]
     if unknown:
         raise KeyError(f"name(s) {unknown} are not parameters or buffers of {type(module).__name__}; "
-                       f"it has {[n for n in layout.tensors]}")
+                       f"it has {list(layout.tensors)}")
     values = {_module_name(name, layout): value for name, value in named.items()}
     if len(values) != len(named):
         raise ValueError("params name a pruned tensor both by its original name and as '<name>_orig'")

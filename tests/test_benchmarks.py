@@ -13,7 +13,7 @@ import _cases  # noqa: E402
 import _memory  # noqa: E402
 import _models  # noqa: E402
 import _report  # noqa: E402
-from _timing import interleaved  # noqa: E402
+from _timing import Timing, interleaved, minor_faults_per_call  # noqa: E402
 
 
 def test_models_have_the_advertised_sizes():
@@ -71,9 +71,26 @@ def test_interleaved_timer_reports_a_median_per_contender():
                 calls[label] += 1
             return run
         return prepare
-    medians = interleaved({"a": contender("a"), "b": contender("b")}, rounds=3, min_sample=0.0)
-    assert set(medians) == {"a", "b"} and all(v >= 0 for v in medians.values())
+    timing = interleaved({"a": contender("a"), "b": contender("b")}, rounds=3, min_sample=0.0)
+    assert set(timing.medians) == {"a", "b"} and all(v >= 0 for v in timing.medians.values())
+    assert [len(v) for v in timing.samples.values()] == [3, 3]
     assert calls["a"] >= 4 and calls["b"] >= 4
+
+
+def test_paired_ratio_is_the_median_of_per_round_ratios():
+    # a drifting machine: the medians' ratio (2.0 / 4.0) hides that "a" is 0.9x "b" in every round
+    timing = Timing({"a": 0.0, "b": 0.0}, {"a": [0.9, 1.8, 2.7, 3.6, 4.5], "b": [1.0, 2.0, 3.0, 4.0, 5.0]})
+    ratio, low, high = timing.paired_ratio("a", "b")
+    assert ratio == pytest.approx(0.9) and low == pytest.approx(0.9) and high == pytest.approx(0.9)
+    timing = Timing({}, {"a": [1.0, 2.0, 3.0, 4.0, 5.0], "b": [1.0] * 5})
+    assert timing.paired_ratio("a", "b") == pytest.approx((3.0, 2.0, 4.0))
+
+
+def test_minor_faults_per_call_counts_fresh_pages():
+    def prepare():
+        return lambda: bytearray(64 * 2**20)  # 64 MiB: mmap-ed and zero-filled on every call
+    assert minor_faults_per_call(prepare) > 1000
+    assert minor_faults_per_call(lambda: (lambda: None)) < 100
 
 
 def test_memory_worker_checks_exact_counts_with_small_chunks():
@@ -107,6 +124,17 @@ def test_report_writes_tables(tmp_path):
     assert "| m | 10 | 100 | 0.100 |" in text and "timed out" in text and "ERROR" in text
     _report.plot(scaling, str(tmp_path / "scaling.png"))
     assert (tmp_path / "scaling.png").stat().st_size > 0
+
+
+def test_verdict_separates_a_measured_miss_from_the_spread_of_equal_work():
+    row = {"group": "fwd", "shapes": "s", "target": 1.0, "ours": "funcprune", "theirs": "torch hooks",
+           "ours_s": 0.1, "theirs_s": 0.1, "ratio_low": 0.98, "ratio": 1.01, "ratio_high": 1.03,
+           "ours_faults": 0.0, "theirs_faults": 12.0}
+    line = _report.row_line(row)
+    assert "ratio 1.010 (0.980-1.030) <= 1.00 within spread" in line
+    assert "page faults per call: funcprune 0, torch hooks 12" in line
+    assert _report.row_line(dict(row, ratio_low=1.005)).split("\n")[0].endswith("MISS")
+    assert _report.row_line(dict(row, ratio=0.99)).split("\n")[0].endswith("ok")
 
 
 # The eager fast path of ``_select.select`` (tuned for these benchmarks) must give topk's positions.

@@ -73,6 +73,7 @@ class BlockStructured(BasePruningMethod):
 
 
 _module.register_builtin_compute(NMStructured, BlockStructured)
+_module.register_read_only_default(NMStructured, BlockStructured)
 
 
 def nm_structured(module, name, n, m, dim=-1, importance_scores=None):

@@ -184,7 +184,10 @@ class _Structured(_Amount):
         """torch's structured result: ``default_mask`` itself when nothing is pruned, else in ``t``'s dtype."""
         if _compute_nparams_toprune(self.amount, t.shape[self.dim]) == 0:
             return default_mask
-        return _zero_pruned(default_mask, keep, t.dtype)
+        mask = _zero_pruned(default_mask, keep, t.dtype)
+        if not t.is_contiguous():  # torch's structured masks start as zeros_like(t): t's memory format
+            mask = torch.empty_like(t).copy_(mask)
+        return mask
 
 
 class RandomStructured(_Structured):
@@ -255,3 +258,5 @@ class CustomFromMask(BasePruningMethod):
 
 
 _module.register_builtin_compute(L1Unstructured, LnStructured)
+_module.register_read_only_default(Identity, RandomUnstructured, L1Unstructured, RandomStructured, LnStructured,
+                                  CustomFromMask)

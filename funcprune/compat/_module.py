@@ -23,12 +23,25 @@ import torch
 import torch.nn.utils.prune as _torch_prune
 
 _BUILTIN_COMPUTE = set()
+_READ_ONLY_DEFAULT = set()
 _PRUNED_CLASSES: Dict[type, type] = {}
 
 
 def register_builtin_compute(*classes) -> None:
     """Mark ``compute_mask`` of ``classes`` as the core's (the container may then skip slicing)."""
     _BUILTIN_COMPUTE.update(cls.compute_mask for cls in classes)
+
+
+def register_read_only_default(*classes) -> None:
+    """Mark ``compute_mask`` of ``classes`` as never writing to ``default_mask`` nor keeping it."""
+    _READ_ONLY_DEFAULT.update(cls.compute_mask for cls in classes)
+
+
+def _first_default_mask(method, orig: torch.Tensor) -> torch.Tensor:
+    """torch's all-ones default mask; for methods that only read it, a view of one 1 (no allocation)."""
+    if getattr(type(method), "compute_mask", None) in _READ_ONLY_DEFAULT:
+        return torch.ones((), dtype=orig.dtype, device=orig.device).expand(orig.shape)
+    return torch.ones_like(orig)
 
 
 def is_builtin_compute(method) -> bool:
@@ -115,10 +128,12 @@ def apply(cls, module, name, args, kwargs, importance_scores, container_cls):
     try:
         hook = _grown(old, method, container_cls)
         if old is None:
-            default_mask = torch.ones_like(orig)
+            default_mask = _first_default_mask(method, orig)
         else:
             default_mask = getattr(module, name + "_mask").detach().clone(memory_format=torch.contiguous_format)
         mask = hook.compute_mask(scores, default_mask=default_mask)
+        if mask is default_mask and old is None:  # nothing pruned: the mask is torch's tensor of ones
+            mask = torch.ones_like(orig)
         if old is None:
             module.register_parameter(name + "_orig", orig)
             del module._parameters[name]
