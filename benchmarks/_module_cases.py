@@ -144,6 +144,12 @@ def forward_cases(model: str, compat=None) -> List[Case]:
                           timed(_step(lambda: hooked(x), hooked_params)), 1.0, theirs_label="torch hooks"))
     for case in cases:
         case.check_fn = same_out
+    # No target: what swapping in the same, unmasked values through torch.func costs (the floor of
+    # any functional approach, funcprune's included), to read the first row against.
+    floor = _no_grad(lambda: torch.func.functional_call(base, params, (x,)))
+    cases.insert(1, Case("inference, torch.func.functional_call, unmasked params (reference)", model, timed(floor),
+                         timed(_no_grad(lambda: base(x))), None, ours_label="torch.func", theirs_label="unpruned",
+                         check_fn=_outputs_check(floor, _no_grad(lambda: base(x)), f"{model} torch.func forward")))
     if compat_model is not None:
         cases.append(Case("compat: pruned module forward", model, timed(_no_grad(lambda: compat_model(x))),
                           timed(_no_grad(lambda: hooked(x))), 1.0, ours_label="compat", theirs_label="torch hooks",

@@ -16,11 +16,11 @@ def _verdict(row: Dict) -> str:
         return "ERROR"
     if row["target"] is None:
         return ""
-    if row["ratio"] <= row["target"]:
+    if round(row["ratio"], 3) <= row["target"]:  # as printed
         return "ok"
     # The median round was slower, but at least a quarter of the rounds met the target: on equal
     # work (the forward rows) that is the machine's noise, not a measured difference.
-    return "within spread" if row.get("ratio_low", row["ratio"]) <= row["target"] else "MISS"
+    return "within spread" if round(row.get("ratio_low", row["ratio"]), 3) <= row["target"] else "MISS"
 
 
 def _ratio(row: Dict) -> str:
@@ -32,7 +32,7 @@ def _ratio(row: Dict) -> str:
 
 def _notes(row: Dict) -> List[str]:
     notes = [row["note"]] if row.get("note") else []
-    if "ours_faults" in row:
+    if row.get("ours_faults") or row.get("theirs_faults"):  # counted on the forward rows; shown when any
         notes.append(f"page faults per call: {row['ours']} {row['ours_faults']:.0f}, {row['theirs']} "
                      f"{row['theirs_faults']:.0f}")
     return notes
@@ -150,7 +150,9 @@ def write(path: str, info: Dict, rows, memory, scaling, huge, elapsed: float, qu
              "Times are medians of interleaved rounds after a warm-up; a ratio is funcprune / reference "
              "(lower is better), the median of the per-round ratios, with their quartiles in brackets "
              "(side-by-side samples share the machine's momentary state, so their ratio is steadier than "
-             "a ratio of medians). Every row first checks that both sides give identical masks (or identical outputs). "
+             "a ratio of medians); \"within spread\" marks a median over the target with a lower quartile "
+             "under it. The forward rows also count the page faults per call of each side (a note "
+             "lists them where any occurred). Every row first checks that both sides give identical masks (or identical outputs). "
              "Per-layer and iterative rows compare with torch's own mask computation "
              "(`compute_mask`, `PruningContainer.compute_mask`), global rows with "
              "`torch.nn.utils.prune.global_unstructured` on modules (its only entry point), compat rows make "

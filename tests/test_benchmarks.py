@@ -135,6 +135,8 @@ def test_verdict_separates_a_measured_miss_from_the_spread_of_equal_work():
     assert "page faults per call: funcprune 0, torch hooks 12" in line
     assert _report.row_line(dict(row, ratio_low=1.005)).split("\n")[0].endswith("MISS")
     assert _report.row_line(dict(row, ratio=0.99)).split("\n")[0].endswith("ok")
+    assert _report.row_line(dict(row, ratio=1.0004)).split("\n")[0].endswith("ok")  # 1.000 as printed
+    assert "page faults" not in _report.row_line(dict(row, theirs_faults=0.0))
 
 
 # The eager fast path of ``_select.select`` (tuned for these benchmarks) must give topk's positions.
