@@ -59,29 +59,67 @@ def _all_cases(args):
 
 
 def time_cases(cases, args):
-    """Check, then time every case; one result row each."""
+    """Check, then time every case; one result row each.
+
+    Rows that compare near-equal work (the forward rows) vary more between processes (memory
+    placement, allocator state) than within one, so with ``--processes N`` each runs in N fresh
+    processes and reports the median process.
+    """
     rows = []
     for case in cases:
-        row = {"group": case.group, "shapes": case.shapes, "target": case.target, "ours": case.ours_label,
-               "theirs": case.theirs_label}
-        try:
-            _cases.check(case)
-            row["note"] = case.note
-            ours, theirs = _cases.seeded(case.ours, case.seed), _cases.seeded(case.theirs, case.seed)
-            rounds = args.rounds if args.quick or case.rounds is None else max(args.rounds, case.rounds)
-            timing = interleaved({"ours": ours.prepare, "theirs": theirs.prepare}, rounds=rounds,
-                                 min_sample=case.min_sample, device=case.device)
-            ratio, low, high = timing.paired_ratio("ours", "theirs")
-            row.update(ours_s=timing.medians["ours"], theirs_s=timing.medians["theirs"], ratio=ratio,
-                       ratio_low=low, ratio_high=high)
-            if case.count_faults:
-                row.update(ours_faults=minor_faults_per_call(ours.prepare),
-                           theirs_faults=minor_faults_per_call(theirs.prepare))
-        except Exception as err:  # noqa: BLE001 - a broken row is reported, the others still run
-            row["error"] = f"{type(err).__name__}: {err}"
+        if case.count_faults and args.processes > 1:
+            row = _in_fresh_processes(case, args)
+        else:
+            row = _time_case(case, args)
         print(_report.row_line(row), flush=True)
         rows.append(row)
     return rows
+
+
+def _time_case(case, args) -> dict:
+    row = {"group": case.group, "shapes": case.shapes, "target": case.target, "ours": case.ours_label,
+           "theirs": case.theirs_label}
+    try:
+        _cases.check(case)
+        row["note"] = case.note
+        ours, theirs = _cases.seeded(case.ours, case.seed), _cases.seeded(case.theirs, case.seed)
+        rounds = args.rounds if args.quick or case.rounds is None else max(args.rounds, case.rounds)
+        timing = interleaved({"ours": ours.prepare, "theirs": theirs.prepare}, rounds=rounds,
+                             min_sample=case.min_sample, device=case.device)
+        ratio, low, high = timing.paired_ratio("ours", "theirs")
+        row.update(ours_s=timing.medians["ours"], theirs_s=timing.medians["theirs"], ratio=ratio,
+                   ratio_low=low, ratio_high=high)
+        if case.count_faults:
+            row.update(ours_faults=minor_faults_per_call(ours.prepare),
+                       theirs_faults=minor_faults_per_call(theirs.prepare))
+    except Exception as err:  # noqa: BLE001 - a broken row is reported, the others still run
+        row["error"] = f"{type(err).__name__}: {err}"
+    return row
+
+
+def _in_fresh_processes(case, args) -> dict:
+    """The row timed in ``args.processes`` fresh interpreters: the median process, the range in brackets."""
+    spec = {"forward_row": case.group, "model": case.shapes, "compat": case.ours_label == "compat",
+            "rounds": args.rounds, "quick": args.quick, "threads": args.threads}
+    runs = [_memory.run_worker(spec) for _ in range(args.processes)]
+    failed = [r for r in runs if "error" in r]
+    if failed:
+        return failed[0]
+    runs.sort(key=lambda r: r["ratio"])
+    row = dict(runs[len(runs) // 2], ratio_low=runs[0]["ratio"], ratio_high=runs[-1]["ratio"])
+    row["note"] = (f"median of {len(runs)} fresh processes, brackets: the lowest and highest process "
+                   f"(per-process ratios {', '.join(format(r['ratio'], '.3f') for r in runs)})")
+    return row
+
+
+def _forward_row_worker(spec: dict) -> dict:
+    """One forward row, timed in this (fresh) process."""
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    compat = _compat() if spec["compat"] else None
+    case = next(c for c in _module_cases.forward_cases(spec["model"], compat) if c.group == spec["forward_row"])
+    args = argparse.Namespace(rounds=spec["rounds"], quick=spec["quick"])
+    return _time_case(case, args)
 
 
 def memory_rows(args):
@@ -142,6 +180,8 @@ def main(argv=None):
                              "threads make every parallel op wait for a time slice")
     parser.add_argument("--only", default=None, help="run only the rows whose 'group shapes' contain this")
     parser.add_argument("--no-compat", action="store_true", help="skip the funcprune.compat rows")
+    parser.add_argument("--processes", type=int, default=None,
+                        help="fresh processes per forward row, median reported (default 3; 1 with --quick)")
     parser.add_argument("--skip-memory", action="store_true", help="skip the fresh-process memory rows")
     parser.add_argument("--skip-scaling", action="store_true", help="skip the 1M..200M scaling run")
     parser.add_argument("--skip-huge", action="store_true", help="skip the > 2**31-entry run (needs ~8 GiB)")
@@ -149,9 +189,11 @@ def main(argv=None):
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(_memory.worker(json.loads(args.worker))))
+        spec = json.loads(args.worker)
+        print(json.dumps(_forward_row_worker(spec) if "forward_row" in spec else _memory.worker(spec)))
         return 0
     args.rounds = args.rounds or (3 if args.quick else 15)
+    args.processes = args.processes or (1 if args.quick else 3)
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()

@@ -171,12 +171,13 @@ def _masked(value: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # bool -> uint8 is a free reinterpretation and uint8 -> float a fast vectorized cast, while
         # bool -> float and a mixed bool multiply are ~5x slower; float * float is the fastest product.
         mask = mask.view(torch.uint8)
-    if mask.dtype != value.dtype and _amount._is_concrete(value) and _amount._is_concrete(mask):
-        # The cast is a fresh tensor: multiply into it rather than allocate a second full-size one.
-        # Not for wrapped tensors (grad, vmap): an in-place product there would break batching.
-        if value.requires_grad:
+    if mask.dtype != value.dtype and _amount._is_concrete(value):
+        # The cast is a fresh tensor (batched too, under vmap over masks): multiply into it rather
+        # than allocate a second full-size one. Not for wrapped values (grad, stacked params).
+        if not value.requires_grad:
+            return mask.to(value.dtype).mul_(value)
+        if _amount._is_concrete(mask):
             return _MaskProduct.apply(value, mask)
-        return mask.to(value.dtype).mul_(value)
     return value * mask.to(value.dtype)
 
 
