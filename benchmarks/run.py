@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 
@@ -101,12 +102,14 @@ def _in_fresh_processes(case, args) -> dict:
     """The row timed in ``args.processes`` fresh interpreters: the median process, the range in brackets."""
     spec = {"forward_row": case.group, "model": case.shapes, "compat": case.ours_label == "compat",
             "rounds": args.rounds, "quick": args.quick, "threads": args.threads}
-    runs = [_memory.run_worker(spec) for _ in range(args.processes)]
+    # Alternate which side's tensors are allocated first (see _module_cases._pruned_pair).
+    runs = [_memory.run_worker(dict(spec, ours_first=i % 2 == 0)) for i in range(args.processes)]
     failed = [r for r in runs if "error" in r]
     if failed:
         return failed[0]
     runs.sort(key=lambda r: r["ratio"])
-    row = dict(runs[len(runs) // 2], ratio_low=runs[0]["ratio"], ratio_high=runs[-1]["ratio"])
+    row = dict(runs[len(runs) // 2], ratio=statistics.median(r["ratio"] for r in runs),
+               ratio_low=runs[0]["ratio"], ratio_high=runs[-1]["ratio"])
     row["note"] = (f"median of {len(runs)} fresh processes, brackets: the lowest and highest process "
                    f"(per-process ratios {', '.join(format(r['ratio'], '.3f') for r in runs)})")
     return row
@@ -117,7 +120,8 @@ def _forward_row_worker(spec: dict) -> dict:
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
     compat = _compat() if spec["compat"] else None
-    case = next(c for c in _module_cases.forward_cases(spec["model"], compat) if c.group == spec["forward_row"])
+    cases = _module_cases.forward_cases(spec["model"], compat, spec["ours_first"])
+    case = next(c for c in cases if c.group == spec["forward_row"])
     args = argparse.Namespace(rounds=spec["rounds"], quick=spec["quick"])
     return _time_case(case, args)
 
@@ -181,7 +185,7 @@ def main(argv=None):
     parser.add_argument("--only", default=None, help="run only the rows whose 'group shapes' contain this")
     parser.add_argument("--no-compat", action="store_true", help="skip the funcprune.compat rows")
     parser.add_argument("--processes", type=int, default=None,
-                        help="fresh processes per forward row, median reported (default 3; 1 with --quick)")
+                        help="fresh processes per forward row, median reported (default 4; 1 with --quick)")
     parser.add_argument("--skip-memory", action="store_true", help="skip the fresh-process memory rows")
     parser.add_argument("--skip-scaling", action="store_true", help="skip the 1M..200M scaling run")
     parser.add_argument("--skip-huge", action="store_true", help="skip the > 2**31-entry run (needs ~8 GiB)")
@@ -193,7 +197,7 @@ def main(argv=None):
         print(json.dumps(_forward_row_worker(spec) if "forward_row" in spec else _memory.worker(spec)))
         return 0
     args.rounds = args.rounds or (3 if args.quick else 15)
-    args.processes = args.processes or (1 if args.quick else 3)
+    args.processes = args.processes or (1 if args.quick else 4)
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
