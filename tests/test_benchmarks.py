@@ -12,6 +12,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import _cases  # noqa: E402
 import _memory  # noqa: E402
 import _models  # noqa: E402
+import _module_cases  # noqa: E402
 import _report  # noqa: E402
 from _timing import Timing, interleaved, minor_faults_per_call  # noqa: E402
 
@@ -189,3 +190,14 @@ def _torch_container_mask(torch_prune, w, mask, amount):
     method._tensor_name = "w"
     container.add_pruning_method(method)
     return container.compute_mask(w, mask.float()).bool()
+
+
+@pytest.mark.parametrize("ours_first", [True, False])
+def test_forward_rows_give_torchs_outputs_bit_for_bit_in_either_allocation_order(ours_first):
+    import funcprune.compat as compat
+    cases = _module_cases.forward_cases("lenet", compat, ours_first)
+    assert len(cases) == 6 and all(case.count_faults for case in cases)
+    for case in cases:
+        case.check_fn()  # raises unless funcprune's and the reference's outputs are equal
+        case.ours.prepare()()
+        case.theirs.prepare()()
