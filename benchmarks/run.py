@@ -105,8 +105,9 @@ def _in_fresh_processes(case, args) -> dict:
     # Alternate which side's tensors are allocated first (see _module_cases._pruned_pair).
     runs = [_memory.run_worker(dict(spec, ours_first=i % 2 == 0)) for i in range(args.processes)]
     failed = [r for r in runs if "error" in r]
-    if failed:
-        return failed[0]
+    if failed:  # a worker that crashed returns only its error
+        return {"group": case.group, "shapes": case.shapes, "target": case.target, "ours": case.ours_label,
+                "theirs": case.theirs_label, "error": failed[0]["error"]}
     runs.sort(key=lambda r: r["ratio"])
     row = dict(runs[len(runs) // 2], ratio=statistics.median(r["ratio"] for r in runs),
                ratio_low=runs[0]["ratio"], ratio_high=runs[-1]["ratio"])

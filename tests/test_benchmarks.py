@@ -201,3 +201,25 @@ def test_forward_rows_give_torchs_outputs_bit_for_bit_in_either_allocation_order
         case.check_fn()  # raises unless funcprune's and the reference's outputs are equal
         case.ours.prepare()()
         case.theirs.prepare()()
+
+
+def test_fresh_process_rows_report_the_median_process_and_worker_errors(monkeypatch):
+    import argparse
+
+    import run
+
+    case = _cases.Case("fwd", "lenet", None, None, 1.0, count_faults=True)
+    args = argparse.Namespace(processes=4, rounds=3, quick=False, threads=None)
+    ratios = iter([1.04, 0.98, 1.00, 1.02])
+    specs = []
+
+    def worker(spec):
+        specs.append(spec)
+        return {"group": "fwd", "shapes": "lenet", "target": 1.0, "ours": "funcprune", "theirs": "torch hooks",
+                "ours_s": 0.1, "theirs_s": 0.1, "ratio": next(ratios)}
+    monkeypatch.setattr(run._memory, "run_worker", worker)
+    row = run._in_fresh_processes(case, args)
+    assert row["ratio"] == pytest.approx(1.01) and (row["ratio_low"], row["ratio_high"]) == (0.98, 1.04)
+    assert [s["ours_first"] for s in specs] == [True, False, True, False]
+    monkeypatch.setattr(run._memory, "run_worker", lambda spec: {"error": "exit 1: boom"})
+    assert "ERROR exit 1: boom" in _report.row_line(run._in_fresh_processes(case, args))
