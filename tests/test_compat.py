@@ -1,5 +1,7 @@
 """funcprune.compat against torch.nn.utils.prune: every method and function, differential, same seed."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -412,3 +414,16 @@ def test_meta_modules_prune_without_reading_values():
     C.global_unstructured([(model[0], "weight"), (model[1], "weight")], C.L1Unstructured, amount=0.3)
     assert model[0].weight_mask.is_meta and model[0].weight_mask.dtype == torch.float32
     assert model[1].weight.shape == (4, 3, 3, 3) and len(next(iter(model[0]._forward_pre_hooks.values()))) == 3
+
+
+def test_l1_on_channels_last_weights_gives_torchs_mask_for_the_same_values():
+    # torch's L1Unstructured fails on channels_last weights (a .view in compute_mask); compat
+    # prunes them, with the mask torch computes on a contiguous copy of the same values.
+    ours, theirs = twins(lambda: nn.Conv2d(3, 4, 3))
+    ours.to(memory_format=torch.channels_last)
+    with pytest.raises(RuntimeError, match="view size"):
+        T.l1_unstructured(copy.deepcopy(ours), "weight", 0.5)
+    C.l1_unstructured(ours, "weight", 0.5)
+    T.l1_unstructured(theirs, "weight", 0.5)
+    assert torch.equal(ours.weight_mask, theirs.weight_mask)
+    assert torch.equal(ours.weight, theirs.weight)
