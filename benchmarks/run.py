@@ -77,9 +77,13 @@ def time_cases(cases, args):
     return rows
 
 
+def _row_head(case) -> dict:
+    return {"group": case.group, "shapes": case.shapes, "target": case.target, "ours": case.ours_label,
+            "theirs": case.theirs_label}
+
+
 def _time_case(case, args) -> dict:
-    row = {"group": case.group, "shapes": case.shapes, "target": case.target, "ours": case.ours_label,
-           "theirs": case.theirs_label}
+    row = _row_head(case)
     try:
         _cases.check(case)
         row["note"] = case.note
@@ -106,8 +110,7 @@ def _in_fresh_processes(case, args) -> dict:
     runs = [_memory.run_worker(dict(spec, ours_first=i % 2 == 0)) for i in range(args.processes)]
     failed = [r for r in runs if "error" in r]
     if failed:  # a worker that crashed returns only its error
-        return {"group": case.group, "shapes": case.shapes, "target": case.target, "ours": case.ours_label,
-                "theirs": case.theirs_label, "error": failed[0]["error"]}
+        return dict(_row_head(case), error=failed[0]["error"])
     runs.sort(key=lambda r: r["ratio"])
     row = dict(runs[len(runs) // 2], ratio=statistics.median(r["ratio"] for r in runs),
                ratio_low=runs[0]["ratio"], ratio_high=runs[-1]["ratio"])
