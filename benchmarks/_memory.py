@@ -116,11 +116,13 @@ def _verify(weights, masks, amount: float) -> Dict:
             "ordered": top_pruned <= low_kept, "threshold": low_kept}
 
 
-def run_worker(spec: Dict, timeout: float = 900) -> Optional[Dict]:
-    """Run ``spec`` in a fresh interpreter; its measurements, or ``{"error": ...}``."""
+def run_worker(spec: Dict, timeout: float = 900, env: Optional[Dict[str, str]] = None) -> Optional[Dict]:
+    """Run ``spec`` in a fresh interpreter (``env`` added to its environment); its measurements, or
+    ``{"error": ...}``."""
     cmd = [sys.executable, os.path.join(os.path.dirname(__file__), "run.py"), "--worker", json.dumps(spec)]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              env=None if env is None else dict(os.environ, **env))
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]

@@ -17,6 +17,7 @@ import platform
 import statistics
 import sys
 import time
+from typing import Dict, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 if "--passive-omp" in sys.argv:  # must precede loading OpenMP; the worker processes inherit it
@@ -31,6 +32,9 @@ import _report  # noqa: E402
 from _timing import interleaved, minor_faults_per_call  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# glibc hands a freed top of its heap back to the kernel once it passes a threshold, and the next
+# call faults those pages in again; these settings keep the heap, as jemalloc and tcmalloc do.
+HEAP_KEPT = {"MALLOC_TRIM_THRESHOLD_": str(2**40), "MALLOC_MMAP_THRESHOLD_": str(2**25)}
 
 
 def _compat():
@@ -74,6 +78,11 @@ def time_cases(cases, args):
             row = _time_case(case, args)
         print(_report.row_line(row), flush=True)
         rows.append(row)
+        if case.count_faults and args.processes > 1 and case.target == 1.0 and case.ours_label == "funcprune":
+            # The same row with the heap kept on both sides: what remains once page faults are gone.
+            row = _in_fresh_processes(case, args, env=HEAP_KEPT)
+            print(_report.row_line(row), flush=True)
+            rows.append(row)
     return rows
 
 
@@ -102,20 +111,26 @@ def _time_case(case, args) -> dict:
     return row
 
 
-def _in_fresh_processes(case, args) -> dict:
-    """The row timed in ``args.processes`` fresh interpreters: the median process, the range in brackets."""
+def _in_fresh_processes(case, args, env: Optional[Dict[str, str]] = None) -> dict:
+    """The row timed in ``args.processes`` fresh interpreters (with ``env`` added to their
+    environment): the median process, the range in brackets."""
     spec = {"forward_row": case.group, "model": case.shapes, "compat": case.ours_label == "compat",
             "rounds": args.rounds, "quick": args.quick, "threads": args.threads}
     # Alternate which side's tensors are allocated first (see _module_cases._pruned_pair).
-    runs = [_memory.run_worker(dict(spec, ours_first=i % 2 == 0)) for i in range(args.processes)]
+    runs = [_memory.run_worker(dict(spec, ours_first=i % 2 == 0), env=env) for i in range(args.processes)]
+    head = _row_head(case)
+    if env:
+        head["group"] += ", glibc heap kept"
     failed = [r for r in runs if "error" in r]
     if failed:  # a worker that crashed returns only its error
-        return dict(_row_head(case), error=failed[0]["error"])
+        return dict(head, error=failed[0]["error"])
     runs.sort(key=lambda r: r["ratio"])
     row = dict(runs[len(runs) // 2], ratio=statistics.median(r["ratio"] for r in runs),
-               ratio_low=runs[0]["ratio"], ratio_high=runs[-1]["ratio"])
+               ratio_low=runs[0]["ratio"], ratio_high=runs[-1]["ratio"], **head)
     row["note"] = (f"median of {len(runs)} fresh processes, brackets: the lowest and highest process "
                    f"(per-process ratios {', '.join(format(r['ratio'], '.3f') for r in runs)})")
+    if env:
+        row["note"] += "; both sides run with " + " ".join(f"{k}={v}" for k, v in env.items())
     return row
 
 

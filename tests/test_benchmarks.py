@@ -213,7 +213,7 @@ def test_fresh_process_rows_report_the_median_process_and_worker_errors(monkeypa
     ratios = iter([1.04, 0.98, 1.00, 1.02])
     specs = []
 
-    def worker(spec):
+    def worker(spec, env=None):
         specs.append(spec)
         return {"group": "fwd", "shapes": "lenet", "target": 1.0, "ours": "funcprune", "theirs": "torch hooks",
                 "ours_s": 0.1, "theirs_s": 0.1, "ratio": next(ratios)}
@@ -221,5 +221,40 @@ def test_fresh_process_rows_report_the_median_process_and_worker_errors(monkeypa
     row = run._in_fresh_processes(case, args)
     assert row["ratio"] == pytest.approx(1.01) and (row["ratio_low"], row["ratio_high"]) == (0.98, 1.04)
     assert [s["ours_first"] for s in specs] == [True, False, True, False]
-    monkeypatch.setattr(run._memory, "run_worker", lambda spec: {"error": "exit 1: boom"})
+    monkeypatch.setattr(run._memory, "run_worker", lambda spec, env=None: {"error": "exit 1: boom"})
     assert "ERROR exit 1: boom" in _report.row_line(run._in_fresh_processes(case, args))
+
+
+def test_forward_rows_with_a_speed_target_are_also_timed_with_the_heap_kept(monkeypatch):
+    import argparse
+
+    import run
+
+    timed = _cases.Case("training step", "lenet", None, None, 1.0, count_faults=True)
+    reference = _cases.Case("inference, torch.func", "lenet", None, None, None, ours_label="torch.func",
+                            count_faults=True)
+    envs = []
+
+    def worker(spec, env=None):
+        envs.append((spec["forward_row"], env))
+        return {"group": spec["forward_row"], "shapes": "lenet", "ours_s": 0.1, "theirs_s": 0.1, "ratio": 1.0}
+    monkeypatch.setattr(run._memory, "run_worker", worker)
+    args = argparse.Namespace(processes=2, rounds=3, quick=False, threads=None)
+    rows = run.time_cases([timed, reference], args)
+    assert [r["group"] for r in rows] == ["training step", "training step, glibc heap kept", "inference, torch.func"]
+    assert envs == [("training step", None)] * 2 + [("training step", run.HEAP_KEPT)] * 2 + \
+        [("inference, torch.func", None)] * 2
+    assert "MALLOC_TRIM_THRESHOLD_=" in rows[1]["note"]
+
+
+def test_run_worker_adds_env_to_the_workers_environment(monkeypatch):
+    seen = {}
+
+    def fake_run(cmd, env=None, **kwargs):
+        seen["env"] = env
+        return type("Done", (), {"returncode": 0, "stdout": '{"ok": 1}', "stderr": ""})()
+    monkeypatch.setattr(_memory.subprocess, "run", fake_run)
+    assert _memory.run_worker({"lib": "torch"}, env={"MALLOC_TRIM_THRESHOLD_": "7"}) == {"ok": 1}
+    assert seen["env"]["MALLOC_TRIM_THRESHOLD_"] == "7" and seen["env"]["PATH"] == os.environ["PATH"]
+    _memory.run_worker({"lib": "torch"})
+    assert seen["env"] is None  # no extra variables: the worker inherits this environment unchanged
