@@ -68,7 +68,8 @@ def time_cases(cases, args):
 
     Rows that compare near-equal work (the forward rows) vary more between processes (memory
     placement, allocator state) than within one, so with ``--processes N`` each runs in N fresh
-    processes and reports the median process.
+    processes and reports the median process; those with a speed target run once more with
+    :data:`HEAP_KEPT`, to tell the cost of page faults from the cost of the work.
     """
     rows = []
     for case in cases:
