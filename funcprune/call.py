@@ -72,8 +72,6 @@ def functional_call(module: torch.nn.Module, params: Tree, masks: Optional[Tree]
     values = _untied(values, layout.tied, "params")
     for name, mask in _untied(products, layout.tied, "masks").items():
         values[name] = _masked(values.get(name, layout.tensors[name]), mask)
-    if not layout.pruned:
-        return torch.func.functional_call(module, values, args, kwargs, tie_weights=False)
     # The pruning hooks store what they compute on the module; put the module's own values back.
     computed = [(sub, local, sub.__dict__.get(local)) for sub, local in layout.pruned.values()]
     try:
