@@ -84,8 +84,30 @@ def check_count(count: int, size: int, what: str = "parameters") -> None:
         raise ValueError(f"amount={count} should be smaller than the number of {what} to prune={size}")
 
 
-def fraction(value, what: str) -> float:
+def check_fraction(value, what: str) -> float:
     """A plain float in ``[0, 1]`` (a sparsity or a schedule value), or ValueError naming ``what``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"{what} must be a float in [0, 1], got {value!r}")
     return float(value)
+
+
+def as_number(amount: Amount) -> Amount:
+    """A concrete 0-d tensor amount becomes the Python number it holds (torch's eager rules)."""
+    if isinstance(amount, torch.Tensor) and _is_concrete(amount):
+        return amount.item()
+    return amount
+
+
+def drop_count(amount: Amount, alive, what: str):
+    """``(amount, k)``: the amount as a number where concrete, and how many of ``alive`` it prunes.
+
+    ``k`` is a checked Python int when it can be (a count above ``alive`` raises ``ValueError``),
+    else an int64 tensor clamped to ``[0, alive]`` (under ``vmap`` or on ``meta``).
+    """
+    amount = as_number(amount)
+    k = prune_count(amount, alive)
+    if isinstance(k, int):
+        check_count(k, alive, what)
+    else:
+        k = torch.minimum(k.clamp(min=0), torch.as_tensor(alive, device=k.device))
+    return amount, k

@@ -77,3 +77,20 @@ def selected(params: Mapping[str, torch.Tensor], include: Include) -> list:
     if unknown:
         raise KeyError(f"include names {unknown} are not among the params: {list(params)}")
     return [name for name in params if name in set(wanted)]
+
+
+def named_error(name: str, err: Exception) -> Exception:
+    """The same exception type, its message prefixed with the offending leaf's name."""
+    if type(err) in (ValueError, TypeError, IndexError, KeyError):
+        return type(err)(f"{name}: {err.args[0] if err.args else err}")
+    return err
+
+
+def scores_for(named: Dict[str, torch.Tensor], scores: Optional[Tree]) -> Dict[str, torch.Tensor]:
+    """Importance scores by name, each checked against its param's shape (torch raises there too)."""
+    named_scores = lookup(named, scores, "scores")
+    for name, leaf in named_scores.items():
+        if leaf.shape != named[name].shape:
+            raise ValueError(f"{name}: scores have shape {tuple(leaf.shape)} but the param has shape "
+                             f"{tuple(named[name].shape)}")
+    return named_scores

@@ -34,6 +34,24 @@ _FAST_MIN = 1 << 14  # below this, topk is as fast as the threshold path
 _SAMPLE = 1 << 13  # sample size bracketing the k-th value: ~4% of the keys fall inside the bracket
 
 
+def as_keep(scores: torch.Tensor, mask: Optional[torch.Tensor], what: str = "mask") -> Optional[torch.Tensor]:
+    """The existing mask as bool on the scores' device (None stays None), after a shape check."""
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"{what} must be a tensor, got {type(mask).__name__}")
+    if mask.shape != scores.shape:
+        raise ValueError(f"{what} has shape {tuple(mask.shape)} but the scores have shape {tuple(scores.shape)}")
+    mask = mask.to(device=scores.device)
+    return mask if mask.dtype == torch.bool else mask != 0
+
+
+def count_kept(keep: torch.Tensor, dims=None) -> Union[int, torch.Tensor]:
+    """Number of kept entries: a Python int on real eager tensors, a tensor otherwise."""
+    total = keep.sum(dims) if dims is not None else keep.sum()
+    return int(total) if _is_concrete(keep) else total
+
+
 def _worst(dtype: torch.dtype, largest: bool):
     """The key value that is never selected before a real one."""
     if dtype.is_floating_point:

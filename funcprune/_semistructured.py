@@ -13,7 +13,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from .methods import _keep_of
+from ._select import as_keep
 from .patterns import satisfies_nm
 
 
@@ -71,7 +71,7 @@ def check_semi_structured(weight: torch.Tensor, mask: Optional[torch.Tensor] = N
             problems.append(f"shape {tuple(weight.shape)} is not a multiple of the ({rows}, {cols}) tile of the "
                             f"{backend.BACKEND} backend for {weight.dtype}")
     n, m = semi_structured_pattern(weight.dtype)
-    keep = _keep_of(weight, mask)
+    keep = as_keep(weight, mask)
     kept = weight != 0 if keep is None else keep & (weight != 0)
     if weight.shape[1] % m:
         problems.append(f"{weight.shape[1]} columns do not split into groups of {m}")
@@ -112,7 +112,7 @@ def to_semi_structured(weight: torch.Tensor, mask: Optional[torch.Tensor] = None
       ...     print(err)
       semi-structured sparsity needs a CUDA device (sm80+), got cpu
     """
-    keep = _keep_of(weight, mask)
+    keep = as_keep(weight, mask)
     value = weight.detach() if keep is None else weight.detach() * keep
     ok, reason = semi_structured_available(weight.device)
     if not ok:

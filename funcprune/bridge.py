@@ -10,31 +10,13 @@ from __future__ import annotations
 from typing import Dict, Optional, Tuple
 
 import torch
-import torch.nn.utils.prune as _torch_prune
 
 from . import _pytree
 from ._amount import _is_concrete
+from ._layout import reparametrized
 from ._pytree import Tree
 
 __all__ = ["from_module", "to_module"]
-
-
-def _reparametrized(module: torch.nn.Module) -> Dict[str, Tuple[torch.nn.Module, str, str]]:
-    """``{qualified original name: (submodule, local name, prefix)}`` of every pruned tensor."""
-    found = {}
-    for prefix, sub in module.named_modules():
-        for name in _pruned_locals(sub):
-            found[f"{prefix}.{name}" if prefix else name] = (sub, name, prefix)
-    return found
-
-
-def _pruned_locals(sub: torch.nn.Module):
-    """Local names of ``sub``'s tensors reparametrized by a pruning hook (compat's or torch's)."""
-    for hook in sub._forward_pre_hooks.values():
-        if isinstance(hook, _torch_prune.BasePruningMethod):
-            name = getattr(hook, "_tensor_name", None)
-            if name is not None:
-                yield name
 
 
 def _original_names(module: torch.nn.Module, reparam) -> Dict[str, str]:
@@ -56,7 +38,7 @@ def from_module(module: torch.nn.Module) -> Tuple[Dict[str, torch.Tensor], Dict[
       >>> sorted(params), list(masks), masks["weight"].dtype, params["weight"] is m.weight_orig
       (['bias', 'weight'], ['weight'], torch.bool, True)
     """
-    reparam = _reparametrized(module)
+    reparam = reparametrized(module)
     params = {orig: p for (qname, orig), (_, p) in zip(_original_names(module, reparam).items(),
                                                        module.named_parameters())}
     masks = {}
@@ -116,7 +98,7 @@ def to_module(module: torch.nn.Module, params: Optional[Tree] = None, masks: Opt
             if tuple(value.shape) != tuple(current[name].shape):
                 raise ValueError(f"{name}: {what} has shape {tuple(value.shape)} but the parameter has shape "
                                  f"{tuple(current[name].shape)}")
-    reparam = _reparametrized(module)
+    reparam = reparametrized(module)
     subs = dict(module.named_modules())
     with torch.no_grad():
         for name, value in named_params.items():

@@ -7,9 +7,9 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 import torch
 
 from . import _pytree
-from .bridge import _pruned_locals
+from ._layout import pruned_locals
 from ._pytree import Tree
-from .tree import _masked
+from ._masking import masked
 
 __all__ = ["functional_call"]
 
@@ -71,7 +71,7 @@ def functional_call(module: torch.nn.Module, params: Tree, masks: Optional[Tree]
             products[name] = mask
     values = _untied(values, layout.tied, "params")
     for name, mask in _untied(products, layout.tied, "masks").items():
-        values[name] = _masked(values.get(name, layout.tensors[name]), mask)
+        values[name] = masked(values.get(name, layout.tensors[name]), mask)
     # The pruning hooks store what they compute on the module; put the module's own values back.
     computed = [(sub, local, sub.__dict__.get(local)) for sub, local in layout.pruned.values()]
     try:
@@ -103,7 +103,7 @@ def _layout(module: torch.nn.Module) -> _Layout:
                 if tensor is not None:
                     tensors[dot + local] = tensor
                     names_of.setdefault(id(tensor), []).append(dot + local)
-        for local in _pruned_locals(sub):
+        for local in pruned_locals(sub):
             pruned[dot + local] = (sub, local)
     tied = {name: names for names in names_of.values() if len(names) > 1 for name in names}
     return _Layout(tensors, pruned, tied)

@@ -21,10 +21,11 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 
 from . import _amount, _pytree
-from ._amount import fraction as _fraction
+from ._amount import check_fraction
 from ._pytree import Include, Tree
-from .methods import _count, _keep_of
-from .tree import _named_error, _scores_for, prune
+from ._select import as_keep, count_kept
+from ._pytree import named_error, scores_for
+from .tree import prune
 
 __all__ = ["uniform", "erk", "to_counts", "prune_by"]
 
@@ -40,7 +41,7 @@ def _covered(params: Tree, include: Include, exclude: Include, overrides: Option
     unknown = [name for name in overrides if name not in named]
     if unknown:
         raise KeyError(f"overrides name(s) {unknown} are not among the params: {list(named)}")
-    fixed = {name: _fraction(value, f"override for {name}") for name, value in overrides.items()}
+    fixed = {name: check_fraction(value, f"override for {name}") for name, value in overrides.items()}
     names = [name for name in named if (name in names and name not in dropped) or name in fixed]
     if not names:
         raise ValueError("the distribution covers no leaf: check include/exclude")
@@ -85,7 +86,7 @@ def uniform(params: Tree, sparsity: float, *, include: Include = None, exclude: 
       >>> uniform(params, 0.5, overrides={"b.weight": 0.25})
       {'a.weight': 0.75, 'b.weight': 0.25}
     """
-    sparsity = _fraction(sparsity, "sparsity")
+    sparsity = check_fraction(sparsity, "sparsity")
     named, names, fixed = _covered(params, include, exclude, overrides)
     free = [name for name in names if name not in fixed]
     free_total = sum(named[name].numel() for name in free)
@@ -136,7 +137,7 @@ def erk(params: Tree, sparsity: float, *, include: Include = None, exclude: Incl
       >>> {name: round(s, 4) for name, s in erk(params, 0.9).items()}
       {'small': 0.0, 'big': 0.9035}
     """
-    sparsity = _fraction(sparsity, "sparsity")
+    sparsity = check_fraction(sparsity, "sparsity")
     if isinstance(power, bool) or not isinstance(power, numbers.Real) or power < 0:
         raise ValueError(f"power must be a non-negative number, got {power!r}")
     named, names, fixed = _covered(params, include, exclude, overrides)
@@ -186,7 +187,7 @@ def to_counts(params: Tree, sparsities: Tree) -> Tree:
     """
     named = _pytree.named_leaves(params)
     wanted = _pytree.lookup(named, sparsities, "sparsities")
-    exact = {name: _fraction(s, f"sparsity of {name}") * named[name].numel() for name, s in wanted.items()}
+    exact = {name: check_fraction(s, f"sparsity of {name}") * named[name].numel() for name, s in wanted.items()}
     counts = {name: math.floor(value) for name, value in exact.items()}
     extra = round(sum(exact.values())) - sum(counts.values())
     by_remainder = sorted(exact, key=lambda name: (-(exact[name] - counts[name]), list(exact).index(name)))
@@ -198,12 +199,12 @@ def to_counts(params: Tree, sparsities: Tree) -> Tree:
 def _to_go(leaf: torch.Tensor, target, keep: Optional[torch.Tensor]):
     """Entries still to prune so ``leaf`` reaches ``target`` (a sparsity or an int count)."""
     wanted = target if isinstance(target, int) and not isinstance(target, bool) else round(
-        _fraction(target, "target sparsity") * leaf.numel())
+        check_fraction(target, "target sparsity") * leaf.numel())
     if wanted > leaf.numel():
         raise ValueError(f"target count {wanted} exceeds the {leaf.numel()} entries")
     if keep is None:
         return wanted
-    pruned = leaf.numel() - _count(keep)
+    pruned = leaf.numel() - count_kept(keep)
     if isinstance(pruned, int):
         return max(wanted - pruned, 0)
     return (wanted - pruned).clamp(min=0)
@@ -238,16 +239,16 @@ def prune_by(params: Tree, method: Callable[..., torch.Tensor], amounts: Tree, *
     named = _pytree.named_leaves(params)
     per_leaf = _pytree.lookup(named, amounts, "amounts")
     old = _pytree.lookup(named, masks, "masks")
-    named_scores = _scores_for(named, scores)
+    named_scores = scores_for(named, scores)
     new = dict(old)
     for name, amount in per_leaf.items():
         try:
             if target:
-                amount = _to_go(named[name], amount, _keep_of(named[name], old.get(name)))
+                amount = _to_go(named[name], amount, as_keep(named[name], old.get(name)))
             else:
                 _amount.validate_amount(amount)
         except (ValueError, TypeError) as err:
-            raise _named_error(name, err) from err
+            raise named_error(name, err) from err
         leaf_scores = {name: named_scores[name]} if name in named_scores else None
         new.update(_pytree.named_leaves(prune({name: named[name]}, method, amount, *args,
                                               masks={name: old[name]} if name in old else None,

@@ -21,15 +21,16 @@ import torch
 from . import _amount, _pytree
 from ._pytree import Include, Tree
 from ._select import select
-from .methods import _count, _keep_of, _plain_amount
-from .tree import _named_error
+from ._amount import as_number
+from ._select import as_keep, count_kept
+from ._pytree import named_error
 
 DropFraction = Union[float, torch.Tensor, Callable[[int], Union[float, torch.Tensor]]]
 
 __all__ = ["drop_and_grow", "set_update", "rigl_update", "zero_grown"]
 
 
-def _fraction(drop_fraction, step):
+def _drop_fraction_at(drop_fraction, step):
     if callable(drop_fraction):
         if step is None:
             raise ValueError("drop_fraction is a schedule: pass the current step as step=")
@@ -39,7 +40,7 @@ def _fraction(drop_fraction, step):
     if isinstance(drop_fraction, torch.Tensor) and not drop_fraction.is_floating_point():
         raise TypeError(f"drop_fraction must be a floating 0-d tensor, got dtype {drop_fraction.dtype}")
     _amount.validate_amount(drop_fraction)
-    return _plain_amount(drop_fraction)
+    return as_number(drop_fraction)
 
 
 def drop_and_grow(weights: torch.Tensor, mask: torch.Tensor, drop_fraction, grow_scores: torch.Tensor) -> torch.Tensor:
@@ -62,13 +63,13 @@ def drop_and_grow(weights: torch.Tensor, mask: torch.Tensor, drop_fraction, grow
       >>> drop_and_grow(w, torch.tensor([True, True, True, False]), 0.34, torch.tensor([0.0, 0.0, 0.0, 9.0]))
       tensor([False,  True,  True,  True])
     """
-    drop_fraction = _fraction(drop_fraction, None)
-    keep = _keep_of(weights, mask)
+    drop_fraction = _drop_fraction_at(drop_fraction, None)
+    keep = as_keep(weights, mask)
     if keep is None:
         raise TypeError("mask must be a tensor, got None")
-    _keep_of(weights, grow_scores, "grow_scores")
+    as_keep(weights, grow_scores, "grow_scores")
     n = weights.numel()
-    alive = _count(keep)
+    alive = count_kept(keep)
     k = _amount.prune_count(drop_fraction, alive)
     flat_keep = keep.reshape(-1)
     dropped = select(weights.detach().abs().reshape(-1), k, largest=False, alive=flat_keep, k_max=n)
@@ -81,7 +82,7 @@ def drop_and_grow(weights: torch.Tensor, mask: torch.Tensor, drop_fraction, grow
 
 
 def _update(params: Tree, masks: Tree, drop_fraction, step, include: Include, scores_of) -> Tree:
-    drop_fraction = _fraction(drop_fraction, step)
+    drop_fraction = _drop_fraction_at(drop_fraction, step)
     named = _pytree.named_leaves(params)
     old = _pytree.lookup(named, masks, "masks")
     names = [name for name in _pytree.selected(named, include)] if include is not None else list(old)
@@ -93,7 +94,7 @@ def _update(params: Tree, masks: Tree, drop_fraction, step, include: Include, sc
         try:
             new[name] = drop_and_grow(named[name], old[name], drop_fraction, scores_of(name, named[name]))
         except (ValueError, TypeError, KeyError) as err:
-            raise _named_error(name, err) from err
+            raise named_error(name, err) from err
     return _pytree.like(params, new)
 
 
@@ -155,7 +156,7 @@ def zero_grown(params: Tree, old_masks: Tree, new_masks: Tree) -> Tree:
     out = dict(named)
     for name, mask in new.items():
         if name in old:  # without an old mask every entry was already on: nothing grew
-            grown = _keep_of(named[name], mask, f"{name} new mask") & ~_keep_of(named[name], old[name],
+            grown = as_keep(named[name], mask, f"{name} new mask") & ~as_keep(named[name], old[name],
                                                                                f"{name} old mask")
             out[name] = named[name].masked_fill(grown, 0)
     return _pytree.like(params, out)

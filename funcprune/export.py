@@ -24,7 +24,7 @@ import torch
 from . import _pytree
 from ._pytree import Include, Tree
 from .call import functional_call
-from .methods import _keep_of
+from ._select import as_keep
 from ._masks_io import load_masks, save_masks
 from ._semistructured import (SemiStructuredUnavailable, check_semi_structured, semi_structured_available,
                               semi_structured_pattern, to_semi_structured)
@@ -86,7 +86,7 @@ def size_report(params: Tree, masks: Optional[Tree] = None) -> SizeReport:
     named_masks = _pytree.lookup(named, masks, "masks")
     per_leaf, dense, sparse, nnz = {}, 0, 0, 0
     for name, leaf in named.items():
-        keep = _keep_of(leaf, named_masks.get(name), f"{name} mask")
+        keep = as_keep(leaf, named_masks.get(name), f"{name} mask")
         kept = leaf.numel() if keep is None else int(keep.sum())
         size = _leaf_size(leaf, kept)
         per_leaf[name] = size
@@ -180,7 +180,7 @@ def to_sparse(params: Tree, masks: Tree, layout: str = "csr", *, include: Includ
         if name not in named_masks or name not in wanted:
             continue
         try:
-            out[name] = _convert(value, _keep_of(value, named_masks[name], f"{name} mask"), layout)
+            out[name] = _convert(value, as_keep(value, named_masks[name], f"{name} mask"), layout)
         except (ValueError, SemiStructuredUnavailable) as err:
             skipped[name] = str(err)
     return Exported(_pytree.like(params, out), skipped)

@@ -24,8 +24,8 @@ from typing import Callable, Optional, Union
 import torch
 
 from . import _amount
-from ._amount import Amount
-from ._select import select
+from ._amount import Amount, drop_count
+from ._select import as_keep, count_kept, select
 
 Norm = Union[int, float, str]
 
@@ -33,48 +33,13 @@ __all__ = ["identity", "random_unstructured", "l1_unstructured", "random_structu
            "custom_from_mask"]
 
 
-def _keep_of(scores: torch.Tensor, mask: Optional[torch.Tensor], what: str = "mask") -> Optional[torch.Tensor]:
-    """The existing mask as bool on the scores' device (None stays None), after a shape check."""
-    if mask is None:
-        return None
-    if not isinstance(mask, torch.Tensor):
-        raise TypeError(f"{what} must be a tensor, got {type(mask).__name__}")
-    if mask.shape != scores.shape:
-        raise ValueError(f"{what} has shape {tuple(mask.shape)} but the scores have shape {tuple(scores.shape)}")
-    mask = mask.to(device=scores.device)
-    return mask if mask.dtype == torch.bool else mask != 0
-
-
-def _count(keep: torch.Tensor, dims=None) -> Union[int, torch.Tensor]:
-    """Number of kept entries: a Python int on real eager tensors, a tensor otherwise."""
-    total = keep.sum(dims) if dims is not None else keep.sum()
-    return int(total) if _amount._is_concrete(keep) else total
-
-
-def _plain_amount(amount: Amount) -> Amount:
-    """A concrete 0-d tensor amount becomes the Python number it holds (torch's eager rules)."""
-    if isinstance(amount, torch.Tensor) and _amount._is_concrete(amount):
-        return amount.item()
-    return amount
-
-
-def _drop_count(amount: Amount, alive, what: str):
-    amount = _plain_amount(amount)
-    k = _amount.prune_count(amount, alive)
-    if isinstance(k, int):
-        _amount.check_count(k, alive, what)
-    else:
-        k = torch.minimum(k.clamp(min=0), torch.as_tensor(alive, device=k.device))
-    return amount, k
-
-
 def _unstructured(scores: torch.Tensor, make_key: Callable[[], torch.Tensor], amount: Amount,
                   keep: Optional[torch.Tensor], largest: bool) -> torch.Tensor:
     """Drop ``amount`` survivors by ``make_key()``, called only once the count is valid and non-zero
     (so a random method draws nothing, as in torch, when it fails or prunes nothing)."""
     n = scores.numel()
-    alive = n if keep is None else _count(keep)
-    amount, k = _drop_count(amount, alive, "parameters")
+    alive = n if keep is None else count_kept(keep)
+    amount, k = drop_count(amount, alive, "parameters")
     if isinstance(k, int) and k == 0:
         return identity(scores, keep)
     flat_keep = None if keep is None else keep.reshape(-1)
@@ -91,7 +56,7 @@ def identity(scores: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch
       >>> identity(torch.randn(2, 3)).all()
       tensor(True)
     """
-    keep = _keep_of(scores, mask)
+    keep = as_keep(scores, mask)
     if keep is None:
         return torch.ones_like(scores, dtype=torch.bool)
     return keep.clone() if keep is mask else keep
@@ -113,7 +78,7 @@ def l1_unstructured(scores: torch.Tensor, amount: Amount, mask: Optional[torch.T
       tensor([ True, False,  True, False])
     """
     _amount.validate_amount(amount)
-    keep = _keep_of(scores, mask)
+    keep = as_keep(scores, mask)
     return _unstructured(scores, lambda: scores.detach().abs(), amount, keep, largest=False)
 
 
@@ -138,7 +103,7 @@ def random_unstructured(scores: torch.Tensor, amount: Amount, mask: Optional[tor
       7
     """
     _amount.validate_amount(amount)
-    keep = _keep_of(scores, mask)
+    keep = as_keep(scores, mask)
     return _unstructured(scores, lambda: _uniform(scores, scores.shape, scores.dtype, generator), amount, keep,
                          largest=True)
 
@@ -156,11 +121,11 @@ def _channel_setup(scores: torch.Tensor, amount: Amount, dim: int, mask: Optiona
     if not -scores.dim() <= dim < scores.dim():
         raise IndexError(f"Invalid index {dim} for tensor of size {tuple(scores.shape)}")
     dim %= scores.dim()
-    keep = _keep_of(scores, mask)
+    keep = as_keep(scores, mask)
     others = [d for d in range(scores.dim()) if d != dim]
     alive_channels = None if keep is None else keep.any(dim=others) if others else keep
-    alive = scores.shape[dim] if keep is None else _count(alive_channels)
-    amount, k = _drop_count(amount, alive, "parameters")
+    alive = scores.shape[dim] if keep is None else count_kept(alive_channels)
+    amount, k = drop_count(amount, alive, "parameters")
     return dim, others, keep, alive_channels, alive, amount, k
 
 
@@ -229,8 +194,8 @@ def custom_from_mask(scores: torch.Tensor, custom: torch.Tensor, mask: Optional[
       >>> custom_from_mask(torch.ones(3), torch.tensor([0, 1, 0]))
       tensor([False,  True, False])
     """
-    custom = _keep_of(scores, custom, "custom")
-    keep = _keep_of(scores, mask)
+    custom = as_keep(scores, custom, "custom")
+    keep = as_keep(scores, mask)
     return custom.clone() if keep is None else custom & keep
 
 

@@ -26,8 +26,10 @@ from . import _amount, _pytree
 from ._amount import Amount
 from ._pytree import Include, Tree
 from ._select import select
-from .methods import Norm, _count, _drop_count, _keep_of, ln_structured
-from .tree import _named_error, _scores_for
+from ._amount import drop_count
+from ._select import as_keep, count_kept
+from .methods import Norm, ln_structured
+from ._pytree import named_error, scores_for
 
 __all__ = ["nm_structured", "satisfies_nm", "block_structured", "channels_kept", "prune_channels"]
 
@@ -85,7 +87,7 @@ def nm_structured(scores: torch.Tensor, n: int, m: int, dim: int = -1,
       tensor([[False,  True,  True, False]])
     """
     dim = _check_nm(scores.shape, n, m, dim)
-    keep = _keep_of(scores, mask)
+    keep = as_keep(scores, mask)
     key = scores.detach().abs()
     if keep is not None:
         key = key.masked_fill(~keep, -math.inf) if key.is_floating_point() else key.masked_fill(~keep, -1)
@@ -164,7 +166,7 @@ def block_structured(scores: torch.Tensor, amount: Amount, block_shape: Sequence
     block_shape = _check_blocks(scores.shape, block_shape)
     if isinstance(n, bool) or not isinstance(n, (int, float)):
         raise TypeError(f"n must be a real norm order, got {n!r}")
-    keep = _keep_of(scores, mask)
+    keep = as_keep(scores, mask)
     key = scores.detach().abs()
     if keep is not None:
         key = key * keep
@@ -172,8 +174,8 @@ def block_structured(scores: torch.Tensor, amount: Amount, block_shape: Sequence
     pooled = torch.linalg.vector_norm(_blocked(key, block_shape).to(_float_of(key)), ord=n, dim=inner)
     alive_blocks = None if keep is None else _blocked(keep, block_shape).any(dim=inner).reshape(-1)
     total = pooled.numel()
-    alive = total if keep is None else _count(alive_blocks)
-    amount, k = _drop_count(amount, alive, "blocks")
+    alive = total if keep is None else count_kept(alive_blocks)
+    amount, k = drop_count(amount, alive, "blocks")
     dropped = select(pooled.reshape(-1), k, largest=False, alive=alive_blocks,
                      k_max=_amount.max_prune_count(amount, total))
     kept_blocks = (~dropped).view(pooled.shape)
@@ -244,7 +246,7 @@ def prune_channels(params: Tree, amount: Amount, n: Norm = 2, dim: int = 0, *, m
     """
     named = _pytree.named_leaves(params)
     old = _pytree.lookup(named, masks, "masks")
-    named_scores = _scores_for(named, scores)
+    named_scores = scores_for(named, scores)
     if include is None:
         include = lambda name, leaf: name.rpartition(".")[2] == "weight" and leaf.dim() >= 2  # noqa: E731
     new = dict(old)
@@ -252,7 +254,7 @@ def prune_channels(params: Tree, amount: Amount, n: Norm = 2, dim: int = 0, *, m
         try:
             new[name] = ln_structured(named_scores.get(name, named[name]), amount, n, dim, mask=old.get(name))
         except (ValueError, TypeError, IndexError) as err:
-            raise _named_error(name, err) from err
+            raise named_error(name, err) from err
         bias_name = _bias_name(name)
         if bias and dim % named[name].dim() == 0 and bias_name in named:
             bias_leaf = named[bias_name]
@@ -260,6 +262,6 @@ def prune_channels(params: Tree, amount: Amount, n: Norm = 2, dim: int = 0, *, m
                 raise ValueError(f"{bias_name}: shape {tuple(bias_leaf.shape)} does not match the "
                                  f"{named[name].shape[0]} output channels of {name}")
             kept = channels_kept(new[name], 0).to(bias_leaf.device)
-            bias_keep = _keep_of(bias_leaf, old.get(bias_name), f"{bias_name} mask")
+            bias_keep = as_keep(bias_leaf, old.get(bias_name), f"{bias_name} mask")
             new[bias_name] = kept if bias_keep is None else kept & bias_keep
     return _pytree.like(params, new)

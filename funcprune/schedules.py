@@ -22,7 +22,7 @@ from typing import Callable, List, Sequence, Union
 
 import torch
 
-from ._amount import fraction as _fraction
+from ._amount import check_fraction
 
 Step = Union[int, torch.Tensor]
 Schedule = Callable[[Step], Union[float, torch.Tensor]]
@@ -70,7 +70,7 @@ def constant(value: float) -> Schedule:
       >>> constant(0.3)(10)
       0.3
     """
-    value = _fraction(value, "value")
+    value = check_fraction(value, "value")
     return lambda step: _where(_as_step(step) >= 0, value, value)
 
 
@@ -82,7 +82,7 @@ def one_shot(sparsity: float, step: int = 0) -> Schedule:
       >>> s(4), s(5)
       (0.0, 0.9)
     """
-    sparsity, at = _fraction(sparsity, "sparsity"), _step_int(step, "step")
+    sparsity, at = check_fraction(sparsity, "sparsity"), _step_int(step, "step")
     return lambda t: _where(_as_step(t) >= at, sparsity, 0.0)
 
 
@@ -103,7 +103,7 @@ def periodic(amount: float, begin: int, every: int, rounds: int) -> Schedule:
       >>> [s(t) for t in (9, 10, 19, 20, 30, 99)]
       [0.0, 0.5, 0.5, 0.75, 0.875, 0.875]
     """
-    amount = _fraction(amount, "amount")
+    amount = check_fraction(amount, "amount")
     begin, every, rounds = _step_int(begin, "begin"), _step_int(every, "every", 1), _step_int(rounds, "rounds")
 
     def schedule(step: Step):
@@ -132,7 +132,7 @@ def polynomial(final: float, begin: int, end: int, every: int = 1, initial: floa
       >>> polynomial(0.5, begin=0, end=10)(5)
       0.4375
     """
-    final, initial = _fraction(final, "final"), _fraction(initial, "initial")
+    final, initial = check_fraction(final, "final"), check_fraction(initial, "initial")
     begin, end, every = _window(begin, end, every)
     if isinstance(power, bool) or not isinstance(power, numbers.Real) or power <= 0:
         raise ValueError(f"power must be a positive number, got {power!r}")
@@ -157,7 +157,7 @@ def cosine_decay(initial: float, steps: int, final: float = 0.0) -> Schedule:
       >>> f(0), round(f(50), 6), f(100), f(200)
       (0.3, 0.15, 0.0, 0.0)
     """
-    initial, final = _fraction(initial, "initial"), _fraction(final, "final")
+    initial, final = check_fraction(initial, "initial"), check_fraction(final, "final")
     steps = _step_int(steps, "steps", 1)
 
     def schedule(step: Step):
@@ -199,7 +199,7 @@ def amount_between(current, target):
         target = torch.as_tensor(target, dtype=torch.float64, device=current.device)
         room = 1.0 - current
         return torch.where(room > 0, (target - current).clamp(min=0) / room.clamp(min=1e-300), 0.0).clamp(0, 1)
-    current, target = _fraction(current, "current"), _fraction(target, "target")
+    current, target = check_fraction(current, "current"), check_fraction(target, "target")
     if target <= current:  # e.g. a measured sparsity that rounded past the target: nothing to prune
         return 0.0
     return min((target - current) / (1.0 - current), 1.0)
@@ -220,7 +220,7 @@ def round_amounts(targets: Sequence[float]) -> List[float]:
     """
     amounts, current = [], 0.0
     for r, target in enumerate(targets):
-        target = _fraction(target, f"targets[{r}]")
+        target = check_fraction(target, f"targets[{r}]")
         if target < current:
             raise ValueError(f"targets must not decrease: targets[{r}]={target} < {current}")
         amounts.append(amount_between(current, target))

@@ -15,16 +15,13 @@ import torch
 from . import _amount, _pytree, _select
 from ._amount import Amount
 from ._pytree import Include, Tree
-from .methods import _count, _drop_count, _keep_of, l1_unstructured, random_unstructured
+from ._amount import drop_count
+from ._masking import masked
+from ._pytree import named_error, scores_for
+from ._select import as_keep, count_kept
+from .methods import l1_unstructured, random_unstructured
 
 __all__ = ["prune", "global_unstructured", "apply_masks", "mask_grads", "sparsity", "Sparsity"]
-
-
-def _named_error(name: str, err: Exception) -> Exception:
-    """The same exception type, its message prefixed with the offending leaf's name."""
-    if type(err) in (ValueError, TypeError, IndexError, KeyError):
-        return type(err)(f"{name}: {err.args[0] if err.args else err}")
-    return err
 
 
 def prune(params: Tree, method: Callable[..., torch.Tensor], *args: Any, masks: Optional[Tree] = None,
@@ -55,24 +52,14 @@ def prune(params: Tree, method: Callable[..., torch.Tensor], *args: Any, masks: 
     """
     named = _pytree.named_leaves(params)
     old = _pytree.lookup(named, masks, "masks")
-    named_scores = _scores_for(named, scores)
+    named_scores = scores_for(named, scores)
     new = dict(old)
     for name in _pytree.selected(named, include):
         try:
             new[name] = method(named_scores.get(name, named[name]), *args, mask=old.get(name), **kwargs)
         except (ValueError, TypeError, IndexError, KeyError) as err:
-            raise _named_error(name, err) from err
+            raise named_error(name, err) from err
     return _pytree.like(params, new)
-
-
-def _scores_for(named: Dict[str, torch.Tensor], scores: Optional[Tree]) -> Dict[str, torch.Tensor]:
-    """Importance scores by name, each checked against its param's shape (torch raises there too)."""
-    named_scores = _pytree.lookup(named, scores, "scores")
-    for name, leaf in named_scores.items():
-        if leaf.shape != named[name].shape:
-            raise ValueError(f"{name}: scores have shape {tuple(leaf.shape)} but the param has shape "
-                             f"{tuple(named[name].shape)}")
-    return named_scores
 
 
 def _common_dtype(tensors) -> torch.dtype:
@@ -123,7 +110,7 @@ def global_unstructured(params: Tree, amount: Amount, masks: Optional[Tree] = No
     _amount.validate_amount(amount)
     named = _pytree.named_leaves(params)
     old = _pytree.lookup(named, masks, "masks")
-    named_scores = _scores_for(named, scores)
+    named_scores = scores_for(named, scores)
     names = _pytree.selected(named, include)
     if not names:
         raise ValueError("global_unstructured needs at least one leaf to prune")
@@ -131,14 +118,14 @@ def global_unstructured(params: Tree, amount: Amount, masks: Optional[Tree] = No
     keeps = []
     for name, leaf in zip(names, leaves):
         try:
-            keeps.append(_keep_of(leaf, old.get(name)))
+            keeps.append(as_keep(leaf, old.get(name)))
         except (ValueError, TypeError) as err:
-            raise _named_error(name, err) from err
+            raise named_error(name, err) from err
     dtype = _common_dtype(leaves)
     total = sum(leaf.numel() for leaf in leaves)
     alive = total if all(k is None for k in keeps) else sum(
-        leaf.numel() if k is None else _count(k) for leaf, k in zip(leaves, keeps))
-    amount, k = _drop_count(amount, alive, "parameters")
+        leaf.numel() if k is None else count_kept(k) for leaf, k in zip(leaves, keeps))
+    amount, k = drop_count(amount, alive, "parameters")
 
     concrete = all(_amount._is_concrete(t) for t in leaves + [k for k in keeps if k is not None])
     if method == "l1" and concrete and isinstance(k, int):
@@ -165,49 +152,6 @@ def global_unstructured(params: Tree, amount: Amount, masks: Optional[Tree] = No
     return _pytree.like(params, new)
 
 
-def _masked(value: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``value`` with pruned entries zeroed, in ``value``'s dtype, differentiable in ``value``."""
-    if mask.dtype == torch.bool:
-        # bool -> uint8 is a free reinterpretation and uint8 -> float a fast vectorized cast, while
-        # bool -> float and a mixed bool multiply are ~5x slower; float * float is the fastest product.
-        mask = mask.view(torch.uint8)
-    if mask.dtype != value.dtype and _amount._is_concrete(value):
-        # The cast is a fresh tensor (batched too, under vmap over masks): multiply into it rather
-        # than allocate a second full-size one. Not for wrapped values (grad, stacked params).
-        if not value.requires_grad:
-            return mask.to(value.dtype).mul_(value)
-        if _amount._is_concrete(mask):
-            return _MaskProduct.apply(value, mask)
-    return value * mask.to(value.dtype)
-
-
-class _MaskProduct(torch.autograd.Function):
-    """``value * mask`` under plain autograd, keeping the integer mask for backward, not a float copy.
-
-    ``value * mask.to(value.dtype)`` would allocate the cast, the product, and keep the cast alive
-    until backward (4 bytes per entry for float32); this allocates only the product and keeps the
-    1-byte mask. Only for eager tensors: torch.func transforms take the plain product.
-    """
-
-    @staticmethod
-    def forward(value: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return mask.to(value.dtype).mul_(value)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[1])
-        ctx.mask = inputs[1]  # forward-mode AD (jvp) has no saved tensors
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (mask,) = ctx.saved_tensors
-        return mask.to(grad.dtype).mul_(grad), None
-
-    @staticmethod
-    def jvp(ctx, value_tangent: torch.Tensor, mask_tangent):
-        return ctx.mask.to(value_tangent.dtype).mul_(value_tangent)
-
-
 def _map_masked(tree: Tree, masks: Optional[Tree], what: str) -> Tree:
     named = _pytree.named_leaves(tree)
     named_masks = _pytree.lookup(named, masks, "masks")
@@ -215,7 +159,7 @@ def _map_masked(tree: Tree, masks: Optional[Tree], what: str) -> Tree:
         if mask.shape != named[name].shape:
             raise ValueError(f"{name}: mask has shape {tuple(mask.shape)} but the {what} has shape "
                              f"{tuple(named[name].shape)}")
-    out = {name: _masked(leaf, named_masks[name]) if name in named_masks else leaf for name, leaf in named.items()}
+    out = {name: masked(leaf, named_masks[name]) if name in named_masks else leaf for name, leaf in named.items()}
     return _pytree.like(tree, out)
 
 
