@@ -187,3 +187,124 @@ def test_mask_checkpoint_file_like_and_errors(tmp_path):
     torch.save({"format": "funcprune.masks", "version": 99, "masks": {}}, tmp_path / "future.pt")
     with pytest.raises(ValueError, match="version"):
         load_masks(tmp_path / "future.pt")
+
+
+# --- issue 11.7: pruned NaN/inf are zero in every exported or finalized form ------------------------------
+
+NAN, INF = float("nan"), float("inf")
+
+
+def nonfinite_linear():
+    """An nn.Linear whose weight holds NaN/inf at pruned positions and NaN/inf/-inf kept too."""
+    torch.manual_seed(0)
+    lin = nn.Linear(6, 4)
+    w = lin.weight.detach().clone()
+    mask = torch.rand(4, 6, generator=torch.Generator().manual_seed(1)) > 0.5
+    mask[0, :3] = torch.tensor([False, False, False])
+    w[0, :3] = torch.tensor([NAN, INF, -INF])  # pruned
+    return lin, {"weight": w, "bias": lin.bias.detach()}, {"weight": mask}
+
+
+def nan_equal(a, b):
+    return a.shape == b.shape and bool(((a == b) | (a.isnan() & b.isnan())).all())
+
+
+@pytest.mark.parametrize("kept_nonfinite", [False, True])
+def test_pruned_nan_inf_are_exactly_zero_in_every_form(kept_nonfinite):
+    lin, params, masks = nonfinite_linear()
+    w, mask = params["weight"], masks["weight"]
+    if kept_nonfinite:
+        mask[1, :3] = True
+        w[1, :3] = torch.tensor([NAN, INF, -INF])
+    reference = torch.where(mask, w, 0.0)
+    assert not reference[~mask].any() and reference[0, :3].eq(0).all()
+    out = finalize(params, masks).params["weight"]
+    assert nan_equal(out, reference)
+    for layout in ("coo", "csr"):
+        sparse = to_sparse(params, masks, layout).params["weight"]
+        assert nan_equal(sparse.to_dense(), reference)
+    skipped = to_sparse({"v": w[0]}, {"v": mask[0]}, "csr")  # 1-D: stays dense, pruned entries zero
+    assert skipped.skipped and nan_equal(skipped.params["v"], reference[0])
+    float_masks = {"weight": mask.float()}  # compat-style float masks too
+    assert nan_equal(finalize(params, float_masks).params["weight"], reference)
+    assert nan_equal(to_sparse(params, float_masks, "coo").params["weight"].to_dense(), reference)
+
+
+@pytest.mark.parametrize("layout", ["csr", "coo"])
+@pytest.mark.parametrize("kept_nonfinite", [False, True])
+def test_verify_accepts_a_correct_export_of_nonfinite_weights(layout, kept_nonfinite):
+    lin, params, masks = nonfinite_linear()
+    if kept_nonfinite:
+        masks["weight"][1, 0] = True
+        params["weight"][1, 0] = NAN
+    x = torch.randn(5, 6)
+    exported = to_sparse(params, masks, layout).params
+    check = verify(params, masks, exported, lin if layout == "csr" else None, (x,))
+    assert check.ok and check.mismatched == () and check.max_abs_diff < 1e-5
+    finalized = finalize(params, masks).params
+    assert verify(params, masks, finalized, lin, (x,)).ok
+    if not kept_nonfinite:  # pruned NaN/inf reach no output
+        assert torch.func.functional_call(lin, finalized, (x,)).isfinite().all()
+
+
+def test_verify_still_flags_a_pruned_nan_left_in_the_export():
+    lin, params, masks = nonfinite_linear()
+    exported = dict(finalize(params, masks).params)
+    exported["weight"] = exported["weight"].clone()
+    exported["weight"][0, 0] = NAN  # a pruned entry that is not zero
+    check = verify(params, masks, exported, lin, (torch.randn(3, 6),))
+    assert not check.ok and check.mismatched == ("weight",) and check.max_abs_diff == INF
+
+
+# --- issue 11.18: verify on modules returning tuples, lists, dicts ---------------------------------------
+
+class Outputs(nn.Module):
+    def __init__(self, kind):
+        super().__init__()
+        self.kind, self.a, self.b = kind, nn.Linear(6, 4), nn.Linear(6, 2)
+
+    def forward(self, x):
+        a, b = self.a(x), self.b(x)
+        if self.kind == "tuple":
+            return a, b
+        if self.kind == "list":
+            return [a, b, None, 3]
+        return {"a": a, "more": (b, {"n": 3})}
+
+
+@pytest.mark.parametrize("kind", ["tuple", "list", "dict"])
+def test_verify_compares_every_tensor_of_a_structured_output(kind):
+    model = Outputs(kind)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    masks = fp.prune(params, fp.l1_unstructured, 0.5, include=["a.weight", "b.weight"])
+    x = torch.randn(5, 6)
+    check = verify(params, masks, to_sparse(params, masks, "csr").params, model, (x,))
+    assert check.ok and check.mismatched == () and check.max_abs_diff < 1e-5
+    # An export wrong only in the *second* output's layer is caught, with that output's gap.
+    exported = dict(to_sparse(params, masks, "csr").params)
+    exported["b.bias"] = params["b.bias"] + 1.0
+    check = verify(params, masks, exported, model, (x,))
+    assert not check.ok and check.mismatched == ("b.bias",)
+    assert check.max_abs_diff == pytest.approx(1.0, abs=1e-5)
+
+
+def test_verify_rejects_outputs_it_cannot_compare():
+    class Opaque:
+        def __init__(self, t):
+            self.t = t
+
+        def __eq__(self, other):
+            raise RuntimeError("no")
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(2, 2)
+
+        def forward(self, x):
+            return Opaque(self.fc(x))
+
+    model = Model()
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    with pytest.raises(TypeError, match="Opaque"):
+        verify(params, None, params, model, (torch.ones(1, 2),))
