@@ -106,3 +106,55 @@ def test_amount_between_tensor_and_global():
         current = 0.0 if masks is None else float(fp.sparsity(masks, params).fraction)
         masks = fp.global_unstructured(params, amount_between(current, target), masks)
         assert int(fp.sparsity(masks, params).pruned) == round(target * 260)
+
+
+# --- issue 11.10: amount_between with counts meets round(target * n) exactly, half-integers included -----
+
+TARGETS = (0.0, 1 / 3, 0.5, 0.75, 0.95, 1.0)
+
+
+def test_amount_between_is_exact_for_every_count_up_to_300():
+    prune_count = fp._amount.prune_count
+    for n in range(0, 301):
+        targets = TARGETS + tuple((k + 0.5) / n for k in (n // 3, n - 1) if n)  # half-integer goals too
+        for target in targets:
+            goal = prune_count(target, n)
+            for pruned in range(n + 1):
+                amount = amount_between(pruned / n if n else 0.0, target, total=n)
+                assert 0.0 <= amount <= 1.0
+                assert pruned + prune_count(amount, n - pruned) == max(goal, pruned), (n, pruned, target)
+
+
+def test_amount_between_issue_example():
+    n, w = 997, torch.randn(997, generator=torch.Generator().manual_seed(0))
+    mask = fp.l1_unstructured(w, 332)
+    assert amount_between(332 / 997, 0.5, total=n) * 665 == 166.0
+    for current in (fp.sparsity({"w": mask}), float(fp.sparsity({"w": mask}).fraction)):
+        out = fp.l1_unstructured(w, amount_between(current, 0.5, total=n), mask=mask)
+        assert int((~out).sum()) == 498 == round(0.5 * n)
+    with pytest.raises(ValueError, match="total"):
+        amount_between(fp.sparsity({"w": mask}), 0.5, total=5)
+    with pytest.raises(ValueError, match="total"):
+        amount_between(0.5, 0.5, total=-1)
+
+
+def test_amount_between_counts_as_tensors_and_under_vmap():
+    n, targets = 297, torch.tensor([0.0, 0.25, 0.5, 0.9, 1.0], dtype=torch.float64)
+    for pruned in (0, 1, 2, 74, 148, 296, 297):
+        expected = torch.tensor([amount_between(pruned / n, float(t), total=n) for t in targets], dtype=torch.float64)
+        as_tensor = torch.stack([amount_between(torch.tensor(pruned / n), t, total=n) for t in targets])
+        batched = torch.vmap(lambda t: amount_between(torch.tensor(pruned / n), t, total=n))(targets)
+        assert torch.equal(as_tensor, expected) and torch.equal(batched, expected)
+        goal = fp._amount.prune_count(targets, n)
+        assert torch.equal(pruned + fp._amount.prune_count(batched, torch.tensor(n - pruned)),
+                           torch.maximum(goal, torch.tensor(pruned)))
+
+
+def test_round_amounts_with_total_is_exact():
+    n = 997
+    targets = sorted([polynomial(0.95, 0, 10, 3)(t) for t in (0, 3, 6, 9, 10)] + [0.25, 0.5, 0.75])  # 498.5
+    w = torch.randn(n, generator=torch.Generator().manual_seed(1))
+    mask = None
+    for target, amount in zip(targets, round_amounts(targets, total=n)):
+        mask = fp.l1_unstructured(w, amount, mask=mask)
+        assert int((~mask).sum()) == round(target * n)
