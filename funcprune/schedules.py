@@ -119,8 +119,11 @@ def polynomial(final: float, begin: int, end: int, every: int = 1, initial: floa
     """Gradual magnitude pruning of Zhu & Gupta (2017): sparsity rises as a polynomial, then stays.
 
     At update steps ``t = begin, begin + every, ...`` up to ``end`` the target is
-    ``final + (initial - final) * (1 - (t - begin) / (end - begin)) ** power``; between updates it
-    holds the last update's value, before ``begin`` it is ``initial`` and from ``end`` on ``final``.
+    ``final + (initial - final) * (1 - (t - begin) / (end - begin)) ** power``; ``end`` itself is
+    an update step too (also off the grid, when ``every`` does not divide ``end - begin``), with
+    target ``final``. Between updates the target holds the last update's value, before ``begin``
+    it is ``initial``. These are the steps :func:`is_update_step` accepts, so pruning to
+    ``schedule(step)`` at them ends at exactly ``final``.
 
     Args:
       final: sparsity reached at ``end``. initial: sparsity at ``begin``.
@@ -133,6 +136,9 @@ def polynomial(final: float, begin: int, end: int, every: int = 1, initial: floa
     Example:
       >>> polynomial(0.5, begin=0, end=10)(5)
       0.4375
+      >>> s = polynomial(0.95, begin=5, end=65, every=7)
+      >>> round(s(61), 4), s(64), s(65)     # 61 is the grid's last step; 65 (end) is an update too
+      (0.9497, 0.9497185185185184, 0.95)
     """
     final, initial = check_fraction(final, "final"), check_fraction(initial, "initial")
     begin, end, every = _window(begin, end, every)
@@ -170,14 +176,20 @@ def cosine_decay(initial: float, steps: int, final: float = 0.0) -> Schedule:
 
 
 def is_update_step(step: Step, begin: int, end: int, every: int = 1):
-    """Whether masks change at ``step``: ``begin <= step <= end`` and on the ``every`` grid.
+    """Whether masks change at ``step``: on the grid ``begin, begin + every, ...`` up to ``end``, and ``end``.
+
+    ``end`` is always an update step, also when ``end - begin`` is not a multiple of ``every``, so
+    a loop that prunes to ``schedule(step)`` at these steps ends at exactly the schedule's final
+    value (:func:`polynomial` reaches ``final`` at ``end``).
 
     Example:
       >>> [t for t in range(12) if is_update_step(t, 2, 8, 3)]
       [2, 5, 8]
+      >>> [t for t in range(12) if is_update_step(t, 2, 9, 3)]
+      [2, 5, 8, 9]
     """
     begin, end, every = _window(begin, end, every)
-    on_grid = (step - begin) % every == 0
+    on_grid = ((step - begin) % every == 0) | (step == end)
     return (step >= begin) & (step <= end) & on_grid
 
 

@@ -108,6 +108,54 @@ def test_amount_between_tensor_and_global():
         assert int(fp.sparsity(masks, params).pruned) == round(target * 260)
 
 
+# --- issue 11.9: a gradual-pruning loop ends at exactly `final`, whatever `every` is ----------------------
+
+def test_end_is_always_an_update_step():
+    steps = [t for t in range(100) if is_update_step(t, 5, 65, 7)]
+    assert steps == [5, 12, 19, 26, 33, 40, 47, 54, 61, 65]
+    assert polynomial(0.95, begin=5, end=65, every=7)(steps[-1]) == 0.95
+    assert [t for t in range(10) if is_update_step(t, 3, 3, 4)] == [3]
+    assert [t for t in range(30) if is_update_step(t, 5, 20, 5)] == [5, 10, 15, 20]  # on the grid: unchanged
+    steps = torch.arange(0, 100)
+    assert steps[is_update_step(steps, 5, 65, 7)].tolist() == [5, 12, 19, 26, 33, 40, 47, 54, 61, 65]
+
+
+def gradual_loop(w, schedule, begin, end, every, measure):
+    """The README's loop: at each update step prune to schedule(step) from the measured sparsity."""
+    mask, updates = torch.ones_like(w, dtype=torch.bool), []
+    for step in range(end + 20):
+        if is_update_step(step, begin, end, every):
+            updates.append(step)
+            target = schedule(step)
+            mask = fp.l1_unstructured(w, amount_between(measure(mask), target, total=w.numel()), mask=mask)
+            assert int((~mask).sum()) == round(target * w.numel())  # every round lands on its target
+    return mask, updates
+
+
+@pytest.mark.parametrize("begin,end,every", [(5, 65, 7), (0, 10, 3), (0, 10, 20), (3, 4, 2), (7, 7, 5),
+                                             (1, 100, 9), (0, 97, 1), (10, 50, 13), (2, 33, 31)])
+@pytest.mark.parametrize("final", [0.95, 0.5, 0.8, 0.9])
+def test_gradual_pruning_loop_ends_at_exactly_final(begin, end, every, final):
+    n = 997
+    w = torch.randn(n, generator=torch.Generator().manual_seed(begin * 1000 + end + every))
+    schedule = polynomial(final, begin, end, every)
+    for measure in (lambda m: fp.sparsity({"w": m}), lambda m: float(fp.sparsity({"w": m}).fraction)):
+        mask, updates = gradual_loop(w, schedule, begin, end, every, measure)
+        assert updates[-1] == end and int((~mask).sum()) == round(final * n)
+        assert updates == sorted(set(range(begin, end + 1, every)) | {end})
+
+
+@settings(max_examples=60, deadline=None)
+@given(begin=st.integers(0, 30), span=st.integers(0, 80), every=st.integers(1, 40), n=st.integers(1, 400),
+       final=st.floats(0, 1), initial=st.floats(0, 1))
+def test_gradual_pruning_loop_ends_at_final_for_any_window(begin, span, every, n, final, initial):
+    initial = min(initial, final)
+    w = torch.randn(n, generator=torch.Generator().manual_seed(n))
+    schedule = polynomial(final, begin, begin + span, every, initial)
+    mask, updates = gradual_loop(w, schedule, begin, begin + span, every, lambda m: fp.sparsity({"w": m}))
+    assert updates[-1] == begin + span and int((~mask).sum()) == fp._amount.prune_count(final, n)
+
+
 # --- issue 11.10: amount_between with counts meets round(target * n) exactly, half-integers included -----
 
 TARGETS = (0.0, 1 / 3, 0.5, 0.75, 0.95, 1.0)
