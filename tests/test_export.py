@@ -2,6 +2,9 @@
 
 import copy
 import io
+import warnings
+import zipfile
+import zlib
 
 import numpy as np
 import pytest
@@ -156,7 +159,10 @@ def test_mask_checkpoint_round_trips_and_is_numpy_packbits(shape, seed):
     save_masks({"m.weight": mask, "n": {"bias": ~mask}}, buffer)
     buffer.seek(0)
     raw = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
-    assert raw["format"] == "funcprune.masks" and raw["version"] == 1
+    assert raw["format"] == "funcprune.masks" and raw["version"] == 2
+    header = b'["m.weight",' + str(list(mask.shape)).replace(" ", "").encode() + b"]"
+    assert raw["masks"]["m.weight"]["crc32"] == zlib.crc32(raw["masks"]["m.weight"]["bits"].numpy().tobytes(),
+                                                           zlib.crc32(header))
     assert np.array_equal(raw["masks"]["m.weight"]["bits"].numpy(), np.packbits(mask.numpy().ravel()))
     loaded = load_masks(buffer)
     assert set(loaded) == {"m.weight", "n.bias"}
@@ -308,3 +314,141 @@ def test_verify_rejects_outputs_it_cannot_compare():
     params = {k: v.detach() for k, v in model.named_parameters()}
     with pytest.raises(TypeError, match="Opaque"):
         verify(params, None, params, model, (torch.ones(1, 2),))
+
+
+# --- issues 11.17 and 11.18: corrupt, truncated or empty checkpoints raise ValueError, never load wrong masks
+
+def checkpoint():
+    torch.manual_seed(0)
+    masks = {"fc.weight": torch.rand(9, 13) > 0.5, "fc.bias": torch.rand(9) > 0.3}
+    buffer = io.BytesIO()
+    save_masks(masks, buffer)
+    return masks, buffer.getvalue()
+
+
+def member_spans(raw):
+    """``{archive member: (start, end)}`` of each member's bytes, from its local zip header."""
+    spans = {}
+    for info in zipfile.ZipFile(io.BytesIO(raw)).infolist():
+        h = info.header_offset
+        start = h + 30 + int.from_bytes(raw[h + 26:h + 28], "little") + int.from_bytes(raw[h + 28:h + 30], "little")
+        spans[info.filename.split("/", 1)[1]] = (start, start + info.compress_size)
+    return spans
+
+
+def load_or_error(data):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns about some corrupt pickle headers
+        try:
+            return load_masks(io.BytesIO(data))
+        except ValueError as err:
+            return err
+
+
+def test_flipped_bits_raise_naming_the_leaf():
+    masks, raw = checkpoint()
+    spans = member_spans(raw)
+    storages = [span for name, span in spans.items() if name.startswith("data/")]
+    start, end = max(storages, key=lambda span: span[1] - span[0])  # the larger: fc.weight's 15 bytes of bits
+    assert end - start == 15
+    for offset in range(start, end):
+        for flip in (0x01, 0x80, 0xFF):
+            data = bytearray(raw)
+            data[offset] ^= flip
+            with pytest.raises(ValueError, match="<BytesIO>: leaf 'fc.weight': checksum mismatch"):
+                load_masks(io.BytesIO(bytes(data)))
+
+
+def test_flipped_bytes_anywhere_never_load_a_wrong_mask():
+    masks, raw = checkpoint()
+    spans = member_spans(raw)
+    pickle_start, pickle_end = spans["data.pkl"]
+    payload = set(range(pickle_start, pickle_end))
+    for name, (start, end) in spans.items():
+        if name.startswith("data/"):
+            payload |= set(range(start, end))
+    raised = 0
+    for offset in sorted(payload | set(range(0, len(raw), 5))):
+        out = load_or_error(bytes(raw[:offset]) + bytes([raw[offset] ^ 0xFF]) + raw[offset + 1:])
+        if isinstance(out, ValueError):
+            raised += 1
+            assert "<BytesIO>" in str(out)
+        else:  # a flip in zip bookkeeping torch does not read: the masks are the right ones
+            assert set(out) == set(masks) and all(torch.equal(out[k], masks[k]) for k in masks), offset
+    assert raised > len(payload) // 2
+
+
+@pytest.mark.parametrize("where", ["path", "file"])
+def test_empty_and_truncated_checkpoints_raise_value_error_naming_the_file(tmp_path, where):
+    masks, raw = checkpoint()
+    cuts = sorted({0, 1, 2, 30, 64, 100, len(raw) // 2, len(raw) - 22, len(raw) - 1} | set(range(0, len(raw), 97)))
+    for cut in cuts:
+        path = tmp_path / f"cut{cut}.pt"
+        path.write_bytes(raw[:cut])
+        source = path if where == "path" else open(path, "rb")
+        try:
+            with pytest.raises(ValueError, match=f"{path.name}'?: not a readable mask checkpoint: the file is"):
+                load_masks(source)
+        finally:
+            if where == "file":
+                source.close()
+    with pytest.raises(ValueError, match="<BytesIO>: not a readable mask checkpoint: the file is empty"):
+        load_masks(io.BytesIO(b""))
+    with pytest.raises(FileNotFoundError):
+        load_masks(tmp_path / "missing.pt")
+
+
+def test_checkpoint_structure_damage_raises_naming_file_and_leaf(tmp_path):
+    masks, raw = checkpoint()
+    good = torch.load(io.BytesIO(raw), weights_only=True)
+
+    def saved(data):
+        path = tmp_path / f"damaged{len(list(tmp_path.iterdir()))}.pt"
+        torch.save(data, path)
+        return path
+
+    def damaged(leaf=None, **changes):
+        data = copy.deepcopy(good)
+        target = data["masks"][leaf] if leaf else data
+        for key, value in changes.items():
+            if value is None:
+                del target[key]
+            else:
+                target[key] = value
+        return saved(data)
+
+    cases = [
+        (damaged("fc.weight", shape=[13, 9]), "leaf 'fc.weight': checksum mismatch"),
+        (damaged("fc.weight", shape=[9, 14]), "leaf 'fc.weight': 15 bytes of bits do not fit shape"),
+        (damaged("fc.weight", shape="9x13"), "leaf 'fc.weight': corrupt shape"),
+        (damaged("fc.weight", shape=[9, -13]), "leaf 'fc.weight': corrupt shape"),
+        (damaged("fc.weight", bits=good["masks"]["fc.weight"]["bits"].float()), "leaf 'fc.weight': corrupt bits"),
+        (damaged("fc.bias", bits=None), "leaf 'fc.bias': corrupt bits"),
+        (damaged("fc.bias", crc32=None), "leaf 'fc.bias': the checksum is missing"),
+        (damaged("fc.bias", crc32="x"), "leaf 'fc.bias': corrupt checksum"),
+        (damaged(masks=None), "no 'masks' dict"),
+        (damaged(crc32=None), "checkpoint's checksum is missing"),
+        (damaged(version=None), "unsupported mask checkpoint version None"),
+        (damaged(version=2.0), "unsupported mask checkpoint version 2.0"),
+        (saved({**good, "masks": {"fc.weight": good["masks"]["fc.weight"]}}), "a leaf is missing"),
+        (saved({**good, "masks": {"fc.weighs": good["masks"]["fc.weight"]}}), "leaf 'fc.weighs': checksum mismatch"),
+        (saved({**good, "masks": {"fc.weight": [1, 2]}}), "leaf 'fc.weight': corrupt entry"),
+    ]
+    for path, message in cases:
+        with pytest.raises(ValueError) as info:
+            load_masks(path)
+        assert str(info.value).startswith(f"'{path}': ") and message in str(info.value), (message, info.value)
+
+
+def test_version_1_checkpoints_without_checksums_still_load(tmp_path):
+    masks, raw = checkpoint()
+    good = torch.load(io.BytesIO(raw), weights_only=True)
+    v1 = {"format": "funcprune.masks", "version": 1,
+          "masks": {name: {"shape": e["shape"], "bits": e["bits"]} for name, e in good["masks"].items()}}
+    torch.save(v1, tmp_path / "v1.pt")
+    loaded = load_masks(tmp_path / "v1.pt")
+    assert set(loaded) == set(masks) and all(torch.equal(loaded[k], masks[k]) for k in masks)
+    v1["masks"]["fc.weight"]["crc32"] = 123  # a checksum present (e.g. a version byte flipped 2 -> 1) is checked
+    torch.save(v1, tmp_path / "v1.pt")
+    with pytest.raises(ValueError, match="leaf 'fc.weight': checksum mismatch"):
+        load_masks(tmp_path / "v1.pt")
