@@ -124,6 +124,8 @@ def _zeroed(params: Tree, masks: Optional[Tree]) -> Dict[str, torch.Tensor]:
 
 
 class Finalized(NamedTuple):
+    """What :func:`finalize` returns."""
+
     params: Tree
     """The pruned params: pruned entries are zero, no masks needed any more."""
     report: SizeReport
@@ -155,6 +157,8 @@ def finalize(params: Tree, masks: Optional[Tree]) -> Finalized:
 
 
 class Exported(NamedTuple):
+    """What :func:`to_sparse` returns."""
+
     params: Tree
     """Params with the converted leaves as sparse tensors, the others dense (pruned entries zeroed)."""
     skipped: Dict[str, str]
@@ -222,6 +226,8 @@ def to_sparse(params: Tree, masks: Tree, layout: str = "csr", *, include: Includ
 
 
 class Check(NamedTuple):
+    """What :func:`verify` returns."""
+
     ok: bool
     """Every exported leaf equals its masked dense value and the outputs match."""
     max_abs_diff: float

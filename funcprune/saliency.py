@@ -24,7 +24,7 @@ from .tree import apply_masks
 
 LossFn = Callable[[Tree, Any], torch.Tensor]
 
-__all__ = ["magnitude", "gradient", "snip", "taylor"]
+__all__ = ["LossFn", "magnitude", "gradient", "snip", "taylor"]
 
 
 def _floating(name: str, leaf: torch.Tensor) -> bool:

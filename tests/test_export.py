@@ -452,3 +452,20 @@ def test_version_1_checkpoints_without_checksums_still_load(tmp_path):
     torch.save(v1, tmp_path / "v1.pt")
     with pytest.raises(ValueError, match="leaf 'fc.weight': checksum mismatch"):
         load_masks(tmp_path / "v1.pt")
+
+
+@pytest.mark.parametrize("module", ["funcprune.export", "funcprune.schedules", "funcprune.saliency"])
+def test_public_surface_lists_every_function_and_result_type(module):
+    import importlib
+    import inspect
+    import typing
+
+    mod = importlib.import_module(module)
+    assert all(hasattr(mod, name) for name in mod.__all__)
+    for name, obj in vars(mod).items():
+        if name.startswith("_") or not inspect.isfunction(obj) or obj.__module__ != mod.__name__:
+            continue
+        assert name in mod.__all__, name
+        result = typing.get_type_hints(obj).get("return")
+        if isinstance(result, type) and issubclass(result, tuple) and hasattr(result, "_fields"):  # a NamedTuple
+            assert result.__name__ in mod.__all__ and getattr(mod, result.__name__) is result, (name, result)
