@@ -469,3 +469,18 @@ def test_public_surface_lists_every_function_and_result_type(module):
         result = typing.get_type_hints(obj).get("return")
         if isinstance(result, type) and issubclass(result, tuple) and hasattr(result, "_fields"):  # a NamedTuple
             assert result.__name__ in mod.__all__ and getattr(mod, result.__name__) is result, (name, result)
+
+
+def test_semi_structured_conversion_zeroes_pruned_nan(monkeypatch):
+    """11.7 for the 2:4 layout: a pruned NaN/inf is zero in what reaches torch's conversion (faked on CPU)."""
+    import funcprune._semistructured as semi
+
+    w, mask = two_four(32, 64, torch.float16)
+    w = w.clone()
+    w[~mask] = torch.tensor([NAN, INF], dtype=torch.float16).repeat(int((~mask).sum()) // 2)
+    monkeypatch.setattr(semi, "semi_structured_available", lambda device: (True, ""))
+    monkeypatch.setattr(torch.sparse, "to_sparse_semi_structured", lambda value: value.clone())
+    out = to_semi_structured(w, mask)
+    assert torch.equal(out, torch.where(mask, w, 0)) and not out[~mask].any()
+    exported = to_sparse({"w": w}, {"w": mask}, "semi_structured")
+    assert exported.skipped == {} and torch.equal(exported.params["w"], torch.where(mask, w, 0))
