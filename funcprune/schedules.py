@@ -2,8 +2,16 @@
 
 A schedule maps a step to the *cumulative* target sparsity at that step (or, for dynamic sparse
 training, to a drop fraction). funcprune's ``amount`` is relative to the survivors, so a growing
-target becomes a per-round amount with :func:`amount_between` (from the measured sparsity, which
-lands every round exactly on the target) or :func:`round_amounts` (a whole plan up front).
+target becomes a per-round amount with :func:`amount_between` (from the measured sparsity; given
+counts -- ``fp.sparsity(...)`` or ``total=`` -- every round lands exactly on ``round(target * n)``)
+or :func:`round_amounts` (a whole plan up front). A gradual-pruning loop::
+
+    for step in range(steps):
+        if is_update_step(step, begin, end, every):      # ..., and always `end` itself
+            amount = amount_between(fp.sparsity(masks, params), schedule(step))
+            masks = fp.global_unstructured(params, amount, masks=masks)
+
+ends at exactly the schedule's final sparsity, whatever ``every`` is.
 
 Steps are ints or 0-d tensors; with a tensor step a schedule returns a 0-d float64 tensor, so
 schedules compose with ``vmap`` and compiled training steps.

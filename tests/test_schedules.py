@@ -206,3 +206,16 @@ def test_round_amounts_with_total_is_exact():
     for target, amount in zip(targets, round_amounts(targets, total=n)):
         mask = fp.l1_unstructured(w, amount, mask=mask)
         assert int((~mask).sum()) == round(target * n)
+
+
+@pytest.mark.parametrize("begin,end,every", [(5, 65, 7), (0, 10, 4), (2, 3, 5)])
+def test_global_gradual_loop_from_the_module_docstring(begin, end, every):
+    gen = torch.Generator().manual_seed(every)
+    params = {"a": torch.randn(31, 7, generator=gen), "b": torch.randn(50, generator=gen)}  # 267 entries
+    schedule, masks = polynomial(0.95, begin, end, every), None
+    for step in range(end + 5):
+        if is_update_step(step, begin, end, every):
+            amount = amount_between(fp.sparsity(masks, params), schedule(step))
+            masks = fp.global_unstructured(params, amount, masks=masks)
+            assert int(fp.sparsity(masks, params).pruned) == round(schedule(step) * 267)
+    assert int(fp.sparsity(masks, params).pruned) == round(0.95 * 267) == 254
