@@ -21,7 +21,6 @@ funcprune 0.1 cannot read version 2. Re-exported by :mod:`funcprune.export`.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import math
 import os
@@ -56,11 +55,8 @@ def _unpack(bits: torch.Tensor, shape) -> torch.Tensor:
 def _crc(name: str, shape: list, bits: torch.Tensor) -> int:
     """``zlib.crc32`` of the leaf's header and packed bytes (CPU uint8 1-D ``bits``)."""
     header = json.dumps([name, shape], separators=(",", ":")).encode("utf-8")
-    bits = bits.contiguous()
-    # The bytes in place, without numpy (optional for torch) and without bytes(storage), which is
-    # a Python-level loop over every byte.
-    payload = (ctypes.c_ubyte * bits.numel()).from_address(bits.data_ptr()) if bits.numel() else b""
-    return zlib.crc32(payload, zlib.crc32(header))
+    # numpy's buffer of the bytes in place (bytes(storage) is a Python-level loop over every byte).
+    return zlib.crc32(bits.contiguous().numpy(), zlib.crc32(header))
 
 
 def _total_crc(leaf_crcs: list) -> int:
