@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import torch
 
 from . import _pytree
-from ._layout import pruned_locals
+from ._layout import Layout, layout as _layout
 from ._pytree import Tree
 from ._masking import masked
 
@@ -84,32 +84,7 @@ def functional_call(module: torch.nn.Module, params: Tree, masks: Optional[Tree]
                 sub.__dict__.pop(local, None)
 
 
-class _Layout(NamedTuple):
-    """Where a module keeps its tensors, read in one walk of its submodules."""
-
-    tensors: Dict[str, torch.Tensor]  # every parameter and buffer, under each of its names
-    pruned: Dict[str, Tuple[torch.nn.Module, str]]  # original name of a pruned tensor -> (submodule, local)
-    tied: Dict[str, List[str]]  # name of a tensor the module holds under several names -> all its names
-
-
-def _layout(module: torch.nn.Module) -> _Layout:
-    # One walk instead of a lookup per name plus torch.func.functional_call's own walk for tied
-    # tensors: on ResNet-18 this is most of the call's Python overhead.
-    tensors, pruned, names_of = {}, {}, {}
-    for prefix, sub in module.named_modules(remove_duplicate=False):
-        dot = prefix + "." if prefix else ""
-        for store in (sub._parameters, sub._buffers):
-            for local, tensor in store.items():
-                if tensor is not None:
-                    tensors[dot + local] = tensor
-                    names_of.setdefault(id(tensor), []).append(dot + local)
-        for local in pruned_locals(sub):
-            pruned[dot + local] = (sub, local)
-    tied = {name: names for names in names_of.values() if len(names) > 1 for name in names}
-    return _Layout(tensors, pruned, tied)
-
-
-def _module_name(name: str, layout: _Layout) -> str:
+def _module_name(name: str, layout: Layout) -> str:
     """The module's own name for ``name``: ``<name>_orig`` for a pruned tensor."""
     return name + "_orig" if name in layout.pruned else name
 
