@@ -14,8 +14,8 @@ from ._masking import masked
 __all__ = ["functional_call"]
 
 
-def functional_call(module: torch.nn.Module, params: Tree, masks: Optional[Tree] = None, args: Any = (),
-                    kwargs: Optional[Dict[str, Any]] = None) -> Any:
+def functional_call(module: torch.nn.Module, params: Tree, args: Any = (), kwargs: Optional[Dict[str, Any]] = None,
+                    *, masks: Optional[Tree] = None, strict: bool = False) -> Any:
     """Call ``module`` with ``params`` (masked by ``masks``) in place of its own tensors.
 
     A pure function of ``params`` and ``masks``: the module is not changed, and ``grad``,
@@ -28,23 +28,32 @@ def functional_call(module: torch.nn.Module, params: Tree, masks: Optional[Tree]
     ``fc1.weight_mask`` (its own mask and values fill in whatever is not given); its stored pruned
     tensors are put back afterwards, so nothing computed inside (e.g. under ``vmap``) leaks out.
 
+    The arguments are ``torch.func.functional_call``'s, in its order, plus the keyword-only ``masks``:
+    ``functional_call(module, params, (x,))`` runs ``module(x)`` on ``params`` unmasked.
+
     Args:
       module: the model; its own parameters and buffers fill in any name ``params`` lacks.
       params: tree of tensors named like ``module.named_parameters()`` (buffers may be included).
-      masks: masks over some of the names (bool or float); a masked name missing from ``params``
-        masks the module's own tensor.
       args: positional input(s) of the forward (a single tensor or a tuple).
       kwargs: keyword inputs of the forward.
+      masks: masks over some of the names (bool or float); a masked name missing from ``params``
+        masks the module's own tensor.
+      strict: as ``torch.func.functional_call``'s ``strict``: every parameter and buffer of the
+        module must be given in ``params`` (one name of a tied tensor is enough; a pruned tensor is
+        given by its original name, and its mask buffer needs no entry).
 
     Raises:
-      KeyError: a name in ``params`` or ``masks`` that is not a parameter or buffer of the module.
+      KeyError: a name in ``params`` or ``masks`` that is not a parameter or buffer of the module
+        (whatever ``strict`` is).
+      RuntimeError: with ``strict=True``, a parameter or buffer missing from ``params`` (torch's
+        error type).
       ValueError: a mask whose shape is not its param's; two different values (or masks) for the
         names of one tied tensor.
 
     Example:
       >>> lin = torch.nn.Linear(2, 1)
       >>> masks = {"weight": torch.zeros(1, 2, dtype=torch.bool)}
-      >>> out = functional_call(lin, dict(lin.named_parameters()), masks, torch.ones(1, 2))
+      >>> out = functional_call(lin, dict(lin.named_parameters()), (torch.ones(1, 2),), masks=masks)
       >>> torch.allclose(out, lin.bias)
       True
     """
@@ -70,6 +79,8 @@ def functional_call(module: torch.nn.Module, params: Tree, masks: Optional[Tree]
         else:
             products[name] = mask
     values = _untied(values, layout.tied, "params")
+    if strict:
+        _check_complete(module, layout, values)
     for name, mask in _untied(products, layout.tied, "masks").items():
         values[name] = masked(values.get(name, layout.tensors[name]), mask)
     # The pruning hooks store what they compute on the module; put the module's own values back.
@@ -98,3 +109,13 @@ def _untied(named: Dict[str, Any], tied: Dict[str, List[str]], what: str) -> Dic
                 raise ValueError(f"{what} give different values for {name!r} and {twin!r}, which are one tied "
                                  f"tensor of the module")
     return out
+
+
+def _check_complete(module: torch.nn.Module, layout: Layout, values: Dict[str, Any]) -> None:
+    """``strict=True``: every tensor of the module is given (pruned ones by their original name)."""
+    masks = {name + "_mask" for name in layout.pruned}
+    original = {name + "_orig": name for name in layout.pruned}
+    missing = [original.get(name, name) for name in layout.tensors if name not in values and name not in masks]
+    if missing:
+        raise RuntimeError(f"Error(s) in reparametrizing for {module._get_name()}:\n\t"
+                           f"Missing key(s): {', '.join(map(repr, missing))}.")

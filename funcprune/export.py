@@ -216,7 +216,7 @@ def verify(params: Tree, masks: Optional[Tree], exported: Tree, module: Optional
                                           hasattr(value, "packed") else value, named_dense[name]))
     diff = 0.0
     if module is not None:
-        expected = functional_call(module, params, masks, args, kwargs)
+        expected = functional_call(module, params, args, kwargs, masks=masks)
         actual = torch.func.functional_call(module, dict(named_exported), args, kwargs)
         diff = float((actual.to(expected.dtype) - expected).abs().max()) if expected.numel() else 0.0
         close = torch.allclose(actual.to(expected.dtype), expected, rtol=rtol, atol=atol)

@@ -89,16 +89,16 @@ def vmap_stacked(fn: Callable, argnums: Union[int, Sequence[int]] = 1, *, chunk_
     return run
 
 
-def stacked_call(module: torch.nn.Module, params: Tree, masks: Optional[Tree], args: Any = (),
-                 kwargs: Optional[Dict[str, Any]] = None, *, stacked: str = "masks",
+def stacked_call(module: torch.nn.Module, params: Tree, args: Any = (), kwargs: Optional[Dict[str, Any]] = None,
+                 *, masks: Optional[Tree] = None, stacked: str = "masks",
                  chunk_size: Optional[int] = None, randomness: str = "error", conv: str = "auto") -> Any:
     """Outputs of K subnetworks in one ``vmap`` of :func:`funcprune.functional_call`.
 
     Args:
       module: the model (unchanged).
       params: params tree, stacked (leading dim K) when ``stacked`` is ``"params"`` or ``"both"``.
-      masks: masks tree, stacked when ``stacked`` is ``"masks"`` or ``"both"``.
       args, kwargs: the forward's inputs, shared by the K subnetworks.
+      masks: masks tree, stacked when ``stacked`` is ``"masks"`` or ``"both"``.
       stacked: which of ``params`` / ``masks`` is stacked: ``"masks"``, ``"params"`` or ``"both"``.
       chunk_size: at most this many subnetworks at once (see :func:`vmap_stacked`).
       randomness: ``vmap``'s randomness option (``"different"``: dropout differs per subnetwork).
@@ -114,7 +114,7 @@ def stacked_call(module: torch.nn.Module, params: Tree, masks: Optional[Tree], a
     Example:
       >>> lin = torch.nn.Linear(3, 1)
       >>> masks = {"weight": torch.tensor([[[True, True, True]], [[False, False, False]]])}
-      >>> out = stacked_call(lin, dict(lin.named_parameters()), masks, torch.ones(5, 3))
+      >>> out = stacked_call(lin, dict(lin.named_parameters()), (torch.ones(5, 3),), masks=masks)
       >>> out.shape, torch.allclose(out[1], lin.bias.expand(5, 1))
       (torch.Size([2, 5, 1]), True)
     """
@@ -124,13 +124,13 @@ def stacked_call(module: torch.nn.Module, params: Tree, masks: Optional[Tree], a
     in_dims = _STACKED[stacked]
 
     def one(p: Tree, m: Optional[Tree]) -> Any:
-        return functional_call(module, p, m, args, kwargs)
+        return functional_call(module, p, args, kwargs, masks=m)
 
     return _vmap(one, in_dims, chunk_size, randomness, conv)(params, masks)
 
 
-def call_with_buffers(module: torch.nn.Module, params: Tree, buffers: Tree, masks: Optional[Tree] = None,
-                      args: Any = (), kwargs: Optional[Dict[str, Any]] = None) -> Tuple[Any, Tree]:
+def call_with_buffers(module: torch.nn.Module, params: Tree, buffers: Tree, args: Any = (),
+                      kwargs: Optional[Dict[str, Any]] = None, *, masks: Optional[Tree] = None) -> Tuple[Any, Tree]:
     """Run ``module`` on ``params`` and ``buffers``; return its output and the updated buffers.
 
     A pure version of a stateful forward: the buffers are copied first, so a BatchNorm in train
@@ -142,8 +142,8 @@ def call_with_buffers(module: torch.nn.Module, params: Tree, buffers: Tree, mask
       module: the model (unchanged).
       params: params tree (masked by ``masks``).
       buffers: buffers tree named like ``module.named_buffers()``.
-      masks: masks over some of the params.
       args, kwargs: the forward's inputs.
+      masks: masks over some of the params.
 
     Returns:
       ``(output, new_buffers)``.
@@ -154,7 +154,7 @@ def call_with_buffers(module: torch.nn.Module, params: Tree, buffers: Tree, mask
     Example:
       >>> bn = torch.nn.BatchNorm1d(2)
       >>> buffers = {n: b for n, b in bn.named_buffers()}
-      >>> out, new = call_with_buffers(bn, dict(bn.named_parameters()), buffers, None, torch.randn(4, 2))
+      >>> out, new = call_with_buffers(bn, dict(bn.named_parameters()), buffers, (torch.randn(4, 2),))
       >>> int(new["num_batches_tracked"]), int(buffers["num_batches_tracked"])
       (1, 0)
     """
@@ -163,5 +163,5 @@ def call_with_buffers(module: torch.nn.Module, params: Tree, buffers: Tree, mask
     both = [name for name in named_buffers if name in named_params]
     if both:
         raise ValueError(f"name(s) {both} are in both params and buffers")
-    out = functional_call(module, {**named_params, **named_buffers}, masks, args, kwargs)
+    out = functional_call(module, {**named_params, **named_buffers}, args, kwargs, masks=masks)
     return out, _pytree.like(buffers, named_buffers)

@@ -66,7 +66,7 @@ def _common_dtype(tensors) -> torch.dtype:
     return functools.reduce(torch.promote_types, (t.dtype for t in tensors))
 
 
-def global_unstructured(params: Tree, amount: Amount, masks: Optional[Tree] = None, *,
+def global_unstructured(params: Tree, amount: Amount, *, masks: Optional[Tree] = None,
                         scores: Optional[Tree] = None, method: Union[str, Callable] = "l1",
                         include: Include = None, generator: Optional[torch.Generator] = None,
                         chunk_size: int = _select.DEFAULT_CHUNK) -> Tree:

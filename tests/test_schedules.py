@@ -104,5 +104,5 @@ def test_amount_between_tensor_and_global():
     masks = None
     for target in (0.2, 0.45, 0.7):
         current = 0.0 if masks is None else float(fp.sparsity(masks, params).fraction)
-        masks = fp.global_unstructured(params, amount_between(current, target), masks)
+        masks = fp.global_unstructured(params, amount_between(current, target), masks=masks)
         assert int(fp.sparsity(masks, params).pruned) == round(target * 260)

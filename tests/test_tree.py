@@ -120,9 +120,9 @@ def test_global_l1_matches_torch(amount, prior_names, dtype, chunk):
                                         importance_scores={targets[3]: scores["4.weight"]})
     except ValueError:
         with pytest.raises(ValueError, match="amount"):
-            fp.global_unstructured(params, amount, masks, scores=scores, include=names, chunk_size=chunk)
+            fp.global_unstructured(params, amount, masks=masks, scores=scores, include=names, chunk_size=chunk)
         return
-    got = fp.global_unstructured(params, amount, masks, scores=scores, include=names, chunk_size=chunk)
+    got = fp.global_unstructured(params, amount, masks=masks, scores=scores, include=names, chunk_size=chunk)
     ref = torch_masks(model)
     assert got.keys() == ref.keys()
     keys = torch.cat([scores.get(n, params[n]).abs().double().reshape(-1) for n in names])
@@ -149,7 +149,7 @@ def test_global_random_fresh_masks_are_torchs_for_the_same_seed(amount):
 def test_global_random_on_prior_masks_keeps_exact_counts():
     params = params_of(mlp())
     masks = fp.prune(params, fp.l1_unstructured, 0.5, include=["0.weight"])
-    got = fp.global_unstructured(params, 0.25, masks, method=fp.random_unstructured,
+    got = fp.global_unstructured(params, 0.25, masks=masks, method=fp.random_unstructured,
                                  generator=torch.Generator().manual_seed(0))
     alive = sum(p.numel() for p in params.values()) - int((~masks["0.weight"]).sum())
     assert sum(int((~m).sum()) for m in got.values()) - int((~masks["0.weight"]).sum()) == round(0.25 * alive)
@@ -161,9 +161,9 @@ def test_global_l1_under_vmap_and_on_meta():
     w, b = params["2.weight"], params["2.bias"]
     stacked = {"2.weight": torch.rand(6, *w.shape) > 0.3, "2.bias": torch.rand(6, *b.shape) > 0.3}
     sub = {"2.weight": w, "2.bias": b}
-    batched = torch.func.vmap(lambda m: fp.global_unstructured(sub, 0.5, m))(stacked)
+    batched = torch.func.vmap(lambda m: fp.global_unstructured(sub, 0.5, masks=m))(stacked)
     for i in range(6):
-        eager = fp.global_unstructured(sub, 0.5, {n: m[i] for n, m in stacked.items()})
+        eager = fp.global_unstructured(sub, 0.5, masks={n: m[i] for n, m in stacked.items()})
         assert all(torch.equal(batched[n][i], eager[n]) for n in sub)
     amounts = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
     sweep = torch.func.vmap(lambda a: fp.global_unstructured(sub, a))(amounts)
@@ -171,7 +171,7 @@ def test_global_l1_under_vmap_and_on_meta():
         assert all(torch.equal(sweep[n][i], fp.global_unstructured(sub, a)[n]) for n in sub)
     meta = {n: torch.empty(p.shape, device="meta") for n, p in sub.items()}
     for method in ("l1", "random"):
-        out = fp.global_unstructured(meta, 0.5, {"2.bias": torch.empty(b.shape, dtype=torch.bool, device="meta")},
+        out = fp.global_unstructured(meta, 0.5, masks={"2.bias": torch.empty(b.shape, dtype=torch.bool, device="meta")},
                                      method=method)
         assert all(m.device.type == "meta" and m.dtype == torch.bool for m in out.values())
 
@@ -188,7 +188,7 @@ def test_global_errors():
     with pytest.raises(TypeError, match="amount"):
         fp.global_unstructured(params, "half")
     with pytest.raises(ValueError, match=r"^0\.weight: mask has shape"):
-        fp.global_unstructured(params, 0.5, {"0.weight": torch.ones(2, dtype=torch.bool)})
+        fp.global_unstructured(params, 0.5, masks={"0.weight": torch.ones(2, dtype=torch.bool)})
     with pytest.raises(ValueError, match="chunk_size"):
         fp.global_unstructured(params, 0.5, chunk_size=0)
 
