@@ -41,8 +41,10 @@ def prune(params: Tree, method: Callable[..., torch.Tensor], *args: Any, masks: 
 
     Raises:
       KeyError: a name in ``masks``/``scores``/``include`` that is not in ``params``.
-      ValueError, TypeError, IndexError: as the method raises them, prefixed with the leaf name;
-      nothing is returned half-done.
+      TypeError, ValueError: a mask or scores leaf (selected or not) that is not a tensor of its
+        param's shape.
+      ValueError, TypeError, IndexError, KeyError: as the method raises them, prefixed with the leaf
+        name; nothing is returned half-done.
 
     Example:
       >>> params = {"w": torch.tensor([[1.0, -2.0], [0.5, 3.0]]), "b": torch.zeros(2)}
@@ -50,16 +52,10 @@ def prune(params: Tree, method: Callable[..., torch.Tensor], *args: Any, masks: 
       {'w': tensor([[False,  True],
               [False,  True]])}
     """
-    named = _pytree.named_leaves(params)
-    old = _pytree.lookup(named, masks, "masks")
-    named_scores = scores_for(named, scores)
-    new = dict(old)
-    for name in _pytree.selected(named, include):
-        try:
-            new[name] = method(named_scores.get(name, named[name]), *args, mask=old.get(name), **kwargs)
-        except (ValueError, TypeError, IndexError, KeyError) as err:
-            raise named_error(name, err) from err
-    return _pytree.like(params, new)
+    def step(name: str, leaf_scores: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        return method(leaf_scores, *args, mask=mask, **kwargs)
+
+    return _pytree.per_leaf(params, step, masks=masks, scores=scores, include=include)
 
 
 def _common_dtype(tensors) -> torch.dtype:
@@ -109,7 +105,7 @@ def global_unstructured(params: Tree, amount: Amount, *, masks: Optional[Tree] =
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     _amount.validate_amount(amount)
     named = _pytree.named_leaves(params)
-    old = _pytree.lookup(named, masks, "masks")
+    old = _pytree.masks_for(named, masks)
     named_scores = scores_for(named, scores)
     names = _pytree.selected(named, include)
     if not names:

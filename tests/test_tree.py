@@ -239,3 +239,50 @@ def test_sparsity_counts_and_vmap():
     fractions = torch.func.vmap(lambda m: fp.sparsity(m).fraction)(stacked)
     for i in range(5):
         assert fractions[i] == fp.sparsity({n: m[i] for n, m in stacked.items()}).fraction
+
+
+# --- one tree driver (12 §3) and every returned mask has its param's shape (11.4) ---
+
+def _tree_functions():
+    """Every per-leaf tree function, as ``(label, fn(params, masks, include))``."""
+    return [
+        ("prune", lambda p, m, inc: fp.prune(p, fp.l1_unstructured, 0.5, masks=m, include=inc)),
+        ("global_unstructured", lambda p, m, inc: fp.global_unstructured(p, 0.5, masks=m, include=inc)),
+        ("prune_channels", lambda p, m, inc: fp.patterns.prune_channels(p, 1, masks=m, include=inc)),
+        ("prune_by", lambda p, m, inc: fp.distributions.prune_by(p, fp.l1_unstructured, {n: 0.5 for n in inc},
+                                                                 masks=m)),
+        ("set_update", lambda p, m, inc: fp.dst.set_update(p, {**{n: p[n] != 0 for n in inc}, **m}, 0.5,
+                                                            include=inc)),
+    ]
+
+
+@pytest.mark.parametrize("label, fn", _tree_functions(), ids=[label for label, _ in _tree_functions()])
+def test_a_wrong_shaped_mask_of_an_unselected_leaf_raises(label, fn):
+    # 11.4: prune(..., masks={"b": <wrong shape>}, include=["a"]) passed the wrong mask through.
+    params = params_of(mlp())
+    bad = {"2.weight": torch.ones(3, dtype=torch.bool)}
+    with pytest.raises(ValueError, match=r"^2\.weight: mask has shape \(3,\) but the param has shape \(16, 20\)"):
+        fn(params, bad, ["0.weight"])
+    with pytest.raises(TypeError, match=r"^2\.weight: mask must be a tensor, got float"):
+        fn(params, {"2.weight": 1.0}, ["0.weight"])
+    good = fn(params, {"2.weight": torch.ones(16, 20, dtype=torch.bool)}, ["0.weight"])
+    assert all(good[n].shape == params[n].shape for n in good)
+
+
+@pytest.mark.parametrize("label, fn", [
+    ("prune", lambda p: fp.prune(p, fp.ln_structured, 1, 2, 5, include=["0.weight"])),
+    ("prune_channels", lambda p: fp.patterns.prune_channels(p, 1, dim=5, include=["0.weight"])),
+    ("prune_by", lambda p: fp.distributions.prune_by(p, fp.ln_structured, {"0.weight": 1}, 2, 5)),
+])
+def test_the_driver_names_the_leaf_and_keeps_the_exception_type(label, fn):
+    with pytest.raises(IndexError, match=r"^0\.weight: "):
+        fn(params_of(mlp()))
+
+
+def test_dst_errors_go_through_the_same_driver():
+    params = params_of(mlp())
+    masks = {"0.weight": torch.ones(20, 12, dtype=torch.bool)}
+    with pytest.raises(KeyError, match=r"0\.weight: .*no gradient for 0\.weight"):
+        fp.dst.rigl_update(params, masks, {"2.weight": torch.ones(16, 20)}, 0.5)
+    with pytest.raises(ValueError, match=r"^0\.weight: mask has shape"):
+        fp.dst.set_update(params, {"0.weight": torch.ones(12, 20, dtype=torch.bool)}, 0.5)
