@@ -178,3 +178,26 @@ def test_strict_on_pruned_and_tied_modules():
     assert torch.equal(fp.functional_call(net, given, (x,), strict=True), net(x))  # bias by its original name
     with pytest.raises(RuntimeError, match=r"Missing key\(s\): 'a.bias'\."):
         fp.functional_call(net, {"a.weight": net.a.weight, "b.bias": net.b.bias}, (x,), strict=True)
+
+
+def test_a_learnable_float_mask_of_another_dtype_gets_its_gradient():
+    # 11.2 through functional_call: float64 masks on float32 weights, eager and torch.func alike.
+    net, params, masks, x = setup()
+    soft = {n: torch.rand(m.shape, dtype=torch.float64) for n, m in masks.items()}
+
+    def loss(p, m):
+        return fp.functional_call(net, p, (x,), masks=m).square().sum()
+
+    def reference(p, m):
+        return torch.func.functional_call(net, {**p, **{n: p[n] * v.to(p[n].dtype) for n, v in m.items()}},
+                                          (x,)).square().sum()
+
+    live = {n: p.clone().requires_grad_() for n, p in params.items()}
+    live_masks = {n: m.clone().requires_grad_() for n, m in soft.items()}
+    loss(live, live_masks).backward()
+    want = torch.func.grad(reference, argnums=1)(params, soft)
+    got = torch.func.grad(loss, argnums=1)(params, soft)
+    for name in soft:
+        assert live_masks[name].grad is not None and live_masks[name].grad.dtype == torch.float64
+        torch.testing.assert_close(live_masks[name].grad, want[name])
+        torch.testing.assert_close(got[name], want[name])

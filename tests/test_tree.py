@@ -286,3 +286,32 @@ def test_dst_errors_go_through_the_same_driver():
         fp.dst.rigl_update(params, masks, {"2.weight": torch.ones(16, 20)}, 0.5)
     with pytest.raises(ValueError, match=r"^0\.weight: mask has shape"):
         fp.dst.set_update(params, {"0.weight": torch.ones(12, 20, dtype=torch.bool)}, 0.5)
+
+
+@pytest.mark.parametrize("value_dtype, mask_dtype", [(torch.float32, torch.float64), (torch.bfloat16, torch.float32),
+                                                     (torch.float32, torch.float32)])
+@pytest.mark.parametrize("value_grad", [True, False])
+def test_gradients_reach_a_float_mask_of_another_dtype(value_dtype, mask_dtype, value_grad):
+    # 11.2: eager autograd gave the mask no gradient when its dtype differed from the param's.
+    torch.manual_seed(0)
+    value = torch.randn(4, 6).to(value_dtype)
+    mask = torch.rand(4, 6, dtype=mask_dtype)
+    weight = torch.randn(4, 6).to(value_dtype)
+
+    def loss(v, m):
+        return (fp.apply_masks({"w": v}, {"w": m})["w"] * weight).sum()
+
+    def reference(v, m):
+        return (v * m.to(v.dtype) * weight).sum()
+
+    v, m = value.clone().requires_grad_(value_grad), mask.clone().requires_grad_()
+    loss(v, m).backward()
+    v_ref, m_ref = value.clone().requires_grad_(value_grad), mask.clone().requires_grad_()
+    reference(v_ref, m_ref).backward()
+    argnums = (0, 1) if value_grad else 1
+    functorch = torch.func.grad(loss, argnums=argnums)(value, mask)
+    functorch_mask = functorch[1] if value_grad else functorch
+    assert m.grad is not None and m.grad.dtype == mask_dtype
+    assert torch.equal(m.grad, m_ref.grad) and torch.equal(functorch_mask, m_ref.grad)
+    if value_grad:
+        assert torch.equal(v.grad, v_ref.grad) and torch.equal(functorch[0], v_ref.grad)
