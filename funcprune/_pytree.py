@@ -27,10 +27,29 @@ def _flatten(tree: Tree):
         return optree.tree_flatten_with_path(tree, namespace=_NAMESPACE)
 
 
+def _names(paths) -> list:
+    """Dotted names of optree paths; two paths with one name (``{"x.y": a, "x": {"y": b}}``,
+    ``{0: a, "0": b}``) would give both leaves one mask, so they raise."""
+    names = [".".join(str(p) for p in path) for path in paths]
+    if len(set(names)) != len(names):
+        seen, clashes = {}, []
+        for name, path in zip(names, paths):
+            if name in seen:
+                clashes.append(f"{name!r} (paths {seen[name]!r} and {path!r})")
+            seen.setdefault(name, path)
+        raise ValueError(f"leaf names collide: {', '.join(clashes)}; funcprune names a leaf by its path "
+                         f"joined with dots, so rename the keys")
+    return names
+
+
 def named_leaves(tree: Tree) -> Dict[str, Any]:
-    """``{qualified name: leaf}`` in insertion order (``None`` is a hole, not a leaf)."""
+    """``{qualified name: leaf}`` in insertion order (``None`` is a hole, not a leaf).
+
+    Raises:
+      ValueError: two leaves whose paths give one name (``{"x.y": a, "x": {"y": b}}``, ``{0: a, "0": b}``).
+    """
     paths, leaves, _ = _flatten(tree)
-    return {".".join(str(p) for p in path): leaf for path, leaf in zip(paths, leaves)}
+    return dict(zip(_names(paths), leaves))
 
 
 def _strip_holes(tree: Tree) -> Tree:
@@ -49,7 +68,7 @@ def _strip_holes(tree: Tree) -> Tree:
 def like(params: Tree, named: Mapping[str, Any]) -> Tree:
     """A tree shaped like ``params`` holding ``named[name]`` at each leaf; dicts omit missing names."""
     paths, _, spec = _flatten(params)
-    names = [".".join(str(p) for p in path) for path in paths]
+    names = _names(paths)
     return _strip_holes(optree.tree_unflatten(spec, [named.get(name) for name in names]))
 
 

@@ -315,3 +315,37 @@ def test_gradients_reach_a_float_mask_of_another_dtype(value_dtype, mask_dtype, 
     assert torch.equal(m.grad, m_ref.grad) and torch.equal(functorch_mask, m_ref.grad)
     if value_grad:
         assert torch.equal(v.grad, v_ref.grad) and torch.equal(functorch[0], v_ref.grad)
+
+
+@pytest.mark.parametrize("tree", [
+    {"x.y": torch.ones(2), "x": {"y": torch.zeros(2)}},
+    {0: torch.ones(2), "0": torch.zeros(2)},
+    {"a": [torch.ones(2)], "a.0": torch.zeros(2)},
+], ids=["dotted-vs-nested", "int-vs-str", "list-vs-dotted"])
+def test_leaf_names_that_collide_raise(tree, tmp_path):
+    # 11.5: both leaves got the second one's mask, and save_masks kept one of two masks.
+    from funcprune import _pytree
+
+    with pytest.raises(ValueError, match="leaf names collide"):
+        _pytree.named_leaves(tree)
+    with pytest.raises(ValueError, match="leaf names collide"):
+        fp.prune(tree, fp.l1_unstructured, 1)
+    with pytest.raises(ValueError, match="leaf names collide"):
+        fp.export.save_masks(_as_masks(tree), tmp_path / "m.pt")
+    with pytest.raises(ValueError, match="leaf names collide"):
+        fp.sparsity(_as_masks(tree))
+
+
+def _as_masks(tree):
+    if isinstance(tree, dict):
+        return {k: _as_masks(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_as_masks(v) for v in tree]
+    return tree != 0
+
+
+def test_distinct_names_still_work_with_int_and_nested_keys():
+    tree = {0: torch.tensor([1.0, 2.0]), "x": {"y": torch.tensor([3.0, 0.5])}}
+    masks = fp.prune(tree, fp.l1_unstructured, 1)
+    assert torch.equal(masks[0], torch.tensor([False, True]))
+    assert torch.equal(masks["x"]["y"], torch.tensor([True, False]))
