@@ -105,7 +105,7 @@ def named_error(name: str, err: Exception) -> Exception:
     return err
 
 
-def check_like(name: str, leaf: Any, param: torch.Tensor, what: str) -> None:
+def check_like(name: str, leaf: Any, param: torch.Tensor, what: str, of: str = "param") -> None:
     """Raise unless ``leaf`` (a mask, scores, ...) is a tensor of ``param``'s shape, naming the leaf.
 
     Raises:
@@ -115,7 +115,7 @@ def check_like(name: str, leaf: Any, param: torch.Tensor, what: str) -> None:
         raise TypeError(f"{name}: {what} must be a tensor, got {type(leaf).__name__}")
     if leaf.shape != param.shape:
         verb = "have" if what.endswith("s") else "has"
-        raise ValueError(f"{name}: {what} {verb} shape {tuple(leaf.shape)} but the param has shape "
+        raise ValueError(f"{name}: {what} {verb} shape {tuple(leaf.shape)} but the {of} has shape "
                          f"{tuple(param.shape)}")
 
 
@@ -127,11 +127,11 @@ def scores_for(named: Dict[str, torch.Tensor], scores: Optional[Tree]) -> Dict[s
     return named_scores
 
 
-def masks_for(named: Dict[str, torch.Tensor], masks: Optional[Tree], what: str = "masks") -> Dict[str, torch.Tensor]:
+def masks_for(named: Dict[str, torch.Tensor], masks: Optional[Tree], of: str = "param") -> Dict[str, torch.Tensor]:
     """Masks by name, each checked to be a tensor of its param's shape (also those no leaf step reads)."""
-    named_masks = lookup(named, masks, what)
+    named_masks = lookup(named, masks, "masks")
     for name, mask in named_masks.items():
-        check_like(name, mask, named[name], "mask")
+        check_like(name, mask, named[name], "mask", of)
     return named_masks
 
 

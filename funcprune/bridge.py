@@ -65,7 +65,9 @@ def to_module(module: torch.nn.Module, params: Optional[Tree] = None, masks: Opt
 
     Raises:
       KeyError: a name that is not a parameter of ``module``.
-      ValueError: a tensor whose shape differs from the parameter's.
+      TypeError: a value or mask that is not a tensor (naming the leaf).
+      ValueError: a tensor whose shape differs from the parameter's, or one that is not a real
+        tensor (meta, vmap-batched).
 
     Example:
       >>> m = to_module(torch.nn.Linear(3, 2), masks={"weight": torch.eye(2, 3, dtype=torch.bool)})
@@ -80,6 +82,8 @@ def to_module(module: torch.nn.Module, params: Optional[Tree] = None, masks: Opt
     named_masks = _pytree.lookup(current, masks, "masks")
     for what, named in (("param", named_params), ("mask", named_masks)):
         for name, value in named.items():
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"{name}: {what} must be a tensor, got {type(value).__name__}")
             if not _is_concrete(value):  # copied into the module below: checked before anything changes
                 raise ValueError(f"{name}: {what} must be a real tensor (not meta or vmap-batched)")
             if tuple(value.shape) != tuple(current[name].shape):

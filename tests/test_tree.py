@@ -349,3 +349,54 @@ def test_distinct_names_still_work_with_int_and_nested_keys():
     masks = fp.prune(tree, fp.l1_unstructured, 1)
     assert torch.equal(masks[0], torch.tensor([False, True]))
     assert torch.equal(masks["x"]["y"], torch.tensor([True, False]))
+
+
+def test_sparsity_of_stacked_masks_is_per_subnetwork():
+    # 11.3: K stacked masks over a param reported fraction=1.2 (and 3.0 for a (3, 4, 6) mask).
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 2)
+    p = dict(lin.named_parameters())
+    masks = fp.masks_for_seeds(p, fp.random_unstructured, 3, 0.5, include=["weight"])
+    report = fp.sparsity(masks, p)
+    assert report.fraction.shape == (3,) and report.pruned.shape == (3,) and report.total == 10
+    for k, one in enumerate(fp.unstack(masks)):
+        alone = fp.sparsity(one, p)
+        assert float(report.fraction[k]) == float(alone.fraction) == pytest.approx(4 / 10)
+        assert int(report.pruned[k]) == int(alone.pruned) == 4
+        assert float(report.per_leaf["weight"][k]) == float(alone.per_leaf["weight"]) == 0.5
+    mixed = fp.sparsity({"weight": masks["weight"], "bias": torch.tensor([False, True])}, p)
+    assert mixed.per_leaf["bias"].shape == (3,) and torch.equal(mixed.pruned, torch.tensor([5, 5, 5]))
+
+
+def test_sparsity_rejects_wrong_shapes_and_non_tensors():
+    params = {"w": torch.zeros(4, 6), "b": torch.zeros(6)}
+    with pytest.raises(ValueError, match=r"^w: mask has shape \(3, 4, 5\) but the param has shape \(4, 6\)"):
+        fp.sparsity({"w": torch.ones(3, 4, 5, dtype=torch.bool)}, params)
+    with pytest.raises(ValueError, match=r"^w: mask has shape \(6,\)"):
+        fp.sparsity({"w": torch.ones(6, dtype=torch.bool)}, params)
+    with pytest.raises(ValueError, match=r"^b: 2 stacked masks, but 'w' has 3"):
+        fp.sparsity({"w": torch.ones(3, 4, 6), "b": torch.ones(2, 6)}, params)
+    # 11.18: a non-tensor leaf raised AttributeError
+    with pytest.raises(TypeError, match=r"^w: mask must be a tensor, got str"):
+        fp.sparsity({"w": "all"})
+    with pytest.raises(TypeError, match=r"^w: mask must be a tensor, got float"):
+        fp.sparsity({"w": 1.0}, params)
+    with pytest.raises(TypeError, match=r"^b: param must be a tensor, got int"):
+        fp.sparsity({"w": torch.ones(4, 6)}, {"w": torch.zeros(4, 6), "b": 3})
+
+
+def test_apply_masks_and_mask_grads_name_a_non_tensor_mask():
+    # 11.18: a non-tensor mask raised AttributeError
+    params = {"w": torch.ones(3), "b": torch.ones(2)}
+    with pytest.raises(TypeError, match=r"^w: mask must be a tensor, got str"):
+        fp.apply_masks(params, {"w": "keep"})
+    with pytest.raises(TypeError, match=r"^b: mask must be a tensor, got int"):
+        fp.mask_grads(params, {"b": 1})
+    with pytest.raises(ValueError, match=r"^b: mask has shape \(3,\) but the grad has shape \(2,\)"):
+        fp.mask_grads(params, {"b": torch.ones(3)})
+
+
+def test_sparsity_on_meta():
+    meta = {"w": torch.empty(3, 4, 6, dtype=torch.bool, device="meta")}
+    report = fp.sparsity(meta, {"w": torch.empty(4, 6, device="meta")})
+    assert report.fraction.shape == (3,) and report.fraction.device.type == "meta"
