@@ -135,7 +135,7 @@ def test_tied_tensors_take_one_value_and_one_mask_as_torch_ties_them():
                                           masks={"b.weight": mask}),
                        want)
     with pytest.raises(ValueError, match=r"params give different values for 'a\.weight' and 'b\.weight'"):
-        fp.functional_call(net, {"a.weight": weight, "b.weight": weight.clone()}, (x,))
+        fp.functional_call(net, {"a.weight": weight, "b.weight": weight + 1}, (x,))
     with pytest.raises(ValueError, match="masks give different values"):
         fp.functional_call(net, {}, (x,), masks={"a.weight": mask, "b.weight": ~mask})
     assert net.b.weight is net.a.weight and isinstance(net.a.weight, nn.Parameter)
@@ -201,3 +201,111 @@ def test_a_learnable_float_mask_of_another_dtype_gets_its_gradient():
         assert live_masks[name].grad is not None and live_masks[name].grad.dtype == torch.float64
         torch.testing.assert_close(live_masks[name].grad, want[name])
         torch.testing.assert_close(got[name], want[name])
+
+
+def test_tied_names_with_equal_values_are_accepted():
+    # 11.6: named_parameters(remove_duplicate=False) + detach() and masks from fp.prune raised
+    # "different values" although both names carry one value.
+    torch.manual_seed(0)
+    net, x = Tied(), torch.randn(3, 4)
+    params = {n: p.detach() for n, p in net.named_parameters(remove_duplicate=False)}
+    assert params["a.weight"] is not params["b.weight"]
+    masks = fp.prune(params, fp.l1_unstructured, 0.5, include=["a.weight", "b.weight"])
+    assert masks["a.weight"] is not masks["b.weight"] and torch.equal(masks["a.weight"], masks["b.weight"])
+    want = torch.func.functional_call(net, fp.apply_masks(params, masks), (x,), tie_weights=False)
+    assert torch.equal(fp.functional_call(net, params, (x,), masks=masks), want)
+    clones = {**params, "b.weight": params["a.weight"].clone()}  # equal values in another storage
+    assert torch.equal(fp.functional_call(net, clones, (x,), masks=masks), want)
+    # under torch.func every input is wrapped on its own: the same storage is still recognized
+    grads = torch.func.grad(lambda p: fp.functional_call(net, p, (x,), masks=masks).sum())(params)
+    live = {n: p.detach().clone().requires_grad_() for n, p in net.named_parameters()}
+    fp.functional_call(net, live, (x,), masks={"a.weight": masks["a.weight"]}).sum().backward()
+    torch.testing.assert_close(grads["a.weight"] + grads["b.weight"], live["a.weight"].grad)
+    stacked = fp.stack([masks, masks])
+    out = torch.func.vmap(lambda m: fp.functional_call(net, params, (x,), masks=m))(stacked)
+    torch.testing.assert_close(out[1], want)
+    with pytest.raises(ValueError, match="masks give different values"):
+        fp.functional_call(net, params, (x,), masks={**masks, "b.weight": ~masks["b.weight"]})
+    with pytest.raises(ValueError, match="params give different values"):
+        fp.functional_call(net, {**params, "b.weight": params["a.weight"][:, [1, 0, 2, 3]]}, (x,))
+
+
+def test_concurrent_calls_on_one_module_are_safe():
+    # 11.16: two threads swapping tensors into one module got each other's outputs and could leave
+    # a caller's tensors in it (a compat-pruned module's weight_mask buffer replaced by a bool mask).
+    import sys
+    import threading
+
+    import funcprune.compat as compat
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
+    compat.l1_unstructured(model[0], "weight", 0.5)
+    x = torch.randn(64, 16)
+    own = {n: t for n, t in [*model.named_parameters(), *model.named_buffers()]}
+    params, masks = fp.from_module(model)
+    inputs = []
+    for k in range(2):
+        p = {n: (v.detach() * (k + 1)).clone() for n, v in params.items()}
+        m = fp.prune(p, fp.random_unstructured, 0.3 * (k + 1), include=["0.weight", "2.weight"])
+        inputs.append((p, m, fp.functional_call(model, p, (x,), masks=m)))
+    errors, interval = [], sys.getswitchinterval()
+
+    def run(k):
+        p, m, want = inputs[k]
+        for _ in range(50):
+            if not torch.equal(fp.functional_call(model, p, (x,), masks=m), want):
+                errors.append(k)
+
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        threads = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors
+    assert {n: t for n, t in [*model.named_parameters(), *model.named_buffers()]} == own
+    assert all(now is own[n] for n, now in [*model.named_parameters(), *model.named_buffers()])
+    assert model[0].weight_mask.dtype == torch.float32
+    assert torch.equal(model[0].weight, model[0].weight_orig * model[0].weight_mask)
+
+
+def test_a_nested_call_on_the_same_module_does_not_deadlock():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 3)
+
+        def forward(self, x, inner=None):
+            if inner is not None:  # a forward that runs the module functionally again
+                x = fp.functional_call(self, inner, (x,))
+            return self.lin(x)
+
+    torch.manual_seed(0)
+    net, x = Twice(), torch.randn(2, 3)
+    p = {n: v.detach() * 2 for n, v in net.named_parameters()}
+    out = fp.functional_call(net, p, (x,), {"inner": dict(net.named_parameters())})
+    assert torch.allclose(out, torch.func.functional_call(net, p, (net(x),)))
+
+
+def test_batchnorm_running_stats_in_train_mode_update_where_they_live():
+    # 11.19: the docstring promised an unchanged module; BatchNorm in train mode updates its buffers.
+    torch.manual_seed(0)
+    bn = nn.BatchNorm1d(3).train()
+    x = torch.randn(8, 3) + 5
+    params = dict(bn.named_parameters())
+    fp.functional_call(bn, params, (x,))
+    assert int(bn.num_batches_tracked) == 1 and bn.running_mean.abs().sum() > 0  # the module's own buffers
+    given = {n: b.clone() for n, b in bn.named_buffers()}
+    before = copy.deepcopy(bn.state_dict())
+    fp.functional_call(bn, {**params, **given}, (x,))
+    assert int(given["num_batches_tracked"]) == 2  # the given tensors, not the module's
+    assert all(torch.equal(v, bn.state_dict()[k]) for k, v in before.items())
+    out, new = fp.call_with_buffers(bn, params, given, (x,))  # pure: neither is updated
+    assert int(new["num_batches_tracked"]) == 3 and int(given["num_batches_tracked"]) == 2
+    bn.eval()
+    fp.functional_call(bn, params, (x,))
+    assert all(torch.equal(v, bn.state_dict()[k]) for k, v in before.items())
