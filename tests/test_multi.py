@@ -224,3 +224,36 @@ def test_conv_option_errors():
         fp.stacked_call(model, params, (x,), masks=fp.stack(masks), conv="grouped")
     with pytest.raises(ValueError, match="conv must be one of"):
         fp.vmap_stacked(lambda a: a, 0, conv="fast")
+
+
+def test_misused_stacked_call_names_the_leaf_and_the_fix():
+    # 11.19: these gave vmap's "Expected all tensors to have the same size" / "functorch website" errors.
+    model, params, masks, x, _ = setup("cpu")
+    with pytest.raises(TypeError, match=r"got a list of 4 masks trees: pass funcprune\.stack\(masks\)"):
+        fp.stacked_call(model, params, (x,), masks=masks)
+    with pytest.raises(ValueError, match=r"^conv\.weight: stacked masks leaf has shape \(4, 2, 3, 3\), expected "
+                                         r"\(K, \*\(4, 2, 3, 3\)\) .*not stacked"):
+        fp.stacked_call(model, params, (x,), masks=masks[1])
+    ragged = {**fp.stack(masks), "fc.weight": fp.stack(masks[:3])["fc.weight"]}
+    with pytest.raises(ValueError, match=r"^fc\.weight: stacked masks leaf has leading dim K=3, but 'conv\.weight' "
+                                         r"has K=4"):
+        fp.stacked_call(model, params, (x,), masks=ragged)
+    with pytest.raises(ValueError, match=r"^fc\.bias: stacked params leaf has shape \(3,\)"):
+        fp.stacked_call(model, {**fp.stack([params] * K), "fc.bias": params["fc.bias"]}, (x,), stacked="params")
+    with pytest.raises(ValueError, match="needs stacked masks"):
+        fp.stacked_call(model, params, (x,))
+    model.train()
+    with pytest.raises(ValueError, match=r"bn \(BatchNorm2d\) is in train mode.*call_with_buffers"):
+        fp.stacked_call(model, params, (x,), masks=fp.stack(masks))
+    # with its running stats stacked among the params, each subnetwork updates its own copy
+    buffers = fp.stack([{n: b.clone() for n, b in model.named_buffers()}] * K)
+    out = fp.stacked_call(model, {**fp.stack([params] * K), **buffers}, (x,), masks=fp.stack(masks), stacked="both")
+    assert out.shape == (K, 5, 3) and int(buffers["bn.num_batches_tracked"][0]) == 1
+
+
+def test_sibling_defaults_agree():
+    import inspect
+
+    defaults = [{name: p.default for name, p in inspect.signature(fn).parameters.items()
+                 if name in ("conv", "chunk_size", "randomness")} for fn in (fp.stacked_call, fp.vmap_stacked)]
+    assert defaults[0] == defaults[1] == {"chunk_size": None, "randomness": "error", "conv": "torch"}
