@@ -5,7 +5,7 @@ and a 4x1024 MLP (batch 256), K = 32 random 50% masks over all weights.
 
 Contenders, interleaved in alternating order, median of repeats after warm-up (``_timing``):
 
-* ``loop``: ``[funcprune.functional_call(model, params, masks_k, x) for k in range(K)]``;
+* ``loop``: ``[funcprune.functional_call(model, params, (x,), masks=masks_k) for k in range(K)]``;
 * ``torch loop``: what a torch.nn.utils.prune user writes: copy each mask into every
   ``weight_mask`` buffer, call the module;
 * ``vmap``: ``funcprune.stacked_call`` (one vmap), with torch's batching rules;
@@ -90,7 +90,7 @@ def contenders(name: str, k: int, grad: bool = False) -> Dict[str, Callable]:
     each = fp.unstack(masks)
 
     def loss(p, m):
-        return fp.functional_call(model, p, m, (x,)).logsumexp(dim=-1).mean()
+        return fp.functional_call(model, p, (x,), masks=m).logsumexp(dim=-1).mean()
 
     if grad:
         one = torch.func.grad_and_value(loss)
@@ -98,8 +98,8 @@ def contenders(name: str, k: int, grad: bool = False) -> Dict[str, Callable]:
         loop = lambda: [one(params, m) for m in each]  # noqa: E731
         out = {"loop": lambda: loop}
     else:
-        stacked = lambda **kw: lambda: fp.stacked_call(model, params, masks, (x,), **kw)  # noqa: E731
-        loop = lambda: [fp.functional_call(model, params, m, (x,)) for m in each]  # noqa: E731
+        stacked = lambda **kw: lambda: fp.stacked_call(model, params, (x,), masks=masks, **kw)  # noqa: E731
+        loop = lambda: [fp.functional_call(model, params, (x,), masks=m) for m in each]  # noqa: E731
         out = {"loop": lambda: loop, "torch loop": lambda: _torch_loop(model, masks, x)}
     for chunk in (None, 8) if grad else (None, 8, 4):
         label = "vmap" if chunk is None else f"vmap chunk={chunk}"

@@ -117,7 +117,7 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, **kw
                         f"Found method {pruning_method} of type {method.PRUNING_TYPE}")
     if _module.is_builtin_compute(method) and isinstance(method, L1Unstructured):
         old = [getattr(module, name + "_mask", None) for module, name in parameters]
-        masks = tree.global_unstructured(scores, _as_core_amount(method.amount), old, method="l1")
+        masks = tree.global_unstructured(scores, _as_core_amount(method.amount), masks=old, method="l1")
         alive = [torch.ones_like(m) if o is None else o != 0 for m, o in zip(masks, old)]
         if boundary_tie([s.detach().abs() for s in scores], [a & ~m for a, m in zip(alive, masks)], masks):
             masks = _sliced_global(parameters, scores, method)  # torch's tie order
