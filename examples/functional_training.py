@@ -9,19 +9,15 @@ The model (an nn.Module) is never mutated.
 3. Iterative: reach the same sparsity in rounds (the same fraction of the survivors each round),
    fine-tuning after each; both prune runs fine-tune for ``steps // 2`` steps in all.
 
-Run:  python examples/functional_training.py [--steps 400] [--rounds 6]
+Run (from a clone of the repository):  python -m examples.functional_training [--steps 400] [--rounds 6]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import funcprune as fp  # noqa: E402
-from _digits import accuracy, init_params, is_weight, load_digits, make_model, train  # noqa: E402
+import funcprune as fp
+from examples._digits import accuracy, init_params, is_weight, load_digits, make_model, train
 
 
 def report(label: str, model, params, masks, data) -> dict:
@@ -57,7 +53,7 @@ def main(steps: int = 400, rounds: int = 6, target: float = 0.9, seed: int = 0) 
     per_round = 1 - (1 - target) ** (1 / rounds)  # the fraction of survivors pruned per round
     params, masks = dense, None
     for r in range(1, rounds + 1):
-        masks = fp.global_unstructured(params, per_round, masks, include=is_weight)
+        masks = fp.global_unstructured(params, per_round, masks=masks, include=is_weight)
         params = train(model, params, masks, data, max(steps // (2 * rounds), 1), seed=seed + 1 + r)
         rows.append(report(f"iterative, round {r}", model, params, masks, data))
     return rows
