@@ -21,16 +21,21 @@ from examples._digits import accuracy, init_params, is_weight, load_digits, make
 
 
 def report(label: str, model, params, masks, data) -> dict:
-    """Print and return one row: test accuracy and the sparsity of the weights."""
+    """Print and return one row: test accuracy and the sparsity of the weights (with the params and masks)."""
     acc = accuracy(model, params, masks, data[2], data[3])
     weights = {n: p for n, p in params.items() if is_weight(n, p)}
-    fraction = float(fp.sparsity(masks, weights).fraction) if masks else 0.0
-    print(f"{label:<24}{fraction:>10.1%}{acc:>11.1%}")
-    return {"label": label, "sparsity": fraction, "accuracy": acc}
+    total = sum(w.numel() for w in weights.values())
+    pruned = int(fp.sparsity(masks, weights).pruned) if masks else 0
+    print(f"{label:<24}{pruned / total:>10.1%}{acc:>11.1%}")
+    return {"label": label, "sparsity": pruned / total, "pruned": pruned, "weights": total, "accuracy": acc,
+            "params": params, "masks": masks}
 
 
 def main(steps: int = 400, rounds: int = 6, target: float = 0.9, seed: int = 0) -> list:
     """Dense training, then one-shot and iterative pruning to ``target`` sparsity; returns the rows.
+
+    Each row: ``label``, ``sparsity`` (``pruned / weights``), ``accuracy`` (test), and the row's
+    ``params`` and ``masks``.
 
     Args:
       steps: SGD steps of dense training; fine-tuning uses ``steps // 2`` (one-shot) and

@@ -61,7 +61,7 @@ def main(rounds: int = 8, steps: int = 300, amount: float = 0.3, seed: int = 0, 
         random_mask = fp.global_unstructured(init, pruned, method="random", include=is_weight, generator=gen)
         result = train_three(model, [ticket, fp.apply_masks(reinit, full), fp.apply_masks(init, random_mask)],
                              [full, full, random_mask], data, steps, seed + r)
-        row = {"round": r, "sparsity": pruned / sum(w.numel() for w in weights.values()),
+        row = {"round": r, "pruned": pruned, "sparsity": pruned / sum(w.numel() for w in weights.values()),
                **dict(zip(VARIANTS, result["accuracy"]))}
         rows.append(row)
         print(f"{r:>5}{row['sparsity']:>10.1%}" + "".join(f"{row[v]:>15.1%}" for v in VARIANTS))
