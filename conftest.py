@@ -23,6 +23,9 @@ def run_block(example) -> None:
             os.chdir(cwd)
 
 
+# docs/_ext holds the mkdocs build's griffe extension, not tests (and imports griffe).
+collect_ignore = ["docs/_ext"]
+
 pytest_collect_file = Sybil(
     parsers=[CodeBlockParser(language="python", evaluator=run_block)],
     patterns=["README.md", "docs/*.md"],
