@@ -51,7 +51,7 @@ def test_functional_training(capsys):
     assert n == 64 * 128 + 128 * 64 + 64 * 10
     assert rows[0]["pruned"] == 0
     assert rows[1]["pruned"] == rows[2]["pruned"] == round(0.8 * n)  # one-shot: exactly the requested amount
-    survivors, per_round = n, 1 - 0.2 ** (1 / 3)
+    survivors, per_round = n, 1 - (1 - 0.8) ** (1 / 3)  # the example's per-round fraction
     for row in rows[3:]:  # every round prunes round(per_round * survivors) of the survivors
         survivors -= round(per_round * survivors)
         assert row["pruned"] == n - survivors
