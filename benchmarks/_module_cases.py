@@ -16,8 +16,8 @@ import torch.nn.utils.prune as torch_prune
 
 import funcprune as fp
 
-import _models
-from _cases import Case, Side, holders
+from . import _models
+from ._cases import Case, Side, holders
 
 _BATCH = {"resnet18": 2, "mlp": 256, "lenet": 64}
 

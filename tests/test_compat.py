@@ -8,18 +8,7 @@ import torch.nn as nn
 import torch.nn.utils.prune as T
 
 import funcprune.compat as C
-
-
-class LeNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1, self.conv2 = nn.Conv2d(1, 6, 3), nn.Conv2d(6, 16, 3)
-        self.fc1, self.fc2, self.fc3 = nn.Linear(400, 120), nn.Linear(120, 84), nn.Linear(84, 10)
-
-    def forward(self, x):
-        x = nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
-        x = nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2).flatten(1)
-        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+from examples._models import LeNet  # the tutorial's LeNet, shared with the examples and benchmarks
 
 
 # (factory, input shape, name of a >= 2-D parameter)
