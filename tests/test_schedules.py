@@ -78,7 +78,7 @@ def test_round_amounts_reach_the_target_in_five_rounds():
     targets = [polynomial(0.8, 0, 5)(t) for t in range(1, 6)]
     mask = None
     for target, amount in zip(targets, round_amounts(targets)):
-        mask = fp.l1_unstructured(w, amount, mask)
+        mask = fp.l1_unstructured(w, amount, mask=mask)
         assert int((~mask).sum()) == round(target * w.numel())
     assert int((~mask).sum()) == 800
 
@@ -92,7 +92,7 @@ def test_amount_between_measured_sparsity_is_exact(n, targets, seed):
     mask = torch.ones(n, dtype=torch.bool)
     for target in targets:
         current = float(fp.sparsity({"w": mask}).fraction)
-        mask = fp.l1_unstructured(w, amount_between(current, target), mask)
+        mask = fp.l1_unstructured(w, amount_between(current, target), mask=mask)
         assert int((~mask).sum()) == max(round(target * n), n - int(mask.sum()))
 
 
