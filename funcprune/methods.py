@@ -1,9 +1,11 @@
-"""Tensor-level mask functions: ``(scores, ..., mask) -> new bool mask``, one per torch method.
+"""Tensor-level mask functions: ``(scores, ..., *, mask=None) -> new bool mask``, one per torch method.
 
 Every function here is pure: it returns a new ``torch.bool`` mask shaped like ``scores``, on the
-scores' device, and never changes its inputs. ``True`` means *kept*. ``mask`` is the existing
-mask (``None`` for a fresh tensor): new pruning acts only on what it still keeps, exactly as
-``torch.nn.utils.prune.PruningContainer`` does, and the result includes the old mask.
+scores' device, and never changes its inputs. ``True`` means *kept*. ``mask`` (keyword-only) is
+the existing mask (``None`` for a fresh tensor): new pruning acts only on what it still keeps,
+exactly as ``torch.nn.utils.prune.PruningContainer`` does, and the result includes the old mask.
+Exactly the requested number of survivors is pruned whatever values they hold (NaN, +-inf).
+Each method is its scores plus a granularity of the selection kernel (:mod:`funcprune._select`).
 
 * Unstructured methods choose among the surviving entries, so a float ``amount`` is a fraction
   of the survivors (``round(amount * survivors)``) and an int ``amount`` may not exceed them.

@@ -1,13 +1,15 @@
 """Structured sparsity patterns: N:M groups, blocks, and channels that carry their bias along.
 
-Each mask function has the core's shape, ``(scores, ..., mask) -> bool mask``: it reads the
+Each mask function has the core's shape, ``(scores, ..., *, mask=None) -> bool mask``: it reads the
 importance ``scores`` (usually the param itself), acts only on what ``mask`` still keeps, returns a
 new ``torch.bool`` mask on the scores' device, and never reads tensor values to pick a shape, so it
 runs under ``torch.func.vmap`` and on the ``meta`` device. Bad arguments raise before anything is
-computed.
+computed. The selection itself is the kernel's (:mod:`funcprune._select`): a pattern is its scores
+plus a granularity.
 
-* :func:`nm_structured` keeps the ``n`` largest ``|scores|`` of every ``m`` consecutive entries
-  along ``dim`` (2:4, 4:8, ...); :func:`satisfies_nm` checks a mask for that pattern.
+* :func:`nm_structured` keeps the ``kept_per_group`` largest ``|scores|`` of every ``group_size``
+  consecutive entries along ``dim`` (2:4, 4:8, ...); :func:`satisfies_nm` checks a mask for that
+  pattern.
 * :func:`block_structured` pools ``|scores|`` per block and prunes whole blocks.
 * :func:`prune_channels` prunes output channels of weights (``ln_structured``) and the matching
   entries of their biases, a step ``torch.nn.utils.prune.ln_structured`` leaves to the user.
@@ -23,9 +25,10 @@ import torch
 
 from . import _amount, _pytree, _select
 from ._amount import Amount
-from ._pytree import Include, Tree, named_error, scores_for
+from ._pytree import Include, Tree
 from ._select import as_keep
 from .methods import Norm, ln_structured
+from ._pytree import named_error, scores_for
 
 __all__ = ["nm_structured", "satisfies_nm", "block_structured", "channels_kept", "prune_channels"]
 
