@@ -24,17 +24,20 @@ Selection, chosen by what is static:
   (then every top-k agrees), another 3-5x faster (CUDA's ``topk`` is a radix select already,
   and the threshold needs host syncs). With a tensor ``k`` (a per-element count under ``vmap``,
   or a swept amount) it is a sorted ``topk`` at a static bound ``k_max`` followed by a
-  per-element cutoff, so no shape depends on data. With ``alive`` the keys are first mapped to
-  integers in the same order, leaving the integer type's extremes free to rank the dead last.
+  per-element cutoff, so no shape depends on data. With ``alive``, ``topk`` sees the keys mapped
+  to integers in the same order, the integer type's extremes left free to rank the dead last
+  (the threshold path fills the dead with ``+-inf`` and refuses a cut at that value).
 * :func:`select_per_pool`: many pools at once (rows of a 2-D key), ties to the lower index in
-  each pool: each key gets its index folded into the low bits of an integer key, so all keys of
-  a pool are distinct and ``topk`` has no tie to break (a stable sort for 64-bit keys).
+  each pool. Small pools (N:M groups, up to 16) rank by pairwise comparisons of whole columns,
+  no sort at all; long rows get each key's index folded into the low bits of an integer key, so
+  a pool's keys are all distinct and ``topk`` has no tie to break (a stable sort for 64-bit keys).
 * :func:`radix_select_keep`: many tensors at once (global pruning), eager only. An exact radix
   selection on the bit patterns of non-negative keys, 16 bits per pass, counted with ``bincount``
   chunk by chunk: O(n) time, no concatenated copy of the keys, exact int64 counts past 2**31
   entries. Ties at the threshold go to the lowest global index.
 
-Every function here runs under ``torch.func.vmap`` and on ``meta``: no shape depends on data.
+Apart from the eager-only paths named above (the threshold, ``radix_select_keep``), everything
+here runs under ``torch.func.vmap`` and on ``meta``: no shape depends on data.
 """
 
 from __future__ import annotations
