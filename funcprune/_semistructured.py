@@ -29,7 +29,7 @@ def _backend():
 
 
 def semi_structured_pattern(dtype: torch.dtype) -> Tuple[int, int]:
-    """The ``(n, m)`` pattern each row needs for ``dtype``: ``(1, 2)`` for float32, else ``(2, 4)``.
+    """The N:M pattern ``(kept_per_group, group_size)`` rows need for ``dtype``: ``(1, 2)`` for float32, else ``(2, 4)``.
 
     Example:
       >>> semi_structured_pattern(torch.float16)
@@ -70,13 +70,13 @@ def check_semi_structured(weight: torch.Tensor, mask: Optional[torch.Tensor] = N
         if weight.shape[0] % rows or weight.shape[1] % cols or not weight.shape[0] or not weight.shape[1]:
             problems.append(f"shape {tuple(weight.shape)} is not a multiple of the ({rows}, {cols}) tile of the "
                             f"{backend.BACKEND} backend for {weight.dtype}")
-    n, m = semi_structured_pattern(weight.dtype)
+    kept_per_group, group_size = semi_structured_pattern(weight.dtype)
     keep = as_keep(weight, mask)
     kept = weight != 0 if keep is None else keep & (weight != 0)
-    if weight.shape[1] % m:
-        problems.append(f"{weight.shape[1]} columns do not split into groups of {m}")
-    elif not bool(satisfies_nm(kept, n, m, dim=1)):
-        problems.append(f"rows do not hold the {n}:{m} pattern {weight.dtype} needs")
+    if weight.shape[1] % group_size:
+        problems.append(f"{weight.shape[1]} columns do not split into groups of {group_size}")
+    elif not bool(satisfies_nm(kept, kept_per_group, group_size, dim=1)):
+        problems.append(f"rows do not hold the {kept_per_group}:{group_size} pattern {weight.dtype} needs")
     return problems
 
 

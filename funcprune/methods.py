@@ -1,9 +1,11 @@
-"""Tensor-level mask functions: ``(scores, ..., mask) -> new bool mask``, one per torch method.
+"""Tensor-level mask functions: ``(scores, ..., *, mask=None) -> new bool mask``, one per torch method.
 
 Every function here is pure: it returns a new ``torch.bool`` mask shaped like ``scores``, on the
-scores' device, and never changes its inputs. ``True`` means *kept*. ``mask`` is the existing
-mask (``None`` for a fresh tensor): new pruning acts only on what it still keeps, exactly as
-``torch.nn.utils.prune.PruningContainer`` does, and the result includes the old mask.
+scores' device, and never changes its inputs. ``True`` means *kept*. ``mask`` (keyword-only) is
+the existing mask (``None`` for a fresh tensor): new pruning acts only on what it still keeps,
+exactly as ``torch.nn.utils.prune.PruningContainer`` does, and the result includes the old mask.
+Exactly the requested number of survivors is pruned whatever values they hold (NaN, +-inf).
+Each method is its scores plus a granularity of the selection kernel (:mod:`funcprune._select`).
 
 * Unstructured methods choose among the surviving entries, so a float ``amount`` is a fraction
   of the survivors (``round(amount * survivors)``) and an int ``amount`` may not exceed them.
@@ -19,13 +21,13 @@ there an int ``amount`` larger than the survivors simply prunes every survivor, 
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Union
+from typing import Optional, Union
 
 import torch
 
-from . import _amount
-from ._amount import Amount, drop_count
-from ._select import as_keep, count_kept, select
+from . import _amount, _select
+from ._amount import Amount
+from ._select import as_keep, prune_units
 
 Norm = Union[int, float, str]
 
@@ -33,23 +35,7 @@ __all__ = ["identity", "random_unstructured", "l1_unstructured", "random_structu
            "custom_from_mask"]
 
 
-def _unstructured(scores: torch.Tensor, make_key: Callable[[], torch.Tensor], amount: Amount,
-                  keep: Optional[torch.Tensor], largest: bool) -> torch.Tensor:
-    """Drop ``amount`` survivors by ``make_key()``, called only once the count is valid and non-zero
-    (so a random method draws nothing, as in torch, when it fails or prunes nothing)."""
-    n = scores.numel()
-    alive = n if keep is None else count_kept(keep)
-    amount, k = drop_count(amount, alive, "parameters")
-    if isinstance(k, int) and k == 0:
-        return identity(scores, keep)
-    flat_keep = None if keep is None else keep.reshape(-1)
-    dropped = select(make_key().reshape(-1), k, largest=largest, alive=flat_keep,
-                     k_max=_amount.max_prune_count(amount, n))
-    new = ~dropped.view(scores.shape)
-    return new if keep is None else new & keep
-
-
-def identity(scores: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+def identity(scores: torch.Tensor, *, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Prune nothing: the existing mask (or all ``True``) as a new bool tensor.
 
     Example:
@@ -62,13 +48,14 @@ def identity(scores: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch
     return keep.clone() if keep is mask else keep
 
 
-def l1_unstructured(scores: torch.Tensor, amount: Amount, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+def l1_unstructured(scores: torch.Tensor, amount: Amount, *, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Prune the ``amount`` surviving entries of smallest absolute score.
 
     Args:
       scores: importance of each entry (usually the parameter itself).
       amount: int (how many) or float in ``[0, 1]`` (fraction of the survivors), or a 0-d tensor.
-      mask: existing mask; only its ``True`` entries are candidates and it stays pruned.
+      mask: existing mask; only its ``True`` entries are candidates and it stays pruned. Exactly
+        ``amount`` survivors are pruned whatever they hold (NaN ranks above ``inf``, as in torch).
 
     Returns:
       A new bool mask; with no ties in ``|scores|`` it equals torch's ``L1Unstructured`` mask.
@@ -78,8 +65,7 @@ def l1_unstructured(scores: torch.Tensor, amount: Amount, mask: Optional[torch.T
       tensor([ True, False,  True, False])
     """
     _amount.validate_amount(amount)
-    keep = as_keep(scores, mask)
-    return _unstructured(scores, lambda: scores.detach().abs(), amount, keep, largest=False)
+    return prune_units(scores, _select.entries(scores.shape), amount, lambda: scores.detach().abs(), mask=mask)
 
 
 def _uniform(like: torch.Tensor, shape, dtype: torch.dtype, generator: Optional[torch.Generator]) -> torch.Tensor:
@@ -88,7 +74,7 @@ def _uniform(like: torch.Tensor, shape, dtype: torch.dtype, generator: Optional[
     return torch.rand(shape, generator=generator, dtype=dtype, device=like.device)
 
 
-def random_unstructured(scores: torch.Tensor, amount: Amount, mask: Optional[torch.Tensor] = None, *,
+def random_unstructured(scores: torch.Tensor, amount: Amount, *, mask: Optional[torch.Tensor] = None,
                         generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Prune ``amount`` surviving entries chosen uniformly at random.
 
@@ -103,41 +89,11 @@ def random_unstructured(scores: torch.Tensor, amount: Amount, mask: Optional[tor
       7
     """
     _amount.validate_amount(amount)
-    keep = as_keep(scores, mask)
-    return _unstructured(scores, lambda: _uniform(scores, scores.shape, scores.dtype, generator), amount, keep,
-                         largest=True)
+    return prune_units(scores, _select.entries(scores.shape), amount,
+                       lambda: _uniform(scores, scores.shape, scores.dtype, generator), mask=mask, largest=True)
 
 
-def _channel_setup(scores: torch.Tensor, amount: Amount, dim: int, mask: Optional[torch.Tensor]):
-    """Validate a structured call; return (dim, keep, alive channels or None, count alive, k)."""
-    _amount.validate_amount(amount)
-    if scores.dim() <= 1:
-        raise ValueError(
-            "Structured pruning can only be applied to multidimensional tensors. "
-            f"Found tensor of shape {tuple(scores.shape)} with {scores.dim()} dims"
-        )
-    if not isinstance(dim, int) or isinstance(dim, bool):
-        raise TypeError(f"dim must be an int, got {dim!r}")
-    if not -scores.dim() <= dim < scores.dim():
-        raise IndexError(f"Invalid index {dim} for tensor of size {tuple(scores.shape)}")
-    dim %= scores.dim()
-    keep = as_keep(scores, mask)
-    others = [d for d in range(scores.dim()) if d != dim]
-    alive_channels = None if keep is None else keep.any(dim=others) if others else keep
-    alive = scores.shape[dim] if keep is None else count_kept(alive_channels)
-    amount, k = drop_count(amount, alive, "parameters")
-    return dim, others, keep, alive_channels, alive, amount, k
-
-
-def _spread(channels: torch.Tensor, scores: torch.Tensor, dim: int, keep: Optional[torch.Tensor]) -> torch.Tensor:
-    """Broadcast a per-channel keep vector along ``dim`` to the scores' shape (and the old mask)."""
-    view = [1] * scores.dim()
-    view[dim] = -1
-    new = channels.view(view).expand(scores.shape)
-    return new.clone() if keep is None else new & keep
-
-
-def random_structured(scores: torch.Tensor, amount: Amount, dim: int, mask: Optional[torch.Tensor] = None, *,
+def random_structured(scores: torch.Tensor, amount: Amount, dim: int, *, mask: Optional[torch.Tensor] = None,
                       generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Prune ``amount`` whole channels along ``dim``, chosen at random among those still alive.
 
@@ -153,24 +109,29 @@ def random_structured(scores: torch.Tensor, amount: Amount, dim: int, mask: Opti
       >>> m.all(dim=1).sum()
       tensor(2)
     """
-    dim, _, keep, alive_channels, alive, amount, k = _channel_setup(scores, amount, dim, mask)
-    if isinstance(k, int) and k == 0:
-        return identity(scores, keep)
-    prob = torch.rand(scores.shape[dim], generator=generator, device=scores.device)
-    dropped = select(prob, k, largest=False, alive=alive_channels, k_max=scores.shape[dim])
-    return _spread(~dropped, scores, dim, keep)
+    _amount.validate_amount(amount)
+    channels = _select.slices(scores.shape, dim)
+    return prune_units(scores, channels, amount,
+                       lambda: torch.rand(channels.unit_shape, generator=generator, device=scores.device), mask=mask)
 
 
-def ln_structured(scores: torch.Tensor, amount: Amount, n: Norm, dim: int,
+def ln_structured(scores: torch.Tensor, amount: Amount, n: Norm, dim: int, *,
                   mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Prune the ``amount`` alive channels along ``dim`` with the smallest L``n`` norm.
 
     Args:
       scores: importance of each entry (usually the parameter).
       amount: channels to prune: int, float fraction of the alive channels, or 0-d tensor.
-      n: the norm order, as ``p`` of :func:`torch.norm` (1, 2, ``inf``, ``-inf``, ``'fro'``, ...).
+      n: the norm order, as ``p`` of :func:`torch.norm` (1, 2, ``inf``, ``-inf``, ``'fro'``, ...),
+        read as the installed torch's ``ln_structured`` reads it.
       dim: the dim whose slices are the channels.
       mask: existing mask. Norms are taken over the raw scores, as torch does.
+
+    Raises:
+      ValueError: fewer than 2 dims, a bad ``amount``, or an ``n`` that does not give one norm
+        per channel (``'nuc'`` on a tensor of other than 2 dims; torch 2.14 then prunes by a
+        matrix of norms).
+      TypeError/IndexError: a bad ``n`` type or ``dim``.
 
     Example:
       >>> w = torch.tensor([[1.0, 1.0], [0.1, 0.1], [3.0, 0.0]])
@@ -179,15 +140,22 @@ def ln_structured(scores: torch.Tensor, amount: Amount, n: Norm, dim: int,
     """
     if isinstance(n, bool) or not (isinstance(n, (int, float, str))):
         raise TypeError(f"n must be a norm order accepted by torch.norm, got {n!r}")
-    dim, others, keep, alive_channels, alive, amount, k = _channel_setup(scores, amount, dim, mask)
-    norm = torch.norm(scores.detach(), p=n, dim=others)  # before the shortcut: a bad `n` raises as in torch
-    if isinstance(k, int) and k == 0:
-        return identity(scores, keep)
-    survivors = select(norm, alive - k, largest=True, alive=alive_channels, k_max=scores.shape[dim])
-    return _spread(survivors, scores, dim, keep)
+    _amount.validate_amount(amount)
+    channels = _select.slices(scores.shape, dim)
+
+    def norms():
+        norm = _select.channel_norm(scores.detach(), n, channels.dim)
+        if tuple(norm.shape) != channels.unit_shape:  # torch 2.14 reads 'nuc' over other than 2 dims so
+            raise ValueError(f"n={n!r} gives norms of shape {tuple(norm.shape)} for a tensor of shape "
+                             f"{tuple(scores.shape)}, not one per channel along dim {dim}")
+        return norm
+    # Norms even when nothing is pruned (a bad `n` raises as in torch); torch selects the channels
+    # it keeps (the largest norms): selecting the same way makes the same choice among tied norms.
+    return prune_units(scores, channels, amount, norms, mask=mask, select_kept=True, lazy=False)
 
 
-def custom_from_mask(scores: torch.Tensor, custom: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+def custom_from_mask(scores: torch.Tensor, custom: torch.Tensor, *,
+                     mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Prune where ``custom`` is zero (or ``False``), on top of ``mask``.
 
     Example:
@@ -197,5 +165,3 @@ def custom_from_mask(scores: torch.Tensor, custom: torch.Tensor, mask: Optional[
     custom = as_keep(scores, custom, "custom")
     keep = as_keep(scores, mask)
     return custom.clone() if keep is None else custom & keep
-
-

@@ -1,13 +1,15 @@
 """Structured sparsity patterns: N:M groups, blocks, and channels that carry their bias along.
 
-Each mask function has the core's shape, ``(scores, ..., mask) -> bool mask``: it reads the
+Each mask function has the core's shape, ``(scores, ..., *, mask=None) -> bool mask``: it reads the
 importance ``scores`` (usually the param itself), acts only on what ``mask`` still keeps, returns a
 new ``torch.bool`` mask on the scores' device, and never reads tensor values to pick a shape, so it
 runs under ``torch.func.vmap`` and on the ``meta`` device. Bad arguments raise before anything is
-computed.
+computed. The selection itself is the kernel's (:mod:`funcprune._select`): a pattern is its scores
+plus a granularity.
 
-* :func:`nm_structured` keeps the ``n`` largest ``|scores|`` of every ``m`` consecutive entries
-  along ``dim`` (2:4, 4:8, ...); :func:`satisfies_nm` checks a mask for that pattern.
+* :func:`nm_structured` keeps the ``kept_per_group`` largest ``|scores|`` of every ``group_size``
+  consecutive entries along ``dim`` (2:4, 4:8, ...); :func:`satisfies_nm` checks a mask for that
+  pattern.
 * :func:`block_structured` pools ``|scores|`` per block and prunes whole blocks.
 * :func:`prune_channels` prunes output channels of weights (``ln_structured``) and the matching
   entries of their biases, a step ``torch.nn.utils.prune.ln_structured`` leaves to the user.
@@ -17,93 +19,66 @@ The layout ``torch.sparse.to_sparse_semi_structured`` expects is checked in :mod
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence
 
 import torch
 
-from . import _amount, _pytree
+from . import _amount, _pytree, _select
 from ._amount import Amount
 from ._pytree import Include, Tree
-from ._select import select
-from ._amount import drop_count
-from ._select import as_keep, count_kept
+from ._select import as_keep
 from .methods import Norm, ln_structured
 
 __all__ = ["nm_structured", "satisfies_nm", "block_structured", "channels_kept", "prune_channels"]
 
 
-def _check_nm(shape: Sequence[int], n: int, m: int, dim: int) -> int:
-    """Validate an N:M request for a tensor of ``shape``; return ``dim`` made non-negative."""
-    for value, what in ((n, "n"), (m, "m"), (dim, "dim")):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"{what} must be an int, got {value!r}")
-    if m < 1:
-        raise ValueError(f"m must be a positive group size, got m={m}")
-    if not 0 <= n <= m:
-        raise ValueError(f"n must satisfy 0 <= n <= m, got n={n}, m={m}")
-    if len(shape) == 0:
-        raise ValueError("N:M patterns need a tensor with at least one dim, got a 0-d tensor")
-    if not -len(shape) <= dim < len(shape):
-        raise IndexError(f"Invalid index {dim} for tensor of size {tuple(shape)}")
-    dim %= len(shape)
-    if shape[dim] % m:
-        raise ValueError(f"size {shape[dim]} of dim {dim} (shape {tuple(shape)}) is not divisible by m={m}")
-    return dim
+def _nm_groups(shape: Sequence[int], kept_per_group: int, group_size: int, dim: int) -> _select.Granularity:
+    """The N:M groups of a tensor of ``shape``, after checking the request."""
+    _select.check_group_counts(kept_per_group, group_size)
+    return _select.groups(shape, group_size, dim)
 
 
-def _groups(t: torch.Tensor, m: int, dim: int) -> torch.Tensor:
-    """View ``t`` with ``dim`` moved last and split into groups of ``m``: shape ``(..., size // m, m)``."""
-    moved = t.movedim(dim, -1)
-    return moved.reshape(*moved.shape[:-1], moved.shape[-1] // m, m)
-
-
-def nm_structured(scores: torch.Tensor, n: int, m: int, dim: int = -1,
+def nm_structured(scores: torch.Tensor, kept_per_group: int, group_size: int, dim: int = -1, *,
                   mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Keep the ``n`` largest ``|scores|`` in every group of ``m`` consecutive entries along ``dim``.
+    """Keep the ``kept_per_group`` largest ``|scores|`` in every ``group_size`` consecutive entries along ``dim``.
 
-    Only surviving entries of ``mask`` are candidates, so a group with fewer than ``n`` survivors
-    keeps just those. Ties go to the lower index within the group (``torch.topk``'s order).
+    Only surviving entries of ``mask`` are candidates, so a group with fewer survivors keeps just
+    those. Ties go to the lower index within the group (quantized and already-zero weights tie
+    often), whatever the surviving scores hold (NaN ranks above ``inf``).
 
     Args:
       scores: importance of each entry (the param itself for magnitude pruning).
-      n: entries kept per group, ``0 <= n <= m``.
-      m: group size; ``scores.shape[dim]`` must be divisible by it.
+      kept_per_group: entries kept per group (N of N:M), ``0 <= kept_per_group <= group_size``.
+      group_size: entries per group (M of N:M); ``scores.shape[dim]`` must be divisible by it.
       dim: the dim along which groups run (the last dim, input features of a Linear weight, by
         default, which is the layout of ``torch.sparse.to_sparse_semi_structured``).
       mask: existing mask; it stays pruned.
 
     Returns:
-      A new bool mask that satisfies :func:`satisfies_nm` for ``(n, m, dim)``.
+      A new bool mask that satisfies :func:`satisfies_nm` for ``(kept_per_group, group_size, dim)``.
 
     Raises:
-      TypeError: ``n``, ``m`` or ``dim`` not an int.
-      ValueError: ``n > m``, ``m < 1``, or a size along ``dim`` not divisible by ``m``.
+      TypeError: ``kept_per_group``, ``group_size`` or ``dim`` not an int.
+      ValueError: ``kept_per_group > group_size``, ``group_size < 1``, or a size along ``dim``
+        not divisible by ``group_size``.
       IndexError: ``dim`` out of range.
 
     Example:
-      >>> nm_structured(torch.tensor([[0.1, -3.0, 2.0, 0.5]]), n=2, m=4)
+      >>> nm_structured(torch.tensor([[0.1, -3.0, 2.0, 0.5]]), kept_per_group=2, group_size=4)
       tensor([[False,  True,  True, False]])
+      >>> nm_structured(torch.ones(1, 8), 2, 4)  # ties: the lower index
+      tensor([[ True,  True, False, False,  True,  True, False, False]])
     """
-    dim = _check_nm(scores.shape, n, m, dim)
-    keep = as_keep(scores, mask)
-    key = scores.detach().abs()
-    if keep is not None:
-        key = key.masked_fill(~keep, -math.inf) if key.is_floating_point() else key.masked_fill(~keep, -1)
-    grouped = _groups(key, m, dim)
-    idx = torch.topk(grouped, n, dim=-1).indices
-    chosen = torch.zeros(grouped.shape, dtype=torch.bool, device=scores.device).scatter(-1, idx, True)
-    moved_shape = scores.movedim(dim, -1).shape
-    new = chosen.reshape(moved_shape).movedim(-1, dim)
-    return new if keep is None else new & keep
+    groups = _nm_groups(scores.shape, kept_per_group, group_size, dim)
+    return _select.keep_per_pool(scores, groups, kept_per_group, lambda: scores.detach().abs(), mask=mask)
 
 
-def satisfies_nm(mask: torch.Tensor, n: int, m: int, dim: int = -1) -> torch.Tensor:
-    """Whether every group of ``m`` consecutive entries along ``dim`` keeps at most ``n``.
+def satisfies_nm(mask: torch.Tensor, kept_per_group: int, group_size: int, dim: int = -1) -> torch.Tensor:
+    """Whether every group of ``group_size`` consecutive entries along ``dim`` keeps at most ``kept_per_group``.
 
     Args:
       mask: bool (or 0/1) mask; a nonzero entry counts as kept.
-      n, m, dim: the pattern, as in :func:`nm_structured`.
+      kept_per_group, group_size, dim: the pattern, as in :func:`nm_structured`.
 
     Returns:
       A 0-d bool tensor (so the check also runs under ``vmap``).
@@ -112,30 +87,11 @@ def satisfies_nm(mask: torch.Tensor, n: int, m: int, dim: int = -1) -> torch.Ten
       >>> satisfies_nm(torch.tensor([[1, 0, 0, 1, 1, 1, 1, 0]]), 2, 4)
       tensor(False)
     """
-    dim = _check_nm(mask.shape, n, m, dim)
-    return ((_groups(mask != 0, m, dim).sum(-1)) <= n).all()
+    groups = _nm_groups(mask.shape, kept_per_group, group_size, dim)
+    return (groups.pools(mask != 0).sum(-1) <= kept_per_group).all()
 
 
-def _check_blocks(shape: Sequence[int], block_shape: Sequence[int]) -> tuple:
-    if isinstance(block_shape, int) or not all(isinstance(b, int) and not isinstance(b, bool) for b in block_shape):
-        raise TypeError(f"block_shape must be a sequence of ints, got {block_shape!r}")
-    block_shape = tuple(block_shape)
-    if len(block_shape) != len(shape):
-        raise ValueError(f"block_shape {block_shape} must have one size per dim of the tensor of shape {tuple(shape)}")
-    bad = [d for d, (s, b) in enumerate(zip(shape, block_shape)) if b < 1 or s % b]
-    if bad:
-        raise ValueError(f"block_shape {block_shape} does not tile shape {tuple(shape)}: dim(s) {bad} are not "
-                         "positive divisors of the sizes")
-    return block_shape
-
-
-def _blocked(t: torch.Tensor, block_shape: tuple) -> torch.Tensor:
-    """``t`` viewed as ``(g0, b0, g1, b1, ...)`` with ``gi = size_i // bi``."""
-    split = [size for s, b in zip(t.shape, block_shape) for size in (s // b, b)]
-    return t.reshape(split)
-
-
-def block_structured(scores: torch.Tensor, amount: Amount, block_shape: Sequence[int], n: Norm = 1,
+def block_structured(scores: torch.Tensor, amount: Amount, block_shape: Sequence[int], n: Norm = 1, *,
                      mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Prune the ``amount`` alive blocks whose surviving ``|scores|`` have the smallest L``n`` norm.
 
@@ -162,26 +118,16 @@ def block_structured(scores: torch.Tensor, amount: Amount, block_shape: Sequence
               [ True,  True, False, False]])
     """
     _amount.validate_amount(amount)
-    block_shape = _check_blocks(scores.shape, block_shape)
+    blocks = _select.blocks(scores.shape, block_shape)
     if isinstance(n, bool) or not isinstance(n, (int, float)):
         raise TypeError(f"n must be a real norm order, got {n!r}")
     keep = as_keep(scores, mask)
-    key = scores.detach().abs()
-    if keep is not None:
-        key = key * keep
-    inner = tuple(range(1, 2 * scores.dim(), 2))
-    pooled = torch.linalg.vector_norm(_blocked(key, block_shape).to(_float_of(key)), ord=n, dim=inner)
-    alive_blocks = None if keep is None else _blocked(keep, block_shape).any(dim=inner).reshape(-1)
-    total = pooled.numel()
-    alive = total if keep is None else count_kept(alive_blocks)
-    amount, k = drop_count(amount, alive, "blocks")
-    dropped = select(pooled.reshape(-1), k, largest=False, alive=alive_blocks,
-                     k_max=_amount.max_prune_count(amount, total))
-    kept_blocks = (~dropped).view(pooled.shape)
-    view = [size for g in pooled.shape for size in (g, 1)]
-    full = [size for s, b in zip(scores.shape, block_shape) for size in (s // b, b)]
-    new = kept_blocks.reshape(view).expand(full).reshape(scores.shape)
-    return new if keep is None else new & keep
+
+    def block_norms():
+        key = scores.detach().abs()
+        key = key if keep is None else key * keep
+        return blocks.pool(key.to(_float_of(key)), lambda t, dims: torch.linalg.vector_norm(t, ord=n, dim=dims))
+    return _select.prune_units(scores, blocks, amount, block_norms, mask=keep, what="blocks")
 
 
 def _float_of(t: torch.Tensor) -> torch.dtype:

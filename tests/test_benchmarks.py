@@ -183,7 +183,7 @@ def test_threshold_fast_path_with_survivors_matches_torch():
     mask = fp.l1_unstructured(w, 0.4)
     for amount in (0.3, 1234):
         ref = _torch_container_mask(torch_prune, w, mask, amount)
-        assert torch.equal(fp.l1_unstructured(w, amount, mask), ref)
+        assert torch.equal(fp.l1_unstructured(w, amount, mask=mask), ref)
 
 
 def _torch_container_mask(torch_prune, w, mask, amount):

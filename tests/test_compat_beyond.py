@@ -41,6 +41,22 @@ def test_nm_in_a_container_acts_on_survivors():
     assert torch.equal(lin.weight_mask.bool(), nm_mask(w, 2, 4, mask=first))
 
 
+def test_nm_counts_are_named_and_a_non_int_count_is_a_type_error_as_in_the_core():
+    lin = nn.Linear(8, 2)
+    w = lin.weight.detach().clone()
+    nm_structured(lin, "weight", kept_per_group=1, group_size=4, dim=-1)
+    hook = lin._forward_pre_hooks[next(iter(lin._forward_pre_hooks))]
+    assert (hook.kept_per_group, hook.group_size, hook.dim) == (1, 4, -1)
+    assert torch.equal(lin.weight_mask.bool(), nm_mask(w, kept_per_group=1, group_size=4))
+    for bad in ((2.0, 4), (2, 4.0), (True, 4)):
+        with pytest.raises(TypeError, match="must be an int"):
+            NMStructured(*bad)
+        with pytest.raises(TypeError, match="must be an int"):
+            nm_mask(w, *bad)
+    with pytest.raises(ValueError, match="kept_per_group=5, group_size=4"):
+        NMStructured(5, 4)
+
+
 def test_block_matches_weight_norm_sparsifier_and_container():
     torch.manual_seed(2)
     lin = nn.Linear(16, 8)

@@ -37,6 +37,30 @@ def test_drop_and_grow_matches_reference_and_keeps_count(seed, fraction, density
     assert torch.equal(new, reference(w, mask, fraction, grow))
 
 
+def test_drop_and_grow_keeps_the_survivor_count_whatever_the_values():
+    # issue 11.1: NaN/inf survivors used to tie with the filler, so the drop hit a dead entry
+    inf, nan = float("inf"), float("nan")
+    w = torch.tensor([nan, inf, 1.0, 2.0])
+    mask = torch.tensor([True, True, False, False])
+    new = drop_and_grow(w, mask, 0.5, torch.tensor([0.0, 0.0, 5.0, 1.0]))
+    assert new.tolist() == [True, False, True, False]  # inf (smaller than NaN, as topk ranks) goes
+    # grow scores of -inf among the candidates, NaN among the survivors
+    new = drop_and_grow(torch.tensor([3.0, 0.5, 0.0, 0.0]), torch.tensor([True, True, False, False]), 0.5,
+                        torch.tensor([nan, 0.0, -inf, -inf]))
+    assert new.tolist() == [True, True, False, False]  # the dropped 0.5 scores 0 > -inf: it comes back
+    g = torch.Generator().manual_seed(0)
+    specials = torch.tensor([nan, inf, -inf, 0.0, -0.0])
+    for _ in range(20):
+        w = specials[torch.randint(0, 5, (40, 50), generator=g)] * torch.rand(40, 50, generator=g)
+        grow = specials[torch.randint(0, 5, (40, 50), generator=g)]
+        mask = torch.rand(40, 50, generator=g) > 0.5
+        for fraction in (0.1, 0.5, 1.0):
+            assert int(drop_and_grow(w, mask, fraction, grow).sum()) == int(mask.sum())
+    batched = torch.vmap(drop_and_grow, in_dims=(None, 0, None, None))(
+        w, torch.stack([mask, ~mask]), 0.3, grow)
+    assert batched.sum((1, 2)).tolist() == [int(mask.sum()), int((~mask).sum())]
+
+
 def test_drop_and_grow_vmap_meta_device_purity(device):
     w, grow = torch.randn(4, 5, 6, device=device), torch.randn(4, 5, 6, device=device)
     mask = torch.rand(4, 5, 6, device=device) > 0.5

@@ -53,7 +53,7 @@ def assert_same_selection(got, ref, key, prior, *, largest_pruned=False):
 def test_l1_unstructured_matches_torch(case):
     scores, prior, amount = case
     ref, ref_err = outcome(lambda: torch_mask(torch_prune.L1Unstructured(amount), scores, prior))
-    got, err = outcome(lambda: fp.l1_unstructured(scores, amount, prior))
+    got, err = outcome(lambda: fp.l1_unstructured(scores, amount, mask=prior))
     assert err == ref_err
     if ref is not None:
         assert_same_selection(got, ref, scores.abs(), prior)
@@ -67,14 +67,57 @@ def test_ln_structured_matches_torch(case, n, data):
     if isinstance(amount, int):
         amount = min(amount, scores.shape[dim] + 1)
     ref, ref_err = outcome(lambda: torch_mask(torch_prune.LnStructured(amount, n, dim), scores, prior))
-    got, err = outcome(lambda: fp.ln_structured(scores, amount, n, dim, prior))
+    got, err = outcome(lambda: fp.ln_structured(scores, amount, n, dim, mask=prior))
     assert err == ref_err
     if ref is not None:
-        others = [d for d in range(scores.dim()) if d != dim % scores.dim()]
-        norm = torch.norm(scores, p=n, dim=others)
+        norm = torch_prune._compute_norm(scores, n, dim)  # the running torch's channel norms
         view = [1] * scores.dim()
         view[dim] = -1
         assert_same_selection(got, ref, norm.view(view).expand(scores.shape), prior)
+
+
+@pytest.mark.parametrize("n", NORMS + ["nuc"])
+@pytest.mark.parametrize("shape, dim", [((4, 3, 3, 3), 0), ((6, 5), 0), ((6, 5), -1), ((2, 3, 4), 1), ((3, 4), 1)])
+def test_channel_norms_and_their_errors_follow_the_running_torch(n, shape, dim):
+    # issue 11.14: 'fro' over a conv weight's 3 dims raised in funcprune on torch 2.14, where torch succeeds
+    scores = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    norm, _ = outcome(lambda: torch_prune._compute_norm(scores, n, dim))
+    ref, ref_err = outcome(lambda: torch_mask(torch_prune.LnStructured(0.5, n, dim), scores))
+    got, err = outcome(lambda: fp.ln_structured(scores, 0.5, n, dim))
+    if norm is not None and norm.shape != (shape[dim],):
+        # torch 2.14 reads 'nuc' over other than 2 dims as a matrix of norms and prunes by it
+        assert n == "nuc" and err is ValueError
+        return
+    assert err == ref_err
+    if ref is not None:
+        assert torch.equal(got, ref)
+
+
+@pytest.mark.parametrize("n", NORMS)
+def test_compat_ln_structured_on_a_conv_weight_is_torchs_on_this_torch(n):
+    # issue 11.14's example: compat.ln_structured(Conv2d(3, 4, 3), "weight", 0.5, n="fro", dim=0)
+    import funcprune.compat as compat
+
+    ours, theirs = torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(3, 4, 3)
+    theirs.load_state_dict(ours.state_dict())
+    ref, ref_err = outcome(lambda: torch_prune.ln_structured(theirs, "weight", 0.5, n=n, dim=0).weight_mask)
+    got, err = outcome(lambda: compat.ln_structured(ours, "weight", 0.5, n=n, dim=0).weight_mask)
+    assert err == ref_err
+    if ref is not None:
+        assert torch.equal(got, ref)
+
+
+@pytest.mark.parametrize("n", NORMS + ["nuc"])
+def test_channel_norm_fallback_is_torch_2_14s_rule(n):
+    from funcprune import _select
+
+    for shape, dim in (((4, 3, 3, 3), 0), ((6, 5), 1), ((2, 3, 4), -1)):
+        t = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+        fallback, err = outcome(lambda: _select._channel_norm_2_14(t, n, dim))
+        if isinstance(n, str) and tuple(int(v) for v in torch.__version__.split(".")[:2]) < (2, 14):
+            continue  # torch 2.13 reads 'fro' and 'nuc' through the deprecated torch.norm
+        ref, ref_err = outcome(lambda: torch_prune._compute_norm(t, n, dim))
+        assert err == ref_err and (ref is None or torch.equal(fallback, ref))
 
 
 @SETTINGS
@@ -115,11 +158,11 @@ def test_random_unstructured_on_prior_mask_prunes_exact_count_of_survivors(case,
     expected, err = outcome(lambda: torch_prune._compute_nparams_toprune(amount, alive))
     if isinstance(amount, int) and amount > alive:
         with pytest.raises(ValueError, match="amount"):
-            fp.random_unstructured(scores, amount, prior)
+            fp.random_unstructured(scores, amount, mask=prior)
         return
     gen = torch.Generator().manual_seed(seed)
-    got = fp.random_unstructured(scores, amount, prior, generator=gen)
-    again = fp.random_unstructured(scores, amount, prior, generator=torch.Generator().manual_seed(seed))
+    got = fp.random_unstructured(scores, amount, mask=prior, generator=gen)
+    again = fp.random_unstructured(scores, amount, mask=prior, generator=torch.Generator().manual_seed(seed))
     assert torch.equal(got, again)
     assert alive - int(got.sum()) == expected
     if prior is not None:
@@ -132,8 +175,8 @@ def test_custom_from_mask_and_identity_match_torch():
     prior = torch.rand(4, 5) > 0.3
     for p in (None, prior):
         ref = torch_mask(torch_prune.CustomFromMask(custom), scores, p)
-        assert torch.equal(fp.custom_from_mask(scores, custom, p), ref)
-        assert torch.equal(fp.identity(scores, p), torch_mask(torch_prune.Identity(), scores, p))
+        assert torch.equal(fp.custom_from_mask(scores, custom, mask=p), ref)
+        assert torch.equal(fp.identity(scores, mask=p), torch_mask(torch_prune.Identity(), scores, p))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -143,12 +186,12 @@ def test_every_method_returns_a_new_bool_mask_on_the_scores_device(device, dtype
     before_scores, before_prior = scores.clone(), prior.clone()
     gen = torch.Generator(device=device).manual_seed(0)
     masks = [
-        fp.identity(scores, prior),
-        fp.l1_unstructured(scores, 0.4, prior),
-        fp.random_unstructured(scores, 3, prior, generator=gen),
-        fp.random_structured(scores, 0.5, 1, prior, generator=gen),
-        fp.ln_structured(scores, 1, 2, 0, prior),
-        fp.custom_from_mask(scores, prior.float(), prior),
+        fp.identity(scores, mask=prior),
+        fp.l1_unstructured(scores, 0.4, mask=prior),
+        fp.random_unstructured(scores, 3, mask=prior, generator=gen),
+        fp.random_structured(scores, 0.5, 1, mask=prior, generator=gen),
+        fp.ln_structured(scores, 1, 2, 0, mask=prior),
+        fp.custom_from_mask(scores, prior.float(), mask=prior),
     ]
     for mask in masks:
         assert mask.dtype == torch.bool and mask.shape == scores.shape and mask.device == scores.device
@@ -160,10 +203,12 @@ def test_every_method_returns_a_new_bool_mask_on_the_scores_device(device, dtype
 def test_every_method_runs_on_meta():
     scores = torch.empty(6, 4, device="meta")
     prior = torch.empty(6, 4, device="meta", dtype=torch.bool)
-    for fn in (lambda m: fp.identity(scores, m), lambda m: fp.l1_unstructured(scores, 0.4, m),
-               lambda m: fp.random_unstructured(scores, 0.4, m), lambda m: fp.random_structured(scores, 2, 0, m),
-               lambda m: fp.ln_structured(scores, 0.5, 1, -1, m), lambda m: fp.custom_from_mask(scores, prior, m),
-               lambda m: fp.l1_unstructured(scores, torch.tensor(0.3, device="meta"), m)):
+    for fn in (lambda m: fp.identity(scores, mask=m), lambda m: fp.l1_unstructured(scores, 0.4, mask=m),
+               lambda m: fp.random_unstructured(scores, 0.4, mask=m),
+               lambda m: fp.random_structured(scores, 2, 0, mask=m),
+               lambda m: fp.ln_structured(scores, 0.5, 1, -1, mask=m),
+               lambda m: fp.custom_from_mask(scores, prior, mask=m),
+               lambda m: fp.l1_unstructured(scores, torch.tensor(0.3, device="meta"), mask=m)):
         for mask in (None, prior):
             out = fn(mask)
             assert out.device.type == "meta" and out.dtype == torch.bool and out.shape == scores.shape
@@ -180,10 +225,10 @@ def test_vmap_over_masks_each_element_prunes_its_own_survivors(amount):
     gen = torch.Generator().manual_seed(1)
     scores = torch.randn(5, 7, generator=gen)
     masks = torch.rand(8, 5, 7, generator=gen) > torch.linspace(0.05, 0.9, 8).view(8, 1, 1)
-    for fn in (lambda m: fp.l1_unstructured(scores, amount, m),
-               lambda m: fp.ln_structured(scores, amount, 2, 0, m),
-               lambda m: fp.ln_structured(scores, amount, 1, -1, m),
-               lambda m: fp.identity(scores, m)):
+    for fn in (lambda m: fp.l1_unstructured(scores, amount, mask=m),
+               lambda m: fp.ln_structured(scores, amount, 2, 0, mask=m),
+               lambda m: fp.ln_structured(scores, amount, 1, -1, mask=m),
+               lambda m: fp.identity(scores, mask=m)):
         batched = torch.func.vmap(fn)(masks)
         for mask, out in zip(masks, batched):
             expected, err = outcome(lambda: fn(mask))
@@ -197,9 +242,9 @@ def test_vmap_over_amounts_is_a_sparsity_sweep():
     scores = torch.randn(40)
     prior = torch.rand(40) > 0.25
     amounts = torch.linspace(0, 1, 11, dtype=torch.float64)
-    batched, _ = _vmap_vs_loop(lambda a: fp.l1_unstructured(scores, a, prior), amounts)
+    batched, _ = _vmap_vs_loop(lambda a: fp.l1_unstructured(scores, a, mask=prior), amounts)
     for a, mask in zip(amounts.tolist(), batched):
-        assert torch.equal(mask, fp.l1_unstructured(scores, a, prior))
+        assert torch.equal(mask, fp.l1_unstructured(scores, a, mask=prior))
     counts = torch.arange(0, 6)
     batched, looped = _vmap_vs_loop(lambda k: fp.ln_structured(scores.view(8, 5), k, 2, 0), counts)
     assert torch.equal(batched, looped)
@@ -208,14 +253,14 @@ def test_vmap_over_amounts_is_a_sparsity_sweep():
 def test_vmap_over_stacked_scores_and_masks():
     scores = torch.randn(6, 4, 3)
     masks = torch.rand(6, 4, 3) > 0.4
-    batched, looped = _vmap_vs_loop(lambda s, m: fp.l1_unstructured(s, 0.5, m), scores, masks)
+    batched, looped = _vmap_vs_loop(lambda s, m: fp.l1_unstructured(s, 0.5, mask=m), scores, masks)
     assert torch.equal(batched, looped)
 
 
 def test_int_amount_beyond_survivors_under_vmap_prunes_every_survivor():
     scores = torch.randn(10)
     masks = torch.stack([torch.arange(10) < 3, torch.arange(10) < 8])
-    out = torch.func.vmap(lambda m: fp.l1_unstructured(scores, 5, m))(masks)
+    out = torch.func.vmap(lambda m: fp.l1_unstructured(scores, 5, mask=m))(masks)
     assert out[0].sum() == 0 and out[1].sum() == 3
 
 
@@ -224,13 +269,13 @@ def test_random_methods_under_vmap_draw_per_element_and_keep_counts(method):
     scores = torch.randn(6, 5)
     masks = torch.ones(16, 6, 5, dtype=torch.bool)
     if method == "unstructured":
-        out = torch.func.vmap(lambda m: fp.random_unstructured(scores, 0.4, m), randomness="different")(masks)
+        out = torch.func.vmap(lambda m: fp.random_unstructured(scores, 0.4, mask=m), randomness="different")(masks)
         assert (out.sum((1, 2)) == 18).all()
     else:
-        out = torch.func.vmap(lambda m: fp.random_structured(scores, 2, 0, m), randomness="different")(masks)
+        out = torch.func.vmap(lambda m: fp.random_structured(scores, 2, 0, mask=m), randomness="different")(masks)
         assert (out.all(2).sum(1) == 4).all()
     assert len({tuple(m.flatten().tolist()) for m in out}) > 1, "every element drew the same mask"
-    same = torch.func.vmap(lambda m: fp.random_unstructured(scores, 0.4, m), randomness="same")(masks)
+    same = torch.func.vmap(lambda m: fp.random_unstructured(scores, 0.4, mask=m), randomness="same")(masks)
     assert all(torch.equal(same[0], m) for m in same)
 
 
@@ -267,20 +312,20 @@ def test_structural_errors():
     with pytest.raises(ValueError, match=r"amount=5 should be smaller than the number of parameters to prune=4"):
         fp.ln_structured(torch.randn(3, 4), 5, 2, 1)
     with pytest.raises(ValueError, match=r"prune=2"):
-        fp.l1_unstructured(torch.randn(3), 3, torch.tensor([True, False, True]))
+        fp.l1_unstructured(torch.randn(3), 3, mask=torch.tensor([True, False, True]))
     with pytest.raises(ValueError, match=r"mask has shape \(4, 3\) but the scores have shape \(3, 4\)"):
-        fp.l1_unstructured(torch.randn(3, 4), 0.5, torch.ones(4, 3, dtype=torch.bool))
+        fp.l1_unstructured(torch.randn(3, 4), 0.5, mask=torch.ones(4, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"custom has shape \(2,\)"):
         fp.custom_from_mask(torch.randn(3), torch.ones(2))
     with pytest.raises(TypeError, match="mask must be a tensor"):
-        fp.identity(torch.randn(3), [1, 0, 1])
+        fp.identity(torch.randn(3), mask=[1, 0, 1])
 
 
 def test_float_and_int_masks_are_accepted_as_keep_where_nonzero():
     scores = torch.randn(4, 4)
     prior = torch.rand(4, 4) > 0.5
     for as_other in (prior.float(), prior.to(torch.int8), prior.double()):
-        assert torch.equal(fp.l1_unstructured(scores, 0.5, as_other), fp.l1_unstructured(scores, 0.5, prior))
+        assert torch.equal(fp.l1_unstructured(scores, 0.5, mask=as_other), fp.l1_unstructured(scores, 0.5, mask=prior))
 
 
 def test_amount_rounding_is_pythons_round_half_to_even():
@@ -290,19 +335,17 @@ def test_amount_rounding_is_pythons_round_half_to_even():
         assert size - int(mask.sum()) == torch_prune._compute_nparams_toprune(0.5, size) == round(0.5 * size)
 
 
-def test_masks_carry_no_autograd_history():
+def test_scores_that_require_grad_give_masks_that_gate_the_gradient():
     w = torch.randn(4, 4, requires_grad=True)
-    for mask in (fp.l1_unstructured(w, 0.5), fp.ln_structured(w, 1, 2, 0), fp.random_unstructured(w, 0.5)):
-        assert not mask.requires_grad and mask.grad_fn is None
     (w * fp.l1_unstructured(w, 0.5)).sum().backward()
     assert torch.equal(w.grad, fp.l1_unstructured(w, 0.5).float())
 
 
 @pytest.mark.parametrize("call", [
     lambda s, m: fp.random_unstructured(s, 11),                 # fails: more than there is
-    lambda s, m: fp.random_unstructured(s, 0, m),               # prunes nothing on top of a mask
-    lambda s, m: fp.random_unstructured(s, 0.01, m),            # rounds to nothing
-    lambda s, m: fp.random_structured(s.view(2, 5), 0, 0, m.view(2, 5)),
+    lambda s, m: fp.random_unstructured(s, 0, mask=m),               # prunes nothing on top of a mask
+    lambda s, m: fp.random_unstructured(s, 0.01, mask=m),            # rounds to nothing
+    lambda s, m: fp.random_structured(s.view(2, 5), 0, 0, mask=m.view(2, 5)),
     lambda s, m: fp.global_unstructured({"a": s}, 0, masks={"a": m}, method="random"),
 ])
 def test_random_methods_draw_nothing_when_failing_or_pruning_nothing(call):

@@ -54,7 +54,7 @@ def test_nm_any_dim_on_top_of_mask(n, dim, seed, masked):
     g = torch.Generator().manual_seed(seed)
     scores = torch.randn(4, 8, 12, generator=g)
     mask = torch.rand(4, 8, 12, generator=g) > 0.4 if masked else None
-    ours = nm_structured(scores, n, 4, dim, mask)
+    ours = nm_structured(scores, n, 4, dim, mask=mask)
     assert torch.equal(ours, loop_nm(scores, n, 4, dim % 3, mask))
     assert bool(satisfies_nm(ours, n, 4, dim))
     if mask is not None:
@@ -103,10 +103,60 @@ def test_nm_errors(args, err):
 
 
 def test_nm_error_names_the_problem():
-    with pytest.raises(ValueError, match="not divisible by m=3"):
+    with pytest.raises(ValueError, match="not divisible by group_size=3"):
         nm_structured(torch.randn(4, 8), 2, 3)
-    with pytest.raises(ValueError, match="n=5, m=4"):
+    with pytest.raises(ValueError, match="kept_per_group=5, group_size=4"):
         nm_structured(torch.randn(4, 8), 5, 4)
+    with pytest.raises(TypeError, match="kept_per_group must be an int"):
+        nm_structured(torch.randn(4, 8), 2.0, 4)
+    with pytest.raises(TypeError, match="group_size must be an int"):
+        satisfies_nm(torch.ones(4, 8), 2, 4.0)
+
+
+def test_nm_counts_are_named_and_the_mask_is_keyword_only():
+    w = torch.randn(4, 8)
+    assert torch.equal(nm_structured(w, kept_per_group=2, group_size=4, dim=1), nm_structured(w, 2, 4, 1))
+    assert bool(satisfies_nm(nm_structured(w, 2, 4), kept_per_group=2, group_size=4))
+    with pytest.raises(TypeError):
+        nm_structured(w, 2, 4, -1, torch.ones(4, 8, dtype=torch.bool))
+
+
+def test_nm_ties_go_to_the_lower_index():
+    # issue 11.8: the examples, and the same with the group running along dim 0
+    assert nm_structured(torch.ones(1, 8), 2, 4).tolist() == [[True, True, False, False] * 2]
+    assert nm_structured(torch.tensor([[5.0, 1, 1, 1]]), 2, 4).tolist() == [[True, True, False, False]]
+    assert nm_structured(torch.ones(8, 1), 2, 4, dim=0).flatten().tolist() == [True, True, False, False] * 2
+    assert nm_structured(torch.zeros(3, 8), 1, 8).tolist() == [[True] + [False] * 7] * 3
+    # negative zero ties zero; a surviving NaN is the largest, as in torch.topk
+    assert nm_structured(torch.tensor([[-0.0, 0.0, 0.0, 0.0]]), 1, 4).tolist() == [[True, False, False, False]]
+    assert nm_structured(torch.tensor([[1.0, float("inf"), float("nan"), 2.0]]), 2, 4).tolist() == [
+        [False, True, True, False]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int8])
+@pytest.mark.parametrize("masked", [False, True])
+def test_nm_ties_on_quantized_weights_match_a_stable_reference(dtype, masked):
+    g = torch.Generator().manual_seed(3)
+    w = torch.randint(-2, 3, (16, 24), generator=g).to(dtype)  # five levels: ties everywhere, zeros included
+    mask = torch.rand(16, 24, generator=g) > 0.3 if masked else None
+    for n, m, dim in ((2, 4, -1), (1, 4, 0), (3, 8, 1), (4, 4, -1)):
+        ours = nm_structured(w, n, m, dim, mask=mask)
+        assert torch.equal(ours, loop_nm(w.double(), n, m, dim % 2, mask))
+        assert bool(satisfies_nm(ours, n, m, dim))
+
+
+def test_nm_with_a_prior_mask_keeps_alive_entries_first_whatever_they_hold():
+    inf, nan = float("inf"), float("nan")
+    w = torch.tensor([[nan, inf, 1.0, 2.0, 1.0, 1.0, 1.0, 1.0]])
+    mask = torch.tensor([[False, False, True, True, False, True, True, True]])
+    assert nm_structured(w, 2, 4, mask=mask).tolist() == [[False, False, True, True, False, True, True, False]]
+    # all-equal groups on top of a mask: the lowest alive indices
+    ones = torch.ones(2, 8)
+    prior = torch.tensor([[False, True, True, True] * 2, [True, False, False, True] * 2])
+    assert nm_structured(ones, 2, 4, mask=prior).tolist() == [[False, True, True, False] * 2,
+                                                              [True, False, False, True] * 2]
+    assert torch.equal(torch.vmap(lambda x: nm_structured(ones[:1], 2, 4, mask=x))(prior.view(2, 1, 8)),
+                       nm_structured(ones, 2, 4, mask=prior).view(2, 1, 8))
 
 
 @pytest.mark.parametrize("norm", [1, 2])

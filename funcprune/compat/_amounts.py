@@ -10,7 +10,7 @@ import numbers
 
 import torch
 
-from .. import _amount
+from .. import _amount, _select
 
 __all__ = ["_validate_pruning_amount_init", "_validate_pruning_amount", "_compute_nparams_toprune",
            "_validate_structured_pruning", "_validate_pruning_dim", "_compute_norm"]
@@ -68,6 +68,5 @@ def _validate_pruning_dim(t: torch.Tensor, dim: int) -> None:
 
 
 def _compute_norm(t: torch.Tensor, n, dim: int) -> torch.Tensor:
-    """L``n`` norm of every channel along ``dim`` (over all the other dims)."""
-    dims = [d for d in range(t.dim()) if d != dim % t.dim()]
-    return torch.norm(t, p=n, dim=dims)
+    """L``n`` norm of every channel along ``dim`` (over all the other dims), as the running torch computes it."""
+    return _select.channel_norm(t, n, dim)

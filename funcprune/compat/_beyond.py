@@ -8,7 +8,7 @@ slicing, which would tear N:M groups and blocks apart.
 
 Example:
   >>> import funcprune.compat as prune
-  >>> m = nm_structured(torch.nn.Linear(8, 2), "weight", n=2, m=4)
+  >>> m = nm_structured(torch.nn.Linear(8, 2), "weight", kept_per_group=2, group_size=4)
   >>> m.weight_mask.view(2, 2, 4).sum(-1)
   tensor([[2., 2.],
           [2., 2.]])
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import patterns
+from .. import _select, patterns
 from . import _module
 from ._amounts import _as_core_amount, _validate_pruning_amount_init
 from ._methods import BasePruningMethod, CustomFromMask, LnStructured, _zero_pruned
@@ -27,24 +27,28 @@ __all__ = ["NMStructured", "BlockStructured", "nm_structured", "block_structured
 
 
 class NMStructured(BasePruningMethod):
-    """Keep the ``n`` largest-magnitude entries of every ``m`` consecutive ones along ``dim``."""
+    """Keep the ``kept_per_group`` largest-magnitude entries of every ``group_size`` consecutive ones along ``dim``.
+
+    Raises:
+      TypeError: a count that is not an int. ValueError: counts no tensor can satisfy.
+    """
 
     PRUNING_TYPE = "unstructured"
 
-    def __init__(self, n: int, m: int, dim: int = -1) -> None:
-        if not isinstance(n, int) or not isinstance(m, int) or not 0 <= n <= m or m < 1:
-            raise ValueError(f"n and m must be ints with 0 <= n <= m and m >= 1, got n={n!r}, m={m!r}")
-        self.n, self.m, self.dim = n, m, dim
+    def __init__(self, kept_per_group: int, group_size: int, dim: int = -1) -> None:
+        _select.check_group_counts(kept_per_group, group_size)
+        self.kept_per_group, self.group_size, self.dim = kept_per_group, group_size, dim
 
     def compute_mask(self, t, default_mask):
-        return _zero_pruned(default_mask, patterns.nm_structured(t, self.n, self.m, self.dim))
+        return _zero_pruned(default_mask, patterns.nm_structured(t, self.kept_per_group, self.group_size, self.dim))
 
     def _survivor_mask(self, t, default_mask):
-        return patterns.nm_structured(t, self.n, self.m, self.dim, mask=default_mask)
+        return patterns.nm_structured(t, self.kept_per_group, self.group_size, self.dim, mask=default_mask)
 
     @classmethod
-    def apply(cls, module, name, n, m, dim=-1, importance_scores=None):
-        return super().apply(module, name, n=n, m=m, dim=dim, importance_scores=importance_scores)
+    def apply(cls, module, name, kept_per_group, group_size, dim=-1, importance_scores=None):
+        return super().apply(module, name, kept_per_group=kept_per_group, group_size=group_size, dim=dim,
+                             importance_scores=importance_scores)
 
 
 class BlockStructured(BasePruningMethod):
@@ -76,15 +80,15 @@ _module.register_builtin_compute(NMStructured, BlockStructured)
 _module.register_read_only_default(NMStructured, BlockStructured)
 
 
-def nm_structured(module, name, n, m, dim=-1, importance_scores=None):
-    """Prune ``module.<name>`` to an N:M pattern (``n`` kept in every ``m``) along ``dim``.
+def nm_structured(module, name, kept_per_group, group_size, dim=-1, importance_scores=None):
+    """Prune ``module.<name>`` to an N:M pattern (``kept_per_group`` kept in every ``group_size``) along ``dim``.
 
     Example:
       >>> m = nm_structured(torch.nn.Linear(4, 1), "weight", 1, 2)
       >>> int(m.weight_mask.sum())
       2
     """
-    NMStructured.apply(module, name, n, m, dim, importance_scores=importance_scores)
+    NMStructured.apply(module, name, kept_per_group, group_size, dim, importance_scores=importance_scores)
     return module
 
 

@@ -19,7 +19,7 @@ import functools
 import torch
 import torch.nn.utils.prune as _torch_prune
 
-from .. import _amount, methods
+from .. import _amount, _select, methods
 from . import _module
 from ._amounts import _as_core_amount, _compute_nparams_toprune, _validate_pruning_amount_init
 
@@ -223,7 +223,7 @@ class LnStructured(_Structured):
     def _tied(self, t, default_mask, keep):
         others = [d for d in range(t.dim()) if d != self.dim % t.dim()]
         kept = keep.any(dim=others)
-        norms = torch.norm(t.detach(), p=self.n, dim=others)  # the core's channel scores
+        norms = _select.channel_norm(t.detach(), self.n, self.dim)  # the core's channel scores
         return boundary_tie([norms], [(default_mask != 0).any(dim=others) & ~kept], [kept])
 
     @classmethod
