@@ -309,14 +309,18 @@ def keep_from_cut(keys: Sequence[torch.Tensor], alive: Sequence[Optional[torch.T
         keep = torch.empty(key.numel(), dtype=torch.bool, device=device)
         for start, piece, live_piece in _paired_chunks(key, live, chunk):
             b = bits_of(piece)
-            if not cut.straddles:
-                dropped = b <= prefix
+            if not cut.straddles or ties_seen >= due:  # every tie left is dropped / kept
+                dropped = b <= prefix if ties_seen < due else b < prefix
             else:
                 tie = b == prefix
                 if live_piece is not None:
                     tie &= live_piece
-                dropped = (b < prefix) | (tie & (tie.cumsum(0) + ties_seen <= due))
-                ties_seen = ties_seen + tie.sum()
+                here = int(tie.sum())
+                if ties_seen + here <= due:  # all of this piece's ties go
+                    dropped = (b < prefix) | tie
+                else:  # the piece where the due ties run out: the first ones, in index order
+                    dropped = (b < prefix) | (tie & (tie.cumsum(0) + ties_seen <= due))
+                ties_seen += here
             piece_keep = dropped.logical_not_()
             if live_piece is not None:
                 piece_keep &= live_piece

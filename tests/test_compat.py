@@ -674,3 +674,19 @@ def test_torch_order_select_is_torchs_topk_on_the_survivors():
                 want = torch.zeros(n, dtype=torch.bool)
                 want[alive.nonzero().view(-1)[torch.topk(key[alive], k, largest=largest).indices]] = True
                 assert torch.equal(_select.torch_order_select(key, k, largest=largest, alive=alive), want)
+
+
+def test_compat_global_benchmark_rows_check_torchs_masks(monkeypatch):
+    import os
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    import _compat_global
+
+    got = {lib: _compat_global.worker({"compat_global": "tiny", "lib": lib, "threads": 1})
+           for lib in _compat_global.LIBS}
+    assert got["compat"]["digest"] == got["torch"]["digest"] and got["compat"]["path"] == "lean radix"
+    assert got["compat-index"]["digest"][0] == got["torch"]["digest"][0]
+    monkeypatch.setattr(_compat_global._memory, "run_worker", lambda spec: got[spec["lib"]])
+    rows = _compat_global.rows(processes=1, cases=[("tiny", 0)])
+    text = _compat_global.markdown(rows)
+    assert "torch's" in text and "lean radix" in text and "DIFFERENT" not in text
