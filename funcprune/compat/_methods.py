@@ -225,12 +225,12 @@ class L1Unstructured(_Amount):
     PRUNING_TYPE = "unstructured"
 
     def compute_mask(self, t, default_mask):
-        return _zero_pruned(default_mask, ~self._dropped(t, None))
+        return default_mask.clone(memory_format=torch.contiguous_format).masked_fill_(self._dropped(t, None), 0)
 
     def _in_container(self, t, default_mask):
         """torch's container: the entries of ``default_mask`` equal to 1 are the candidates."""
         alive = default_mask == 1
-        return _zero_pruned(default_mask, ~self._dropped(t, alive), t.dtype)
+        return default_mask.to(dtype=t.dtype, copy=True).masked_fill_(self._dropped(t, alive), 0)
 
     def _dropped(self, t, alive):
         size = t.nelement() if alive is None else _select.count_kept(alive)

@@ -200,9 +200,6 @@ def apply(cls, module, name, args, kwargs, importance_scores, container_cls):
 
 def unmark_if_unpruned(module: torch.nn.Module, ignore=None) -> None:
     """Drop the copy hook of :func:`mark_pruned` once no pruning hook (other than ``ignore``) is left."""
-    base = type(module).__dict__.get("_funcprune_base")
-    if base is not None:  # a module swapped by funcprune < 1.0 (class-swapping copy support)
-        module.__class__ = base
     if not isinstance(module.__dict__.get("__reduce_ex__"), _PrunedReduce):
         return
     if not any(is_pruning_hook(h) and h is not ignore for h in module._forward_pre_hooks.values()):
