@@ -7,12 +7,12 @@ the masks come from funcprune's functional core. Where torch is broken it does b
 (parameter order included; only what that call changed is undone, so another thread's pruning
 of another tensor stays), and ``CustomFromMask`` hooks keep no second copy of the mask.
 
-Same entries, not just the same counts. torch's CPU ``topk`` chooses among equal scores with
+Same entries, not just the same counts. torch's CPU top-k chooses among equal scores with
 ``std::nth_element`` over the whole vector it is given, an order only that same call on that
 same vector reproduces. compat follows it by default (:func:`tie_order` ``"torch"``), and pays
 for it only where it matters: ``global_unstructured`` with L1 finds the cut with the core's
 chunked radix selection (no concatenated copy: a fraction of torch's time and memory) and
-runs torch's concatenated ``topk`` only when a tie straddles the cut, within torch's own time and
+runs torch's concatenated top-k only when a tie straddles the cut, within torch's own time and
 memory. ``with tie_order("index"):`` switches to the core's device-independent rule (ties go to
 the lowest global index; the lean path always), for big models where the exact torch entries
 among equal magnitudes do not matter but memory does.

@@ -95,8 +95,8 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, **kw
     selection (no concatenated copy of the weights). If the cut is unique (no score equal to
     the last pruned one is kept), that is torch's mask and the masks are built from it: a
     fraction of torch's time and memory. If a tie straddles the cut, which of the equal scores
-    go is up to torch's ``topk`` over the concatenated survivors (see :func:`tie_order`); compat
-    then builds that vector (the radix pass holds nothing by then) and runs the same ``topk``,
+    go is up to torch's top-k over the concatenated survivors (see :func:`tie_order`); compat
+    then builds that vector (the radix pass holds nothing by then) and runs the same top-k,
     skipping torch's float mask vectors and its sort of the result, so it stays within torch's
     own time and memory. Inside ``with tie_order("index")`` such ties go to the lowest global
     index instead and the lean path is taken every time. Other methods (random, custom) slice
@@ -174,7 +174,7 @@ def _global_l1(parameters, scores, amount) -> list:
 
 
 def _torch_order_global(scores, alive, k: int, dtype) -> list:
-    """torch's choice: one ``topk`` over ``|scores|`` of the candidates, concatenated in pair order."""
+    """torch's choice: one top-k over ``|scores|`` of the candidates, concatenated in pair order."""
     sizes = [s.numel() if a is None else _select.count_kept(a) for s, a in zip(scores, alive)]
     flat = torch.empty(sum(sizes), dtype=dtype, device=scores[0].device)
     for piece, s, a in zip(flat.split(sizes), scores, alive):

@@ -5,7 +5,7 @@ among equal scores) without torch's copies where it can:
 
 * unstructured L1 ranks the entries torch ranks (all of ``t``; in a container the entries whose
   mask is exactly 1) through :func:`funcprune._select.torch_order_select`, which is torch's
-  ``topk`` on the same vector unless the answer is unique (no tie straddles the cut), when a
+  top-k on the same vector unless the answer is unique (no tie straddles the cut), when a
   cheaper exact selection gives it; with :func:`tie_order` ``("index")`` it is the core's
   :func:`funcprune.methods.l1_unstructured` instead;
 * Ln channels take their norms from torch's own ``_compute_norm`` (of the running torch: the
@@ -45,7 +45,7 @@ def tie_order(order: str):
     """Choose how compat breaks ties among equal scores at the pruning cut, inside a ``with`` block.
 
     ``"torch"`` (the default): the entries ``torch.nn.utils.prune`` prunes, bit for bit. torch's
-    CPU ``topk`` picks among equal values with ``std::nth_element``/``std::partial_sort``, an
+    CPU top-k picks among equal values with ``std::nth_element``/``std::partial_sort``, an
     order that depends on every value it is given, so reproducing it needs torch's own input: for
     :func:`global_unstructured` that is the concatenation of every score (torch's memory and
     time). compat pays it only when a tie straddles the cut; otherwise (the answer is unique)
@@ -84,10 +84,10 @@ def current_tie_order() -> str:
 
 
 def _check_not_bool(amount, k) -> None:
-    """torch counts ``amount=True`` as 1 in its checks, then its ``topk``/``kthvalue`` rejects the bool."""
+    """torch counts ``amount=True`` as 1 in its checks, then its top-k/k-th value rejects the bool."""
     if isinstance(amount, bool) and k:
         raise TypeError(f"amount={amount!r}: a bool is not a count (torch.nn.utils.prune fails on it "
-                        "too: topk(): argument 'k' must be int, not bool)")
+                        "too: top-k: argument 'k' must be int, not bool)")
 
 
 def _prune_count(amount, size: int) -> int:
@@ -210,7 +210,7 @@ class RandomUnstructured(_Amount):
 
     def compute_mask(self, t, default_mask):
         if isinstance(self.amount, bool) and _prune_count(self.amount, t.nelement()):
-            torch.rand_like(t)  # torch draws, then its topk rejects the bool
+            torch.rand_like(t)  # torch draws, then its top-k rejects the bool
             _check_not_bool(self.amount, True)
         return _zero_pruned(default_mask, methods.random_unstructured(t, _as_core_amount(self.amount)))
 
@@ -279,7 +279,7 @@ class RandomStructured(_Structured):
 
     def compute_mask(self, t, default_mask):
         if isinstance(self.amount, bool) and self._checked_count(t):
-            torch.rand(t.shape[self.dim])  # torch draws, then its kthvalue rejects the bool
+            torch.rand(t.shape[self.dim])  # torch draws, then its k-th value rejects the bool
             _check_not_bool(self.amount, True)
         keep = methods.random_structured(t, _as_core_amount(self.amount), _as_dim(self.dim))
         return self._combine(t, default_mask, keep)
