@@ -225,7 +225,10 @@ class L1Unstructured(_Amount):
     PRUNING_TYPE = "unstructured"
 
     def compute_mask(self, t, default_mask):
-        return default_mask.clone(memory_format=torch.contiguous_format).masked_fill_(self._dropped(t, None), 0)
+        dropped = self._dropped(t, None)
+        if _module.is_all_ones(default_mask):  # a first pruning: 1 where kept (a vectorized cast, no fill)
+            return _as_dtype(dropped.logical_not_(), default_mask.dtype)
+        return default_mask.clone(memory_format=torch.contiguous_format).masked_fill_(dropped, 0)
 
     def _in_container(self, t, default_mask):
         """torch's container: the entries of ``default_mask`` equal to 1 are the candidates."""
@@ -263,7 +266,14 @@ class _Structured(_Amount):
         mask = _as_dtype(keep, t.dtype)
         if not t.is_contiguous():  # torch's structured masks start as zeros_like(t): t's memory format
             mask = torch.empty_like(t).copy_(mask)
-        return mask.mul_(default_mask.to(dtype=t.dtype))
+        return mask if _module.is_all_ones(default_mask) else mask.mul_(default_mask.to(dtype=t.dtype))
+
+    def _combine_channels(self, t, default_mask, kept):
+        """:meth:`_combine` for a per-channel ``kept`` vector (broadcast as floats: a fast copy)."""
+        if _compute_nparams_toprune(self.amount, t.shape[self.dim]) == 0:
+            return default_mask
+        mask = torch.empty_like(t).copy_(_channel_view(kept.to(t.dtype), t, self.dim).expand(t.shape))
+        return mask if _module.is_all_ones(default_mask) else mask.mul_(default_mask.to(dtype=t.dtype))
 
     def _checked_count(self, t) -> int:
         """torch's checks and count, in torch's order."""
@@ -300,14 +310,14 @@ class LnStructured(_Structured):
 
     def compute_mask(self, t, default_mask):
         k = self._checked_count(t)
-        norm = _compute_norm(t, self.n, self.dim)  # torch's own: a bad `n` fails as in the running torch
+        norm = _compute_norm(t.detach(), self.n, self.dim)  # torch's own: a bad `n` fails as in this torch
         if norm.shape != (t.shape[self.dim],):  # a matrix norm of some torch versions: torch's own steps
             return _torch_prune.LnStructured.compute_mask(self, t, default_mask)
         if not _is_concrete(norm):
             keep = methods.ln_structured(t, _as_core_amount(self.amount), self.n, _as_dim(self.dim))
             return self._combine(t, default_mask, keep)
         kept = _select.torch_order_select(norm, t.shape[self.dim] - k, largest=True)
-        return self._combine(t, default_mask, _spread(kept, t, self.dim))
+        return self._combine_channels(t, default_mask, kept)
 
     def _in_container(self, t, default_mask):
         """torch's container: the channels whose ``default_mask`` sums to non-zero, sliced out."""
@@ -320,16 +330,16 @@ class LnStructured(_Structured):
                                          mask=default_mask != 0)
             return new_mask.mul_(_as_dtype(keep, t.dtype))
         slc = tuple(alive if d == dim else slice(None) for d in range(t.dim()))
-        piece = t[slc]  # the slice torch computes the norms on (same values, same layout, same numbers)
+        piece = t.detach()[slc]  # the slice torch computes the norms on (same values, same layout, same numbers)
         k = self._checked_count(piece)
         if k == 0:
             return new_mask
-        norm = _compute_norm(piece, self.n, self.dim)
+        norm = _compute_norm(piece.detach(), self.n, self.dim)
         if norm.shape != (piece.shape[self.dim],):
             return _sliced_mask(self, t, default_mask)
         kept = _select.torch_order_select(norm, piece.shape[self.dim] - k, largest=True)
         factor = torch.ones_like(alive).masked_scatter_(alive, kept)  # dead channels keep their values
-        return new_mask.mul_(_as_dtype(_spread(factor, t, dim), t.dtype))
+        return new_mask.mul_(_channel_view(factor.to(t.dtype), t, dim))
 
     @classmethod
     def apply(cls, module, name, amount, n, dim, importance_scores=None):
@@ -344,11 +354,11 @@ def _container_dim(method, t) -> int:
     return dim
 
 
-def _spread(channels: torch.Tensor, t: torch.Tensor, dim) -> torch.Tensor:
-    """A per-channel bool vector along ``dim`` broadcast to ``t``'s shape (a view)."""
+def _channel_view(channels: torch.Tensor, t: torch.Tensor, dim) -> torch.Tensor:
+    """A per-channel vector along ``dim``, viewed to broadcast against ``t``."""
     view = [1] * t.dim()
     view[int(dim)] = -1
-    return channels.view(view).expand(t.shape)
+    return channels.view(view)
 
 
 class CustomFromMask(BasePruningMethod):
@@ -369,6 +379,8 @@ class CustomFromMask(BasePruningMethod):
                                  f"self.mask shape {self.mask.shape}")
         mask = self.mask
         cast = _as_dtype(mask, default_mask.dtype) if mask.dtype == torch.bool else mask.to(dtype=default_mask.dtype)
+        if _module.is_all_ones(default_mask) and cast.shape == default_mask.shape:
+            return cast if cast is not mask else cast.clone()  # x * 1 == x: skip the product
         if cast is mask:
             return default_mask * cast
         return cast.mul_(default_mask) if cast.shape == default_mask.shape else default_mask * cast

@@ -46,8 +46,15 @@ def register_read_only_default(*classes) -> None:
 def _first_default_mask(method, orig: torch.Tensor) -> torch.Tensor:
     """torch's all-ones default mask; for methods that only read it, a view of one 1 (no allocation)."""
     if getattr(type(method), "compute_mask", None) in _READ_ONLY_DEFAULT:
-        return torch.ones((), dtype=orig.dtype, device=orig.device).expand(orig.shape)
+        ones = torch.ones((), dtype=orig.dtype, device=orig.device).expand(orig.shape)
+        ones._funcprune_all_ones = True  # lets a method skip multiplying by it (see is_all_ones)
+        return ones
     return torch.ones_like(orig)
+
+
+def is_all_ones(default_mask: torch.Tensor) -> bool:
+    """True for the all-ones view :func:`_first_default_mask` made (so ``x * default_mask == x``)."""
+    return getattr(default_mask, "_funcprune_all_ones", False)
 
 
 def is_builtin_compute(method) -> bool:
