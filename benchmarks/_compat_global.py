@@ -168,3 +168,28 @@ def markdown(rows_: List[Dict]) -> str:
                          f"{r['seconds']:.2f} | {r['seconds'] / t['seconds']:.3f} | {r['peak_mib']:.0f} | "
                          f"{r['peak_mib'] / max(t['peak_mib'], 1e-9):.3f} |")
     return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    """``python benchmarks/_compat_global.py [--processes N] [--threads T] [--out PATH]``: the rows alone."""
+    import argparse
+    import os
+    import platform
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--processes", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads in the workers (0: torch's default)")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "compat_global.md"))
+    args = parser.parse_args(argv)
+    got = rows(processes=args.processes, threads=args.threads)
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    head = (f"# compat global_unstructured rows\n\ntorch {torch.__version__}, python {platform.python_version()}, "
+            f"{os.cpu_count()} cores, {args.threads or torch.get_num_threads()} torch thread(s) per worker, "
+            f"{args.processes} fresh processes per cell, load average {os.getloadavg()[0]:.1f}, {when}.\n")
+    with open(args.out, "w") as f:
+        f.write(head + markdown(got))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

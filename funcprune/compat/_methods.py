@@ -110,6 +110,8 @@ def _as_dtype(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def _zero_pruned(default_mask: torch.Tensor, keep: torch.Tensor, dtype=None) -> torch.Tensor:
     """A new mask: ``default_mask`` (cast to ``dtype``) with the entries ``keep`` drops set to 0."""
     dtype = default_mask.dtype if dtype is None else dtype
+    if _module.is_all_ones(default_mask):  # a first pruning: 1 where kept (a vectorized cast, no fill)
+        return _as_dtype(keep, dtype)
     return default_mask.to(dtype=dtype, copy=True).masked_fill_(keep.logical_not(), 0)
 
 
@@ -233,7 +235,8 @@ class L1Unstructured(_Amount):
     def _in_container(self, t, default_mask):
         """torch's container: the entries of ``default_mask`` equal to 1 are the candidates."""
         alive = default_mask == 1
-        return default_mask.to(dtype=t.dtype, copy=True).masked_fill_(self._dropped(t, alive), 0)
+        # Dropped entries are among those equal to 1, so a product by 0/1 sets exactly them to 0.
+        return _as_dtype(self._dropped(t, alive).logical_not_(), t.dtype).mul_(default_mask.to(dtype=t.dtype))
 
     def _dropped(self, t, alive):
         size = t.nelement() if alive is None else _select.count_kept(alive)
