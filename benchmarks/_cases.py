@@ -16,7 +16,7 @@ from torch import nn
 
 import funcprune as fp
 
-import _models
+from . import _models
 
 Masks = Dict[str, torch.Tensor]
 

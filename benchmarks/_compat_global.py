@@ -22,8 +22,7 @@ import torch
 import torch.nn.utils.prune as torch_prune
 from torch import nn
 
-import _memory
-import _models
+from . import _memory, _models
 
 MODELS = {"resnet18": "ResNet-18 (11.7M)", "linear50m": "nn.Linear 50M", "tiny": "2 small Linear"}
 # (model, seed): ResNet-18's seed 0 has a tie straddling the 0.8 cut, seed 1 none; at 50M float32
@@ -171,7 +170,7 @@ def markdown(rows_: List[Dict]) -> str:
 
 
 def main(argv=None) -> int:
-    """``python benchmarks/_compat_global.py [--processes N] [--threads T] [--out PATH]``: the rows alone."""
+    """``python -m benchmarks._compat_global [--processes N] [--threads T] [--out PATH]``: the rows alone."""
     import argparse
     import os
     import platform

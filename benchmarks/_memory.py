@@ -23,8 +23,8 @@ import torch.nn.utils.prune as torch_prune
 
 import funcprune as fp
 
-import _models
-from _cases import holders
+from . import _models
+from ._cases import holders
 
 _MIB = 1 << 20
 HUGE_TOTAL = (1 << 31) + (1 << 26)  # past INT_MAX: 2.21e9 float16 entries, 4.1 GiB of weights
@@ -119,9 +119,10 @@ def _verify(weights, masks, amount: float) -> Dict:
 def run_worker(spec: Dict, timeout: float = 900, env: Optional[Dict[str, str]] = None) -> Optional[Dict]:
     """Run ``spec`` in a fresh interpreter (``env`` added to its environment); its measurements, or
     ``{"error": ...}``."""
-    cmd = [sys.executable, os.path.join(os.path.dirname(__file__), "run.py"), "--worker", json.dumps(spec)]
+    cmd = [sys.executable, "-m", "benchmarks.run", "--worker", json.dumps(spec)]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where ``benchmarks`` imports from
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=root,
                               env=None if env is None else dict(os.environ, **env))
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}

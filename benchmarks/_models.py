@@ -10,6 +10,8 @@ from typing import Dict
 import torch
 from torch import nn
 
+from examples._models import LeNet  # the tutorial's LeNet, defined once for examples, tests and benchmarks
+
 
 class _Basic(nn.Module):
     """ResNet basic block: two 3x3 convs with batch norm and a (projected) shortcut."""
@@ -62,24 +64,6 @@ class MLP(nn.Module):
 
     def forward(self, x):
         return self.head(self.body(x))
-
-
-class LeNet(nn.Module):
-    """The LeNet of PyTorch's pruning tutorial."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 6, 3)
-        self.conv2 = nn.Conv2d(6, 16, 3)
-        self.fc1 = nn.Linear(16 * 5 * 5, 120)
-        self.fc2 = nn.Linear(120, 84)
-        self.fc3 = nn.Linear(84, 10)
-
-    def forward(self, x):
-        x = nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
-        x = nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
-        x = torch.relu(self.fc1(torch.flatten(x, 1)))
-        return self.fc3(torch.relu(self.fc2(x)))
 
 
 def resnet50_shapes() -> Dict[str, tuple]:

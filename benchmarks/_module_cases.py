@@ -16,8 +16,8 @@ import torch.nn.utils.prune as torch_prune
 
 import funcprune as fp
 
-import _models
-from _cases import Case, Side, holders
+from . import _models
+from ._cases import Case, Side, holders
 
 _BATCH = {"resnet18": 2, "mlp": 256, "lenet": 64}
 
@@ -147,7 +147,7 @@ def forward_cases(model: str, compat=None, ours_first: bool = True) -> List[Case
     base, params, masks, hooked, unpruned = pair.base, pair.params, pair.masks, pair.hooked, pair.unpruned
     compat_model = pair.compat_model
     x = _models.example_input(model, _BATCH[model])
-    call = lambda p, m: lambda: fp.functional_call(base, p, m, (x,))  # noqa: E731
+    call = lambda p, m: lambda: fp.functional_call(base, p, (x,), masks=m)  # noqa: E731
     same_out = _outputs_check(_no_grad(call(pair.masked, None)), _no_grad(lambda: hooked(x)), f"{model} forward")
     timed = lambda fn: Side(lambda: fn, lambda _: {})  # noqa: E731
     cases = [

@@ -65,7 +65,8 @@ def interleaved(contenders: Dict[str, Prepare], *, rounds: int = 7, warmup: int 
       rounds: samples per contender; the median is reported.
       warmup: untimed calls of each contender first.
       min_sample: a sample repeats a fast call until it lasts about this long.
-      budget: seconds of timed samples after which no new round starts (once ``min_rounds`` ran).
+      budget: elapsed seconds (wall clock, from the first timed round, preparation included) after
+        which no new round starts (once ``min_rounds`` ran).
       min_rounds: rounds always run, whatever the budget.
       device: synchronised around every sample when it is a CUDA device.
     """
@@ -75,8 +76,9 @@ def interleaved(contenders: Dict[str, Prepare], *, rounds: int = 7, warmup: int 
         numbers[label] = max(1, min(1000, int(min_sample / max(once, 1e-9))))
     samples: Dict[str, List[float]] = {label: [] for label in contenders}
     order = list(contenders)
+    start = time.perf_counter()
     for r in range(rounds):
-        if r >= min_rounds and sum(sum(v) for v in samples.values()) > budget:
+        if r >= min_rounds and time.perf_counter() - start > budget:
             break  # slow rows (seconds per call): stop at ``min_rounds`` once over budget
         for label in order if r % 2 == 0 else reversed(order):
             samples[label].append(_sample(contenders[label], numbers[label], device))

@@ -5,19 +5,20 @@ and a 4x1024 MLP (batch 256), K = 32 random 50% masks over all weights.
 
 Contenders, interleaved in alternating order, median of repeats after warm-up (``_timing``):
 
-* ``loop``: ``[funcprune.functional_call(model, params, masks_k, x) for k in range(K)]``;
+* ``loop``: ``[funcprune.functional_call(model, params, (x,), masks=masks_k) for k in range(K)]``;
 * ``torch loop``: what a torch.nn.utils.prune user writes: copy each mask into every
   ``weight_mask`` buffer, call the module;
 * ``vmap``: ``funcprune.stacked_call`` (one vmap), with torch's batching rules;
 * ``vmap chunk=C``: the same, ``chunk_size=C`` (C subnetworks at a time);
 * ``vmap+conv ...``: with the conv batching rule of ``funcprune._batched_conv`` (LeNet only).
 
-Run:  python benchmarks/multi_mask.py [--k 32] [--rounds 7] [--grad] [--passive-omp]
+Run (from the repository root):  python -m benchmarks.multi_mask [--k 32] [--rounds 7] [--grad] [--passive-omp]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 from typing import Callable, Dict
@@ -28,33 +29,18 @@ if "--passive-omp" in sys.argv:  # must precede loading OpenMP (with torch)
 import optree  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 import torch.nn.utils.prune as torch_prune  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
 import funcprune as fp  # noqa: E402
-from _models import MLP  # noqa: E402
-from _timing import interleaved  # noqa: E402
+from examples._models import LeNet  # noqa: E402
 
-
-class LeNet5(nn.Module):
-    """LeNet-5 on 1x32x32 inputs (5x5 convs), the issue's multi-mask benchmark model."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1, self.conv2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
-        self.fc1, self.fc2, self.fc3 = nn.Linear(400, 120), nn.Linear(120, 84), nn.Linear(84, 10)
-
-    def forward(self, x):
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2).flatten(1)
-        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
+from ._models import MLP  # noqa: E402
+from ._timing import interleaved  # noqa: E402
 
 
 def _case(name: str, k: int):
     torch.manual_seed(0)
-    model, x = (LeNet5(), torch.randn(64, 1, 32, 32)) if name == "lenet" else (MLP(), torch.randn(256, 1024))
+    model, x = (LeNet(kernel_size=5), torch.randn(64, 1, 32, 32)) if name == "lenet" else (MLP(), torch.randn(256, 1024))
     model.eval()
     params = {n: p.detach() for n, p in model.named_parameters()}
     weights = [n for n in params if n.endswith("weight")]
@@ -63,8 +49,7 @@ def _case(name: str, k: int):
 
 
 def _torch_loop(model: nn.Module, masks: Dict[str, torch.Tensor], x: torch.Tensor) -> Callable:
-    pruned = type(model)()
-    pruned.load_state_dict(model.state_dict())
+    pruned = copy.deepcopy(model)
     pruned.eval()
     modules = dict(pruned.named_modules())
     targets = []
@@ -90,7 +75,7 @@ def contenders(name: str, k: int, grad: bool = False) -> Dict[str, Callable]:
     each = fp.unstack(masks)
 
     def loss(p, m):
-        return fp.functional_call(model, p, m, (x,)).logsumexp(dim=-1).mean()
+        return fp.functional_call(model, p, (x,), masks=m).logsumexp(dim=-1).mean()
 
     if grad:
         one = torch.func.grad_and_value(loss)
@@ -98,8 +83,8 @@ def contenders(name: str, k: int, grad: bool = False) -> Dict[str, Callable]:
         loop = lambda: [one(params, m) for m in each]  # noqa: E731
         out = {"loop": lambda: loop}
     else:
-        stacked = lambda **kw: lambda: fp.stacked_call(model, params, masks, (x,), **kw)  # noqa: E731
-        loop = lambda: [fp.functional_call(model, params, m, (x,)) for m in each]  # noqa: E731
+        stacked = lambda **kw: lambda: fp.stacked_call(model, params, (x,), masks=masks, **kw)  # noqa: E731
+        loop = lambda: [fp.functional_call(model, params, (x,), masks=m) for m in each]  # noqa: E731
         out = {"loop": lambda: loop, "torch loop": lambda: _torch_loop(model, masks, x)}
     for chunk in (None, 8) if grad else (None, 8, 4):
         label = "vmap" if chunk is None else f"vmap chunk={chunk}"

@@ -1,4 +1,4 @@
-"""funcprune vs torch.nn.utils.prune, side by side: ``python benchmarks/run.py [--quick]``.
+"""funcprune vs torch.nn.utils.prune, side by side: ``python -m benchmarks.run [--quick]`` (repository root).
 
 Every comparison first checks that both libraries produce the same masks (or outputs), then
 times them interleaved in one process (several rounds after a warm-up) and prints the median
@@ -19,18 +19,13 @@ import sys
 import time
 from typing import Dict, Optional
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 if "--passive-omp" in sys.argv:  # must precede loading OpenMP; the worker processes inherit it
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-import _cases  # noqa: E402
-import _compat_global  # noqa: E402
-import _memory  # noqa: E402
-import _module_cases  # noqa: E402
-import _report  # noqa: E402
-from _timing import interleaved, minor_faults_per_call  # noqa: E402
+from . import _cases, _compat_global, _memory, _module_cases, _report  # noqa: E402
+from ._timing import interleaved, minor_faults_per_call  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # glibc hands a freed top of its heap back to the kernel once it passes a threshold, and the next

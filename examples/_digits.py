@@ -68,7 +68,7 @@ def make_step(model: nn.Module, lr: float = 0.5, weight_decay: float = 1e-4, pru
     still move them, so :func:`funcprune.masked_update` applies the ``pruned`` policy afterwards.
     """
     def loss(params: Params, masks: Optional[Params], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(fp.functional_call(model, params, masks, (x,)), y)
+        return F.cross_entropy(fp.functional_call(model, params, (x,), masks=masks), y)
 
     def step(params: Params, masks: Optional[Params], x: torch.Tensor, y: torch.Tensor):
         grads, value = torch.func.grad_and_value(loss)(params, masks, x, y)
@@ -90,4 +90,4 @@ def train(model: nn.Module, params: Params, masks: Optional[Params], data, steps
 def accuracy(model: nn.Module, params: Params, masks: Optional[Params], x: torch.Tensor, y: torch.Tensor) -> float:
     """Fraction of ``x`` classified correctly by the masked network."""
     with torch.no_grad():
-        return float((fp.functional_call(model, params, masks, (x,)).argmax(dim=-1) == y).float().mean())
+        return float((fp.functional_call(model, params, (x,), masks=masks).argmax(dim=-1) == y).float().mean())

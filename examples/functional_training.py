@@ -9,32 +9,33 @@ The model (an nn.Module) is never mutated.
 3. Iterative: reach the same sparsity in rounds (the same fraction of the survivors each round),
    fine-tuning after each; both prune runs fine-tune for ``steps // 2`` steps in all.
 
-Run:  python examples/functional_training.py [--steps 400] [--rounds 6]
+Run (from a clone of the repository):  python -m examples.functional_training [--steps 400] [--rounds 6]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import funcprune as fp  # noqa: E402
-from _digits import accuracy, init_params, is_weight, load_digits, make_model, train  # noqa: E402
+import funcprune as fp
+from examples._digits import accuracy, init_params, is_weight, load_digits, make_model, train
 
 
 def report(label: str, model, params, masks, data) -> dict:
-    """Print and return one row: test accuracy and the sparsity of the weights."""
+    """Print and return one row: test accuracy and the sparsity of the weights (with the params and masks)."""
     acc = accuracy(model, params, masks, data[2], data[3])
     weights = {n: p for n, p in params.items() if is_weight(n, p)}
-    fraction = float(fp.sparsity(masks, weights).fraction) if masks else 0.0
-    print(f"{label:<24}{fraction:>10.1%}{acc:>11.1%}")
-    return {"label": label, "sparsity": fraction, "accuracy": acc}
+    total = sum(w.numel() for w in weights.values())
+    pruned = int(fp.sparsity(masks, weights).pruned) if masks else 0
+    print(f"{label:<24}{pruned / total:>10.1%}{acc:>11.1%}")
+    return {"label": label, "sparsity": pruned / total, "pruned": pruned, "weights": total, "accuracy": acc,
+            "params": params, "masks": masks}
 
 
 def main(steps: int = 400, rounds: int = 6, target: float = 0.9, seed: int = 0) -> list:
     """Dense training, then one-shot and iterative pruning to ``target`` sparsity; returns the rows.
+
+    Each row: ``label``, ``sparsity`` (``pruned / weights``), ``accuracy`` (test), and the row's
+    ``params`` and ``masks``.
 
     Args:
       steps: SGD steps of dense training; fine-tuning uses ``steps // 2`` (one-shot) and
@@ -57,7 +58,7 @@ def main(steps: int = 400, rounds: int = 6, target: float = 0.9, seed: int = 0) 
     per_round = 1 - (1 - target) ** (1 / rounds)  # the fraction of survivors pruned per round
     params, masks = dense, None
     for r in range(1, rounds + 1):
-        masks = fp.global_unstructured(params, per_round, masks, include=is_weight)
+        masks = fp.global_unstructured(params, per_round, masks=masks, include=is_weight)
         params = train(model, params, masks, data, max(steps // (2 * rounds), 1), seed=seed + 1 + r)
         rows.append(report(f"iterative, round {r}", model, params, masks, data))
     return rows

@@ -7,23 +7,22 @@ Each round trains three sparse networks at once, in one ``vmap`` of a ``torch.fu
 * **random mask**: a random global mask with exactly as many pruned weights, the original init.
 
 It prints a table and writes ``lottery_ticket.png`` (test accuracy vs sparsity) and
-``lottery_ticket.md`` (the table) to ``--out`` (default: this folder).
+``lottery_ticket.md`` (the table) to ``--out`` (default: a new temporary directory).
 
-Run:  python examples/lottery_ticket.py [--rounds 8] [--steps 300] [--amount 0.3]
+Run (from a clone of the repository, with the ``[examples]`` extra installed):
+  python -m examples.lottery_ticket [--rounds 8] [--steps 300] [--amount 0.3] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
+import tempfile
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import funcprune as fp  # noqa: E402
-from _digits import batches, init_params, is_weight, load_digits, make_model, make_step  # noqa: E402
+import funcprune as fp
+from examples._digits import batches, init_params, is_weight, load_digits, make_model, make_step
 
 VARIANTS = ("ticket", "random reinit", "random mask")
 
@@ -35,7 +34,7 @@ def train_three(model, params: list, masks: list, data, steps: int, seed: int) -
     for x, y in batches(data[0], data[1], steps, seed=seed):
         stacked_params, _ = step(stacked_params, stacked_masks, x, y)
     with torch.no_grad():
-        logits = fp.stacked_call(model, stacked_params, stacked_masks, (data[2],), stacked="both")
+        logits = fp.stacked_call(model, stacked_params, (data[2],), masks=stacked_masks, stacked="both")
     accuracy = (logits.argmax(dim=-1) == data[3]).float().mean(dim=1)
     return {"params": fp.unstack(stacked_params), "accuracy": accuracy.tolist()}
 
@@ -43,9 +42,11 @@ def train_three(model, params: list, masks: list, data, steps: int, seed: int) -
 def main(rounds: int = 8, steps: int = 300, amount: float = 0.3, seed: int = 0, out: str = None) -> list:
     """Run ``rounds`` IMP rounds pruning ``amount`` of the surviving weights each; return the rows.
 
-    Writes ``lottery_ticket.png`` and ``lottery_ticket.md`` into ``out`` (None: this folder).
+    Writes ``lottery_ticket.png`` and ``lottery_ticket.md`` into ``out`` (created if missing;
+    None: a new temporary directory), and prints where.
     """
-    out = out or os.path.dirname(os.path.abspath(__file__))
+    out = out or tempfile.mkdtemp(prefix="funcprune-lottery-")
+    os.makedirs(out, exist_ok=True)
     data = load_digits(seed)
     model = make_model()
     init, reinit = init_params(seed), init_params(seed + 1000)
@@ -60,14 +61,15 @@ def main(rounds: int = 8, steps: int = 300, amount: float = 0.3, seed: int = 0, 
         random_mask = fp.global_unstructured(init, pruned, method="random", include=is_weight, generator=gen)
         result = train_three(model, [ticket, fp.apply_masks(reinit, full), fp.apply_masks(init, random_mask)],
                              [full, full, random_mask], data, steps, seed + r)
-        row = {"round": r, "sparsity": pruned / sum(w.numel() for w in weights.values()),
+        row = {"round": r, "pruned": pruned, "sparsity": pruned / sum(w.numel() for w in weights.values()),
                **dict(zip(VARIANTS, result["accuracy"]))}
         rows.append(row)
         print(f"{r:>5}{row['sparsity']:>10.1%}" + "".join(f"{row[v]:>15.1%}" for v in VARIANTS))
         if r < rounds:  # prune the trained ticket, rewind to the init
             masks, ticket = fp.lottery_round(result["params"][0], masks, init, amount, include=is_weight)
     write_table(rows, os.path.join(out, "lottery_ticket.md"))
-    plot(rows, os.path.join(out, "lottery_ticket.png"))
+    plot(rows, os.path.join(out, "lottery_ticket.png"), len(data[3]))
+    print(f"wrote lottery_ticket.md and lottery_ticket.png to {out}")
     return rows
 
 
@@ -80,24 +82,31 @@ def write_table(rows: list, path: str) -> None:
         f.write("\n".join(lines) + "\n")
 
 
-def plot(rows: list, path: str) -> None:
+def plot(rows: list, path: str, n_test: int) -> None:
     """Test accuracy vs sparsity, one line per variant, as a small PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+    from matplotlib.ticker import FixedLocator, NullLocator, PercentFormatter
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     density = [100 * (1 - row["sparsity"]) for row in rows]
     for variant, marker in zip(VARIANTS, "osv"):
         ax.plot(density, [100 * row[variant] for row in rows], marker=marker, label=variant)
     ax.set_xscale("log")
+    # A log axis over 100%..~6% has only two decades' labels (100, 10): label every measured density.
+    ax.xaxis.set_major_locator(FixedLocator(density))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(PercentFormatter(decimals=0))
+    ax.yaxis.set_major_formatter(PercentFormatter(decimals=0))
     ax.invert_xaxis()
-    ax.set_xlabel("weights remaining (%)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Lottery tickets, MLP on sklearn digits")
+    ax.set_xlabel("weights remaining (% of the dense network, log scale)")
+    ax.set_ylabel(f"test accuracy (% of {n_test} images)")
+    ax.set_title("Lottery tickets: MLP on scikit-learn digits")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(title="variant")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -7,36 +7,17 @@ dim 0, serialization, ``remove``, pruning many parameters, global 20%, and a cus
 records the model after every step, so the tests can check that both give identical
 parameters, buffers, hooks, state_dict keys and outputs for the same seed.
 
-Run:  python examples/tutorial.py          (add --compare to check it against torch.nn.utils.prune)
+Run (from a clone of the repository):  python -m examples.tutorial [--compare]
+(--compare checks every step against torch.nn.utils.prune)
 """
 
 import sys
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import funcprune.compat as prune
-
-
-class LeNet(nn.Module):
-    """The tutorial's LeNet (3x3 kernels; takes 1x28x28 images)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 6, 3)
-        self.conv2 = nn.Conv2d(6, 16, 3)
-        self.fc1 = nn.Linear(16 * 5 * 5, 120)
-        self.fc2 = nn.Linear(120, 84)
-        self.fc3 = nn.Linear(84, 10)
-
-    def forward(self, x):
-        x = F.max_pool2d(F.relu(self.conv1(x)), (2, 2))
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        x = x.flatten(1)
-        x = F.relu(self.fc1(x))
-        x = F.relu(self.fc2(x))
-        return self.fc3(x)
+from examples._models import LeNet  # the tutorial's LeNet (3x3 kernels; takes 1x28x28 images)
 
 
 def record(model: nn.Module, x: torch.Tensor) -> dict:

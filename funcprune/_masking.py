@@ -8,7 +8,11 @@ from ._amount import _is_concrete
 
 
 def masked(value: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``value`` with pruned entries zeroed, in ``value``'s dtype, differentiable in ``value``."""
+    """``value`` with pruned entries zeroed, in ``value``'s dtype: ``value * mask.to(value.dtype)``.
+
+    Differentiable in ``value`` and, for a float mask, in ``mask`` too (its gradient is the one of
+    ``value * mask.to(value.dtype)``, in the mask's dtype, eagerly and under ``torch.func`` alike).
+    """
     if mask.dtype == torch.bool:
         # bool -> uint8 is a free reinterpretation and uint8 -> float a fast vectorized cast, while
         # bool -> float and a mixed bool multiply are ~5x slower; float * float is the fastest product.
@@ -18,7 +22,7 @@ def masked(value: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # than allocate a second full-size one. Not for wrapped values (grad, stacked params).
         if not value.requires_grad:
             return mask.to(value.dtype).mul_(value)
-        if _is_concrete(mask):
+        if _is_concrete(mask) and not mask.requires_grad:  # a learnable float mask takes autograd's product
             return _MaskProduct.apply(value, mask)
     return value * mask.to(value.dtype)
 
@@ -28,7 +32,8 @@ class _MaskProduct(torch.autograd.Function):
 
     ``value * mask.to(value.dtype)`` would allocate the cast, the product, and keep the cast alive
     until backward (4 bytes per entry for float32); this allocates only the product and keeps the
-    1-byte mask. Only for eager tensors: torch.func transforms take the plain product.
+    1-byte mask. Only for eager tensors and a mask that needs no gradient (``backward`` returns
+    none for it): torch.func transforms and learnable masks take the plain product.
     """
 
     @staticmethod

@@ -27,10 +27,29 @@ def _flatten(tree: Tree):
         return optree.tree_flatten_with_path(tree, namespace=_NAMESPACE)
 
 
+def _names(paths) -> list:
+    """Dotted names of optree paths; two paths with one name (``{"x.y": a, "x": {"y": b}}``,
+    ``{0: a, "0": b}``) would give both leaves one mask, so they raise."""
+    names = [".".join(str(p) for p in path) for path in paths]
+    if len(set(names)) != len(names):
+        seen, clashes = {}, []
+        for name, path in zip(names, paths):
+            if name in seen:
+                clashes.append(f"{name!r} (paths {seen[name]!r} and {path!r})")
+            seen.setdefault(name, path)
+        raise ValueError(f"leaf names collide: {', '.join(clashes)}; funcprune names a leaf by its path "
+                         f"joined with dots, so rename the keys")
+    return names
+
+
 def named_leaves(tree: Tree) -> Dict[str, Any]:
-    """``{qualified name: leaf}`` in insertion order (``None`` is a hole, not a leaf)."""
+    """``{qualified name: leaf}`` in insertion order (``None`` is a hole, not a leaf).
+
+    Raises:
+      ValueError: two leaves whose paths give one name (``{"x.y": a, "x": {"y": b}}``, ``{0: a, "0": b}``).
+    """
     paths, leaves, _ = _flatten(tree)
-    return {".".join(str(p) for p in path): leaf for path, leaf in zip(paths, leaves)}
+    return dict(zip(_names(paths), leaves))
 
 
 def _strip_holes(tree: Tree) -> Tree:
@@ -49,7 +68,7 @@ def _strip_holes(tree: Tree) -> Tree:
 def like(params: Tree, named: Mapping[str, Any]) -> Tree:
     """A tree shaped like ``params`` holding ``named[name]`` at each leaf; dicts omit missing names."""
     paths, _, spec = _flatten(params)
-    names = [".".join(str(p) for p in path) for path in paths]
+    names = _names(paths)
     return _strip_holes(optree.tree_unflatten(spec, [named.get(name) for name in names]))
 
 
@@ -86,11 +105,69 @@ def named_error(name: str, err: Exception) -> Exception:
     return err
 
 
+def check_like(name: str, leaf: Any, param: torch.Tensor, what: str, of: str = "param") -> None:
+    """Raise unless ``leaf`` (a mask, scores, ...) is a tensor of ``param``'s shape, naming the leaf.
+
+    Raises:
+      TypeError: ``leaf`` is not a tensor. ValueError: its shape is not ``param``'s.
+    """
+    if not isinstance(leaf, torch.Tensor):
+        raise TypeError(f"{name}: {what} must be a tensor, got {type(leaf).__name__}")
+    if leaf.shape != param.shape:
+        verb = "have" if what.endswith("s") else "has"
+        raise ValueError(f"{name}: {what} {verb} shape {tuple(leaf.shape)} but the {of} has shape "
+                         f"{tuple(param.shape)}")
+
+
 def scores_for(named: Dict[str, torch.Tensor], scores: Optional[Tree]) -> Dict[str, torch.Tensor]:
     """Importance scores by name, each checked against its param's shape (torch raises there too)."""
     named_scores = lookup(named, scores, "scores")
     for name, leaf in named_scores.items():
-        if leaf.shape != named[name].shape:
-            raise ValueError(f"{name}: scores have shape {tuple(leaf.shape)} but the param has shape "
-                             f"{tuple(named[name].shape)}")
+        check_like(name, leaf, named[name], "scores")
     return named_scores
+
+
+def masks_for(named: Dict[str, torch.Tensor], masks: Optional[Tree], of: str = "param") -> Dict[str, torch.Tensor]:
+    """Masks by name, each checked to be a tensor of its param's shape (also those no leaf step reads)."""
+    named_masks = lookup(named, masks, "masks")
+    for name, mask in named_masks.items():
+        check_like(name, mask, named[name], "mask", of)
+    return named_masks
+
+
+_LEAF_ERRORS = (ValueError, TypeError, IndexError, KeyError)
+
+
+def per_leaf(params: Tree, step: Callable[[str, torch.Tensor, Optional[torch.Tensor]], torch.Tensor], *,
+             masks: Optional[Tree] = None, scores: Optional[Tree] = None, include: Include = None,
+             finish: Optional[Callable[[Dict[str, torch.Tensor], Dict[str, torch.Tensor]], None]] = None) -> Tree:
+    """The tree driver of every per-leaf mask function: one lookup, one error rule, one rebuild.
+
+    For each leaf picked by ``include`` (in ``params`` order), ``step(name, scores_leaf, old_mask)``
+    returns its new mask; ``scores_leaf`` is the leaf's importance scores, or the param itself.
+    ``finish(named_params, new_masks)`` may then add derived masks (e.g. a bias following its weight).
+
+    Returns:
+      A masks tree shaped like ``params``: the new masks, and the earlier masks of other leaves.
+
+    Raises:
+      KeyError: a name in ``masks``/``scores``/``include`` that is not in ``params``.
+      TypeError, ValueError: a mask or scores leaf that is not a tensor of its param's shape (every
+        mask given, selected or not, so every mask returned has its param's shape).
+      ValueError, TypeError, IndexError, KeyError: as ``step`` raises them, prefixed with the leaf's
+        name; nothing is returned half-done.
+    """
+    named = named_leaves(params)
+    old = masks_for(named, masks)
+    named_scores = scores_for(named, scores)
+    new = dict(old)
+    for name in selected(named, include):
+        try:
+            mask = step(name, named_scores.get(name, named[name]), old.get(name))
+        except _LEAF_ERRORS as err:
+            raise named_error(name, err) from err
+        check_like(name, mask, named[name], "new mask")
+        new[name] = mask
+    if finish is not None:
+        finish(named, new)
+    return like(params, new)

@@ -113,7 +113,7 @@ def to_semi_structured(weight: torch.Tensor, mask: Optional[torch.Tensor] = None
       semi-structured sparsity needs a CUDA device (sm80+), got cpu
     """
     keep = as_keep(weight, mask)
-    value = weight.detach() if keep is None else weight.detach() * keep
+    value = weight.detach() if keep is None else torch.where(keep, weight.detach(), 0)  # pruned NaN -> 0
     ok, reason = semi_structured_available(weight.device)
     if not ok:
         raise SemiStructuredUnavailable(reason)

@@ -49,20 +49,6 @@ def from_module(module: torch.nn.Module) -> Tuple[Dict[str, torch.Tensor], Dict[
     return params, masks
 
 
-def _unprune(sub: torch.nn.Module, local: str) -> None:
-    """Drop the reparametrization of ``sub.<local>`` without applying its mask."""
-    from .compat import _module  # compat imports the core; importing it lazily avoids a cycle
-
-    key, _ = _module.pruning_hook(sub, local)
-    del sub._forward_pre_hooks[key]
-    orig = sub._parameters.pop(local + "_orig")
-    del sub._buffers[local + "_mask"]
-    if local in sub.__dict__:
-        delattr(sub, local)
-    setattr(sub, local, orig)
-    _module.unmark_if_unpruned(sub)
-
-
 def to_module(module: torch.nn.Module, params: Optional[Tree] = None, masks: Optional[Tree] = None) -> torch.nn.Module:
     """Give ``module`` the values of ``params`` and exactly torch's pruned layout for ``masks``.
 
@@ -79,20 +65,25 @@ def to_module(module: torch.nn.Module, params: Optional[Tree] = None, masks: Opt
 
     Raises:
       KeyError: a name that is not a parameter of ``module``.
-      ValueError: a tensor whose shape differs from the parameter's.
+      TypeError: a value or mask that is not a tensor (naming the leaf).
+      ValueError: a tensor whose shape differs from the parameter's, or one that is not a real
+        tensor (meta, vmap-batched).
 
     Example:
       >>> m = to_module(torch.nn.Linear(3, 2), masks={"weight": torch.eye(2, 3, dtype=torch.bool)})
       >>> list(m.state_dict()), m.weight_mask.dtype
       (['bias', 'weight_orig', 'weight_mask'], torch.float32)
     """
-    from .compat import custom_from_mask
+    # compat imports the core (and ``import funcprune`` must not load compat): import it when needed.
+    from .compat import _module, custom_from_mask
 
     current, _ = from_module(module)
     named_params = _pytree.lookup(current, params, "params")
     named_masks = _pytree.lookup(current, masks, "masks")
     for what, named in (("param", named_params), ("mask", named_masks)):
         for name, value in named.items():
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"{name}: {what} must be a tensor, got {type(value).__name__}")
             if not _is_concrete(value):  # copied into the module below: checked before anything changes
                 raise ValueError(f"{name}: {what} must be a real tensor (not meta or vmap-batched)")
             if tuple(value.shape) != tuple(current[name].shape):
@@ -109,18 +100,13 @@ def to_module(module: torch.nn.Module, params: Optional[Tree] = None, masks: Opt
         if name in named_masks:
             mask = named_masks[name]
             if name in reparam:
-                _, hook = _module_hook(sub, local)
+                _, hook = _module.pruning_hook(sub, local)
                 with torch.no_grad():
                     getattr(sub, local + "_mask").copy_(mask)
                 setattr(sub, local, hook.apply_mask(sub))
             else:
                 custom_from_mask(sub, local, mask=mask.to(current[name].device))
         elif name in reparam:
-            _unprune(sub, local)
+            _module.unprune(sub, local)
     return module
 
-
-def _module_hook(sub: torch.nn.Module, local: str):
-    from .compat import _module
-
-    return _module.pruning_hook(sub, local)

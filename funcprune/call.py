@@ -2,52 +2,107 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+import threading
+import weakref
+from typing import Any, Dict, List, Optional
 
 import torch
 
 from . import _pytree
-from ._layout import pruned_locals
+from ._layout import Layout, layout as _layout
 from ._pytree import Tree
+from ._amount import _is_concrete
 from ._masking import masked
 
 __all__ = ["functional_call"]
 
 
-def functional_call(module: torch.nn.Module, params: Tree, masks: Optional[Tree] = None, args: Any = (),
-                    kwargs: Optional[Dict[str, Any]] = None) -> Any:
+def functional_call(module: torch.nn.Module, params: Tree, args: Any = (), kwargs: Optional[Dict[str, Any]] = None,
+                    *, masks: Optional[Tree] = None, strict: bool = False) -> Any:
     """Call ``module`` with ``params`` (masked by ``masks``) in place of its own tensors.
 
-    A pure function of ``params`` and ``masks``: the module is not changed, and ``grad``,
-    ``vjp``, ``jacrev`` and ``vmap`` (over stacked params, stacked masks, or both) compose with it.
-    Gradients reach the dense params and are zero at pruned entries, as ``weight_orig.grad`` is for
-    a module pruned by ``torch.nn.utils.prune``.
+    A function of ``params`` and ``masks`` that leaves the module's tensors as they were (but see
+    buffers below), and ``grad``, ``vjp``, ``jacrev`` and ``vmap`` (over stacked params, stacked
+    masks, or both) compose with it. Gradients reach the dense params and are zero at pruned
+    entries, as ``weight_orig.grad`` is for a module pruned by ``torch.nn.utils.prune``.
+
+    Buffers a forward updates in place (BatchNorm's running statistics in train mode) are updated
+    where they live during the call: in the tensors given in ``params`` if they are given there,
+    else in the module's own buffers, exactly as in ``torch.func.functional_call``. To get the
+    updated statistics back without touching either, use :func:`funcprune.call_with_buffers`; in
+    eval mode nothing is updated.
+
+    Threads: calls on one module are serialized by a reentrant lock held for the whole call
+    (reading the module, swapping the given tensors in, the forward, putting its own back), so
+    concurrent calls from several threads each get the output of their own ``params`` and
+    ``masks``, and the module ends with its own tensors; a forward that calls ``functional_call``
+    on the same module again (same thread) works. Calls on different module objects run
+    concurrently and are not serialized against each other, even when one is a submodule of the
+    other; nor are plain ``module(x)`` calls or other code that changes the module meanwhile.
+
+    Tied tensors (one tensor under several names, e.g. shared embeddings): one name is enough in
+    ``params`` or ``masks``; several names must carry one value: the same tensor, views of one
+    storage (``named_parameters(remove_duplicate=False)`` plus ``detach()``), or, for real
+    tensors, equal values (e.g. equal masks from :func:`funcprune.prune`), checked in that order.
 
     A module pruned by ``funcprune.compat`` or ``torch.nn.utils.prune`` takes the original names:
     ``params["fc1.weight"]`` replaces ``fc1.weight_orig`` and ``masks["fc1.weight"]`` replaces
     ``fc1.weight_mask`` (its own mask and values fill in whatever is not given); its stored pruned
     tensors are put back afterwards, so nothing computed inside (e.g. under ``vmap``) leaks out.
 
+    The arguments are ``torch.func.functional_call``'s, in its order, plus the keyword-only ``masks``:
+    ``functional_call(module, params, (x,))`` runs ``module(x)`` on ``params`` unmasked.
+
     Args:
       module: the model; its own parameters and buffers fill in any name ``params`` lacks.
       params: tree of tensors named like ``module.named_parameters()`` (buffers may be included).
-      masks: masks over some of the names (bool or float); a masked name missing from ``params``
-        masks the module's own tensor.
       args: positional input(s) of the forward (a single tensor or a tuple).
       kwargs: keyword inputs of the forward.
+      masks: masks over some of the names (bool or float); a masked name missing from ``params``
+        masks the module's own tensor.
+      strict: as ``torch.func.functional_call``'s ``strict``: every parameter and buffer of the
+        module must be given in ``params`` (one name of a tied tensor is enough; a pruned tensor is
+        given by its original name, and its mask buffer needs no entry).
 
     Raises:
-      KeyError: a name in ``params`` or ``masks`` that is not a parameter or buffer of the module.
+      KeyError: a name in ``params`` or ``masks`` that is not a parameter or buffer of the module
+        (whatever ``strict`` is).
+      RuntimeError: with ``strict=True``, a parameter or buffer missing from ``params`` (torch's
+        error type).
       ValueError: a mask whose shape is not its param's; two different values (or masks) for the
-        names of one tied tensor.
+        names of one tied tensor (or values that cannot be compared, e.g. on ``meta``).
 
     Example:
       >>> lin = torch.nn.Linear(2, 1)
       >>> masks = {"weight": torch.zeros(1, 2, dtype=torch.bool)}
-      >>> out = functional_call(lin, dict(lin.named_parameters()), masks, torch.ones(1, 2))
+      >>> out = functional_call(lin, dict(lin.named_parameters()), (torch.ones(1, 2),), masks=masks)
       >>> torch.allclose(out, lin.bias)
       True
     """
+    with _lock_of(module):
+        return _call(module, params, args, kwargs, masks, strict)
+
+
+# torch.func.functional_call swaps the given tensors into the module for the duration of the
+# forward: two threads doing that on one module would run on each other's tensors and could leave
+# them in it. One reentrant lock per module (kept outside it, so copies and pickles of the module
+# are unaffected) serializes the calls on a module; calls on different modules run concurrently.
+_LOCKS: "weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def _lock_of(module: torch.nn.Module) -> threading.RLock:
+    lock = _LOCKS.get(module)
+    if lock is None:
+        with _LOCKS_GUARD:
+            lock = _LOCKS.get(module)
+            if lock is None:
+                lock = _LOCKS[module] = threading.RLock()
+    return lock
+
+
+def _call(module: torch.nn.Module, params: Tree, args: Any, kwargs: Optional[Dict[str, Any]],
+          masks: Optional[Tree], strict: bool) -> Any:
     layout = _layout(module)
     named = _pytree.named_leaves(params)
     named_masks = _pytree.named_leaves(masks) if masks is not None else {}
@@ -70,6 +125,8 @@ def functional_call(module: torch.nn.Module, params: Tree, masks: Optional[Tree]
         else:
             products[name] = mask
     values = _untied(values, layout.tied, "params")
+    if strict:
+        _check_complete(module, layout, values)
     for name, mask in _untied(products, layout.tied, "masks").items():
         values[name] = masked(values.get(name, layout.tensors[name]), mask)
     # The pruning hooks store what they compute on the module; put the module's own values back.
@@ -84,42 +141,65 @@ def functional_call(module: torch.nn.Module, params: Tree, masks: Optional[Tree]
                 sub.__dict__.pop(local, None)
 
 
-class _Layout(NamedTuple):
-    """Where a module keeps its tensors, read in one walk of its submodules."""
-
-    tensors: Dict[str, torch.Tensor]  # every parameter and buffer, under each of its names
-    pruned: Dict[str, Tuple[torch.nn.Module, str]]  # original name of a pruned tensor -> (submodule, local)
-    tied: Dict[str, List[str]]  # name of a tensor the module holds under several names -> all its names
-
-
-def _layout(module: torch.nn.Module) -> _Layout:
-    # One walk instead of a lookup per name plus torch.func.functional_call's own walk for tied
-    # tensors: on ResNet-18 this is most of the call's Python overhead.
-    tensors, pruned, names_of = {}, {}, {}
-    for prefix, sub in module.named_modules(remove_duplicate=False):
-        dot = prefix + "." if prefix else ""
-        for store in (sub._parameters, sub._buffers):
-            for local, tensor in store.items():
-                if tensor is not None:
-                    tensors[dot + local] = tensor
-                    names_of.setdefault(id(tensor), []).append(dot + local)
-        for local in pruned_locals(sub):
-            pruned[dot + local] = (sub, local)
-    tied = {name: names for names in names_of.values() if len(names) > 1 for name in names}
-    return _Layout(tensors, pruned, tied)
-
-
-def _module_name(name: str, layout: _Layout) -> str:
+def _module_name(name: str, layout: Layout) -> str:
     """The module's own name for ``name``: ``<name>_orig`` for a pruned tensor."""
     return name + "_orig" if name in layout.pruned else name
 
 
 def _untied(named: Dict[str, Any], tied: Dict[str, List[str]], what: str) -> Dict[str, Any]:
-    """``named`` with a tied tensor's value under all of its names, as ``torch.func.functional_call`` ties them."""
+    """``named`` with a tied tensor's value under all of its names, as ``torch.func.functional_call`` ties them.
+
+    A tied tensor given under several names must have one value under all of them (each name keeps
+    its own tensor, so gradients reach each): see :func:`_same_value` for what counts as one value.
+    """
     out = dict(named)
     for name, value in named.items():
         for twin in tied.get(name, ()):
-            if out.setdefault(twin, value) is not value:
+            other = out.setdefault(twin, value)
+            if other is not value and not _same_value(other, value):
                 raise ValueError(f"{what} give different values for {name!r} and {twin!r}, which are one tied "
                                  f"tensor of the module")
     return out
+
+
+_functorch = torch._C._functorch
+
+
+def _same_value(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` and ``b`` hold the same values, cheapest check first.
+
+    One object; else (through matching torch.func wrappers: ``grad`` and ``vmap`` wrap each input
+    separately) one view of one storage (``named_parameters(remove_duplicate=False)`` plus
+    ``detach()``); else, for real tensors only, a full compare (equal masks made twice by
+    ``prune``). Meta or fake tensors with different storage count as different.
+    """
+    while a is not b:
+        if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
+            return False
+        if a.shape != b.shape or a.dtype != b.dtype or a.device != b.device:
+            return False
+        wrapped_a, wrapped_b = _functorch.is_functorch_wrapped_tensor(a), _functorch.is_functorch_wrapped_tensor(b)
+        if wrapped_a or wrapped_b:
+            if not (wrapped_a and wrapped_b) or _functorch.maybe_get_level(a) != _functorch.maybe_get_level(b) \
+                    or _functorch.is_batchedtensor(a) != _functorch.is_batchedtensor(b) \
+                    or _functorch.maybe_get_bdim(a) != _functorch.maybe_get_bdim(b):
+                return False
+            a, b = _functorch.get_unwrapped(a), _functorch.get_unwrapped(b)
+            continue
+        if not _is_concrete(a) or not _is_concrete(b) or a.layout != torch.strided or b.layout != torch.strided:
+            return False
+        if (a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+                and a.storage_offset() == b.storage_offset() and a.stride() == b.stride()):
+            return True
+        return bool(torch.equal(a, b))
+    return True
+
+
+def _check_complete(module: torch.nn.Module, layout: Layout, values: Dict[str, Any]) -> None:
+    """``strict=True``: every tensor of the module is given (pruned ones by their original name)."""
+    masks = {name + "_mask" for name in layout.pruned}
+    original = {name + "_orig": name for name in layout.pruned}
+    missing = [original.get(name, name) for name in layout.tensors if name not in values and name not in masks]
+    if missing:
+        raise RuntimeError(f"Error(s) in reparametrizing for {module._get_name()}:\n\t"
+                           f"Missing key(s): {', '.join(map(repr, missing))}.")

@@ -24,8 +24,6 @@ from . import _amount, _pytree
 from ._amount import check_fraction
 from ._pytree import Include, Tree
 from ._select import as_keep, count_kept
-from ._pytree import named_error, scores_for
-from .tree import prune
 
 __all__ = ["uniform", "erk", "to_counts", "prune_by"]
 
@@ -213,7 +211,7 @@ def _to_go(leaf: torch.Tensor, target, keep: Optional[torch.Tensor]):
 def prune_by(params: Tree, method: Callable[..., torch.Tensor], amounts: Tree, *args: Any,
              masks: Optional[Tree] = None, scores: Optional[Tree] = None, target: bool = False,
              **kwargs: Any) -> Tree:
-    """Call :func:`funcprune.prune` once per leaf of ``amounts``, each with its own amount.
+    """Prune each leaf of ``amounts`` as :func:`funcprune.prune` would, each with its own amount.
 
     Args:
       params: pytree of tensors.
@@ -238,19 +236,13 @@ def prune_by(params: Tree, method: Callable[..., torch.Tensor], amounts: Tree, *
     """
     named = _pytree.named_leaves(params)
     per_leaf = _pytree.lookup(named, amounts, "amounts")
-    old = _pytree.lookup(named, masks, "masks")
-    named_scores = scores_for(named, scores)
-    new = dict(old)
-    for name, amount in per_leaf.items():
-        try:
-            if target:
-                amount = _to_go(named[name], amount, as_keep(named[name], old.get(name)))
-            else:
-                _amount.validate_amount(amount)
-        except (ValueError, TypeError) as err:
-            raise named_error(name, err) from err
-        leaf_scores = {name: named_scores[name]} if name in named_scores else None
-        new.update(_pytree.named_leaves(prune({name: named[name]}, method, amount, *args,
-                                              masks={name: old[name]} if name in old else None,
-                                              scores=leaf_scores, **kwargs)))
-    return _pytree.like(params, new)
+
+    def step(name: str, leaf_scores: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        amount = per_leaf[name]
+        if target:
+            amount = _to_go(named[name], amount, as_keep(named[name], mask))
+        else:
+            _amount.validate_amount(amount)
+        return method(leaf_scores, amount, *args, mask=mask, **kwargs)
+
+    return _pytree.per_leaf(params, step, masks=masks, scores=scores, include=list(per_leaf))

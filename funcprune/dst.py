@@ -23,7 +23,6 @@ from ._pytree import Include, Tree
 from ._select import select
 from ._amount import as_number
 from ._select import as_keep, count_kept
-from ._pytree import named_error
 
 DropFraction = Union[float, torch.Tensor, Callable[[int], Union[float, torch.Tensor]]]
 
@@ -85,17 +84,16 @@ def _update(params: Tree, masks: Tree, drop_fraction, step, include: Include, sc
     drop_fraction = _drop_fraction_at(drop_fraction, step)
     named = _pytree.named_leaves(params)
     old = _pytree.lookup(named, masks, "masks")
-    names = [name for name in _pytree.selected(named, include)] if include is not None else list(old)
-    missing = [name for name in names if name not in old]
+    if include is None:
+        include = list(old)
+    missing = [name for name in _pytree.selected(named, include) if name not in old]
     if missing:
         raise KeyError(f"drop-and-grow needs a mask for every updated leaf; no mask for {missing}")
-    new = dict(old)
-    for name in names:
-        try:
-            new[name] = drop_and_grow(named[name], old[name], drop_fraction, scores_of(name, named[name]))
-        except (ValueError, TypeError, KeyError) as err:
-            raise named_error(name, err) from err
-    return _pytree.like(params, new)
+
+    def step(name: str, weights: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        return drop_and_grow(weights, mask, drop_fraction, scores_of(name, weights))
+
+    return _pytree.per_leaf(params, step, masks=masks, include=include)
 
 
 def set_update(params: Tree, masks: Tree, drop_fraction: DropFraction, *, step: Optional[int] = None,

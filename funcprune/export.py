@@ -21,14 +21,15 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import torch
 
+import torch.utils._pytree as torch_pytree
+
 from . import _pytree
+from ._masking import masked
 from ._pytree import Include, Tree
-from .call import functional_call
 from ._select import as_keep
 from ._masks_io import load_masks, save_masks
 from ._semistructured import (SemiStructuredUnavailable, check_semi_structured, semi_structured_available,
                               semi_structured_pattern, to_semi_structured)
-from .tree import apply_masks
 
 __all__ = ["LeafSize", "SizeReport", "size_report", "Finalized", "finalize", "Exported", "to_sparse", "Check", "verify",
            "SemiStructuredUnavailable", "check_semi_structured", "semi_structured_available",
@@ -96,7 +97,35 @@ def size_report(params: Tree, masks: Optional[Tree] = None) -> SizeReport:
     return SizeReport(dense, sparse, nnz, sum(leaf.numel() for leaf in named.values()), per_leaf)
 
 
+def _zeroed(params: Tree, masks: Optional[Tree]) -> Dict[str, torch.Tensor]:
+    """Named detached leaves of the masked params with every pruned entry exactly zero.
+
+    ``apply_masks`` multiplies, so a pruned NaN or inf stays NaN (``nan * 0``); the exported and
+    finalized forms store nothing there, i.e. zero, so they are built with ``torch.where``. Kept
+    entries are ``apply_masks``'s (the value, times the mask's value for a float mask).
+    """
+    named = _pytree.named_leaves(params)
+    named_masks = _pytree.lookup(named, masks, "masks")
+    out = {}
+    for name, leaf in named.items():
+        if not isinstance(leaf, torch.Tensor):
+            raise TypeError(f"{name}: a param must be a tensor, got {type(leaf).__name__}")
+        value = leaf.detach()
+        if name in named_masks:
+            mask = named_masks[name]
+            if isinstance(mask, torch.Tensor) and mask.shape != value.shape:
+                raise ValueError(f"{name}: mask has shape {tuple(mask.shape)} but the param has shape "
+                                 f"{tuple(value.shape)}")
+            keep = as_keep(value, mask, f"{name} mask")
+            kept = value if mask.dtype == torch.bool else masked(value, mask.to(value.device))
+            value = torch.where(keep, kept, torch.zeros((), dtype=value.dtype, device=value.device))
+        out[name] = value
+    return out
+
+
 class Finalized(NamedTuple):
+    """What :func:`finalize` returns."""
+
     params: Tree
     """The pruned params: pruned entries are zero, no masks needed any more."""
     report: SizeReport
@@ -105,21 +134,31 @@ class Finalized(NamedTuple):
 def finalize(params: Tree, masks: Optional[Tree]) -> Finalized:
     """Make pruning permanent: params with pruned entries zeroed (``prune.remove``), and sizes.
 
+    Pruned entries are exactly zero whatever they held (a pruned NaN or inf gives 0, not
+    ``nan * 0``); kept entries are those of :func:`funcprune.apply_masks`.
+
     Returns:
-      ``(params, report)``: detached params of the same structure and dtypes, and a
+      ``(params, report)``: detached copies of the params, same structure and dtypes, and a
       :class:`SizeReport` of their dense and sparse storage.
+
+    Raises:
+      KeyError: a masked name that is not a param. ValueError/TypeError: a mask of the wrong shape
+      or type.
 
     Example:
       >>> out = finalize({"w": torch.tensor([1.0, 2.0])}, {"w": torch.tensor([False, True])})
       >>> out.params, out.report.nnz
       ({'w': tensor([0., 2.])}, 1)
     """
-    pruned = _pytree.like(params, {name: p.detach().clone() for name, p in
-                                   _pytree.named_leaves(apply_masks(params, masks)).items()})
-    return Finalized(pruned, size_report(params, masks))
+    named_masks = _pytree.lookup(_pytree.named_leaves(params), masks, "masks")
+    dense = _zeroed(params, masks)  # masked leaves are new tensors already; copy the others
+    pruned = {name: value if name in named_masks else value.clone() for name, value in dense.items()}
+    return Finalized(_pytree.like(params, pruned), size_report(params, masks))
 
 
 class Exported(NamedTuple):
+    """What :func:`to_sparse` returns."""
+
     params: Tree
     """Params with the converted leaves as sparse tensors, the others dense (pruned entries zeroed)."""
     skipped: Dict[str, str]
@@ -158,6 +197,7 @@ def to_sparse(params: Tree, masks: Tree, layout: str = "csr", *, include: Includ
     Returns:
       :class:`Exported`: the params tree (converted leaves sparse, other masked leaves dense with
       pruned entries zeroed) and ``skipped``, ``{name: reason}`` for masked leaves left dense.
+      Pruned entries are never stored (zero when densified), even where they held NaN or inf.
 
     Raises:
       ValueError: an unknown ``layout``. KeyError: unknown names.
@@ -172,11 +212,10 @@ def to_sparse(params: Tree, masks: Tree, layout: str = "csr", *, include: Includ
     named = _pytree.named_leaves(params)
     named_masks = _pytree.lookup(named, masks, "masks")
     wanted = set(_pytree.selected(named, include)) if include is not None else set(named)
-    dense = _pytree.named_leaves(apply_masks(params, masks))
+    dense = _zeroed(params, masks)
     out, skipped = {}, {}
-    for name, leaf in named.items():
-        value = dense[name].detach()
-        out[name] = value
+    for name in named:
+        value = out[name] = dense[name]
         if name not in named_masks or name not in wanted:
             continue
         try:
@@ -187,12 +226,72 @@ def to_sparse(params: Tree, masks: Tree, layout: str = "csr", *, include: Includ
 
 
 class Check(NamedTuple):
+    """What :func:`verify` returns."""
+
     ok: bool
     """Every exported leaf equals its masked dense value and the outputs match."""
     max_abs_diff: float
-    """Largest absolute difference between the outputs (0.0 without a module)."""
+    """Largest absolute difference over every tensor of the outputs (0.0 without a module;
+    ``inf`` where an output's shape or structure differs)."""
     mismatched: Tuple[str, ...]
     """Leaves whose dense form differs from the masked dense param."""
+
+
+def _densified(value: Any) -> Any:
+    if isinstance(value, torch.Tensor) and (value.layout != torch.strided or hasattr(value, "packed")):
+        return value.to_dense()
+    return value
+
+
+def _equal(a: Any, b: torch.Tensor) -> bool:
+    """``torch.equal``, with NaN equal to NaN (a kept NaN exports as NaN)."""
+    if not isinstance(a, torch.Tensor) or a.shape != b.shape:
+        return False
+    if torch.equal(a, b):
+        return True
+    both_nan = a.isnan() & b.isnan() if a.is_floating_point() or a.is_complex() else False
+    return bool(((a == b) | both_nan).all())
+
+
+def _tensor_gap(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float) -> Tuple[bool, float]:
+    """``(allclose with NaN == NaN, largest |difference|)`` of one output tensor."""
+    if actual.shape != expected.shape:
+        return False, math.inf
+    if not expected.is_floating_point() and not expected.is_complex():
+        same = torch.equal(actual, expected)
+        gap = 0.0 if same or not expected.numel() else \
+            float((actual.to(torch.float64) - expected.to(torch.float64)).abs().max())
+        return same, gap
+    actual = actual.to(expected.dtype)
+    if not expected.numel():
+        return True, 0.0
+    same = (actual == expected) | (actual.isnan() & expected.isnan())  # inf == inf, NaN == NaN: no gap
+    gap = torch.where(same, 0.0, (actual - expected).abs()).nan_to_num(nan=math.inf)
+    return torch.allclose(actual, expected, rtol=rtol, atol=atol, equal_nan=True), float(gap.max())
+
+
+def _outputs_gap(actual: Any, expected: Any, rtol: float, atol: float) -> Tuple[bool, float]:
+    """Compare two forward outputs leaf by leaf: tensors, and tuples/lists/dicts of them."""
+    expected_leaves, expected_spec = torch_pytree.tree_flatten_with_path(expected)
+    actual_leaves, actual_spec = torch_pytree.tree_flatten_with_path(actual)
+    if expected_spec != actual_spec:
+        return False, math.inf
+    close, gap = True, 0.0
+    for (path, want), (_, got) in zip(expected_leaves, actual_leaves):
+        if isinstance(want, torch.Tensor) and isinstance(got, torch.Tensor):
+            leaf_close, leaf_gap = _tensor_gap(got, want, rtol, atol)
+        elif isinstance(want, torch.Tensor) or isinstance(got, torch.Tensor):
+            leaf_close, leaf_gap = False, math.inf
+        else:
+            try:
+                leaf_close = bool(want == got)
+            except Exception as err:  # e.g. an unregistered container holding tensors
+                raise TypeError(f"verify compares outputs made of tensors, tuples, lists and dicts; the "
+                                f"output at {torch_pytree.keystr(path) or 'the top'} is a "
+                                f"{type(want).__name__} it cannot compare") from err
+            leaf_gap = 0.0 if leaf_close else math.inf
+        close, gap = close and leaf_close, max(gap, leaf_gap)
+    return close, gap
 
 
 def verify(params: Tree, masks: Optional[Tree], exported: Tree, module: Optional[torch.nn.Module] = None,
@@ -200,26 +299,41 @@ def verify(params: Tree, masks: Optional[Tree], exported: Tree, module: Optional
            atol: float = 1e-5) -> Check:
     """Check exported params against the masked dense model they came from.
 
-    Every sparse leaf of ``exported`` must densify to exactly ``apply_masks(params, masks)``;
-    with ``module``, ``module`` run on ``exported`` must match :func:`funcprune.functional_call`
-    on ``(params, masks)`` within ``rtol``/``atol`` (sparse kernels sum in another order).
+    The reference is the masked dense params with pruned entries exactly zero (what
+    :func:`finalize` returns), so a pruned NaN or inf, which :func:`funcprune.apply_masks` turns
+    into NaN (``nan * 0``) but an export never stores, does not count as a difference. Every leaf
+    of ``exported`` must densify to exactly its reference (a kept NaN equals NaN). With
+    ``module``, ``module`` run on ``exported`` (``torch.func.functional_call``) must match it run
+    on the reference within ``rtol``/``atol`` (sparse kernels sum in another order); every tensor
+    of the output is compared, so a forward may return a tensor or tuples, lists and dicts of them.
+
+    Args:
+      params, masks: the dense params and their masks the export came from.
+      exported: the exported params (e.g. ``to_sparse(...).params``), named like ``params``.
+      module: optional model to run on both; args, kwargs: its forward's inputs.
+      rtol, atol: tolerances of the output comparison.
+
+    Returns:
+      :class:`Check`: ``(ok, max_abs_diff, mismatched)``.
+
+    Raises:
+      KeyError: a name of ``exported`` or ``masks`` that is not in ``params``.
+      TypeError: an output leaf that is neither a tensor nor comparable with ``==``.
 
     Example:
       >>> params, masks = {"w": torch.tensor([[1.0, 2.0]])}, {"w": torch.tensor([[True, False]])}
       >>> verify(params, masks, to_sparse(params, masks, "coo").params).ok
       True
     """
-    named_dense = _pytree.named_leaves(apply_masks(params, masks))
+    named_dense = _zeroed(params, masks)
     named_exported = _pytree.lookup(named_dense, exported, "exported")
     mismatched = tuple(name for name, value in named_exported.items()
-                       if not torch.equal(value.to_dense() if value.layout != torch.strided or
-                                          hasattr(value, "packed") else value, named_dense[name]))
-    diff = 0.0
+                       if not _equal(_densified(value), named_dense[name]))
+    diff, close = 0.0, True
     if module is not None:
-        expected = functional_call(module, params, masks, args, kwargs)
+        if not isinstance(args, tuple):
+            args = (args,)
+        expected = torch.func.functional_call(module, named_dense, args, kwargs)
         actual = torch.func.functional_call(module, dict(named_exported), args, kwargs)
-        diff = float((actual.to(expected.dtype) - expected).abs().max()) if expected.numel() else 0.0
-        close = torch.allclose(actual.to(expected.dtype), expected, rtol=rtol, atol=atol)
-    else:
-        close = True
+        close, diff = _outputs_gap(actual, expected, rtol, atol)
     return Check(close and not mismatched, diff, mismatched)

@@ -29,7 +29,6 @@ from ._select import select
 from ._amount import drop_count
 from ._select import as_keep, count_kept
 from .methods import Norm, ln_structured
-from ._pytree import named_error, scores_for
 
 __all__ = ["nm_structured", "satisfies_nm", "block_structured", "channels_kept", "prune_channels"]
 
@@ -236,32 +235,34 @@ def prune_channels(params: Tree, amount: Amount, n: Norm = 2, dim: int = 0, *, m
       New masks: the selected weights, their biases, and the earlier masks of other leaves.
 
     Raises:
-      KeyError: an unknown name; ValueError/TypeError/IndexError from ``ln_structured``, prefixed
-      with the leaf name. Nothing is returned half-done.
+      KeyError: an unknown name; TypeError/ValueError: a mask or scores leaf that is not a tensor of
+      its param's shape; ValueError/TypeError/IndexError from ``ln_structured``, prefixed with the leaf
+      name. Nothing is returned half-done.
 
     Example:
       >>> params = {"fc.weight": torch.tensor([[1.0, 1.0], [0.1, 0.1]]), "fc.bias": torch.ones(2)}
       >>> prune_channels(params, 1)["fc.bias"]
       tensor([ True, False])
     """
-    named = _pytree.named_leaves(params)
-    old = _pytree.lookup(named, masks, "masks")
-    named_scores = scores_for(named, scores)
     if include is None:
         include = lambda name, leaf: name.rpartition(".")[2] == "weight" and leaf.dim() >= 2  # noqa: E731
-    new = dict(old)
-    for name in _pytree.selected(named, include):
-        try:
-            new[name] = ln_structured(named_scores.get(name, named[name]), amount, n, dim, mask=old.get(name))
-        except (ValueError, TypeError, IndexError) as err:
-            raise named_error(name, err) from err
-        bias_name = _bias_name(name)
-        if bias and dim % named[name].dim() == 0 and bias_name in named:
+    weights = []
+
+    def step(name: str, leaf_scores: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        weights.append(name)
+        return ln_structured(leaf_scores, amount, n, dim, mask=mask)
+
+    def with_biases(named: dict, new: dict) -> None:
+        for name in weights:
+            bias_name = _bias_name(name)
+            if not (bias and dim % named[name].dim() == 0 and bias_name in named):
+                continue
             bias_leaf = named[bias_name]
             if bias_leaf.shape != (named[name].shape[0],):
                 raise ValueError(f"{bias_name}: shape {tuple(bias_leaf.shape)} does not match the "
                                  f"{named[name].shape[0]} output channels of {name}")
             kept = channels_kept(new[name], 0).to(bias_leaf.device)
-            bias_keep = as_keep(bias_leaf, old.get(bias_name), f"{bias_name} mask")
+            bias_keep = as_keep(bias_leaf, new.get(bias_name), f"{bias_name} mask")
             new[bias_name] = kept if bias_keep is None else kept & bias_keep
-    return _pytree.like(params, new)
+
+    return _pytree.per_leaf(params, step, masks=masks, scores=scores, include=include, finish=with_biases)

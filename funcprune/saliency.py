@@ -7,7 +7,8 @@ scores=s)`` and the structured methods all drop the least important entries.
 
 Gradient-based scores take ``loss_fn(params, batch) -> scalar`` (typically a
 :func:`funcprune.functional_call` of a model plus a loss) and differentiate it with
-``torch.func.grad`` at the *masked* params, so pruned entries score zero. They are pure, hence
+``torch.func.grad`` at the *masked* params, so pruned entries score zero (exactly, also where they
+hold NaN or inf: they are replaced by zero, not multiplied by it). They are pure, hence
 ``torch.func.vmap`` over K batches (then average) or over K stacked models gives K score trees in
 one call.
 """
@@ -20,11 +21,11 @@ import torch
 
 from . import _pytree
 from ._pytree import Include, Tree
-from .tree import apply_masks
+from .export import _zeroed
 
 LossFn = Callable[[Tree, Any], torch.Tensor]
 
-__all__ = ["magnitude", "gradient", "snip", "taylor"]
+__all__ = ["LossFn", "magnitude", "gradient", "snip", "taylor"]
 
 
 def _floating(name: str, leaf: torch.Tensor) -> bool:
@@ -41,21 +42,20 @@ def _grads(loss_fn: LossFn, params: Tree, batch: Any, masks: Optional[Tree]):
     """Named ``(effective params, dL/d effective params)`` at the masked params."""
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable as loss_fn(params, batch), got {loss_fn!r}")
-    effective = apply_masks(params, masks)
-    effective = _pytree.like(params, {n: p.detach() for n, p in _pytree.named_leaves(effective).items()})
+    # Pruned entries exactly zero (not nan * 0), so a pruned NaN/inf neither scores nor poisons the loss.
+    effective = _pytree.like(params, _zeroed(params, masks))
     grads = torch.func.grad(loss_fn)(effective, batch)
     return _pytree.named_leaves(effective), _pytree.named_leaves(grads)
 
 
 def magnitude(params: Tree, masks: Optional[Tree] = None, *, include: Include = None) -> Tree:
-    """``|param|`` (zero where ``masks`` pruned): the score of magnitude pruning.
+    """``|param|`` (exactly zero where ``masks`` pruned, whatever was there): the score of magnitude pruning.
 
     Example:
       >>> magnitude({"w": torch.tensor([-2.0, 1.0])}, {"w": torch.tensor([True, False])})
       {'w': tensor([2., 0.])}
     """
-    named = _pytree.named_leaves(apply_masks(params, masks))
-    return _pick(params, include, {name: leaf.detach().abs() for name, leaf in named.items()})
+    return _pick(params, include, {name: leaf.abs() for name, leaf in _zeroed(params, masks).items()})
 
 
 def gradient(loss_fn: LossFn, params: Tree, batch: Any, masks: Optional[Tree] = None, *,

@@ -2,8 +2,16 @@
 
 A schedule maps a step to the *cumulative* target sparsity at that step (or, for dynamic sparse
 training, to a drop fraction). funcprune's ``amount`` is relative to the survivors, so a growing
-target becomes a per-round amount with :func:`amount_between` (from the measured sparsity, which
-lands every round exactly on the target) or :func:`round_amounts` (a whole plan up front).
+target becomes a per-round amount with :func:`amount_between` (from the measured sparsity; given
+counts -- ``fp.sparsity(...)`` or ``total=`` -- every round lands exactly on ``round(target * n)``)
+or :func:`round_amounts` (a whole plan up front). A gradual-pruning loop::
+
+    for step in range(steps):
+        if is_update_step(step, begin, end, every):      # ..., and always `end` itself
+            amount = amount_between(fp.sparsity(masks, params), schedule(step))
+            masks = fp.global_unstructured(params, amount, masks=masks)
+
+ends at exactly the schedule's final sparsity, whatever ``every`` is.
 
 Steps are ints or 0-d tensors; with a tensor step a schedule returns a 0-d float64 tensor, so
 schedules compose with ``vmap`` and compiled training steps.
@@ -18,10 +26,12 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Callable, List, Sequence, Union
+from fractions import Fraction
+from typing import Callable, List, Optional, Sequence, Union
 
 import torch
 
+from . import _amount
 from ._amount import check_fraction
 
 Step = Union[int, torch.Tensor]
@@ -117,8 +127,11 @@ def polynomial(final: float, begin: int, end: int, every: int = 1, initial: floa
     """Gradual magnitude pruning of Zhu & Gupta (2017): sparsity rises as a polynomial, then stays.
 
     At update steps ``t = begin, begin + every, ...`` up to ``end`` the target is
-    ``final + (initial - final) * (1 - (t - begin) / (end - begin)) ** power``; between updates it
-    holds the last update's value, before ``begin`` it is ``initial`` and from ``end`` on ``final``.
+    ``final + (initial - final) * (1 - (t - begin) / (end - begin)) ** power``; ``end`` itself is
+    an update step too (also off the grid, when ``every`` does not divide ``end - begin``), with
+    target ``final``. Between updates the target holds the last update's value, before ``begin``
+    it is ``initial``. These are the steps :func:`is_update_step` accepts, so pruning to
+    ``schedule(step)`` at them ends at exactly ``final``.
 
     Args:
       final: sparsity reached at ``end``. initial: sparsity at ``begin``.
@@ -131,6 +144,9 @@ def polynomial(final: float, begin: int, end: int, every: int = 1, initial: floa
     Example:
       >>> polynomial(0.5, begin=0, end=10)(5)
       0.4375
+      >>> s = polynomial(0.95, begin=5, end=65, every=7)
+      >>> round(s(61), 4), s(64), s(65)     # 61 is the grid's last step; 65 (end) is an update too
+      (0.9497, 0.9497185185185184, 0.95)
     """
     final, initial = check_fraction(final, "final"), check_fraction(initial, "initial")
     begin, end, every = _window(begin, end, every)
@@ -168,32 +184,101 @@ def cosine_decay(initial: float, steps: int, final: float = 0.0) -> Schedule:
 
 
 def is_update_step(step: Step, begin: int, end: int, every: int = 1):
-    """Whether masks change at ``step``: ``begin <= step <= end`` and on the ``every`` grid.
+    """Whether masks change at ``step``: on the grid ``begin, begin + every, ...`` up to ``end``, and ``end``.
+
+    ``end`` is always an update step, also when ``end - begin`` is not a multiple of ``every``, so
+    a loop that prunes to ``schedule(step)`` at these steps ends at exactly the schedule's final
+    value (:func:`polynomial` reaches ``final`` at ``end``).
 
     Example:
       >>> [t for t in range(12) if is_update_step(t, 2, 8, 3)]
       [2, 5, 8]
+      >>> [t for t in range(12) if is_update_step(t, 2, 9, 3)]
+      [2, 5, 8, 9]
     """
     begin, end, every = _window(begin, end, every)
-    on_grid = (step - begin) % every == 0
+    on_grid = ((step - begin) % every == 0) | (step == end)
     return (step >= begin) & (step <= end) & on_grid
 
 
-def amount_between(current, target):
+def _counts(current, total):
+    """``(pruned, total)`` counts from a :class:`funcprune.Sparsity`-like ``current`` or ``total``."""
+    if hasattr(current, "pruned") and hasattr(current, "total"):  # fp.sparsity(...): exact counts
+        total = current.total if total is None else total
+        if total != current.total:
+            raise ValueError(f"total={total!r} differs from the {current.total} entries current counts")
+        pruned = current.pruned
+    elif total is None:
+        return None
+    else:
+        pruned = None
+    if isinstance(total, bool) or not isinstance(total, numbers.Integral) or total < 0:
+        raise ValueError(f"total must be an int >= 0 (the entries the sparsity is over), got {total!r}")
+    total = int(total)
+    if pruned is None:  # a measured fraction: back to the count it was measured from
+        if isinstance(current, torch.Tensor):
+            pruned = torch.round(current.to(torch.float64) * total).to(torch.int64)
+        else:
+            pruned = round(check_fraction(current, "current") * total)
+    if isinstance(pruned, torch.Tensor) and pruned.dim() == 0 and _amount._is_concrete(pruned):
+        pruned = int(pruned)
+    return pruned, total
+
+
+def _exact_amount(pruned, total: int, target):
+    """The amount that takes ``pruned`` of ``total`` to exactly ``prune_count(target, total)`` pruned."""
+    if isinstance(pruned, torch.Tensor) or isinstance(target, torch.Tensor):
+        device = (target if isinstance(target, torch.Tensor) else pruned).device
+        pruned = torch.as_tensor(pruned, dtype=torch.int64, device=device)
+        goal = _amount.prune_count(torch.as_tensor(target, dtype=torch.float64, device=device).clamp(0, 1), total)
+        alive = total - pruned
+        more = (goal - pruned).clamp(min=0)
+        # more / alive is within an ulp of the ratio, so round(amount * alive) gives back `more` exactly
+        return torch.where(alive > 0, more.to(torch.float64) / alive.clamp(min=1).to(torch.float64), 0.0)
+    if not 0 <= pruned <= total:
+        raise ValueError(f"current={pruned} pruned is outside [0, total={total}]")
+    target = check_fraction(target, "target")
+    more, alive = max(_amount.prune_count(target, total) - pruned, 0), total - pruned
+    # fl(more / alive) * alive is within an ulp of the integer `more`, so it rounds back to it
+    return more / alive if alive else 0.0
+
+
+def amount_between(current, target, *, total=None):
     """The survivor-relative ``amount`` that takes sparsity ``current`` to ``target``.
 
-    ``(target - current) / (1 - current)``. Passing the *measured* sparsity of a leaf (or of the
-    tree, for global pruning) as ``current`` makes each round prune ``round(target * n) -
-    pruned``, so the target is met exactly however the previous rounds rounded. A ``target`` at
-    or below ``current`` gives 0 (pruning cannot lower sparsity).
+    With counts -- ``current`` a :class:`funcprune.Sparsity` (what :func:`funcprune.sparsity`
+    returns) or ``total=`` the number of entries the sparsity is over -- it is exact: pruning
+    ``amount`` of the ``total - pruned`` survivors (funcprune's and torch's rule,
+    ``round(amount * alive)``) leaves exactly ``round(target * total)`` pruned (the count one-shot
+    pruning to ``target`` gives), however the previous rounds rounded. A target already reached
+    gives 0 (pruning cannot lower sparsity).
+
+    From fractions alone it is ``(target - current) / (1 - current)``, exact except where
+    ``target * total`` is a half-integer: there the right amount depends on ``total``, which two
+    fractions do not determine (at ``current = 0.5``, ``target = 0.75`` it prunes the one
+    survivor of 2 entries but one of the 3 survivors of 6), so pass counts when exactness matters.
+
+    Args:
+      current: the measured sparsity: a float or 0-d tensor in ``[0, 1]``, or a ``Sparsity``.
+      target: the cumulative sparsity to reach (float or tensor; ``schedule(step)``).
+      total: keyword-only, the number of entries ``current`` is measured over (a float
+        ``current`` is rounded to a count of them; a float32 fraction is exact below 2**24).
+
+    Returns:
+      A float (a float64 0-d tensor where ``current``, its counts or ``target`` are tensors).
 
     Raises:
-      ValueError: a number outside ``[0, 1]`` (tensors are clamped instead).
+      ValueError: a number outside ``[0, 1]`` (tensors are clamped instead), a bad ``total``.
 
     Example:
       >>> amount_between(0.5, 0.75)
       0.5
+      >>> amount_between(332 / 997, 0.5, total=997) * 665   # 166 more: 498 = round(498.5) pruned
+      166.0
     """
+    counts = _counts(current, total)
+    if counts is not None:
+        return _exact_amount(counts[0], counts[1], target)
     if isinstance(current, torch.Tensor) or isinstance(target, torch.Tensor):
         current = torch.as_tensor(current, dtype=torch.float64)
         target = torch.as_tensor(target, dtype=torch.float64, device=current.device)
@@ -202,27 +287,37 @@ def amount_between(current, target):
     current, target = check_fraction(current, "current"), check_fraction(target, "target")
     if target <= current:  # e.g. a measured sparsity that rounded past the target: nothing to prune
         return 0.0
-    return min((target - current) / (1.0 - current), 1.0)
+    # The ratio of the two floats computed exactly, then rounded once.
+    return min(float((Fraction(target) - Fraction(current)) / (1 - Fraction(current))), 1.0)
 
 
-def round_amounts(targets: Sequence[float]) -> List[float]:
+def round_amounts(targets: Sequence[float], *, total: Optional[int] = None) -> List[float]:
     """Per-round amounts that reach the cumulative sparsities ``targets`` one after the other.
 
-    ``1 - targets[-1] == prod(1 - a)``, so when each ``targets[r] * n`` is a whole number the
-    rounds land on it exactly; otherwise prefer :func:`amount_between` on the measured sparsity.
+    With ``total`` (the number of entries pruned) the rounds land exactly on
+    ``round(targets[r] * total)`` pruned each (:func:`amount_between` on the counts). Without it,
+    ``1 - targets[-1] == prod(1 - a)``, so when each ``targets[r] * n`` is a whole number the rounds
+    land on it exactly; otherwise pass ``total`` or use :func:`amount_between` on the measured
+    sparsity.
 
     Raises:
-      ValueError: a target outside ``[0, 1]`` or a decreasing sequence.
+      ValueError: a target outside ``[0, 1]``, a decreasing sequence, a bad ``total``.
 
     Example:
       >>> [round(a, 4) for a in round_amounts([0.2, 0.4, 0.6, 0.8])]
       [0.2, 0.25, 0.3333, 0.5]
+      >>> round_amounts([0.25, 0.5], total=6)    # 2 of 6 (round(1.5)), then 1 of 4 (round(3.0))
+      [0.3333333333333333, 0.25]
     """
-    amounts, current = [], 0.0
+    amounts, current, pruned = [], 0.0, 0
     for r, target in enumerate(targets):
         target = check_fraction(target, f"targets[{r}]")
         if target < current:
             raise ValueError(f"targets must not decrease: targets[{r}]={target} < {current}")
-        amounts.append(amount_between(current, target))
+        if total is None:
+            amounts.append(amount_between(current, target))
+        else:
+            amounts.append(_exact_amount(pruned, _counts(0.0, total)[1], target))
+            pruned = max(pruned, _amount.prune_count(target, total))
         current = target
     return amounts

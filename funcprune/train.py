@@ -118,7 +118,7 @@ def lottery_round(trained: Tree, masks: Optional[Tree], rewind: Tree, amount: Am
             raise ValueError(f"{name}: rewind has shape {tuple(named_rewind[name].shape)} but trained has shape "
                              f"{tuple(leaf.shape)}")
     if scope == "global":
-        next_masks = global_unstructured(trained, amount, masks, include=include)
+        next_masks = global_unstructured(trained, amount, masks=masks, include=include)
     else:
         next_masks = prune(trained, l1_unstructured, amount, masks=masks, include=include)
     rewound = apply_masks(_pytree.like(trained, {n: t.clone() for n, t in named_rewind.items()}), next_masks)

@@ -41,8 +41,10 @@ def prune(params: Tree, method: Callable[..., torch.Tensor], *args: Any, masks: 
 
     Raises:
       KeyError: a name in ``masks``/``scores``/``include`` that is not in ``params``.
-      ValueError, TypeError, IndexError: as the method raises them, prefixed with the leaf name;
-      nothing is returned half-done.
+      TypeError, ValueError: a mask or scores leaf (selected or not) that is not a tensor of its
+        param's shape.
+      ValueError, TypeError, IndexError, KeyError: as the method raises them, prefixed with the leaf
+        name; nothing is returned half-done.
 
     Example:
       >>> params = {"w": torch.tensor([[1.0, -2.0], [0.5, 3.0]]), "b": torch.zeros(2)}
@@ -50,23 +52,17 @@ def prune(params: Tree, method: Callable[..., torch.Tensor], *args: Any, masks: 
       {'w': tensor([[False,  True],
               [False,  True]])}
     """
-    named = _pytree.named_leaves(params)
-    old = _pytree.lookup(named, masks, "masks")
-    named_scores = scores_for(named, scores)
-    new = dict(old)
-    for name in _pytree.selected(named, include):
-        try:
-            new[name] = method(named_scores.get(name, named[name]), *args, mask=old.get(name), **kwargs)
-        except (ValueError, TypeError, IndexError, KeyError) as err:
-            raise named_error(name, err) from err
-    return _pytree.like(params, new)
+    def step(name: str, leaf_scores: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        return method(leaf_scores, *args, mask=mask, **kwargs)
+
+    return _pytree.per_leaf(params, step, masks=masks, scores=scores, include=include)
 
 
 def _common_dtype(tensors) -> torch.dtype:
     return functools.reduce(torch.promote_types, (t.dtype for t in tensors))
 
 
-def global_unstructured(params: Tree, amount: Amount, masks: Optional[Tree] = None, *,
+def global_unstructured(params: Tree, amount: Amount, *, masks: Optional[Tree] = None,
                         scores: Optional[Tree] = None, method: Union[str, Callable] = "l1",
                         include: Include = None, generator: Optional[torch.Generator] = None,
                         chunk_size: int = _select.DEFAULT_CHUNK) -> Tree:
@@ -109,7 +105,7 @@ def global_unstructured(params: Tree, amount: Amount, masks: Optional[Tree] = No
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     _amount.validate_amount(amount)
     named = _pytree.named_leaves(params)
-    old = _pytree.lookup(named, masks, "masks")
+    old = _pytree.masks_for(named, masks)
     named_scores = scores_for(named, scores)
     names = _pytree.selected(named, include)
     if not names:
@@ -154,11 +150,7 @@ def global_unstructured(params: Tree, amount: Amount, masks: Optional[Tree] = No
 
 def _map_masked(tree: Tree, masks: Optional[Tree], what: str) -> Tree:
     named = _pytree.named_leaves(tree)
-    named_masks = _pytree.lookup(named, masks, "masks")
-    for name, mask in named_masks.items():
-        if mask.shape != named[name].shape:
-            raise ValueError(f"{name}: mask has shape {tuple(mask.shape)} but the {what} has shape "
-                             f"{tuple(named[name].shape)}")
+    named_masks = _pytree.masks_for(named, masks, what)
     out = {name: masked(leaf, named_masks[name]) if name in named_masks else leaf for name, leaf in named.items()}
     return _pytree.like(tree, out)
 
@@ -167,7 +159,12 @@ def apply_masks(params: Tree, masks: Optional[Tree]) -> Tree:
     """A copy of ``params`` with pruned entries zeroed; leaves without a mask pass through.
 
     Masks may be bool or floating; the result keeps each param's dtype, and gradients flow to the
-    unmasked entries (zero at pruned ones).
+    unmasked entries (zero at pruned ones) and to a float mask that requires them.
+
+    Raises:
+      KeyError: a mask name that is not in ``params``.
+      TypeError: a mask that is not a tensor (naming the leaf).
+      ValueError: a mask whose shape is not its param's (naming the leaf).
 
     Example:
       >>> apply_masks({"w": torch.ones(3)}, {"w": torch.tensor([True, False, True])})
@@ -179,6 +176,9 @@ def apply_masks(params: Tree, masks: Optional[Tree]) -> Tree:
 def mask_grads(grads: Tree, masks: Optional[Tree]) -> Tree:
     """Zero the gradients of pruned entries (leaves without a mask pass through).
 
+    Raises:
+      KeyError, TypeError, ValueError: as :func:`apply_masks` raises them.
+
     Example:
       >>> mask_grads({"w": torch.ones(2)}, {"w": torch.tensor([False, True])})
       {'w': tensor([0., 1.])}
@@ -187,14 +187,18 @@ def mask_grads(grads: Tree, masks: Optional[Tree]) -> Tree:
 
 
 class Sparsity(NamedTuple):
-    """How much of a masks tree is pruned (0-d tensors, so it works under ``vmap`` too)."""
+    """How much of a masks tree is pruned: tensors, so it works under ``vmap`` too.
+
+    For K stacked masks (given with their ``params``) ``fraction``, ``pruned`` and each
+    ``per_leaf`` value have shape ``(K,)``, one entry per subnetwork; otherwise they are 0-d.
+    """
 
     fraction: torch.Tensor
     """Pruned entries over all entries counted (float)."""
     pruned: torch.Tensor
     """Number of pruned entries (int64)."""
     total: int
-    """Number of entries counted."""
+    """Number of entries counted (of one subnetwork, for stacked masks)."""
     per_leaf: Dict[str, torch.Tensor]
     """Fraction pruned of each masked leaf, by name."""
 
@@ -203,22 +207,67 @@ def sparsity(masks: Tree, params: Optional[Tree] = None) -> Sparsity:
     """Per-leaf and global fraction of pruned entries.
 
     Args:
-      masks: a masks tree (bool or float; zero means pruned).
-      params: if given, its unmasked leaves count as dense, so ``fraction`` is over the whole model.
+      masks: a masks tree (bool or float; zero means pruned), or K masks stacked along a new
+        leading dim (e.g. from :func:`funcprune.masks_for_seeds`) when ``params`` is given.
+      params: if given, its unmasked leaves count as dense, so ``fraction`` is over the whole
+        model, and every mask is checked against its param: a mask of shape ``(K, *param.shape)``
+        is a stack of K masks, and the answer is per subnetwork (shape ``(K,)``).
+
+    Returns:
+      A :class:`Sparsity`.
+
+    Raises:
+      TypeError: a mask or param leaf that is not a tensor (naming the leaf).
+      KeyError: a mask name that is not in ``params``.
+      ValueError: a mask whose shape is neither its param's nor ``(K, *param.shape)``, or stacked
+        masks that disagree on K (naming the leaf).
 
     Example:
       >>> s = sparsity({"w": torch.tensor([True, False, False, True])})
       >>> float(s.fraction), int(s.pruned), s.total
       (0.5, 2, 4)
+      >>> stacked = {"w": torch.tensor([[True, True, True, False], [False, False, False, True]])}
+      >>> sparsity(stacked, {"w": torch.zeros(4), "b": torch.zeros(4)}).fraction
+      tensor([0.1250, 0.3750])
     """
     named = _pytree.named_leaves(masks)
-    if params is not None:
-        named_params = _pytree.named_leaves(params)
-        _pytree.lookup(named_params, masks, "masks")
-        total = sum(p.numel() for p in named_params.values())
-    else:
+    for name, mask in named.items():
+        if not isinstance(mask, torch.Tensor):
+            raise TypeError(f"{name}: mask must be a tensor, got {type(mask).__name__}")
+    if params is None:
         total = sum(m.numel() for m in named.values())
-    pruned_each = {name: (m == 0).sum() for name, m in named.items()}
-    per_leaf = {name: count / max(named[name].numel(), 1) for name, count in pruned_each.items()}
-    pruned = sum(pruned_each.values(), torch.zeros((), dtype=torch.int64))
+        pruned_each = {name: (m == 0).sum() for name, m in named.items()}
+        per_leaf = {name: count / max(named[name].numel(), 1) for name, count in pruned_each.items()}
+        pruned = sum(pruned_each.values(), torch.zeros((), dtype=torch.int64))
+        return Sparsity(pruned / max(total, 1), pruned, total, per_leaf)
+    named_params = _pytree.named_leaves(params)
+    for name, leaf in named_params.items():
+        if not isinstance(leaf, torch.Tensor):
+            raise TypeError(f"{name}: param must be a tensor, got {type(leaf).__name__}")
+    _pytree.lookup(named_params, masks, "masks")
+    size, first = None, None
+    for name, mask in named.items():
+        shape = named_params[name].shape
+        if mask.shape == shape:
+            continue
+        if mask.dim() != len(shape) + 1 or mask.shape[1:] != shape:
+            raise ValueError(f"{name}: mask has shape {tuple(mask.shape)} but the param has shape {tuple(shape)} "
+                             f"(stacked masks: (K, *{tuple(shape)}))")
+        if size is not None and mask.shape[0] != size:
+            raise ValueError(f"{name}: {mask.shape[0]} stacked masks, but {first!r} has {size}")
+        size, first = mask.shape[0], name
+    total = sum(p.numel() for p in named_params.values())
+    pruned_each = {}
+    for name, mask in named.items():
+        numel = named_params[name].numel()
+        dropped = mask == 0
+        if mask.shape == named_params[name].shape:
+            count = dropped.sum()
+            pruned_each[name] = count if size is None else count.expand(size)
+        else:
+            pruned_each[name] = dropped.reshape(size, numel).sum(dim=1)
+    per_leaf = {name: count / max(named_params[name].numel(), 1) for name, count in pruned_each.items()}
+    device = next(iter(named.values())).device if named else torch.device("cpu")
+    empty = torch.zeros(() if size is None else (size,), dtype=torch.int64, device=device)
+    pruned = sum(pruned_each.values(), empty)
     return Sparsity(pruned / max(total, 1), pruned, total, per_leaf)

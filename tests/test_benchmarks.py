@@ -2,19 +2,12 @@
 
 import math
 import os
-import sys
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-
-import _cases  # noqa: E402
-import _memory  # noqa: E402
-import _models  # noqa: E402
-import _module_cases  # noqa: E402
-import _report  # noqa: E402
-from _timing import Timing, interleaved, minor_faults_per_call  # noqa: E402
+from benchmarks import _cases, _memory, _models, _module_cases, _report
+from benchmarks._timing import Timing, interleaved, minor_faults_per_call
 
 
 def test_models_have_the_advertised_sizes():
@@ -78,6 +71,16 @@ def test_interleaved_timer_reports_a_median_per_contender():
     assert calls["a"] >= 4 and calls["b"] >= 4
 
 
+def test_interleaved_budget_counts_elapsed_time_not_just_the_timed_calls():
+    import time
+
+    def slow_to_prepare():  # the call itself is instant; preparing it takes 20 ms
+        time.sleep(0.02)
+        return lambda: None
+    timing = interleaved({"a": slow_to_prepare}, rounds=10, min_rounds=2, min_sample=0.0, budget=0.01)
+    assert len(timing.samples["a"]) == 2  # over budget (elapsed >= 40 ms) once min_rounds ran
+
+
 def test_paired_ratio_is_the_median_of_per_round_ratios():
     # a drifting machine: the medians' ratio (2.0 / 4.0) hides that "a" is 0.9x "b" in every round
     timing = Timing({"a": 0.0, "b": 0.0}, {"a": [0.9, 1.8, 2.7, 3.6, 4.5], "b": [1.0, 2.0, 3.0, 4.0, 5.0]})
@@ -127,12 +130,12 @@ def test_report_writes_tables(tmp_path):
     assert (tmp_path / "scaling.png").stat().st_size > 0
 
 
-def test_verdict_separates_a_measured_miss_from_the_spread_of_equal_work():
+def test_a_median_over_its_target_is_a_miss_even_within_the_spread():
     row = {"group": "fwd", "shapes": "s", "target": 1.0, "ours": "funcprune", "theirs": "torch hooks",
            "ours_s": 0.1, "theirs_s": 0.1, "ratio_low": 0.98, "ratio": 1.01, "ratio_high": 1.03,
            "ours_faults": 0.0, "theirs_faults": 12.0}
     line = _report.row_line(row)
-    assert "ratio 1.010 (0.980-1.030) <= 1.00 within spread" in line
+    assert "ratio 1.010 (0.980-1.030) <= 1.00 MISS (within spread)" in line
     assert "page faults per call: funcprune 0, torch hooks 12" in line
     assert _report.row_line(dict(row, ratio_low=1.005)).split("\n")[0].endswith("MISS")
     assert _report.row_line(dict(row, ratio=0.99)).split("\n")[0].endswith("ok")
@@ -206,7 +209,7 @@ def test_forward_rows_give_torchs_outputs_bit_for_bit_in_either_allocation_order
 def test_fresh_process_rows_report_the_median_process_and_worker_errors(monkeypatch):
     import argparse
 
-    import run
+    from benchmarks import run
 
     case = _cases.Case("fwd", "lenet", None, None, 1.0, count_faults=True)
     args = argparse.Namespace(processes=4, rounds=3, quick=False, threads=None)
@@ -228,7 +231,7 @@ def test_fresh_process_rows_report_the_median_process_and_worker_errors(monkeypa
 def test_forward_rows_with_a_speed_target_are_also_timed_with_the_heap_kept(monkeypatch):
     import argparse
 
-    import run
+    from benchmarks import run
 
     timed = _cases.Case("training step", "lenet", None, None, 1.0, count_faults=True)
     reference = _cases.Case("inference, torch.func", "lenet", None, None, None, ours_label="torch.func",
@@ -250,11 +253,14 @@ def test_forward_rows_with_a_speed_target_are_also_timed_with_the_heap_kept(monk
 def test_run_worker_adds_env_to_the_workers_environment(monkeypatch):
     seen = {}
 
-    def fake_run(cmd, env=None, **kwargs):
-        seen["env"] = env
+    def fake_run(cmd, env=None, cwd=None, **kwargs):
+        seen["env"], seen["cmd"], seen["cwd"] = env, cmd, cwd
         return type("Done", (), {"returncode": 0, "stdout": '{"ok": 1}', "stderr": ""})()
     monkeypatch.setattr(_memory.subprocess, "run", fake_run)
     assert _memory.run_worker({"lib": "torch"}, env={"MALLOC_TRIM_THRESHOLD_": "7"}) == {"ok": 1}
     assert seen["env"]["MALLOC_TRIM_THRESHOLD_"] == "7" and seen["env"]["PATH"] == os.environ["PATH"]
+    # the worker is the package's module, run from the directory that holds ``benchmarks``
+    assert seen["cmd"][1:3] == ["-m", "benchmarks.run"]
+    assert os.path.isfile(os.path.join(seen["cwd"], "benchmarks", "run.py"))
     _memory.run_worker({"lib": "torch"})
     assert seen["env"] is None  # no extra variables: the worker inherits this environment unchanged

@@ -39,18 +39,18 @@ def test_functional_call_on_a_pruned_module_runs_the_given_params_and_masks(P):
     params, masks = fp.from_module(model)
     plain.load_state_dict({n: p.detach() for n, p in params.items()})
     x = torch.randn(3, 1, 28, 28)
-    assert torch.allclose(fp.functional_call(model, params, masks, (x,)), model(x))
+    assert torch.allclose(fp.functional_call(model, params, (x,), masks=masks), model(x))
     new_params = {n: torch.randn_like(p) for n, p in params.items()}
     new_masks = {n: torch.rand(m.shape) > 0.5 for n, m in masks.items()}
-    want = fp.functional_call(plain, new_params, new_masks, (x,))
-    assert torch.allclose(fp.functional_call(model, new_params, new_masks, (x,)), want, atol=1e-6)
+    want = fp.functional_call(plain, new_params, (x,), masks=new_masks)
+    assert torch.allclose(fp.functional_call(model, new_params, (x,), masks=new_masks), want, atol=1e-6)
     # missing names come from the module: its own mask for conv1.weight
     some = {k: v for k, v in new_masks.items() if k != "conv1.weight"}
     both = dict(some, **{"conv1.weight": masks["conv1.weight"]})
-    assert torch.allclose(fp.functional_call(model, new_params, some, (x,)),
-                          fp.functional_call(plain, new_params, both, (x,)), atol=1e-6)
+    assert torch.allclose(fp.functional_call(model, new_params, (x,), masks=some),
+                          fp.functional_call(plain, new_params, (x,), masks=both), atol=1e-6)
     # gradients reach the dense param, zero where pruned
-    grads = torch.func.grad(lambda p: fp.functional_call(model, p, masks, (x,)).sum())(params)
+    grads = torch.func.grad(lambda p: fp.functional_call(model, p, (x,), masks=masks).sum())(params)
     assert torch.all(grads["fc1.weight"][~masks["fc1.weight"]] == 0)
 
 
@@ -60,11 +60,11 @@ def test_functional_call_vmaps_over_stacked_masks_and_leaks_nothing():
     x = torch.randn(2, 1, 28, 28)
     before = model.fc1.weight
     stacked = torch.stack([masks["fc1.weight"], torch.ones_like(masks["fc1.weight"])])
-    out = torch.func.vmap(lambda m: fp.functional_call(model, params, {"fc1.weight": m}, (x,)))(stacked)
+    out = torch.func.vmap(lambda m: fp.functional_call(model, params, (x,), masks={"fc1.weight": m}))(stacked)
     assert torch.allclose(out[0], model(x), atol=1e-6)
     full = dict(masks)
     full.pop("fc1.weight")
-    assert torch.allclose(out[1], fp.functional_call(model, params, {**full, "fc1.weight": stacked[1]}, (x,)))
+    assert torch.allclose(out[1], fp.functional_call(model, params, (x,), masks={**full, "fc1.weight": stacked[1]}))
     assert model.fc1.weight is not None and type(model.fc1.__dict__["weight"]) is torch.Tensor
     assert torch.equal(model.fc1.__dict__["weight"], before)
 
@@ -73,9 +73,9 @@ def test_functional_call_errors_on_pruned_modules():
     model = _pruned(C)
     params, masks = fp.from_module(model)
     with pytest.raises(KeyError, match="nope"):
-        fp.functional_call(model, params, {"nope": torch.ones(1)}, (torch.randn(1, 1, 28, 28),))
+        fp.functional_call(model, params, (torch.randn(1, 1, 28, 28),), masks={"nope": torch.ones(1)})
     with pytest.raises(ValueError, match="fc1.weight"):
-        fp.functional_call(model, params, {"fc1.weight": torch.ones(3, dtype=torch.bool)}, ())
+        fp.functional_call(model, params, (), masks={"fc1.weight": torch.ones(3, dtype=torch.bool)})
     with pytest.raises(ValueError, match="_orig"):
         fp.functional_call(model, {"fc1.weight": params["fc1.weight"], "fc1.weight_orig": params["fc1.weight"]})
 
@@ -127,6 +127,11 @@ def test_to_module_validates_before_changing_anything():
         fp.to_module(model, masks={"fc2.weight": torch.ones(3, dtype=torch.bool)})
     with pytest.raises(ValueError, match="fc2.weight"):
         fp.to_module(model, {"fc2.weight": torch.ones(3)})
+    # 11.18: a str mask raised AttributeError
+    with pytest.raises(TypeError, match=r"^fc2\.weight: mask must be a tensor, got str"):
+        fp.to_module(model, masks={"fc1.weight": torch.ones(120, 400, dtype=torch.bool), "fc2.weight": "all"})
+    with pytest.raises(TypeError, match=r"^fc2\.bias: param must be a tensor, got float"):
+        fp.to_module(model, {"fc2.bias": 1.0})
     assert layout(model) == before
 
 
@@ -141,7 +146,7 @@ def test_round_trip_and_core_masks(device):
     assert list(back_masks) == list(masks)
     assert all(torch.equal(back_masks[n], masks[n]) for n in masks)
     x = torch.randn(2, 1, 28, 28, device=device)
-    assert torch.allclose(model(x), fp.functional_call(LeNet().to(device), params, masks, (x,)), atol=1e-6)
+    assert torch.allclose(model(x), fp.functional_call(LeNet().to(device), params, (x,), masks=masks), atol=1e-6)
 
 
 def test_to_module_rejects_unreadable_tensors_before_changing_anything():

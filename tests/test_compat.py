@@ -6,20 +6,13 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.utils.prune as T
+from _torch_ref import outcome
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import funcprune.compat as C
-
-
-class LeNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1, self.conv2 = nn.Conv2d(1, 6, 3), nn.Conv2d(6, 16, 3)
-        self.fc1, self.fc2, self.fc3 = nn.Linear(400, 120), nn.Linear(120, 84), nn.Linear(84, 10)
-
-    def forward(self, x):
-        x = nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
-        x = nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2).flatten(1)
-        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+from funcprune import _select
+from examples._models import LeNet  # the tutorial's LeNet, shared with the examples and benchmarks
 
 
 # (factory, input shape, name of a >= 2-D parameter)
@@ -438,11 +431,6 @@ def test_l1_on_channels_last_weights_gives_torchs_mask_for_the_same_values():
 
 # ---- 11.12: drop-in gaps (bool amounts, n/dim as torch takes them, mask values kept) -------------------------
 
-from _torch_ref import outcome  # noqa: E402
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from funcprune import _select  # noqa: E402
 
 
 def _same_outcome(step, factory=lambda: nn.Linear(3, 4), seed=0):
@@ -677,10 +665,7 @@ def test_torch_order_select_is_torchs_topk_on_the_survivors():
 
 
 def test_compat_global_benchmark_rows_check_torchs_masks(monkeypatch):
-    import os
-    import sys
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-    import _compat_global
+    from benchmarks import _compat_global
 
     got = {lib: _compat_global.worker({"compat_global": "tiny", "lib": lib, "threads": 1})
            for lib in _compat_global.LIBS}

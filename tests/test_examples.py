@@ -1,67 +1,106 @@
-"""Smoke tests of the multi-mask / functional-training examples on a reduced budget."""
+"""The examples on a reduced budget: what they print and return is checked against numbers
+recomputed here independently (exact pruned counts, accuracies from plain ``nn.Module`` calls)."""
 
-import importlib.util
 import os
 
 import pytest
-
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+import torch
 
 pytest.importorskip("sklearn")
+pytest.importorskip("matplotlib")
+
+from examples import _digits, functional_training, lottery_ticket, multi_mask, quickstart  # noqa: E402
+from examples._models import LeNet  # noqa: E402
+
+EXAMPLES = os.path.dirname(os.path.abspath(_digits.__file__))
 
 
-def load(name):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", os.path.join(EXAMPLES, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def masked_accuracy(params, masks, x, y) -> float:
+    """Test accuracy of the MLP with ``params * masks`` loaded into a plain module (no funcprune call)."""
+    model = _digits.make_model().to(next(iter(params.values())).dtype)
+    masks = masks or {}
+    model.load_state_dict({n: p * masks[n] if n in masks else p for n, p in params.items()})
+    with torch.no_grad():
+        return float((model(x).argmax(dim=-1) == y).float().mean())
+
+
+def test_quickstart_logits_are_the_masked_modules_and_counts_add_up(capsys):
+    result = quickstart.main()
+    masks, params = result["masks"], result["params"]
+    out = capsys.readouterr().out.splitlines()
+    pruned = sum(int((~m).sum()) for m in masks.values())
+    total = sum(p.numel() for p in params.values())
+    assert out[-2] == f"global sparsity: {pruned / total:.1%} of {total} parameters ({pruned} pruned)"
+    assert int((~masks["conv1.bias"]).sum()) == 3
+    kept_channels = masks["conv1.weight"].flatten(1).any(dim=1)
+    assert int(kept_channels.sum()) == 3  # ln_structured 0.5 of 6 output channels
+    torch.manual_seed(0)  # the example's draws: its init, its random mask, then its input
+    model = LeNet()
+    torch.rand_like(params["conv1.weight"])
+    x = torch.randn(8, 1, 28, 28)
+    model.load_state_dict({n: p * masks[n] if n in masks else p for n, p in params.items()})
+    with torch.no_grad():
+        assert torch.allclose(model(x), result["logits"], rtol=0, atol=1e-6)
 
 
 def test_functional_training(capsys):
-    rows = load("functional_training").main(steps=24, rounds=3, target=0.8)
+    rows = functional_training.main(steps=24, rounds=3, target=0.8)
     labels = [row["label"] for row in rows]
-    iterative = [f"iterative, round {r}" for r in (1, 2, 3)]
-    assert labels == ["dense", "one-shot, pruned", "one-shot, fine-tuned"] + iterative
-    assert rows[0]["sparsity"] == 0.0
-    assert abs(rows[1]["sparsity"] - 0.8) < 1e-3 and abs(rows[-1]["sparsity"] - 0.8) < 1e-3
-    sparsities = [row["sparsity"] for row in rows[3:]]
-    assert sparsities == sorted(sparsities)
-    assert all(0.0 <= row["accuracy"] <= 1.0 for row in rows)
-    assert "iterative, round 3" in capsys.readouterr().out
+    assert labels == ["dense", "one-shot, pruned", "one-shot, fine-tuned"] + [f"iterative, round {r}" for r in (1, 2, 3)]
+    n = rows[0]["weights"]
+    assert n == 64 * 128 + 128 * 64 + 64 * 10
+    assert rows[0]["pruned"] == 0
+    assert rows[1]["pruned"] == rows[2]["pruned"] == round(0.8 * n)  # one-shot: exactly the requested amount
+    survivors, per_round = n, 1 - (1 - 0.8) ** (1 / 3)  # the example's per-round fraction
+    for row in rows[3:]:  # every round prunes round(per_round * survivors) of the survivors
+        survivors -= round(per_round * survivors)
+        assert row["pruned"] == n - survivors
+    for before, after in zip(rows[3:], rows[4:]):  # iterative masks are nested
+        assert all(bool((after["masks"][k] <= before["masks"][k]).all()) for k in after["masks"])
+    _, _, x_test, y_test = _digits.load_digits(0)
+    printed = capsys.readouterr().out.splitlines()[1:]
+    for row, line in zip(rows, printed):
+        acc = masked_accuracy(row["params"], row["masks"], x_test, y_test)
+        assert acc == pytest.approx(row["accuracy"], abs=1e-6)
+        assert line == f"{row['label']:<24}{row['pruned'] / n:>10.1%}{acc:>11.1%}"
 
 
-def test_lottery_ticket(tmp_path):
-    rows = load("lottery_ticket").main(rounds=2, steps=8, amount=0.5, out=str(tmp_path))
-    assert [row["round"] for row in rows] == [0, 1, 2]
-    for row in rows:
-        assert abs(row["sparsity"] - (1 - 0.5 ** row["round"])) < 1e-3
-    png = tmp_path / "lottery_ticket.png"
+def test_lottery_ticket_counts_and_outputs(tmp_path):
+    tracked = sorted(os.listdir(EXAMPLES))
+    rows = lottery_ticket.main(rounds=2, steps=8, amount=0.5, out=str(tmp_path / "out"))
+    assert sorted(os.listdir(EXAMPLES)) == tracked  # nothing written next to the examples
+    n = 64 * 128 + 128 * 64 + 64 * 10
+    pruned = 0
+    for r, row in enumerate(rows):
+        assert row["round"] == r and row["pruned"] == pruned and row["sparsity"] == pruned / n
+        pruned += round(0.5 * (n - pruned))  # global scope: half of the survivors, exactly
+    png = tmp_path / "out" / "lottery_ticket.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    table = (tmp_path / "lottery_ticket.md").read_text().splitlines()
-    assert table[0].startswith("| round | sparsity | ticket") and len(table) == 2 + len(rows)
+    table = (tmp_path / "out" / "lottery_ticket.md").read_text().splitlines()
+    assert table[0] == "| round | sparsity | ticket | random reinit | random mask |"
+    for row, line in zip(rows, table[2:], strict=True):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells == [str(row["round"]), f"{row['sparsity']:.1%}"] + [f"{row[v]:.1%}" for v in lottery_ticket.VARIANTS]
 
 
-def test_multi_mask(capsys):
-    result = load("multi_mask").main(steps=4, seeds=(0, 1), sparsities=(0.5, 0.9))
+def test_multi_mask_subnetworks_prune_their_own_amounts_and_match_the_loop():
+    result = multi_mask.main(steps=4, seeds=(0, 1), sparsities=(0.5, 0.9))
     assert result["max_diff"] < 1e-9
-    assert len(result["accuracy"]) == 4
-    assert "faster vmapped" in capsys.readouterr().out
+    masks, params = result["masks"], result["params"]
+    n = sum(m[0].numel() for m in masks.values())
+    assert result["amounts"] == [0.5, 0.9, 0.5, 0.9]
+    _, _, x_test, y_test = _digits.load_digits(0)
+    for k, amount in enumerate(result["amounts"]):
+        assert sum(int((~m[k]).sum()) for m in masks.values()) == round(amount * n)  # per-subnetwork exact count
+        acc = masked_accuracy({name: p[k] for name, p in params.items()}, {name: m[k] for name, m in masks.items()},
+                              x_test.double(), y_test)
+        assert acc == pytest.approx(result["accuracy"][k], abs=1e-6)
 
 
 def test_multi_mask_benchmark_contenders_agree():
     """benchmarks/multi_mask.py: every timed contender computes what the loop computes (small K)."""
-    import sys
+    from benchmarks import multi_mask as bench
 
-    import torch
-
-    bench_dir = os.path.join(os.path.dirname(EXAMPLES), "benchmarks")
-    sys.path.insert(0, bench_dir)
-    try:
-        spec = importlib.util.spec_from_file_location("bench_multi_mask", os.path.join(bench_dir, "multi_mask.py"))
-        bench = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(bench)
-    finally:
-        sys.path.remove(bench_dir)
     for grad in (False, True):
         contenders = bench.contenders("lenet", 3, grad)
         assert "loop" in contenders and ("torch loop" in contenders) != grad

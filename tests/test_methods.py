@@ -303,7 +303,7 @@ def test_masks_carry_no_autograd_history():
     lambda s, m: fp.random_unstructured(s, 0, m),               # prunes nothing on top of a mask
     lambda s, m: fp.random_unstructured(s, 0.01, m),            # rounds to nothing
     lambda s, m: fp.random_structured(s.view(2, 5), 0, 0, m.view(2, 5)),
-    lambda s, m: fp.global_unstructured({"a": s}, 0, {"a": m}, method="random"),
+    lambda s, m: fp.global_unstructured({"a": s}, 0, masks={"a": m}, method="random"),
 ])
 def test_random_methods_draw_nothing_when_failing_or_pruning_nothing(call):
     scores, prior = torch.zeros(10), torch.arange(10) < 7

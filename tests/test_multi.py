@@ -40,7 +40,7 @@ def setup(device, dropout=0.0, seed=0):
 
 def loss_fn(model):
     def loss(params, masks, x, y):
-        return F.cross_entropy(fp.functional_call(model, params, masks, (x,)), y)
+        return F.cross_entropy(fp.functional_call(model, params, (x,), masks=masks), y)
     return loss
 
 
@@ -50,18 +50,18 @@ def test_stacked_call_equals_loop(device, stacked):
     param_list = [{n: p + 0.1 * k for n, p in params.items()} for k in range(K)]
     use_params = fp.stack(param_list) if stacked != "masks" else params
     use_masks = fp.stack(masks) if stacked != "params" else masks[1]
-    out = fp.stacked_call(model, use_params, use_masks, (x,), stacked=stacked)
+    out = fp.stacked_call(model, use_params, (x,), masks=use_masks, stacked=stacked)
     for k in range(K):
         p = param_list[k] if stacked != "masks" else params
         m = masks[k] if stacked != "params" else masks[1]
-        torch.testing.assert_close(out[k], fp.functional_call(model, p, m, (x,)))
-    chunked = fp.stacked_call(model, use_params, use_masks, (x,), stacked=stacked, chunk_size=3)
+        torch.testing.assert_close(out[k], fp.functional_call(model, p, (x,), masks=m))
+    chunked = fp.stacked_call(model, use_params, (x,), masks=use_masks, stacked=stacked, chunk_size=3)
     torch.testing.assert_close(chunked, out)
 
 
 def test_stacked_call_equals_torch_prune_user_loop(device):
     model, params, masks, x, _ = setup(device)
-    out = fp.stacked_call(model, params, fp.stack(masks), (x,))
+    out = fp.stacked_call(model, params, (x,), masks=fp.stack(masks))
     pruned = Net().to(device).eval()
     pruned.load_state_dict(model.state_dict())
     torch_prune.identity(pruned.conv, "weight")
@@ -104,7 +104,7 @@ def test_batchnorm_train_stacked_buffers_equal_loop(device):
     stacked_buffers = fp.stack([buffers] * K)
 
     def loss(p, b, m, x, y):
-        out, new = fp.call_with_buffers(model, p, b, m, (x,))
+        out, new = fp.call_with_buffers(model, p, b, (x,), masks=m)
         return F.cross_entropy(out, y), new
 
     grads, new = fp.vmap_stacked(torch.func.grad(loss, has_aux=True), (1, 2))(params, stacked_buffers,
@@ -126,10 +126,10 @@ def test_batchnorm_eval_shared_buffers(device):
     model, params, masks, x, _ = setup(device)
     model.bn.running_mean.uniform_()
     buffers = dict(model.named_buffers())
-    run = fp.vmap_stacked(lambda p, b, m: fp.call_with_buffers(model, p, b, m, (x,)), 2)
+    run = fp.vmap_stacked(lambda p, b, m: fp.call_with_buffers(model, p, b, (x,), masks=m), 2)
     out, new = run(params, buffers, fp.stack(masks))  # buffers shared (unstacked)
     for k in range(K):
-        torch.testing.assert_close(out[k], fp.functional_call(model, params, masks[k], (x,)))
+        torch.testing.assert_close(out[k], fp.functional_call(model, params, (x,), masks=masks[k]))
     for name, b in buffers.items():
         assert torch.equal(new[name][0], b)
 
@@ -141,7 +141,7 @@ def test_dropout_randomness_per_subnetwork(device):
     same_masks = fp.stack([masks[0]] * K)
 
     def run(p, b, m):
-        return fp.call_with_buffers(model, p, b, m, (x,))[0]
+        return fp.call_with_buffers(model, p, b, (x,), masks=m)[0]
 
     different = fp.vmap_stacked(run, (1, 2), randomness="different")(params, buffers, same_masks)
     assert not torch.equal(different[0], different[1])
@@ -154,7 +154,7 @@ def test_dropout_randomness_per_subnetwork(device):
 def test_errors():
     model, params, masks, x, _ = setup("cpu")
     with pytest.raises(ValueError, match="stacked must be one of"):
-        fp.stacked_call(model, params, fp.stack(masks), (x,), stacked="mask")
+        fp.stacked_call(model, params, (x,), masks=fp.stack(masks), stacked="mask")
     with pytest.raises(ValueError, match=r"argnums \[5\] out of range for 2"):
         fp.vmap_stacked(lambda a, b: a, 5)(x, x)
     with pytest.raises(ValueError, match="at least one"):
@@ -190,9 +190,9 @@ def test_conv_rule_equals_torch_rule_and_loop(device, stacked):
     argnums = {"masks": 1, "params": 0, "both": (0, 1)}[stacked]
 
     def loss(p, m):
-        return fp.functional_call(model, p, m, (x,)).square().mean()
+        return fp.functional_call(model, p, (x,), masks=m).square().mean()
 
-    out = {conv: fp.stacked_call(model, use_params, use_masks, (x,), stacked=stacked, conv=conv)
+    out = {conv: fp.stacked_call(model, use_params, (x,), masks=use_masks, stacked=stacked, conv=conv)
            for conv in ("auto", "torch")}
     torch.testing.assert_close(out["auto"], out["torch"])
     grads = {label: fp.vmap_stacked(torch.func.grad(loss), argnums, conv=conv, chunk_size=chunk)(use_params, use_masks)
@@ -200,7 +200,7 @@ def test_conv_rule_equals_torch_rule_and_loop(device, stacked):
     for k in range(K):
         p = fp.unstack(use_params)[k] if stacked != "masks" else params
         m = fp.unstack(use_masks)[k] if stacked != "params" else use_masks
-        torch.testing.assert_close(out["auto"][k], fp.functional_call(model, p, m, (x,)))
+        torch.testing.assert_close(out["auto"][k], fp.functional_call(model, p, (x,), masks=m))
         for name, g in torch.func.grad(loss)(p, m).items():
             for label in grads:
                 torch.testing.assert_close(grads[label][name][k], g)
@@ -213,14 +213,47 @@ def test_conv_rule_unbatched_image():
     masks = fp.masks_for_seeds(params, fp.random_unstructured, K, 0.5, include=["weight"])
     image = torch.randn(2, 5, 5)  # (C, H, W), no batch dim
     for stacked, p in (("masks", params), ("both", fp.stack([params] * K))):
-        got = fp.stacked_call(conv, p, masks, (image,), stacked=stacked, conv="auto")
-        torch.testing.assert_close(got, fp.stacked_call(conv, p, masks, (image,), stacked=stacked, conv="torch"))
+        got = fp.stacked_call(conv, p, (image,), masks=masks, stacked=stacked, conv="auto")
+        torch.testing.assert_close(got, fp.stacked_call(conv, p, (image,), masks=masks, stacked=stacked, conv="torch"))
         assert got.shape == (K, 3, 3, 3)
 
 
 def test_conv_option_errors():
     model, params, masks, x, _ = setup("cpu")
     with pytest.raises(ValueError, match="conv must be one of"):
-        fp.stacked_call(model, params, fp.stack(masks), (x,), conv="grouped")
+        fp.stacked_call(model, params, (x,), masks=fp.stack(masks), conv="grouped")
     with pytest.raises(ValueError, match="conv must be one of"):
         fp.vmap_stacked(lambda a: a, 0, conv="fast")
+
+
+def test_misused_stacked_call_names_the_leaf_and_the_fix():
+    # 11.19: these gave vmap's "Expected all tensors to have the same size" / "functorch website" errors.
+    model, params, masks, x, _ = setup("cpu")
+    with pytest.raises(TypeError, match=r"got a list of 4 masks trees: pass funcprune\.stack\(masks\)"):
+        fp.stacked_call(model, params, (x,), masks=masks)
+    with pytest.raises(ValueError, match=r"^conv\.weight: stacked masks leaf has shape \(4, 2, 3, 3\), expected "
+                                         r"\(K, \*\(4, 2, 3, 3\)\) .*not stacked"):
+        fp.stacked_call(model, params, (x,), masks=masks[1])
+    ragged = {**fp.stack(masks), "fc.weight": fp.stack(masks[:3])["fc.weight"]}
+    with pytest.raises(ValueError, match=r"^fc\.weight: stacked masks leaf has leading dim K=3, but 'conv\.weight' "
+                                         r"has K=4"):
+        fp.stacked_call(model, params, (x,), masks=ragged)
+    with pytest.raises(ValueError, match=r"^fc\.bias: stacked params leaf has shape \(3,\)"):
+        fp.stacked_call(model, {**fp.stack([params] * K), "fc.bias": params["fc.bias"]}, (x,), stacked="params")
+    with pytest.raises(ValueError, match="needs stacked masks"):
+        fp.stacked_call(model, params, (x,))
+    model.train()
+    with pytest.raises(ValueError, match=r"bn \(BatchNorm2d\) is in train mode.*call_with_buffers"):
+        fp.stacked_call(model, params, (x,), masks=fp.stack(masks))
+    # with its running stats stacked among the params, each subnetwork updates its own copy
+    buffers = fp.stack([{n: b.clone() for n, b in model.named_buffers()}] * K)
+    out = fp.stacked_call(model, {**fp.stack([params] * K), **buffers}, (x,), masks=fp.stack(masks), stacked="both")
+    assert out.shape == (K, 5, 3) and int(buffers["bn.num_batches_tracked"][0]) == 1
+
+
+def test_sibling_defaults_agree():
+    import inspect
+
+    defaults = [{name: p.default for name, p in inspect.signature(fn).parameters.items()
+                 if name in ("conv", "chunk_size", "randomness")} for fn in (fp.stacked_call, fp.vmap_stacked)]
+    assert defaults[0] == defaults[1] == {"chunk_size": None, "randomness": "error", "conv": "torch"}

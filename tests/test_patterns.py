@@ -183,8 +183,8 @@ def test_prune_channels_matches_ln_structured_and_masks_bias(amount, n):
         assert torch.equal(masks[f"{prefix}.bias"], channels_kept(expected, 0))
     # Pruned output channels now output exactly zero (without the bias mask they output the bias).
     x = torch.randn(2, 3, 6, 6)
-    conv_out = fp.functional_call(model[0], {"weight": params["0.weight"], "bias": params["0.bias"]},
-                                  {"weight": masks["0.weight"], "bias": masks["0.bias"]}, (x,))
+    conv_out = fp.functional_call(model[0], {"weight": params["0.weight"], "bias": params["0.bias"]}, (x,),
+                                  masks={"weight": masks["0.weight"], "bias": masks["0.bias"]})
     dead = ~channels_kept(masks["0.weight"], 0)
     assert dead.any() and (conv_out[:, dead] == 0).all()
 

@@ -105,3 +105,23 @@ def test_include_purity_and_errors():
         taylor(loss_fn, params, batch, dim=1.5)
     with pytest.raises(KeyError):
         gradient(loss_fn, params, batch, masks={"nope": torch.ones(1)})
+
+
+def test_pruned_nan_inf_score_zero_and_leave_the_rest_finite():
+    """11.7 for saliency: scores are taken at the masked params with pruned entries exactly zero."""
+    model, params, masks, batch, loss_fn = setup("cpu")
+    clean = {name: fn(loss_fn, params, batch, masks) for name, fn in
+             (("gradient", gradient), ("snip", snip), ("taylor", taylor))}
+    clean["magnitude"] = magnitude(params, masks)
+    pruned = ~masks["0.weight"]
+    dirty = dict(params)
+    dirty["0.weight"] = params["0.weight"].clone()
+    dirty["0.weight"][pruned] = torch.tensor([float("nan"), float("inf"), -float("inf")]).repeat(
+        int(pruned.sum()) // 3 + 1)[:int(pruned.sum())]
+    for name, fn in (("gradient", gradient), ("snip", snip), ("taylor", taylor)):
+        scores = fn(loss_fn, dirty, batch, masks)
+        for leaf in params:
+            assert torch.equal(scores[leaf], clean[name][leaf]), (name, leaf)
+    assert torch.equal(magnitude(dirty, masks)["0.weight"], clean["magnitude"]["0.weight"])
+    assert (magnitude(dirty, masks)["0.weight"][pruned] == 0).all()
+    assert (snip(loss_fn, dirty, batch, masks)["0.weight"][pruned] == 0).all()

@@ -137,7 +137,7 @@ def test_lottery_errors():
 def make_step(model, x, y, lr=0.5, pruned="keep"):
     """One functional SGD step with weight decay (which would move pruned entries if unmasked)."""
     def loss(p, m):
-        return F.cross_entropy(fp.functional_call(model, p, m, (x,)), y)
+        return F.cross_entropy(fp.functional_call(model, p, (x,), masks=m), y)
 
     def step(p, m):
         grads = torch.func.grad(loss)(p, m)
@@ -173,7 +173,7 @@ def test_torch_optim_on_stacked_leaves_equals_loop():
     masks = fp.masks_for_scores(params, fp.l1_unstructured, fp.stack(inits), [0.2, 0.5, 0.8], include=WEIGHTS)
 
     def loss(p, m):
-        return F.cross_entropy(fp.functional_call(model, p, m, (x,)), y)
+        return F.cross_entropy(fp.functional_call(model, p, (x,), masks=m), y)
 
     def train(tree, mask_tree, losses):
         leaves = {n: t.clone().requires_grad_() for n, t in tree.items()}

@@ -120,9 +120,9 @@ def test_global_l1_matches_torch(amount, prior_names, dtype, chunk):
                                         importance_scores={targets[3]: scores["4.weight"]})
     except ValueError:
         with pytest.raises(ValueError, match="amount"):
-            fp.global_unstructured(params, amount, masks, scores=scores, include=names, chunk_size=chunk)
+            fp.global_unstructured(params, amount, masks=masks, scores=scores, include=names, chunk_size=chunk)
         return
-    got = fp.global_unstructured(params, amount, masks, scores=scores, include=names, chunk_size=chunk)
+    got = fp.global_unstructured(params, amount, masks=masks, scores=scores, include=names, chunk_size=chunk)
     ref = torch_masks(model)
     assert got.keys() == ref.keys()
     keys = torch.cat([scores.get(n, params[n]).abs().double().reshape(-1) for n in names])
@@ -149,7 +149,7 @@ def test_global_random_fresh_masks_are_torchs_for_the_same_seed(amount):
 def test_global_random_on_prior_masks_keeps_exact_counts():
     params = params_of(mlp())
     masks = fp.prune(params, fp.l1_unstructured, 0.5, include=["0.weight"])
-    got = fp.global_unstructured(params, 0.25, masks, method=fp.random_unstructured,
+    got = fp.global_unstructured(params, 0.25, masks=masks, method=fp.random_unstructured,
                                  generator=torch.Generator().manual_seed(0))
     alive = sum(p.numel() for p in params.values()) - int((~masks["0.weight"]).sum())
     assert sum(int((~m).sum()) for m in got.values()) - int((~masks["0.weight"]).sum()) == round(0.25 * alive)
@@ -161,9 +161,9 @@ def test_global_l1_under_vmap_and_on_meta():
     w, b = params["2.weight"], params["2.bias"]
     stacked = {"2.weight": torch.rand(6, *w.shape) > 0.3, "2.bias": torch.rand(6, *b.shape) > 0.3}
     sub = {"2.weight": w, "2.bias": b}
-    batched = torch.func.vmap(lambda m: fp.global_unstructured(sub, 0.5, m))(stacked)
+    batched = torch.func.vmap(lambda m: fp.global_unstructured(sub, 0.5, masks=m))(stacked)
     for i in range(6):
-        eager = fp.global_unstructured(sub, 0.5, {n: m[i] for n, m in stacked.items()})
+        eager = fp.global_unstructured(sub, 0.5, masks={n: m[i] for n, m in stacked.items()})
         assert all(torch.equal(batched[n][i], eager[n]) for n in sub)
     amounts = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
     sweep = torch.func.vmap(lambda a: fp.global_unstructured(sub, a))(amounts)
@@ -171,7 +171,7 @@ def test_global_l1_under_vmap_and_on_meta():
         assert all(torch.equal(sweep[n][i], fp.global_unstructured(sub, a)[n]) for n in sub)
     meta = {n: torch.empty(p.shape, device="meta") for n, p in sub.items()}
     for method in ("l1", "random"):
-        out = fp.global_unstructured(meta, 0.5, {"2.bias": torch.empty(b.shape, dtype=torch.bool, device="meta")},
+        out = fp.global_unstructured(meta, 0.5, masks={"2.bias": torch.empty(b.shape, dtype=torch.bool, device="meta")},
                                      method=method)
         assert all(m.device.type == "meta" and m.dtype == torch.bool for m in out.values())
 
@@ -188,7 +188,7 @@ def test_global_errors():
     with pytest.raises(TypeError, match="amount"):
         fp.global_unstructured(params, "half")
     with pytest.raises(ValueError, match=r"^0\.weight: mask has shape"):
-        fp.global_unstructured(params, 0.5, {"0.weight": torch.ones(2, dtype=torch.bool)})
+        fp.global_unstructured(params, 0.5, masks={"0.weight": torch.ones(2, dtype=torch.bool)})
     with pytest.raises(ValueError, match="chunk_size"):
         fp.global_unstructured(params, 0.5, chunk_size=0)
 
@@ -239,3 +239,164 @@ def test_sparsity_counts_and_vmap():
     fractions = torch.func.vmap(lambda m: fp.sparsity(m).fraction)(stacked)
     for i in range(5):
         assert fractions[i] == fp.sparsity({n: m[i] for n, m in stacked.items()}).fraction
+
+
+# --- one tree driver (12 §3) and every returned mask has its param's shape (11.4) ---
+
+def _tree_functions():
+    """Every per-leaf tree function, as ``(label, fn(params, masks, include))``."""
+    return [
+        ("prune", lambda p, m, inc: fp.prune(p, fp.l1_unstructured, 0.5, masks=m, include=inc)),
+        ("global_unstructured", lambda p, m, inc: fp.global_unstructured(p, 0.5, masks=m, include=inc)),
+        ("prune_channels", lambda p, m, inc: fp.patterns.prune_channels(p, 1, masks=m, include=inc)),
+        ("prune_by", lambda p, m, inc: fp.distributions.prune_by(p, fp.l1_unstructured, {n: 0.5 for n in inc},
+                                                                 masks=m)),
+        ("set_update", lambda p, m, inc: fp.dst.set_update(p, {**{n: p[n] != 0 for n in inc}, **m}, 0.5,
+                                                            include=inc)),
+    ]
+
+
+@pytest.mark.parametrize("label, fn", _tree_functions(), ids=[label for label, _ in _tree_functions()])
+def test_a_wrong_shaped_mask_of_an_unselected_leaf_raises(label, fn):
+    # 11.4: prune(..., masks={"b": <wrong shape>}, include=["a"]) passed the wrong mask through.
+    params = params_of(mlp())
+    bad = {"2.weight": torch.ones(3, dtype=torch.bool)}
+    with pytest.raises(ValueError, match=r"^2\.weight: mask has shape \(3,\) but the param has shape \(16, 20\)"):
+        fn(params, bad, ["0.weight"])
+    with pytest.raises(TypeError, match=r"^2\.weight: mask must be a tensor, got float"):
+        fn(params, {"2.weight": 1.0}, ["0.weight"])
+    good = fn(params, {"2.weight": torch.ones(16, 20, dtype=torch.bool)}, ["0.weight"])
+    assert all(good[n].shape == params[n].shape for n in good)
+
+
+@pytest.mark.parametrize("label, fn", [
+    ("prune", lambda p: fp.prune(p, fp.ln_structured, 1, 2, 5, include=["0.weight"])),
+    ("prune_channels", lambda p: fp.patterns.prune_channels(p, 1, dim=5, include=["0.weight"])),
+    ("prune_by", lambda p: fp.distributions.prune_by(p, fp.ln_structured, {"0.weight": 1}, 2, 5)),
+])
+def test_the_driver_names_the_leaf_and_keeps_the_exception_type(label, fn):
+    with pytest.raises(IndexError, match=r"^0\.weight: "):
+        fn(params_of(mlp()))
+
+
+def test_dst_errors_go_through_the_same_driver():
+    params = params_of(mlp())
+    masks = {"0.weight": torch.ones(20, 12, dtype=torch.bool)}
+    with pytest.raises(KeyError, match=r"0\.weight: .*no gradient for 0\.weight"):
+        fp.dst.rigl_update(params, masks, {"2.weight": torch.ones(16, 20)}, 0.5)
+    with pytest.raises(ValueError, match=r"^0\.weight: mask has shape"):
+        fp.dst.set_update(params, {"0.weight": torch.ones(12, 20, dtype=torch.bool)}, 0.5)
+
+
+@pytest.mark.parametrize("value_dtype, mask_dtype", [(torch.float32, torch.float64), (torch.bfloat16, torch.float32),
+                                                     (torch.float32, torch.float32)])
+@pytest.mark.parametrize("value_grad", [True, False])
+def test_gradients_reach_a_float_mask_of_another_dtype(value_dtype, mask_dtype, value_grad):
+    # 11.2: eager autograd gave the mask no gradient when its dtype differed from the param's.
+    torch.manual_seed(0)
+    value = torch.randn(4, 6).to(value_dtype)
+    mask = torch.rand(4, 6, dtype=mask_dtype)
+    weight = torch.randn(4, 6).to(value_dtype)
+
+    def loss(v, m):
+        return (fp.apply_masks({"w": v}, {"w": m})["w"] * weight).sum()
+
+    def reference(v, m):
+        return (v * m.to(v.dtype) * weight).sum()
+
+    v, m = value.clone().requires_grad_(value_grad), mask.clone().requires_grad_()
+    loss(v, m).backward()
+    v_ref, m_ref = value.clone().requires_grad_(value_grad), mask.clone().requires_grad_()
+    reference(v_ref, m_ref).backward()
+    argnums = (0, 1) if value_grad else 1
+    functorch = torch.func.grad(loss, argnums=argnums)(value, mask)
+    functorch_mask = functorch[1] if value_grad else functorch
+    assert m.grad is not None and m.grad.dtype == mask_dtype
+    assert torch.equal(m.grad, m_ref.grad) and torch.equal(functorch_mask, m_ref.grad)
+    if value_grad:
+        assert torch.equal(v.grad, v_ref.grad) and torch.equal(functorch[0], v_ref.grad)
+
+
+@pytest.mark.parametrize("tree", [
+    {"x.y": torch.ones(2), "x": {"y": torch.zeros(2)}},
+    {0: torch.ones(2), "0": torch.zeros(2)},
+    {"a": [torch.ones(2)], "a.0": torch.zeros(2)},
+], ids=["dotted-vs-nested", "int-vs-str", "list-vs-dotted"])
+def test_leaf_names_that_collide_raise(tree, tmp_path):
+    # 11.5: both leaves got the second one's mask, and save_masks kept one of two masks.
+    from funcprune import _pytree
+
+    with pytest.raises(ValueError, match="leaf names collide"):
+        _pytree.named_leaves(tree)
+    with pytest.raises(ValueError, match="leaf names collide"):
+        fp.prune(tree, fp.l1_unstructured, 1)
+    with pytest.raises(ValueError, match="leaf names collide"):
+        fp.export.save_masks(_as_masks(tree), tmp_path / "m.pt")
+    with pytest.raises(ValueError, match="leaf names collide"):
+        fp.sparsity(_as_masks(tree))
+
+
+def _as_masks(tree):
+    if isinstance(tree, dict):
+        return {k: _as_masks(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_as_masks(v) for v in tree]
+    return tree != 0
+
+
+def test_distinct_names_still_work_with_int_and_nested_keys():
+    tree = {0: torch.tensor([1.0, 2.0]), "x": {"y": torch.tensor([3.0, 0.5])}}
+    masks = fp.prune(tree, fp.l1_unstructured, 1)
+    assert torch.equal(masks[0], torch.tensor([False, True]))
+    assert torch.equal(masks["x"]["y"], torch.tensor([True, False]))
+
+
+def test_sparsity_of_stacked_masks_is_per_subnetwork():
+    # 11.3: K stacked masks over a param reported fraction=1.2 (and 3.0 for a (3, 4, 6) mask).
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 2)
+    p = dict(lin.named_parameters())
+    masks = fp.masks_for_seeds(p, fp.random_unstructured, 3, 0.5, include=["weight"])
+    report = fp.sparsity(masks, p)
+    assert report.fraction.shape == (3,) and report.pruned.shape == (3,) and report.total == 10
+    for k, one in enumerate(fp.unstack(masks)):
+        alone = fp.sparsity(one, p)
+        assert float(report.fraction[k]) == float(alone.fraction) == pytest.approx(4 / 10)
+        assert int(report.pruned[k]) == int(alone.pruned) == 4
+        assert float(report.per_leaf["weight"][k]) == float(alone.per_leaf["weight"]) == 0.5
+    mixed = fp.sparsity({"weight": masks["weight"], "bias": torch.tensor([False, True])}, p)
+    assert mixed.per_leaf["bias"].shape == (3,) and torch.equal(mixed.pruned, torch.tensor([5, 5, 5]))
+
+
+def test_sparsity_rejects_wrong_shapes_and_non_tensors():
+    params = {"w": torch.zeros(4, 6), "b": torch.zeros(6)}
+    with pytest.raises(ValueError, match=r"^w: mask has shape \(3, 4, 5\) but the param has shape \(4, 6\)"):
+        fp.sparsity({"w": torch.ones(3, 4, 5, dtype=torch.bool)}, params)
+    with pytest.raises(ValueError, match=r"^w: mask has shape \(6,\)"):
+        fp.sparsity({"w": torch.ones(6, dtype=torch.bool)}, params)
+    with pytest.raises(ValueError, match=r"^b: 2 stacked masks, but 'w' has 3"):
+        fp.sparsity({"w": torch.ones(3, 4, 6), "b": torch.ones(2, 6)}, params)
+    # 11.18: a non-tensor leaf raised AttributeError
+    with pytest.raises(TypeError, match=r"^w: mask must be a tensor, got str"):
+        fp.sparsity({"w": "all"})
+    with pytest.raises(TypeError, match=r"^w: mask must be a tensor, got float"):
+        fp.sparsity({"w": 1.0}, params)
+    with pytest.raises(TypeError, match=r"^b: param must be a tensor, got int"):
+        fp.sparsity({"w": torch.ones(4, 6)}, {"w": torch.zeros(4, 6), "b": 3})
+
+
+def test_apply_masks_and_mask_grads_name_a_non_tensor_mask():
+    # 11.18: a non-tensor mask raised AttributeError
+    params = {"w": torch.ones(3), "b": torch.ones(2)}
+    with pytest.raises(TypeError, match=r"^w: mask must be a tensor, got str"):
+        fp.apply_masks(params, {"w": "keep"})
+    with pytest.raises(TypeError, match=r"^b: mask must be a tensor, got int"):
+        fp.mask_grads(params, {"b": 1})
+    with pytest.raises(ValueError, match=r"^b: mask has shape \(3,\) but the grad has shape \(2,\)"):
+        fp.mask_grads(params, {"b": torch.ones(3)})
+
+
+def test_sparsity_on_meta():
+    meta = {"w": torch.empty(3, 4, 6, dtype=torch.bool, device="meta")}
+    report = fp.sparsity(meta, {"w": torch.empty(4, 6, device="meta")})
+    assert report.fraction.shape == (3,) and report.fraction.device.type == "meta"

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 import torch
-
-import functools
 
 from .. import _select, tree
 from .._amount import _is_concrete

@@ -280,3 +280,15 @@ def _new_pruned(base: type) -> torch.nn.Module:
     """An empty instance of ``base``'s pruned twin; pickles of pruned modules rebuild through it."""
     cls = _pruned_class(base)
     return cls.__new__(cls)
+
+
+def unprune(sub: torch.nn.Module, local: str) -> None:
+    """Drop the reparametrization of ``sub.<local>`` without applying its mask (``local`` becomes a plain parameter)."""
+    key, _ = pruning_hook(sub, local)
+    del sub._forward_pre_hooks[key]
+    orig = sub._parameters.pop(local + "_orig")
+    del sub._buffers[local + "_mask"]
+    if local in sub.__dict__:
+        delattr(sub, local)
+    setattr(sub, local, orig)
+    unmark_if_unpruned(sub)

@@ -139,7 +139,7 @@ def _pruner(params: Tree, method: Callable, args: tuple, masks: Optional[Tree], 
             kwargs: dict) -> Callable[[Any, Optional[Tree]], Tree]:
     """``(amount, scores) -> masks``: ``method`` lifted to trees by :func:`prune` or used as is."""
     if method is global_unstructured:
-        return lambda amount, scores: global_unstructured(params, amount, masks, scores=scores, include=include,
+        return lambda amount, scores: global_unstructured(params, amount, masks=masks, scores=scores, include=include,
                                                           **kwargs)
     return lambda amount, scores: prune(params, method, amount, *args, masks=masks, scores=scores,
                                         include=include, **kwargs)
@@ -162,7 +162,7 @@ def masks_for_amounts(params: Tree, method: Callable, amounts: Amounts, *args: A
     """K masks, one per amount (a sparsity sweep), in one ``vmap``.
 
     Mask ``k`` equals ``prune(params, method, amounts[k], *args, ...)`` (or
-    ``global_unstructured(params, amounts[k], masks, ...)`` when ``method`` is
+    ``global_unstructured(params, amounts[k], masks=masks, ...)`` when ``method`` is
     :func:`funcprune.global_unstructured`), up to the choice among tied scores.
 
     Args:
