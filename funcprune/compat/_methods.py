@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import numbers
 
 import torch
 import torch.nn.utils.prune as _torch_prune
@@ -337,7 +336,7 @@ class LnStructured(_Structured):
         k = self._checked_count(piece)
         if k == 0:
             return new_mask
-        norm = _compute_norm(piece.detach(), self.n, self.dim)
+        norm = _compute_norm(piece, self.n, self.dim)
         if norm.shape != (piece.shape[self.dim],):
             return _sliced_mask(self, t, default_mask)
         kept = _select.torch_order_select(norm, piece.shape[self.dim] - k, largest=True)
