@@ -24,7 +24,7 @@ if "--passive-omp" in sys.argv:  # must precede loading OpenMP; the worker proce
 
 import torch  # noqa: E402
 
-from . import _cases, _memory, _module_cases, _report  # noqa: E402
+from . import _cases, _compat_global, _memory, _module_cases, _report  # noqa: E402
 from ._timing import interleaved, minor_faults_per_call  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -210,7 +210,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.worker:
         spec = json.loads(args.worker)
-        print(json.dumps(_forward_row_worker(spec) if "forward_row" in spec else _memory.worker(spec)))
+        print(json.dumps(_forward_row_worker(spec) if "forward_row" in spec else
+                         _compat_global.worker(spec) if "compat_global" in spec else _memory.worker(spec)))
         return 0
     args.rounds = args.rounds or (3 if args.quick else 15)
     args.processes = args.processes or (1 if args.quick else 4)
@@ -222,10 +223,15 @@ def main(argv=None):
     print(_report.header(info))
     rows = time_cases(_all_cases(args), args)
     memory = [] if args.skip_memory or args.only else memory_rows(args)
+    compat_global = [] if args.skip_memory or args.only or args.no_compat else _compat_global.rows(
+        processes=1 if args.quick else 3, cases=_compat_global.ROWS[:1] if args.quick else _compat_global.ROWS)
     scaling = [] if args.skip_scaling or args.only else scaling_rows(args)
     huge = None if args.skip_huge or args.quick or args.only else huge_row()
     elapsed = time.perf_counter() - start
     _report.write(args.out, info, rows, memory, scaling, huge, elapsed, quick=args.quick)
+    if compat_global:
+        with open(args.out, "a") as f:
+            f.write(_compat_global.markdown(compat_global))
     if scaling:
         _report.plot(scaling, os.path.join(os.path.dirname(args.out), "scaling.png"))
     print(f"wrote {args.out} ({elapsed:.0f} s)")

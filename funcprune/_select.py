@@ -739,3 +739,164 @@ def radix_select_keep(keys: Sequence[torch.Tensor], alive: Sequence[Optional[tor
             keep[start:start + piece.numel()] = piece_keep
         masks.append(keep.view(key.shape))
     return masks
+
+
+# --- Exact cuts and torch's tie order (used by funcprune.compat) -----------------------------------
+#
+# ``radix_select_keep`` == ``keep_from_cut(keys, alive, radix_cut(keys, alive, k, ...), ...)``: the
+# cut is split from the masks so that a caller can look at the tie band (how many alive keys equal
+# the k-th one, how many of those are due) before deciding how to break it.
+
+from typing import NamedTuple  # noqa: E402  (kept next to the code below, which alone uses it)
+
+
+class RadixCut(NamedTuple):
+    """Where the ``k`` smallest (or largest) alive keys end: found by :func:`radix_cut`.
+
+    ``prefix`` is the bit pattern (in the radix's working integer type, order-flipped when
+    ``largest``) of the k-th selected key; every alive key strictly before it is selected, and
+    ``due`` of the ``ties`` alive keys equal to it. A tie straddles the cut iff ``due < ties``.
+    ``nan`` is True when the k-th key is a NaN (NaNs of any payload tie in ``topk``).
+    """
+
+    prefix: torch.Tensor
+    due: int
+    ties: int
+    nan: bool
+
+    @property
+    def straddles(self) -> bool:
+        """True when some but not all of the keys equal to the k-th one are selected."""
+        return self.due < self.ties or self.nan
+
+
+def _cut_bits(key_fn, keys, largest):
+    nbits = 8 * key_fn(keys[0].reshape(-1)[:1]).element_size()
+    flip = (1 << (nbits - 1)) - 1  # reverses the order of non-negative bit patterns
+    work = torch.int32 if nbits <= 32 else torch.int64
+
+    def bits_of(piece):
+        b = _bits(key_fn(piece)).to(work)
+        return flip - b if largest else b
+
+    return nbits, flip, bits_of
+
+
+def radix_cut(keys: Sequence[torch.Tensor], alive: Sequence[Optional[torch.Tensor]], k: int, *,
+              key_fn: Callable[[torch.Tensor], torch.Tensor] = lambda piece: piece, largest: bool = False,
+              chunk: int = DEFAULT_CHUNK) -> RadixCut:
+    """The cut of the ``k`` smallest (or largest) alive keys across ``keys``, without selecting.
+
+    The histogram passes of :func:`radix_select_keep` (same arguments, ``1 <= k <= alive``):
+    O(n) time, chunk-sized temporaries, no concatenated copy. Eager only.
+
+    Example:
+      >>> cut = radix_cut([torch.tensor([3.0, 1.0, 1.0, 2.0])], [None], 1)
+      >>> cut.due, cut.ties, cut.straddles
+      (1, 2, True)
+    """
+    device = keys[0].device
+    nbits, flip, bits_of = _cut_bits(key_fn, keys, largest)
+    prefix = torch.zeros((), dtype=torch.int64, device=device)
+    due = torch.tensor(k, dtype=torch.int64, device=device)
+    ties = due
+    for shift in range(max(nbits - _DIGIT_BITS, 0), -1, -_DIGIT_BITS):
+        hist = torch.zeros(_DIGITS + 1, dtype=torch.int64, device=device)
+        for key, live in zip(keys, alive):
+            for _, piece, live_piece in _paired_chunks(key, live, chunk):
+                b = bits_of(piece)
+                inside = (b >> (shift + _DIGIT_BITS)) == (prefix >> (shift + _DIGIT_BITS))
+                if live_piece is not None:
+                    inside &= live_piece
+                hist += torch.bincount(torch.where(inside, (b >> shift) & (_DIGITS - 1), _DIGITS),
+                                       minlength=_DIGITS + 1)
+        cum = hist[:_DIGITS].cumsum(0)
+        digit = torch.searchsorted(cum, due)
+        due = due - torch.where(digit > 0, cum[(digit - 1).clamp(min=0)], 0)
+        prefix = prefix | (digit << shift)
+        ties = hist[digit]
+    plain = int(flip - prefix) if largest else int(prefix)  # the k-th key's own bit pattern
+    inf_bits = int(_bits(torch.tensor(float("inf"), dtype=key_fn(keys[0].reshape(-1)[:1]).dtype)))
+    return RadixCut(prefix, int(due), int(ties), plain > inf_bits)
+
+
+def keep_from_cut(keys: Sequence[torch.Tensor], alive: Sequence[Optional[torch.Tensor]], cut: RadixCut, *,
+                  key_fn: Callable[[torch.Tensor], torch.Tensor] = lambda piece: piece, largest: bool = False,
+                  chunk: int = DEFAULT_CHUNK) -> list:
+    """Keep masks (one per key, its shape) after dropping what ``cut`` selects; ties by lowest global index.
+
+    With the arguments given to :func:`radix_cut`. Where no tie straddles the cut this is the only
+    answer, so any exact selection (torch's ``topk`` included) gives the same masks.
+
+    Example:
+      >>> keys = [torch.tensor([3.0, 1.0, 1.0, 2.0])]
+      >>> keep_from_cut(keys, [None], radix_cut(keys, [None], 1))
+      [tensor([ True, False,  True,  True])]
+    """
+    device = keys[0].device
+    _, _, bits_of = _cut_bits(key_fn, keys, largest)
+    prefix, due = cut.prefix, cut.due
+    masks, ties_seen = [], 0
+    for key, live in zip(keys, alive):
+        keep = torch.empty(key.numel(), dtype=torch.bool, device=device)
+        for start, piece, live_piece in _paired_chunks(key, live, chunk):
+            b = bits_of(piece)
+            if not cut.straddles or ties_seen >= due:  # every tie left is dropped / kept
+                dropped = b <= prefix if ties_seen < due else b < prefix
+            else:
+                tie = b == prefix
+                if live_piece is not None:
+                    tie &= live_piece
+                here = int(tie.sum())
+                if ties_seen + here <= due:  # all of this piece's ties go
+                    dropped = (b < prefix) | tie
+                else:  # the piece where the due ties run out: the first ones, in index order
+                    dropped = (b < prefix) | (tie & (tie.cumsum(0) + ties_seen <= due))
+                ties_seen += here
+            piece_keep = dropped.logical_not_()
+            if live_piece is not None:
+                piece_keep &= live_piece
+            keep[start:start + piece.numel()] = piece_keep
+        masks.append(keep.view(key.shape))
+    return masks
+
+
+def torch_order_select(key: torch.Tensor, k: int, *, largest: bool, alive: Optional[torch.Tensor] = None,
+                       unique_first: bool = True) -> torch.Tensor:
+    """Bool mask (``key``'s shape) of the ``k`` alive entries ``torch.nn.utils.prune`` picks, ties included.
+
+    torch's CPU ``topk`` (``aten/src/ATen/native/TopKImpl.h``) runs ``std::nth_element`` (or
+    ``std::partial_sort`` when ``64 * k <= n``) over ``(value, index)`` pairs with a comparator
+    that looks at the values only (NaN the largest). Which of several equal values it keeps is
+    therefore whatever those algorithms leave, and depends on every value of the vector it is
+    given. torch gives it the alive entries in index order (``t[mask == 1]``, raveled); so does
+    this function, so the choice is torch's, not just the count. Where no tie straddles the cut
+    the result is the same for every exact selection, and the certified threshold of
+    :func:`select` answers without ``topk``. ``sorted`` does not change the set ``topk`` picks
+    (only the order of the first ``k``), so it is left off. Eager tensors only for ``alive``
+    (boolean indexing); on ``meta`` or under transforms it is :func:`select`. Pass
+    ``unique_first=False`` when a tie is known to straddle the cut (skips the threshold try).
+
+    Example:
+      >>> torch_order_select(torch.tensor([5.0, 1.0, 2.0, 1.0]), 1, largest=False,
+      ...                    alive=torch.tensor([True, False, True, True]))
+      tensor([False, False, False,  True])
+    """
+    if not _is_concrete(key) or (alive is not None and not _is_concrete(alive)):
+        return select(key.reshape(-1), k, largest=largest,
+                      alive=None if alive is None else alive.reshape(-1)).view(key.shape)
+    flat = key.reshape(-1)
+    live = None if alive is None else alive.reshape(-1)
+    cand = flat if live is None else flat[live]  # the vector torch's topk sees
+    if k == 0:
+        chosen = torch.zeros(cand.numel(), dtype=torch.bool, device=key.device)
+    else:
+        chosen = None
+        if unique_first and 0 < k < cand.numel() and cand.numel() >= _FAST_MIN and cand.device.type == "cpu":
+            chosen = _select_by_threshold(cand, k, largest)  # only when the answer is unique
+        if chosen is None:
+            idx = torch.topk(cand, k, largest=largest, sorted=False).indices
+            chosen = torch.zeros(cand.numel(), dtype=torch.bool, device=key.device).index_fill_(0, idx, True)
+    if live is None:
+        return chosen.view(key.shape)
+    return torch.zeros_like(live).masked_scatter_(live, chosen).view(key.shape)

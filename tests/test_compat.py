@@ -6,8 +6,12 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.utils.prune as T
+from _torch_ref import outcome
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import funcprune.compat as C
+from funcprune import _select
 from examples._models import LeNet  # the tutorial's LeNet, shared with the examples and benchmarks
 
 
@@ -36,15 +40,22 @@ def layout(module):
     }
 
 
+def same(a, b):
+    """``torch.equal``, with NaN equal to NaN (weights may hold them)."""
+    if a.is_floating_point() and b.is_floating_point():
+        return torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(0.0), b.nan_to_num(0.0))
+    return torch.equal(a, b)
+
+
 def assert_same(ours, theirs, x=None):
     """Same layout, bit-identical tensors (state_dict and pruned attributes) and outputs."""
     assert layout(ours) == layout(theirs)
     for (k, a), (_, b) in zip(ours.state_dict().items(), theirs.state_dict().items()):
-        assert torch.equal(a, b), k
+        assert same(a, b), k
     for (n, m), (_, mt) in zip(ours.named_modules(), theirs.named_modules()):
         for h in m._forward_pre_hooks.values():
             a, b = getattr(m, h._tensor_name), getattr(mt, h._tensor_name)
-            assert torch.equal(a, b) and a.grad_fn is not None, f"{n}.{h._tensor_name}"
+            assert same(a, b) and a.grad_fn is not None, f"{n}.{h._tensor_name}"
     if x is not None:
         out, ref = ours(x), theirs(x)
         out, ref = (out[0], ref[0]) if isinstance(out, tuple) else (out, ref)
@@ -416,3 +427,251 @@ def test_l1_on_channels_last_weights_gives_torchs_mask_for_the_same_values():
     T.l1_unstructured(theirs, "weight", 0.5)
     assert torch.equal(ours.weight_mask, theirs.weight_mask)
     assert torch.equal(ours.weight, theirs.weight)
+
+
+# ---- 11.12: drop-in gaps (bool amounts, n/dim as torch takes them, mask values kept) -------------------------
+
+
+
+def _same_outcome(step, factory=lambda: nn.Linear(3, 4), seed=0):
+    """``step(P, module)`` with each library: same result (module state) or same exception type, same RNG after."""
+    ours, theirs = twins(factory, seed)
+    results = []
+    for P, m in ((C, ours), (T, theirs)):
+        torch.manual_seed(seed)
+        got, err = outcome(lambda: step(P, m))
+        results.append((err, torch.rand(())))
+    (err_c, rng_c), (err_t, rng_t) = results
+    assert err_c == err_t and torch.equal(rng_c, rng_t)
+    if err_t is None:
+        assert_same(ours, theirs)
+    return err_t
+
+
+BOOL_STEPS = {
+    "l1 True": lambda P, m: P.l1_unstructured(m, "weight", True),
+    "l1 False": lambda P, m: P.l1_unstructured(m, "weight", False),
+    "l1 True in a container": lambda P, m: (P.l1_unstructured(m, "weight", 2), P.l1_unstructured(m, "weight", True)),
+    "random True": lambda P, m: P.random_unstructured(m, "weight", True),
+    "random True in a container": lambda P, m: (P.l1_unstructured(m, "weight", 2),
+                                                P.random_unstructured(m, "weight", True)),
+    "random_structured True": lambda P, m: P.random_structured(m, "weight", True, 0),
+    "ln True": lambda P, m: P.ln_structured(m, "weight", True, 2, 0),
+    "ln True in a container": lambda P, m: (P.ln_structured(m, "weight", 1, 2, 0),
+                                            P.ln_structured(m, "weight", True, 1, 0)),
+    "global l1 True": lambda P, m: P.global_unstructured([(m, "weight"), (m, "bias")], P.L1Unstructured, amount=True),
+    "global random True": lambda P, m: P.global_unstructured([(m, "weight")], P.RandomUnstructured, amount=True),
+    "global l1 False": lambda P, m: P.global_unstructured([(m, "weight")], P.L1Unstructured, amount=False),
+}
+
+
+@pytest.mark.parametrize("step", BOOL_STEPS)
+def test_bool_amounts_do_what_torch_does(step):
+    # torch counts True as 1 in its checks; its topk/kthvalue then raise TypeError (after the random draws)
+    err = _same_outcome(BOOL_STEPS[step])
+    assert err is (None if "False" in step or step.startswith("ln") else TypeError)
+
+
+@pytest.mark.parametrize("n", [None, True, False, 1, 2, "fro", float("inf"), "nuc", -1])
+@pytest.mark.parametrize("dim", [0, 1, True, False, -1])
+def test_ln_structured_takes_n_and_dim_as_torch_does(n, dim):
+    def step(P, m):
+        P.ln_structured(m, "weight", 0.5, n=n, dim=dim)
+        P.ln_structured(m, "weight", 1, n=n, dim=dim)  # and in a container
+
+    _same_outcome(step, lambda: nn.Conv2d(3, 4, 3) if dim == -1 else nn.Linear(5, 6))
+
+
+def test_random_structured_takes_a_bool_dim_as_torch_does():
+    _same_outcome(lambda P, m: (P.random_structured(m, "weight", 2, True), P.random_structured(m, "weight", 1, True)))
+
+
+MASK_VALUES = {
+    "halves": torch.full((4, 3), 0.5),
+    "mixed": torch.tensor([[0.5, 2, 0], [1, -1, 0.25], [1, 1, 1], [0, 3, 1]]),
+    "ints": torch.tensor([[2, 0, 1], [1, 1, 0], [1, 1, 1], [0, 5, 1]]),
+    "bool": torch.tensor([[True, False, True]] * 4),
+}
+
+
+@pytest.mark.parametrize("values", MASK_VALUES)
+def test_custom_from_mask_stores_what_torch_stores_and_later_pruning_acts_on_the_ones(values):
+    mask = MASK_VALUES[values]
+
+    def step(P, m):
+        P.custom_from_mask(m, "weight", mask)  # torch stores default_mask * mask: 0.5 stays 0.5
+        P.custom_from_mask(m, "weight", mask)
+        P.l1_unstructured(m, "weight", 1)  # candidates: entries equal to 1 (torch's `mask == 1`)
+        P.ln_structured(m, "weight", 1, 2, 0)
+        P.random_unstructured(m, "weight", 0.5)
+        P.global_unstructured([(m, "weight"), (m, "bias")], P.L1Unstructured, amount=1)
+
+    # with halves torch's later L1 has no candidates left (no entry equals 1) and raises ValueError
+    assert _same_outcome(step) is (ValueError if values == "halves" else None)
+    m = C.custom_from_mask(nn.Linear(3, 4), "weight", mask)
+    assert torch.equal(m.weight_mask, T.custom_from_mask(nn.Linear(3, 4), "weight", mask).weight_mask)
+
+
+# ---- 11.13 and 11.11: NaN, inf and ties at the cut ---------------------------------------------------------
+
+
+def _set(module, name, values):
+    with torch.no_grad():
+        getattr(module, name).copy_(torch.tensor(values, dtype=torch.float32).view_as(getattr(module, name)))
+
+
+def test_a_kept_nan_does_not_hide_a_tie_between_finite_values():
+    ours, theirs = twins(lambda: nn.Linear(5, 1))
+    for P, m in ((C, ours), (T, theirs)):
+        _set(m, "weight", [0, 2, float("nan"), float("nan"), 2])
+        P.custom_from_mask(m, "weight", torch.tensor([[0, 1, 1, 1, 1]]))
+        P.l1_unstructured(m, "weight", 1)
+    assert theirs.weight_mask.tolist() == [[0, 1, 1, 1, 0]]
+    assert torch.equal(ours.weight_mask, theirs.weight_mask)
+
+
+def test_nan_at_the_cut_gives_torchs_entries():
+    ours, theirs = twins(lambda: nn.Linear(6, 1))
+    for P, m in ((C, ours), (T, theirs)):
+        _set(m, "weight", [float("nan"), 1, float("nan"), 2, float("nan"), float("nan")])
+        P.l1_unstructured(m, "weight", 1)
+        P.l1_unstructured(m, "weight", 3)  # the cut falls among the NaNs
+    assert torch.equal(ours.weight_mask, theirs.weight_mask)
+
+
+_SPECIAL = st.sampled_from([0.0, -0.0, 1.0, -1.0, 2.0, 0.5, float("nan"), float("inf"), -float("inf")])
+
+
+@settings(max_examples=60, deadline=None)
+@given(values=st.lists(_SPECIAL, min_size=8, max_size=40), first=st.integers(0, 8), second=st.integers(0, 8),
+       ratio=st.floats(0, 1))
+def test_nan_inf_and_ties_give_torchs_masks_everywhere(values, first, second, ratio):
+    n = len(values)
+    first, second = min(first, n), min(second, n - min(first, n))
+    ours, theirs = twins(lambda: nn.Sequential(nn.Linear(n, 1), nn.Linear(4, 2)))
+    for P, m in ((C, ours), (T, theirs)):
+        _set(m[0], "weight", values)
+        _set(m[1], "weight", [values[i % n] for i in range(8)])
+        P.l1_unstructured(m[0], "weight", first)
+        P.l1_unstructured(m[0], "weight", second)
+        P.global_unstructured([(m[0], "weight"), (m[1], "weight")], P.L1Unstructured, amount=ratio)
+    assert_same(ours, theirs)
+
+
+def _big_tied_pair(seed, levels=64):
+    """A 2-layer model whose quantized weights tie at every cut, over 2**15 entries (past the fast paths)."""
+    ours, theirs = twins(lambda: nn.Sequential(nn.Linear(128, 200), nn.Linear(200, 40)), seed)
+    with torch.no_grad():
+        for model in (ours, theirs):
+            torch.manual_seed(seed)
+            for p in model.parameters():
+                p.copy_(torch.randint(-levels, levels + 1, p.shape) / levels)
+    return ours, theirs
+
+
+@pytest.mark.parametrize("seed", range(2))
+@pytest.mark.parametrize("amount", [0.3, 0.8, 1000])
+def test_big_tied_weights_give_torchs_masks(seed, amount):
+    ours, theirs = _big_tied_pair(seed)
+
+    def step(P, model):
+        P.l1_unstructured(model[0], "weight", amount)  # 25,600 entries: the threshold fast path cannot certify
+        P.l1_unstructured(model[0], "weight", amount)
+        P.global_unstructured([(model[0], "weight"), (model[1], "weight"), (model[1], "bias")], P.L1Unstructured,
+                              amount=amount)
+
+    both(ours, theirs, step, seed)
+    assert_same(ours, theirs)
+
+
+def _count_torch_order_calls(monkeypatch):
+    from funcprune.compat import _functions
+    calls = []
+    real = _functions._torch_order_global
+    monkeypatch.setattr(_functions, "_torch_order_global", lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+def test_global_l1_runs_torchs_topk_only_when_a_tie_straddles_the_cut(monkeypatch):
+    calls = _count_torch_order_calls(monkeypatch)
+    model = nn.Sequential(nn.Linear(300, 200), nn.Linear(200, 10))
+    with torch.no_grad():
+        for i, p in enumerate(model.parameters()):  # distinct magnitudes: no ties anywhere
+            p.copy_(torch.randperm(p.numel()).view_as(p) * 4 + i + 1.0)
+    C.global_unstructured([(m, "weight") for m in model], C.L1Unstructured, amount=0.6)
+    assert calls == []
+    tied, _ = _big_tied_pair(0)
+    C.global_unstructured([(m, "weight") for m in tied], C.L1Unstructured, amount=0.6)
+    assert calls == [1]
+
+
+@pytest.mark.parametrize("amount", [0.3, 0.8, 5])
+def test_tie_order_index_gives_the_cores_masks_and_never_concatenates(monkeypatch, amount):
+    import funcprune as fp
+
+    calls = _count_torch_order_calls(monkeypatch)
+    model, _ = _big_tied_pair(1)
+    params = {f"{i}": m.weight.detach().clone() for i, m in enumerate(model)}
+    C.l1_unstructured(model[0], "weight", 0.2)
+    first = {"0": model[0].weight_mask.bool(), "1": torch.ones_like(params["1"], dtype=torch.bool)}
+    with C.tie_order("index"):
+        C.global_unstructured([(m, "weight") for m in model], C.L1Unstructured, amount=amount)
+        assert C.current_tie_order() == "index"
+    assert C.current_tie_order() == "torch" and calls == []
+    want = fp.global_unstructured(params, amount, masks=first)
+    assert all(torch.equal(m.weight_mask.bool(), want[f"{i}"]) for i, m in enumerate(model))
+
+
+def test_tie_order_index_per_tensor_is_the_cores_l1_and_bad_orders_raise():
+    import funcprune as fp
+
+    model, _ = _big_tied_pair(0)
+    w = model[0].weight.detach().clone()
+    with C.tie_order("index"):
+        C.l1_unstructured(model[0], "weight", 0.3)
+        C.l1_unstructured(model[0], "weight", 0.3)
+    first = fp.l1_unstructured(w, 0.3)
+    assert torch.equal(model[0].weight_mask.bool(), fp.l1_unstructured(w, 0.3, mask=first))
+    with pytest.raises(ValueError, match="tie order"):
+        with C.tie_order("lowest"):
+            pass
+
+
+def test_radix_cut_and_keep_from_cut_split_radix_select_keep():
+    torch.manual_seed(0)
+    for levels in (3, 50, 10 ** 6):
+        keys = [torch.randint(0, levels, (n,)).float() for n in (1000, 37, 2500)]
+        alive = [None, torch.rand(37) > 0.3, torch.rand(2500) > 0.5]
+        flat = torch.cat([key if a is None else key[a] for key, a in zip(keys, alive)]).sort().values
+        for k in (1, 17, 1500, flat.numel()):
+            cut = _select.radix_cut(keys, alive, k, chunk=256)
+            got = _select.keep_from_cut(keys, alive, cut, chunk=256)
+            want = _select.radix_select_keep(keys, alive, k, chunk=256)
+            assert all(torch.equal(a, b) for a, b in zip(got, want))
+            assert cut.straddles == bool((flat[k:] == flat[k - 1]).any())
+
+
+def test_torch_order_select_is_torchs_topk_on_the_survivors():
+    torch.manual_seed(0)
+    for n in (10, 5000, 40000):
+        key = torch.randint(0, 7, (n,)).float()
+        key[torch.rand(n) < 0.05] = float("nan")
+        alive = torch.rand(n) > 0.4
+        for k in (1, n // 100 + 1, int(alive.sum()) // 2):
+            for largest in (False, True):
+                want = torch.zeros(n, dtype=torch.bool)
+                want[alive.nonzero().view(-1)[torch.topk(key[alive], k, largest=largest).indices]] = True
+                assert torch.equal(_select.torch_order_select(key, k, largest=largest, alive=alive), want)
+
+
+def test_compat_global_benchmark_rows_check_torchs_masks(monkeypatch):
+    from benchmarks import _compat_global
+
+    got = {lib: _compat_global.worker({"compat_global": "tiny", "lib": lib, "threads": 1})
+           for lib in _compat_global.LIBS}
+    assert got["compat"]["digest"] == got["torch"]["digest"] and got["compat"]["path"] == "lean radix"
+    assert got["compat-index"]["digest"][0] == got["torch"]["digest"][0]
+    monkeypatch.setattr(_compat_global._memory, "run_worker", lambda spec: got[spec["lib"]])
+    rows = _compat_global.rows(processes=1, cases=[("tiny", 0)])
+    text = _compat_global.markdown(rows)
+    assert "torch's" in text and "lean radix" in text and "DIFFERENT" not in text

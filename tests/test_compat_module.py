@@ -161,10 +161,36 @@ def test_pruned_models_copy_pickle_and_save(how):
         assert type(new.fc1) is nn.Linear and len(copy.deepcopy(new).fc2._forward_pre_hooks) == 1
 
 
-def test_pickles_rebuild_without_the_dynamic_class():
+def test_pruned_modules_keep_their_class_and_torchs_state_dict():
+    # 12 §4: no class swap (torch.ao's make_config_from_model checks `type(m) is nn.Linear`)
+    ours, theirs = twins(lambda: nn.Linear(3, 2))
+    C.l1_unstructured(ours, "weight", 2)
+    T.l1_unstructured(theirs, "weight", 2)
+    assert type(ours) is nn.Linear and list(ours.state_dict()) == list(theirs.state_dict())
+    for new in (copy.copy(ours), copy.deepcopy(ours), pickle.loads(pickle.dumps(ours))):
+        assert type(new) is nn.Linear and torch.equal(new.weight, ours.weight) and new.weight.grad_fn is not None
+    assert b"_rebuild" in pickle.dumps(ours) and "__reduce_ex__" not in ours.state_dict()
+    C.remove(ours, "weight")
+    assert "__reduce_ex__" not in ours.__dict__ and type(ours) is nn.Linear
+
+
+def test_make_config_from_model_sees_a_compat_pruned_linear():
+    from torch.ao.pruning import WeightNormSparsifier
+
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    C.l1_unstructured(model[0], "weight", 2)
+    sparsifier = WeightNormSparsifier()
+    sparsifier.make_config_from_model(model)
+    assert [c["tensor_fqn"] for c in sparsifier.config] == ["0.weight", "2.weight"]
+
+
+def test_pickles_of_the_class_swapping_version_still_load():
     m = C.l1_unstructured(nn.Linear(3, 2), "weight", 2)
-    assert type(m) is not nn.Linear and type(m).__bases__ == (nn.Linear,) and type(m).__name__ == "Linear"
-    assert b"_new_pruned" in pickle.dumps(m)
+    _, _, state = m.__reduce_ex__(2)
+    from funcprune.compat import _module
+    new = _module._new_pruned(nn.Linear)  # what a funcprune 0.1 pickle calls, then __setstate__
+    new.__setstate__(state)
+    assert type(new) is nn.Linear and torch.equal(new.weight, m.weight) and copy.deepcopy(new) is not None
 
 
 def test_torch_functional_call_uses_swapped_orig_and_mask_also_under_vmap():
@@ -251,3 +277,62 @@ def test_pruning_container_api():
         with pytest.raises(TypeError):
             container.add_pruning_method(bad)
     assert len(container) == 1 and container[0] is p and list(container) == [p]
+
+
+def test_a_failed_prune_in_one_thread_keeps_another_threads_prune_of_the_same_module():
+    # 11.15: the failing call blocks (after its module changes began) until the other thread's
+    # prune of another tensor is done, then fails: its rollback must undo only its own changes.
+    import threading
+
+    m = nn.Linear(6, 4)
+    started, other_done = threading.Event(), threading.Event()
+
+    class FailsLate(C.BasePruningMethod):
+        PRUNING_TYPE = "unstructured"
+
+        def compute_mask(self, t, default_mask):
+            started.set()
+            assert other_done.wait(timeout=30)
+            raise RuntimeError("late failure")
+
+    errors = []
+
+    def failing():
+        try:
+            FailsLate.apply(m, "bias")
+        except RuntimeError as err:
+            errors.append(err)
+
+    def other():
+        assert started.wait(timeout=30)
+        C.l1_unstructured(m, "weight", 3)
+        other_done.set()
+
+    threads = [threading.Thread(target=failing), threading.Thread(target=other)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(errors) == 1 and not any(t.is_alive() for t in threads)
+    assert [n for n, _ in m.named_parameters()] == ["bias", "weight_orig"]
+    assert list(m.state_dict()) == ["bias", "weight_orig", "weight_mask"] and int((m.weight_mask == 0).sum()) == 3
+    assert [h._tensor_name for h in m._forward_pre_hooks.values()] == ["weight"] and "weight" in m.__dict__
+    assert copy.deepcopy(m) is not None
+
+
+@pytest.mark.parametrize("first", [None, "bias", "weight"])
+def test_a_failed_prune_after_the_module_changed_leaves_it_exactly_as_before(first):
+    m = nn.Linear(5, 3)
+    if first is not None:
+        C.l1_unstructured(m, first, 1)
+    C.random_unstructured(m, "bias" if first == "weight" else "weight", 1)  # another pruned tensor
+    before, state = layout(m), {k: v.clone() for k, v in m.state_dict().items()}
+    hooks = list(m._forward_pre_hooks.items())
+    histories = [list(h) if isinstance(h, T.PruningContainer) else None for _, h in hooks]
+    with mock.patch.object(C.BasePruningMethod, "apply_mask", side_effect=RuntimeError("late")):
+        with pytest.raises(RuntimeError, match="late"):
+            C.l1_unstructured(m, first or "bias", 1)  # fails after _orig/_mask were registered
+    assert layout(m) == before and list(m._forward_pre_hooks.items()) == hooks
+    assert [list(h) if isinstance(h, T.PruningContainer) else None for _, h in hooks] == histories
+    assert all(torch.equal(v, state[k]) for k, v in m.state_dict().items())
+    assert (first is None) == ("bias" not in m.__dict__) and type(m) is nn.Linear

@@ -68,5 +68,14 @@ def _validate_pruning_dim(t: torch.Tensor, dim: int) -> None:
 
 
 def _compute_norm(t: torch.Tensor, n, dim: int) -> torch.Tensor:
-    """L``n`` norm of every channel along ``dim`` (over all the other dims), as the running torch computes it."""
+    """L``n`` norm of every channel along ``dim`` (over all the other dims): torch's own helper.
+
+    The core's one channel-norm helper (``_select.channel_norm``), which is the running torch's
+    ``_compute_norm``: the accepted ``n`` (torch 2.13 takes ``None`` as the 2-norm, 2.14 rejects
+    it; ``True`` is 1.0 on both), the errors and the numbers are that torch's.
+
+    Example:
+      >>> _compute_norm(torch.tensor([[3.0, 4.0], [0.0, 1.0]]), 2, 0)
+      tensor([5., 1.])
+    """
     return _select.channel_norm(t, n, dim)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 import torch
 
-from .. import tree
+from .. import _select, tree
+from .._amount import _is_concrete
 from . import _module
 from ._amounts import _as_core_amount
-from ._methods import (CustomFromMask, boundary_tie, Identity, L1Unstructured, LnStructured, PruningContainer,
-                       RandomStructured, RandomUnstructured)
+from ._methods import (CustomFromMask, Identity, L1Unstructured, LnStructured, PruningContainer, RandomStructured,
+                       RandomUnstructured, _check_not_bool, _prune_count, _tie_order)
 
 __all__ = ["identity", "random_unstructured", "l1_unstructured", "random_structured", "ln_structured",
            "global_unstructured", "custom_from_mask", "remove", "is_pruned"]
@@ -88,14 +90,22 @@ def custom_from_mask(module, name, mask):
 def global_unstructured(parameters, pruning_method, importance_scores=None, **kwargs) -> None:
     """Prune ``(module, name)`` pairs together, as if they were one tensor, with an unstructured method.
 
-    L1 (:class:`L1Unstructured`) runs the core's chunked radix selection: no concatenated copy of
-    the weights and no float mask vector kept alive by the hooks. Other methods (random, custom)
-    slice the concatenated survivors as torch does. All masks are computed before any module is
+    L1 (:class:`L1Unstructured`) first finds the global cut with the core's chunked radix
+    selection (no concatenated copy of the weights). If the cut is unique (no score equal to
+    the last pruned one is kept), that is torch's mask and the masks are built from it: a
+    fraction of torch's time and memory. If a tie straddles the cut, which of the equal scores
+    go is up to torch's top-k over the concatenated survivors (see :func:`tie_order`); compat
+    then builds that vector (the radix pass holds nothing by then) and runs the same top-k,
+    skipping torch's float mask vectors and its sort of the result, so it stays within torch's
+    own time and memory. Inside ``with tie_order("index")`` such ties go to the lowest global
+    index instead and the lean path is taken every time. Other methods (random, custom) slice
+    the concatenated survivors as torch does. All masks are computed before any module is
     changed, and a failure undoes the pairs already pruned.
 
     Raises:
-      TypeError: if ``parameters`` is not iterable, ``importance_scores`` not a dict, or the
-        method's ``PRUNING_TYPE`` is not ``'unstructured'``.
+      TypeError: if ``parameters`` is not iterable, ``importance_scores`` not a dict, the
+        method's ``PRUNING_TYPE`` is not ``'unstructured'``, or ``amount=True`` (as torch).
+      ValueError: if ``amount`` exceeds the surviving entries.
 
     Example:
       >>> net = torch.nn.Sequential(torch.nn.Linear(10, 4), torch.nn.Linear(4, 1))
@@ -116,21 +126,69 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, **kw
         raise TypeError('Only "unstructured" PRUNING_TYPE supported for the `pruning_method`. '
                         f"Found method {pruning_method} of type {method.PRUNING_TYPE}")
     if _module.is_builtin_compute(method) and isinstance(method, L1Unstructured):
-        old = [getattr(module, name + "_mask", None) for module, name in parameters]
-        masks = tree.global_unstructured(scores, _as_core_amount(method.amount), masks=old, method="l1")
-        alive = [torch.ones_like(m) if o is None else o != 0 for m, o in zip(masks, old)]
-        if boundary_tie([s.detach().abs() for s in scores], [a & ~m for a, m in zip(alive, masks)], masks):
-            masks = _sliced_global(parameters, scores, method)  # torch's tie order
+        masks = _global_l1(parameters, scores, method.amount)
     else:
         masks = _sliced_global(parameters, scores, method)
-    snapshots = {id(module): _module._Snapshot(module) for module, _ in parameters}
+    rollbacks = [_module._Rollback(module, name) for module, name in parameters]
+    done = []
     try:
-        for (module, name), mask in zip(parameters, masks):
+        for (module, name), mask, rollback in zip(parameters, masks, rollbacks):
             custom_from_mask(module, name, mask=mask)
+            done.append(rollback)
     except BaseException:
-        for snapshot in snapshots.values():
-            snapshot.restore()
+        for rollback in reversed(done):
+            rollback.restore()
         raise
+
+
+def _global_l1(parameters, scores, amount) -> list:
+    """The per-pair masks torch's global L1 gives to ``custom_from_mask`` (see :func:`global_unstructured`).
+
+    Returned in each pair's mask dtype: its old mask with the newly pruned entries set to 0 (a
+    bool keep mask for a pair pruned for the first time).
+    """
+    old = [getattr(module, name + "_mask", None) for module, name in parameters]
+    alive = [None if o is None else o == 1 for o in old]  # torch's candidates: mask entries equal to 1
+    scores = [s.detach() for s in scores]
+    dtype = functools.reduce(torch.promote_types, [s.dtype for s in scores])  # torch.cat's dtype
+    if not all(_is_concrete(t) for t in scores + [a for a in alive if a is not None]):
+        keeps = tree.global_unstructured(scores, _as_core_amount(amount), masks=alive, method="l1")
+        return [k if o is None else o * k for k, o in zip(keeps, old)]  # meta: shapes only
+    size = sum(s.numel() if a is None else _select.count_kept(a) for s, a in zip(scores, alive))
+    k = _prune_count(amount, size)
+    _check_not_bool(amount, k)
+    if k == 0:
+        keeps = [torch.ones_like(s, dtype=torch.bool) if a is None else a for s, a in zip(scores, alive)]
+    elif dtype.is_floating_point:
+        key_fn = lambda piece: piece.abs().to(dtype)  # noqa: E731
+        cut = _select.radix_cut(scores, alive, k, key_fn=key_fn)
+        if _tie_order.get() == "index" or not cut.straddles:
+            keeps = _select.keep_from_cut(scores, alive, cut, key_fn=key_fn)
+        else:
+            del cut
+            keeps = _torch_order_global(scores, alive, k, dtype)
+    else:
+        keeps = _torch_order_global(scores, alive, k, dtype)
+    return [keep if o is None else o.masked_fill(~keep & a, 0) for keep, o, a in zip(keeps, old, alive)]
+
+
+def _torch_order_global(scores, alive, k: int, dtype) -> list:
+    """torch's choice: one top-k over ``|scores|`` of the candidates, concatenated in pair order."""
+    sizes = [s.numel() if a is None else _select.count_kept(a) for s, a in zip(scores, alive)]
+    flat = torch.empty(sum(sizes), dtype=dtype, device=scores[0].device)
+    for piece, s, a in zip(flat.split(sizes), scores, alive):
+        values = s.reshape(-1) if a is None else s.reshape(-1)[a.reshape(-1)]
+        torch.abs(values.to(dtype), out=piece)
+        del values
+    dropped = _select.torch_order_select(flat, k, largest=False, unique_first=False)
+    del flat
+    keeps = []
+    for piece, s, a in zip(dropped.split(sizes), scores, alive):
+        if a is None:
+            keeps.append(piece.logical_not().view(s.shape))
+        else:
+            keeps.append(torch.zeros_like(a).masked_scatter_(a, piece.logical_not()))
+    return keeps
 
 
 def _sliced_global(parameters, scores, method) -> list:

@@ -1,30 +1,104 @@
 """The pruning method classes of ``torch.nn.utils.prune``, computing their masks with funcprune's core.
 
-Each built-in ``compute_mask`` is a core tensor method called with ``mask=None`` (torch's methods
-do not restrict themselves to survivors), combined with ``default_mask`` the way torch combines it.
-Only :class:`PruningContainer` acts on survivors: for L1 and Ln it calls the core method with
-``mask=default_mask`` (vectorized, no slicing) unless scores tie at the pruning boundary; for
-anything else (random methods, user methods, mocks) and for such ties it slices the survivors
-exactly as torch does, so seeds (and tie orders) give torch's masks.
+Each built-in method makes torch's choices (the same count, the same draws, the same entries
+among equal scores) without torch's copies where it can:
 
-Methods defined elsewhere (e.g. ``_beyond.py``) join the vectorized path by defining
-``_survivor_mask(t, default_mask) -> bool mask`` (optionally ``_tied(t, default_mask, keep)``)
-and calling ``_module.register_builtin_compute(TheirClass)``; plain subclasses need nothing.
+* unstructured L1 ranks the entries torch ranks (all of ``t``; in a container the entries whose
+  mask is exactly 1) through :func:`funcprune._select.torch_order_select`, which is torch's
+  top-k on the same vector unless the answer is unique (no tie straddles the cut), when a
+  cheaper exact selection gives it; with :func:`tie_order` ``("index")`` it is the core's
+  :func:`funcprune.methods.l1_unstructured` instead;
+* Ln channels take their norms from torch's own ``_compute_norm`` (of the running torch: the
+  accepted ``n`` and the numbers are torch's) over the channels torch keeps (``sum != 0``);
+* random methods slice the survivors as torch does (torch draws over the slice), so seeds give
+  torch's masks.
+
+Methods defined elsewhere (e.g. ``_beyond.py``) join the vectorized container path by defining
+``_survivor_mask(t, default_mask) -> bool mask`` and calling ``_module.register_builtin_compute``;
+plain subclasses need nothing (torch's slicing).
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
+import contextvars
 
 import torch
 import torch.nn.utils.prune as _torch_prune
 
-from .. import _amount, _select, methods
+from .. import _select, methods
+from .._amount import _is_concrete
 from . import _module
-from ._amounts import _as_core_amount, _compute_nparams_toprune, _validate_pruning_amount_init
+from ._amounts import (_as_core_amount, _compute_norm, _compute_nparams_toprune, _validate_pruning_amount,
+                       _validate_pruning_amount_init, _validate_pruning_dim, _validate_structured_pruning)
 
 __all__ = ["BasePruningMethod", "PruningContainer", "Identity", "RandomUnstructured", "L1Unstructured",
-           "RandomStructured", "LnStructured", "CustomFromMask"]
+           "RandomStructured", "LnStructured", "CustomFromMask", "tie_order"]
+
+_TIE_ORDERS = ("torch", "index")
+_tie_order = contextvars.ContextVar("funcprune_compat_tie_order", default="torch")
+
+
+@contextlib.contextmanager
+def tie_order(order: str):
+    """Choose how compat breaks ties among equal scores at the pruning cut, inside a ``with`` block.
+
+    ``"torch"`` (the default): the entries ``torch.nn.utils.prune`` prunes, bit for bit. torch's
+    CPU top-k picks among equal values with ``std::nth_element``/``std::partial_sort``, an
+    order that depends on every value it is given, so reproducing it needs torch's own input: for
+    :func:`global_unstructured` that is the concatenation of every score (torch's memory and
+    time). compat pays it only when a tie straddles the cut; otherwise (the answer is unique)
+    it runs the core's chunked radix selection. On CUDA torch's order differs anyway.
+
+    ``"index"``: the core's documented, device-independent rule: the same counts, and among
+    equal scores at the cut the lowest global index (leaf order, then position) is pruned first.
+    Global L1 then always takes the lean path (no concatenation); per-tensor L1 uses the core's
+    :func:`funcprune.l1_unstructured`. Channels (Ln) and random methods are unaffected.
+
+    The setting is per thread/task (a context variable) and nests.
+
+    Args:
+      order: ``"torch"`` or ``"index"``.
+
+    Raises:
+      ValueError: for any other ``order``.
+
+    Example:
+      >>> import funcprune.compat as prune
+      >>> with prune.tie_order("index"):
+      ...     m = prune.l1_unstructured(torch.nn.Linear(4, 1), "weight", 2)
+    """
+    if order not in _TIE_ORDERS:
+        raise ValueError(f"tie order must be one of {_TIE_ORDERS}, got {order!r}")
+    token = _tie_order.set(order)
+    try:
+        yield
+    finally:
+        _tie_order.reset(token)
+
+
+def current_tie_order() -> str:
+    """The tie order in effect (see :func:`tie_order`)."""
+    return _tie_order.get()
+
+
+def _check_not_bool(amount, k) -> None:
+    """torch counts ``amount=True`` as 1 in its checks, then its top-k/k-th value rejects the bool."""
+    if isinstance(amount, bool) and k:
+        raise TypeError(f"amount={amount!r}: a bool is not a count (torch.nn.utils.prune fails on it "
+                        "too: top-k: argument 'k' must be int, not bool)")
+
+
+def _prune_count(amount, size: int) -> int:
+    """torch's number of units to prune out of ``size``, after torch's checks (an int, or ``True``)."""
+    k = _compute_nparams_toprune(amount, size)
+    _validate_pruning_amount(k, size)
+    return k
+
+
+def _as_dim(dim) -> int:
+    """torch accepts a bool ``dim`` (``True`` is 1); the core wants an int."""
+    return int(dim) if isinstance(dim, bool) else dim
 
 
 def _as_dtype(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -35,7 +109,9 @@ def _as_dtype(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def _zero_pruned(default_mask: torch.Tensor, keep: torch.Tensor, dtype=None) -> torch.Tensor:
     """A new mask: ``default_mask`` (cast to ``dtype``) with the entries ``keep`` drops set to 0."""
     dtype = default_mask.dtype if dtype is None else dtype
-    return _as_dtype(keep, dtype).mul_(default_mask.to(dtype))
+    if _module.is_all_ones(default_mask):  # a first pruning: 1 where kept (a vectorized cast, no fill)
+        return _as_dtype(keep, dtype)
+    return default_mask.to(dtype=dtype, copy=True).masked_fill_(keep.logical_not(), 0)
 
 
 class BasePruningMethod(_torch_prune.BasePruningMethod):
@@ -72,26 +148,11 @@ class PruningContainer(BasePruningMethod, _torch_prune.PruningContainer):
         """``default_mask`` (as ``t``'s dtype) with the last method applied to its survivors."""
         method = self._pruning_methods[-1]
         if _module.is_builtin_compute(method):
-            keep = method._survivor_mask(t, default_mask)
-            tied = getattr(method, "_tied", None)
-            if tied is None or not tied(t, default_mask, keep):
-                return _as_dtype(keep, t.dtype)
+            in_container = getattr(method, "_in_container", None)
+            if in_container is not None:
+                return in_container(t, default_mask)
+            return _as_dtype(method._survivor_mask(t, default_mask), t.dtype)
         return _sliced_mask(method, t, default_mask)
-
-
-def boundary_tie(keys, dropped, kept) -> bool:
-    """True if a newly pruned entry scores the same as a kept one (lists of same-shaped tensors).
-
-    Then which of the tied entries go is up to ``topk``'s tie order, which depends on the layout
-    of what it is given; the container (and global pruning) falls back to torch's slicing so the
-    mask is still torch's. Without such a tie every exact selection gives the same mask.
-    """
-    if not all(_amount._is_concrete(k) for k in keys):
-        return False  # meta or fake tensors: no values, so no tie order to follow
-    dtype = functools.reduce(torch.promote_types, [k.dtype for k in keys] + [torch.float32])
-    hi = [torch.where(d, k.to(dtype), -float("inf")).amax() for k, d in zip(keys, dropped) if k.numel()]
-    lo = [torch.where(s, k.to(dtype), float("inf")).amin() for k, s in zip(keys, kept) if k.numel()]
-    return bool(hi) and bool(torch.stack(hi).amax() == torch.stack(lo).amin())
 
 
 def _sliced_mask(method, t: torch.Tensor, default_mask: torch.Tensor) -> torch.Tensor:
@@ -149,6 +210,9 @@ class RandomUnstructured(_Amount):
     PRUNING_TYPE = "unstructured"
 
     def compute_mask(self, t, default_mask):
+        if isinstance(self.amount, bool) and _prune_count(self.amount, t.nelement()):
+            torch.rand_like(t)  # torch draws, then its top-k rejects the bool
+            _check_not_bool(self.amount, True)
         return _zero_pruned(default_mask, methods.random_unstructured(t, _as_core_amount(self.amount)))
 
     @classmethod
@@ -162,13 +226,29 @@ class L1Unstructured(_Amount):
     PRUNING_TYPE = "unstructured"
 
     def compute_mask(self, t, default_mask):
-        return _zero_pruned(default_mask, methods.l1_unstructured(t, _as_core_amount(self.amount)))
+        dropped = self._dropped(t, None)
+        if _module.is_all_ones(default_mask):  # a first pruning: 1 where kept (a vectorized cast, no fill)
+            return _as_dtype(dropped.logical_not_(), default_mask.dtype)
+        return default_mask.clone(memory_format=torch.contiguous_format).masked_fill_(dropped, 0)
 
-    def _survivor_mask(self, t, default_mask):
-        return methods.l1_unstructured(t, _as_core_amount(self.amount), mask=default_mask)
+    def _in_container(self, t, default_mask):
+        """torch's container: the entries of ``default_mask`` equal to 1 are the candidates."""
+        alive = default_mask == 1
+        # Dropped entries are among those equal to 1, so a product by 0/1 sets exactly them to 0.
+        return _as_dtype(self._dropped(t, alive).logical_not_(), t.dtype).mul_(default_mask.to(dtype=t.dtype))
 
-    def _tied(self, t, default_mask, keep):
-        return boundary_tie([t.detach().abs()], [(default_mask != 0) & ~keep], [keep])
+    def _dropped(self, t, alive):
+        size = t.nelement() if alive is None else _select.count_kept(alive)
+        if not isinstance(size, int) or _tie_order.get() == "index":  # meta (no values): the core too
+            keep = methods.l1_unstructured(t, _as_core_amount(self.amount) if not isinstance(size, int)
+                                           else self._count(size), mask=alive)
+            return keep.logical_not_() if alive is None else alive & ~keep
+        return _select.torch_order_select(t.detach().abs(), self._count(size), largest=False, alive=alive)
+
+    def _count(self, size: int) -> int:
+        k = _prune_count(self.amount, size)
+        _check_not_bool(self.amount, k)
+        return k
 
     @classmethod
     def apply(cls, module, name, amount, importance_scores=None):
@@ -181,13 +261,27 @@ class _Structured(_Amount):
         self.dim = dim
 
     def _combine(self, t, default_mask, keep):
-        """torch's structured result: ``default_mask`` itself when nothing is pruned, else in ``t``'s dtype."""
+        """torch's structured result: ``default_mask`` itself when nothing is pruned, else
+        ``zeros_like(t)`` with the kept channels set to 1, times ``default_mask``."""
         if _compute_nparams_toprune(self.amount, t.shape[self.dim]) == 0:
             return default_mask
-        mask = _zero_pruned(default_mask, keep, t.dtype)
+        mask = _as_dtype(keep, t.dtype)
         if not t.is_contiguous():  # torch's structured masks start as zeros_like(t): t's memory format
             mask = torch.empty_like(t).copy_(mask)
-        return mask
+        return mask if _module.is_all_ones(default_mask) else mask.mul_(default_mask.to(dtype=t.dtype))
+
+    def _combine_channels(self, t, default_mask, kept):
+        """:meth:`_combine` for a per-channel ``kept`` vector (broadcast as floats: a fast copy)."""
+        if _compute_nparams_toprune(self.amount, t.shape[self.dim]) == 0:
+            return default_mask
+        mask = torch.empty_like(t).copy_(_channel_view(kept.to(t.dtype), t, self.dim).expand(t.shape))
+        return mask if _module.is_all_ones(default_mask) else mask.mul_(default_mask.to(dtype=t.dtype))
+
+    def _checked_count(self, t) -> int:
+        """torch's checks and count, in torch's order."""
+        _validate_structured_pruning(t)
+        _validate_pruning_dim(t, self.dim)
+        return _prune_count(self.amount, t.shape[self.dim])
 
 
 class RandomStructured(_Structured):
@@ -196,7 +290,10 @@ class RandomStructured(_Structured):
     PRUNING_TYPE = "structured"
 
     def compute_mask(self, t, default_mask):
-        keep = methods.random_structured(t, _as_core_amount(self.amount), self.dim)
+        if isinstance(self.amount, bool) and self._checked_count(t):
+            torch.rand(t.shape[self.dim])  # torch draws, then its k-th value rejects the bool
+            _check_not_bool(self.amount, True)
+        keep = methods.random_structured(t, _as_core_amount(self.amount), _as_dim(self.dim))
         return self._combine(t, default_mask, keep)
 
     @classmethod
@@ -205,7 +302,7 @@ class RandomStructured(_Structured):
 
 
 class LnStructured(_Structured):
-    """Prune the ``amount`` channels along ``dim`` of smallest L``n`` norm."""
+    """Prune the ``amount`` channels along ``dim`` of smallest L``n`` norm (torch's ``_compute_norm``)."""
 
     PRUNING_TYPE = "structured"
 
@@ -214,21 +311,56 @@ class LnStructured(_Structured):
         self.n = n
 
     def compute_mask(self, t, default_mask):
-        keep = methods.ln_structured(t, _as_core_amount(self.amount), self.n, self.dim)
-        return self._combine(t, default_mask, keep)
+        k = self._checked_count(t)
+        norm = _compute_norm(t.detach(), self.n, self.dim)  # torch's own: a bad `n` fails as in this torch
+        if norm.shape != (t.shape[self.dim],):  # a matrix norm of some torch versions: torch's own steps
+            return _torch_prune.LnStructured.compute_mask(self, t, default_mask)
+        if not _is_concrete(norm):
+            keep = methods.ln_structured(t, _as_core_amount(self.amount), self.n, _as_dim(self.dim))
+            return self._combine(t, default_mask, keep)
+        kept = _select.torch_order_select(norm, t.shape[self.dim] - k, largest=True)
+        return self._combine_channels(t, default_mask, kept)
 
-    def _survivor_mask(self, t, default_mask):
-        return methods.ln_structured(t, _as_core_amount(self.amount), self.n, self.dim, mask=default_mask)
-
-    def _tied(self, t, default_mask, keep):
-        others = [d for d in range(t.dim()) if d != self.dim % t.dim()]
-        kept = keep.any(dim=others)
-        norms = _select.channel_norm(t.detach(), self.n, self.dim)  # the core's channel scores
-        return boundary_tie([norms], [(default_mask != 0).any(dim=others) & ~kept], [kept])
+    def _in_container(self, t, default_mask):
+        """torch's container: the channels whose ``default_mask`` sums to non-zero, sliced out."""
+        dim = _container_dim(self, t)
+        others = [d for d in range(t.dim()) if d != dim]
+        alive = default_mask.sum(dim=others) != 0
+        new_mask = default_mask.to(dtype=t.dtype, copy=True)
+        if not _is_concrete(t) or not _is_concrete(alive):
+            keep = methods.ln_structured(t, _as_core_amount(self.amount), self.n, _as_dim(self.dim),
+                                         mask=default_mask != 0)
+            return new_mask.mul_(_as_dtype(keep, t.dtype))
+        slc = tuple(alive if d == dim else slice(None) for d in range(t.dim()))
+        piece = t.detach()[slc]  # the slice torch computes the norms on (same values, same layout, same numbers)
+        k = self._checked_count(piece)
+        if k == 0:
+            return new_mask
+        norm = _compute_norm(piece, self.n, self.dim)
+        if norm.shape != (piece.shape[self.dim],):
+            return _sliced_mask(self, t, default_mask)
+        kept = _select.torch_order_select(norm, piece.shape[self.dim] - k, largest=True)
+        factor = torch.ones_like(alive).masked_scatter_(alive, kept)  # dead channels keep their values
+        return new_mask.mul_(_channel_view(factor.to(t.dtype), t, dim))
 
     @classmethod
     def apply(cls, module, name, amount, n, dim, importance_scores=None):
         return super().apply(module, name, amount=amount, n=n, dim=dim, importance_scores=importance_scores)
+
+
+def _container_dim(method, t) -> int:
+    """torch's container's reading of a structured method's ``dim`` (errors included)."""
+    dim = method.dim + t.dim() if method.dim < 0 else int(method.dim)
+    if dim < 0:
+        raise IndexError(f"Index is out of bounds for tensor with dimensions {t.dim()}")
+    return dim
+
+
+def _channel_view(channels: torch.Tensor, t: torch.Tensor, dim) -> torch.Tensor:
+    """A per-channel vector along ``dim``, viewed to broadcast against ``t``."""
+    view = [1] * t.dim()
+    view[int(dim)] = -1
+    return channels.view(view)
 
 
 class CustomFromMask(BasePruningMethod):
@@ -247,7 +379,13 @@ class CustomFromMask(BasePruningMethod):
         if default_mask.shape != self.mask.shape:
             raise AssertionError(f"default_mask shape {default_mask.shape} must match "
                                  f"self.mask shape {self.mask.shape}")
-        return _zero_pruned(default_mask, methods.custom_from_mask(default_mask, self.mask))
+        mask = self.mask
+        cast = _as_dtype(mask, default_mask.dtype) if mask.dtype == torch.bool else mask.to(dtype=default_mask.dtype)
+        if _module.is_all_ones(default_mask) and cast.shape == default_mask.shape:
+            return cast if cast is not mask else cast.clone()  # x * 1 == x: skip the product
+        if cast is mask:
+            return default_mask * cast
+        return cast.mul_(default_mask) if cast.shape == default_mask.shape else default_mask * cast
 
     @classmethod
     def apply(cls, module, name, mask):

@@ -4,19 +4,25 @@ Layout is torch's to the letter (the same ``register_parameter``/``register_buff
 calls in the same order), with two differences that only show when torch is broken:
 
 * everything that can fail (method arguments, the mask computation) runs before the module is
-  touched, and the few mutations are rolled back as a whole, so a failed call leaves the module as
-  it was, parameter order included;
-* a pruned module's class is swapped for a cached subclass of its own class (same ``__name__``,
-  ``__qualname__`` and ``__module__``, so ``isinstance`` and ``repr`` are unchanged) whose
-  ``__reduce_ex__`` leaves out the computed tensors (non-leaf, which ``copy.deepcopy`` refuses)
-  and whose ``__setstate__`` recomputes them. ``copy.copy``, ``copy.deepcopy``, ``pickle`` and
-  ``torch.save`` then all work; pickles rebuild through :func:`_new_pruned`, so they load without
-  the dynamic class. The visible difference: ``type(module) is nn.Linear`` is False while pruned
-  (``type(module).__bases__ == (nn.Linear,)``); ``remove`` of the last pruned tensor swaps it back.
+  touched, and the few mutations of one call are rolled back if a later step fails: exactly the
+  entries this call changed (its name's parameter, ``_orig``, ``_mask``, attribute and hook,
+  its container's history), nothing else, so a failed call leaves the module as it was
+  (parameter and hook order included) and never undoes what another thread did meanwhile to
+  another tensor of the same module;
+* ``copy.deepcopy`` works (torch's pruned modules hold a computed, non-leaf tensor, which
+  ``deepcopy`` refuses). The class is **not** changed (``type(module) is nn.Linear`` stays true,
+  so code such as torch.ao's ``make_config_from_model`` still recognises the layer): a pruned
+  module carries an instance attribute ``__reduce_ex__`` (``copy.copy``, ``copy.deepcopy``,
+  ``pickle`` and ``torch.save`` all look this hook up on the instance) that leaves the computed
+  tensors out, and the copy recomputes them. Pickles rebuild through :func:`_rebuild` into the
+  plain class. The attribute holds only a weak reference to its module (no reference cycle), is
+  not part of ``state_dict``, and goes when the last pruned tensor is removed.
 """
 
 from __future__ import annotations
 
+import types
+import weakref
 from typing import Dict
 
 import torch
@@ -40,8 +46,15 @@ def register_read_only_default(*classes) -> None:
 def _first_default_mask(method, orig: torch.Tensor) -> torch.Tensor:
     """torch's all-ones default mask; for methods that only read it, a view of one 1 (no allocation)."""
     if getattr(type(method), "compute_mask", None) in _READ_ONLY_DEFAULT:
-        return torch.ones((), dtype=orig.dtype, device=orig.device).expand(orig.shape)
+        ones = torch.ones((), dtype=orig.dtype, device=orig.device).expand(orig.shape)
+        ones._funcprune_all_ones = True  # lets a method skip multiplying by it (see is_all_ones)
+        return ones
     return torch.ones_like(orig)
+
+
+def is_all_ones(default_mask: torch.Tensor) -> bool:
+    """True for the all-ones view :func:`_first_default_mask` made (so ``x * default_mask == x``)."""
+    return getattr(default_mask, "_funcprune_all_ones", False)
 
 
 def is_builtin_compute(method) -> bool:
@@ -75,35 +88,78 @@ def reparam_tensors(module: torch.nn.Module, name: str):
     return mask, orig
 
 
-class _Snapshot:
-    """What pruning may change on a module, to put it back exactly (dict order included)."""
+_MISSING = object()
 
-    def __init__(self, module: torch.nn.Module):
-        self.module = module
-        self.cls = type(module)
-        self.attrs = dict(module.__dict__)
-        self.dicts = {k: v.copy() for k, v in self.attrs.items() if k in ("_parameters", "_buffers",
-                                                                         "_forward_pre_hooks")}
-        self.lists = {k: list(v) for k, v in self.attrs.items() if isinstance(v, list)}
-        self.containers = [(h, h._pruning_methods) for h in module._forward_pre_hooks.values()
-                           if isinstance(h, _torch_prune.PruningContainer)]
+
+def _put_back(table: dict, key, value, order: list) -> None:
+    """Give ``table[key]`` its old ``value`` (or remove it) and its old place among the keys of ``order``.
+
+    Only ``key`` and the keys that followed it are touched (each moved in one dict operation), so
+    entries that other callers add meanwhile stay.
+    """
+    if value is _MISSING:
+        table.pop(key, None)
+        return
+    present = key in table
+    table[key] = value
+    if present or key not in order:
+        return  # replaced in place: its position never changed
+    for later in order[order.index(key) + 1:]:
+        if later in table:
+            table[later] = table.pop(later)
+
+
+class _Rollback:
+    """What one pruning call may change on ``module`` for ``name``, to put exactly that back.
+
+    The entries for ``name`` and ``name + "_orig"`` in ``_parameters``, ``name + "_mask"`` in
+    ``_buffers``, the pruning hook of ``name`` (and its container's history), the attribute
+    ``name`` and list attributes holding the tensor (an RNN's ``_flat_weights``). Other names,
+    hooks and attributes are left as they are when :meth:`restore` runs.
+    """
+
+    def __init__(self, module: torch.nn.Module, name: str):
+        self.module, self.name = module, name
+        d = module.__dict__
+        self.param_order = list(module._parameters)
+        self.params = {k: module._parameters.get(k, _MISSING) for k in (name, name + "_orig")}
+        self.buffer_order = list(module._buffers)
+        self.mask = module._buffers.get(name + "_mask", _MISSING)
+        self.hook_order = list(module._forward_pre_hooks)
+        self.hook_key, self.hook = pruning_hook(module, name)
+        self.methods = getattr(self.hook, "_pruning_methods", None)
+        self.attr = d.get(name, _MISSING)
+        current = d.get(name, self.params[name])
+        self.slots = [(v, i, x) for v in d.values() if isinstance(v, list)
+                      for i, x in enumerate(v) if current is not _MISSING and x is current]
+        self.was_pruned = "__reduce_ex__" in d
 
     def restore(self) -> None:
-        module = self.module
-        module.__dict__.clear()
-        module.__dict__.update(self.attrs)
-        for key, saved in self.dicts.items():
-            self.attrs[key].clear()
-            self.attrs[key].update(saved)
-        for key, saved in self.lists.items():
-            self.attrs[key][:] = saved
-        for hook, methods in self.containers:
-            hook._pruning_methods = methods
-        module.__class__ = self.cls
+        module, name = self.module, self.name
+        for key, value in self.params.items():
+            _put_back(module._parameters, key, value, self.param_order)
+        _put_back(module._buffers, name + "_mask", self.mask, self.buffer_order)
+        hooks = module._forward_pre_hooks
+        for key in [k for k, h in list(hooks.items()) if k not in self.hook_order and is_pruning_hook(h)
+                    and getattr(h, "_tensor_name", None) == name]:
+            hooks.pop(key, None)  # the hook this call registered
+        if self.hook_key is not None:
+            _put_back(hooks, self.hook_key, self.hook, self.hook_order)
+            if self.methods is not None:
+                self.hook._pruning_methods = self.methods
+        if self.attr is _MISSING:
+            module.__dict__.pop(name, None)
+        else:
+            module.__dict__[name] = self.attr
+        for values, i, x in self.slots:
+            if i < len(values):
+                values[i] = x
+        if not self.was_pruned:
+            unmark_if_unpruned(module)
 
 
 def _grown(old, method, container_cls):
-    """The hook after adding ``method`` to ``old`` (a container grows in place; the snapshot undoes it)."""
+    """The hook after adding ``method`` to ``old`` (a container grows in place; the rollback undoes it)."""
     if old is None:
         return method
     if isinstance(old, _torch_prune.PruningContainer):
@@ -124,7 +180,7 @@ def apply(cls, module, name, args, kwargs, importance_scores, container_cls):
         raise AssertionError(f"importance_scores should have the same shape as parameter {name} of {module}, "
                              f"got {importance_scores.shape} vs {orig.shape}")
     scores = orig if importance_scores is None else importance_scores
-    snapshot = _Snapshot(module)
+    rollback = _Rollback(module, name)
     try:
         hook = _grown(old, method, container_cls)
         if old is None:
@@ -144,34 +200,49 @@ def apply(cls, module, name, args, kwargs, importance_scores, container_cls):
         module.register_forward_pre_hook(hook)
         mark_pruned(module)
     except BaseException:
-        snapshot.restore()
+        rollback.restore()
         raise
     return hook
 
 
 def unmark_if_unpruned(module: torch.nn.Module, ignore=None) -> None:
-    """Give ``module`` its own class back once no pruning hook (other than ``ignore``) is left."""
-    base = type(module).__dict__.get("_funcprune_base")
-    if base is None:
+    """Drop the copy hook of :func:`mark_pruned` once no pruning hook (other than ``ignore``) is left."""
+    if not isinstance(module.__dict__.get("__reduce_ex__"), _PrunedReduce):
         return
     if not any(is_pruning_hook(h) and h is not ignore for h in module._forward_pre_hooks.values()):
-        module.__class__ = base
+        module.__dict__.pop("__reduce_ex__", None)
 
 
 def mark_pruned(module: torch.nn.Module) -> None:
-    """Swap ``module``'s class for its pruned twin (see the module docstring); idempotent."""
-    cls = type(module)
-    if "_funcprune_base" not in cls.__dict__:
-        module.__class__ = _pruned_class(cls)
+    """Give ``module`` the instance-level ``__reduce_ex__`` that copies it (see the module docstring); idempotent."""
+    hook = module.__dict__.get("__reduce_ex__")
+    if not (isinstance(hook, _PrunedReduce) and hook.ref() is module):  # none, or copied from another module
+        module.__dict__["__reduce_ex__"] = _PrunedReduce(module)
 
 
-def _pruned_class(base: type) -> type:
-    cls = _PRUNED_CLASSES.get(base)
-    if cls is None:
-        namespace = {"__module__": base.__module__, "__qualname__": base.__qualname__, "__doc__": base.__doc__,
-                     "_funcprune_base": base, "__reduce_ex__": _reduce_ex, "__setstate__": _setstate}
-        cls = _PRUNED_CLASSES[base] = type(base.__name__, (base,), namespace)
-    return cls
+class _PrunedReduce:
+    """``module.__reduce_ex__`` of a pruned module: its state without the computed tensors.
+
+    Holds a weak reference, so a pruned module is freed as soon as it is unreferenced.
+    """
+
+    def __init__(self, module=None):
+        self.ref = (lambda: None) if module is None else weakref.ref(module)
+
+    def __call__(self, protocol):
+        module = self.ref()
+        if module is None:
+            raise RuntimeError("a pruned module's __reduce_ex__ outlived its module (copied __dict__?)")
+        computed = set(_computed_names(module))
+        state = {k: v for k, v in module.__dict__.items()
+                 if k not in computed and k not in ("__reduce_ex__", "__setstate__")}
+        return _rebuild, (type(module),), state
+
+    def __reduce_ex__(self, protocol):  # a module's __dict__ pickled on its own: mark_pruned replaces it
+        return _PrunedReduce, ()
+
+    def __deepcopy__(self, memo):
+        return _PrunedReduce()
 
 
 def _computed_names(module: torch.nn.Module) -> list:
@@ -179,17 +250,30 @@ def _computed_names(module: torch.nn.Module) -> list:
             if is_pruning_hook(h) and getattr(h, "_tensor_name", None) in module.__dict__]
 
 
-def _reduce_ex(self, protocol):
-    computed = set(_computed_names(self))
-    state = {k: v for k, v in self.__dict__.items() if k not in computed}
-    return _new_pruned, (type(self)._funcprune_base,), state
-
-
-def _setstate(self, state) -> None:
-    type(self)._funcprune_base.__setstate__(self, state)
-    for hook in list(self._forward_pre_hooks.values()):
+def _setstate(module: torch.nn.Module, state) -> None:
+    """Load ``state`` into an instance made by :func:`_rebuild`; recompute the pruned tensors."""
+    module.__dict__.pop("__setstate__", None)
+    type(module).__setstate__(module, state)
+    for hook in list(module._forward_pre_hooks.values()):
         if is_pruning_hook(hook) and getattr(hook, "_tensor_name", None) is not None:
-            setattr(self, hook._tensor_name, hook.apply_mask(self))
+            setattr(module, hook._tensor_name, hook.apply_mask(module))
+    mark_pruned(module)
+
+
+def _rebuild(cls: type) -> torch.nn.Module:
+    """An empty ``cls`` instance whose (instance-level) ``__setstate__`` rebuilds a pruned module."""
+    module = cls.__new__(cls)
+    module.__dict__["__setstate__"] = types.MethodType(_setstate, module)
+    return module
+
+
+def _pruned_class(base: type) -> type:
+    """For pickles of funcprune < 1.0 (which call :func:`_new_pruned`): a class whose ``__new__``
+    gives :func:`_rebuild`'s plain ``base`` instance."""
+    cls = _PRUNED_CLASSES.get(base)
+    if cls is None:
+        cls = _PRUNED_CLASSES[base] = type(base.__name__, (), {"__new__": staticmethod(lambda _: _rebuild(base))})
+    return cls
 
 
 def _new_pruned(base: type) -> torch.nn.Module:
