@@ -71,9 +71,15 @@ def test_ln_structured_matches_torch(case, n, data):
     assert err == ref_err
     if ref is not None:
         norm = torch_prune._compute_norm(scores, n, dim)  # the running torch's channel norms
+        others = [d for d in range(scores.dim()) if d != dim % scores.dim()]
+        channels = lambda m: m.any(dim=others)  # noqa: E731 - kept channels: any entry kept
+        alive = torch.ones_like(got) if prior is None else prior
         view = [1] * scores.dim()
         view[dim] = -1
-        assert_same_selection(got, ref, norm.view(view).expand(scores.shape), prior)
+        assert torch.equal(got, channels(got).view(view).expand(scores.shape) & alive), "not whole channels"
+        # Tied norms make torch's choice of channels arbitrary: compare channels, not entries (a tied
+        # channel with fewer survivors may go instead of one with more).
+        assert_same_selection(channels(got), channels(ref), norm, None if prior is None else channels(prior))
 
 
 @pytest.mark.parametrize("n", NORMS + ["nuc"])
