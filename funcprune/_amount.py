@@ -42,7 +42,7 @@ def validate_amount(amount: Amount) -> None:
 
 
 def _validate_number(amount) -> None:
-    # torch accepts a bool at validation, then fails in topk for True: reject it up front.
+    # torch accepts a bool at validation, then fails in its top-k for True: reject it up front.
     if isinstance(amount, bool) or not isinstance(amount, numbers.Real):
         raise TypeError(f"Invalid type for amount: {amount!r}. Must be int or float.")
     if isinstance(amount, numbers.Integral):

@@ -43,7 +43,7 @@ here runs under ``torch.func.vmap`` and on ``meta``: no shape depends on data.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Callable, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.utils.prune as _torch_prune
@@ -688,66 +688,18 @@ def radix_select_keep(keys: Sequence[torch.Tensor], alive: Sequence[Optional[tor
     so no full-size copy of the keys is ever made. ``k`` must not exceed the number of alive
     entries. Returns one bool mask per tensor, shaped like it. ``chunk`` bounds every temporary.
     """
-    device = keys[0].device
-    nbits = 8 * key_fn(keys[0].reshape(-1)[:1]).element_size()
-    flip = (1 << (nbits - 1)) - 1  # reverses the order of non-negative bit patterns
-    work = torch.int32 if nbits <= 32 else torch.int64
-
-    def bits_of(piece):
-        b = _bits(key_fn(piece)).to(work)
-        return flip - b if largest else b
-
     if k == 0:
         return [torch.ones_like(key, dtype=torch.bool) if live is None else live.clone()
                 for key, live in zip(keys, alive)]
-    # Find the bit pattern `prefix` of the k-th selected key, 16 bits per pass, most significant first.
-    prefix = torch.zeros((), dtype=torch.int64, device=device)
-    due = torch.tensor(k, dtype=torch.int64, device=device)  # still to select at and below `prefix`
-    for shift in range(max(nbits - _DIGIT_BITS, 0), -1, -_DIGIT_BITS):
-        hist = torch.zeros(_DIGITS + 1, dtype=torch.int64, device=device)
-        for key, live in zip(keys, alive):
-            for _, piece, live_piece in _paired_chunks(key, live, chunk):
-                b = bits_of(piece)
-                inside = (b >> (shift + _DIGIT_BITS)) == (prefix >> (shift + _DIGIT_BITS))
-                if live_piece is not None:
-                    inside &= live_piece
-                hist += torch.bincount(torch.where(inside, (b >> shift) & (_DIGITS - 1), _DIGITS),
-                                       minlength=_DIGITS + 1)
-        cum = hist[:_DIGITS].cumsum(0)
-        digit = torch.searchsorted(cum, due)
-        due = due - torch.where(digit > 0, cum[(digit - 1).clamp(min=0)], 0)
-        prefix = prefix | (digit << shift)
-        ties = hist[digit]
-    # Every alive key below `prefix` goes; of the keys equal to it, the first `due` in index order.
-    all_ties = bool(due == ties)
-    masks, ties_seen = [], torch.zeros((), dtype=torch.int64, device=device)
-    for key, live in zip(keys, alive):
-        keep = torch.empty(key.numel(), dtype=torch.bool, device=device)
-        for start, piece, live_piece in _paired_chunks(key, live, chunk):
-            b = bits_of(piece)
-            if all_ties:
-                dropped = b <= prefix
-            else:
-                tie = b == prefix
-                if live_piece is not None:
-                    tie &= live_piece
-                dropped = (b < prefix) | (tie & (tie.cumsum(0) + ties_seen <= due))
-                ties_seen = ties_seen + tie.sum()
-            piece_keep = ~dropped
-            if live_piece is not None:
-                piece_keep &= live_piece
-            keep[start:start + piece.numel()] = piece_keep
-        masks.append(keep.view(key.shape))
-    return masks
+    cut = radix_cut(keys, alive, k, key_fn=key_fn, largest=largest, chunk=chunk)
+    return keep_from_cut(keys, alive, cut, key_fn=key_fn, largest=largest, chunk=chunk)
 
 
 # --- Exact cuts and torch's tie order (used by funcprune.compat) -----------------------------------
 #
-# ``radix_select_keep`` == ``keep_from_cut(keys, alive, radix_cut(keys, alive, k, ...), ...)``: the
+# ``radix_select_keep`` is ``keep_from_cut(keys, alive, radix_cut(keys, alive, k, ...), ...)``: the
 # cut is split from the masks so that a caller can look at the tie band (how many alive keys equal
 # the k-th one, how many of those are due) before deciding how to break it.
-
-from typing import NamedTuple  # noqa: E402  (kept next to the code below, which alone uses it)
 
 
 class RadixCut(NamedTuple):

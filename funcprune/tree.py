@@ -76,7 +76,7 @@ def global_unstructured(params: Tree, amount: Amount, *, masks: Optional[Tree] =
     threshold with a radix selection over the leaves, ``chunk_size`` entries at a time, so the
     extra memory is the bool masks plus a few chunk-sized buffers, counts are exact past 2**31
     entries, and ties at the threshold go to the earliest entry in leaf order. Under ``vmap`` or on
-    ``meta`` it falls back to a concatenated ``topk`` (no data-dependent shapes). The random method
+    ``meta`` it falls back to one selection over the concatenated keys (no data-dependent shapes). The random method
     draws one uniform vector over all entries, exactly as torch does, so seeds give torch's masks.
 
     Args:

@@ -143,58 +143,6 @@ def test_a_median_over_its_target_is_a_miss_even_within_the_spread():
     assert "page faults" not in _report.row_line(dict(row, theirs_faults=0.0))
 
 
-# The eager fast path of ``_select.select`` (tuned for these benchmarks) must give topk's positions.
-KINDS = ["normal", "abs", "ties", "nan", "half", "inf"]
-
-
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("largest", [False, True])
-def test_threshold_fast_path_gives_topks_positions(kind, largest):
-    from funcprune import _select
-    gen = torch.Generator().manual_seed(2 * KINDS.index(kind) + largest)
-    n = _select._FAST_MIN * 3 + 7
-    key = torch.randn(n, generator=gen)
-    if kind == "abs":
-        key = key.abs()
-    elif kind == "ties":
-        key = (key * 4).round()
-    elif kind == "nan":
-        key[torch.randint(0, n, (40,), generator=gen)] = float("nan")
-    elif kind == "half":
-        key = key.half()
-    elif kind == "inf":
-        key[:50] = float("inf")
-    for k in (1, 17, n // 3, n // 2, n - 30, n - 1):
-        got = _select.select(key, k, largest=largest)
-        ref = torch.zeros(n, dtype=torch.bool)
-        ref[torch.topk(key, k, largest=largest).indices] = True
-        assert torch.equal(got, ref), (kind, k)
-        fast = _select._select_by_threshold(key, k, largest)
-        if kind in ("normal", "abs") and 0.01 < k / n < 0.99:
-            assert fast is not None  # continuous keys take the fast path
-        assert fast is None or torch.equal(fast, ref)
-
-
-def test_threshold_fast_path_with_survivors_matches_torch():
-    import funcprune as fp
-    import torch.nn.utils.prune as torch_prune
-    gen = torch.Generator().manual_seed(0)
-    w = torch.randn(300, 200, generator=gen)
-    mask = fp.l1_unstructured(w, 0.4)
-    for amount in (0.3, 1234):
-        ref = _torch_container_mask(torch_prune, w, mask, amount)
-        assert torch.equal(fp.l1_unstructured(w, amount, mask=mask), ref)
-
-
-def _torch_container_mask(torch_prune, w, mask, amount):
-    container = torch_prune.PruningContainer()
-    container._tensor_name = "w"
-    method = torch_prune.L1Unstructured(amount)
-    method._tensor_name = "w"
-    container.add_pruning_method(method)
-    return container.compute_mask(w, mask.float()).bool()
-
-
 @pytest.mark.parametrize("ours_first", [True, False])
 def test_forward_rows_give_torchs_outputs_bit_for_bit_in_either_allocation_order(ours_first):
     import funcprune.compat as compat

@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import funcprune.compat as C
-from funcprune import _select
 from examples._models import LeNet  # the tutorial's LeNet, shared with the examples and benchmarks
 
 
@@ -635,33 +634,6 @@ def test_tie_order_index_per_tensor_is_the_cores_l1_and_bad_orders_raise():
     with pytest.raises(ValueError, match="tie order"):
         with C.tie_order("lowest"):
             pass
-
-
-def test_radix_cut_and_keep_from_cut_split_radix_select_keep():
-    torch.manual_seed(0)
-    for levels in (3, 50, 10 ** 6):
-        keys = [torch.randint(0, levels, (n,)).float() for n in (1000, 37, 2500)]
-        alive = [None, torch.rand(37) > 0.3, torch.rand(2500) > 0.5]
-        flat = torch.cat([key if a is None else key[a] for key, a in zip(keys, alive)]).sort().values
-        for k in (1, 17, 1500, flat.numel()):
-            cut = _select.radix_cut(keys, alive, k, chunk=256)
-            got = _select.keep_from_cut(keys, alive, cut, chunk=256)
-            want = _select.radix_select_keep(keys, alive, k, chunk=256)
-            assert all(torch.equal(a, b) for a, b in zip(got, want))
-            assert cut.straddles == bool((flat[k:] == flat[k - 1]).any())
-
-
-def test_torch_order_select_is_torchs_topk_on_the_survivors():
-    torch.manual_seed(0)
-    for n in (10, 5000, 40000):
-        key = torch.randint(0, 7, (n,)).float()
-        key[torch.rand(n) < 0.05] = float("nan")
-        alive = torch.rand(n) > 0.4
-        for k in (1, n // 100 + 1, int(alive.sum()) // 2):
-            for largest in (False, True):
-                want = torch.zeros(n, dtype=torch.bool)
-                want[alive.nonzero().view(-1)[torch.topk(key[alive], k, largest=largest).indices]] = True
-                assert torch.equal(_select.torch_order_select(key, k, largest=largest, alive=alive), want)
 
 
 def test_compat_global_benchmark_rows_check_torchs_masks(monkeypatch):

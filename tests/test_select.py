@@ -5,6 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from funcprune import _select
 from funcprune._select import radix_select_keep, select, select_per_pool
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
@@ -335,3 +336,81 @@ def test_ranking_ops_appear_in_select_only():
     offenders = [f"{path.relative_to(root)}:{i}" for path in root.rglob("*.py") if path.name != "_select.py"
                  for i, line in enumerate(path.read_text().splitlines(), 1) if ranking.search(line)]
     assert offenders == []
+
+
+def test_radix_cut_reports_the_tie_band_and_keep_from_cut_breaks_it_by_index():
+    torch.manual_seed(0)
+    for levels in (3, 50, 10 ** 6):
+        keys = [torch.randint(0, levels, (n,)).float() for n in (1000, 37, 2500)]
+        alive = [None, torch.rand(37) > 0.3, torch.rand(2500) > 0.5]
+        flat = torch.cat([key if a is None else key[a] for key, a in zip(keys, alive)]).sort().values
+        for k in (1, 17, 1500, flat.numel()):
+            cut = _select.radix_cut(keys, alive, k, chunk=256)
+            got = _select.keep_from_cut(keys, alive, cut, chunk=256)
+            want = reference_keep(keys, alive, k, largest=False).split([key.numel() for key in keys])
+            assert all(torch.equal(a, b) for a, b in zip(got, want))
+            assert cut.straddles == bool((flat[k:] == flat[k - 1]).any())
+
+
+def test_torch_order_select_is_torchs_topk_on_the_survivors():
+    torch.manual_seed(0)
+    for n in (10, 5000, 40000):
+        key = torch.randint(0, 7, (n,)).float()
+        key[torch.rand(n) < 0.05] = float("nan")
+        alive = torch.rand(n) > 0.4
+        for k in (1, n // 100 + 1, int(alive.sum()) // 2):
+            for largest in (False, True):
+                want = torch.zeros(n, dtype=torch.bool)
+                want[alive.nonzero().view(-1)[torch.topk(key[alive], k, largest=largest).indices]] = True
+                assert torch.equal(_select.torch_order_select(key, k, largest=largest, alive=alive), want)
+
+
+# The eager fast path of ``select`` must give topk's positions.
+KINDS = ["normal", "abs", "ties", "nan", "half", "inf"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("largest", [False, True])
+def test_threshold_fast_path_gives_topks_positions(kind, largest):
+    gen = torch.Generator().manual_seed(2 * KINDS.index(kind) + largest)
+    n = _select._FAST_MIN * 3 + 7
+    key = torch.randn(n, generator=gen)
+    if kind == "abs":
+        key = key.abs()
+    elif kind == "ties":
+        key = (key * 4).round()
+    elif kind == "nan":
+        key[torch.randint(0, n, (40,), generator=gen)] = float("nan")
+    elif kind == "half":
+        key = key.half()
+    elif kind == "inf":
+        key[:50] = float("inf")
+    for k in (1, 17, n // 3, n // 2, n - 30, n - 1):
+        got = _select.select(key, k, largest=largest)
+        ref = torch.zeros(n, dtype=torch.bool)
+        ref[torch.topk(key, k, largest=largest).indices] = True
+        assert torch.equal(got, ref), (kind, k)
+        fast = _select._select_by_threshold(key, k, largest)
+        if kind in ("normal", "abs") and 0.01 < k / n < 0.99:
+            assert fast is not None  # continuous keys take the fast path
+        assert fast is None or torch.equal(fast, ref)
+
+
+def test_threshold_fast_path_with_survivors_matches_torch():
+    import funcprune as fp
+    import torch.nn.utils.prune as torch_prune
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(300, 200, generator=gen)
+    mask = fp.l1_unstructured(w, 0.4)
+    for amount in (0.3, 1234):
+        ref = _torch_container_mask(torch_prune, w, mask, amount)
+        assert torch.equal(fp.l1_unstructured(w, amount, mask=mask), ref)
+
+
+def _torch_container_mask(torch_prune, w, mask, amount):
+    container = torch_prune.PruningContainer()
+    container._tensor_name = "w"
+    method = torch_prune.L1Unstructured(amount)
+    method._tensor_name = "w"
+    container.add_pruning_method(method)
+    return container.compute_mask(w, mask.float()).bool()
