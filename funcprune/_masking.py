@@ -43,7 +43,7 @@ class _MaskProduct(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(inputs[1])
-        ctx.mask = inputs[1]  # forward-mode AD (jvp) has no saved tensors
+        ctx.value, ctx.mask = inputs  # forward-mode AD (jvp) has no saved tensors
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -51,5 +51,10 @@ class _MaskProduct(torch.autograd.Function):
         return mask.to(grad.dtype).mul_(grad), None
 
     @staticmethod
-    def jvp(ctx, value_tangent: torch.Tensor, mask_tangent):
-        return ctx.mask.to(value_tangent.dtype).mul_(value_tangent)
+    def jvp(ctx, value_tangent, mask_tangent):
+        # A dual mask (forward-mode AD) needs no grad, so it comes here too: its tangent counts.
+        out = torch.zeros_like(ctx.value) if value_tangent is None else ctx.mask.to(value_tangent.dtype).mul_(
+            value_tangent)
+        if mask_tangent is not None:
+            out += mask_tangent.to(out.dtype) * ctx.value
+        return out

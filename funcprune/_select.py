@@ -723,12 +723,15 @@ class RadixCut(NamedTuple):
 
 
 def _cut_bits(key_fn, keys, largest):
-    nbits = 8 * key_fn(keys[0].reshape(-1)[:1]).element_size()
+    """``(nbits, flip, bits_of)``: ``bits_of(piece)`` gives a piece's keys as ordered integers."""
+    sample = key_fn(keys[0].reshape(-1)[:1])
+    nbits = 8 * sample.element_size()
     flip = (1 << (nbits - 1)) - 1  # reverses the order of non-negative bit patterns
     work = torch.int32 if nbits <= 32 else torch.int64
+    nan_bits = _INF_BITS[sample.dtype] + 1  # NaNs of every payload tie (as in topk), just above +inf
 
     def bits_of(piece):
-        b = _bits(key_fn(piece)).to(work)
+        b = _bits(key_fn(piece)).to(work).clamp_(max=nan_bits)
         return flip - b if largest else b
 
     return nbits, flip, bits_of
@@ -768,8 +771,7 @@ def radix_cut(keys: Sequence[torch.Tensor], alive: Sequence[Optional[torch.Tenso
         prefix = prefix | (digit << shift)
         ties = hist[digit]
     plain = int(flip - prefix) if largest else int(prefix)  # the k-th key's own bit pattern
-    inf_bits = int(_bits(torch.tensor(float("inf"), dtype=key_fn(keys[0].reshape(-1)[:1]).dtype)))
-    return RadixCut(prefix, int(due), int(ties), plain > inf_bits)
+    return RadixCut(prefix, int(due), int(ties), plain > _INF_BITS[key_fn(keys[0].reshape(-1)[:1]).dtype])
 
 
 def keep_from_cut(keys: Sequence[torch.Tensor], alive: Sequence[Optional[torch.Tensor]], cut: RadixCut, *,

@@ -24,10 +24,12 @@ import torch
 import torch.utils._pytree as torch_pytree
 
 from . import _pytree
+from ._layout import reparametrized
 from ._masking import masked
 from ._pytree import Include, Tree
 from ._select import as_keep
 from ._masks_io import load_masks, save_masks
+from .call import functional_call
 from ._semistructured import (SemiStructuredUnavailable, check_semi_structured, semi_structured_available,
                               semi_structured_pattern, to_semi_structured)
 
@@ -303,7 +305,7 @@ def verify(params: Tree, masks: Optional[Tree], exported: Tree, module: Optional
     :func:`finalize` returns), so a pruned NaN or inf, which :func:`funcprune.apply_masks` turns
     into NaN (``nan * 0``) but an export never stores, does not count as a difference. Every leaf
     of ``exported`` must densify to exactly its reference (a kept NaN equals NaN). With
-    ``module``, ``module`` run on ``exported`` (``torch.func.functional_call``) must match it run
+    ``module``, ``module`` run on ``exported`` (:func:`funcprune.functional_call`) must match it run
     on the reference within ``rtol``/``atol`` (sparse kernels sum in another order); every tensor
     of the output is compared, so a forward may return a tensor or tuples, lists and dicts of them.
 
@@ -318,6 +320,8 @@ def verify(params: Tree, masks: Optional[Tree], exported: Tree, module: Optional
 
     Raises:
       KeyError: a name of ``exported`` or ``masks`` that is not in ``params``.
+      ValueError: ``module`` carries pruning hooks (compat or torch.nn.utils.prune): they would
+        replace the exported weights by ``<name>_orig * <name>_mask``; pass an unpruned module.
       TypeError: an output leaf that is neither a tensor nor comparable with ``==``.
 
     Example:
@@ -325,15 +329,19 @@ def verify(params: Tree, masks: Optional[Tree], exported: Tree, module: Optional
       >>> verify(params, masks, to_sparse(params, masks, "coo").params).ok
       True
     """
+    if module is not None and reparametrized(module):
+        # Its pruning hooks would recompute each pruned weight from `<name>_orig * <name>_mask`
+        # and never run the exported tensor: the check would pass whatever was exported.
+        raise ValueError(f"verify needs a module without pruning hooks, but {sorted(reparametrized(module))} "
+                         f"of {type(module).__name__} are pruned: check an unpruned copy (e.g. "
+                         "funcprune.to_module(copy.deepcopy(module), masks={}))")
     named_dense = _zeroed(params, masks)
     named_exported = _pytree.lookup(named_dense, exported, "exported")
     mismatched = tuple(name for name, value in named_exported.items()
                        if not _equal(_densified(value), named_dense[name]))
     diff, close = 0.0, True
     if module is not None:
-        if not isinstance(args, tuple):
-            args = (args,)
-        expected = torch.func.functional_call(module, named_dense, args, kwargs)
-        actual = torch.func.functional_call(module, dict(named_exported), args, kwargs)
+        expected = functional_call(module, named_dense, args, kwargs)
+        actual = functional_call(module, dict(named_exported), args, kwargs)
         close, diff = _outputs_gap(actual, expected, rtol, atol)
     return Check(close and not mismatched, diff, mismatched)

@@ -76,8 +76,11 @@ def global_unstructured(params: Tree, amount: Amount, *, masks: Optional[Tree] =
     threshold with a radix selection over the leaves, ``chunk_size`` entries at a time, so the
     extra memory is the bool masks plus a few chunk-sized buffers, counts are exact past 2**31
     entries, and ties at the threshold go to the earliest entry in leaf order. Under ``vmap`` or on
-    ``meta`` it falls back to one selection over the concatenated keys (no data-dependent shapes). The random method
-    draws one uniform vector over all entries, exactly as torch does, so seeds give torch's masks.
+    ``meta`` it falls back to one selection over the concatenated keys (no data-dependent shapes).
+    The random method draws what torch draws (one uniform number per entry on fresh masks, per
+    surviving entry on top of ``masks``) and picks as torch's top-k does, so seeds give torch's
+    masks; under ``vmap`` on top of ``masks`` it draws one number per entry (same counts, other
+    entries).
 
     Args:
       params: pytree of tensors.
@@ -132,14 +135,19 @@ def global_unstructured(params: Tree, amount: Amount, *, masks: Optional[Tree] =
             [(torch.ones_like(leaf, dtype=torch.bool) if keep is None else keep).reshape(-1)
              for leaf, keep in zip(leaves, keeps)])
         device = leaves[0].device
-        if method == "l1":
-            key = torch.cat([leaf.reshape(-1).to(dtype=dtype, device=device).abs() for leaf in leaves])
-        elif isinstance(k, int) and k == 0:
-            key = None  # torch draws nothing when nothing is pruned
+        if method == "random" and isinstance(k, int) and k == 0:
+            flat = torch.ones(total, dtype=torch.bool, device=device)  # torch draws nothing when nothing is pruned
+        elif method == "random" and flat_alive is not None and isinstance(alive, int):
+            # torch's container draws one number per survivor, in index order, and takes its top-k
+            # there: the same draws and the same choice (ties included) give torch's mask.
+            draws = torch.rand(alive, generator=generator, dtype=dtype, device=device)
+            chosen = _select.torch_order_select(draws, k, largest=True)
+            flat = flat_alive.clone().masked_scatter_(flat_alive, chosen.logical_not_())
         else:
-            key = torch.rand(total, generator=generator, dtype=dtype, device=device)
-        flat = torch.ones(total, dtype=torch.bool, device=device) if key is None else ~_select.select(
-            key, k, largest=method == "random", alive=flat_alive, k_max=_amount.max_prune_count(amount, total))
+            key = (torch.cat([leaf.reshape(-1).to(dtype=dtype, device=device).abs() for leaf in leaves])
+                   if method == "l1" else torch.rand(total, generator=generator, dtype=dtype, device=device))
+            flat = ~_select.select(key, k, largest=method == "random", alive=flat_alive,
+                                   k_max=_amount.max_prune_count(amount, total))
         if flat_alive is not None:
             flat = flat & flat_alive
         new_keeps = [piece.view(leaf.shape) for piece, leaf in zip(flat.split([t.numel() for t in leaves]), leaves)]

@@ -336,3 +336,19 @@ def test_a_failed_prune_after_the_module_changed_leaves_it_exactly_as_before(fir
     assert [list(h) if isinstance(h, T.PruningContainer) else None for _, h in hooks] == histories
     assert all(torch.equal(v, state[k]) for k, v in m.state_dict().items())
     assert (first is None) == ("bias" not in m.__dict__) and type(m) is nn.Linear
+
+
+class Cached(nn.Linear):
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("cache", None)  # never copied nor pickled
+        return state
+
+
+def test_copies_of_a_pruned_module_go_through_its_own_getstate():
+    m = Cached(3, 2)
+    m.cache = torch.zeros(1000)
+    C.l1_unstructured(m, "weight", 2)
+    for twin in (copy.copy(m), copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        assert not hasattr(twin, "cache") and type(twin) is Cached
+        assert torch.equal(twin.weight_mask, m.weight_mask) and torch.equal(twin.weight, m.weight)

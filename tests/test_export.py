@@ -484,3 +484,19 @@ def test_semi_structured_conversion_zeroes_pruned_nan(monkeypatch):
     assert torch.equal(out, torch.where(mask, w, 0)) and not out[~mask].any()
     exported = to_sparse({"w": w}, {"w": mask}, "semi_structured")
     assert exported.skipped == {} and torch.equal(exported.params["w"], torch.where(mask, w, 0))
+
+
+def test_verify_refuses_a_pruned_module_whose_hooks_would_hide_the_export():
+    import funcprune.compat as prune
+
+    lin = prune.l1_unstructured(torch.nn.Linear(4, 3), "weight", 0.5)
+    params, masks = fp.from_module(lin)
+    params = {name: value.detach() for name, value in params.items()}
+    wrong = dict(fp.export.to_sparse(params, masks, "coo").params, weight=torch.full((3, 4), 7.0))
+    x = torch.randn(2, 4)
+    with pytest.raises(ValueError, match=r"pruning hooks.*\['weight'\]"):
+        fp.export.verify(params, masks, wrong, lin, (x,))
+    plain = fp.to_module(copy.deepcopy(lin), masks={})
+    check = fp.export.verify(params, masks, wrong, plain, (x,))
+    assert not check.ok and check.mismatched == ("weight",) and check.max_abs_diff > 1.0
+    assert fp.export.verify(params, masks, fp.export.to_sparse(params, masks).params, plain, (x,)).ok

@@ -414,3 +414,16 @@ def _torch_container_mask(torch_prune, w, mask, amount):
     method._tensor_name = "w"
     container.add_pruning_method(method)
     return container.compute_mask(w, mask.float()).bool()
+
+
+def test_radix_selection_ties_nans_of_every_payload_by_index():
+    # NaNs with different payloads are one value to topk; the radix keys must tie them too, so the
+    # documented rule (ties at the cut go by lowest global index) holds among NaNs as well.
+    nans = torch.tensor([0x7FC00001, 0x7FC00000, 0x7FC00005, 0x7F800001], dtype=torch.int32).view(torch.float32)
+    keys = [torch.cat([torch.randn(3000, generator=torch.Generator().manual_seed(0)), nans.repeat(500)]), nans]
+    for k in (1, 3000, 3001, 4000, 5003):
+        got = radix_select_keep(keys, [None, None], k, key_fn=torch.abs, chunk=777)
+        want = reference_keep([torch.where(key.isnan(), torch.inf, key.abs()) for key in keys], [None, None], k,
+                              largest=False).split([key.numel() for key in keys])
+        # the reference maps NaN to +inf, which ranks them together above every finite key; no inf in keys
+        assert all(torch.equal(a, b) for a, b in zip(got, want)), k

@@ -400,3 +400,31 @@ def test_sparsity_on_meta():
     meta = {"w": torch.empty(3, 4, 6, dtype=torch.bool, device="meta")}
     report = fp.sparsity(meta, {"w": torch.empty(4, 6, device="meta")})
     assert report.fraction.shape == (3,) and report.fraction.device.type == "meta"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_global_random_on_top_of_masks_gives_torchs_mask_for_the_same_seed(seed):
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(300, 200), nn.Linear(200, 50))
+    params = {name: p.detach().clone() for name, p in net.named_parameters() if name.endswith("weight")}
+    torch_prune.l1_unstructured(net[0], "weight", 0.3)
+    masks = {"0.weight": net[0].weight_mask.bool()}
+    torch.manual_seed(100 + seed)
+    torch_prune.global_unstructured([(net[0], "weight"), (net[1], "weight")], torch_prune.RandomUnstructured,
+                                    amount=0.4)
+    torch.manual_seed(100 + seed)
+    got = fp.global_unstructured(params, 0.4, masks=masks, method="random")
+    assert torch.equal(got["0.weight"], net[0].weight_mask.bool())
+    assert torch.equal(got["1.weight"], net[1].weight_mask.bool())
+
+
+def test_forward_mode_tangent_of_a_float_mask_reaches_the_masked_params():
+    import torch.autograd.forward_ad as fwAD
+
+    w = torch.randn(5, requires_grad=True)  # the eager lean product's path
+    mask = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0], dtype=torch.float64)
+    tangent = torch.linspace(-1, 1, 5, dtype=torch.float64)
+    with fwAD.dual_level():
+        out = fp.apply_masks({"w": w}, {"w": fwAD.make_dual(mask, tangent)})["w"]
+        got = fwAD.unpack_dual(out).tangent
+    assert torch.allclose(got, w.detach() * tangent.float())

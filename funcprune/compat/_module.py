@@ -105,8 +105,9 @@ def _put_back(table: dict, key, value, order: list) -> None:
     if present or key not in order:
         return  # replaced in place: its position never changed
     for later in order[order.index(key) + 1:]:
-        if later in table:
-            table[later] = table.pop(later)
+        moved = table.pop(later, _MISSING)  # one operation: another thread may remove it meanwhile
+        if moved is not _MISSING:
+            table[later] = moved
 
 
 class _Rollback:
@@ -234,8 +235,9 @@ class _PrunedReduce:
         if module is None:
             raise RuntimeError("a pruned module's __reduce_ex__ outlived its module (copied __dict__?)")
         computed = set(_computed_names(module))
-        state = {k: v for k, v in module.__dict__.items()
-                 if k not in computed and k not in ("__reduce_ex__", "__setstate__")}
+        state = module.__getstate__()  # a subclass's own __getstate__, as for the unpruned module
+        if isinstance(state, dict):
+            state = {k: v for k, v in state.items() if k not in computed and k not in ("__reduce_ex__", "__setstate__")}
         return _rebuild, (type(module),), state
 
     def __reduce_ex__(self, protocol):  # a module's __dict__ pickled on its own: mark_pruned replaces it
