@@ -202,7 +202,7 @@ def _select_by_threshold(key: torch.Tensor, k: int, largest: bool, filled: bool 
     v = candidates.kthvalue(rank - below).values
     if filled and bool(v == _worst(largest)):
         return None
-    if largest:  # dropped: not below v (NaN included, as topk counts it the largest)
+    if largest:  # selected: not below v (NaN included, as topk counts it the largest)
         if n - below - int(torch.count_nonzero(candidates < v)) != k:
             return None
         return (key < v).logical_not_()
@@ -515,11 +515,9 @@ def groups(shape: Sequence[int], size: int, dim: int) -> Granularity:
       TypeError: ``size`` or ``dim`` not an int. ValueError: ``size < 1``, a 0-d shape, or a size
       along ``dim`` not divisible by ``size``. IndexError: ``dim`` out of range.
     """
-    for value, what in ((size, "group_size"), (dim, "dim")):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"{what} must be an int, got {value!r}")
-    if size < 1:
-        raise ValueError(f"group_size must be positive, got group_size={size}")
+    _check_group_size(size)
+    if not isinstance(dim, int) or isinstance(dim, bool):
+        raise TypeError(f"dim must be an int, got {dim!r}")
     if len(shape) == 0:
         raise ValueError("N:M patterns need a tensor with at least one dim, got a 0-d tensor")
     dim = _check_dim(dim, shape)
@@ -529,6 +527,13 @@ def groups(shape: Sequence[int], size: int, dim: int) -> Granularity:
     return _Groups(shape, size, dim)
 
 
+def _check_group_size(size) -> None:
+    if not isinstance(size, int) or isinstance(size, bool):
+        raise TypeError(f"group_size must be an int, got {size!r}")
+    if size < 1:
+        raise ValueError(f"group_size must be positive, got group_size={size}")
+
+
 def check_group_counts(kept_per_group: int, group_size: int) -> None:
     """Raise for an N:M request that no tensor can satisfy (core and compat share this check).
 
@@ -536,11 +541,9 @@ def check_group_counts(kept_per_group: int, group_size: int) -> None:
       TypeError: a count that is not an int. ValueError: ``group_size < 1`` or ``kept_per_group``
       outside ``[0, group_size]``.
     """
-    for value, what in ((kept_per_group, "kept_per_group"), (group_size, "group_size")):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"{what} must be an int, got {value!r}")
-    if group_size < 1:
-        raise ValueError(f"group_size must be positive, got group_size={group_size}")
+    if not isinstance(kept_per_group, int) or isinstance(kept_per_group, bool):
+        raise TypeError(f"kept_per_group must be an int, got {kept_per_group!r}")
+    _check_group_size(group_size)
     if not 0 <= kept_per_group <= group_size:
         raise ValueError(f"kept_per_group must satisfy 0 <= kept_per_group <= group_size, got "
                          f"kept_per_group={kept_per_group}, group_size={group_size}")
@@ -568,7 +571,8 @@ def _finish(gran: Granularity, unit_keep: torch.Tensor, keep: Optional[torch.Ten
     return new.contiguous() if gran.expands else new
 
 
-def _unchanged(like: torch.Tensor, keep: Optional[torch.Tensor], mask: Optional[torch.Tensor]) -> torch.Tensor:
+def unchanged(like: torch.Tensor, keep: Optional[torch.Tensor], mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """Nothing pruned: ``keep`` (all ``True`` for None) as a new tensor, never the caller's ``mask`` itself."""
     if keep is None:
         return torch.ones(like.shape, dtype=torch.bool, device=like.device)
     return keep.clone() if keep is mask else keep
@@ -638,7 +642,7 @@ def prune_units(like: torch.Tensor, gran: Granularity, amount: Amount, scores: S
     if not lazy and callable(scores):
         scores = scores()
     if isinstance(k, int) and k == 0:
-        return _unchanged(like, keep, mask)
+        return unchanged(like, keep, mask)
     key = _unit_scores(gran, scores)
     if select_kept:
         kept = _select(gran, key, n_alive - k, largest=not largest, alive=alive, k_max=units)

@@ -90,10 +90,10 @@ def _update(params: Tree, masks: Tree, drop_fraction, step, include: Include, sc
     if missing:
         raise KeyError(f"drop-and-grow needs a mask for every updated leaf; no mask for {missing}")
 
-    def step(name: str, weights: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    def leaf_step(name: str, weights: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
         return drop_and_grow(weights, mask, drop_fraction, scores_of(name, weights))
 
-    return _pytree.per_leaf(params, step, masks=masks, include=include)
+    return _pytree.per_leaf(params, leaf_step, masks=masks, include=include)
 
 
 def set_update(params: Tree, masks: Tree, drop_fraction: DropFraction, *, step: Optional[int] = None,

@@ -42,10 +42,7 @@ def identity(scores: torch.Tensor, *, mask: Optional[torch.Tensor] = None) -> to
       >>> identity(torch.randn(2, 3)).all()
       tensor(True)
     """
-    keep = as_keep(scores, mask)
-    if keep is None:
-        return torch.ones_like(scores, dtype=torch.bool)
-    return keep.clone() if keep is mask else keep
+    return _select.unchanged(scores, as_keep(scores, mask), mask)
 
 
 def l1_unstructured(scores: torch.Tensor, amount: Amount, *, mask: Optional[torch.Tensor] = None) -> torch.Tensor:

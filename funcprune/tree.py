@@ -122,16 +122,16 @@ def global_unstructured(params: Tree, amount: Amount, *, masks: Optional[Tree] =
             raise named_error(name, err) from err
     dtype = _common_dtype(leaves)
     total = sum(leaf.numel() for leaf in leaves)
-    alive = total if all(k is None for k in keeps) else sum(
-        leaf.numel() if k is None else count_kept(k) for leaf, k in zip(leaves, keeps))
+    alive = total if all(keep is None for keep in keeps) else sum(
+        leaf.numel() if keep is None else count_kept(keep) for leaf, keep in zip(leaves, keeps))
     amount, k = drop_count(amount, alive, "parameters")
 
-    concrete = all(_amount._is_concrete(t) for t in leaves + [k for k in keeps if k is not None])
+    concrete = all(_amount._is_concrete(t) for t in leaves + [keep for keep in keeps if keep is not None])
     if method == "l1" and concrete and isinstance(k, int):
         new_keeps = _select.radix_select_keep(leaves, keeps, k, key_fn=lambda piece: piece.abs().to(dtype),
                                               chunk=chunk_size)
     else:
-        flat_alive = None if all(k is None for k in keeps) else torch.cat(
+        flat_alive = None if all(keep is None for keep in keeps) else torch.cat(
             [(torch.ones_like(leaf, dtype=torch.bool) if keep is None else keep).reshape(-1)
              for leaf, keep in zip(leaves, keeps)])
         device = leaves[0].device
@@ -246,7 +246,8 @@ def sparsity(masks: Tree, params: Optional[Tree] = None) -> Sparsity:
         total = sum(m.numel() for m in named.values())
         pruned_each = {name: (m == 0).sum() for name, m in named.items()}
         per_leaf = {name: count / max(named[name].numel(), 1) for name, count in pruned_each.items()}
-        pruned = sum(pruned_each.values(), torch.zeros((), dtype=torch.int64))
+        device = next(iter(named.values())).device if named else None  # the masks' device, even for no leaf counted
+        pruned = sum(pruned_each.values(), torch.zeros((), dtype=torch.int64, device=device))
         return Sparsity(pruned / max(total, 1), pruned, total, per_leaf)
     named_params = _pytree.named_leaves(params)
     for name, leaf in named_params.items():
