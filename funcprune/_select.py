@@ -42,6 +42,7 @@ here runs under ``torch.func.vmap`` and on ``meta``: no shape depends on data.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -473,7 +474,7 @@ class _Rows(_Groups):
 
 def entries(shape: Sequence[int]) -> Granularity:
     """Every entry is a unit, and all compete (unstructured pruning)."""
-    return _Entries(shape)
+    return _entries(tuple(shape))
 
 
 def slices(shape: Sequence[int], dim: int) -> Granularity:
@@ -482,10 +483,23 @@ def slices(shape: Sequence[int], dim: int) -> Granularity:
     Raises:
       ValueError: fewer than 2 dims (torch's message). TypeError/IndexError: a bad ``dim``.
     """
+    shape = tuple(shape)
     if len(shape) <= 1:
         raise ValueError("Structured pruning can only be applied to multidimensional tensors. "
-                         f"Found tensor of shape {tuple(shape)} with {len(shape)} dims")
-    return _Slices(shape, _check_dim(dim, shape))
+                         f"Found tensor of shape {shape} with {len(shape)} dims")
+    return _slices(shape, _check_dim(dim, shape))  # validated first: True == 1 in a cache key
+
+
+# A granularity is immutable and the same few shapes recur (every layer, every round): building
+# one costs as much as a small layer's selection, so the common ones are cached.
+@functools.lru_cache(maxsize=1024)
+def _entries(shape: Tuple[int, ...]) -> Granularity:
+    return _Entries(shape)
+
+
+@functools.lru_cache(maxsize=1024)
+def _slices(shape: Tuple[int, ...], dim: int) -> Granularity:
+    return _Slices(shape, dim)
 
 
 def blocks(shape: Sequence[int], block_shape: Sequence[int]) -> Granularity:

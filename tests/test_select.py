@@ -427,3 +427,14 @@ def test_radix_selection_ties_nans_of_every_payload_by_index():
                               largest=False).split([key.numel() for key in keys])
         # the reference maps NaN to +inf, which ranks them together above every finite key; no inf in keys
         assert all(torch.equal(a, b) for a, b in zip(got, want)), k
+
+
+def test_cached_granularities_still_validate_every_call():
+    from funcprune._select import entries, slices
+
+    assert slices(torch.Size([3, 4]), 1) is slices((3, 4), -1) and entries([2, 3]) is entries((2, 3))
+    for dim in (True, 1.0):  # equal to 1 as a cache key, but not an int dim
+        with pytest.raises(TypeError, match="dim must be an int"):
+            slices((3, 4), dim)
+    with pytest.raises(IndexError):
+        slices((3, 4), 2)
