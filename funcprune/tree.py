@@ -12,12 +12,10 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Union
 
 import torch
 
-from . import _amount, _pytree, _select
-from ._amount import Amount
-from ._pytree import Include, Tree
-from ._amount import drop_count
+from . import _amount, _pytree, _radix, _select
+from ._amount import Amount, drop_count
 from ._masking import masked
-from ._pytree import named_error, scores_for
+from ._pytree import Include, Tree, named_error, scores_for
 from ._select import as_keep, count_kept
 from .methods import l1_unstructured, random_unstructured
 
@@ -65,7 +63,7 @@ def _common_dtype(tensors) -> torch.dtype:
 def global_unstructured(params: Tree, amount: Amount, *, masks: Optional[Tree] = None,
                         scores: Optional[Tree] = None, method: Union[str, Callable] = "l1",
                         include: Include = None, generator: Optional[torch.Generator] = None,
-                        chunk_size: int = _select.DEFAULT_CHUNK) -> Tree:
+                        chunk_size: int = _radix.DEFAULT_CHUNK) -> Tree:
     """Prune one ``amount`` across all selected leaves at once, as if they were one vector.
 
     Matches ``torch.nn.utils.prune.global_unstructured`` (with ``L1Unstructured`` or
@@ -128,7 +126,7 @@ def global_unstructured(params: Tree, amount: Amount, *, masks: Optional[Tree] =
 
     concrete = all(_amount._is_concrete(t) for t in leaves + [keep for keep in keeps if keep is not None])
     if method == "l1" and concrete and isinstance(k, int):
-        new_keeps = _select.radix_select_keep(leaves, keeps, k, key_fn=lambda piece: piece.abs().to(dtype),
+        new_keeps = _radix.radix_select_keep(leaves, keeps, k, key_fn=lambda piece: piece.abs().to(dtype),
                                               chunk=chunk_size)
     else:
         flat_alive = None if all(keep is None for keep in keeps) else torch.cat(

@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from funcprune import _select
-from funcprune._select import radix_select_keep, select, select_per_pool
+from funcprune._radix import keep_from_cut, radix_cut, radix_select_keep
+from funcprune._select import select, select_per_pool
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 
@@ -345,8 +346,8 @@ def test_radix_cut_reports_the_tie_band_and_keep_from_cut_breaks_it_by_index():
         alive = [None, torch.rand(37) > 0.3, torch.rand(2500) > 0.5]
         flat = torch.cat([key if a is None else key[a] for key, a in zip(keys, alive)]).sort().values
         for k in (1, 17, 1500, flat.numel()):
-            cut = _select.radix_cut(keys, alive, k, chunk=256)
-            got = _select.keep_from_cut(keys, alive, cut, chunk=256)
+            cut = radix_cut(keys, alive, k, chunk=256)
+            got = keep_from_cut(keys, alive, cut, chunk=256)
             want = reference_keep(keys, alive, k, largest=False).split([key.numel() for key in keys])
             assert all(torch.equal(a, b) for a, b in zip(got, want))
             assert cut.straddles == bool((flat[k:] == flat[k - 1]).any())

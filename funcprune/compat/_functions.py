@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 import torch
 
-from .. import _select, tree
+from .. import _radix, _select, tree
 from .._amount import _is_concrete
 from . import _module
 from ._amounts import _as_core_amount
@@ -161,9 +161,9 @@ def _global_l1(parameters, scores, amount) -> list:
         keeps = [torch.ones_like(s, dtype=torch.bool) if a is None else a for s, a in zip(scores, alive)]
     elif dtype.is_floating_point:
         key_fn = lambda piece: piece.abs().to(dtype)  # noqa: E731
-        cut = _select.radix_cut(scores, alive, k, key_fn=key_fn)
+        cut = _radix.radix_cut(scores, alive, k, key_fn=key_fn)
         if _tie_order.get() == "index" or not cut.straddles:
-            keeps = _select.keep_from_cut(scores, alive, cut, key_fn=key_fn)
+            keeps = _radix.keep_from_cut(scores, alive, cut, key_fn=key_fn)
         else:
             del cut
             keeps = _torch_order_global(scores, alive, k, dtype)

@@ -1,0 +1,169 @@
+"""Global selection: the exact cut of the ``k`` smallest keys across many tensors, by radix passes.
+
+Part of the selection kernel (:mod:`funcprune._select` picks within one tensor; this picks across
+all of a global pruning's tensors). An exact radix selection on the bit patterns of
+non-negative keys, 16 bits per pass, counted with ``bincount`` chunk by chunk: O(n) time, no
+concatenated copy of the keys, exact int64 counts past 2**31 entries. Ties at the cut go to the
+lowest global index (NaNs of every payload tie, as in ``topk``). One process sums the counts of
+its tensors; the same counts summed across processes would give the same cut. Eager only.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Optional, Sequence
+
+import torch
+
+_DIGIT_BITS = 16
+_DIGITS = 1 << _DIGIT_BITS
+_INT_VIEW = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+_INF_BITS = {torch.float16: 0x7C00, torch.bfloat16: 0x7F80, torch.float32: 0x7F800000,
+             torch.float64: 0x7FF0000000000000}  # +inf's bit pattern; NaNs lie above it
+DEFAULT_CHUNK = 1 << 20
+
+
+def _bits(key: torch.Tensor) -> torch.Tensor:
+    """Integer view of non-negative floating keys: same order as the values (NaN after inf)."""
+    return key.view(_INT_VIEW[key.element_size()])
+
+
+def _paired_chunks(key: torch.Tensor, live: Optional[torch.Tensor], chunk: int):
+    """Yield ``(start, key_piece, live_piece)`` over the flattened tensors, ``chunk`` entries at a time."""
+    flat, live_flat = key.reshape(-1), None if live is None else live.reshape(-1)
+    for start in range(0, flat.numel(), chunk):
+        yield start, flat[start:start + chunk], None if live_flat is None else live_flat[start:start + chunk]
+
+
+def radix_select_keep(keys: Sequence[torch.Tensor], alive: Sequence[Optional[torch.Tensor]], k: int,
+                      *, key_fn: Callable[[torch.Tensor], torch.Tensor] = lambda piece: piece,
+                      largest: bool = False, chunk: int = DEFAULT_CHUNK) -> list:
+    """Keep masks after dropping the ``k`` smallest (or largest) alive entries across all ``keys``.
+
+    Eager only. ``key_fn`` maps a flat piece of a tensor in ``keys`` to its non-negative floating
+    keys, all of one dtype (e.g. ``abs`` and a cast to the common dtype); it runs chunk by chunk,
+    so no full-size copy of the keys is ever made. ``k`` must not exceed the number of alive
+    entries. Returns one bool mask per tensor, shaped like it. ``chunk`` bounds every temporary.
+    """
+    if k == 0:
+        return [torch.ones_like(key, dtype=torch.bool) if live is None else live.clone()
+                for key, live in zip(keys, alive)]
+    cut = radix_cut(keys, alive, k, key_fn=key_fn, largest=largest, chunk=chunk)
+    return keep_from_cut(keys, alive, cut, key_fn=key_fn, largest=largest, chunk=chunk)
+
+
+# ``radix_select_keep`` is ``keep_from_cut(keys, alive, radix_cut(keys, alive, k, ...), ...)``: the
+# cut is split from the masks so that a caller (compat) can look at the tie band (how many alive
+# keys equal the k-th one, how many of those are due) before deciding how to break it.
+
+
+class RadixCut(NamedTuple):
+    """Where the ``k`` smallest (or largest) alive keys end: found by :func:`radix_cut`.
+
+    ``prefix`` is the bit pattern (in the radix's working integer type, order-flipped when
+    ``largest``) of the k-th selected key; every alive key strictly before it is selected, and
+    ``due`` of the ``ties`` alive keys equal to it. A tie straddles the cut iff ``due < ties``.
+    ``nan`` is True when the k-th key is a NaN (NaNs of any payload tie in ``topk``).
+    """
+
+    prefix: torch.Tensor
+    due: int
+    ties: int
+    nan: bool
+
+    @property
+    def straddles(self) -> bool:
+        """True when some but not all of the keys equal to the k-th one are selected."""
+        return self.due < self.ties or self.nan
+
+
+def _cut_bits(key_fn, keys, largest):
+    """``(nbits, flip, bits_of)``: ``bits_of(piece)`` gives a piece's keys as ordered integers."""
+    sample = key_fn(keys[0].reshape(-1)[:1])
+    nbits = 8 * sample.element_size()
+    flip = (1 << (nbits - 1)) - 1  # reverses the order of non-negative bit patterns
+    work = torch.int32 if nbits <= 32 else torch.int64
+    nan_bits = _INF_BITS[sample.dtype] + 1  # NaNs of every payload tie (as in topk), just above +inf
+
+    def bits_of(piece):
+        b = _bits(key_fn(piece)).to(work).clamp_(max=nan_bits)
+        return flip - b if largest else b
+
+    return nbits, flip, bits_of
+
+
+def radix_cut(keys: Sequence[torch.Tensor], alive: Sequence[Optional[torch.Tensor]], k: int, *,
+              key_fn: Callable[[torch.Tensor], torch.Tensor] = lambda piece: piece, largest: bool = False,
+              chunk: int = DEFAULT_CHUNK) -> RadixCut:
+    """The cut of the ``k`` smallest (or largest) alive keys across ``keys``, without selecting.
+
+    The histogram passes of :func:`radix_select_keep` (same arguments, ``1 <= k <= alive``):
+    O(n) time, chunk-sized temporaries, no concatenated copy. Eager only.
+
+    Example:
+      >>> cut = radix_cut([torch.tensor([3.0, 1.0, 1.0, 2.0])], [None], 1)
+      >>> cut.due, cut.ties, cut.straddles
+      (1, 2, True)
+    """
+    device = keys[0].device
+    nbits, flip, bits_of = _cut_bits(key_fn, keys, largest)
+    prefix = torch.zeros((), dtype=torch.int64, device=device)
+    due = torch.tensor(k, dtype=torch.int64, device=device)
+    ties = due
+    for shift in range(max(nbits - _DIGIT_BITS, 0), -1, -_DIGIT_BITS):
+        hist = torch.zeros(_DIGITS + 1, dtype=torch.int64, device=device)
+        for key, live in zip(keys, alive):
+            for _, piece, live_piece in _paired_chunks(key, live, chunk):
+                b = bits_of(piece)
+                inside = (b >> (shift + _DIGIT_BITS)) == (prefix >> (shift + _DIGIT_BITS))
+                if live_piece is not None:
+                    inside &= live_piece
+                hist += torch.bincount(torch.where(inside, (b >> shift) & (_DIGITS - 1), _DIGITS),
+                                       minlength=_DIGITS + 1)
+        cum = hist[:_DIGITS].cumsum(0)
+        digit = torch.searchsorted(cum, due)
+        due = due - torch.where(digit > 0, cum[(digit - 1).clamp(min=0)], 0)
+        prefix = prefix | (digit << shift)
+        ties = hist[digit]
+    plain = int(flip - prefix) if largest else int(prefix)  # the k-th key's own bit pattern
+    return RadixCut(prefix, int(due), int(ties), plain > _INF_BITS[key_fn(keys[0].reshape(-1)[:1]).dtype])
+
+
+def keep_from_cut(keys: Sequence[torch.Tensor], alive: Sequence[Optional[torch.Tensor]], cut: RadixCut, *,
+                  key_fn: Callable[[torch.Tensor], torch.Tensor] = lambda piece: piece, largest: bool = False,
+                  chunk: int = DEFAULT_CHUNK) -> list:
+    """Keep masks (one per key, its shape) after dropping what ``cut`` selects; ties by lowest global index.
+
+    With the arguments given to :func:`radix_cut`. Where no tie straddles the cut this is the only
+    answer, so any exact selection (torch's ``topk`` included) gives the same masks.
+
+    Example:
+      >>> keys = [torch.tensor([3.0, 1.0, 1.0, 2.0])]
+      >>> keep_from_cut(keys, [None], radix_cut(keys, [None], 1))
+      [tensor([ True, False,  True,  True])]
+    """
+    device = keys[0].device
+    _, _, bits_of = _cut_bits(key_fn, keys, largest)
+    prefix, due = cut.prefix, cut.due
+    masks, ties_seen = [], 0
+    for key, live in zip(keys, alive):
+        keep = torch.empty(key.numel(), dtype=torch.bool, device=device)
+        for start, piece, live_piece in _paired_chunks(key, live, chunk):
+            b = bits_of(piece)
+            if not cut.straddles or ties_seen >= due:  # every tie left is dropped / kept
+                dropped = b <= prefix if ties_seen < due else b < prefix
+            else:
+                tie = b == prefix
+                if live_piece is not None:
+                    tie &= live_piece
+                here = int(tie.sum())
+                if ties_seen + here <= due:  # all of this piece's ties go
+                    dropped = (b < prefix) | tie
+                else:  # the piece where the due ties run out: the first ones, in index order
+                    dropped = (b < prefix) | (tie & (tie.cumsum(0) + ties_seen <= due))
+                ties_seen += here
+            piece_keep = dropped.logical_not_()
+            if live_piece is not None:
+                piece_keep &= live_piece
+            keep[start:start + piece.numel()] = piece_keep
+        masks.append(keep.view(key.shape))
+    return masks
