@@ -4,7 +4,7 @@ Part of the selection kernel (:mod:`funcprune._select` picks within one tensor; 
 all of a global pruning's tensors). An exact radix selection on the bit patterns of
 non-negative keys, 16 bits per pass, counted with ``bincount`` chunk by chunk: O(n) time, no
 concatenated copy of the keys, exact int64 counts past 2**31 entries. Ties at the cut go to the
-lowest global index (NaNs of every payload tie, as in ``topk``). One process sums the counts of
+lowest global index (NaNs of every payload tie, as in torch's top-k). One process sums the counts of
 its tensors; the same counts summed across processes would give the same cut. Eager only.
 """
 
@@ -62,7 +62,7 @@ class RadixCut(NamedTuple):
     ``prefix`` is the bit pattern (in the radix's working integer type, order-flipped when
     ``largest``) of the k-th selected key; every alive key strictly before it is selected, and
     ``due`` of the ``ties`` alive keys equal to it. A tie straddles the cut iff ``due < ties``.
-    ``nan`` is True when the k-th key is a NaN (NaNs of any payload tie in ``topk``).
+    ``nan`` is True when the k-th key is a NaN (NaNs of any payload tie in torch's top-k).
     """
 
     prefix: torch.Tensor
@@ -82,7 +82,7 @@ def _cut_bits(key_fn, keys, largest):
     nbits = 8 * sample.element_size()
     flip = (1 << (nbits - 1)) - 1  # reverses the order of non-negative bit patterns
     work = torch.int32 if nbits <= 32 else torch.int64
-    nan_bits = _INF_BITS[sample.dtype] + 1  # NaNs of every payload tie (as in topk), just above +inf
+    nan_bits = _INF_BITS[sample.dtype] + 1  # NaNs of every payload tie (as in torch's top-k), just above +inf
 
     def bits_of(piece):
         b = _bits(key_fn(piece)).to(work).clamp_(max=nan_bits)
@@ -134,7 +134,7 @@ def keep_from_cut(keys: Sequence[torch.Tensor], alive: Sequence[Optional[torch.T
     """Keep masks (one per key, its shape) after dropping what ``cut`` selects; ties by lowest global index.
 
     With the arguments given to :func:`radix_cut`. Where no tie straddles the cut this is the only
-    answer, so any exact selection (torch's ``topk`` included) gives the same masks.
+    answer, so any exact selection (torch's top-k included) gives the same masks.
 
     Example:
       >>> keys = [torch.tensor([3.0, 1.0, 1.0, 2.0])]
