@@ -76,7 +76,7 @@ def count_kept(keep: torch.Tensor, dims=None) -> Union[int, torch.Tensor]:
     return int(total) if _is_concrete(keep) else total
 
 
-def _check_dim(dim, shape: Sequence[int]) -> int:
+def check_dim(dim, shape: Sequence[int]) -> int:
     """``dim`` made non-negative, or TypeError (not an int) / IndexError (out of range)."""
     if not isinstance(dim, int) or isinstance(dim, bool):
         raise TypeError(f"dim must be an int, got {dim!r}")
@@ -481,7 +481,7 @@ def slices(shape: Sequence[int], dim: int) -> Granularity:
     if len(shape) <= 1:
         raise ValueError("Structured pruning can only be applied to multidimensional tensors. "
                          f"Found tensor of shape {shape} with {len(shape)} dims")
-    return _slices(shape, _check_dim(dim, shape))  # validated first: True == 1 in a cache key
+    return _slices(shape, check_dim(dim, shape))  # validated first: True == 1 in a cache key
 
 
 # A granularity is immutable and the same few shapes recur (every layer, every round): building
@@ -528,7 +528,7 @@ def groups(shape: Sequence[int], size: int, dim: int) -> Granularity:
         raise TypeError(f"dim must be an int, got {dim!r}")
     if len(shape) == 0:
         raise ValueError("N:M patterns need a tensor with at least one dim, got a 0-d tensor")
-    dim = _check_dim(dim, shape)
+    dim = check_dim(dim, shape)
     if shape[dim] % size:
         raise ValueError(f"size {shape[dim]} of dim {dim} (shape {tuple(shape)}) is not divisible by "
                          f"group_size={size}")
@@ -565,7 +565,7 @@ def rows(shape: Sequence[int], dim: int = 0) -> Granularity:
     Raises:
       TypeError/IndexError: a bad ``dim`` (or a 0-d shape).
     """
-    return _Rows(shape, _check_dim(dim, shape))
+    return _Rows(shape, check_dim(dim, shape))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import torch
 from . import _amount, _pytree, _select
 from ._amount import Amount
 from ._pytree import Include, Tree
-from ._select import as_keep
+from ._select import as_keep, check_dim
 from .methods import Norm, ln_structured
 
 __all__ = ["nm_structured", "satisfies_nm", "block_structured", "channels_kept", "prune_channels"]
@@ -141,11 +141,7 @@ def channels_kept(mask: torch.Tensor, dim: int = 0) -> torch.Tensor:
       >>> channels_kept(torch.tensor([[True, False], [False, False]]))
       tensor([ True, False])
     """
-    if not isinstance(dim, int) or isinstance(dim, bool):
-        raise TypeError(f"dim must be an int, got {dim!r}")
-    if mask.dim() == 0 or not -mask.dim() <= dim < mask.dim():
-        raise IndexError(f"Invalid index {dim} for tensor of size {tuple(mask.shape)}")
-    dim %= mask.dim()
+    dim = check_dim(dim, mask.shape)
     others = [d for d in range(mask.dim()) if d != dim]
     kept = mask != 0
     return kept.any(dim=others) if others else kept

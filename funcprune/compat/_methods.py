@@ -169,9 +169,7 @@ def _sliced_mask(method, t: torch.Tensor, default_mask: torch.Tensor) -> torch.T
         if not hasattr(method, "dim"):
             raise AttributeError('Pruning methods of PRUNING_TYPE "structured" need to have the attribute '
                                  "`dim` defined.")
-        dim = method.dim + t.dim() if method.dim < 0 else method.dim
-        if dim < 0:
-            raise IndexError(f"Index is out of bounds for tensor with dimensions {t.dim()}")
+        dim = _container_dim(method, t)
         alive = default_mask.sum(dim=[d for d in range(t.dim()) if d != dim]) != 0
         slc = tuple(alive if d == dim else slice(None) for d in range(t.dim()))
     elif kind == "global":
