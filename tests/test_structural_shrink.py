@@ -618,3 +618,34 @@ def test_transformers_heads_and_mlp_by_hand(kind):
         att = small.model.layers[0].self_attn
         want = (2, 2, 1) if kind == "llama-q" else (2, 1, 2)
         assert (att.num_heads, att.num_key_value_heads, att.num_key_value_groups) == want
+
+
+def test_same_shrunk_shapes_as_torch_pruning_for_the_same_channels():
+    # Anchored against the peer: Torch-Pruning (DepGraph) removes the same channels of ResNet-18's
+    # 12 groups and gives a model of exactly the same shapes as shrink_to.
+    torchvision = pytest.importorskip("torchvision")
+    tp = pytest.importorskip("torch_pruning")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    groups = _resnet18_groups()
+    gen = torch.Generator().manual_seed(0)
+    kept = []
+    for g in groups:
+        keep = torch.rand(g.channels, generator=gen) < 0.6
+        keep[0] = True
+        kept.append({"channels": g.channels, "members": [list(m) for m in g.members],
+                     "kept": keep.nonzero().flatten().tolist()})
+    ours = shrink_to(model, kept)
+    theirs = __import__("copy").deepcopy(model)
+    dg = tp.DependencyGraph().build_dependency(theirs, example_inputs=x)
+    for g, entry in zip(groups, kept):
+        root = g.members[0].name.rsplit(".", 1)[0]  # the group's first producer conv
+        root = root if root != "bn1" else "conv1"
+        pruned = [c for c in range(g.channels) if c not in entry["kept"]]
+        group = dg.get_pruning_group(theirs.get_submodule(root), tp.prune_conv_out_channels, idxs=pruned)
+        group.prune()
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
+    for name, value in ours.state_dict().items():  # the same entries, too
+        assert torch.equal(value, theirs.state_dict()[name]), name
+    torch.testing.assert_close(ours(x), theirs(x))

@@ -411,7 +411,8 @@ def shrink(module: nn.Module, masks: Tree, example_args: Any = (), params: Optio
       masks: channel masks consistent across each group (:func:`funcprune.structural.prune_groups`).
       example_args: positional inputs for tracing (when ``groups`` is None) and the check.
       params: values to use instead of the module's own (named like ``named_parameters()``).
-      groups: the groups (default: ``funcprune.structural.groups(module, example_args, example_kwargs)``).
+      groups: the groups (default: ``funcprune.structural.groups(module, example_args, example_kwargs,
+        inexact=True)``; groups the masks do not prune are left as they are).
       example_kwargs: keyword inputs for tracing and the check.
       check: verify the shrunk module against the masked one.
       rtol, atol: the check's tolerances.
@@ -442,7 +443,10 @@ def shrink(module: nn.Module, masks: Tree, example_args: Any = (), params: Optio
             from . import groups as find_groups  # funcprune.structural.groups (torch.export tracing)
         except ImportError as err:
             raise ImportError("shrink needs groups=: funcprune.structural.groups is not available") from err
-        groups = find_groups(module, args, example_kwargs)
+        try:  # inexact groups too: the masks may prune them (prune_groups(..., include_inexact=True))
+            groups = find_groups(module, args, example_kwargs, inexact=True)
+        except TypeError:
+            groups = find_groups(module, args, example_kwargs)
     named_masks = _named(module, masks, "masks")
     named_params = _named(module, params, "params")
     kept = kept_channels(named_masks, groups)
