@@ -151,6 +151,25 @@ class MHA(nn.Module):
     X = (torch.randn(2, 5, 6),)
 
 
+class Transposed(nn.Module):
+    """A transposed conv (weight (in, out, ...)), a per-channel PReLU and a 1-D conv on the way."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 8, 3, padding=1)
+        self.act = nn.PReLU(8)
+        self.up = nn.ConvTranspose2d(8, 6, 2, stride=2)
+        self.c1d = nn.Conv1d(6, 4, 3)
+
+    def forward(self, x):
+        y = torch.relu(self.up(self.act(self.c(x))))
+        return self.c1d(y.mean(2))
+
+    GROUPS = [Group(8, (M("c.weight", 0), M("c.bias", 0), M("act.weight", 0), M("up.weight", 0))),
+              Group(6, (M("up.weight", 1), M("up.bias", 0), M("c1d.weight", 1)))]
+    X = (torch.randn(2, 3, 4, 4),)
+
+
 class LayerNormed(nn.Module):
     """A LayerNorm across the pruned channels: removing differs from zeroing (an inexact group)."""
 
@@ -166,7 +185,7 @@ class LayerNormed(nn.Module):
     X = (torch.randn(4, 5),)
 
 
-EXACT = [ConvBN, SigmoidMLP, Residual, Concat, Depthwise, MHA]
+EXACT = [ConvBN, SigmoidMLP, Residual, Concat, Depthwise, MHA, Transposed]
 
 
 def _model(cls):
@@ -649,3 +668,15 @@ def test_same_shrunk_shapes_as_torch_pruning_for_the_same_channels():
     for name, value in ours.state_dict().items():  # the same entries, too
         assert torch.equal(value, theirs.state_dict()[name]), name
     torch.testing.assert_close(ours(x), theirs(x))
+
+
+def test_unstructured_masks_underneath_are_kept_as_zeros():
+    model = _model(Residual)
+    params = _params(model)
+    weights = [name for name in params if name.endswith("weight") and params[name].dim() == 4]
+    sparse = fp.prune(params, fp.l1_unstructured, 0.3, include=weights)
+    masks = prune_groups(params, Residual.GROUPS, 0.5, masks=sparse)
+    small = shrink(model, masks, Residual.X, groups=Residual.GROUPS)
+    torch.testing.assert_close(small(*Residual.X), fp.functional_call(model, params, Residual.X, masks=masks))
+    # the surviving zeros are still there in the smaller weights
+    assert int((small.a.weight == 0).sum()) == int((~masks["a.weight"][masks["a.bias"]][:, masks["bs.bias"]]).sum())
