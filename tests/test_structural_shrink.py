@@ -680,3 +680,28 @@ def test_unstructured_masks_underneath_are_kept_as_zeros():
     torch.testing.assert_close(small(*Residual.X), fp.functional_call(model, params, Residual.X, masks=masks))
     # the surviving zeros are still there in the smaller weights
     assert int((small.a.weight == 0).sum()) == int((~masks["a.weight"][masks["a.bias"]][:, masks["bs.bias"]]).sum())
+
+
+# ----------------------------------------------------------------------------------------------
+# End to end with the tracer: groups -> prune_groups -> shrink.
+
+def _traced_groups():
+    import funcprune.structural as structural
+
+    return getattr(structural, "groups", None)
+
+
+@pytest.mark.skipif(_traced_groups() is None, reason="funcprune.structural.groups (the struct-groups work) is not "
+                                                     "merged on this branch yet")
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+def test_torchvision_end_to_end_with_traced_groups(name):
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = _randomize_bn(getattr(torchvision.models, name)(weights=None, num_classes=10))
+    x = torch.randn(1, 3, 32, 32)
+    groups = _traced_groups()(model, (x,))
+    params = _params(model)
+    masks = prune_groups(params, groups, 0.5, scope="global")
+    small = shrink(model, masks, (x,))  # groups traced again inside, and the output check
+    torch.testing.assert_close(small(x), fp.functional_call(model, params, (x,), masks=masks), rtol=1e-4, atol=1e-5)
+    assert _n_params(small) == _predicted_params(model, masks) < 0.6 * _n_params(model)
