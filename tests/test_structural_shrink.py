@@ -4,7 +4,6 @@ Groups are written by hand here, so these tests do not depend on the tracer.
 """
 
 import json
-import warnings
 
 import pytest
 import torch
@@ -568,7 +567,8 @@ def test_torchvision_resnet18_by_hand():
     torch.testing.assert_close(small(x), fp.functional_call(model, params, (x,), masks=masks), rtol=1e-4, atol=1e-5)
     assert _n_params(small) == _predicted_params(model, masks) < _n_params(model)
     assert all(len(e["kept"]) % 8 == 0 for e in kept_channels(masks, groups))
-    assert small.layer2[0].downsample[0].out_channels == small.layer2[0].conv2.out_channels == small.layer2[1].bn2.num_features
+    stage2 = small.layer2
+    assert stage2[0].downsample[0].out_channels == stage2[0].conv2.out_channels == stage2[1].bn2.num_features
 
 
 def _transformer_groups(kind, layers, heads, hidden, inner, kv_heads=None, mode="q"):

@@ -16,7 +16,7 @@ import torch.nn as nn
 from .. import _pytree
 from .._masking import masked
 from .._pytree import Tree
-from ._prune import _describe, _member_rows, _param_members, check_groups
+from ._prune import _describe, _member_rows, check_groups
 from ._types import Group, Member
 
 __all__ = ["kept_channels", "shrink", "shrink_to"]
@@ -172,8 +172,8 @@ def _fix_mha(sub, path):
     out = sub.out_proj.weight.shape[0]
     if not inner == embed == out:
         raise ValueError(f"submodule {path!r} (nn.MultiheadAttention): its query/key/value width ({inner}) must equal "
-                         f"its input and output width ({embed}, {out}); prune its heads together with an equal count of "
-                         "its embedding channels, or neither")
+                         f"its input and output width ({embed}, {out}); prune its heads together with an equal count "
+                         "of its embedding channels, or neither")
     head_dim = sub.head_dim
     if inner % head_dim == 0 and inner // head_dim <= sub.num_heads:  # whole heads went
         sub.num_heads = inner // head_dim
