@@ -129,7 +129,13 @@ def group_importance(group: Group, values: Dict[str, torch.Tensor], importance: 
         keep = keeps.get(m.name)
         if keep is not None:
             t = t.masked_fill(~keep, 0)
-        score = fn(_member_rows(t, m, group.channels))
+        if isinstance(importance, str):  # reduce in place over the other dims: no moved copy of the tensor
+            part = t.narrow(m.dim, m.offset, group.channels * m.unit)
+            others = [d for d in range(t.dim()) if d != m.dim]
+            norm = torch.linalg.vector_norm(part, 1 if importance == "l1" else 2, dim=others) if others else part.abs()
+            score = (norm.square() if importance == "l2" else norm).reshape(group.channels, m.unit).sum(1)
+        else:
+            score = fn(_member_rows(t, m, group.channels))
         if not isinstance(score, torch.Tensor) or tuple(score.shape) != (group.channels,):
             raise ValueError(f"importance for member {m.name!r} must return one score per channel, shape "
                              f"({group.channels},), got {getattr(score, 'shape', type(score).__name__)}")
