@@ -30,6 +30,14 @@ def _member_rows(t: torch.Tensor, member: Member, channels: int) -> torch.Tensor
     return part.movedim(member.dim, 0).reshape(channels, -1)
 
 
+def _channel_any(keep: torch.Tensor, member: Member, channels: int) -> torch.Tensor:
+    """Per channel of ``member``, whether any entry of its slice of the bool ``keep`` survives."""
+    part = keep.narrow(member.dim, member.offset, channels * member.unit)
+    others = tuple(d for d in range(keep.dim()) if d != member.dim)
+    live = part.any(dim=others) if others else part
+    return live.reshape(channels, member.unit).any(1)
+
+
 def _param_members(group: Group) -> List[Member]:
     return [m for m in group.members if not m.buffer]
 
@@ -151,7 +159,7 @@ def _alive(group: Group, keeps: Dict[str, torch.Tensor]) -> Optional[torch.Tenso
         return None
     alive = None
     for m in members:
-        live = _member_rows(keeps[m.name], m, group.channels).any(1)
+        live = _channel_any(keeps[m.name], m, group.channels)
         alive = live if alive is None else alive | live
     return alive
 

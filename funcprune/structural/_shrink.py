@@ -16,7 +16,7 @@ import torch.nn as nn
 from .. import _pytree
 from .._masking import masked
 from .._pytree import Tree
-from ._prune import _describe, _member_rows, check_groups
+from ._prune import _channel_any, _describe, check_groups
 from ._types import Group, Member
 
 __all__ = ["kept_channels", "shrink", "shrink_to"]
@@ -69,7 +69,7 @@ def kept_channels(masks: Tree, groups: Sequence[Group]) -> List[Dict[str, Any]]:
             for m in mine.members:
                 keep = named[m.name]
                 keep = keep if keep.dtype == torch.bool else keep != 0
-                live = _member_rows(keep, m, group.channels).any(1)
+                live = _channel_any(keep, m, group.channels)
                 if kept is None:
                     kept, first = live, m
                 elif not torch.equal(kept, live):
@@ -300,13 +300,16 @@ def _build(module: nn.Module, entries: List[Tuple[Group, List[int]]], params: Op
     touched = set(params) | set(masks) | {name for name, _ in plan}
     with torch.no_grad():
         for name in touched:
-            value = params.get(name, own[name])
-            if name in masks:
-                value = masked(value.detach(), masks[name])
-            for (tname, dim), index in plan.items():
+            value, mask = params.get(name, own[name]).detach(), masks.get(name)
+            fresh = False
+            for (tname, dim), index in plan.items():  # slice first: mask only what is kept
                 if tname == name:
                     value = value.index_select(dim, index.to(value.device))
-            value = value.detach().clone()
+                    mask = None if mask is None else mask.index_select(dim, index.to(mask.device))
+                    fresh = True
+            if mask is not None:
+                value, fresh = masked(value, mask), True
+            value = value if fresh else value.clone()
             if isinstance(own[name], nn.Parameter):  # one Parameter for all tied aliases
                 value = nn.Parameter(value, requires_grad=own[name].requires_grad)
             for path, local in owners[name]:
