@@ -705,3 +705,27 @@ def test_torchvision_end_to_end_with_traced_groups(name):
     small = shrink(model, masks, (x,))  # groups traced again inside, and the output check
     torch.testing.assert_close(small(x), fp.functional_call(model, params, (x,), masks=masks), rtol=1e-4, atol=1e-5)
     assert _n_params(small) == _predicted_params(model, masks) < 0.6 * _n_params(model)
+
+
+@pytest.mark.skipif(_traced_groups() is None, reason="funcprune.structural.groups (the struct-groups work) is not "
+                                                     "merged on this branch yet")
+@pytest.mark.parametrize("kind", ["bert", "llama"])
+def test_transformers_end_to_end_with_traced_groups(kind):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    if kind == "bert":
+        model = transformers.BertModel(transformers.BertConfig(
+            vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=16))
+    else:
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=64, max_position_embeddings=16))
+    model.eval()
+    ids, kwargs = (torch.randint(0, 50, (2, 7)),), {"use_cache": False}
+    groups = _traced_groups()(model, ids, kwargs)
+    assert {g.kind for g in groups} >= {"heads"}
+    params = _params(model)
+    masks = prune_groups(params, groups, 0.5)
+    small = shrink(model, masks, ids, groups=groups, example_kwargs=kwargs)  # checked against the masked model
+    assert _n_params(small) == _predicted_params(model, masks) < _n_params(model)
