@@ -200,8 +200,7 @@ def _n_params(model):
     return sum(p.numel() for p in model.parameters())
 
 
-# nn.MultiheadAttention needs equal counts in its two groups: a global ranking does not give them
-CASES = [(cls, scope) for cls in EXACT for scope in ("local", "global") if not (cls is MHA and scope == "global")]
+CASES = [(cls, scope) for cls in EXACT for scope in ("local", "global")]
 
 
 @pytest.mark.parametrize("cls,scope", CASES, ids=[f"{c.__name__}-{s}" for c, s in CASES])
@@ -500,14 +499,28 @@ def test_tied_params_stay_tied():
 
 
 def test_mha_heads_and_attributes():
+    from funcprune.structural._shrink import ShrunkMultiheadAttention
+
     model = _model(MHA)
-    masks = prune_groups(_params(model), MHA.GROUPS, 0.25)
+    params = _params(model)
+    masks = prune_groups(params, MHA.GROUPS, 0.25)
     small = shrink(model, masks, MHA.X, groups=MHA.GROUPS)
     assert (small.attn.embed_dim, small.attn.num_heads, small.attn.head_dim) == (12, 3, 4)
-    # heads alone cannot shrink nn.MultiheadAttention (torch ties its q/k/v width to embed_dim)
-    heads_only = prune_groups(_params(model), MHA.GROUPS[:1], 0.25)
-    with pytest.raises(ValueError, match="nn.MultiheadAttention.*must equal"):
-        shrink(model, heads_only, MHA.X, groups=MHA.GROUPS[:1])
+    assert type(small.attn) is nn.MultiheadAttention  # equal widths: torch's own module and forward
+    # torch ties nn.MultiheadAttention's q/k/v width to its input width: heads alone, or the embedding
+    # width alone (the tracer's groups: input side and output side), give ShrunkMultiheadAttention
+    input_side = Group(16, (M("inp.weight", 0), M("inp.bias", 0), M("attn.in_proj_weight", 1)))
+    output_side = Group(16, (M("attn.out_proj.weight", 0), M("attn.out_proj.bias", 0), M("out.weight", 1)))
+    for groups, shape in (([MHA.GROUPS[0]], (2, 8, 16, 16)), ([input_side, output_side], (4, 16, 8, 8))):
+        masks = prune_groups(params, groups, 0.5)
+        small = shrink(model, masks, MHA.X, groups=groups)  # checked against the masked model
+        assert isinstance(small.attn, ShrunkMultiheadAttention)
+        att = small.attn
+        assert (att.num_heads, att.in_proj_weight.shape[0] // 3, att.embed_dim, att.out_proj.out_features) == shape
+        fresh = shrink_to(MHA(), kept_channels(masks, groups))
+        fresh.load_state_dict(small.state_dict())
+        torch.testing.assert_close(fresh.eval()(*MHA.X), small(*MHA.X))
+        torch.testing.assert_close(torch.export.export(small, MHA.X).module()(*MHA.X), small(*MHA.X))
 
 
 def test_ranking_only_through_the_kernel():
