@@ -742,3 +742,25 @@ def test_transformers_end_to_end_with_traced_groups(kind):
     masks = prune_groups(params, groups, 0.5)
     small = shrink(model, masks, ids, groups=groups, example_kwargs=kwargs)  # checked against the masked model
     assert _n_params(small) == _predicted_params(model, masks) < _n_params(model)
+
+
+@pytest.mark.skipif(_traced_groups() is None, reason="funcprune.structural.groups (the struct-groups work) is not "
+                                                     "merged on this branch yet")
+def test_torchvision_vit_heads_and_mlp_with_traced_groups():
+    # torchvision's ViT attends with nn.MultiheadAttention: its heads shrink alone (the residual
+    # width is inexact: LayerNorm), so the shrunk attention is a ShrunkMultiheadAttention
+    torchvision = pytest.importorskip("torchvision")
+    from funcprune.structural import ShrunkMultiheadAttention
+
+    torch.manual_seed(0)
+    model = torchvision.models.VisionTransformer(image_size=32, patch_size=16, num_layers=2, num_heads=4,
+                                                 hidden_dim=32, mlp_dim=64, num_classes=5).eval()
+    x = torch.randn(1, 3, 32, 32)
+    groups = _traced_groups()(model, (x,))
+    assert sorted(g.kind for g in groups).count("heads") == 2
+    params = _params(model)
+    masks = prune_groups(params, groups, 0.5)
+    small = shrink(model, masks, (x,), groups=groups)
+    assert isinstance(small.encoder.layers[0].self_attention, ShrunkMultiheadAttention)
+    assert small.encoder.layers[0].self_attention.num_heads == 2
+    assert _n_params(small) == _predicted_params(model, masks) < _n_params(model)
