@@ -27,6 +27,8 @@ def _dtensor_types():
 
 def is_dtensor(t: Any) -> bool:
     """True for a ``torch.distributed.tensor.DTensor`` (False where torch has no distributed build)."""
+    if type(t) in (torch.Tensor, torch.nn.Parameter):  # the common case, without the import below
+        return False
     if not isinstance(t, torch.Tensor) or not torch.distributed.is_available():
         return False
     return isinstance(t, _dtensor_types()[0])
@@ -142,18 +144,29 @@ def global_index(t: torch.Tensor, start: int, count: int, base: int = 0) -> torc
     """Global row-major flat indices (int64, plus ``base``) of local entries ``start .. start+count-1``.
 
     Local entries are numbered row-major in the local shard (``local(t).reshape(-1)``); their
-    index in the full tensor follows from the shard's global offset. Only ``count``-sized
-    temporaries: a chunk of a shard, never the shard's or the tensor's full index range.
+    index in the full tensor follows from the shard's global offset (see :func:`flat_index`).
     """
     offset, shape = offset_and_shape(t)
-    device = local(t).device
+    return flat_index(offset, shape, tuple(t.shape), start, count, base, local(t).device)
+
+
+def flat_index(offset: Sequence[int], local_shape: Sequence[int], global_shape: Sequence[int], start: int,
+               count: int, base: int = 0, device=None) -> torch.Tensor:
+    """``base`` + global row-major flat index of local entries ``start .. start+count-1`` of a block.
+
+    The block has ``local_shape`` and sits at ``offset`` in a tensor of ``global_shape``. int64
+    throughout (exact past 2**31); only ``count``-sized temporaries (a chunk, never the block).
+
+    Example:
+      >>> flat_index((1, 2), (2, 2), (3, 5), 0, 4).tolist()
+      [7, 8, 12, 13]
+    """
     pos = torch.arange(start, start + count, dtype=torch.int64, device=device)
-    if not is_dtensor(t):
-        return pos.add_(base)
     out = torch.full((count,), base, dtype=torch.int64, device=device)
-    for size, off, stride in zip(reversed(shape), reversed(offset), reversed(contiguous_strides(t.shape))):
-        out += (pos % size + off) * stride if size else 0
-        pos = pos.div_(max(size, 1), rounding_mode="floor")
+    for size, off, stride in zip(reversed(local_shape), reversed(offset), reversed(contiguous_strides(global_shape))):
+        if size:
+            out += (pos % size + off) * stride
+            pos = pos.div_(size, rounding_mode="floor")
     return out
 
 

@@ -19,6 +19,7 @@ Eager only: collectives, and Python ints read from count tensors.
 
 from __future__ import annotations
 
+import math
 from typing import List, Optional, Sequence
 
 import torch
@@ -194,34 +195,73 @@ def spread_channels(channel_keep: torch.Tensor, like: torch.Tensor, dim: int,
     return _dtensor.like_param(local, like)
 
 
-def _whole_channels(scores: torch.Tensor, dim: int) -> torch.Tensor:
-    """``scores`` resharded so each rank holds whole channels along ``dim`` (shard-sized moves only)."""
+def _chunks(size: int, parts: int) -> List[int]:
+    """torch.chunk's sizes of ``size`` entries over ``parts`` ranks (trailing ranks may get 0)."""
+    step = -(-size // parts) if parts else 0
+    return [max(0, min(step, size - j * step)) for j in range(parts)]
+
+
+def _whole_channels(scores: torch.Tensor, dim: int):
+    """``(local, first, counted)``: a block of whole channels along ``dim`` held here, its first channel.
+
+    A DTensor split along another dim ``d`` by ONE mesh dim (later mesh dims replicating) is
+    resharded by one ``all_to_all_single`` in that mesh dim's group, bytes of a shard each way; any
+    other layout goes through DTensor's ``redistribute`` (which on gloo falls back to all-gather).
+    """
+    local = _dtensor.local(scores).detach()
     if not _dtensor.is_dtensor(scores):
-        return scores
-    from torch.distributed.tensor import Shard
-    placements = [Shard(dim) if isinstance(p, Shard) else p for p in scores.placements]
-    if placements == list(scores.placements):
-        return scores
-    return _dtensor.redistribute(scores, placements)
+        return local, 0, True
+    from torch.distributed.tensor import Replicate, Shard
+    other = [m for m, p in enumerate(scores.placements) if isinstance(p, Shard) and p.dim % scores.dim() != dim]
+    if not other:
+        return local, _channel_block(scores, dim)[0], _dtensor.counts_here(scores)
+    m = other[0]
+    if len(other) > 1 or not all(isinstance(p, Replicate) for p in scores.placements[m + 1:]):
+        placements = [Shard(dim) if isinstance(p, Shard) else p for p in scores.placements]
+        whole = _dtensor.redistribute(scores, placements)
+        return _dtensor.local(whole).detach(), _channel_block(whole, dim)[0], _dtensor.counts_here(whole)
+    mesh, d = scores.device_mesh, scores.placements[m].dim % scores.dim()
+    width, me = mesh.size(m), mesh.get_local_rank(m)
+    sends = _chunks(local.shape[dim], width)  # my block of channels, split over the group
+    pieces = _chunks(scores.shape[d], width)  # d is split by mesh dim m alone: its global size
+    starts = [sum(sends[:j]) for j in range(width)]
+    payload = [local.narrow(dim, a, n).contiguous().view(-1).view(torch.uint8) for a, n in zip(starts, sends)]
+    shape = list(local.shape)
+    shape[dim] = sends[me]
+    incoming = []
+    for size in pieces:
+        shape[d] = size
+        incoming.append(math.prod(shape) * local.element_size())
+    out = torch.empty(sum(incoming), dtype=torch.uint8, device=local.device)
+    torch.distributed.all_to_all_single(out, torch.cat(payload), incoming, [p.numel() for p in payload],
+                                        group=mesh.get_group(m))
+    blocks = []
+    for piece, size in zip(out.split(incoming), pieces):
+        shape[d] = size
+        blocks.append(piece.view(local.dtype).view(shape))
+    first = _channel_block(scores, dim)[0] + starts[me]
+    return torch.cat(blocks, dim=d), first, _dtensor.counts_here(scores)
 
 
 def channel_norms(scores: torch.Tensor, n, dim: int) -> torch.Tensor:
     """The L``n`` norm of every channel along ``dim`` as the one-process kernel computes it, on every rank.
 
-    Computed where each channel is whole (a reshard when ``scores`` is split along another dim),
-    so the values are the single-process ones; a channels-sized vector crosses the wire.
+    Computed where each channel is whole (a shard-sized reshard when ``scores`` is split along
+    another dim), so the values are the single-process ones; a channels-sized vector crosses the wire.
 
     Raises:
       ValueError: an ``n`` that does not give one norm per channel.
     """
-    whole = _whole_channels(scores, dim)
-    local = _dtensor.local(whole).detach()
+    local, first, counted = _whole_channels(scores, dim)
     norm = _select.channel_norm(local, n, dim)
     if tuple(norm.shape) != (local.shape[dim],):
         raise ValueError(f"n={n!r} gives norms of shape {tuple(norm.shape)} for a tensor of shape "
                          f"{tuple(scores.shape)}, not one per channel along dim {dim}")
+    wire = torch.zeros(scores.shape[dim], dtype=torch.float64, device=local.device)
+    if counted:  # one contributor per channel: the float64 sum is that norm exactly (NaN, inf too)
+        wire[first:first + norm.numel()] = norm.to(torch.float64)
     reduce = _dtensor.mesh_sum(_dtensor.mesh_of([scores]))
-    return _to_channels(whole, norm, dim, scores.shape[dim], reduce).to(norm.dtype)
+    return (wire if reduce is None else reduce(wire)).to(norm.dtype)
 
 
 def select_channels(scores: torch.Tensor, amount: Amount, dim: int, key, keep: Optional[torch.Tensor], *,
