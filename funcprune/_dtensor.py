@@ -230,12 +230,6 @@ def unstacked(t: torch.Tensor, k: int) -> torch.Tensor:
                               stride=contiguous_strides(shape))
 
 
-def global_sum(values: torch.Tensor, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``values`` summed across the mesh of ``tensors`` (in place); unchanged when none is a DTensor."""
-    reduce = mesh_sum(mesh_of(tensors))
-    return values if reduce is None else reduce(values)
-
-
 def numel(t: torch.Tensor) -> int:
     """Entries of the full tensor (a DTensor's global size)."""
     return math.prod(t.shape)

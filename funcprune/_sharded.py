@@ -158,18 +158,16 @@ def _channel_block(t: torch.Tensor, dim: int):
     return offset[dim], shape[dim]
 
 
-def _to_channels(t: torch.Tensor, local_values: torch.Tensor, dim: int, channels: int,
-                 reduce) -> torch.Tensor:
-    """A channels-sized vector holding every rank's per-channel ``local_values`` (a sum across the mesh).
+def _to_channels(local_values: torch.Tensor, first: int, counted: bool, channels: int, reduce) -> torch.Tensor:
+    """A channels-sized vector of every rank's per-channel ``local_values`` (channels ``first ..``), summed.
 
-    Travels as float64 (or int64): each channel has one contributor, so the sum is that value
-    exactly, NaN and inf included.
+    Travels as float64 (or int64): each channel has one contributor (replicas send zeros), so the
+    sum is that value exactly, NaN and inf included.
     """
     wire = torch.float64 if local_values.is_floating_point() else torch.int64
     out = torch.zeros(channels, dtype=wire, device=local_values.device)
-    first, count = _channel_block(t, dim)
-    if _dtensor.counts_here(t):
-        out[first:first + count] = local_values.to(wire)
+    if counted:
+        out[first:first + local_values.numel()] = local_values.to(wire)
     return out if reduce is None else reduce(out)
 
 
@@ -179,7 +177,8 @@ def channels_kept(mask: torch.Tensor, dim: int) -> torch.Tensor:
     others = [d for d in range(keep.dim()) if d != dim]
     counts = keep.sum(dim=others) if others else keep.to(torch.int64)
     reduce = _dtensor.mesh_sum(_dtensor.mesh_of([mask]))
-    return _to_channels(mask, counts, dim, mask.shape[dim], reduce) > 0
+    first = _channel_block(mask, dim)[0]
+    return _to_channels(counts, first, _dtensor.counts_here(mask), mask.shape[dim], reduce) > 0
 
 
 def spread_channels(channel_keep: torch.Tensor, like: torch.Tensor, dim: int,
@@ -257,11 +256,8 @@ def channel_norms(scores: torch.Tensor, n, dim: int) -> torch.Tensor:
     if tuple(norm.shape) != (local.shape[dim],):
         raise ValueError(f"n={n!r} gives norms of shape {tuple(norm.shape)} for a tensor of shape "
                          f"{tuple(scores.shape)}, not one per channel along dim {dim}")
-    wire = torch.zeros(scores.shape[dim], dtype=torch.float64, device=local.device)
-    if counted:  # one contributor per channel: the float64 sum is that norm exactly (NaN, inf too)
-        wire[first:first + norm.numel()] = norm.to(torch.float64)
     reduce = _dtensor.mesh_sum(_dtensor.mesh_of([scores]))
-    return (wire if reduce is None else reduce(wire)).to(norm.dtype)
+    return _to_channels(norm, first, counted, scores.shape[dim], reduce).to(norm.dtype)
 
 
 def select_channels(scores: torch.Tensor, amount: Amount, dim: int, key, keep: Optional[torch.Tensor], *,

@@ -37,9 +37,12 @@ def _check(results, expected):
 def test_one_dim_mesh_matches_one_process(world):
     # Shard(0) uneven, Shard(1), Replicate, an empty shard (3 rows over 4 ranks), all in one tree;
     # ties, NaN/inf, prior masks (one rank's shard fully pruned), importance scores, L1/Ln/random.
-    seeds = (0, 1) if world == 2 else (0,)
-    out = _check(run_ranks(_dist_core.world_1d, world, seeds, timeout=600),
-                 UNSTRUCTURED | STRUCTURED | TREE | {"prune_channels", "gather_free"})
+    # The tree-level checks run on 2 ranks (and on the 2-D mesh), the selections on both.
+    seeds, everything = ((0, 1), True) if world == 2 else ((0,), False)
+    expected = UNSTRUCTURED | STRUCTURED | {"gather_free"}
+    if everything:
+        expected |= TREE | {"prune_channels", "apply_masks_grad"}
+    out = _check(run_ranks(_dist_core.world_1d, world, seeds, everything, timeout=600), expected)
     sent = out["bytes"]
     # what crosses the wire does not grow with the model: 8x the entries, the same bytes
     assert sent["global_l1_bytes_x1"] == sent["global_l1_bytes_x8"] == 2 * 65537 * 8 + 8
@@ -48,4 +51,4 @@ def test_one_dim_mesh_matches_one_process(world):
 
 def test_hsdp_two_dim_mesh_matches_one_process():
     # (2, 2) mesh: Replicate across "replicate", Shard across "shard"; replicas count once.
-    _check(run_ranks(_dist_core.world_2d, 4, timeout=600), UNSTRUCTURED | STRUCTURED | TREE)
+    _check(run_ranks(_dist_core.world_2d, 4, timeout=600), UNSTRUCTURED | STRUCTURED | TREE | {"apply_masks_grad"})
