@@ -241,6 +241,26 @@ def tree_checks(c: Checker, mesh, layouts) -> None:
     c.raises("partial", ValueError, lambda: fp.global_unstructured({"p": partial}, 0.5), "p", "pending sum")
 
 
+def dtype_checks(c: Checker, mesh, layouts) -> None:
+    """bfloat16/float16 leaves (one radix pass; norms cross as float64 and come back exact) and
+    chunks smaller than a shard (ties resolved across chunk boundaries)."""
+    fulls, _ = _trees(mesh, layouts, 9, "dups")
+    for i, name in enumerate(fulls):
+        fulls[name] = (fulls[name] * 0.37).to(torch.bfloat16 if i % 2 else torch.float16)
+    dts = {name: shard(t, mesh, layouts[name][1]) for name, t in fulls.items()}
+    prior = _prior(fulls, 2)
+    dprior = _as_dt(prior, dts)
+    for chunk in (3, 1 << 20):
+        want = fp.global_unstructured(fulls, 0.6, masks=prior, chunk_size=chunk)
+        c.same("dtypes_global", fp.global_unstructured(dts, 0.6, masks=dprior, chunk_size=chunk), want, dts)
+    for name in fulls:
+        ones = {name: fp.global_unstructured({name: fulls[name]}, 0.5)[name]}
+        c.same("dtypes_l1", {name: fp.l1_unstructured(dts[name], 0.5)}, ones, {name: dts[name]})
+        if fulls[name].dim() > 1:
+            want = fp.ln_structured(fulls[name], 0.5, 2, 1, mask=prior[name])
+            c.same("dtypes_ln", fp.ln_structured(dts[name], 0.5, 2, 1, mask=dprior[name]), want, dts[name])
+
+
 def channels_checks(c: Checker, mesh) -> None:
     """patterns.prune_channels on a sharded Linear/Conv-like tree, biases sharded too."""
     layouts = {"fc.weight": ((6, 5), [Shard(1)] * mesh.ndim), "fc.bias": ((6,), [Shard(0)] * mesh.ndim),
@@ -342,6 +362,7 @@ def world_1d(rank: int, world: int, seeds=(0, 1), everything: bool = True) -> di
     structured_checks(c, mesh, layouts)
     if everything:
         tree_checks(c, mesh, layouts)
+        dtype_checks(c, mesh, layouts)
         channels_checks(c, mesh)
     bytes_sent = gather_free_checks(c, mesh)
     return {"checks": dict(c.done), "bytes": bytes_sent}
@@ -359,4 +380,5 @@ def world_2d(rank: int, world: int) -> dict:
     unstructured_checks(c, mesh, layouts, seeds=(0,))
     structured_checks(c, mesh, layouts)
     tree_checks(c, mesh, layouts)
+    dtype_checks(c, mesh, layouts)
     return {"checks": dict(c.done)}

@@ -41,7 +41,7 @@ def test_one_dim_mesh_matches_one_process(world):
     seeds, everything = ((0, 1), True) if world == 2 else ((0,), False)
     expected = UNSTRUCTURED | STRUCTURED | {"gather_free"}
     if everything:
-        expected |= TREE | {"prune_channels", "apply_masks_grad"}
+        expected |= TREE | {"prune_channels", "apply_masks_grad", "dtypes_global", "dtypes_l1", "dtypes_ln"}
     out = _check(run_ranks(_dist_core.world_1d, world, seeds, everything, timeout=600), expected)
     sent = out["bytes"]
     # what crosses the wire does not grow with the model: 8x the entries, the same bytes
@@ -51,4 +51,5 @@ def test_one_dim_mesh_matches_one_process(world):
 
 def test_hsdp_two_dim_mesh_matches_one_process():
     # (2, 2) mesh: Replicate across "replicate", Shard across "shard"; replicas count once.
-    _check(run_ranks(_dist_core.world_2d, 4, timeout=600), UNSTRUCTURED | STRUCTURED | TREE | {"apply_masks_grad"})
+    _check(run_ranks(_dist_core.world_2d, 4, timeout=600), UNSTRUCTURED | STRUCTURED | TREE
+           | {"apply_masks_grad", "dtypes_global", "dtypes_l1", "dtypes_ln"})
