@@ -385,6 +385,9 @@ def ddp_training(rank: int, world: int) -> dict:
     model = make_model()
     _compat_prune(model, 7 + rank)
     ddp = DDP(model)
+    # ... and, by default, again before every forward: the masks are buffers (in the param's dtype)
+    out["before_wrap_masks_resent_every_forward"] = ddp.will_sync_module_buffers() and all(
+        f"{i}.weight_mask" in ddp.named_module_buffers for i in (0, 3, 5))
     compare("before_wrap_rank_seeds", model, _ddp_steps(model, ddp, world, rank))
 
     # 3. pruned AFTER wrapping (the same Parameter moves to weight_orig: the reducer still holds it),
