@@ -256,6 +256,24 @@ def fsdp_misuse(rank: int, world: int) -> dict:
         with torch.no_grad():
             out[f"untouched_lazy{lazy}"] = float((model(x) - dense).abs().max())  # refused before any change
 
+    # what the refusal prevents, shown with torch.func.functional_call and the masked DTensors
+    # swapped in by hand: after FSDP2's lazy init the output is the DENSE model's (masks dropped by
+    # the all-gather); before it, FSDP2 adopts the swapped-in products as its parameters for good
+    masked_out = fp.functional_call(twin, {}, (x,), masks=masks_full)
+    for lazy in (True, False):
+        model = fsdp_model(mesh)
+        if lazy:
+            with torch.no_grad():
+                model(x)
+        params = dict(model.named_parameters())
+        masked = fp.apply_masks(params, {n: shard_like(m, params[n]) for n, m in masks_full.items()})
+        with torch.no_grad():
+            got = torch.func.functional_call(model, masked, (x,))
+            after = model(x)
+        out[f"raw_lazy{lazy}"] = {"vs_dense": float((got - dense).abs().max()),
+                                  "vs_masked": float((got - masked_out).abs().max()),
+                                  "later_forward_vs_dense": float((after - dense).abs().max())}
+
     # compat on a sharded param: refused, module untouched
     model = fsdp_model(mesh)
     before = {n: local(t).clone() for n, t in model.state_dict().items()}

@@ -74,6 +74,10 @@ def test_functional_call_refuses_fsdp2_modules(two):
         assert "FSDPSequential" in m["functional_call_lazyTrue"] and "FSDPLinear" in m["functional_call_sub_lazyTrue"]
         # refused before anything changed: a first call before FSDP2's lazy init must not be adopted
         assert m["untouched_lazyFalse"] == 0.0 and m["untouched_lazyTrue"] == 0.0
+        # the silent failures behind the refusal (torch.func.functional_call, masks applied by hand):
+        # after lazy init the masks are dropped; before it, FSDP2 keeps the masked tensors for good
+        assert m["raw_lazyTrue"]["vs_dense"] < TOL and m["raw_lazyTrue"]["vs_masked"] > 1e-3
+        assert m["raw_lazyFalse"]["vs_masked"] < TOL and m["raw_lazyFalse"]["later_forward_vs_dense"] > 1e-3
 
 
 def test_compat_on_fsdp2(two):
