@@ -155,6 +155,7 @@ class KeepPruned:
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, params: Tree, masks: Optional[Tree]):
+        self.optimizer = optimizer
         self.params = params
         self._masks = None
         self.update(masks)
@@ -169,9 +170,15 @@ class KeepPruned:
         """Put ``masks`` in force and zero the newly pruned params now, so the next forward is masked.
 
         Raises:
-          KeyError, TypeError, ValueError: as :func:`apply_masks_`; the old masks stay in force.
+          KeyError, TypeError, ValueError: as :func:`apply_masks_`; ValueError for a masked param
+            the optimizer does not step (e.g. a detached copy: its gradient would never be
+            masked). The old masks stay in force.
         """
-        _pairs(self.params, masks)  # check first
+        stepped = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
+        for name, param, _ in _pairs(self.params, masks):  # check first
+            if id(param) not in stepped:
+                raise ValueError(f"{name}: not a parameter of the optimizer; keep_pruned needs the parameters "
+                                 f"themselves (dict(model.named_parameters())), not copies")
         apply_masks_(self.params, masks)
         self._masks = masks
 
@@ -209,7 +216,8 @@ def keep_pruned(optimizer: torch.optim.Optimizer, params: Tree, masks: Optional[
       A :class:`KeepPruned` handle (``.masks``, ``.update(masks)``, ``.remove()``).
 
     Raises:
-      KeyError, TypeError, ValueError: as :func:`apply_masks_`.
+      KeyError, TypeError, ValueError: as :func:`apply_masks_`, and ValueError for a masked param
+        that ``optimizer`` does not step (naming it).
 
     Example:
       >>> layer = torch.nn.Linear(2, 2)

@@ -170,7 +170,7 @@ def test_keep_pruned_keeps_zeros_and_matches_the_functional_loop(make_opt):
         opt.zero_grad()
         for n, m in masks.items():
             assert bool((params[n][~m] == 0).all()), n
-        # the same step by hand: masked grads, a step, masked params
+        # the same step by hand: masked forward (so masked grads), a step, masked params
         F.mse_loss(fp.functional_call(twin, twin_params, (x,), masks=masks), y).backward()
         twin_opt.step()
         twin_opt.zero_grad()
@@ -201,6 +201,8 @@ def test_keep_pruned_update_applies_now_and_checks_first():
         keeper.update({"0.weight": masks["0.weight"], "2.weight": torch.ones(3, 3, dtype=torch.bool)})
     with pytest.raises(KeyError, match="nope"):
         keeper.update({"nope": torch.ones(1, dtype=torch.bool)})
+    with pytest.raises(ValueError, match="0.weight: not a parameter of the optimizer"):
+        fpd.keep_pruned(opt, {n: p.detach() for n, p in params.items()}, masks)
     assert keeper.masks is masks and all(torch.equal(before[n], p) for n, p in params.items())
 
 
