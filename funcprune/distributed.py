@@ -1,14 +1,14 @@
 """Pruning under ``torch.distributed``: training helpers for FSDP2 and DDP.
 
 Masks are applied where the parameters live: on FSDP2's sharded parameters (DTensors) each rank
-multiplies its local shard by its local mask shard, with no communication and no full mask on
-any rank. See ``docs/distributed.md`` for the supported recipes.
+zeroes the pruned entries of its local shard with its local mask shard, with no communication and
+no full mask on any rank. See ``docs/distributed.md`` for the supported recipes.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
 

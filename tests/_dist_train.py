@@ -8,7 +8,6 @@ Workers raise on a broken invariant and return a dict of what they measured for 
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 
 import torch
