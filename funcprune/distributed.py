@@ -7,12 +7,12 @@ no full mask on any rank. See ``docs/distributed.md`` for the supported recipes.
 
 from __future__ import annotations
 
-import sys
 from typing import Any, List, Optional, Tuple
 
 import torch
 
 from . import _pytree
+from ._dtensor import is_dtensor as _is_dtensor, local as _local
 from ._layout import reparametrized
 from ._pytree import Tree
 
@@ -22,16 +22,6 @@ __all__ = ["apply_masks_", "mask_grads_", "keep_pruned", "KeepPruned", "broadcas
 # ---------------------------------------------------------------------------------------------
 # Training: masks applied in place to (sharded) params and grads, kept through optimizer steps
 # ---------------------------------------------------------------------------------------------
-
-def _is_dtensor(t: Any) -> bool:
-    mod = sys.modules.get("torch.distributed.tensor")
-    return mod is not None and isinstance(t, mod.DTensor)
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    """The tensor this rank holds: a DTensor's local shard (a view of its storage), else ``t``."""
-    return t.to_local() if _is_dtensor(t) else t
-
 
 def _check_pair(name: str, param: torch.Tensor, mask: torch.Tensor, what: str = "param") -> None:
     """A mask fits ``param``: same global shape and, for DTensors, the same mesh and placements."""

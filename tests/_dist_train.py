@@ -8,7 +8,6 @@ Workers raise on a broken invariant and return a dict of what they measured for 
 
 from __future__ import annotations
 
-import importlib.util
 
 import torch
 import torch.distributed as dist
@@ -24,9 +23,6 @@ from funcprune.schedules import amount_between, is_update_step, polynomial
 STEPS, BEGIN, END, EVERY = 7, 0, 4, 2      # masks change at steps 0, 2, 4
 SCHEDULE = polynomial(0.75, begin=BEGIN, end=END, every=EVERY)
 LOCAL_BATCH, LR = 4, 0.1
-# Until the tree API takes DTensor leaves (funcprune/_dtensor.py), masks of sharded params are
-# computed here from gathered full tensors (a test-only gather) and sharded like the params.
-TREE_TAKES_DTENSORS = importlib.util.find_spec("funcprune._dtensor") is not None
 
 
 def make_model() -> nn.Module:
@@ -69,14 +65,6 @@ def select(params, step, masks):
     weights = {n: params[n] for n in WEIGHTS}
     amount = amount_between(fp.sparsity(masks or {}, weights), float(SCHEDULE(step)))
     return fp.global_unstructured(params, amount, masks=masks, include=WEIGHTS)
-
-
-def select_sharded(params, step, masks):
-    if TREE_TAKES_DTENSORS:
-        return select(params, step, masks)
-    new = select({n: full(p) for n, p in params.items()}, step, None if masks is None else
-                 {n: full(m) for n, m in masks.items()})
-    return {n: shard_like(m, params[n]) for n, m in new.items()}
 
 
 def zeros_kept(params, masks) -> bool:
@@ -218,7 +206,7 @@ def fsdp_training(rank: int, world: int, mesh_shape=None, kinds=("plain", "funct
             with torch.no_grad():
                 forwards.append(model(probe_input(step)))
 
-        losses, masks, zero_ok = run_loop(kind, model, params, world, rank, select_sharded, on_update)
+        losses, masks, zero_ok = run_loop(kind, model, params, world, rank, select, on_update)
         _check_against(kind, losses, masks, params, ref, zero_ok, forwards, out)
     return out
 
