@@ -1,0 +1,93 @@
+"""Coupled channel groups of a module: the joined channel spaces of ``_trace`` as ``Group`` lists."""
+
+from __future__ import annotations
+
+from typing import List, NamedTuple, Tuple
+
+import torch
+
+from ._trace import run
+from ._types import Group, Member
+
+
+class GroupReport(NamedTuple):
+    """Everything :func:`group_report` found.
+
+    ``groups``: prunable and exact; ``inexact``: prunable, but a normalization across the channels
+    makes removing differ from zeroing (``Group.reason`` names it); ``excluded``: channel spaces
+    that must not be pruned, ``Group.reason`` says why (model output, barrier op, grouped-conv
+    input, one channel...).
+    """
+
+    groups: Tuple[Group, ...]
+    inexact: Tuple[Group, ...]
+    excluded: Tuple[Group, ...]
+
+
+def group_report(module: torch.nn.Module, example_args, example_kwargs=None) -> GroupReport:
+    """Trace ``module`` once and sort its channel spaces into prunable, inexact and excluded groups.
+
+    Args:
+        module: the model; exported with ``torch.export`` (``strict=False``) in eval mode without
+            grad (its train/eval flags are restored); its parameters are not read or changed.
+        example_args: a tuple of example inputs (a single tensor is accepted).
+        example_kwargs: optional keyword inputs.
+
+    Returns:
+        A :class:`GroupReport`.
+
+    Raises:
+        NotImplementedError: an op without a channel rule touches channels (names the op and the
+            submodule), or ``torch.export`` cannot capture the model.
+    """
+    flow = run(module, example_args, example_kwargs)
+    good, inexact, excluded = [], [], []
+    seen = set()
+    for space in flow.spaces:
+        root = flow.find(space)
+        if id(root) in seen or not root.producer or root.parts is not None:
+            continue
+        seen.add(id(root))
+        members = []
+        for name, dim, off, length, buf in dict.fromkeys(root.members):
+            members.append(Member(name, dim, off, length // root.channels, buf))
+        members.sort(key=lambda m: (m.buffer, m.name, m.dim, m.offset))
+        kind = "heads" if "heads" in root.kinds else "channels"
+        reasons = list(root.pinned)
+        if root.channels < 2:
+            reasons.append("one channel")
+        if root.pools > 1 and root.channels % root.pools:
+            reasons.append(f"{root.channels} channels do not split into {root.pools} conv groups")
+        exact = not root.inexact
+        reason = "; ".join(reasons or root.inexact)
+        group = Group(root.channels, tuple(members), kind, root.pools, exact, reason)
+        (excluded if reasons else good if exact else inexact).append(group)
+    return GroupReport(tuple(good), tuple(inexact), tuple(excluded))
+
+
+def groups(module: torch.nn.Module, example_args, example_kwargs=None, *,
+           inexact: bool = False) -> List[Group]:
+    """The coupled channel groups of ``module``: tensor slices that must lose the same channels.
+
+    Args:
+        module: the model (traced once with ``torch.export``; see :func:`group_report`).
+        example_args: a tuple of example inputs (a single tensor is accepted).
+        example_kwargs: optional keyword inputs.
+        inexact: also return groups whose channels a normalization spans (LayerNorm over a
+            transformer's residual width: ``Group.exact`` is False, ``Group.reason`` says where).
+
+    Returns:
+        A list of :class:`~funcprune.structural.Group`, producers first in graph order.
+
+    Raises:
+        NotImplementedError: an op without a channel rule touches channels; the message names the
+            ATen op and the submodule.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3))
+        >>> [(g.channels, [(m.name, m.dim) for m in g.members]) for g in groups(net, (torch.randn(1, 3, 8, 8),))]
+        [(8, [('0.bias', 0), ('0.weight', 0), ('1.bias', 0), ('1.weight', 0), ('3.weight', 1), ('1.running_mean', 0), ('1.running_var', 0)])]
+    """
+    report = group_report(module, example_args, example_kwargs)
+    return list(report.groups) + (list(report.inexact) if inexact else [])
