@@ -225,6 +225,9 @@ class Flow:
                     self.pin(seg.space, reason)
             return
         if any(s.inner for s in a + b):
+            if all(s.inner or s.space.origin is not None for s in a + b) and any(
+                    s.space.origin is not None for s in a + b):
+                return  # a parameter or buffer along the head dim (rotary tables): shared by all heads
             if [(s.pos, s.inner) for s in a] == [(s.pos, s.inner) for s in b] and all(
                     self.find(x.space) is self.find(y.space) for x, y in zip(a, b)):
                 return
