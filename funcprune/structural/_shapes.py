@@ -65,11 +65,9 @@ def reshape_state(flow, node, x: TensorState, shape):
         if len(real) > 1 or math.prod(sizes[:real[0][0]]) > 1:
             # channels interleave with another dim (two channel dims merged, or an outer dim
             # repeats them: channel shuffle): not separable
-            flow.pin_all([TensorState((1,), (segs,)) for _, segs in real], why + ": mixes channels "
-                         "with another dim")
-            total = math.prod(x.shape[d] for d in ga)
-            dims[gb[0]] = flow.fresh_pinned(x.shape[ga[0]] and shape[gb[0]], why) if len(gb) else ()
-            _ = total
+            reason = why + ": mixes channels with another dim"
+            flow.pin_all([TensorState((1,), (segs,)) for _, segs in real], reason)
+            dims[gb[0]] = flow.fresh_pinned(shape[gb[0]], reason)
             continue
         k, segs = real[0]
         roots = {flow.find(s.space) for s in segs}
