@@ -192,6 +192,12 @@ def test_multihead_attention_prunes_heads_of_the_fused_in_proj():
     assert proj in report.groups and pairs([proj]) == {("proj.weight", 0), ("proj.bias", 0), ("mha.in_proj_weight", 1)}
     out = by_producer(report, "mha.out_proj.weight")
     assert "model output" in out.reason
+    # a batch of 3: MultiheadAttention merges batch and heads (L, B*H, hd): heads become a barrier
+    report = group_report(model, (torch.randn(3, 5, 8),))
+    check_report(model, report)
+    assert not [g for g in report.groups if g.kind == "heads"]
+    barred = [g for g in report.excluded if "mixes channels with another dim" in g.reason]
+    assert pairs(barred) == {("mha.in_proj_weight", 0), ("mha.in_proj_bias", 0), ("mha.out_proj.weight", 1)}
 
 
 class Rolled(nn.Module):

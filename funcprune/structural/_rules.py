@@ -10,8 +10,6 @@ from __future__ import annotations
 import math
 from typing import List
 
-import torch
-
 from ._trace import Seg, TensorState, module_path, untracked
 
 
@@ -265,10 +263,6 @@ def pool(flow, node, args, kwargs):
     return out
 
 
-def _pool_of(val):
-    return val
-
-
 def barrier_on_dim(dim_arg: int, what: str):
     """Ops whose meaning depends on the channel count along their dim (roll, flip, gather...)."""
 
@@ -376,10 +370,7 @@ for _name in ("_assert_tensor_metadata", "_assert_async", "sym_size", "sym_numel
               "_assert_scalar", "sym_constrain_range_for_size"):
     RULES[_name] = nothing
 
-PASSTHROUGH_UNTRACKED = frozenset()
-
 from ._shapes import SHAPE_RULES  # noqa: E402  (views, cat, split, select: the layout rules)
 
 RULES.update(SHAPE_RULES)
-__all__: List[str] = ["RULES", "PASSTHROUGH_UNTRACKED"]
-_ = torch
+__all__: List[str] = ["RULES"]

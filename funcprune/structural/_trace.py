@@ -261,10 +261,6 @@ class TensorState(NamedTuple):
     shape: Tuple[int, ...]
     dims: Tuple[Tuple[Seg, ...], ...]
 
-    @property
-    def tracked(self) -> bool:
-        return any(self.dims)
-
 
 def untracked(shape) -> TensorState:
     return TensorState(tuple(shape), tuple(() for _ in shape))
@@ -306,7 +302,7 @@ def capture(module: torch.nn.Module, args, kwargs=None):
 
 def run(module: torch.nn.Module, args, kwargs=None) -> Flow:
     """Export ``module`` and run the channel-space dataflow over its graph."""
-    from ._rules import RULES, PASSTHROUGH_UNTRACKED
+    from ._rules import RULES
 
     ep, names = capture(module, args, kwargs)
     flow = Flow()
@@ -331,7 +327,7 @@ def run(module: torch.nn.Module, args, kwargs=None) -> Flow:
                 getattr(node.target, "overloadpacket", None), "__name__", str(node.target))
             rule = RULES.get(key)
             if rule is None:
-                if not any(iter_dims((args_, list(kwargs_.values())))) or key in PASSTHROUGH_UNTRACKED:
+                if not any(iter_dims((args_, list(kwargs_.values())))):
                     env[node.name] = _untracked_like(val)  # no channel flows in: nothing to follow
                     continue
                 raise NotImplementedError(
