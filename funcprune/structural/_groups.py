@@ -61,7 +61,7 @@ def group_report(module: torch.nn.Module, example_args, example_kwargs=None) -> 
                 continue
             for p in range(fold):  # every conv group loses the same local positions
                 members.append(Member(name, dim, off + p * length // fold, length // root.channels, buf))
-        members.sort(key=lambda m: (m.buffer, m.name, m.dim, m.offset))
+        members = sorted(members, key=lambda m: (m.buffer, m.name, m.dim, m.offset))
         kind = "heads" if "heads" in root.kinds else "channels"
         if channels < 2:
             reasons.append("one channel")

@@ -333,7 +333,11 @@ def run(module: torch.nn.Module, args, kwargs=None) -> Flow:
                 raise NotImplementedError(
                     f"funcprune.structural.groups: no channel rule for {node.target} "
                     f"(node {node.name}) in submodule {module_path(node)}; its inputs carry channels")
-            env[node.name] = rule(flow, node, args_, kwargs_)
+            out = rule(flow, node, args_, kwargs_)
+            if isinstance(val, torch.Tensor) and (not isinstance(out, TensorState) or len(out.dims) != val.dim()):
+                raise RuntimeError(f"funcprune.structural.groups: internal error: the rule for {node.target} "
+                                   f"gave a value of the wrong rank (submodule {module_path(node)})")
+            env[node.name] = out
         elif node.op == "output":
             outs = torch.fx.node.map_arg(node.args[0], lambda n: env[n.name])
             flow.pin_all(outs, "reaches the model output")
