@@ -183,9 +183,14 @@ def save_masks_dcp(masks: Tree, checkpoint_id: Any, *, process_group: Any = None
       TypeError: a leaf that is not a tensor. ValueError: a mask holding values other than 0 and
         1, or a ``Partial`` placement (raised on every rank, before anything is written).
 
-    Example (one process, plain tensors)::
-
-        save_masks_dcp({"fc.weight": mask}, "ckpt/masks")
+    Example:
+      >>> import tempfile
+      >>> mask = torch.tensor([[True, False, True], [False, False, True]])
+      >>> with tempfile.TemporaryDirectory() as tmp:  # one process, plain tensors
+      ...     save_masks_dcp({"fc.weight": mask}, tmp)
+      ...     load_masks_dcp({"fc.weight": torch.zeros(2, 3)}, tmp)
+      {'fc.weight': tensor([[ True, False,  True],
+              [False, False,  True]])}
     """
     named = _pytree.named_leaves(masks)
     for name, mask in named.items():
