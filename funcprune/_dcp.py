@@ -181,7 +181,8 @@ def save_masks_dcp(masks: Tree, checkpoint_id: Any, *, process_group: Any = None
 
     Raises:
       TypeError: a leaf that is not a tensor. ValueError: a mask holding values other than 0 and
-        1, or a ``Partial`` placement (raised on every rank, before anything is written).
+        1 (checked across the ranks: every rank raises, before anything is written), a
+        ``Partial`` placement, or a mask on the ``meta`` device.
 
     Example:
       >>> import tempfile
@@ -201,6 +202,8 @@ def save_masks_dcp(masks: Tree, checkpoint_id: Any, *, process_group: Any = None
                 _shard_dims(mask)
             except ValueError as err:
                 raise ValueError(f"{name}: {err}") from None
+        if _local(mask).device.type == "meta":
+            raise ValueError(f"{name}: cannot save a mask without values (device meta)")
     bad = [0 if _local(m).dtype == torch.bool or bool(((_local(m) == 0) | (_local(m) == 1)).all()) else 1
            for m in named.values()]
     summed = _counts(named, bad, process_group)
@@ -313,6 +316,7 @@ def load_masks_dcp(like: Tree, checkpoint_id: Any, *, process_group: Any = None)
     kept = _counts(out, group=process_group)
     for (name, mask), count in zip(out.items(), kept):
         if count != leaves[name]["kept"]:
-            raise ValueError(f"{checkpoint_id!r}: {name}: the loaded mask keeps {count} entries but {leaves[name]['kept']} "
-                             f"were saved: the checkpoint is damaged or was not written by save_masks_dcp")
+            raise ValueError(f"{checkpoint_id!r}: {name}: the loaded mask keeps {count} entries but "
+                             f"{leaves[name]['kept']} were saved: the checkpoint is damaged or was not written by "
+                             f"save_masks_dcp")
     return _pytree.like(like, out)

@@ -106,7 +106,8 @@ def load_4_and_save_hsdp(rank: int, world: int, path_1d: str, path_hsdp: str) ->
                           {"x": DTensor.from_local(torch.ones(2, 2, dtype=torch.bool), mesh, [Partial()])},
                           path_hsdp + "-bad")),
                       ("save_masks", lambda: fp.export.save_masks({"x": like["a.weight"]}, path_hsdp + "-bad.pt")),
-                      ("load_masks", lambda: fp.export.load_masks(path_hsdp + "-bad.pt", like={"x": like["a.weight"]}))):
+                      ("load_masks", lambda: fp.export.load_masks(path_hsdp + "-bad.pt",
+                                                                  like={"x": like["a.weight"]}))):
         try:
             call()
             errors[key] = None

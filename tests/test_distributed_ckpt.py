@@ -66,7 +66,8 @@ def test_errors_reach_every_rank_before_anything_is_written(checkpoints):
     for rank, result in enumerate(checkpoints["loaded"]):
         errors = result["errors"]
         assert errors["not_01"] == "ValueError: x: mask values must be 0 or 1 to round-trip as bits", rank
-        assert errors["partial"].startswith("ValueError: x: placement P(sum) is not supported in a mask checkpoint"), rank
+        assert errors["partial"].startswith("ValueError: x: placement P(sum) is not supported in a mask "
+                                            "checkpoint"), rank
         for key, there in (("save_masks", "save_masks_dcp"), ("load_masks", "load_masks_dcp")):
             assert errors[key].startswith("TypeError: x: "), (rank, errors[key])
             assert f"funcprune.distributed.{there}" in errors[key], (rank, errors[key])
@@ -105,6 +106,9 @@ def test_one_process_round_trip_and_errors(tmp_path):
         load_masks_dcp(like, str(tmp_path / "missing"))
     with pytest.raises(TypeError, match="x: a mask must be a tensor, got int"):
         save_masks_dcp({"x": 3}, str(tmp_path / "d"))
+    with pytest.raises(ValueError, match=r"x: cannot save a mask without values \(device meta\)"):
+        save_masks_dcp({"x": torch.ones(2, device="meta", dtype=torch.bool)}, str(tmp_path / "d"))
+    assert not (tmp_path / "d").exists()
     # A shard whose content does not match the saved count (here: a forged header) is refused.
     header = {"format": "funcprune.masks.dcp", "version": 1,
               "leaves": {"w": {"shape": [3, 19], "packed": True, "kept": int(masks["w"].sum()) + 1}}}
