@@ -69,15 +69,22 @@ def full_leaf(index: int, shape: tuple, dtype=torch.float32) -> torch.Tensor:
 # ---- collective accounting ----------------------------------------------------------------------
 
 class Traffic:
-    """Counts the collectives and the bytes this rank receives from them, by wrapping the APIs."""
+    """Counts the collectives and the bytes this rank receives from them, by wrapping the APIs.
+
+    ``torch.distributed``'s collectives count what lands in their output (an ``all_reduce`` its
+    tensor, an ``all_gather`` its whole output list); the functional collectives (DTensor's
+    redistributions) count their result. Only the outermost wrapped call counts (one API calling
+    another is one collective).
+    """
 
     C10D = ("all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter_tensor", "broadcast",
-             "all_to_all_single", "reduce", "all_gather_object", "broadcast_object_list", "reduce_scatter")
-    FUNCOL = ("all_reduce", "all_gather_tensor", "all_gather_tensor_autograd", "reduce_scatter_tensor",
-              "all_to_all_single", "broadcast")
+            "all_to_all_single", "reduce", "all_gather_object", "broadcast_object_list", "reduce_scatter")
+    FUNCOL = ("broadcast", "all_reduce", "all_gather_single", "all_gather_single_autograd", "reduce_scatter_single",
+              "all_gather_tensor", "all_gather_tensor_autograd", "reduce_scatter_tensor", "all_to_all_single",
+              "all_reduce_coalesced", "all_gather_single_coalesced", "all_gather_into_tensor_coalesced")
 
     def __init__(self):
-        self.bytes, self.calls, self._saved = 0, 0, []
+        self.bytes, self.calls, self._saved, self._depth = 0, 0, [], 0
 
     @staticmethod
     def _size(x) -> int:
@@ -89,29 +96,30 @@ class Traffic:
             return sum(Traffic._size(t) for t in x)
         return 0
 
-    def _received(self, name: str, args, kwargs, result) -> int:
-        world = torch.distributed.get_world_size(kwargs.get("group"))
-        if name in ("all_gather", "all_gather_object"):
-            return self._size(args[0]) if args else 0       # the output list
-        if name == "all_gather_into_tensor":
-            return self._size(args[0])                       # the output tensor
-        if name == "all_gather_tensor" or name == "all_gather_tensor_autograd":
-            return self._size(args[0]) * world
-        if name in ("reduce_scatter_tensor",):
-            return self._size(args[1] if len(args) > 1 and name in self.C10D else args[0]) // max(world, 1)
-        return self._size(args[0]) if args else 0            # all_reduce, broadcast, all_to_all: the tensor
+    def _received(self, name: str, funcol: bool, args, kwargs, result) -> int:
+        if funcol:
+            return self._size(result)
+        if name in ("all_gather", "all_gather_object", "all_gather_into_tensor"):
+            return self._size(args[0] if args else kwargs.get("output_tensor_list", kwargs.get("output_tensor")))
+        if name in ("reduce_scatter_tensor", "reduce_scatter"):
+            return self._size(args[0] if args else kwargs.get("output"))
+        return self._size(args[0] if args else kwargs.get("tensor"))   # all_reduce, broadcast, reduce
 
     def _wrap(self, module, name: str, funcol: bool):
         real = getattr(module, name, None)
         if real is None:
             return
-        tag = ("funcol." if funcol else "") + name
 
         @functools.wraps(real)
         def counted(*args, **kwargs):
-            result = real(*args, **kwargs)
-            self.calls += 1
-            self.bytes += self._received(tag.split(".")[-1], args, kwargs, result)
+            self._depth += 1
+            try:
+                result = real(*args, **kwargs)
+            finally:
+                self._depth -= 1
+            if self._depth == 0:
+                self.calls += 1
+                self.bytes += self._received(name, funcol, args, kwargs, result)
             return result
         self._saved.append((module, name, real))
         setattr(module, name, counted)
