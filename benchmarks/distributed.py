@@ -334,7 +334,7 @@ def table(rows: List[Dict]) -> str:
 MOON_LEAVES, MOON_SHAPE = 16, (62_500, 4_000)   # 16 x 2.5e8 = 4e9 bf16 entries
 
 
-def moon_worker(rank: int, world: int) -> Dict:
+def moon_worker(rank: int, world: int, leaves: int = MOON_LEAVES) -> Dict:
     """4e9 bf16 entries over ``world`` ranks, generated shard by shard; exactness via all-reduces."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
@@ -343,7 +343,7 @@ def moon_worker(rank: int, world: int) -> Dict:
     import funcprune as fp
     mesh = init_device_mesh("cpu", (world,))
     tree = {}
-    for i in range(MOON_LEAVES):
+    for i in range(leaves):
         shape = torch.Size(MOON_SHAPE)
         local_shape, _ = compute_local_shape_and_global_offset(shape, mesh, [Shard(0)])
         g = torch.Generator().manual_seed(7919 * i + rank)   # the shard defines the full tensor
@@ -380,7 +380,7 @@ def moon_worker(rank: int, world: int) -> Dict:
     hi, lo = torch.tensor([top_pruned], dtype=torch.float64), torch.tensor([low_kept], dtype=torch.float64)
     dist.all_reduce(hi, op=dist.ReduceOp.MAX)
     dist.all_reduce(lo, op=dist.ReduceOp.MIN)
-    n = MOON_LEAVES * math.prod(MOON_SHAPE)
+    n = leaves * math.prod(MOON_SHAPE)
     return {"seconds": seconds, "peak_extra_mib": peak_extra, "peak_total_mib": peak_total,
             "local_weights_mib": sum(d.to_local().numel() * 2 for d in tree.values()) / MIB,
             "local_masks_mib": sum(m.to_local().numel() for m in masks.values()) / MIB,
@@ -388,8 +388,8 @@ def moon_worker(rank: int, world: int) -> Dict:
             "expected": round(AMOUNT * n), "max_pruned": float(hi[0]), "min_kept": float(lo[0])}
 
 
-def moonshot() -> str:
-    ranks = launch(moon_worker, 4, timeout=3600)
+def moonshot(leaves: int = MOON_LEAVES, timeout: float = 3600) -> str:
+    ranks = launch(moon_worker, 4, leaves, timeout=timeout)
     r0 = ranks[0]
     exact = r0["pruned"] == r0["expected"] and r0["max_pruned"] <= r0["min_kept"]
     return (f"moonshot: {r0['entries']:.3g} bf16 entries over 4 ranks: {max(r['seconds'] for r in ranks):.1f} s, "
@@ -408,9 +408,10 @@ def main(argv=None) -> List[Dict]:
     parser.add_argument("--trees", default=None, help="comma-separated trees: " + ", ".join(TREES))
     parser.add_argument("--moonshot", action="store_true", help="only the 4e9-entry bf16 run over 4 ranks (~14 GiB)")
     parser.add_argument("--methods", default="funcprune,gather", help=argparse.SUPPRESS)
+    parser.add_argument("--moon-leaves", type=int, default=MOON_LEAVES, help=argparse.SUPPRESS)  # 2.5e8 each
     args = parser.parse_args(argv)
     if args.moonshot:
-        print(moonshot(), flush=True)
+        print(moonshot(args.moon_leaves), flush=True)
         return []
     worlds = [int(w) for w in args.worlds.split(",")] if args.worlds else ([1, 2] if args.quick else [1, 2, 4])
     trees = args.trees.split(",") if args.trees else (["resnet50", "transformer2"] if args.quick

@@ -3,7 +3,7 @@
 A small MLP is sharded with ``fully_shard`` (its parameters become DTensors, ``Shard(0)`` over the
 ranks). ``fp.global_unstructured`` prunes 80% of its weights globally on those DTensors: each rank
 reads only its shards, and what crosses the wire is a few 64K-bin histograms. A few SGD steps
-follow with the masks kept (gradients and weights multiplied by the masks, shard by shard); the
+follow with the masks kept (``funcprune.distributed.keep_pruned``: shard by shard); the
 masks are saved with ``funcprune.distributed.save_masks_dcp`` (torch.distributed.checkpoint) and
 loaded back, on the ranks and, resharded, into one process.
 
@@ -30,7 +30,7 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import funcprune as fp  # noqa: E402
-from funcprune.distributed import load_masks_dcp, save_masks_dcp  # noqa: E402
+from funcprune.distributed import keep_pruned, load_masks_dcp, save_masks_dcp  # noqa: E402
 
 AMOUNT = 0.8
 LR = 0.5
@@ -52,23 +52,15 @@ def reference_losses(steps: int) -> list:
     model = make_model()
     weights = {name: p for name, p in model.named_parameters() if name.endswith("weight")}
     masks = fp.global_unstructured({n: p.detach() for n, p in weights.items()}, AMOUNT)
-    with torch.no_grad():
-        for name, p in weights.items():
-            p.mul_(masks[name])
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    keep_pruned(optimizer, weights, masks)
     x, y = data()
     losses = []
     for _ in range(steps):
         loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad()
         loss.backward()
-        with torch.no_grad():
-            for name, p in weights.items():
-                p.grad.mul_(masks[name])
         optimizer.step()
-        with torch.no_grad():
-            for name, p in weights.items():
-                p.mul_(masks[name])
         losses.append(float(loss.detach()))
     return losses
 
@@ -95,24 +87,17 @@ def run(steps: int, out: str, check: bool = False) -> dict:
     local_shapes = {name: tuple(p.to_local().shape) for name, p in weights.items()}
 
     masks = fp.global_unstructured({n: p.detach() for n, p in weights.items()}, AMOUNT)   # DTensor masks
-    with torch.no_grad():
-        for name, p in weights.items():
-            p.mul_(masks[name])                          # elementwise on the local shards
-
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    # Zeroes the pruned entries now, the pruned grads before each step and the pruned params after
+    # it: each rank on its own shards, nothing communicated.
+    keep_pruned(optimizer, weights, masks)
     x, y = data()
     losses = []
     for _ in range(steps):
         loss = F.cross_entropy(model(x), y)              # FSDP2 all-gathers the (masked) weights
         optimizer.zero_grad()
         loss.backward()
-        with torch.no_grad():
-            for name, p in weights.items():
-                p.grad.mul_(masks[name])                 # pruned entries get no update
         optimizer.step()
-        with torch.no_grad():
-            for name, p in weights.items():
-                p.mul_(masks[name])                      # and stay exactly zero
         losses.append(float(loss.detach()))
 
     pruned, alive = 0, 0
