@@ -71,7 +71,8 @@ def save_masks(masks: Tree, f: Any) -> None:
       f: a file name or a writable binary file object, as for ``torch.save``.
 
     Raises:
-      TypeError: a leaf that is not a tensor.
+      TypeError: a leaf that is not a tensor, or a DTensor (sharded masks are saved with
+        :func:`funcprune.distributed.save_masks_dcp`, a collective that DCP can reshard).
       ValueError: a mask holding values other than 0 and 1 (it would not round-trip), or a mask
         on the ``meta`` device (it has no values to save).
 
@@ -85,7 +86,9 @@ def save_masks(masks: Tree, f: Any) -> None:
               [False,  True]])}
     """
     packed, crcs = {}, []
-    for name, mask in _pytree.named_leaves(masks).items():
+    named = _pytree.named_leaves(masks)
+    _refuse_dtensors(named, "save_masks", "save_masks_dcp")
+    for name, mask in named.items():
         if not isinstance(mask, torch.Tensor):
             raise TypeError(f"{name}: a mask must be a tensor, got {type(mask).__name__}")
         if not _amount._is_concrete(mask):
@@ -97,6 +100,16 @@ def save_masks(masks: Tree, f: Any) -> None:
         packed[name] = {"shape": shape, "bits": bits, "crc32": crc}
         crcs.append([name, crc])
     torch.save({"format": FORMAT, "version": VERSION, "crc32": _total_crc(crcs), "masks": packed}, f)
+
+
+def _refuse_dtensors(named: dict, here: str, there: str) -> None:
+    """TypeError for a DTensor leaf: sharded masks go through DCP (a collective), not one file."""
+    from ._dcp import is_dtensor
+    sharded = [name for name, leaf in named.items() if is_dtensor(leaf)]
+    if sharded:
+        raise TypeError(f"{sharded[0]}: {here} writes one file from one process and cannot take a DTensor; "
+                        f"save or load sharded masks with funcprune.distributed.{there} (torch.distributed."
+                        f"checkpoint, every rank calls it, reshardable), or convert with .full_tensor() first")
 
 
 def _source(f: Any) -> str:
@@ -174,6 +187,8 @@ def load_masks(f: Any, *, like: Optional[Tree] = None, device: Any = "cpu") -> T
         an unknown version.
       OSError: a path that cannot be opened (e.g. ``FileNotFoundError``).
       KeyError/ValueError: with ``like``, a name it lacks or a shape that differs.
+      TypeError: ``like`` holds DTensors (load sharded masks with
+        :func:`funcprune.distributed.load_masks_dcp`).
 
     Example:
       >>> import io
@@ -184,6 +199,8 @@ def load_masks(f: Any, *, like: Optional[Tree] = None, device: Any = "cpu") -> T
       ...
       ValueError: <BytesIO>: not a readable mask checkpoint: the file is corrupt, truncated or of another kind ...
     """
+    if like is not None:
+        _refuse_dtensors(_pytree.named_leaves(like), "load_masks", "load_masks_dcp")
     source = _source(f)
     data = _read(f, source)
     if not isinstance(data, dict) or data.get("format") != FORMAT:

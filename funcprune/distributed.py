@@ -1,4 +1,4 @@
-"""Pruning under ``torch.distributed``: training helpers for FSDP2 and DDP.
+"""Pruning under ``torch.distributed``: training helpers for FSDP2 and DDP, sharded mask checkpoints.
 
 Masks are applied where the parameters live: on FSDP2's sharded parameters (DTensors) each rank
 zeroes the pruned entries of its local shard with its local mask shard, with no communication and
@@ -16,7 +16,8 @@ from ._dtensor import is_dtensor as _is_dtensor, local as _local
 from ._layout import reparametrized
 from ._pytree import Tree
 
-__all__ = ["apply_masks_", "mask_grads_", "keep_pruned", "KeepPruned", "broadcast_masks_"]
+__all__ = ["apply_masks_", "mask_grads_", "keep_pruned", "KeepPruned", "broadcast_masks_", "save_masks_dcp",
+           "load_masks_dcp"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,3 +256,10 @@ def broadcast_masks_(masks: Any, src: int = 0, group: Optional[Any] = None) -> A
     for mask in named.values():
         dist.broadcast(mask.view(torch.uint8) if mask.dtype == torch.bool else mask, src, group=group)
     return masks
+
+
+# ---------------------------------------------------------------------------------------------
+# Sharded mask checkpoints (torch.distributed.checkpoint): funcprune/_dcp.py
+# ---------------------------------------------------------------------------------------------
+
+from ._dcp import load_masks_dcp, save_masks_dcp  # noqa: E402

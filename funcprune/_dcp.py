@@ -1,0 +1,322 @@
+"""Sharded mask checkpoints through ``torch.distributed.checkpoint`` (DCP), reshardable on load.
+
+Public through :mod:`funcprune.distributed`: :func:`save_masks_dcp` and :func:`load_masks_dcp`.
+
+Layout (format ``funcprune.masks.dcp`` version 1): one DCP checkpoint whose state dict holds
+
+* ``"funcprune_masks"``: a JSON string ``{"format", "version", "leaves": {name: {"shape",
+  "packed", "kept"}}}`` (the full shape, how the mask is stored, and how many entries it keeps);
+* ``"funcprune_masks/<name>"``: one tensor per mask, either
+
+  - **packed** (``uint8``): the mask's last dim packed 8 entries per byte, first entry in the most
+    significant bit (``numpy.packbits(mask, axis=-1)``), full shape ``(*shape[:-1],
+    ceil(shape[-1] / 8))``, saved with the mask's own placements. Every dim but the last keeps its
+    size, so a shard on any of them is a shard of the packed tensor too and DCP reshards it like
+    any tensor: 1 bit per entry, plus at most 7 bits of padding per row;
+  - **bool** (1 byte per entry) where the last dim is the sharded one (1-D masks under FSDP2's
+    ``Shard(0)``, ``Shard(-1)``) or the mask is 0-D: a shard boundary inside a byte cannot be
+    packed locally, and DCP reshards whole elements only.
+
+Loading builds its targets from ``like`` (any placements, any mesh, or plain tensors in one
+process), so a checkpoint saved from 2 ranks loads into 4, into a 2-D mesh or into one process. A
+packed mask loaded into a layout that shards its last dim is read with that mesh dim replicated
+(a temporary of ``numel / 8`` bytes divided by the other shard counts) and sliced locally. Every
+leaf's kept count is checked after loading (one ``all_reduce`` of a vector of counts), so a
+wrong or damaged shard raises instead of loading a wrong mask; DCP itself stores no checksums.
+
+Eager only: these are collectives (every rank of the process group calls them with the same tree
+structure) and read counts back to Python.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import warnings
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+
+from . import _pytree
+from ._pytree import Tree
+
+FORMAT, VERSION = "funcprune.masks.dcp", 1
+HEADER = "funcprune_masks"
+PREFIX = HEADER + "/"
+_WEIGHTS = (7, 6, 5, 4, 3, 2, 1, 0)
+
+
+def is_dtensor(t: Any) -> bool:
+    """True for a DTensor; never imports ``torch.distributed.tensor`` (no DTensor exists before it is)."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(t, module.DTensor)
+
+
+def _dist():
+    import torch.distributed as dist
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def _shard_dims(t: torch.Tensor) -> List[int]:
+    """The tensor dims a DTensor is sharded on (normalized), after checking its placements."""
+    from torch.distributed.tensor import Replicate, Shard
+    dims = []
+    for p in t.placements:
+        if type(p) is Shard:
+            dims.append(p.dim % max(t.dim(), 1))
+        elif type(p) is not Replicate:
+            raise ValueError(f"placement {p} is not supported in a mask checkpoint (Shard(d) or Replicate())")
+    return dims
+
+
+def _owns(t: torch.Tensor, group) -> bool:
+    """Whether this rank's local entries count towards the leaf's total (each entry counted once).
+
+    A DTensor's local shard counts where the rank is in its mesh at coordinate 0 of every
+    ``Replicate`` mesh dim; a plain tensor (the same on every rank) counts on rank 0 only.
+    """
+    dist = _dist()
+    if not is_dtensor(t):
+        return dist is None or dist.get_rank(group) == 0
+    coordinate = t.device_mesh.get_coordinate()
+    if coordinate is None:
+        return False
+    return all(c == 0 for c, p in zip(coordinate, t.placements) if p.is_replicate())
+
+
+def _pack_last(mask: torch.Tensor) -> torch.Tensor:
+    """Pack a bool tensor's last dim into uint8, MSB first (``numpy.packbits(axis=-1)``)."""
+    x = mask.to(torch.uint8)
+    x = torch.nn.functional.pad(x, (0, (-x.shape[-1]) % 8))
+    shifts = torch.tensor(_WEIGHTS, dtype=torch.uint8, device=mask.device)
+    return (x.view(*x.shape[:-1], x.shape[-1] // 8, 8) << shifts).sum(dim=-1, dtype=torch.uint8)
+
+
+def _unpack_last(bits: torch.Tensor, last: int) -> torch.Tensor:
+    """Inverse of :func:`_pack_last` for a last dim of ``last`` entries."""
+    shifts = torch.tensor(_WEIGHTS, dtype=torch.uint8, device=bits.device)
+    flat = ((bits.unsqueeze(-1) >> shifts) & 1).view(*bits.shape[:-1], bits.shape[-1] * 8)
+    return flat[..., :last].bool()
+
+
+def _packed_shape(shape) -> Tuple[int, ...]:
+    return (*shape[:-1], math.ceil(shape[-1] / 8))
+
+
+def _wrap(local: torch.Tensor, like: torch.Tensor, shape, placements=None) -> torch.Tensor:
+    """``local`` as a DTensor on ``like``'s mesh (``placements`` or like's) with full ``shape``."""
+    from torch.distributed.tensor import DTensor
+    stride, step = [], 1
+    for size in reversed(tuple(shape)):
+        stride.insert(0, step)
+        step *= max(size, 1)
+    return DTensor.from_local(local, like.device_mesh, placements or like.placements, run_check=False,
+                              shape=torch.Size(shape), stride=tuple(stride))
+
+
+def _local_target(like: torch.Tensor, shape, dtype, placements=None) -> torch.Tensor:
+    """An empty tensor laid out like ``like`` (DTensor or plain) with full ``shape`` and ``dtype``."""
+    device = like.to_local().device if is_dtensor(like) else like.device
+    if not is_dtensor(like):
+        return torch.empty(tuple(shape), dtype=dtype, device=device)
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+    placements = placements or like.placements
+    local_shape, _ = compute_local_shape_and_global_offset(torch.Size(shape), like.device_mesh, placements)
+    return _wrap(torch.empty(tuple(local_shape), dtype=dtype, device=device), like, shape, placements)
+
+
+def _counts(named: Dict[str, torch.Tensor], extra: Optional[List[float]] = None, group=None) -> List[int]:
+    """Per-leaf kept counts over the full masks (+ ``extra`` flags), summed across ranks in one all_reduce."""
+    local = [int(_local(m).count_nonzero()) if _owns(m, group) else 0 for m in named.values()]
+    values = local + list(extra or [])
+    dist = _dist()
+    if dist is None or not values:
+        return [int(v) for v in values]
+    backend = dist.get_backend(group)
+    device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+    vector = torch.tensor(values, dtype=torch.int64, device=device)
+    dist.all_reduce(vector, group=group)
+    return vector.tolist()
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if is_dtensor(t) else t
+
+
+def _checkpoint():
+    try:
+        import torch.distributed.checkpoint as dcp
+    except ImportError as err:  # a torch build without distributed support
+        raise RuntimeError("mask checkpoints through DCP need torch.distributed (this torch build lacks it)") from err
+    return dcp
+
+
+def _dcp_call(what: str, state: Dict, checkpoint_id: Any, process_group: Any) -> None:
+    """``dcp.save``/``dcp.load``; in one process without a group, as DCP's single-process mode, quietly."""
+    call = getattr(_checkpoint(), what)
+    if _dist() is not None:
+        call(state, checkpoint_id=checkpoint_id, process_group=process_group)
+        return
+    with warnings.catch_warnings():  # DCP warns that it assumes one process: that is the intent here
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        call(state, checkpoint_id=checkpoint_id, no_dist=True)
+
+
+def save_masks_dcp(masks: Tree, checkpoint_id: Any, *, process_group: Any = None) -> None:
+    """Save a masks tree of DTensors (or plain tensors) as one sharded DCP checkpoint.
+
+    A collective: every rank of ``process_group`` calls it with the same tree structure and writes
+    only its own shards (replicas are written once). Masks are stored 1 bit per entry, packed along
+    the last dim, except where the last dim is sharded or the mask is 0-D (then 1 byte per entry,
+    see :mod:`funcprune._dcp` for why). The checkpoint loads with :func:`load_masks_dcp` into any
+    world size and placements, or into one process.
+
+    Args:
+      masks: pytree of masks (bool, or 0/1 of any dtype; ``True``/nonzero = kept): DTensors with
+        ``Shard(d)``/``Replicate()`` placements on any mesh (FSDP2, HSDP), or plain tensors (the
+        same on every rank).
+      checkpoint_id: where DCP writes (a directory path, or anything ``dcp.save`` accepts).
+      process_group: the group that saves (default: the default group, or none in one process).
+
+    Raises:
+      TypeError: a leaf that is not a tensor. ValueError: a mask holding values other than 0 and
+        1 (checked across the ranks: every rank raises, before anything is written), a
+        ``Partial`` placement, or a mask on the ``meta`` device.
+
+    Example:
+      >>> import tempfile
+      >>> mask = torch.tensor([[True, False, True], [False, False, True]])
+      >>> with tempfile.TemporaryDirectory() as tmp:  # one process, plain tensors
+      ...     save_masks_dcp({"fc.weight": mask}, tmp)
+      ...     load_masks_dcp({"fc.weight": torch.zeros(2, 3)}, tmp)
+      {'fc.weight': tensor([[ True, False,  True],
+              [False, False,  True]])}
+    """
+    named = _pytree.named_leaves(masks)
+    for name, mask in named.items():
+        if not isinstance(mask, torch.Tensor):
+            raise TypeError(f"{name}: a mask must be a tensor, got {type(mask).__name__}")
+        if is_dtensor(mask):
+            try:
+                _shard_dims(mask)
+            except ValueError as err:
+                raise ValueError(f"{name}: {err}") from None
+        if _local(mask).device.type == "meta":
+            raise ValueError(f"{name}: cannot save a mask without values (device meta)")
+    bad = [0 if _local(m).dtype == torch.bool or bool(((_local(m) == 0) | (_local(m) == 1)).all()) else 1
+           for m in named.values()]
+    summed = _counts(named, bad, process_group)
+    kept, bad = summed[:len(named)], summed[len(named):]
+    for name, flag in zip(named, bad):
+        if flag:  # every rank sees the all-reduced flag: all raise, none is left waiting in dcp.save
+            raise ValueError(f"{name}: mask values must be 0 or 1 to round-trip as bits")
+    leaves, state = {}, {}
+    for (name, mask), count in zip(named.items(), kept):
+        shape = list(mask.shape)
+        packed = mask.dim() >= 1 and not (is_dtensor(mask) and (mask.dim() - 1) in _shard_dims(mask))
+        local = _local(mask) != 0
+        if packed:
+            bits = _pack_last(local)
+            state[PREFIX + name] = _wrap(bits, mask, _packed_shape(shape)) if is_dtensor(mask) else bits
+        else:
+            state[PREFIX + name] = _wrap(local, mask, shape) if is_dtensor(mask) else local
+        leaves[name] = {"shape": shape, "packed": packed, "kept": count}
+    state[HEADER] = json.dumps({"format": FORMAT, "version": VERSION, "leaves": leaves})
+    _dcp_call("save", state, checkpoint_id, process_group)
+
+
+def _header(checkpoint_id: Any, process_group: Any) -> Dict:
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
+    state = {HEADER: ""}
+    try:
+        _dcp_call("load", state, checkpoint_id, process_group)
+    except (Exception, CheckpointException) as err:  # DCP raises several kinds (missing key or files, metadata)
+        raise ValueError(f"{checkpoint_id!r}: not a readable funcprune DCP mask checkpoint ({type(err).__name__}: "
+                         f"{(str(err).strip().splitlines() or [''])[0][:200]})") from err
+    try:
+        header = json.loads(state[HEADER])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{checkpoint_id!r}: corrupt mask checkpoint header") from err
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise ValueError(f"{checkpoint_id!r}: not a funcprune DCP mask checkpoint (expected format {FORMAT!r})")
+    if header.get("version") != VERSION:
+        raise ValueError(f"{checkpoint_id!r}: unsupported DCP mask checkpoint version {header.get('version')!r} "
+                         f"(this reads {VERSION})")
+    return header["leaves"]
+
+
+def load_masks_dcp(like: Tree, checkpoint_id: Any, *, process_group: Any = None) -> Tree:
+    """Load masks saved by :func:`save_masks_dcp`, laid out like ``like`` (resharded as needed).
+
+    A collective, like :func:`save_masks_dcp`. Each rank reads only the parts of the checkpoint
+    that its local shards cover, whatever world size and placements saved it.
+
+    Args:
+      like: pytree of params or masks giving the target layout: DTensors (any ``Shard``/
+        ``Replicate`` placements, any mesh) get DTensor masks with the same mesh and placements;
+        plain tensors (e.g. in one process without a process group) get plain bool masks.
+      checkpoint_id: what was passed to :func:`save_masks_dcp`.
+      process_group: the group that loads (default: the default group, or none in one process).
+
+    Returns:
+      A tree shaped like ``like`` holding the checkpoint's masks (bool; dicts omit names the
+      checkpoint lacks), on the devices of ``like``'s leaves.
+
+    Raises:
+      ValueError: not a funcprune DCP mask checkpoint, a shape that differs from ``like``'s, or a
+        loaded mask whose kept count differs from the saved one (a damaged shard).
+      KeyError: a checkpoint name that ``like`` lacks.
+    """
+    named = _pytree.named_leaves(like)
+    leaves = _header(checkpoint_id, process_group)
+    unknown = [name for name in leaves if name not in named]
+    if unknown:
+        raise KeyError(f"checkpoint name(s) {unknown} are not among the params: {list(named)}")
+    state, plans = {}, {}
+    for name, info in leaves.items():
+        target, shape = named[name], list(info["shape"])
+        if list(target.shape) != shape:
+            raise ValueError(f"{checkpoint_id!r}: {name}: checkpoint mask has shape {tuple(shape)} but the param has "
+                             f"shape {tuple(target.shape)}")
+        if is_dtensor(target):
+            try:
+                shard_dims = _shard_dims(target)
+            except ValueError as err:
+                raise ValueError(f"{name}: {err}") from None
+        if not info["packed"]:
+            state[PREFIX + name] = _local_target(target, shape, torch.bool)
+            plans[name] = "bool"
+        elif is_dtensor(target) and target.dim() - 1 in shard_dims:
+            from torch.distributed.tensor import Replicate, Shard
+            last = target.dim() - 1
+            placements = [Replicate() if type(p) is Shard and p.dim % target.dim() == last else p
+                          for p in target.placements]
+            state[PREFIX + name] = _local_target(target, _packed_shape(shape), torch.uint8, placements)
+            plans[name] = "slice"
+        else:
+            state[PREFIX + name] = _local_target(target, _packed_shape(shape), torch.uint8)
+            plans[name] = "packed"
+    if state:
+        _dcp_call("load", state, checkpoint_id, process_group)
+    out = {}
+    for name, plan in plans.items():
+        target, loaded, shape = named[name], state[PREFIX + name], leaves[name]["shape"]
+        local = _local(loaded)
+        if plan == "bool":
+            out[name] = loaded
+            continue
+        mask = _unpack_last(local, shape[-1])
+        if plan == "slice":
+            from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+            local_shape, offset = compute_local_shape_and_global_offset(
+                torch.Size(shape), target.device_mesh, target.placements)
+            mask = mask.narrow(-1, offset[-1], local_shape[-1]).contiguous()
+        out[name] = _wrap(mask, target, shape) if is_dtensor(target) else mask
+    kept = _counts(out, group=process_group)
+    for (name, mask), count in zip(out.items(), kept):
+        if count != leaves[name]["kept"]:
+            raise ValueError(f"{checkpoint_id!r}: {name}: the loaded mask keeps {count} entries but "
+                             f"{leaves[name]['kept']} were saved: the checkpoint is damaged or was not written by "
+                             f"save_masks_dcp")
+    return _pytree.like(like, out)
