@@ -7,12 +7,13 @@ new mask; tree-level functions map ``(params, masks)`` pytrees to new pytrees; m
 What is where: torch.nn.utils.prune's API and the functional core are flat at the top level
 (``fp.l1_unstructured``, ``fp.prune``, ``fp.functional_call``, ``fp.stack``, ...); the extras
 are reached through their submodules (``fp.patterns.nm_structured``, ``fp.distributions.erk``,
-``fp.schedules.polynomial``, ``fp.saliency``, ``fp.dst.rigl_update``, ``fp.export.save_masks``).
+``fp.schedules.polynomial``, ``fp.saliency``, ``fp.dst.rigl_update``, ``fp.export.save_masks``,
+``fp.distributed.keep_pruned``, ``fp.structural.shrink``).
 ``funcprune.compat``, the drop-in for ``torch.nn.utils.prune``, is imported on its own
 (``import funcprune.compat as prune``); ``import funcprune`` does not load it.
 """
 
-from . import distributions, dst, export, patterns, saliency, schedules
+from . import distributed, distributions, dst, export, patterns, saliency, schedules, structural
 from .bridge import from_module, to_module
 from .call import functional_call
 from .methods import (
@@ -28,7 +29,7 @@ from .stacking import masks_for_amounts, masks_for_scores, masks_for_seeds, stac
 from .train import lottery_round, masked_update
 from .tree import Sparsity, apply_masks, global_unstructured, mask_grads, prune, sparsity
 
-__version__ = "1.0.0"
+__version__ = "1.1.0"
 
 __all__ = [
     # torch.nn.utils.prune's methods, as functions of tensors
@@ -69,4 +70,6 @@ __all__ = [
     "saliency",
     "dst",
     "export",
+    "distributed",
+    "structural",
 ]

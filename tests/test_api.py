@@ -12,7 +12,7 @@ TOP = ["identity", "random_unstructured", "l1_unstructured", "random_structured"
        "functional_call", "from_module", "to_module", "stack", "unstack", "stack_size", "masks_for_amounts",
        "masks_for_seeds", "masks_for_scores", "stacked_call", "vmap_stacked", "call_with_buffers",
        "masked_update", "lottery_round"]
-EXTRAS = ["patterns", "distributions", "schedules", "saliency", "dst", "export"]
+EXTRAS = ["patterns", "distributions", "schedules", "saliency", "dst", "export", "distributed", "structural"]
 
 
 def _public_submodules():
@@ -26,7 +26,7 @@ def test_all_is_the_core_and_the_extras_as_submodules():
         assert hasattr(fp, name), name
     for name in EXTRAS:
         assert fp.__dict__[name] is importlib.import_module(f"funcprune.{name}")
-    assert fp.__version__ == "1.0.0"
+    assert fp.__version__ == "1.1.0"
 
 
 def test_extras_are_reached_through_their_submodules_only():
