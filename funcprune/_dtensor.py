@@ -162,8 +162,13 @@ def flat_index(offset: Sequence[int], local_shape: Sequence[int], global_shape: 
       [7, 8, 12, 13]
     """
     pos = torch.arange(start, start + count, dtype=torch.int64, device=device)
+    strides = contiguous_strides(global_shape)
+    split = [d for d, (size, full) in enumerate(zip(local_shape, global_shape)) if size != full]
+    if not split or all(size <= 1 for size in local_shape[:split[-1]]):
+        # one contiguous run of the full tensor's flat order (e.g. a Shard(0) block): an offset
+        return pos.add_(base + sum(off * stride for off, stride in zip(offset, strides)))
     out = torch.full((count,), base, dtype=torch.int64, device=device)
-    for size, off, stride in zip(reversed(local_shape), reversed(offset), reversed(contiguous_strides(global_shape))):
+    for size, off, stride in zip(reversed(local_shape), reversed(offset), reversed(strides)):
         if size:
             out += (pos % size + off) * stride
             pos = pos.div_(size, rounding_mode="floor")
