@@ -114,7 +114,7 @@ def mesh_sum(mesh, op: str = "sum") -> Optional[Any]:
     if mesh is None:
         return None
     dist = torch.distributed
-    reduce_op = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op]
+    reduce_op = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op]
 
     def reduce(t: torch.Tensor) -> torch.Tensor:
         for mesh_dim in range(mesh.ndim):

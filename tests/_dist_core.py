@@ -160,6 +160,25 @@ def structured_checks(c: Checker, mesh, layouts, seed=0) -> None:
                                                      generator=gen()), want, dts)
 
 
+def true_tie_checks(c: Checker, mesh) -> None:
+    """Columns 0 and 2 hold the same values in another order (a true tie of their norms) that
+    torch's float32 summation may split by block shape: the DTensor mask is the one-process float64
+    path's (_sharded.channel_norms on the plain tensor) for every placement, and the tie stays a tie."""
+    from funcprune import _sharded
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(4096, 3, generator=g)
+    w[:, 2] = w[torch.randperm(4096, generator=g), 0]
+    w[:, 1] *= 10
+    for n in (1, 2, math.inf):
+        norms = _sharded.channel_norms(w, n, 1)
+        assert norms[0] == norms[2], (n, norms)
+        want = _sharded.select_channels(w, 1, 1, norms, None, select_kept=True, lazy=False)
+        for placements in ([Shard(0)] * mesh.ndim, [Shard(1)] * mesh.ndim, [Replicate()] * (mesh.ndim - 1) + [Shard(0)]):
+            dw = shard(w, mesh, placements)
+            assert torch.equal(_sharded.channel_norms(dw, n, 1), norms), (n, placements)
+            c.same("true_tie", fp.ln_structured(dw, 1, n, 1), want, dw)
+
+
 def tree_checks(c: Checker, mesh, layouts) -> None:
     """identity, custom_from_mask, apply_masks, mask_grads, sparsity, distributions, masks_for_*, errors."""
     fulls, dts = _trees(mesh, layouts, 4)
@@ -335,10 +354,11 @@ def gather_free_checks(c: Checker, mesh) -> dict:
             c.same("gather_free", got, want, dts)
         with watched():
             fp.sparsity(got, dts)
-        # norms along dim 0 of a tensor split along dim 1: one shard-sized all_to_all_single, no gather
+        # norms along dim 0 of a tensor split along dim 1: per-shard partial sums, one float64 a channel
         want = fp.ln_structured(fulls["b"], 0.5, 2, 0)
-        with watched(allow=("all_to_all_single",)):
+        with watched() as sent:
             got = fp.ln_structured(dts["b"], 0.5, 2, 0)
+        assert sent["bytes"] == 8 * 40, sent
         c.same("gather_free", got, want, dts["b"])
     for what in ("global_l1", "per_tensor_l1", "global_random"):
         assert out[f"{what}_bytes_x1"] == out[f"{what}_bytes_x8"], out
@@ -360,6 +380,7 @@ def world_1d(rank: int, world: int, seeds=(0, 1), everything: bool = True) -> di
                "d": ((3, 2), [Shard(0)])}           # 3 rows over 4 ranks: an empty shard
     unstructured_checks(c, mesh, layouts, seeds)
     structured_checks(c, mesh, layouts)
+    true_tie_checks(c, mesh)
     if everything:
         tree_checks(c, mesh, layouts)
         dtype_checks(c, mesh, layouts)
@@ -379,6 +400,7 @@ def world_2d(rank: int, world: int) -> dict:
                "d": ((3, 4), [Shard(0), Shard(0)])}  # 3 rows over 4 blocks: an empty shard
     unstructured_checks(c, mesh, layouts, seeds=(0,))
     structured_checks(c, mesh, layouts)
+    true_tie_checks(c, mesh)
     tree_checks(c, mesh, layouts)
     dtype_checks(c, mesh, layouts)
     return {"checks": dict(c.done)}
