@@ -90,6 +90,9 @@ class _Shards:
     """Local views of some leaves (DTensors on one mesh, or plain tensors) and their global bookkeeping."""
 
     def __init__(self, leaves: Sequence[torch.Tensor], keeps: Sequence[Optional[torch.Tensor]]) -> None:
+        for i, t in enumerate(list(leaves) + [k for k in keeps if k is not None]):  # backstop: callers check first
+            if _dtensor.is_dtensor(t):
+                _dtensor.check_placements(f"leaf {i}", t)
         self.leaves = list(leaves)
         self.locals = [_dtensor.local(t).detach() for t in leaves]
         self.keeps = [None if k is None else _dtensor.local(k) for k in keeps]
@@ -286,6 +289,8 @@ def select_channels(scores: torch.Tensor, amount: Amount, dim: int, key, keep: O
     rank; the selection is the single-process kernel's (:func:`funcprune._select.prune_units` over
     the channels), so the channel choice, ties included, is the one-process choice for that vector.
     """
+    if _dtensor.is_dtensor(scores):
+        _dtensor.check_placements("scores", scores)
     channels = scores.shape[dim]
     alive = None if keep is None else channels_kept(keep, dim)
     device = _dtensor.local(scores).device
@@ -303,6 +308,8 @@ def random_channel_keys(seed: int, channels: int, device) -> torch.Tensor:
 
 def kept_count(mask: torch.Tensor, per_row: bool = False) -> torch.Tensor:
     """Nonzero entries of a (DTensor) mask over the full tensor, int64 (per leading index if ``per_row``)."""
+    if _dtensor.is_dtensor(mask):
+        _dtensor.check_placements("mask", mask)
     local = _dtensor.local(mask)
     counts = (local != 0).flatten(1).sum(1) if per_row else (local != 0).sum().reshape(1)
     if not _dtensor.counts_here(mask):

@@ -12,7 +12,7 @@ from typing import Any, List, Optional, Tuple
 import torch
 
 from . import _pytree
-from ._dtensor import is_dtensor as _is_dtensor, local as _local
+from ._dtensor import check_placements as _check_placements, is_dtensor as _is_dtensor, local as _local
 from ._layout import reparametrized
 from ._pytree import Tree
 
@@ -35,6 +35,7 @@ def _check_pair(name: str, param: torch.Tensor, mask: torch.Tensor, what: str = 
                          f"{'DTensor' if m_dt else 'plain tensor'}; a sharded param needs a DTensor mask with its "
                          f"mesh and placements (a full mask on every rank would leave its shard)")
     if p_dt:
+        _check_placements(name, param)
         if mask.device_mesh != param.device_mesh:
             raise ValueError(f"{name}: mask is on {mask.device_mesh} but the {what} is on {param.device_mesh}")
         if tuple(mask.placements) != tuple(param.placements):

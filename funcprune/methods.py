@@ -64,6 +64,7 @@ def identity(scores: torch.Tensor, *, mask: Optional[torch.Tensor] = None) -> to
 
 def _sharded_keep(scores: torch.Tensor, mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """The existing mask of DTensor ``scores`` as a bool DTensor laid out like them (or None)."""
+    _dtensor.check_placements("scores", scores)
     keep = as_keep(scores, mask)
     return None if keep is None else _dtensor.aligned(keep, scores, "mask")
 

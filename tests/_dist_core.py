@@ -258,6 +258,37 @@ def tree_checks(c: Checker, mesh, layouts) -> None:
              "hash")
     partial = DTensor.from_local(fulls[name0], mesh, [Partial()] * mesh.ndim, run_check=False)
     c.raises("partial", ValueError, lambda: fp.global_unstructured({"p": partial}, 0.5), "p", "pending sum")
+    # every DTensor entry point refuses Partial / _StridedShard leaves (naming them) before anything changes
+    from torch.distributed.tensor.placement_types import _StridedShard
+    bad = {"pend": partial,
+           "strided": DTensor.from_local(fulls[name0], mesh, [_StridedShard(0, split_factor=2)] * mesh.ndim,
+                                         run_check=False)}
+    for leaf, why in (("pend", "pending sum"), ("strided", "not supported")):
+        tree = {**dts, leaf: bad[leaf]}
+        calls = {"prune_l1": lambda: fp.prune(tree, fp.l1_unstructured, 0.5),
+                 "prune_ln": lambda: fp.prune(tree, fp.ln_structured, 0.5, 2, 0),
+                 "prune_random": lambda: fp.prune(tree, fp.random_unstructured, 0.5),
+                 "prune_channels": lambda: patterns.prune_channels(tree, 0.5, include=[leaf]),
+                 "sparsity": lambda: fp.sparsity({leaf: bad[leaf]}),
+                 "sparsity_params": lambda: fp.sparsity(dprior, tree),
+                 "apply_masks": lambda: fp.apply_masks(tree, {leaf: bad[leaf]}),
+                 "mask_grads": lambda: fp.mask_grads(tree, {leaf: bad[leaf]}),
+                 "prune_by": lambda: distributions.prune_by(tree, fp.l1_unstructured, {name0: 0.5}),
+                 "ln_direct": lambda: fp.ln_structured(bad[leaf], 0.5, 2, 0),
+                 "l1_direct": lambda: fp.l1_unstructured(bad[leaf], 0.5)}
+        for what, call in calls.items():
+            c.raises("placements_refused", ValueError, call, why, *(() if what.endswith("direct") else (leaf,)))
+    # a mask/scores sharded unlike its param is refused (no shard travels); Replicate() is sliced locally
+    moved = {name: shard(prior[name], mesh, [Shard(1 - p.dim) if isinstance(p, Shard) else Shard(0)
+                                             for p in dts[name].placements]) for name in dts}
+    name_s = next(n for n in dts if isinstance(dts[n].placements[-1], Shard))
+    c.raises("mask_sharded_unlike", ValueError,
+             lambda: fp.global_unstructured(dts, 0.5, masks={name_s: moved[name_s]}), name_s, "lay the mask out")
+    c.raises("mask_sharded_unlike", ValueError,
+             lambda: fp.prune(dts, fp.l1_unstructured, 0.5, scores={name_s: moved[name_s].float()}), name_s, "scores")
+    repl = {name: shard(prior[name], mesh, [Replicate()] * mesh.ndim) for name in dts}
+    c.same("mask_replicated", fp.global_unstructured(dts, 0.5, masks=repl),
+           fp.global_unstructured(fulls, 0.5, masks=prior), dts)
 
 
 def dtype_checks(c: Checker, mesh, layouts) -> None:
