@@ -51,7 +51,8 @@ def hash_keys(seed: int, index: torch.Tensor) -> torch.Tensor:
     """Pseudo-random non-negative int64 keys (below 2**62) of ``(seed, index)``, for int64 ``index >= 0``.
 
     A counter-based stream: entry ``i`` gets the same key wherever it is computed, so any sharding
-    of the indices gives the same keys.
+    of the indices gives the same keys. The seed is mixed in nonlinearly (pre-hashed, and again
+    after the first round), so ``hash_keys(seed ^ d, i)`` is not ``hash_keys(seed, i ^ d)``.
 
     Example:
       >>> a = hash_keys(7, torch.arange(4))
@@ -59,10 +60,12 @@ def hash_keys(seed: int, index: torch.Tensor) -> torch.Tensor:
       (True, True)
     """
     s0, s1 = seed & _M32, (seed >> 32) & _M32
+    k0 = _mix32((s0 + 0x9E3779B9) & _M32)  # the seed pre-hashed (Python ints): it enters each round
+    k1 = _mix32(((s1 ^ k0) + 0x7F4A7C15) & _M32)  # nonlinearly, so no seed change equals an index change
     lo, hi = index & _M32, index >> 32
-    a = _mix32(lo ^ s0)
-    b = _mix32(hi ^ s1 ^ a)
-    a = _mix32(a ^ _mul32(b, 0x9E3779B9) ^ s1)
+    a = _mix32(_mix32(lo ^ s0) ^ k0)
+    b = _mix32(_mix32(hi ^ s1) ^ a ^ k1)
+    a = _mix32(a ^ _mul32(b, 0x9E3779B9) ^ k1)
     return ((a >> 1) << 31) | (b >> 1)
 
 
