@@ -143,6 +143,13 @@ class KeepPruned:
     (so momentum and Adam's moments see no gradient there); after it the pruned entries of the
     params are zeroed again (weight decay, momentum from before the pruning). All of it is local
     to each rank's shards.
+
+    The pre-step hook runs inside ``optimizer.step()``: code that reads gradients before the step
+    (``clip_grad_norm_``, ``GradScaler.unscale_``/``step``'s inf check) sees the pruned entries'
+    gradients unless it calls :meth:`mask_grads` first (``keeper.mask_grads();
+    clip_grad_norm_(...); optimizer.step()``). Optimizer hooks run in registration order: a post-step
+    hook registered before this one (e.g. an EMA update) sees the params before the pruned entries
+    are zeroed again; register such hooks after :func:`keep_pruned`.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, params: Tree, masks: Optional[Tree]):
@@ -172,6 +179,14 @@ class KeepPruned:
                                  f"themselves (dict(model.named_parameters())), not copies")
         apply_masks_(self.params, masks)
         self._masks = masks
+
+    def mask_grads(self) -> None:
+        """Zero the pruned entries of the gradients now (as the pre-step hook does), e.g. before gradient clipping.
+
+        Raises:
+          ValueError: a gradient whose layout differs from its mask's (naming the leaf).
+        """
+        mask_grads_(self.params, self._masks)
 
     def remove(self) -> None:
         """Remove the optimizer hooks (the params keep their zeros)."""

@@ -72,7 +72,7 @@ def _sharded_keep(scores: torch.Tensor, mask: Optional[torch.Tensor]) -> Optiona
 def _stream(stream: Optional[str], scores: torch.Tensor) -> str:
     """``"torch"`` or ``"hash"``: which random stream draws (DTensors only have the hash stream)."""
     if stream not in _STREAMS:
-        raise ValueError(f"stream must be 'torch' or 'hash', got {stream!r}")
+        raise ValueError(f"stream must be None, 'torch' or 'hash', got {stream!r}")
     if _dtensor.is_dtensor(scores):
         if stream == "torch":
             raise ValueError("stream='torch' needs full-size draws; DTensor scores take stream='hash'")
@@ -124,6 +124,10 @@ def random_unstructured(scores: torch.Tensor, amount: Amount, *, mask: Optional[
     sharding, world size 1 (plain tensors) included, with no full-size draw. It is not torch's
     stream, so it gives other masks than torch for the same seed. Eager only.
 
+    Raises:
+      ValueError: a bad ``amount``, a ``stream`` other than None/``"torch"``/``"hash"`` (or
+        ``"torch"`` for DTensor scores), or (DTensors) ranks whose seeds differ.
+
     Example:
       >>> g = torch.Generator().manual_seed(0)
       >>> int(random_unstructured(torch.zeros(10), 0.3, generator=g).sum())
@@ -148,7 +152,9 @@ def random_structured(scores: torch.Tensor, amount: Amount, dim: int, *, mask: O
     ``(seed, channel index)``, one seed drawn per call, as :func:`random_unstructured` describes.
 
     Raises:
-      ValueError: for a tensor with fewer than 2 dims, or a bad ``amount``.
+      ValueError: for a tensor with fewer than 2 dims, a bad ``amount``, a ``stream`` other than
+        None/``"torch"``/``"hash"`` (or ``"torch"`` for DTensor scores), or (DTensors) ranks whose
+        seeds differ.
       IndexError: if ``dim`` is out of range.
 
     Example:
