@@ -114,7 +114,7 @@ def mesh_sum(mesh, op: str = "sum") -> Optional[Any]:
     if mesh is None:
         return None
     dist = torch.distributed
-    reduce_op = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op]
+    reduce_op = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op]
 
     def reduce(t: torch.Tensor) -> torch.Tensor:
         for mesh_dim in range(mesh.ndim):
@@ -185,28 +185,44 @@ def like_param(local_mask: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
 
 
 def aligned(t: torch.Tensor, param: torch.Tensor, what: str) -> torch.Tensor:
-    """``t`` (a mask or scores DTensor) laid out like ``param``: a shard-sized redistribute at most.
+    """``t`` (a mask or scores DTensor) laid out like ``param``, without moving any entry between ranks.
+
+    Only two layouts are accepted: ``param``'s own placements, or ``Replicate()`` on some mesh dims
+    where ``param`` is sharded (each rank then takes its slice of what it already holds: a local
+    chunk, no communication). A ``Shard`` placement that differs from the param's would need a
+    shard to travel (DTensor's redistribute falls back to an all-gather on gloo), so it is refused:
+    lay the masks/scores out like the params (e.g. build them from the params, or
+    ``distribute_tensor(full, param.device_mesh, param.placements)``).
 
     Raises:
       ValueError: ``t`` is a plain tensor for a DTensor param or the other way round, lives on
-        another mesh, or has an unsupported placement.
+        another mesh, has an unsupported placement, or is sharded differently from ``param``.
     """
     if is_dtensor(t) != is_dtensor(param):
         kinds = ("a DTensor", "a plain tensor")
         raise ValueError(f"the {what} is {kinds[not is_dtensor(t)]} but the param is "
                          f"{kinds[not is_dtensor(param)]}; give both as DTensors (or neither)")
-    if not is_dtensor(t) or tuple(t.placements) == tuple(param.placements):
+    if not is_dtensor(t):
         return t
     check_placements(what, t)
+    if tuple(t.placements) == tuple(param.placements):
+        return t
     if t.device_mesh != param.device_mesh:
         raise ValueError(f"the {what} lives on mesh {t.device_mesh}, the param on {param.device_mesh}")
-    if t.dtype == torch.bool:  # collectives move bytes: a bool shard travels as uint8
+    _, _, Replicate = _dtensor_types()
+    for mesh_dim, (mine, theirs) in enumerate(zip(t.placements, param.placements)):
+        if mine != theirs and not isinstance(mine, Replicate):
+            raise ValueError(f"the {what} has placements {tuple(t.placements)} but the param has "
+                             f"{tuple(param.placements)} (mesh dim {mesh_dim}: {mine} vs {theirs}); moving shards "
+                             f"between ranks is not done here: lay the {what} out like the param (its placements, "
+                             f"or Replicate() where the param is sharded)")
+    if t.dtype == torch.bool:  # Replicate -> Shard is a local chunk; bool goes through uint8 like every move
         return redistribute(t.to(torch.uint8), param.placements).to(torch.bool)
     return redistribute(t, param.placements)
 
 
 def redistribute(t: torch.Tensor, placements: Sequence[Any]) -> torch.Tensor:
-    """``t`` with ``placements``: the one place a shard moves between ranks (shard-sized pieces)."""
+    """``t`` with ``placements`` (only ``Replicate`` -> ``Shard`` moves reach here: local chunks)."""
     return t.redistribute(t.device_mesh, list(placements))
 
 

@@ -124,10 +124,22 @@ def check_like(name: str, leaf: Any, param: torch.Tensor, what: str, of: str = "
 def scores_for(named: Dict[str, torch.Tensor], scores: Optional[Tree]) -> Dict[str, torch.Tensor]:
     """Importance scores by name, each checked against its param's shape (torch raises there too)."""
     named_scores = lookup(named, scores, "scores")
+    check_dtensors(named_scores)
     for name, leaf in named_scores.items():
         check_like(name, leaf, named[name], "scores")
         named_scores[name] = _laid_out(name, leaf, named[name], "scores")
     return named_scores
+
+
+def check_dtensors(named: Dict[str, Any]) -> None:
+    """Raise unless every DTensor among ``named``'s leaves has a supported layout (naming the leaf).
+
+    Called at every tree entry point before anything is computed: ``Partial``, ``_StridedShard``
+    and meshes of more than 2 dims are refused (see :func:`funcprune._dtensor.check_placements`).
+    """
+    for name, leaf in named.items():
+        if _dtensor.is_dtensor(leaf):
+            _dtensor.check_placements(name, leaf)
 
 
 def _laid_out(name: str, leaf: torch.Tensor, param: torch.Tensor, what: str) -> torch.Tensor:
@@ -143,6 +155,8 @@ def _laid_out(name: str, leaf: torch.Tensor, param: torch.Tensor, what: str) -> 
 def masks_for(named: Dict[str, torch.Tensor], masks: Optional[Tree], of: str = "param") -> Dict[str, torch.Tensor]:
     """Masks by name, each checked to be a tensor of its param's shape (also those no leaf step reads)."""
     named_masks = lookup(named, masks, "masks")
+    check_dtensors(named)
+    check_dtensors(named_masks)
     for name, mask in named_masks.items():
         check_like(name, mask, named[name], "mask", of)
         named_masks[name] = _laid_out(name, mask, named[name], "mask")

@@ -261,7 +261,8 @@ def _keep_by_index(keys, alive, cut, key_fn, largest, chunk, reduce, counted, in
     for leaf, (key, live) in enumerate(zip(keys, alive)):
         keep = torch.empty(key.numel(), dtype=torch.bool, device=device)
         for start, piece, live_piece in _paired_chunks(key, live, chunk):
-            index = index_fn(leaf, start, piece.numel())
+            # global indices only where they are read: hashed keys, or a tie to break
+            index = index_fn(leaf, start, piece.numel()) if key_from_index or last_tie is not None else None
             b = bits(piece, index)
             if last_tie is None:
                 dropped = b <= prefix  # not straddling: every tie goes

@@ -7,9 +7,9 @@ itself), so a one-process run of the hash stream reproduces a distributed mask b
   pass's 64K-bin histogram summed across the mesh (``all_reduce``); ties at the cut go to the lowest
   global flat index (leaf order, then row-major in the full tensor), by a second radix selection
   over the tied entries' global indices. Replicas (``Replicate`` mesh dims) count once.
-* Structured (L``n``, random): one score per channel crosses the wire (an ``all_reduce`` of a
-  channels-sized vector, norms computed where a channel is whole), then every rank runs the
-  single-process kernel on the same vector.
+* Structured (L``n``, random): one float64 per channel crosses the wire (an ``all_reduce`` of a
+  channels-sized vector of per-shard partial sums, or max/min, of ``|x|**p``; no shard moves), then
+  every rank runs the single-process kernel on the same norm vector. See :func:`channel_norms`.
 * Random keys: a counter-based hash of ``(seed, global flat index)`` (the *hash stream*): the same
   mask for the same seed whatever the world size and placement, no full-size draw anywhere. It is
   not torch's stream (``torch.rand``), so it does not reproduce torch's random masks.
@@ -51,7 +51,8 @@ def hash_keys(seed: int, index: torch.Tensor) -> torch.Tensor:
     """Pseudo-random non-negative int64 keys (below 2**62) of ``(seed, index)``, for int64 ``index >= 0``.
 
     A counter-based stream: entry ``i`` gets the same key wherever it is computed, so any sharding
-    of the indices gives the same keys.
+    of the indices gives the same keys. The seed is mixed in nonlinearly (pre-hashed, and again
+    after the first round), so ``hash_keys(seed ^ d, i)`` is not ``hash_keys(seed, i ^ d)``.
 
     Example:
       >>> a = hash_keys(7, torch.arange(4))
@@ -59,10 +60,12 @@ def hash_keys(seed: int, index: torch.Tensor) -> torch.Tensor:
       (True, True)
     """
     s0, s1 = seed & _M32, (seed >> 32) & _M32
+    k0 = _mix32((s0 + 0x9E3779B9) & _M32)  # the seed pre-hashed (Python ints): it enters each round
+    k1 = _mix32(((s1 ^ k0) + 0x7F4A7C15) & _M32)  # nonlinearly, so no seed change equals an index change
     lo, hi = index & _M32, index >> 32
-    a = _mix32(lo ^ s0)
-    b = _mix32(hi ^ s1 ^ a)
-    a = _mix32(a ^ _mul32(b, 0x9E3779B9) ^ s1)
+    a = _mix32(_mix32(lo ^ s0) ^ k0)
+    b = _mix32(_mix32(hi ^ s1) ^ a ^ k1)
+    a = _mix32(a ^ _mul32(b, 0x9E3779B9) ^ k1)
     return ((a >> 1) << 31) | (b >> 1)
 
 
@@ -90,6 +93,9 @@ class _Shards:
     """Local views of some leaves (DTensors on one mesh, or plain tensors) and their global bookkeeping."""
 
     def __init__(self, leaves: Sequence[torch.Tensor], keeps: Sequence[Optional[torch.Tensor]]) -> None:
+        for i, t in enumerate(list(leaves) + [k for k in keeps if k is not None]):  # backstop: callers check first
+            if _dtensor.is_dtensor(t):
+                _dtensor.check_placements(f"leaf {i}", t)
         self.leaves = list(leaves)
         self.locals = [_dtensor.local(t).detach() for t in leaves]
         self.keeps = [None if k is None else _dtensor.local(k) for k in keeps]
@@ -159,20 +165,21 @@ def _channel_block(t: torch.Tensor, dim: int):
 
 
 def _to_channels(local_values: torch.Tensor, first: int, counted: bool, channels: int, reduce) -> torch.Tensor:
-    """A channels-sized vector of every rank's per-channel ``local_values`` (channels ``first ..``), summed.
+    """A channels-sized vector of every rank's per-channel partial ``local_values`` (channels ``first ..``), summed.
 
-    Travels as float64 (or int64): each channel has one contributor (replicas send zeros), so the
-    sum is that value exactly, NaN and inf included.
+    Travels as int64 (counts): a rank adds what its shard holds of each channel (replicas send zeros),
+    so the sum is the exact total over the full tensor.
     """
-    wire = torch.float64 if local_values.is_floating_point() else torch.int64
-    out = torch.zeros(channels, dtype=wire, device=local_values.device)
+    out = torch.zeros(channels, dtype=torch.int64, device=local_values.device)
     if counted:
-        out[first:first + local_values.numel()] = local_values.to(wire)
+        out[first:first + local_values.numel()] = local_values.to(torch.int64)
     return out if reduce is None else reduce(out)
 
 
 def channels_kept(mask: torch.Tensor, dim: int) -> torch.Tensor:
     """Which channels along ``dim`` keep an entry anywhere (a plain channels-sized bool vector, on every rank)."""
+    if _dtensor.is_dtensor(mask):
+        _dtensor.check_placements("mask", mask)
     keep = _dtensor.local(mask) != 0
     others = [d for d in range(keep.dim()) if d != dim]
     counts = keep.sum(dim=others) if others else keep.to(torch.int64)
@@ -194,70 +201,87 @@ def spread_channels(channel_keep: torch.Tensor, like: torch.Tensor, dim: int,
     return _dtensor.like_param(local, like)
 
 
-def _chunks(size: int, parts: int) -> List[int]:
-    """torch.chunk's sizes of ``size`` entries over ``parts`` ranks (trailing ranks may get 0)."""
-    step = -(-size // parts) if parts else 0
-    return [max(0, min(step, size - j * step)) for j in range(parts)]
+def _norm_order(n) -> float:
+    """``n`` as the vector-norm order the one-process kernel uses for one channel (``'fro'`` is 2).
 
-
-def _whole_channels(scores: torch.Tensor, dim: int):
-    """``(local, first, counted)``: a block of whole channels along ``dim`` held here, its first channel.
-
-    A DTensor split along another dim ``d`` by ONE mesh dim (later mesh dims replicating) is
-    resharded by one ``all_to_all_single`` in that mesh dim's group, bytes of a shard each way; any
-    other layout goes through DTensor's ``redistribute`` (which on gloo falls back to all-gather).
+    Raises:
+      ValueError: ``'nuc'`` (a matrix norm of each channel: not a sum over entries, so not
+        computable from partial sums of shards).
     """
-    local = _dtensor.local(scores).detach()
-    if not _dtensor.is_dtensor(scores):
-        return local, 0, True
-    from torch.distributed.tensor import Replicate, Shard
-    other = [m for m, p in enumerate(scores.placements) if isinstance(p, Shard) and p.dim % scores.dim() != dim]
-    if not other:
-        return local, _channel_block(scores, dim)[0], _dtensor.counts_here(scores)
-    m = other[0]
-    if len(other) > 1 or not all(isinstance(p, Replicate) for p in scores.placements[m + 1:]):
-        placements = [Shard(dim) if isinstance(p, Shard) else p for p in scores.placements]
-        whole = _dtensor.redistribute(scores, placements)
-        return _dtensor.local(whole).detach(), _channel_block(whole, dim)[0], _dtensor.counts_here(whole)
-    mesh, d = scores.device_mesh, scores.placements[m].dim % scores.dim()
-    width, me = mesh.size(m), mesh.get_local_rank(m)
-    sends = _chunks(local.shape[dim], width)  # my block of channels, split over the group
-    pieces = _chunks(scores.shape[d], width)  # d is split by mesh dim m alone: its global size
-    starts = [sum(sends[:j]) for j in range(width)]
-    payload = [local.narrow(dim, a, n).contiguous().view(-1).view(torch.uint8) for a, n in zip(starts, sends)]
-    shape = list(local.shape)
-    shape[dim] = sends[me]
-    incoming = []
-    for size in pieces:
-        shape[d] = size
-        incoming.append(math.prod(shape) * local.element_size())
-    out = torch.empty(sum(incoming), dtype=torch.uint8, device=local.device)
-    torch.distributed.all_to_all_single(out, torch.cat(payload), incoming, [p.numel() for p in payload],
-                                        group=mesh.get_group(m))
-    blocks = []
-    for piece, size in zip(out.split(incoming), pieces):
-        shape[d] = size
-        blocks.append(piece.view(local.dtype).view(shape))
-    first = _channel_block(scores, dim)[0] + starts[me]
-    return torch.cat(blocks, dim=d), first, _dtensor.counts_here(scores)
+    if n == "nuc":
+        raise ValueError(f"n='nuc' (the nuclear norm of each channel) cannot be computed from shards; "
+                         f"DTensor scores take a vector norm order (1, 2, inf, -inf, 0, 'fro', any float p)")
+    return 2.0 if n == "fro" else float(n)
 
 
 def channel_norms(scores: torch.Tensor, n, dim: int) -> torch.Tensor:
-    """The L``n`` norm of every channel along ``dim`` as the one-process kernel computes it, on every rank.
+    """The L``n`` norm of every channel along ``dim``, computed in float64 from per-shard partial sums.
 
-    Computed where each channel is whole (a shard-sized reshard when ``scores`` is split along
-    another dim), so the values are the single-process ones; a channels-sized vector crosses the wire.
+    Each rank reduces its own local shard (any placement, nothing is moved) to one float64 partial
+    per channel: the sum of ``|x|**p`` (finite ``p``; ``p=0`` counts nonzeros; ``'fro'`` is 2), or
+    the max (``inf``) / min (``-inf``) of ``|x|``. One channels-sized all-reduce (8 bytes a channel;
+    replicas count once) combines them, the root (``1/p`` power) is taken in float64 and the result
+    cast to the dtype the one-process kernel returns. So the norms do not depend on the world size
+    or the placements (up to float64 rounding, far below the scores dtype's): a true tie (two
+    channels holding the same values in another order) stays a tie, broken by the kernel's tie
+    rule. torch's own float32 norms (:func:`funcprune._select.channel_norm`, what one-process
+    ``ln_structured`` uses) can split such a tie by summation order, so the two agree except
+    where two channel norms differ by less than the scores dtype's summation error. A plain tensor
+    takes the same float64 path (one process, no collective). NaN and inf propagate as in torch.
 
     Raises:
-      ValueError: an ``n`` that does not give one norm per channel.
+      ValueError: an ``n`` that does not give one norm per channel, or ``'nuc'``;
+      TypeError/RuntimeError: as the one-process kernel raises for ``n`` or the dtype.
+
+    Example:
+      >>> channel_norms(torch.tensor([[3.0, 4.0], [1.0, 0.0]]), 2, 0)
+      tensor([5., 1.])
     """
-    local, first, counted = _whole_channels(scores, dim)
-    norm = _select.channel_norm(local, n, dim)
-    if tuple(norm.shape) != (local.shape[dim],):
-        raise ValueError(f"n={n!r} gives norms of shape {tuple(norm.shape)} for a tensor of shape "
+    if _dtensor.is_dtensor(scores):
+        _dtensor.check_placements("scores", scores)
+    # n and the dtype checked as the one-process kernel checks them, on one entry per dim
+    local = _dtensor.local(scores).detach()
+    probe = _select.channel_norm(torch.zeros((2,) * scores.dim(), dtype=scores.dtype, device=local.device), n, dim)
+    if tuple(probe.shape) != (2,):
+        raise ValueError(f"n={n!r} gives norms of shape {tuple(probe.shape)} for a tensor of shape "
                          f"{tuple(scores.shape)}, not one per channel along dim {dim}")
-    reduce = _dtensor.mesh_sum(_dtensor.mesh_of([scores]))
-    return _to_channels(norm, first, counted, scores.shape[dim], reduce).to(norm.dtype)
+    p = _norm_order(n)
+    first, count = _channel_block(scores, dim)
+    counted = _dtensor.counts_here(scores)
+    channels = scores.shape[dim]
+    others = [d for d in range(local.dim()) if d != dim]
+    x = local.to(torch.float64).abs()
+    device = local.device
+    if p in (math.inf, -math.inf):  # max / min of |x|, exact: compared as int64 bit patterns (NaN wins)
+        top = p > 0
+        bits = torch.where(x.isnan(), torch.full_like(x, math.nan), x).view(torch.int64)
+        if not top:
+            bits = torch.where(x.isnan(), torch.full_like(bits, -1), bits)  # NaN below every pattern: min picks it
+        fill = 0 if top else torch.iinfo(torch.int64).max
+        part = torch.full((channels,), fill, dtype=torch.int64, device=device)
+        if counted and bits.numel():
+            part[first:first + count] = bits.amax(dim=others) if top else bits.amin(dim=others)
+        reduce = _dtensor.mesh_sum(_dtensor.mesh_of([scores]), "max" if top else "min")
+        part = part if reduce is None else reduce(part)
+        if not top:
+            part = torch.where(part == -1, torch.full_like(part, 0x7FF8000000000000), part)
+        norm = part.view(torch.float64)
+    else:
+        if p == 0:
+            terms = (x != 0).to(torch.float64)
+        elif p == 1:
+            terms = x
+        elif p == 2:
+            terms = x * x
+        else:
+            terms = x.pow(p)
+        part = torch.zeros(channels, dtype=torch.float64, device=device)
+        if counted and terms.numel():
+            part[first:first + count] = terms.sum(dim=others) if others else terms
+        reduce = _dtensor.mesh_sum(_dtensor.mesh_of([scores]))
+        part = part if reduce is None else reduce(part)
+        norm = part if p in (0, 1) else part.sqrt() if p == 2 else part.pow(1.0 / p)
+    return norm.to(probe.dtype)
 
 
 def select_channels(scores: torch.Tensor, amount: Amount, dim: int, key, keep: Optional[torch.Tensor], *,
@@ -268,6 +292,8 @@ def select_channels(scores: torch.Tensor, amount: Amount, dim: int, key, keep: O
     rank; the selection is the single-process kernel's (:func:`funcprune._select.prune_units` over
     the channels), so the channel choice, ties included, is the one-process choice for that vector.
     """
+    if _dtensor.is_dtensor(scores):
+        _dtensor.check_placements("scores", scores)
     channels = scores.shape[dim]
     alive = None if keep is None else channels_kept(keep, dim)
     device = _dtensor.local(scores).device
@@ -285,6 +311,8 @@ def random_channel_keys(seed: int, channels: int, device) -> torch.Tensor:
 
 def kept_count(mask: torch.Tensor, per_row: bool = False) -> torch.Tensor:
     """Nonzero entries of a (DTensor) mask over the full tensor, int64 (per leading index if ``per_row``)."""
+    if _dtensor.is_dtensor(mask):
+        _dtensor.check_placements("mask", mask)
     local = _dtensor.local(mask)
     counts = (local != 0).flatten(1).sum(1) if per_row else (local != 0).sum().reshape(1)
     if not _dtensor.counts_here(mask):

@@ -12,7 +12,7 @@ from typing import Any, List, Optional, Tuple
 import torch
 
 from . import _pytree
-from ._dtensor import is_dtensor as _is_dtensor, local as _local
+from ._dtensor import check_placements as _check_placements, is_dtensor as _is_dtensor, local as _local
 from ._layout import reparametrized
 from ._pytree import Tree
 
@@ -36,6 +36,7 @@ def _check_pair(name: str, param: torch.Tensor, mask: torch.Tensor, what: str = 
                          f"{'DTensor' if m_dt else 'plain tensor'}; a sharded param needs a DTensor mask with its "
                          f"mesh and placements (a full mask on every rank would leave its shard)")
     if p_dt:
+        _check_placements(name, param)
         if mask.device_mesh != param.device_mesh:
             raise ValueError(f"{name}: mask is on {mask.device_mesh} but the {what} is on {param.device_mesh}")
         if tuple(mask.placements) != tuple(param.placements):
@@ -143,6 +144,13 @@ class KeepPruned:
     (so momentum and Adam's moments see no gradient there); after it the pruned entries of the
     params are zeroed again (weight decay, momentum from before the pruning). All of it is local
     to each rank's shards.
+
+    The pre-step hook runs inside ``optimizer.step()``: code that reads gradients before the step
+    (``clip_grad_norm_``, ``GradScaler.unscale_``/``step``'s inf check) sees the pruned entries'
+    gradients unless it calls :meth:`mask_grads` first (``keeper.mask_grads();
+    clip_grad_norm_(...); optimizer.step()``). Optimizer hooks run in registration order: a post-step
+    hook registered before this one (e.g. an EMA update) sees the params before the pruned entries
+    are zeroed again; register such hooks after :func:`keep_pruned`.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, params: Tree, masks: Optional[Tree]):
@@ -172,6 +180,14 @@ class KeepPruned:
                                  f"themselves (dict(model.named_parameters())), not copies")
         apply_masks_(self.params, masks)
         self._masks = masks
+
+    def mask_grads(self) -> None:
+        """Zero the pruned entries of the gradients now (as the pre-step hook does), e.g. before gradient clipping.
+
+        Raises:
+          ValueError: a gradient whose layout differs from its mask's (naming the leaf).
+        """
+        mask_grads_(self.params, self._masks)
 
     def remove(self) -> None:
         """Remove the optimizer hooks (the params keep their zeros)."""

@@ -12,7 +12,11 @@ every function here takes them and returns a DTensor mask laid out like the scor
 without gathering (:mod:`funcprune._sharded`; eager only). Unstructured L1 then breaks ties at
 the cut by the lowest global index (what :func:`funcprune.global_unstructured` over that one leaf
 does; the single-process ``l1_unstructured`` breaks them like torch's top-k, so the two agree
-whenever no tie straddles the cut); random methods use the hash stream (``stream="hash"``).
+whenever no tie straddles the cut); random methods use the hash stream (``stream="hash"``);
+``ln_structured`` takes float64 channel norms from per-shard partial sums (one float64 a channel
+on the wire), so its masks do not depend on world size or placement and equal the one-process
+mask except where two channel norms differ by less than float32 summation error (see
+:func:`ln_structured`).
 
 * Unstructured methods choose among the surviving entries, so a float ``amount`` is a fraction
   of the survivors (``round(amount * survivors)``) and an int ``amount`` may not exceed them.
@@ -60,6 +64,7 @@ def identity(scores: torch.Tensor, *, mask: Optional[torch.Tensor] = None) -> to
 
 def _sharded_keep(scores: torch.Tensor, mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """The existing mask of DTensor ``scores`` as a bool DTensor laid out like them (or None)."""
+    _dtensor.check_placements("scores", scores)
     keep = as_keep(scores, mask)
     return None if keep is None else _dtensor.aligned(keep, scores, "mask")
 
@@ -67,7 +72,7 @@ def _sharded_keep(scores: torch.Tensor, mask: Optional[torch.Tensor]) -> Optiona
 def _stream(stream: Optional[str], scores: torch.Tensor) -> str:
     """``"torch"`` or ``"hash"``: which random stream draws (DTensors only have the hash stream)."""
     if stream not in _STREAMS:
-        raise ValueError(f"stream must be 'torch' or 'hash', got {stream!r}")
+        raise ValueError(f"stream must be None, 'torch' or 'hash', got {stream!r}")
     if _dtensor.is_dtensor(scores):
         if stream == "torch":
             raise ValueError("stream='torch' needs full-size draws; DTensor scores take stream='hash'")
@@ -119,6 +124,10 @@ def random_unstructured(scores: torch.Tensor, amount: Amount, *, mask: Optional[
     sharding, world size 1 (plain tensors) included, with no full-size draw. It is not torch's
     stream, so it gives other masks than torch for the same seed. Eager only.
 
+    Raises:
+      ValueError: a bad ``amount``, a ``stream`` other than None/``"torch"``/``"hash"`` (or
+        ``"torch"`` for DTensor scores), or (DTensors) ranks whose seeds differ.
+
     Example:
       >>> g = torch.Generator().manual_seed(0)
       >>> int(random_unstructured(torch.zeros(10), 0.3, generator=g).sum())
@@ -143,7 +152,9 @@ def random_structured(scores: torch.Tensor, amount: Amount, dim: int, *, mask: O
     ``(seed, channel index)``, one seed drawn per call, as :func:`random_unstructured` describes.
 
     Raises:
-      ValueError: for a tensor with fewer than 2 dims, or a bad ``amount``.
+      ValueError: for a tensor with fewer than 2 dims, a bad ``amount``, a ``stream`` other than
+        None/``"torch"``/``"hash"`` (or ``"torch"`` for DTensor scores), or (DTensors) ranks whose
+        seeds differ.
       IndexError: if ``dim`` is out of range.
 
     Example:
@@ -176,10 +187,20 @@ def ln_structured(scores: torch.Tensor, amount: Amount, n: Norm, dim: int, *,
       dim: the dim whose slices are the channels.
       mask: existing mask. Norms are taken over the raw scores, as torch does.
 
+    DTensor scores (``Shard``/``Replicate`` on a 1-D or 2-D mesh, any shard dims) give a DTensor
+    mask with their mesh and placements. Each rank reduces its own shard to float64 per-channel
+    partials (sums of ``|x|**p``; max/min for ``inf``/``-inf``; counts for ``p=0``), one
+    channels-sized float64 all-reduce combines them and the norms are finished in float64, then
+    cast to the scores' norm dtype; nothing else crosses the wire. The mask is independent of the
+    world size and the placements. It equals the one-process mask except where two channel norms
+    differ by less than float32 summation error: torch's one-process float32 norms may split a
+    true tie (two channels holding the same values in another order) by summation order, the
+    float64 partials keep it a tie, broken by this function's tie rule. ``'nuc'`` is refused there.
+
     Raises:
       ValueError: fewer than 2 dims, a bad ``amount``, or an ``n`` that does not give one norm
         per channel (``'nuc'`` on a tensor of other than 2 dims; torch 2.14 then prunes by a
-        matrix of norms).
+        matrix of norms); for DTensor scores also ``'nuc'`` and an unsupported placement.
       TypeError/IndexError: a bad ``n`` type or ``dim``.
 
     Example:
@@ -193,7 +214,7 @@ def ln_structured(scores: torch.Tensor, amount: Amount, n: Norm, dim: int, *,
     channels = _select.slices(scores.shape, dim)
     if _dtensor.is_dtensor(scores):
         keep = _sharded_keep(scores, mask)
-        norms = _sharded.channel_norms(scores, n, channels.dim)  # one norm per channel crosses the wire
+        norms = _sharded.channel_norms(scores, n, channels.dim)  # one float64 per channel crosses the wire
         return _sharded.select_channels(scores, amount, channels.dim, norms, keep, select_kept=True, lazy=False)
 
     def norms():

@@ -166,8 +166,9 @@ def prune_channels(params: Tree, amount: Amount, n: Norm = 2, dim: int = 0, *, m
     ``ln_structured`` mask). With ``bias=True`` and ``dim=0``, the sibling ``<prefix>.bias`` of a
     ``<prefix>.weight`` leaf gets the weight's surviving output channels as its mask, on top of
     its own mask: a pruned output channel then outputs exactly zero instead of its bias.
-    DTensor weights and biases (any placements) give DTensor masks: one norm per channel crosses
-    the wire and every rank picks the same channels (those of the one-process call).
+    DTensor weights and biases (``Shard``/``Replicate``, any shard dims) give DTensor masks: one
+    float64 per channel crosses the wire and every rank picks the same channels, whatever the world
+    size and placements (see :func:`funcprune.ln_structured` for how they relate to one process).
 
     Args:
       params: pytree of tensors named like ``named_parameters()``.

@@ -46,8 +46,11 @@ def prune(params: Tree, method: Callable[..., torch.Tensor], *args: Any, masks: 
       TypeError: a DTensor leaf given to a method that does not take DTensors (see
         :data:`funcprune.methods.DTENSOR_METHODS`), naming the method and the leaf.
 
-    DTensor params (with DTensor masks/scores, any placements on the param's mesh) give DTensor
-    masks laid out like the params; see :mod:`funcprune.methods` for what each method does there.
+    DTensor params (``Shard``/``Replicate`` on a 1-D or 2-D mesh; masks/scores laid out like them,
+    or ``Replicate()`` where they are sharded) give DTensor masks laid out like the params; see
+    :mod:`funcprune.methods` for what each method does there. Any other DTensor layout
+    (``Partial``, ``_StridedShard``, a 3-D mesh, masks sharded unlike their param) raises ValueError
+    naming the leaf before anything is computed.
 
     Example:
       >>> params = {"w": torch.tensor([[1.0, -2.0], [0.5, 3.0]]), "b": torch.zeros(2)}
@@ -271,6 +274,7 @@ def sparsity(masks: Tree, params: Optional[Tree] = None) -> Sparsity:
     for name, mask in named.items():
         if not isinstance(mask, torch.Tensor):
             raise TypeError(f"{name}: mask must be a tensor, got {type(mask).__name__}")
+    _pytree.check_dtensors(named)
     if params is None:
         total = sum(m.numel() for m in named.values())
         pruned_each = {name: _pruned(m, m.numel()) for name, m in named.items()}
@@ -282,6 +286,7 @@ def sparsity(masks: Tree, params: Optional[Tree] = None) -> Sparsity:
     for name, leaf in named_params.items():
         if not isinstance(leaf, torch.Tensor):
             raise TypeError(f"{name}: param must be a tensor, got {type(leaf).__name__}")
+    _pytree.check_dtensors(named_params)
     _pytree.lookup(named_params, masks, "masks")
     size, first = None, None
     for name, mask in named.items():

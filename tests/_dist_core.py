@@ -160,6 +160,25 @@ def structured_checks(c: Checker, mesh, layouts, seed=0) -> None:
                                                      generator=gen()), want, dts)
 
 
+def true_tie_checks(c: Checker, mesh) -> None:
+    """Columns 0 and 2 hold the same values in another order (a true tie of their norms) that
+    torch's float32 summation may split by block shape: the DTensor mask is the one-process float64
+    path's (_sharded.channel_norms on the plain tensor) for every placement, and the tie stays a tie."""
+    from funcprune import _sharded
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(4096, 3, generator=g)
+    w[:, 2] = w[torch.randperm(4096, generator=g), 0]
+    w[:, 1] *= 10
+    for n in (1, 2, math.inf):
+        norms = _sharded.channel_norms(w, n, 1)
+        assert norms[0] == norms[2], (n, norms)
+        want = _sharded.select_channels(w, 1, 1, norms, None, select_kept=True, lazy=False)
+        for placements in ([Shard(0)] * mesh.ndim, [Shard(1)] * mesh.ndim, [Replicate()] * (mesh.ndim - 1) + [Shard(0)]):
+            dw = shard(w, mesh, placements)
+            assert torch.equal(_sharded.channel_norms(dw, n, 1), norms), (n, placements)
+            c.same("true_tie", fp.ln_structured(dw, 1, n, 1), want, dw)
+
+
 def tree_checks(c: Checker, mesh, layouts) -> None:
     """identity, custom_from_mask, apply_masks, mask_grads, sparsity, distributions, masks_for_*, errors."""
     fulls, dts = _trees(mesh, layouts, 4)
@@ -239,6 +258,37 @@ def tree_checks(c: Checker, mesh, layouts) -> None:
              "hash")
     partial = DTensor.from_local(fulls[name0], mesh, [Partial()] * mesh.ndim, run_check=False)
     c.raises("partial", ValueError, lambda: fp.global_unstructured({"p": partial}, 0.5), "p", "pending sum")
+    # every DTensor entry point refuses Partial / _StridedShard leaves (naming them) before anything changes
+    from torch.distributed.tensor.placement_types import _StridedShard
+    bad = {"pend": partial,
+           "strided": DTensor.from_local(fulls[name0], mesh, [_StridedShard(0, split_factor=2)] * mesh.ndim,
+                                         run_check=False)}
+    for leaf, why in (("pend", "pending sum"), ("strided", "not supported")):
+        tree = {**dts, leaf: bad[leaf]}
+        calls = {"prune_l1": lambda: fp.prune(tree, fp.l1_unstructured, 0.5),
+                 "prune_ln": lambda: fp.prune(tree, fp.ln_structured, 0.5, 2, 0),
+                 "prune_random": lambda: fp.prune(tree, fp.random_unstructured, 0.5),
+                 "prune_channels": lambda: patterns.prune_channels(tree, 0.5, include=[leaf]),
+                 "sparsity": lambda: fp.sparsity({leaf: bad[leaf]}),
+                 "sparsity_params": lambda: fp.sparsity(dprior, tree),
+                 "apply_masks": lambda: fp.apply_masks(tree, {leaf: bad[leaf]}),
+                 "mask_grads": lambda: fp.mask_grads(tree, {leaf: bad[leaf]}),
+                 "prune_by": lambda: distributions.prune_by(tree, fp.l1_unstructured, {name0: 0.5}),
+                 "ln_direct": lambda: fp.ln_structured(bad[leaf], 0.5, 2, 0),
+                 "l1_direct": lambda: fp.l1_unstructured(bad[leaf], 0.5)}
+        for what, call in calls.items():
+            c.raises("placements_refused", ValueError, call, why, *(() if what.endswith("direct") else (leaf,)))
+    # a mask/scores sharded unlike its param is refused (no shard travels); Replicate() is sliced locally
+    moved = {name: shard(prior[name], mesh, [Shard(1 - p.dim) if isinstance(p, Shard) else Shard(0)
+                                             for p in dts[name].placements]) for name in dts}
+    name_s = next(n for n in dts if isinstance(dts[n].placements[-1], Shard))
+    c.raises("mask_sharded_unlike", ValueError,
+             lambda: fp.global_unstructured(dts, 0.5, masks={name_s: moved[name_s]}), name_s, "lay the mask out")
+    c.raises("mask_sharded_unlike", ValueError,
+             lambda: fp.prune(dts, fp.l1_unstructured, 0.5, scores={name_s: moved[name_s].float()}), name_s, "scores")
+    repl = {name: shard(prior[name], mesh, [Replicate()] * mesh.ndim) for name in dts}
+    c.same("mask_replicated", fp.global_unstructured(dts, 0.5, masks=repl),
+           fp.global_unstructured(fulls, 0.5, masks=prior), dts)
 
 
 def dtype_checks(c: Checker, mesh, layouts) -> None:
@@ -335,10 +385,11 @@ def gather_free_checks(c: Checker, mesh) -> dict:
             c.same("gather_free", got, want, dts)
         with watched():
             fp.sparsity(got, dts)
-        # norms along dim 0 of a tensor split along dim 1: one shard-sized all_to_all_single, no gather
+        # norms along dim 0 of a tensor split along dim 1: per-shard partial sums, one float64 a channel
         want = fp.ln_structured(fulls["b"], 0.5, 2, 0)
-        with watched(allow=("all_to_all_single",)):
+        with watched() as sent:
             got = fp.ln_structured(dts["b"], 0.5, 2, 0)
+        assert sent["bytes"] == 8 * 40, sent
         c.same("gather_free", got, want, dts["b"])
     for what in ("global_l1", "per_tensor_l1", "global_random"):
         assert out[f"{what}_bytes_x1"] == out[f"{what}_bytes_x8"], out
@@ -360,6 +411,7 @@ def world_1d(rank: int, world: int, seeds=(0, 1), everything: bool = True) -> di
                "d": ((3, 2), [Shard(0)])}           # 3 rows over 4 ranks: an empty shard
     unstructured_checks(c, mesh, layouts, seeds)
     structured_checks(c, mesh, layouts)
+    true_tie_checks(c, mesh)
     if everything:
         tree_checks(c, mesh, layouts)
         dtype_checks(c, mesh, layouts)
@@ -379,6 +431,7 @@ def world_2d(rank: int, world: int) -> dict:
                "d": ((3, 4), [Shard(0), Shard(0)])}  # 3 rows over 4 blocks: an empty shard
     unstructured_checks(c, mesh, layouts, seeds=(0,))
     structured_checks(c, mesh, layouts)
+    true_tie_checks(c, mesh)
     tree_checks(c, mesh, layouts)
     dtype_checks(c, mesh, layouts)
     return {"checks": dict(c.done)}

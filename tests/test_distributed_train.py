@@ -219,3 +219,15 @@ def test_apply_masks_and_mask_grads_in_place():
     assert fpd.apply_masks_({"w": w}, None)["w"] is w
     with pytest.raises(TypeError, match="w: mask must be a tensor"):
         fpd.apply_masks_({"w": w}, {"w": "all"})
+
+
+def test_keep_pruned_mask_grads_before_clipping():
+    w = nn.Parameter(torch.tensor([3.0, 4.0, 12.0]))
+    opt = torch.optim.SGD([w], lr=1.0)
+    keeper = fpd.keep_pruned(opt, {"w": w}, {"w": torch.tensor([True, True, False])})
+    (w * torch.tensor([3.0, 4.0, 12.0])).sum().backward()
+    keeper.mask_grads()                                  # the pruned gradient is zero before clipping reads it
+    assert w.grad.tolist() == [3.0, 4.0, 0.0]
+    assert float(torch.nn.utils.clip_grad_norm_([w], 1.0)) == 5.0
+    opt.step()
+    assert w.detach().tolist()[2] == 0.0

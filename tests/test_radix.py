@@ -108,6 +108,8 @@ def test_hash_keys_are_deterministic_non_negative_and_exact_past_2_31():
     assert bool((a >= 0).all()) and bool((a < 2 ** 62).all())
     assert len(set(a.tolist())) == len(index)
     assert not torch.equal(a, _sharded.hash_keys(12346, index))
+    for d in (1, 2 ** 20 + 5, 2 ** 40):  # a seed change is not an index change (the seed is mixed nonlinearly)
+        assert not torch.equal(_sharded.hash_keys(12345 ^ d, index), _sharded.hash_keys(12345, index ^ d))
     many = _sharded.hash_keys(7, torch.arange(1 << 16))
     top = (many >> 61).float().mean().item()  # the top bit of 62: about half set
     assert 0.45 < top < 0.55 and len(set(many.tolist())) == 1 << 16
