@@ -80,10 +80,13 @@ class MHANet(nn.Module):
 
 def _nonzero(model):
     """Zero-initialized params (ViT's head, biases) get small random values: outputs are not
-    trivially zero and every bias carries a constant through the pruned channels."""
+    trivially zero and every bias carries a constant through the pruned channels; ConvNeXt's
+    layer scales (1e-6 at init) get values near 1, so its residual branches count."""
     with torch.no_grad():
-        for p in model.parameters():
-            if not p.any():
+        for name, p in model.named_parameters():
+            if "layer_scale" in name:
+                p.uniform_(0.5, 1.5)
+            elif not p.any():
                 p.normal_(0, 0.02)
     return model
 
