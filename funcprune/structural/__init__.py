@@ -1,6 +1,9 @@
-"""Structural pruning: coupled channel groups (and, with shrink, smaller dense models)."""
+"""Structural pruning: coupled channel groups, group masks, and shrinking to a smaller dense model."""
 
 from ._groups import GroupReport, group_report, groups
+from ._prune import group_importance, prune_groups
+from ._shrink import kept_channels, shrink, shrink_to
 from ._types import Group, Member
 
-__all__ = ["Group", "GroupReport", "Member", "group_report", "groups"]
+__all__ = ["Group", "GroupReport", "Member", "group_report", "groups", "group_importance", "prune_groups",
+           "kept_channels", "shrink", "shrink_to"]
