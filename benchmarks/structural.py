@@ -74,7 +74,7 @@ def _classifier_ignored(model: nn.Module, amount: float) -> dict:
     return {"ignored_layers": [last]}
 
 
-BERT = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024)
+BERT = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024, vocab_size=30522)
 
 
 def _bert() -> nn.Module:
@@ -86,7 +86,7 @@ def _bert() -> nn.Module:
 
 def _tokens(batch: int, quick: bool) -> Tuple[tuple, dict]:
     seq = 32 if quick else 128
-    ids = torch.randint(0, 30522, (batch, seq), generator=torch.Generator().manual_seed(batch))
+    ids = torch.randint(0, BERT["vocab_size"], (batch, seq), generator=torch.Generator().manual_seed(batch))
     # token_type_ids and position_ids passed explicitly (BERT's defaults for them): the groups
     # trace of this snapshot loops forever on BERT's position_ids buffer (see docs/structural.md).
     return (ids,), {"token_type_ids": torch.zeros_like(ids), "position_ids": torch.arange(seq).expand(batch, seq)}
