@@ -4,7 +4,6 @@ Groups are written by hand here, so these tests do not depend on the tracer.
 """
 
 import json
-import warnings
 
 import pytest
 import torch
@@ -151,6 +150,25 @@ class MHA(nn.Module):
     X = (torch.randn(2, 5, 6),)
 
 
+class Transposed(nn.Module):
+    """A transposed conv (weight (in, out, ...)), a per-channel PReLU and a 1-D conv on the way."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 8, 3, padding=1)
+        self.act = nn.PReLU(8)
+        self.up = nn.ConvTranspose2d(8, 6, 2, stride=2)
+        self.c1d = nn.Conv1d(6, 4, 3)
+
+    def forward(self, x):
+        y = torch.relu(self.up(self.act(self.c(x))))
+        return self.c1d(y.mean(2))
+
+    GROUPS = [Group(8, (M("c.weight", 0), M("c.bias", 0), M("act.weight", 0), M("up.weight", 0))),
+              Group(6, (M("up.weight", 1), M("up.bias", 0), M("c1d.weight", 1)))]
+    X = (torch.randn(2, 3, 4, 4),)
+
+
 class LayerNormed(nn.Module):
     """A LayerNorm across the pruned channels: removing differs from zeroing (an inexact group)."""
 
@@ -166,7 +184,7 @@ class LayerNormed(nn.Module):
     X = (torch.randn(4, 5),)
 
 
-EXACT = [ConvBN, SigmoidMLP, Residual, Concat, Depthwise, MHA]
+EXACT = [ConvBN, SigmoidMLP, Residual, Concat, Depthwise, MHA, Transposed]
 
 
 def _model(cls):
@@ -503,3 +521,187 @@ def test_ranking_only_through_the_kernel():
     offenders = [f"{p.name}:{i}" for p in root.glob("*.py") for i, line in enumerate(p.read_text().splitlines(), 1)
                  if ranking.search(line) and p.name in ("_prune.py",)]
     assert offenders == []
+
+
+# ----------------------------------------------------------------------------------------------
+# Real models, groups written by hand (the tracer's own tests check that it finds them).
+
+def _predicted_params(model, masks):
+    """Parameters left after removing whole channels: each masked param keeps its mask's count."""
+    return sum(int(masks[name].sum()) if name in masks else p.numel() for name, p in model.named_parameters())
+
+
+def _resnet18_groups():
+    """ResNet-18's 12 groups: one per stage (the residual width) and one inside each block."""
+    conv = lambda name, dim: [M(name + ".weight", dim)]
+    out = []
+    for stage, width in enumerate([64, 128, 256, 512], 1):
+        members = _bn("bn1") + conv("conv1", 0) if stage == 1 else []
+        for block in (0, 1):
+            b = f"layer{stage}.{block}."
+            members += conv(b + "conv2", 0) + _bn(b + "bn2")
+            if stage > 1 and block == 0:
+                members += conv(b + "downsample.0", 0) + _bn(b + "downsample.1")
+            if stage == 1 or block == 1:
+                members += conv(b + "conv1", 1)
+            out.append(Group(width, tuple(conv(b + "conv1", 0) + _bn(b + "bn1") + conv(b + "conv2", 1))))
+        if stage < 4:
+            nxt = f"layer{stage + 1}.0."
+            members += conv(nxt + "conv1", 1) + conv(nxt + "downsample.0", 1)
+        else:
+            members += [M("fc.weight", 1)]
+        out.append(Group(width, tuple(members), kind="residual"))
+    return out
+
+
+def test_torchvision_resnet18_by_hand():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = _randomize_bn(torchvision.models.resnet18(weights=None, num_classes=10))
+    groups = _resnet18_groups()
+    assert len(groups) == 12
+    x = torch.randn(1, 3, 32, 32)
+    params = _params(model)
+    masks = prune_groups(params, groups, 0.5, scope="global", round_to=8)
+    small = shrink(model, masks, (x,), groups=groups)
+    torch.testing.assert_close(small(x), fp.functional_call(model, params, (x,), masks=masks), rtol=1e-4, atol=1e-5)
+    assert _n_params(small) == _predicted_params(model, masks) < _n_params(model)
+    assert all(len(e["kept"]) % 8 == 0 for e in kept_channels(masks, groups))
+    stage2 = small.layer2
+    assert stage2[0].downsample[0].out_channels == stage2[0].conv2.out_channels == stage2[1].bn2.num_features
+
+
+def _transformer_groups(kind, layers, heads, hidden, inner, kv_heads=None, mode="q"):
+    hd = hidden // heads
+    out = []
+    for layer in range(layers):
+        if kind == "bert":
+            a, f = f"encoder.layer.{layer}.attention.", f"encoder.layer.{layer}."
+            qkv = [M(a + f"self.{n}.{t}", 0, 0, hd) for n in ("query", "key", "value") for t in ("weight", "bias")]
+            out.append(Group(heads, (*qkv, M(a + "output.dense.weight", 1, 0, hd)), kind="heads"))
+            out.append(Group(inner, (M(f + "intermediate.dense.weight", 0), M(f + "intermediate.dense.bias", 0),
+                                     M(f + "output.dense.weight", 1)), kind="mlp"))
+        elif kind == "gpt2":  # Conv1D weights are (in, out): the fused q/k/v output is dim 1, at 3 offsets
+            a, f = f"transformer.h.{layer}.attn.", f"transformer.h.{layer}.mlp."
+            qkv = [M(a + "c_attn.weight", 1, o * hidden, hd) for o in range(3)]
+            qkv += [M(a + "c_attn.bias", 0, o * hidden, hd) for o in range(3)]
+            out.append(Group(heads, (*qkv, M(a + "c_proj.weight", 0, 0, hd)), kind="heads"))
+            out.append(Group(inner, (M(f + "c_fc.weight", 1), M(f + "c_fc.bias", 0), M(f + "c_proj.weight", 0)),
+                             kind="mlp"))
+        else:  # llama, grouped-query attention
+            a, f = f"model.layers.{layer}.self_attn.", f"model.layers.{layer}.mlp."
+            if mode == "kv":  # whole key/value groups, each with its query heads
+                r = heads // kv_heads
+                out.append(Group(kv_heads, (M(a + "k_proj.weight", 0, 0, hd), M(a + "v_proj.weight", 0, 0, hd),
+                                            M(a + "q_proj.weight", 0, 0, hd * r), M(a + "o_proj.weight", 1, 0, hd * r)),
+                                 kind="heads"))
+            else:  # query heads, an equal count in each key/value group
+                out.append(Group(heads, (M(a + "q_proj.weight", 0, 0, hd), M(a + "o_proj.weight", 1, 0, hd)),
+                                 kind="heads", pools=kv_heads))
+            out.append(Group(inner, (M(f + "gate_proj.weight", 0), M(f + "up_proj.weight", 0),
+                                     M(f + "down_proj.weight", 1)), kind="mlp"))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt2", "llama-q", "llama-kv"])
+def test_transformers_heads_and_mlp_by_hand(kind):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    layers, heads, hidden, inner, kv = 2, 4, 32, 64, 2
+    if kind == "bert":
+        model = transformers.BertModel(transformers.BertConfig(
+            vocab_size=50, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+            intermediate_size=inner, max_position_embeddings=16))
+    elif kind == "gpt2":
+        inner = 4 * hidden
+        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+            vocab_size=50, n_embd=hidden, n_layer=layers, n_head=heads, n_positions=16, bos_token_id=0, eos_token_id=0))
+    else:
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            vocab_size=50, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+            num_key_value_heads=kv, intermediate_size=inner, max_position_embeddings=16))
+    model.eval()
+    groups = _transformer_groups(kind.split("-")[0], layers, heads, hidden, inner, kv, kind.split("-")[-1])
+    ids = (torch.randint(0, 50, (2, 7)),)
+    params = _params(model)
+    masks = prune_groups(params, groups, 0.5)
+    small = shrink(model, masks, ids, groups=groups)  # checked against the masked model
+    assert _n_params(small) == _predicted_params(model, masks) < _n_params(model)
+    if kind == "bert":
+        att = small.encoder.layer[0].attention.self
+        assert (att.num_attention_heads, att.all_head_size) == (2, 16)
+    elif kind == "gpt2":
+        att = small.transformer.h[0].attn
+        assert (att.num_heads, att.split_size, att.c_attn.nf, small.transformer.h[0].mlp.c_fc.nf) == (2, 16, 48, 64)
+    else:
+        att = small.model.layers[0].self_attn
+        want = (2, 2, 1) if kind == "llama-q" else (2, 1, 2)
+        assert (att.num_heads, att.num_key_value_heads, att.num_key_value_groups) == want
+
+
+def test_same_shrunk_shapes_as_torch_pruning_for_the_same_channels():
+    # Anchored against the peer: Torch-Pruning (DepGraph) removes the same channels of ResNet-18's
+    # 12 groups and gives a model of exactly the same shapes as shrink_to.
+    torchvision = pytest.importorskip("torchvision")
+    tp = pytest.importorskip("torch_pruning")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    groups = _resnet18_groups()
+    gen = torch.Generator().manual_seed(0)
+    kept = []
+    for g in groups:
+        keep = torch.rand(g.channels, generator=gen) < 0.6
+        keep[0] = True
+        kept.append({"channels": g.channels, "members": [list(m) for m in g.members],
+                     "kept": keep.nonzero().flatten().tolist()})
+    ours = shrink_to(model, kept)
+    theirs = __import__("copy").deepcopy(model)
+    dg = tp.DependencyGraph().build_dependency(theirs, example_inputs=x)
+    for g, entry in zip(groups, kept):
+        root = g.members[0].name.rsplit(".", 1)[0]  # the group's first producer conv
+        root = root if root != "bn1" else "conv1"
+        pruned = [c for c in range(g.channels) if c not in entry["kept"]]
+        group = dg.get_pruning_group(theirs.get_submodule(root), tp.prune_conv_out_channels, idxs=pruned)
+        group.prune()
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
+    for name, value in ours.state_dict().items():  # the same entries, too
+        assert torch.equal(value, theirs.state_dict()[name]), name
+    torch.testing.assert_close(ours(x), theirs(x))
+
+
+def test_unstructured_masks_underneath_are_kept_as_zeros():
+    model = _model(Residual)
+    params = _params(model)
+    weights = [name for name in params if name.endswith("weight") and params[name].dim() == 4]
+    sparse = fp.prune(params, fp.l1_unstructured, 0.3, include=weights)
+    masks = prune_groups(params, Residual.GROUPS, 0.5, masks=sparse)
+    small = shrink(model, masks, Residual.X, groups=Residual.GROUPS)
+    torch.testing.assert_close(small(*Residual.X), fp.functional_call(model, params, Residual.X, masks=masks))
+    # the surviving zeros are still there in the smaller weights
+    assert int((small.a.weight == 0).sum()) == int((~masks["a.weight"][masks["a.bias"]][:, masks["bs.bias"]]).sum())
+
+
+# ----------------------------------------------------------------------------------------------
+# End to end with the tracer: groups -> prune_groups -> shrink.
+
+def _traced_groups():
+    import funcprune.structural as structural
+
+    return getattr(structural, "groups", None)
+
+
+@pytest.mark.skipif(_traced_groups() is None, reason="funcprune.structural.groups (the struct-groups work) is not "
+                                                     "merged on this branch yet")
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+def test_torchvision_end_to_end_with_traced_groups(name):
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = _randomize_bn(getattr(torchvision.models, name)(weights=None, num_classes=10))
+    x = torch.randn(1, 3, 32, 32)
+    groups = _traced_groups()(model, (x,))
+    params = _params(model)
+    masks = prune_groups(params, groups, 0.5, scope="global")
+    small = shrink(model, masks, (x,))  # groups traced again inside, and the output check
+    torch.testing.assert_close(small(x), fp.functional_call(model, params, (x,), masks=masks), rtol=1e-4, atol=1e-5)
+    assert _n_params(small) == _predicted_params(model, masks) < 0.6 * _n_params(model)

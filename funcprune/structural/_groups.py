@@ -45,22 +45,31 @@ def group_report(module: torch.nn.Module, example_args, example_kwargs=None) -> 
     seen = set()
     for space in flow.spaces:
         root = flow.find(space)
-        if id(root) in seen or not root.producer or root.parts is not None:
-            continue
+        if id(root) in seen or root.parts is not None or not root.members or not (
+                root.producer or (root.pinned and root.origin is None)):
+            continue  # unclaimed parameter dims (kernel taps, vocab rows) are no channel space
         seen.add(id(root))
+        reasons = list(root.pinned)
+        fold = root.fold if root.channels % root.fold == 0 else 1
+        if fold != root.fold:
+            reasons.append(f"{root.channels} channels do not split into {root.fold} conv groups")
+        channels = root.channels // fold
         members = []
-        for name, dim, off, length, buf in dict.fromkeys(root.members):
-            members.append(Member(name, dim, off, length // root.channels, buf))
+        for name, dim, off, length, buf, local in dict.fromkeys(root.members):
+            if local:  # a grouped conv's in dim: the positions local to one conv group
+                members.append(Member(name, dim, off, length // channels, buf))
+                continue
+            for p in range(fold):  # every conv group loses the same local positions
+                members.append(Member(name, dim, off + p * length // fold, length // root.channels, buf))
         members.sort(key=lambda m: (m.buffer, m.name, m.dim, m.offset))
         kind = "heads" if "heads" in root.kinds else "channels"
-        reasons = list(root.pinned)
-        if root.channels < 2:
+        if channels < 2:
             reasons.append("one channel")
-        if root.pools > 1 and root.channels % root.pools:
-            reasons.append(f"{root.channels} channels do not split into {root.pools} conv groups")
+        if root.pools > 1 and channels % root.pools:
+            reasons.append(f"{channels} channels do not split into {root.pools} equal runs")
         exact = not root.inexact
         reason = "; ".join(reasons or root.inexact)
-        group = Group(root.channels, tuple(members), kind, root.pools, exact, reason)
+        group = Group(channels, tuple(members), kind, root.pools, exact, reason)
         (excluded if reasons else good if exact else inexact).append(group)
     return GroupReport(tuple(good), tuple(inexact), tuple(excluded))
 

@@ -30,6 +30,14 @@ def _member_rows(t: torch.Tensor, member: Member, channels: int) -> torch.Tensor
     return part.movedim(member.dim, 0).reshape(channels, -1)
 
 
+def _channel_any(keep: torch.Tensor, member: Member, channels: int) -> torch.Tensor:
+    """Per channel of ``member``, whether any entry of its slice of the bool ``keep`` survives."""
+    part = keep.narrow(member.dim, member.offset, channels * member.unit)
+    others = tuple(d for d in range(keep.dim()) if d != member.dim)
+    live = part.any(dim=others) if others else part
+    return live.reshape(channels, member.unit).any(1)
+
+
 def _param_members(group: Group) -> List[Member]:
     return [m for m in group.members if not m.buffer]
 
@@ -129,7 +137,13 @@ def group_importance(group: Group, values: Dict[str, torch.Tensor], importance: 
         keep = keeps.get(m.name)
         if keep is not None:
             t = t.masked_fill(~keep, 0)
-        score = fn(_member_rows(t, m, group.channels))
+        if isinstance(importance, str):  # reduce in place over the other dims: no moved copy of the tensor
+            part = t.narrow(m.dim, m.offset, group.channels * m.unit)
+            others = [d for d in range(t.dim()) if d != m.dim]
+            norm = torch.linalg.vector_norm(part, 1 if importance == "l1" else 2, dim=others) if others else part.abs()
+            score = (norm.square() if importance == "l2" else norm).reshape(group.channels, m.unit).sum(1)
+        else:
+            score = fn(_member_rows(t, m, group.channels))
         if not isinstance(score, torch.Tensor) or tuple(score.shape) != (group.channels,):
             raise ValueError(f"importance for member {m.name!r} must return one score per channel, shape "
                              f"({group.channels},), got {getattr(score, 'shape', type(score).__name__)}")
@@ -145,7 +159,7 @@ def _alive(group: Group, keeps: Dict[str, torch.Tensor]) -> Optional[torch.Tenso
         return None
     alive = None
     for m in members:
-        live = _member_rows(keeps[m.name], m, group.channels).any(1)
+        live = _channel_any(keeps[m.name], m, group.channels)
         alive = live if alive is None else alive | live
     return alive
 

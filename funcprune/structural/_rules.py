@@ -7,6 +7,7 @@ rule whose inputs carry channels stops the trace with ``NotImplementedError`` (`
 
 from __future__ import annotations
 
+import math
 from typing import List
 
 import torch
@@ -96,8 +97,18 @@ def conv(flow, node, args, kwargs):
         out = _claimed(flow, w.dims[0])
         for seg in out:
             flow.find(seg.space).pools = groups
-        flow.pin_all([x], why + f": input channels of a grouped conv (groups={groups}) are local "
-                             "to each conv group in its weight")
+        # inputs: the weight's in dim is local to each conv group, so every conv group loses the
+        # same local positions (the space folds into `groups` runs)
+        segs = flow.resolve(x.dims[1])
+        origin = flow.find(w.dims[1][0].space).origin if w.dims[1] else None
+        if len(segs) == 1 and segs[0].pos == 0 and segs[0].length == cin and not segs[0].inner \
+                and origin is not None:
+            root = flow.find(segs[0].space)
+            root.fold = root.fold * groups // math.gcd(root.fold, groups)
+            flow.member(root, origin[0], 1, 0, cin // groups, origin[2], local=True)
+        elif segs:
+            flow.pin_all([x], why + f": input channels of a grouped conv (groups={groups}) are "
+                                    "not one channel space")
     if isinstance(b, TensorState):
         flow.align(out, b.dims[0], why)
     return TensorState(shape, ((),) + (tuple(out),) + tuple(() for _ in shape[2:]))
@@ -137,8 +148,6 @@ def matmul(flow, node, args, kwargs):
         b_dims = b_dims + ((),)
     a_shape = (1,) * (len(a_dims) - len(a.shape)) + a.shape
     b_shape = b.shape + (1,) * (len(b_dims) - len(b.shape))
-    flow.align(a_dims[-1], b_dims[-2], why)
-    out_n, out_m = a_dims[-2], _claimed(flow, b_dims[-1])
     batch = []
     nb = max(len(a_dims), len(b_dims)) - 2
     for d in range(nb):
@@ -150,6 +159,8 @@ def matmul(flow, node, args, kwargs):
         for other in cands[1:]:
             flow.align(cands[0], other, why)
         batch.append(_prefer(flow, *cands))
+    flow.align(a_dims[-1], b_dims[-2], why)  # after the batch dims: heads joined first
+    out_n, out_m = a_dims[-2], _claimed(flow, b_dims[-1])
     dims = tuple(batch) + (out_n, out_m)
     if len(a.shape) == 1:
         dims = dims[:-2] + dims[-1:]
@@ -208,7 +219,7 @@ def group_norm(flow, node, args, kwargs):
     for seg in flow.resolve(x.dims[1]):
         flow.mark_inexact(seg.space, _where(node, "normalization across channels"))
         root = flow.find(seg.space)
-        root.pools = root.pools * num_groups // __import__("math").gcd(root.pools, num_groups)
+        root.pools = math.lcm(root.pools, num_groups)
     return TensorState(tuple(x.shape), x.dims)
 
 

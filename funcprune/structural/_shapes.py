@@ -65,11 +65,9 @@ def reshape_state(flow, node, x: TensorState, shape):
         if len(real) > 1 or math.prod(sizes[:real[0][0]]) > 1:
             # channels interleave with another dim (two channel dims merged, or an outer dim
             # repeats them: channel shuffle): not separable
-            flow.pin_all([TensorState((1,), (segs,)) for _, segs in real], why + ": mixes channels "
-                         "with another dim")
-            total = math.prod(x.shape[d] for d in ga)
-            dims[gb[0]] = flow.fresh_pinned(x.shape[ga[0]] and shape[gb[0]], why) if len(gb) else ()
-            _ = total
+            reason = why + ": mixes channels with another dim"
+            flow.pin_all([TensorState((1,), (segs,)) for _, segs in real], reason)
+            dims[gb[0]] = flow.fresh_pinned(shape[gb[0]], reason)
             continue
         k, segs = real[0]
         roots = {flow.find(s.space) for s in segs}
@@ -248,20 +246,20 @@ def select(flow, node, args, kwargs):
     i = i + x.shape[dim] if i < 0 else i
     shape = _shape(node)
     dims = list(x.dims)
+    raw = {flow.find(s.space) for s in x.dims[dim] if not s.inner}
+    holders = [d for d, ds in enumerate(dims) if d != dim and len(ds) == 1 and ds[0].inner
+               and flow.find(ds[0].space) in raw]
+    holders = [d - (d > dim) for d in holders]
     segs = _real(flow, x.dims[dim])
     del dims[dim]
-    hit = [s for s in segs if s.pos <= i < s.pos + s.length]
     for s in segs:
-        if s not in hit:
+        if not s.pos <= i < s.pos + s.length:
             continue
-        root = flow.find(s.space)
-        holders = [d for d, ds in enumerate(dims) if len(ds) == 1 and ds[0].inner
-                   and flow.find(ds[0].space) is root]
         piece = _slice_dim(flow, node, (s,), i, i + 1, 1, x.shape[dim])
         if len(holders) == 1 and len(piece) == 1 and not flow.find(piece[0].space).pinned:
             d = holders[0]
             dims[d] = (Seg(piece[0].space, 0, shape[d]),)
-        else:
+        else:  # the channels of the picked entry would live nowhere: keep them whole
             flow.pin(s.space, _why(node, "select of one channel"))
     return TensorState(shape, tuple(dims))
 

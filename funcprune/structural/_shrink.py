@@ -16,7 +16,7 @@ import torch.nn as nn
 from .. import _pytree
 from .._masking import masked
 from .._pytree import Tree
-from ._prune import _describe, _member_rows, _param_members, check_groups
+from ._prune import _channel_any, _describe, check_groups
 from ._types import Group, Member
 
 __all__ = ["kept_channels", "shrink", "shrink_to"]
@@ -69,7 +69,7 @@ def kept_channels(masks: Tree, groups: Sequence[Group]) -> List[Dict[str, Any]]:
             for m in mine.members:
                 keep = named[m.name]
                 keep = keep if keep.dtype == torch.bool else keep != 0
-                live = _member_rows(keep, m, group.channels).any(1)
+                live = _channel_any(keep, m, group.channels)
                 if kept is None:
                     kept, first = live, m
                 elif not torch.equal(kept, live):
@@ -172,8 +172,8 @@ def _fix_mha(sub, path):
     out = sub.out_proj.weight.shape[0]
     if not inner == embed == out:
         raise ValueError(f"submodule {path!r} (nn.MultiheadAttention): its query/key/value width ({inner}) must equal "
-                         f"its input and output width ({embed}, {out}); prune its heads together with an equal count of "
-                         "its embedding channels, or neither")
+                         f"its input and output width ({embed}, {out}); prune its heads together with an equal count "
+                         "of its embedding channels, or neither")
     head_dim = sub.head_dim
     if inner % head_dim == 0 and inner // head_dim <= sub.num_heads:  # whole heads went
         sub.num_heads = inner // head_dim
@@ -300,13 +300,16 @@ def _build(module: nn.Module, entries: List[Tuple[Group, List[int]]], params: Op
     touched = set(params) | set(masks) | {name for name, _ in plan}
     with torch.no_grad():
         for name in touched:
-            value = params.get(name, own[name])
-            if name in masks:
-                value = masked(value.detach(), masks[name])
-            for (tname, dim), index in plan.items():
+            value, mask = params.get(name, own[name]).detach(), masks.get(name)
+            fresh = False
+            for (tname, dim), index in plan.items():  # slice first: mask only what is kept
                 if tname == name:
                     value = value.index_select(dim, index.to(value.device))
-            value = value.detach().clone()
+                    mask = None if mask is None else mask.index_select(dim, index.to(mask.device))
+                    fresh = True
+            if mask is not None:
+                value, fresh = masked(value, mask), True
+            value = value if fresh else value.clone()
             if isinstance(own[name], nn.Parameter):  # one Parameter for all tied aliases
                 value = nn.Parameter(value, requires_grad=own[name].requires_grad)
             for path, local in owners[name]:
@@ -411,7 +414,8 @@ def shrink(module: nn.Module, masks: Tree, example_args: Any = (), params: Optio
       masks: channel masks consistent across each group (:func:`funcprune.structural.prune_groups`).
       example_args: positional inputs for tracing (when ``groups`` is None) and the check.
       params: values to use instead of the module's own (named like ``named_parameters()``).
-      groups: the groups (default: ``funcprune.structural.groups(module, example_args, example_kwargs)``).
+      groups: the groups (default: ``funcprune.structural.groups(module, example_args, example_kwargs,
+        inexact=True)``; groups the masks do not prune are left as they are).
       example_kwargs: keyword inputs for tracing and the check.
       check: verify the shrunk module against the masked one.
       rtol, atol: the check's tolerances.
@@ -442,7 +446,10 @@ def shrink(module: nn.Module, masks: Tree, example_args: Any = (), params: Optio
             from . import groups as find_groups  # funcprune.structural.groups (torch.export tracing)
         except ImportError as err:
             raise ImportError("shrink needs groups=: funcprune.structural.groups is not available") from err
-        groups = find_groups(module, args, example_kwargs)
+        try:  # inexact groups too: the masks may prune them (prune_groups(..., include_inexact=True))
+            groups = find_groups(module, args, example_kwargs, inexact=True)
+        except TypeError:
+            groups = find_groups(module, args, example_kwargs)
     named_masks = _named(module, masks, "masks")
     named_params = _named(module, params, "params")
     kept = kept_channels(named_masks, groups)

@@ -34,19 +34,21 @@ class Space:
     """One channel space (a node of the union-find): its members and what keeps it from pruning."""
 
     __slots__ = ("parent", "size", "channels", "members", "producer", "pinned", "inexact",
-                 "kinds", "pools", "merged", "parts", "origin", "ident", "attached")
+                 "kinds", "pools", "merged", "parts", "origin", "ident", "attached", "fold")
 
     def __init__(self, ident: int, size: int, origin=None):
         self.parent: Optional[Space] = None
         self.ident = ident
         self.size = size              # fine channels when created (offsets of a split are in these)
         self.channels = size          # current count: gcd with every length that had to align
-        self.members: List[Tuple[str, int, int, int, bool]] = []  # name, dim, offset, length, buffer
+        # name, dim, offset, length, buffer, local (a grouped conv's in dim: one run, not `fold` runs)
+        self.members: List[Tuple[str, int, int, int, bool, bool]] = []
         self.producer = False         # a conv/linear/embedding output dim starts here
         self.pinned: List[str] = []   # reasons it may not be pruned (barrier, model output, ...)
         self.inexact: List[str] = []  # normalizations across it
         self.kinds: set = set()
         self.pools = 1
+        self.fold = 1                 # grouped-conv input: channels are positions local to `fold` runs
         self.merged = False           # joined with another space (then it cannot be split)
         self.parts: Optional[List[Tuple["Space", int]]] = None  # after a split: (part, fine size)
         self.origin = origin          # (name, dim, buffer) of a parameter dim not yet claimed
@@ -75,7 +77,7 @@ class Flow:
         space = Space(len(self.spaces), size, origin)
         self.spaces.append(space)
         if origin is not None:
-            space.members.append((origin[0], origin[1], 0, size, origin[2]))
+            space.members.append((origin[0], origin[1], 0, size, origin[2], False))
         return space
 
     def find(self, space: Space) -> Space:
@@ -103,6 +105,7 @@ class Flow:
         a.inexact += b.inexact
         a.kinds |= b.kinds
         a.pools = math.lcm(a.pools, b.pools)
+        a.fold = math.lcm(a.fold, b.fold)
         a.merged = True
         a.origin = a.origin if (a.origin is not None and b.origin is not None) else None
         return a
@@ -118,10 +121,11 @@ class Flow:
         root.origin = None
         return root
 
-    def member(self, space: Space, name: str, dim: int, pos: int, length: int, buffer=False):
+    def member(self, space: Space, name: str, dim: int, pos: int, length: int, buffer=False,
+               local=False):
         root = self.find(space)
-        root.members.append((name, dim, pos, length, buffer))
-        root.channels = math.gcd(root.channels, length)
+        root.members.append((name, dim, pos, length, buffer, local))
+        root.channels = math.gcd(root.channels, length * (root.fold if local else 1))
 
     def pin(self, space: Space, reason: str):
         root = self.find(space)
@@ -162,7 +166,9 @@ class Flow:
             part.pinned, part.inexact, part.pools = list(space.pinned), list(space.inexact), space.pools
             if part.origin is not None:
                 part.origin = (space.origin[0], space.origin[1], space.origin[2])
-            for name, dim, off, length, buf in space.members:
+            if space.fold > 1 or any(m[5] for m in space.members):
+                return False
+            for name, dim, off, length, buf, _ in space.members:
                 unit = length // space.size
                 if length % space.size:
                     return False
@@ -197,10 +203,10 @@ class Flow:
                 self.pin(other, reason + ": a parameter dim used in two places")
             return
         for seg in others:
-            if seg.inner:
+            if seg.inner or self.find(seg.space) is space:
                 continue
             lo = seg.pos - param.pos
-            for name, dim, off, length, buf in space.members:
+            for name, dim, off, length, buf, _ in list(space.members):
                 if (length * lo) % param.length or (length * seg.length) % param.length:
                     self.pin(seg.space, reason + f": {name} dim {dim} does not split evenly")
                     continue
@@ -219,6 +225,9 @@ class Flow:
                     self.pin(seg.space, reason)
             return
         if any(s.inner for s in a + b):
+            if all(s.inner or s.space.origin is not None for s in a + b) and any(
+                    s.space.origin is not None for s in a + b):
+                return  # a parameter or buffer along the head dim (rotary tables): shared by all heads
             if [(s.pos, s.inner) for s in a] == [(s.pos, s.inner) for s in b] and all(
                     self.find(x.space) is self.find(y.space) for x, y in zip(a, b)):
                 return
