@@ -1,6 +1,7 @@
 """Structural pruning, funcprune vs Torch-Pruning: ``python -m benchmarks.structural [--quick] [--out PATH]``.
 
-For ResNet-18, ResNet-50, MobileNetV2 (torchvision, ``weights=None``, eval) and a small BERT
+For ResNet-18, ResNet-50, MobileNetV2 (torchvision, ``weights=None``, eval, BatchNorm statistics
+and affine params randomized as after training) and a small BERT
 (transformers, random init) at 30% and 50% of channels removed (``scope="global"``, group L2
 importance) this measures, side by side with Torch-Pruning (``MetaPruner`` with
 ``GroupMagnitudeImportance(p=2)``, ``global_pruning=True``, the classifier ignored):
@@ -31,7 +32,7 @@ import platform
 import statistics
 import sys
 import time
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Tuple
 
 import torch
 import torch.nn as nn
@@ -60,12 +61,27 @@ def _image(batch: int, quick: bool) -> Tuple[tuple, dict]:
     return (torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch)),), {}
 
 
+def _trained_like_bn(model: nn.Module) -> nn.Module:
+    """BatchNorm statistics and affine params drawn away from their init (as after training), so that a
+    removed channel's BatchNorm shift would show in the output comparison; fixed seed."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(0.1 * torch.randn(n, generator=gen))
+                m.running_var.copy_(0.5 + torch.rand(n, generator=gen))
+                m.weight.copy_(0.5 + torch.rand(n, generator=gen))
+                m.bias.copy_(0.1 * torch.randn(n, generator=gen))
+    return model
+
+
 def _torchvision(name: str) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
         import torchvision
 
         torch.manual_seed(0)
-        return getattr(torchvision.models, name)(weights=None).eval()
+        return _trained_like_bn(getattr(torchvision.models, name)(weights=None)).eval()
     return build
 
 
@@ -166,7 +182,7 @@ def kept_fraction(masks: Dict[str, torch.Tensor], groups) -> float:
     return sum(len(k["kept"]) for k in kept) / sum(k["channels"] for k in kept)
 
 
-def tp_prune(spec: Spec, model: nn.Module, example: Tuple[tuple, dict], amount: float):
+def tp_prune(spec: Spec, model: nn.Module, example: Tuple[tuple, dict], amount: float, round_to: int = 1):
     """Torch-Pruning's global group-L2 pruning of a copy of ``model``: (pruned model, construct s, step s)."""
     import torch_pruning as tp
 
@@ -175,7 +191,9 @@ def tp_prune(spec: Spec, model: nn.Module, example: Tuple[tuple, dict], amount: 
     inputs = dict(kwargs, input_ids=args[0]) if kwargs else args[0]
     start = time.perf_counter()
     pruner = tp.pruner.MetaPruner(model, inputs, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                  global_pruning=True, pruning_ratio=amount, **spec.tp_options(model, amount))
+                                  global_pruning=True, pruning_ratio=amount,
+                                  round_to=round_to if round_to > 1 else None,
+                                  **spec.tp_options(model, amount))
     built = time.perf_counter()
     pruner.step()
     spec.tp_after(model, pruner)
@@ -184,7 +202,7 @@ def tp_prune(spec: Spec, model: nn.Module, example: Tuple[tuple, dict], amount: 
 
 
 def measure(spec: Spec, *, quick: bool, amounts=AMOUNTS, batches=(1, 32), rounds: int = 5, repeats: int = 3,
-            budget: float = 120.0, log=print) -> Dict[str, Any]:
+            budget: float = 120.0, round_to: int = 1, log=print) -> Dict[str, Any]:
     """Everything one model's rows need (see the module docstring)."""
     model = spec.build()
     example = spec.inputs(1, quick)
@@ -199,10 +217,11 @@ def measure(spec: Spec, *, quick: bool, amounts=AMOUNTS, batches=(1, 32), rounds
     check_args, check_kwargs = spec.inputs(2, quick)
     shrunk_models, masks_by, tp_models = {}, {}, {}
     for amount in amounts:
-        t_prune, masks = _median_time(lambda: st.prune_groups(params, groups, amount, scope="global"), repeats)
+        t_prune, masks = _median_time(lambda: st.prune_groups(params, groups, amount, scope="global",
+                                                                   round_to=round_to), repeats)
         t_shrink, small = _median_time(lambda: st.shrink(model, masks, args, groups=groups, example_kwargs=kwargs),
                                        repeats)
-        tp_runs = [tp_prune(spec, model, example, amount) for _ in range(repeats)]
+        tp_runs = [tp_prune(spec, model, example, amount, round_to) for _ in range(repeats)]
         tp_model = tp_runs[-1][0]
         with torch.no_grad():
             masked_out = fp.functional_call(model, params, check_args, check_kwargs, masks=masks)
@@ -214,7 +233,8 @@ def measure(spec: Spec, *, quick: bool, amounts=AMOUNTS, batches=(1, 32), rounds
                "tp_step_s": statistics.median(r[2] for r in tp_runs), "tp_params": params_count(tp_model),
                "tp_flops": flops(tp_model, args, kwargs)}
         result["amounts"][amount] = row
-        log(f"  {amount:.0%}: kept {row['kept']:.1%} of channels; prune_groups {t_prune:.3f} s, shrink {t_shrink:.2f} s "
+        log(f"  {amount:.0%}: kept {row['kept']:.1%} of channels; prune_groups {t_prune:.3f} s, "
+            f"shrink {t_shrink:.2f} s "
             f"(TP pruner {row['tp_build_s']:.2f} s, step {row['tp_step_s']:.2f} s); params {row['params'] / 1e6:.2f}M "
             f"(TP {row['tp_params'] / 1e6:.2f}M), GFLOPs {row['flops'] / 1e9:.3f} (TP {row['tp_flops'] / 1e9:.3f}); "
             f"max |shrunk - masked| {diff:.2e} (outputs up to {scale:.2g})")
@@ -265,7 +285,8 @@ def size_table(results: List[Dict]) -> List[str]:
     for r in results:
         for amount, a in r["amounts"].items():
             lines.append(f"| {r['model']} | {amount:.0%} | {a['kept']:.1%} | {_m(r['params'])} | {_m(a['params'])} "
-                         f"({a['params'] / r['params']:.2f}) | {_m(a['tp_params'])} ({a['tp_params'] / r['params']:.2f}) "
+                         f"({a['params'] / r['params']:.2f}) | {_m(a['tp_params'])} "
+                         f"({a['tp_params'] / r['params']:.2f}) "
                          f"| {_g(r['flops'])} | {_g(a['flops'])} ({a['flops'] / r['flops']:.2f}) | {_g(a['tp_flops'])} "
                          f"({a['tp_flops'] / r['flops']:.2f}) | {a['max_diff']:.1e} ({a['out_scale']:.2g}) |")
     return lines
@@ -286,7 +307,8 @@ def latency_table(results: List[Dict]) -> List[str]:
                 s, lo, hi = lat["speedup"][f"shrunk {amount:.0%}"]
                 tp = lat["speedup"][f"TP {amount:.0%}"][0]
                 predicted, tp_predicted = r["flops"] / a["flops"], r["flops"] / a["tp_flops"]
-                lines.append(f"| {r['model']} | {batch} | {amount:.0%} | {ms['dense']:.2f} | {ms[f'masked {amount:.0%}']:.2f} "
+                lines.append(f"| {r['model']} | {batch} | {amount:.0%} | {ms['dense']:.2f} "
+                             f"| {ms[f'masked {amount:.0%}']:.2f} "
                              f"| {ms[f'shrunk {amount:.0%}']:.2f} | {ms[f'TP {amount:.0%}']:.2f} | {s:.2f}x "
                              f"({lo:.2f}-{hi:.2f}) | {predicted:.2f}x | {s / predicted:.2f} | {_verdict(s, predicted)} "
                              f"| {tp:.2f}x ({tp_predicted:.2f}x) |")
@@ -301,7 +323,8 @@ def time_table(results: List[Dict]) -> List[str]:
         for amount, a in r["amounts"].items():
             ours = r["groups_s"] + a["prune_s"] + a["shrink_s"]
             theirs = a["tp_build_s"] + a["tp_step_s"]
-            lines.append(f"| {r['model']} | {amount:.0%} | {r['groups_s']:.2f} | {a['prune_s']:.3f} | {a['shrink_s']:.2f} "
+            lines.append(f"| {r['model']} | {amount:.0%} | {r['groups_s']:.2f} | {a['prune_s']:.3f} "
+                         f"| {a['shrink_s']:.2f} "
                          f"| {ours:.2f} | {a['tp_build_s']:.2f} | {a['tp_step_s']:.2f} | {theirs:.2f} "
                          f"| {ours / theirs:.1f} |")
     return lines
@@ -343,7 +366,9 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default=",".join(SPECS), help=f"comma-separated, of {', '.join(SPECS)}")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved latency rounds (default 7; 3 quick)")
-    parser.add_argument("--repeats", type=int, default=None, help="repeats of each build/prune/shrink (default 3; 1 quick)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="repeats of each build/prune/shrink (default 3; 1 quick)")
+    parser.add_argument("--round-to", type=int, default=1, help="kept widths a multiple of this (both libraries)")
     parser.add_argument("--out", default=None, help="also write the markdown report here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -354,24 +379,31 @@ def main(argv=None) -> int:
     rounds = args.rounds or (3 if args.quick else 7)
     repeats = args.repeats or (1 if args.quick else 3)
     batches = (1, 4) if args.quick else (1, 32)
-    info = machine(args.threads)
+    info = machine(args.threads) + (f", round_to={args.round_to} in both libraries" if args.round_to > 1 else "")
     print(info, flush=True)
     # One untimed trace first: the first torch.export of a process pays one-time imports and setup.
     st.groups(nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1)), (torch.randn(1, 2),))
     start = time.perf_counter()
-    results = [measure(SPECS[n], quick=args.quick, batches=batches, rounds=rounds, repeats=repeats,
-                       log=lambda s: print(s, flush=True)) for n in names]
+    results, failed = [], []
+    for name in names:
+        try:
+            results.append(measure(SPECS[name], quick=args.quick, batches=batches, rounds=rounds, repeats=repeats,
+                                   round_to=args.round_to, log=lambda s: print(s, flush=True)))
+        except Exception as err:  # noqa: BLE001 - a model that fails is reported, the others still run
+            failed.append(f"{name}: {type(err).__name__}: {err}")
+            print(f"{name}: FAILED {failed[-1]}", flush=True)
     elapsed = time.perf_counter() - start
     command = "python -m benchmarks.structural " + " ".join(a for a in (argv if argv is not None else sys.argv[1:]))
     text = report(results, info, command.strip(), elapsed,
                   f"up to {rounds} rounds per batch size, each sample at least 50 ms")
+    text += "".join(f"\nFAILED {f}\n" for f in failed)
     print()
     print(text)
     if args.out:
         with open(args.out, "w") as f:
             f.write("# Structural pruning: funcprune vs Torch-Pruning\n\n" + text)
         print(f"wrote {args.out}")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

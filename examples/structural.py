@@ -52,7 +52,7 @@ def build_model() -> nn.Module:
 
 
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float, seed: int = 0) -> nn.Module:
-    """``steps`` of Adam on minibatches of 64 (reshuffled epochs, order fixed by ``seed``); returns the model in eval mode."""
+    """``steps`` of Adam on minibatches of 64 (order fixed by ``seed``); returns the model in eval mode."""
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     for xb, yb in _digits.batches(x, y, steps, batch_size=64, seed=seed):

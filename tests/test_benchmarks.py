@@ -256,7 +256,8 @@ def test_structural_benchmark_measures_a_tiny_cnn_and_torch_pruning_alike():
     def build():
         torch.manual_seed(0)
         return _TinyResidualCNN().eval()
-    spec = bench.Spec("tiny", build, lambda batch, quick: ((torch.randn(batch, 3, 8, 8),), {}), bench._classifier_ignored)
+    inputs = lambda batch, quick: ((torch.randn(batch, 3, 8, 8),), {})  # noqa: E731
+    spec = bench.Spec("tiny", build, inputs, bench._classifier_ignored)
     result = bench.measure(spec, quick=True, amounts=(0.5,), batches=(1, 2), rounds=1, repeats=1, log=lambda s: None)
     assert result["groups"] == 2 and result["amounts"][0.5]["kept"] == 0.5  # the residual width, the block's inner
     assert result["params"] == sum(p.numel() for p in build().parameters())
