@@ -13,6 +13,8 @@ from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Union
 import optree
 import torch
 
+from . import _dtensor
+
 Tree = Any
 Include = Union[None, Callable[[str, torch.Tensor], bool], Iterable[str]]
 
@@ -124,7 +126,18 @@ def scores_for(named: Dict[str, torch.Tensor], scores: Optional[Tree]) -> Dict[s
     named_scores = lookup(named, scores, "scores")
     for name, leaf in named_scores.items():
         check_like(name, leaf, named[name], "scores")
+        named_scores[name] = _laid_out(name, leaf, named[name], "scores")
     return named_scores
+
+
+def _laid_out(name: str, leaf: torch.Tensor, param: torch.Tensor, what: str) -> torch.Tensor:
+    """A DTensor mask/scores leaf laid out like its DTensor param (ValueError naming the leaf if it cannot be)."""
+    if not (_dtensor.is_dtensor(leaf) or _dtensor.is_dtensor(param)):
+        return leaf
+    try:
+        return _dtensor.aligned(leaf, param, what)
+    except ValueError as err:
+        raise named_error(name, err) from err
 
 
 def masks_for(named: Dict[str, torch.Tensor], masks: Optional[Tree], of: str = "param") -> Dict[str, torch.Tensor]:
@@ -132,6 +145,7 @@ def masks_for(named: Dict[str, torch.Tensor], masks: Optional[Tree], of: str = "
     named_masks = lookup(named, masks, "masks")
     for name, mask in named_masks.items():
         check_like(name, mask, named[name], "mask", of)
+        named_masks[name] = _laid_out(name, mask, named[name], "mask")
     return named_masks
 
 

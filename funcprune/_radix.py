@@ -5,12 +5,15 @@ all of a global pruning's tensors). An exact radix selection on the bit patterns
 non-negative keys, 16 bits per pass, counted with ``bincount`` chunk by chunk: O(n) time, no
 concatenated copy of the keys, exact int64 counts past 2**31 entries. Ties at the cut go to the
 lowest global index (NaNs of every payload tie, as in torch's top-k). One process sums the counts of
-its tensors; the same counts summed across processes would give the same cut. Eager only.
+its tensors; with a ``reduce`` (a sum across processes, e.g. an ``all_reduce``) applied to every
+pass's histogram, processes holding shards of the tensors find the same global cut, and ties are
+then broken by a second radix selection over the tied entries' global indices (integer keys), so
+the answer does not depend on how the tensors are sharded. Eager only.
 """
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import torch
 
@@ -36,19 +39,21 @@ def _paired_chunks(key: torch.Tensor, live: Optional[torch.Tensor], chunk: int):
 
 def radix_select_keep(keys: Sequence[torch.Tensor], alive: Sequence[Optional[torch.Tensor]], k: int,
                       *, key_fn: Callable[[torch.Tensor], torch.Tensor] = lambda piece: piece,
-                      largest: bool = False, chunk: int = DEFAULT_CHUNK) -> list:
+                      largest: bool = False, chunk: int = DEFAULT_CHUNK, **spread: Any) -> list:
     """Keep masks after dropping the ``k`` smallest (or largest) alive entries across all ``keys``.
 
-    Eager only. ``key_fn`` maps a flat piece of a tensor in ``keys`` to its non-negative floating
-    keys, all of one dtype (e.g. ``abs`` and a cast to the common dtype); it runs chunk by chunk,
+    Eager only. ``key_fn`` maps a flat piece of a tensor in ``keys`` to its non-negative keys (floating,
+    or integer), all of one dtype (e.g. ``abs`` and a cast to the common dtype); it runs chunk by chunk,
     so no full-size copy of the keys is ever made. ``k`` must not exceed the number of alive
     entries. Returns one bool mask per tensor, shaped like it. ``chunk`` bounds every temporary.
+    ``spread`` (``reduce``, ``counted``, ``index_fn``, ``key_from_index``) is for keys sharded over
+    processes, as in :func:`radix_cut` and :func:`keep_from_cut`.
     """
     if k == 0:
         return [torch.ones_like(key, dtype=torch.bool) if live is None else live.clone()
                 for key, live in zip(keys, alive)]
-    cut = radix_cut(keys, alive, k, key_fn=key_fn, largest=largest, chunk=chunk)
-    return keep_from_cut(keys, alive, cut, key_fn=key_fn, largest=largest, chunk=chunk)
+    cut = radix_cut(keys, alive, k, key_fn=key_fn, largest=largest, chunk=chunk, **spread)
+    return keep_from_cut(keys, alive, cut, key_fn=key_fn, largest=largest, chunk=chunk, **spread)
 
 
 # ``radix_select_keep`` is ``keep_from_cut(keys, alive, radix_cut(keys, alive, k, ...), ...)``: the
@@ -76,28 +81,95 @@ class RadixCut(NamedTuple):
         return self.due < self.ties or self.nan
 
 
-def _cut_bits(key_fn, keys, largest):
-    """``(nbits, flip, bits_of)``: ``bits_of(piece)`` gives a piece's keys as ordered integers."""
-    sample = key_fn(keys[0].reshape(-1)[:1])
+Reduce = Callable[[torch.Tensor], torch.Tensor]
+IndexFn = Callable[[int, int, int], torch.Tensor]
+
+
+def _sample(keys, key_fn, key_from_index: bool) -> torch.Tensor:
+    """One key's worth of ``key_fn`` output (possibly empty): its dtype fixes the radix width."""
+    if key_from_index:
+        return key_fn(torch.zeros(1, dtype=torch.int64, device=keys[0].device))
+    return key_fn(keys[0].reshape(-1)[:1])
+
+
+def _cut_bits(key_fn, keys, largest, key_from_index: bool = False):
+    """``(nbits, flip, bits_of)``: ``bits_of(piece)`` gives a piece's keys as ordered integers.
+
+    Floating keys are read through their bit patterns (non-negative floats order like their
+    patterns); integer keys (hashed random keys, indices) must be non-negative and are their own
+    pattern.
+    """
+    sample = _sample(keys, key_fn, key_from_index)
     nbits = 8 * sample.element_size()
     flip = (1 << (nbits - 1)) - 1  # reverses the order of non-negative bit patterns
     work = torch.int32 if nbits <= 32 else torch.int64
-    nan_bits = _INF_BITS[sample.dtype] + 1  # NaNs of every payload tie (as in torch's top-k), just above +inf
+    floating = sample.is_floating_point()
+    nan_bits = _INF_BITS[sample.dtype] + 1 if floating else None  # NaNs of every payload tie, just above +inf
 
     def bits_of(piece):
-        b = _bits(key_fn(piece)).to(work).clamp_(max=nan_bits)
+        key = key_fn(piece)
+        b = _bits(key).to(work).clamp_(max=nan_bits) if floating else key.to(work)
         return flip - b if largest else b
 
     return nbits, flip, bits_of
 
 
+def _pieces(keys, alive, chunk, index_fn: Optional[IndexFn], counted=None):
+    """``(leaf, start, piece, live_piece, index_piece)`` over the counted leaves, ``chunk`` entries at a time.
+
+    ``index_piece`` is ``index_fn(leaf, start, len(piece))`` (None without an ``index_fn``).
+    """
+    for leaf, (key, live) in enumerate(zip(keys, alive)):
+        if counted is not None and not counted[leaf]:
+            continue
+        for start, piece, live_piece in _paired_chunks(key, live, chunk):
+            index = None if index_fn is None else index_fn(leaf, start, piece.numel())
+            yield leaf, start, piece, live_piece, index
+
+
+def _histogram_cut(bits_and_inside, k: int, nbits: int, device, reduce: Optional[Reduce]):
+    """``(prefix, due, ties)`` of the k-th smallest of the integers that ``bits_and_inside()`` yields.
+
+    ``bits_and_inside()`` yields ``(bits, inside)`` pairs (``inside`` a bool mask or None) for
+    every chunk, afresh on each call: one call per pass of ``_DIGIT_BITS`` bits. ``reduce`` sums
+    each pass's histogram across processes (then every process finds the same digit).
+    """
+    prefix = torch.zeros((), dtype=torch.int64, device=device)
+    due = torch.tensor(k, dtype=torch.int64, device=device)
+    ties = due
+    for shift in range(max(nbits - _DIGIT_BITS, 0), -1, -_DIGIT_BITS):
+        hist = torch.zeros(_DIGITS + 1, dtype=torch.int64, device=device)
+        for b, inside_mask in bits_and_inside():
+            inside = (b >> (shift + _DIGIT_BITS)) == (prefix >> (shift + _DIGIT_BITS))
+            if inside_mask is not None:
+                inside &= inside_mask
+            hist += torch.bincount(torch.where(inside, (b >> shift) & (_DIGITS - 1), _DIGITS),
+                                   minlength=_DIGITS + 1)
+        if reduce is not None:
+            hist = reduce(hist)
+        cum = hist[:_DIGITS].cumsum(0)
+        digit = torch.searchsorted(cum, due)
+        due = due - torch.where(digit > 0, cum[(digit - 1).clamp(min=0)], 0)
+        prefix = prefix | (digit << shift)
+        ties = hist[digit]
+    return prefix, int(due), int(ties)
+
+
 def radix_cut(keys: Sequence[torch.Tensor], alive: Sequence[Optional[torch.Tensor]], k: int, *,
               key_fn: Callable[[torch.Tensor], torch.Tensor] = lambda piece: piece, largest: bool = False,
-              chunk: int = DEFAULT_CHUNK) -> RadixCut:
+              chunk: int = DEFAULT_CHUNK, reduce: Optional[Reduce] = None, counted: Optional[Sequence[bool]] = None,
+              index_fn: Optional[IndexFn] = None, key_from_index: bool = False) -> RadixCut:
     """The cut of the ``k`` smallest (or largest) alive keys across ``keys``, without selecting.
 
     The histogram passes of :func:`radix_select_keep` (same arguments, ``1 <= k <= alive``):
     O(n) time, chunk-sized temporaries, no concatenated copy. Eager only.
+
+    For a selection spread over processes (each holding shards of the ``keys``): ``reduce`` sums a
+    count tensor across them (in place or not; it is applied to every pass's histogram, so ``k``
+    and the returned counts are global), and ``counted[i]`` False leaves the ``i``-th tensor out of
+    this process's counts (a replica another process counts). With ``key_from_index`` the keys
+    are ``key_fn(index_fn(i, start, count))``, a function of the entries' global indices (hashed
+    random keys) rather than of their values. Integer keys must be non-negative.
 
     Example:
       >>> cut = radix_cut([torch.tensor([3.0, 1.0, 1.0, 2.0])], [None], 1)
@@ -105,42 +177,42 @@ def radix_cut(keys: Sequence[torch.Tensor], alive: Sequence[Optional[torch.Tenso
       (1, 2, True)
     """
     device = keys[0].device
-    nbits, flip, bits_of = _cut_bits(key_fn, keys, largest)
-    prefix = torch.zeros((), dtype=torch.int64, device=device)
-    due = torch.tensor(k, dtype=torch.int64, device=device)
-    ties = due
-    for shift in range(max(nbits - _DIGIT_BITS, 0), -1, -_DIGIT_BITS):
-        hist = torch.zeros(_DIGITS + 1, dtype=torch.int64, device=device)
-        for key, live in zip(keys, alive):
-            for _, piece, live_piece in _paired_chunks(key, live, chunk):
-                b = bits_of(piece)
-                inside = (b >> (shift + _DIGIT_BITS)) == (prefix >> (shift + _DIGIT_BITS))
-                if live_piece is not None:
-                    inside &= live_piece
-                hist += torch.bincount(torch.where(inside, (b >> shift) & (_DIGITS - 1), _DIGITS),
-                                       minlength=_DIGITS + 1)
-        cum = hist[:_DIGITS].cumsum(0)
-        digit = torch.searchsorted(cum, due)
-        due = due - torch.where(digit > 0, cum[(digit - 1).clamp(min=0)], 0)
-        prefix = prefix | (digit << shift)
-        ties = hist[digit]
+    nbits, flip, bits_of = _cut_bits(key_fn, keys, largest, key_from_index)
+
+    def bits_and_inside():
+        for _, _, piece, live_piece, index in _pieces(keys, alive, chunk, index_fn if key_from_index else None,
+                                                      counted):
+            yield bits_of(index if key_from_index else piece), live_piece
+
+    prefix, due, ties = _histogram_cut(bits_and_inside, k, nbits, device, reduce)
+    sample = _sample(keys, key_fn, key_from_index)
     plain = int(flip - prefix) if largest else int(prefix)  # the k-th key's own bit pattern
-    return RadixCut(prefix, int(due), int(ties), plain > _INF_BITS[key_fn(keys[0].reshape(-1)[:1]).dtype])
+    return RadixCut(prefix, due, ties, sample.is_floating_point() and plain > _INF_BITS[sample.dtype])
 
 
 def keep_from_cut(keys: Sequence[torch.Tensor], alive: Sequence[Optional[torch.Tensor]], cut: RadixCut, *,
                   key_fn: Callable[[torch.Tensor], torch.Tensor] = lambda piece: piece, largest: bool = False,
-                  chunk: int = DEFAULT_CHUNK) -> list:
+                  chunk: int = DEFAULT_CHUNK, reduce: Optional[Reduce] = None,
+                  counted: Optional[Sequence[bool]] = None, index_fn: Optional[IndexFn] = None,
+                  key_from_index: bool = False) -> list:
     """Keep masks (one per key, its shape) after dropping what ``cut`` selects; ties by lowest global index.
 
     With the arguments given to :func:`radix_cut`. Where no tie straddles the cut this is the only
     answer, so any exact selection (torch's top-k included) gives the same masks.
+
+    Without ``index_fn`` the global index is the position in ``keys`` (tensor order, then
+    row-major), and the due ties are counted off in that order. With ``index_fn`` (shards of
+    tensors spread over processes, see :func:`radix_cut`), the tied entries' global indices are
+    themselves radix-selected (the ``due`` smallest, histograms summed by ``reduce``), so every
+    process drops the same ties whatever the sharding; only when a tie straddles the cut.
 
     Example:
       >>> keys = [torch.tensor([3.0, 1.0, 1.0, 2.0])]
       >>> keep_from_cut(keys, [None], radix_cut(keys, [None], 1))
       [tensor([ True, False,  True,  True])]
     """
+    if index_fn is not None:
+        return _keep_by_index(keys, alive, cut, key_fn, largest, chunk, reduce, counted, index_fn, key_from_index)
     device = keys[0].device
     _, _, bits_of = _cut_bits(key_fn, keys, largest)
     prefix, due = cut.prefix, cut.due
@@ -161,6 +233,40 @@ def keep_from_cut(keys: Sequence[torch.Tensor], alive: Sequence[Optional[torch.T
                 else:  # the piece where the due ties run out: the first ones, in index order
                     dropped = (b < prefix) | (tie & (tie.cumsum(0) + ties_seen <= due))
                 ties_seen += here
+            piece_keep = dropped.logical_not_()
+            if live_piece is not None:
+                piece_keep &= live_piece
+            keep[start:start + piece.numel()] = piece_keep
+        masks.append(keep.view(key.shape))
+    return masks
+
+
+def _keep_by_index(keys, alive, cut, key_fn, largest, chunk, reduce, counted, index_fn, key_from_index) -> list:
+    """:func:`keep_from_cut` with ties broken by a second radix selection over global indices."""
+    device = keys[0].device
+    _, _, bits_of = _cut_bits(key_fn, keys, largest, key_from_index)
+    prefix = cut.prefix
+
+    def bits(piece, index):
+        return bits_of(index if key_from_index else piece)
+
+    last_tie = None  # global index of the last tied entry dropped (every tie at or below it goes)
+    if cut.straddles:
+        def tied_indices():
+            for _, _, piece, live_piece, index in _pieces(keys, alive, chunk, index_fn, counted):
+                tie = bits(piece, index) == prefix
+                yield index, tie if live_piece is None else tie & live_piece
+        last_tie, _, _ = _histogram_cut(tied_indices, cut.due, 64, device, reduce)
+    masks = []
+    for leaf, (key, live) in enumerate(zip(keys, alive)):
+        keep = torch.empty(key.numel(), dtype=torch.bool, device=device)
+        for start, piece, live_piece in _paired_chunks(key, live, chunk):
+            index = index_fn(leaf, start, piece.numel())
+            b = bits(piece, index)
+            if last_tie is None:
+                dropped = b <= prefix  # not straddling: every tie goes
+            else:
+                dropped = (b < prefix) | ((b == prefix) & (index <= last_tie))
             piece_keep = dropped.logical_not_()
             if live_piece is not None:
                 piece_keep &= live_piece

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import weakref
 from typing import Any, Dict, List, Optional
@@ -65,6 +66,10 @@ def functional_call(module: torch.nn.Module, params: Tree, args: Any = (), kwarg
         given by its original name, and its mask buffer needs no entry).
 
     Raises:
+      TypeError: ``module`` is (or contains) an FSDP2 module (``fully_shard``): its pre-forward
+        all-gather would silently replace what is swapped in (see :mod:`funcprune.distributed`);
+        or ``module`` is a ``DistributedDataParallel`` and, with grad enabled, ``params`` gives
+        other tensors than its own parameters, whose gradients DDP would not average.
       KeyError: a name in ``params`` or ``masks`` that is not a parameter or buffer of the module
         (whatever ``strict`` is).
       RuntimeError: with ``strict=True``, a parameter or buffer missing from ``params`` (torch's
@@ -79,8 +84,45 @@ def functional_call(module: torch.nn.Module, params: Tree, args: Any = (), kwarg
       >>> torch.allclose(out, lin.bias)
       True
     """
+    _check_wrapper(module, params)
     with _lock_of(module):
         return _call(module, params, args, kwargs, masks, strict)
+
+
+def _check_wrapper(module: torch.nn.Module, params: Tree) -> None:
+    """Refuse the distributed wrappers that would silently ignore or not synchronize what is swapped in.
+
+    FSDP2 all-gathers its own sharded parameters before each forward and registers the unsharded
+    ones on the module, over anything ``torch.func.functional_call`` swapped in (masks included);
+    on a module not yet run it even adopts the swapped-in tensors as its parameters. DDP averages
+    the gradients of its own ``Parameter`` objects only: gradients of other tensors (detached
+    copies, ``torch.func.grad``'s inputs) stay per rank. The checks read ``sys.modules``, so
+    nothing is imported and a process that never loaded these wrappers pays nothing.
+    """
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    if fsdp is not None and hasattr(fsdp, "FSDPModule"):
+        for name, sub in module.named_modules():
+            if isinstance(sub, fsdp.FSDPModule):
+                where = f"its submodule {name!r} ({type(sub).__name__})" if name else type(sub).__name__
+                raise TypeError(
+                    f"functional_call cannot run {type(module).__name__}: {where} is sharded by FSDP2 "
+                    f"(fully_shard), whose pre-forward all-gather re-registers its own parameters over the "
+                    f"params and masks swapped in here, so they would be silently ignored. Under FSDP2, prune "
+                    f"the sharded params (masks come back as DTensors), zero them in place with "
+                    f"funcprune.distributed.keep_pruned(optimizer, params, masks) (or apply_masks_), and call "
+                    f"the model itself")
+    ddp = sys.modules.get("torch.nn.parallel.distributed")
+    if ddp is not None and isinstance(module, ddp.DistributedDataParallel) and torch.is_grad_enabled():
+        own = dict(module.named_parameters(remove_duplicate=False))
+        foreign = [name for name, value in _pytree.named_leaves(params).items()
+                   if name in own and value is not own[name]]
+        if foreign:
+            raise TypeError(
+                f"functional_call on DistributedDataParallel with grad enabled needs its own parameters: "
+                f"params give other tensors for {foreign[:3]}{' ...' if len(foreign) > 3 else ''} (detached "
+                f"copies, or torch.func transforms' inputs), whose gradients DDP would not average across ranks. "
+                f"Pass dict(ddp.named_parameters()) (masks= as usual) and call loss.backward(), or run "
+                f"functional_call on ddp.module and all-reduce the gradients yourself")
 
 
 # torch.func.functional_call swaps the given tensors into the module for the duration of the

@@ -4,7 +4,8 @@ A distribution reads only the leaves' shapes (so ``meta`` params work) and retur
 like ``params`` holding, for every covered leaf, the fraction of its entries to prune (a float in
 ``[0, 1]``). Leaves it does not cover are omitted, like a masks tree. :func:`prune_by` feeds such a
 tree to any core mask function, and :func:`to_counts` rounds it to entry counts whose total is
-exact.
+exact. DTensor params work as they are (their shapes are global); :func:`prune_by` gives their
+masks as the method does (see :mod:`funcprune.methods`).
 
 Which leaves are covered: ``include`` (default: every leaf with 2+ dims, i.e. Linear/Conv weights
 but no biases or norm scales) minus ``exclude``; ``overrides`` pins the sparsity of some of them.
@@ -20,7 +21,7 @@ from typing import Any, Callable, Mapping, Optional
 
 import torch
 
-from . import _amount, _pytree
+from . import _amount, _dtensor, _pytree, _sharded
 from ._amount import check_fraction
 from ._pytree import Include, Tree
 from ._select import as_keep, count_kept
@@ -202,7 +203,8 @@ def _to_go(leaf: torch.Tensor, target, keep: Optional[torch.Tensor]):
         raise ValueError(f"target count {wanted} exceeds the {leaf.numel()} entries")
     if keep is None:
         return wanted
-    pruned = leaf.numel() - count_kept(keep)
+    # a DTensor's kept entries are counted shard by shard and summed across its mesh
+    pruned = leaf.numel() - (int(_sharded.kept_count(keep)) if _dtensor.is_dtensor(keep) else count_kept(keep))
     if isinstance(pruned, int):
         return max(wanted - pruned, 0)
     return (wanted - pruned).clamp(min=0)
@@ -237,7 +239,10 @@ def prune_by(params: Tree, method: Callable[..., torch.Tensor], amounts: Tree, *
     named = _pytree.named_leaves(params)
     per_leaf = _pytree.lookup(named, amounts, "amounts")
 
+    from .methods import check_dtensor_method
+
     def step(name: str, leaf_scores: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        check_dtensor_method(method, leaf_scores)
         amount = per_leaf[name]
         if target:
             amount = _to_go(named[name], amount, as_keep(named[name], mask))

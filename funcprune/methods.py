@@ -7,6 +7,13 @@ exactly as ``torch.nn.utils.prune.PruningContainer`` does, and the result includ
 Exactly the requested number of survivors is pruned whatever values they hold (NaN, +-inf).
 Each method is its scores plus a granularity of the selection kernel (:mod:`funcprune._select`).
 
+DTensor scores (``torch.distributed.tensor``, ``Shard(d)``/``Replicate()`` on a 1-D or 2-D mesh):
+every function here takes them and returns a DTensor mask laid out like the scores, selecting
+without gathering (:mod:`funcprune._sharded`; eager only). Unstructured L1 then breaks ties at
+the cut by the lowest global index (what :func:`funcprune.global_unstructured` over that one leaf
+does; the single-process ``l1_unstructured`` breaks them like torch's top-k, so the two agree
+whenever no tie straddles the cut); random methods use the hash stream (``stream="hash"``).
+
 * Unstructured methods choose among the surviving entries, so a float ``amount`` is a fraction
   of the survivors (``round(amount * survivors)``) and an int ``amount`` may not exceed them.
 * Structured methods choose among the channels along ``dim`` that still have a surviving entry.
@@ -21,15 +28,16 @@ there an int ``amount`` larger than the survivors simply prunes every survivor, 
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 
-from . import _amount, _select
+from . import _amount, _dtensor, _select, _sharded
 from ._amount import Amount
 from ._select import as_keep, prune_units
 
 Norm = Union[int, float, str]
+_STREAMS = (None, "torch", "hash")
 
 __all__ = ["identity", "random_unstructured", "l1_unstructured", "random_structured", "ln_structured",
            "custom_from_mask"]
@@ -42,7 +50,29 @@ def identity(scores: torch.Tensor, *, mask: Optional[torch.Tensor] = None) -> to
       >>> identity(torch.randn(2, 3)).all()
       tensor(True)
     """
+    if _dtensor.is_dtensor(scores):
+        keep = _sharded_keep(scores, mask)
+        local = _dtensor.local(scores)
+        return _dtensor.like_param(torch.ones(local.shape, dtype=torch.bool, device=local.device) if keep is None
+                                   else _dtensor.local(keep).clone(), scores)
     return _select.unchanged(scores, as_keep(scores, mask), mask)
+
+
+def _sharded_keep(scores: torch.Tensor, mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """The existing mask of DTensor ``scores`` as a bool DTensor laid out like them (or None)."""
+    keep = as_keep(scores, mask)
+    return None if keep is None else _dtensor.aligned(keep, scores, "mask")
+
+
+def _stream(stream: Optional[str], scores: torch.Tensor) -> str:
+    """``"torch"`` or ``"hash"``: which random stream draws (DTensors only have the hash stream)."""
+    if stream not in _STREAMS:
+        raise ValueError(f"stream must be 'torch' or 'hash', got {stream!r}")
+    if _dtensor.is_dtensor(scores):
+        if stream == "torch":
+            raise ValueError("stream='torch' needs full-size draws; DTensor scores take stream='hash'")
+        return "hash"
+    return stream or "torch"
 
 
 def l1_unstructured(scores: torch.Tensor, amount: Amount, *, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -62,6 +92,9 @@ def l1_unstructured(scores: torch.Tensor, amount: Amount, *, mask: Optional[torc
       tensor([ True, False,  True, False])
     """
     _amount.validate_amount(amount)
+    if _dtensor.is_dtensor(scores):
+        return _sharded.select_global([scores], [_sharded_keep(scores, mask)], amount, method="l1",
+                                      dtype=scores.dtype)[0]
     return prune_units(scores, _select.entries(scores.shape), amount, lambda: scores.detach().abs(), mask=mask)
 
 
@@ -72,7 +105,7 @@ def _uniform(like: torch.Tensor, shape, dtype: torch.dtype, generator: Optional[
 
 
 def random_unstructured(scores: torch.Tensor, amount: Amount, *, mask: Optional[torch.Tensor] = None,
-                        generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                        generator: Optional[torch.Generator] = None, stream: Optional[str] = None) -> torch.Tensor:
     """Prune ``amount`` surviving entries chosen uniformly at random.
 
     ``scores`` only gives the shape, dtype and device. On a fresh mask with the global RNG this
@@ -80,22 +113,34 @@ def random_unstructured(scores: torch.Tensor, amount: Amount, *, mask: Optional[
     hence the same mask after the same ``torch.manual_seed``. Pass ``generator`` for masks that
     do not touch the global RNG.
 
+    ``stream="hash"`` (the only stream for DTensor scores, and their default) draws one 63-bit
+    seed instead and prunes the survivors with the smallest keys of a counter-based hash of
+    ``(seed, flat index)``, ties by lowest index: the same mask for the same seed whatever the
+    sharding, world size 1 (plain tensors) included, with no full-size draw. It is not torch's
+    stream, so it gives other masks than torch for the same seed. Eager only.
+
     Example:
       >>> g = torch.Generator().manual_seed(0)
       >>> int(random_unstructured(torch.zeros(10), 0.3, generator=g).sum())
       7
     """
     _amount.validate_amount(amount)
+    if _stream(stream, scores) == "hash":
+        keep = _sharded_keep(scores, mask) if _dtensor.is_dtensor(scores) else as_keep(scores, mask)
+        return _sharded.select_global([scores], [keep], amount, method="random", dtype=scores.dtype,
+                                      generator=generator)[0]
     return prune_units(scores, _select.entries(scores.shape), amount,
                        lambda: _uniform(scores, scores.shape, scores.dtype, generator), mask=mask, largest=True)
 
 
 def random_structured(scores: torch.Tensor, amount: Amount, dim: int, *, mask: Optional[torch.Tensor] = None,
-                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                      generator: Optional[torch.Generator] = None, stream: Optional[str] = None) -> torch.Tensor:
     """Prune ``amount`` whole channels along ``dim``, chosen at random among those still alive.
 
     A channel is alive while any of its entries survives. On a fresh mask with the global RNG it
     draws what torch's ``RandomStructured`` draws (``torch.rand(channels)`` in the default dtype).
+    ``stream="hash"`` (DTensors' stream) prunes the alive channels with the smallest hash keys of
+    ``(seed, channel index)``, one seed drawn per call, as :func:`random_unstructured` describes.
 
     Raises:
       ValueError: for a tensor with fewer than 2 dims, or a bad ``amount``.
@@ -108,6 +153,13 @@ def random_structured(scores: torch.Tensor, amount: Amount, dim: int, *, mask: O
     """
     _amount.validate_amount(amount)
     channels = _select.slices(scores.shape, dim)
+    if _stream(stream, scores) == "hash":
+        dim = channels.dim
+        keep = _sharded_keep(scores, mask) if _dtensor.is_dtensor(scores) else as_keep(scores, mask)
+        seed = _sharded.draw_seed(generator, [scores])
+        device = _dtensor.local(scores).device
+        return _sharded.select_channels(scores, amount, dim,
+                                        lambda: _sharded.random_channel_keys(seed, scores.shape[dim], device), keep)
     return prune_units(scores, channels, amount,
                        lambda: torch.rand(channels.unit_shape, generator=generator, device=scores.device), mask=mask)
 
@@ -139,6 +191,10 @@ def ln_structured(scores: torch.Tensor, amount: Amount, n: Norm, dim: int, *,
         raise TypeError(f"n must be a norm order accepted by torch.norm, got {n!r}")
     _amount.validate_amount(amount)
     channels = _select.slices(scores.shape, dim)
+    if _dtensor.is_dtensor(scores):
+        keep = _sharded_keep(scores, mask)
+        norms = _sharded.channel_norms(scores, n, channels.dim)  # one norm per channel crosses the wire
+        return _sharded.select_channels(scores, amount, channels.dim, norms, keep, select_kept=True, lazy=False)
 
     def norms():
         norm = _select.channel_norm(scores.detach(), n, channels.dim)
@@ -160,5 +216,23 @@ def custom_from_mask(scores: torch.Tensor, custom: torch.Tensor, *,
       tensor([False,  True, False])
     """
     custom = as_keep(scores, custom, "custom")
+    if _dtensor.is_dtensor(scores):
+        local = _dtensor.local(_dtensor.aligned(custom, scores, "custom")).clone()
+        keep = _sharded_keep(scores, mask)
+        return _dtensor.like_param(local if keep is None else local & _dtensor.local(keep), scores)
     keep = as_keep(scores, mask)
     return custom.clone() if keep is None else custom & keep
+
+
+DTENSOR_METHODS = (identity, l1_unstructured, random_unstructured, random_structured, ln_structured, custom_from_mask)
+
+
+def check_dtensor_method(method: Callable, leaf: torch.Tensor) -> None:
+    """Raise TypeError unless ``method`` can take ``leaf`` (any method takes a plain tensor).
+
+    Only the methods of :data:`DTENSOR_METHODS` select on DTensor shards without gathering; any
+    other would run DTensor ops that may gather, so it is refused up front (the caller names the leaf).
+    """
+    if _dtensor.is_dtensor(leaf) and method not in DTENSOR_METHODS:
+        raise TypeError(f"{getattr(method, '__name__', method)!s} does not take DTensor leaves; those that do: "
+                        f"{', '.join(m.__name__ for m in DTENSOR_METHODS)}")

@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from . import _amount, _pytree, _select
+from . import _amount, _dtensor, _pytree, _select, _sharded
 from ._amount import Amount
 from ._pytree import Include, Tree
 from ._select import as_keep, check_dim
@@ -137,11 +137,15 @@ def _float_of(t: torch.Tensor) -> torch.dtype:
 def channels_kept(mask: torch.Tensor, dim: int = 0) -> torch.Tensor:
     """Which channels along ``dim`` still have a surviving entry (a 1-D bool tensor).
 
+    For a DTensor mask: a plain vector, the same on every rank (one all-reduce of channel counts).
+
     Example:
       >>> channels_kept(torch.tensor([[True, False], [False, False]]))
       tensor([ True, False])
     """
     dim = check_dim(dim, mask.shape)
+    if _dtensor.is_dtensor(mask):  # a channels-sized count vector crosses the wire
+        return _sharded.channels_kept(mask, dim)
     others = [d for d in range(mask.dim()) if d != dim]
     kept = mask != 0
     return kept.any(dim=others) if others else kept
@@ -162,6 +166,8 @@ def prune_channels(params: Tree, amount: Amount, n: Norm = 2, dim: int = 0, *, m
     ``ln_structured`` mask). With ``bias=True`` and ``dim=0``, the sibling ``<prefix>.bias`` of a
     ``<prefix>.weight`` leaf gets the weight's surviving output channels as its mask, on top of
     its own mask: a pruned output channel then outputs exactly zero instead of its bias.
+    DTensor weights and biases (any placements) give DTensor masks: one norm per channel crosses
+    the wire and every rank picks the same channels (those of the one-process call).
 
     Args:
       params: pytree of tensors named like ``named_parameters()``.
@@ -203,8 +209,12 @@ def prune_channels(params: Tree, amount: Amount, n: Norm = 2, dim: int = 0, *, m
             if bias_leaf.shape != (named[name].shape[0],):
                 raise ValueError(f"{bias_name}: shape {tuple(bias_leaf.shape)} does not match the "
                                  f"{named[name].shape[0]} output channels of {name}")
-            kept = channels_kept(new[name], 0).to(bias_leaf.device)
+            kept = channels_kept(new[name], 0)
             bias_keep = as_keep(bias_leaf, new.get(bias_name), f"{bias_name} mask")
+            if _dtensor.is_dtensor(bias_leaf):  # the bias's own shard of the channel vector
+                new[bias_name] = _sharded.spread_channels(kept, bias_leaf, 0, bias_keep)
+                continue
+            kept = kept.to(bias_leaf.device)
             new[bias_name] = kept if bias_keep is None else kept & bias_keep
 
     return _pytree.per_leaf(params, step, masks=masks, scores=scores, include=include, finish=with_biases)

@@ -7,6 +7,11 @@ are what :func:`funcprune.stacked_call` and :func:`funcprune.vmap_stacked` run K
 The ``masks_for_*`` functions make K masks with no Python loop over K: each is one
 ``torch.func.vmap`` of :func:`funcprune.prune` (for a tensor method such as
 :func:`funcprune.l1_unstructured`) or of :func:`funcprune.global_unstructured`.
+
+DTensor params (functorch transforms do not take DTensors) go through an eager loop over the K
+masks instead; the result is stacked DTensor masks (dim 0 the stack, each ``Shard(d)`` of the
+params becoming ``Shard(d + 1)``). Random methods then use the hash stream (one seed per mask from
+the global RNG), not the stream of the ``vmap`` path.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any, Callable, List, Optional, Sequence, Union
 import optree
 import torch
 
-from . import _amount, _pytree
+from . import _amount, _dtensor, _pytree
 from ._pytree import Include, Tree
 from .tree import global_unstructured, prune
 
@@ -135,6 +140,18 @@ def _amounts_tensor(amounts: Amounts, device: torch.device) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.int64 if kinds == {True} else torch.float64, device=device)
 
 
+def _sharded(params: Tree) -> bool:
+    return any(_dtensor.is_dtensor(leaf) for leaf in optree.tree_leaves(params))
+
+
+def _stacked_masks(trees: List[Tree]) -> Tree:
+    """K masks trees (DTensor leaves) stacked along a new dim 0, locally: the eager loop's :func:`stack`."""
+    named = [_pytree.named_leaves(tree) for tree in trees]
+    out = {name: (_dtensor.stacked if _dtensor.is_dtensor(leaf) else torch.stack)([n[name] for n in named])
+           for name, leaf in named[0].items()}
+    return _pytree.like(trees[0], out)
+
+
 def _pruner(params: Tree, method: Callable, args: tuple, masks: Optional[Tree], include: Include,
             kwargs: dict) -> Callable[[Any, Optional[Tree]], Tree]:
     """``(amount, scores) -> masks``: ``method`` lifted to trees by :func:`prune` or used as is."""
@@ -193,6 +210,8 @@ def masks_for_amounts(params: Tree, method: Callable, amounts: Amounts, *args: A
     """
     amounts = _amounts_tensor(amounts, _device_of(params))
     run = _pruner(params, method, args, masks, include, kwargs)
+    if _sharded(params):
+        return _stacked_masks([run(_amount.as_number(amount), scores) for amount in amounts])
     _check_counts(run, amounts, None)
     return torch.func.vmap(lambda amount: run(amount, scores))(amounts)
 
@@ -234,6 +253,8 @@ def masks_for_seeds(params: Tree, method: Callable, num: int, *args: Any, masks:
         one = lambda _: run(amount, None)  # noqa: E731
     else:
         one = lambda _: prune(params, method, *args, masks=masks, include=include, **kwargs)  # noqa: E731
+    if _sharded(params):
+        return _stacked_masks([one(k) for k in range(num)])
     return torch.func.vmap(one, randomness="different")(torch.arange(num))
 
 
@@ -274,6 +295,14 @@ def masks_for_scores(params: Tree, method: Callable, scores: Tree, amount: Union
     batched = not isinstance(amount, (numbers.Number, torch.Tensor)) or (
         isinstance(amount, torch.Tensor) and amount.dim() == 1)
     run = _pruner(params, method, args, masks, include, kwargs)
+    if _sharded(params):
+        amounts = [amount] * size if not batched else [_amount.as_number(a) for a in _amounts_tensor(
+            amount, _device_of(params))]
+        if len(amounts) != size:
+            raise ValueError(f"got {len(amounts)} amounts for {size} stacked score trees")
+        pick = lambda k: optree.tree_map(  # noqa: E731
+            lambda leaf: _dtensor.unstacked(leaf, k) if _dtensor.is_dtensor(leaf) else leaf[k], scores)
+        return _stacked_masks([run(amounts[k], pick(k)) for k in range(size)])
     if not batched:
         _amount.validate_amount(amount)
         if isinstance(amount, numbers.Integral):

@@ -12,12 +12,12 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Union
 
 import torch
 
-from . import _amount, _pytree, _radix, _select
+from . import _amount, _dtensor, _pytree, _radix, _select, _sharded
 from ._amount import Amount, drop_count
 from ._masking import masked
 from ._pytree import Include, Tree, named_error, scores_for
 from ._select import as_keep, count_kept
-from .methods import l1_unstructured, random_unstructured
+from .methods import check_dtensor_method, l1_unstructured, random_unstructured
 
 __all__ = ["prune", "global_unstructured", "apply_masks", "mask_grads", "sparsity", "Sparsity"]
 
@@ -43,6 +43,11 @@ def prune(params: Tree, method: Callable[..., torch.Tensor], *args: Any, masks: 
         param's shape.
       ValueError, TypeError, IndexError, KeyError: as the method raises them, prefixed with the leaf
         name; nothing is returned half-done.
+      TypeError: a DTensor leaf given to a method that does not take DTensors (see
+        :data:`funcprune.methods.DTENSOR_METHODS`), naming the method and the leaf.
+
+    DTensor params (with DTensor masks/scores, any placements on the param's mesh) give DTensor
+    masks laid out like the params; see :mod:`funcprune.methods` for what each method does there.
 
     Example:
       >>> params = {"w": torch.tensor([[1.0, -2.0], [0.5, 3.0]]), "b": torch.zeros(2)}
@@ -51,6 +56,7 @@ def prune(params: Tree, method: Callable[..., torch.Tensor], *args: Any, masks: 
               [False,  True]])}
     """
     def step(name: str, leaf_scores: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        check_dtensor_method(method, leaf_scores)
         return method(leaf_scores, *args, mask=mask, **kwargs)
 
     return _pytree.per_leaf(params, step, masks=masks, scores=scores, include=include)
@@ -63,7 +69,7 @@ def _common_dtype(tensors) -> torch.dtype:
 def global_unstructured(params: Tree, amount: Amount, *, masks: Optional[Tree] = None,
                         scores: Optional[Tree] = None, method: Union[str, Callable] = "l1",
                         include: Include = None, generator: Optional[torch.Generator] = None,
-                        chunk_size: int = _radix.DEFAULT_CHUNK) -> Tree:
+                        chunk_size: int = _radix.DEFAULT_CHUNK, stream: Optional[str] = None) -> Tree:
     """Prune one ``amount`` across all selected leaves at once, as if they were one vector.
 
     Matches ``torch.nn.utils.prune.global_unstructured`` (with ``L1Unstructured`` or
@@ -90,9 +96,17 @@ def global_unstructured(params: Tree, amount: Amount, *, masks: Optional[Tree] =
       include: which leaves take part (None: all; a predicate ``(name, leaf)``; or names).
       generator: RNG for ``method="random"``.
       chunk_size: largest number of entries processed at once by the L1 selection.
+      stream: for ``method="random"``: ``"torch"`` (default for plain tensors: torch's draws) or
+        ``"hash"`` (default and only choice for DTensors): one 63-bit seed from ``generator``, keys
+        from a counter-based hash of ``(seed, global flat index)``, smallest keys pruned (ties by
+        lowest index), so a one-process call reproduces a distributed mask. Not torch's stream.
 
     Returns:
       New masks with an entry for every selected leaf (and earlier masks of the others).
+
+    Raises:
+      ValueError: a bad ``amount``/``method``/``stream``, no leaf selected, or a selection mixing
+        DTensor and plain leaves or DTensors of two meshes (naming a leaf of each).
 
     Example:
       >>> params = {"a": torch.tensor([3.0, -1.0]), "b": torch.tensor([0.5, 2.0, -4.0])}
@@ -111,6 +125,11 @@ def global_unstructured(params: Tree, amount: Amount, *, masks: Optional[Tree] =
     names = _pytree.selected(named, include)
     if not names:
         raise ValueError("global_unstructured needs at least one leaf to prune")
+    sharded = _dtensor.split_kinds({name: named[name] for name in names}, "global_unstructured selection")
+    if stream not in (None, "torch", "hash") or (stream is not None and method != "random") or (
+            sharded and stream == "torch"):
+        raise ValueError(f"stream must be None, 'torch' or 'hash' (with method='random'; DTensors: 'hash'), "
+                         f"got {stream!r} with method={method!r}")
     leaves = [named_scores.get(name, named[name]).detach() for name in names]
     keeps = []
     for name, leaf in zip(names, leaves):
@@ -119,6 +138,10 @@ def global_unstructured(params: Tree, amount: Amount, *, masks: Optional[Tree] =
         except (ValueError, TypeError) as err:
             raise named_error(name, err) from err
     dtype = _common_dtype(leaves)
+    if sharded or stream == "hash":  # the gather-free path (one process: the same code, no collectives)
+        new_keeps = _sharded.select_global(leaves, keeps, amount, method=method, dtype=dtype, generator=generator,
+                                           chunk=chunk_size)
+        return _pytree.like(params, {**old, **dict(zip(names, new_keeps))})
     total = sum(leaf.numel() for leaf in leaves)
     alive = total if all(keep is None for keep in keeps) else sum(
         leaf.numel() if keep is None else count_kept(keep) for leaf, keep in zip(leaves, keeps))
@@ -157,8 +180,15 @@ def global_unstructured(params: Tree, amount: Amount, *, masks: Optional[Tree] =
 def _map_masked(tree: Tree, masks: Optional[Tree], what: str) -> Tree:
     named = _pytree.named_leaves(tree)
     named_masks = _pytree.masks_for(named, masks, what)
-    out = {name: masked(leaf, named_masks[name]) if name in named_masks else leaf for name, leaf in named.items()}
+    out = {name: _masked(leaf, named_masks[name]) if name in named_masks else leaf for name, leaf in named.items()}
     return _pytree.like(tree, out)
+
+
+def _masked(leaf: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """:func:`masked` shard by shard for a DTensor (mask laid out like it): no communication."""
+    if _dtensor.is_dtensor(leaf):
+        return _dtensor.like_param(masked(_dtensor.local(leaf), _dtensor.local(mask)), leaf)
+    return masked(leaf, mask)
 
 
 def apply_masks(params: Tree, masks: Optional[Tree]) -> Tree:
@@ -220,7 +250,8 @@ def sparsity(masks: Tree, params: Optional[Tree] = None) -> Sparsity:
         is a stack of K masks, and the answer is per subnetwork (shape ``(K,)``).
 
     Returns:
-      A :class:`Sparsity`.
+      A :class:`Sparsity`. For DTensor masks the counts are global (summed across the mesh, one
+      all-reduce per leaf), plain tensors equal on every rank.
 
     Raises:
       TypeError: a mask or param leaf that is not a tensor (naming the leaf).
@@ -242,7 +273,7 @@ def sparsity(masks: Tree, params: Optional[Tree] = None) -> Sparsity:
             raise TypeError(f"{name}: mask must be a tensor, got {type(mask).__name__}")
     if params is None:
         total = sum(m.numel() for m in named.values())
-        pruned_each = {name: (m == 0).sum() for name, m in named.items()}
+        pruned_each = {name: _pruned(m, m.numel()) for name, m in named.items()}
         per_leaf = {name: count / max(named[name].numel(), 1) for name, count in pruned_each.items()}
         device = next(iter(named.values())).device if named else None  # the masks' device, even for no leaf counted
         pruned = sum(pruned_each.values(), torch.zeros((), dtype=torch.int64, device=device))
@@ -267,14 +298,25 @@ def sparsity(masks: Tree, params: Optional[Tree] = None) -> Sparsity:
     pruned_each = {}
     for name, mask in named.items():
         numel = named_params[name].numel()
-        dropped = mask == 0
         if mask.shape == named_params[name].shape:
-            count = dropped.sum()
+            count = _pruned(mask, numel)
             pruned_each[name] = count if size is None else count.expand(size)
         else:
-            pruned_each[name] = dropped.reshape(size, numel).sum(dim=1)
+            pruned_each[name] = _pruned(mask, numel, size)
     per_leaf = {name: count / max(named_params[name].numel(), 1) for name, count in pruned_each.items()}
     device = next(iter(named.values())).device if named else torch.device("cpu")
     empty = torch.zeros(() if size is None else (size,), dtype=torch.int64, device=device)
     pruned = sum(pruned_each.values(), empty)
     return Sparsity(pruned / max(total, 1), pruned, total, per_leaf)
+
+
+def _pruned(mask: torch.Tensor, numel: int, size: Optional[int] = None) -> torch.Tensor:
+    """Zero entries of ``mask`` (of ``numel`` per mask; per stacked mask for ``size`` K), int64.
+
+    A DTensor mask is counted shard by shard and summed across its mesh (replicas once): a plain
+    tensor, the same on every rank.
+    """
+    if _dtensor.is_dtensor(mask):
+        return numel - _sharded.kept_count(mask, per_row=size is not None)
+    dropped = mask == 0
+    return dropped.sum() if size is None else dropped.reshape(size, numel).sum(dim=1)

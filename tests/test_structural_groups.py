@@ -192,6 +192,12 @@ def test_multihead_attention_prunes_heads_of_the_fused_in_proj():
     assert proj in report.groups and pairs([proj]) == {("proj.weight", 0), ("proj.bias", 0), ("mha.in_proj_weight", 1)}
     out = by_producer(report, "mha.out_proj.weight")
     assert "model output" in out.reason
+    # a batch of 3: MultiheadAttention merges batch and heads (L, B*H, hd): heads become a barrier
+    report = group_report(model, (torch.randn(3, 5, 8),))
+    check_report(model, report)
+    assert not [g for g in report.groups if g.kind == "heads"]
+    barred = [g for g in report.excluded if "mixes channels with another dim" in g.reason]
+    assert pairs(barred) == {("mha.in_proj_weight", 0), ("mha.in_proj_bias", 0), ("mha.out_proj.weight", 1)}
 
 
 class Rolled(nn.Module):
@@ -397,3 +403,76 @@ def test_llama_gqa_prunes_query_heads_with_their_kv_head():
                                                 ("model.layers.0.mlp.down_proj.weight", 1)}
     (residual,) = report.inexact
     assert "mean across channels" in residual.reason and "LlamaRMSNorm" in residual.reason
+
+
+# --- removing a group's channels equals zeroing them (the groups are complete) -------------------
+def removed_equals_masked(model, args, kwargs, groups_, atol=1e-5):
+    """Drop channel 0 and the last channel of each group: sliced tensors vs zeroed parameters.
+
+    Removal runs through torch.func.functional_call with smaller tensors (F.conv2d, F.linear,
+    F.batch_norm and HF attention infer widths from the weights), so a member missing from a
+    group fails with a shape error or a different output.
+    """
+    params = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
+    drops = {}
+    for g in groups_:
+        for m in g.members:
+            run = g.channels // g.pools  # pools: an equal count from each run
+            drop = {0, g.channels - 1} if g.pools == 1 and g.channels > 2 else set(range(0, g.channels, run))
+            for c in drop:
+                start = m.offset + c * m.unit
+                drops.setdefault((m.name, m.dim, m.buffer), set()).update(range(start, start + m.unit))
+    masked, removed = dict(params), {**params, **buffers}
+    for (name, dim, buffer), idx in drops.items():
+        t = (buffers if buffer else params)[name]
+        keep = torch.tensor([i for i in range(t.shape[dim]) if i not in idx], dtype=torch.long)
+        removed[name] = removed[name].index_select(dim, keep)  # a param may shrink along two dims
+        if not buffer:
+            mask = torch.ones(t.shape[dim], dtype=torch.bool)
+            mask[sorted(idx)] = False
+            shape = [1] * t.dim()
+            shape[dim] = -1
+            masked[name] = masked[name] * mask.view(shape)
+    with torch.no_grad():
+        want = torch.func.functional_call(model, {**masked, **buffers}, args, kwargs)
+        got = torch.func.functional_call(model, removed, args, kwargs)
+    if not isinstance(want, torch.Tensor):
+        want, got = want[0], got[0]
+    torch.testing.assert_close(got, want, atol=atol, rtol=1e-4)
+
+
+@pytest.mark.parametrize("make,x", [
+    (ResidualMLP, torch.randn(2, 8)),
+    (Concat, torch.randn(1, 3, 8, 8)),
+    (TiedLM, torch.randint(0, 50, (1, 7))),
+])
+def test_removing_a_groups_channels_equals_zeroing_them(make, x):
+    torch.manual_seed(0)
+    model = make().eval()
+    if isinstance(model, Concat):  # non-trivial BN statistics
+        model.bn.running_mean.uniform_(-1, 1), model.bn.running_var.uniform_(0.5, 2)
+    report = group_report(model, (x,))
+    removed_equals_masked(model, (x,), {}, report.groups)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vgg11_bn", "densenet121", "regnet_x_400mf"])
+def test_torchvision_removal_equals_masking(name):
+    # (models with depthwise convs need the conv's `groups` changed: that is shrink's job)
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = getattr(tv.models, name)(weights=None).eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2)
+            m.bias.data.uniform_(-1, 1)
+    x = torch.randn(1, 3, 64, 64)
+    removed_equals_masked(model, (x,), {}, groups(model, (x,)), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["bert", "llama"])
+def test_transformer_heads_and_mlp_removal_equals_masking(name):
+    model, kw = _hf(name)
+    model.eval()
+    ids = torch.randint(0, 100, (1, 8))
+    removed_equals_masked(model, (ids,), kw, groups(model, (ids,), kw))

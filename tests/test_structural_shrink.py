@@ -200,8 +200,7 @@ def _n_params(model):
     return sum(p.numel() for p in model.parameters())
 
 
-# nn.MultiheadAttention needs equal counts in its two groups: a global ranking does not give them
-CASES = [(cls, scope) for cls in EXACT for scope in ("local", "global") if not (cls is MHA and scope == "global")]
+CASES = [(cls, scope) for cls in EXACT for scope in ("local", "global")]
 
 
 @pytest.mark.parametrize("cls,scope", CASES, ids=[f"{c.__name__}-{s}" for c, s in CASES])
@@ -500,14 +499,28 @@ def test_tied_params_stay_tied():
 
 
 def test_mha_heads_and_attributes():
+    from funcprune.structural._shrink import ShrunkMultiheadAttention
+
     model = _model(MHA)
-    masks = prune_groups(_params(model), MHA.GROUPS, 0.25)
+    params = _params(model)
+    masks = prune_groups(params, MHA.GROUPS, 0.25)
     small = shrink(model, masks, MHA.X, groups=MHA.GROUPS)
     assert (small.attn.embed_dim, small.attn.num_heads, small.attn.head_dim) == (12, 3, 4)
-    # heads alone cannot shrink nn.MultiheadAttention (torch ties its q/k/v width to embed_dim)
-    heads_only = prune_groups(_params(model), MHA.GROUPS[:1], 0.25)
-    with pytest.raises(ValueError, match="nn.MultiheadAttention.*must equal"):
-        shrink(model, heads_only, MHA.X, groups=MHA.GROUPS[:1])
+    assert type(small.attn) is nn.MultiheadAttention  # equal widths: torch's own module and forward
+    # torch ties nn.MultiheadAttention's q/k/v width to its input width: heads alone, or the embedding
+    # width alone (the tracer's groups: input side and output side), give ShrunkMultiheadAttention
+    input_side = Group(16, (M("inp.weight", 0), M("inp.bias", 0), M("attn.in_proj_weight", 1)))
+    output_side = Group(16, (M("attn.out_proj.weight", 0), M("attn.out_proj.bias", 0), M("out.weight", 1)))
+    for groups, shape in (([MHA.GROUPS[0]], (2, 8, 16, 16)), ([input_side, output_side], (4, 16, 8, 8))):
+        masks = prune_groups(params, groups, 0.5)
+        small = shrink(model, masks, MHA.X, groups=groups)  # checked against the masked model
+        assert isinstance(small.attn, ShrunkMultiheadAttention)
+        att = small.attn
+        assert (att.num_heads, att.in_proj_weight.shape[0] // 3, att.embed_dim, att.out_proj.out_features) == shape
+        fresh = shrink_to(MHA(), kept_channels(masks, groups))
+        fresh.load_state_dict(small.state_dict())
+        torch.testing.assert_close(fresh.eval()(*MHA.X), small(*MHA.X))
+        torch.testing.assert_close(torch.export.export(small, MHA.X).module()(*MHA.X), small(*MHA.X))
 
 
 def test_ranking_only_through_the_kernel():
@@ -705,3 +718,49 @@ def test_torchvision_end_to_end_with_traced_groups(name):
     small = shrink(model, masks, (x,))  # groups traced again inside, and the output check
     torch.testing.assert_close(small(x), fp.functional_call(model, params, (x,), masks=masks), rtol=1e-4, atol=1e-5)
     assert _n_params(small) == _predicted_params(model, masks) < 0.6 * _n_params(model)
+
+
+@pytest.mark.skipif(_traced_groups() is None, reason="funcprune.structural.groups (the struct-groups work) is not "
+                                                     "merged on this branch yet")
+@pytest.mark.parametrize("kind", ["bert", "llama"])
+def test_transformers_end_to_end_with_traced_groups(kind):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    if kind == "bert":
+        model = transformers.BertModel(transformers.BertConfig(
+            vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=16))
+    else:
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=64, max_position_embeddings=16))
+    model.eval()
+    ids, kwargs = (torch.randint(0, 50, (2, 7)),), {"use_cache": False}
+    groups = _traced_groups()(model, ids, kwargs)
+    assert {g.kind for g in groups} >= {"heads"}
+    params = _params(model)
+    masks = prune_groups(params, groups, 0.5)
+    small = shrink(model, masks, ids, groups=groups, example_kwargs=kwargs)  # checked against the masked model
+    assert _n_params(small) == _predicted_params(model, masks) < _n_params(model)
+
+
+@pytest.mark.skipif(_traced_groups() is None, reason="funcprune.structural.groups (the struct-groups work) is not "
+                                                     "merged on this branch yet")
+def test_torchvision_vit_heads_and_mlp_with_traced_groups():
+    # torchvision's ViT attends with nn.MultiheadAttention: its heads shrink alone (the residual
+    # width is inexact: LayerNorm), so the shrunk attention is a ShrunkMultiheadAttention
+    torchvision = pytest.importorskip("torchvision")
+    from funcprune.structural import ShrunkMultiheadAttention
+
+    torch.manual_seed(0)
+    model = torchvision.models.VisionTransformer(image_size=32, patch_size=16, num_layers=2, num_heads=4,
+                                                 hidden_dim=32, mlp_dim=64, num_classes=5).eval()
+    x = torch.randn(1, 3, 32, 32)
+    groups = _traced_groups()(model, (x,))
+    assert sorted(g.kind for g in groups).count("heads") == 2
+    params = _params(model)
+    masks = prune_groups(params, groups, 0.5)
+    small = shrink(model, masks, (x,), groups=groups)
+    assert isinstance(small.encoder.layers[0].self_attention, ShrunkMultiheadAttention)
+    assert small.encoder.layers[0].self_attention.num_heads == 2
+    assert _n_params(small) == _predicted_params(model, masks) < _n_params(model)

@@ -119,6 +119,8 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, **kw
     importance_scores = importance_scores if importance_scores is not None else {}
     if not isinstance(importance_scores, dict):
         raise TypeError("global_unstructured(): importance_scores must be of type dict")
+    for module, name in parameters:
+        _module.check_not_sharded(module, name)
     scores = [importance_scores.get((module, name), getattr(module, name)) for module, name in parameters]
     method = pruning_method(**kwargs)
     method._tensor_name = "temp"

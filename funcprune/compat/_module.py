@@ -21,6 +21,7 @@ calls in the same order), with two differences that only show when torch is brok
 
 from __future__ import annotations
 
+import sys
 import types
 import weakref
 from typing import Dict
@@ -171,8 +172,21 @@ def _grown(old, method, container_cls):
     return container
 
 
+def check_not_sharded(module: torch.nn.Module, name: str) -> None:
+    """Raise ``TypeError`` if ``module.<name>`` (or ``<name>_orig``) is a DTensor (FSDP2, tensor parallel)."""
+    dtensor = sys.modules.get("torch.distributed.tensor")
+    param = module._parameters.get(name, module._parameters.get(name + "_orig"))
+    if dtensor is not None and isinstance(param, dtensor.DTensor):
+        raise TypeError(f"funcprune.compat cannot prune {type(module).__name__}.{name}: it is a DTensor (sharded by "
+                        f"FSDP2's fully_shard or tensor parallelism), and compat's full-size {name}_mask buffer and "
+                        f"forward pre-hook do not fit a sharded parameter. Prune the params tree with the functional "
+                        f"API (the masks are DTensors like the params) and train with "
+                        f"funcprune.distributed.keep_pruned, or prune with compat before fully_shard")
+
+
 def apply(cls, module, name, args, kwargs, importance_scores, container_cls):
     """``BasePruningMethod.apply``: torch's semantics, mask first, all-or-nothing."""
+    check_not_sharded(module, name)
     old_key, old = pruning_hook(module, name)
     method = cls(*args, **kwargs)
     method._tensor_name = name

@@ -61,7 +61,7 @@ def group_report(module: torch.nn.Module, example_args, example_kwargs=None) -> 
                 continue
             for p in range(fold):  # every conv group loses the same local positions
                 members.append(Member(name, dim, off + p * length // fold, length // root.channels, buf))
-        members.sort(key=lambda m: (m.buffer, m.name, m.dim, m.offset))
+        members = sorted(members, key=lambda m: (m.buffer, m.name, m.dim, m.offset))
         kind = "heads" if "heads" in root.kinds else "channels"
         if channels < 2:
             reasons.append("one channel")
@@ -86,7 +86,7 @@ def groups(module: torch.nn.Module, example_args, example_kwargs=None, *,
             transformer's residual width: ``Group.exact`` is False, ``Group.reason`` says where).
 
     Returns:
-        A list of :class:`~funcprune.structural.Group`, producers first in graph order.
+        A list of :class:`~funcprune.structural.Group`, in the order of their producers' parameters.
 
     Raises:
         NotImplementedError: an op without a channel rule touches channels; the message names the
@@ -95,8 +95,9 @@ def groups(module: torch.nn.Module, example_args, example_kwargs=None, *,
     Example:
         >>> import torch.nn as nn
         >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3))
-        >>> [(g.channels, [(m.name, m.dim) for m in g.members]) for g in groups(net, (torch.randn(1, 3, 8, 8),))]
-        [(8, [('0.bias', 0), ('0.weight', 0), ('1.bias', 0), ('1.weight', 0), ('3.weight', 1), ('1.running_mean', 0), ('1.running_var', 0)])]
+        >>> (g,) = groups(net, (torch.randn(1, 3, 8, 8),))
+        >>> g.channels, sorted(m.name for m in g.members)
+        (8, ['0.bias', '0.weight', '1.bias', '1.running_mean', '1.running_var', '1.weight', '3.weight'])
     """
     report = group_report(module, example_args, example_kwargs)
     return list(report.groups) + (list(report.inexact) if inexact else [])

@@ -10,8 +10,6 @@ from __future__ import annotations
 import math
 from typing import List
 
-import torch
-
 from ._trace import Seg, TensorState, module_path, untracked
 
 
@@ -232,41 +230,48 @@ def softmax(flow, node, args, kwargs):
 
 
 def reduction(flow, node, args, kwargs):
-    """mean/sum/amax/var...: reducing over a channel dim is inexact except for a plain sum."""
+    """mean/sum/amax/var/norm...: reducing over a channel dim is inexact except for a plain sum."""
     x = args[0]
     n = len(x.shape)
-    dims = args[1] if len(args) > 1 else kwargs.get("dim")
+    name = node.target.overloadpacket.__name__
+    rest = list(args[2:] if name in ("norm", "linalg_vector_norm") else args[1:])  # (x, p, dim, ...)
+    dims = rest[0] if rest else kwargs.get("dim")
     if dims is None or dims == []:
         dims = list(range(n))
     elif isinstance(dims, int):
         dims = [dims]
     dims = {_nd(d, n) for d in dims}
-    keep = args[2] if len(args) > 2 and isinstance(args[2], bool) else kwargs.get("keepdim", False)
-    name = node.target.overloadpacket.__name__
+    keep = rest[1] if len(rest) > 1 and isinstance(rest[1], bool) else kwargs.get("keepdim", False)
     for d in dims:
         for seg in flow.resolve(x.dims[d]):
             if not seg.inner and name != "sum":
                 flow.mark_inexact(seg.space, _where(node, f"{name} across channels"))
-    out = [() if d in dims else x.dims[d] for d in range(n) if keep or d not in dims]
-    return TensorState(_shape(node), tuple(out))
+    out = TensorState(_shape(node) if not isinstance(node.meta["val"], (tuple, list)) else
+                      tuple(node.meta["val"][0].shape),
+                      tuple(() if d in dims else x.dims[d] for d in range(n) if keep or d not in dims))
+    if isinstance(node.meta["val"], (tuple, list)):  # max.dim / min.dim: (values, indices)
+        return [out, out]
+    return out
+
+
+_SPATIAL = {"1d": 1, "2d": 2, "3d": 3}
 
 
 def pool(flow, node, args, kwargs):
-    """Pooling over the trailing spatial dims: batch and channel dims pass through."""
+    """Pooling, padding, upsampling over the trailing spatial dims: the other dims pass through."""
     x = args[0]
-    shape = _shape(node)
-    lead = len(x.shape) - (len(x.shape) - 2 if len(x.shape) > 2 else 1)
+    name = node.target.overloadpacket.__name__
+    val = node.meta["val"]
+    shape = tuple((val[0] if isinstance(val, (tuple, list)) else val).shape)
+    k = len(args[1]) // 2 if name in ("constant_pad_nd", "pad") else _SPATIAL[name[-2:]]
+    lead = len(x.shape) - k
     for segs in x.dims[lead:]:
         if segs:
             flow.pin_all([TensorState((1,), (segs,))], _where(node, "pooling over channels"))
     out = TensorState(shape, x.dims[:lead] + tuple(() for _ in shape[lead:]))
-    if isinstance(node.meta["val"], (tuple, list)):
-        return [out, untracked(node.meta["val"][1].shape)]
+    if isinstance(val, (tuple, list)):
+        return [out, untracked(val[1].shape)]
     return out
-
-
-def _pool_of(val):
-    return val
 
 
 def barrier_on_dim(dim_arg: int, what: str):
@@ -359,7 +364,8 @@ for _name in ("mean", "sum", "amax", "amin", "var", "std", "prod", "max", "min",
 for _name in ("max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
               "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
               "adaptive_max_pool1d", "adaptive_max_pool2d", "max_pool2d_with_indices",
-              "upsample_nearest2d", "upsample_bilinear2d", "pad", "constant_pad_nd"):
+              "adaptive_max_pool3d", "max_pool3d_with_indices", "upsample_nearest1d",
+              "upsample_nearest2d", "upsample_bilinear2d", "upsample_nearest3d", "pad", "constant_pad_nd"):
     RULES[_name] = pool
 RULES["roll"] = barrier_on_dim(2, "torch.roll")
 RULES["flip"] = barrier_on_dim(1, "torch.flip")
@@ -376,10 +382,7 @@ for _name in ("_assert_tensor_metadata", "_assert_async", "sym_size", "sym_numel
               "_assert_scalar", "sym_constrain_range_for_size"):
     RULES[_name] = nothing
 
-PASSTHROUGH_UNTRACKED = frozenset()
-
 from ._shapes import SHAPE_RULES  # noqa: E402  (views, cat, split, select: the layout rules)
 
 RULES.update(SHAPE_RULES)
-__all__: List[str] = ["RULES", "PASSTHROUGH_UNTRACKED"]
-_ = torch
+__all__: List[str] = ["RULES"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from ._trace import Seg, TensorState, module_path, untracked
+from ._trace import Seg, TensorState, module_path
 
 
 def _shape(node):
@@ -38,7 +38,7 @@ def _blocks(a, b):
                 gb.append(ib[j]); pb *= b[ib[j]]; j += 1
             else:
                 break
-            if pa == pb and (i == len(ia) or j == len(ib) or True) and ga and gb:
+            if pa == pb and ga and gb:
                 break
         out.append((ga, gb))
     return out
@@ -67,7 +67,8 @@ def reshape_state(flow, node, x: TensorState, shape):
             # repeats them: channel shuffle): not separable
             reason = why + ": mixes channels with another dim"
             flow.pin_all([TensorState((1,), (segs,)) for _, segs in real], reason)
-            dims[gb[0]] = flow.fresh_pinned(shape[gb[0]], reason)
+            for e in gb:  # where the mixed channels went is unknown: every dim of the run
+                dims[e] = flow.fresh_pinned(shape[e], reason)
             continue
         k, segs = real[0]
         roots = {flow.find(s.space) for s in segs}
@@ -133,7 +134,7 @@ def repeat(flow, node, args, kwargs):
         if reps[lead + d] != 1 and _real(flow, segs):
             flow.pin_all([TensorState((1,), (segs,))], _why(node, "repeat of a channel dim"))
             segs = flow.fresh_pinned(shape[lead + d], _why(node, "repeat"))
-        dims.append(segs if reps[lead + d] == 1 else segs)
+        dims.append(segs)
     return TensorState(shape, tuple(dims))
 
 
@@ -197,7 +198,7 @@ def _slice_dim(flow, node, segs, start, end, step, size):
                 break
             flow.pin(s.space, why + ": cuts through a coupled channel space")
         if not again:
-            return tuple(s for s in out if not flow.find(s.space).pinned or True)
+            return tuple(out)
     raise RuntimeError("funcprune.structural: slice did not settle")  # pragma: no cover
 
 
@@ -266,14 +267,8 @@ def select(flow, node, args, kwargs):
 
 def unbind(flow, node, args, kwargs):
     x = args[0]
-    dim = args[1] if len(args) > 1 else 0
-    vals = node.meta["val"]
-    out = []
-    for i, v in enumerate(vals):
-        fake = type("N", (), {})()
-        fake.meta, fake.target = {"val": v}, node.target
-        out.append(select(flow, node if False else _Shim(node, v), (x, dim, i), {}))
-    return out
+    dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+    return [select(flow, _Shim(node, v), (x, dim, i), {}) for i, v in enumerate(node.meta["val"])]
 
 
 class _Shim:
@@ -301,7 +296,6 @@ SHAPE_RULES = {
     "squeeze": squeeze, "unsqueeze": squeeze, "view_as": view, "reshape_as": view,
     "permute": permute, "transpose": transpose, "t": transpose, "numpy_T": permute,
     "expand": expand, "expand_as": expand, "repeat": repeat, "cat": cat, "concat": cat,
-    "stack": stack, "slice": slice_, "narrow": None, "split": split, "split_with_sizes": split,
-    "chunk": split, "tensor_split": None, "unbind": unbind, "select": select, "getitem": getitem,
+    "stack": stack, "slice": slice_, "split": split, "split_with_sizes": split, "chunk": split,
+    "unbind": unbind, "select": select, "getitem": getitem,
 }
-SHAPE_RULES = {k: v for k, v in SHAPE_RULES.items() if v is not None}

@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .. import _pytree
 from .._masking import masked
@@ -19,7 +20,7 @@ from .._pytree import Tree
 from ._prune import _channel_any, _describe, check_groups
 from ._types import Group, Member
 
-__all__ = ["kept_channels", "shrink", "shrink_to"]
+__all__ = ["ShrunkMultiheadAttention", "kept_channels", "shrink", "shrink_to"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -161,19 +162,73 @@ def _fix_prelu(sub, path):
     sub.num_parameters = sub.weight.numel()
 
 
+class ShrunkMultiheadAttention(nn.MultiheadAttention):
+    """``nn.MultiheadAttention`` whose query/key/value width may differ from its input width.
+
+    torch's own forward requires ``q/k/v width == embed_dim``; a shrink that removes heads but not
+    embedding channels (or the other way round) gets this subclass: the same parameters and
+    ``state_dict`` keys, a plain forward (projections, scaled dot products, softmax, dropout, output
+    projection) for the usual arguments. ``bias_k``/``bias_v`` and ``add_zero_attn`` are refused.
+    """
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        if self.bias_k is not None or self.add_zero_attn:
+            raise NotImplementedError("ShrunkMultiheadAttention: bias_k/bias_v and add_zero_attn are not supported")
+        unbatched = query.dim() == 2
+        if unbatched:
+            query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+            key_padding_mask = None if key_padding_mask is None else key_padding_mask.unsqueeze(0)
+        elif self.batch_first:
+            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+        length, batch, _ = query.shape
+        source = key.shape[0]
+        heads, head_dim = self.num_heads, self.head_dim
+        if self._qkv_same_embed_dim:
+            w_q, w_k, w_v = self.in_proj_weight.chunk(3)
+        else:
+            w_q, w_k, w_v = self.q_proj_weight, self.k_proj_weight, self.v_proj_weight
+        b_q, b_k, b_v = (None, None, None) if self.in_proj_bias is None else self.in_proj_bias.chunk(3)
+        split = lambda x, w, b, n: F.linear(x, w, b).reshape(n, batch, heads, head_dim).permute(1, 2, 0, 3)
+        q, k, v = split(query, w_q, b_q, length), split(key, w_k, b_k, source), split(value, w_v, b_v, source)
+        scores = (q * head_dim ** -0.5) @ k.transpose(-2, -1)  # (batch, heads, length, source)
+        bias = None
+        if attn_mask is not None:
+            bias = attn_mask if attn_mask.dim() == 2 else attn_mask.reshape(batch, heads, length, source)
+            if bias.dtype == torch.bool:
+                bias = torch.zeros_like(bias, dtype=scores.dtype).masked_fill(bias, -math.inf)
+        elif is_causal:
+            bias = torch.ones(length, source, dtype=torch.bool, device=q.device).triu(1)
+            bias = torch.zeros_like(bias, dtype=scores.dtype).masked_fill(bias, -math.inf)
+        if key_padding_mask is not None:
+            pad = key_padding_mask.reshape(batch, 1, 1, source)
+            if pad.dtype == torch.bool:
+                pad = torch.zeros_like(pad, dtype=scores.dtype).masked_fill(pad, -math.inf)
+            bias = pad if bias is None else bias + pad
+        if bias is not None:
+            scores = scores + bias
+        weights = F.dropout(scores.softmax(-1), self.dropout, self.training)
+        out = (weights @ v).permute(2, 0, 1, 3).reshape(length, batch, heads * head_dim)
+        out = self.out_proj(out)
+        if unbatched:
+            out = out.squeeze(1)
+        elif self.batch_first:
+            out = out.transpose(0, 1)
+        if not need_weights:
+            return out, None
+        weights = weights.mean(1) if average_attn_weights else weights
+        return out, weights.squeeze(0) if unbatched else weights
+
+
 def _fix_mha(sub, path):
-    """nn.MultiheadAttention: its q/k/v width must equal ``embed_dim`` (torch's own constraint)."""
+    """nn.MultiheadAttention: head counts and widths; a q/k/v width other than the input width
+    turns it into :class:`ShrunkMultiheadAttention` (torch's forward ties the two)."""
     if sub._qkv_same_embed_dim:
         inner, embed = sub.in_proj_weight.shape[0] // 3, sub.in_proj_weight.shape[1]
         sub.kdim = sub.vdim = embed
     else:
         inner, embed = sub.q_proj_weight.shape
         sub.kdim, sub.vdim = sub.k_proj_weight.shape[1], sub.v_proj_weight.shape[1]
-    out = sub.out_proj.weight.shape[0]
-    if not inner == embed == out:
-        raise ValueError(f"submodule {path!r} (nn.MultiheadAttention): its query/key/value width ({inner}) must equal "
-                         f"its input and output width ({embed}, {out}); prune its heads together with an equal count "
-                         "of its embedding channels, or neither")
     head_dim = sub.head_dim
     if inner % head_dim == 0 and inner // head_dim <= sub.num_heads:  # whole heads went
         sub.num_heads = inner // head_dim
@@ -182,7 +237,12 @@ def _fix_mha(sub, path):
     else:
         raise ValueError(f"submodule {path!r} (nn.MultiheadAttention): width {inner} is neither whole heads of "
                          f"{head_dim} nor {sub.num_heads} heads of equal size")
-    sub.embed_dim = inner
+    sub.embed_dim = embed
+    if inner != embed or sub.out_proj.weight.shape[0] != embed:
+        if sub.bias_k is not None or sub.add_zero_attn:
+            raise ValueError(f"submodule {path!r} (nn.MultiheadAttention with bias_k/add_zero_attn): its query/key/"
+                             f"value width ({inner}) must stay equal to its input width ({embed})")
+        sub.__class__ = ShrunkMultiheadAttention
 
 
 def _fix_conv1d_hf(sub, path):  # transformers' GPT-2 Conv1D: weight (nx, nf)
@@ -395,8 +455,8 @@ def shrink(module: nn.Module, masks: Tree, example_args: Any = (), params: Optio
     ``Linear``, ``BatchNorm``/``InstanceNorm`` ``num_features``, ``LayerNorm``/``RMSNorm``
     ``normalized_shape``, ``GroupNorm`` ``num_channels`` (divisible by ``num_groups``),
     ``Embedding`` ``embedding_dim``, ``PReLU``, ``nn.MultiheadAttention`` (``embed_dim``,
-    ``num_heads``/``head_dim``, ``kdim``/``vdim``; torch requires its q/k/v width to equal
-    ``embed_dim``, so its heads shrink together with an equal count of embedding channels), and
+    ``num_heads``/``head_dim``, ``kdim``/``vdim``; where its q/k/v width no longer equals its
+    input width, which torch's forward requires, it becomes :class:`ShrunkMultiheadAttention`), and
     transformers' ``Conv1D`` (``nf``/``nx``) and head counts of BERT, GPT-2 and Llama attention
     (``num_attention_heads``/``all_head_size``, ``num_heads``/``split_size``,
     ``num_key_value_groups``). A member owned by any other module type raises before anything

@@ -261,10 +261,6 @@ class TensorState(NamedTuple):
     shape: Tuple[int, ...]
     dims: Tuple[Tuple[Seg, ...], ...]
 
-    @property
-    def tracked(self) -> bool:
-        return any(self.dims)
-
 
 def untracked(shape) -> TensorState:
     return TensorState(tuple(shape), tuple(() for _ in shape))
@@ -306,7 +302,7 @@ def capture(module: torch.nn.Module, args, kwargs=None):
 
 def run(module: torch.nn.Module, args, kwargs=None) -> Flow:
     """Export ``module`` and run the channel-space dataflow over its graph."""
-    from ._rules import RULES, PASSTHROUGH_UNTRACKED
+    from ._rules import RULES
 
     ep, names = capture(module, args, kwargs)
     flow = Flow()
@@ -331,13 +327,17 @@ def run(module: torch.nn.Module, args, kwargs=None) -> Flow:
                 getattr(node.target, "overloadpacket", None), "__name__", str(node.target))
             rule = RULES.get(key)
             if rule is None:
-                if not any(iter_dims((args_, list(kwargs_.values())))) or key in PASSTHROUGH_UNTRACKED:
+                if not any(iter_dims((args_, list(kwargs_.values())))):
                     env[node.name] = _untracked_like(val)  # no channel flows in: nothing to follow
                     continue
                 raise NotImplementedError(
                     f"funcprune.structural.groups: no channel rule for {node.target} "
                     f"(node {node.name}) in submodule {module_path(node)}; its inputs carry channels")
-            env[node.name] = rule(flow, node, args_, kwargs_)
+            out = rule(flow, node, args_, kwargs_)
+            if isinstance(val, torch.Tensor) and (not isinstance(out, TensorState) or len(out.dims) != val.dim()):
+                raise RuntimeError(f"funcprune.structural.groups: internal error: the rule for {node.target} "
+                                   f"gave a value of the wrong rank (submodule {module_path(node)})")
+            env[node.name] = out
         elif node.op == "output":
             outs = torch.fx.node.map_arg(node.args[0], lambda n: env[n.name])
             flow.pin_all(outs, "reaches the model output")

@@ -1,0 +1,235 @@
+"""DTensor plumbing for gather-free pruning: detect, local views, global indices, sums, wrapping.
+
+A DTensor leaf is pruned through its local shard only. This module holds what every distributed
+selection needs: which leaves are DTensors (and that their placements are supported), where the
+local shard sits in the full tensor (its global offset and the global row-major flat index of each
+local entry, int64 and exact past 2**31), a sum of small count tensors across the mesh in which
+every entry counts once (replicas of a ``Replicate`` mesh dim contribute only at mesh coordinate
+0), and wrapping a local bool mask back as a DTensor laid out like its param. Nothing here gathers
+a tensor: the only collectives are ``all_reduce`` of the count/norm tensors the callers pass.
+
+Eager only (collectives, Python ints from tensors). ``torch.distributed`` is imported lazily so a
+build without it still imports funcprune.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+
+
+def _dtensor_types():
+    from torch.distributed.tensor import DTensor, Replicate, Shard
+    return DTensor, Shard, Replicate
+
+
+def is_dtensor(t: Any) -> bool:
+    """True for a ``torch.distributed.tensor.DTensor`` (False where torch has no distributed build)."""
+    if type(t) in (torch.Tensor, torch.nn.Parameter):  # the common case, without the import below
+        return False
+    if not isinstance(t, torch.Tensor) or not torch.distributed.is_available():
+        return False
+    return isinstance(t, _dtensor_types()[0])
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """The local shard of a DTensor (differentiable), the tensor itself otherwise."""
+    return t.to_local() if is_dtensor(t) else t
+
+
+def check_placements(name: str, t: torch.Tensor) -> None:
+    """Raise unless ``t`` is laid out as ``Shard(d)``/``Replicate()`` on a 1-D or 2-D mesh.
+
+    Raises:
+      ValueError: a ``Partial`` (pending-sum) placement, any other placement type, or a mesh of
+        more than 2 dims, naming the leaf.
+    """
+    _, Shard, Replicate = _dtensor_types()
+    if t.device_mesh.ndim > 2:
+        raise ValueError(f"{name}: a {t.device_mesh.ndim}-D device mesh is not supported (1-D or 2-D)")
+    for mesh_dim, p in enumerate(t.placements):
+        if p.is_partial():
+            raise ValueError(f"{name}: placement {p} on mesh dim {mesh_dim} is a pending sum; redistribute it "
+                             f"to Shard/Replicate (e.g. dtensor.redistribute(placements=[Replicate()])) first")
+        if type(p) not in (Shard, Replicate):  # _StridedShard & co.: offsets are not one block
+            raise ValueError(f"{name}: placement {p} on mesh dim {mesh_dim} is not supported (Shard(d) or Replicate())")
+
+
+def split_kinds(named: dict, what: str = "selection") -> bool:
+    """True if every leaf of ``named`` is a DTensor on one mesh, False if none is.
+
+    Raises:
+      ValueError: DTensor and plain leaves mixed, or DTensors on different meshes (naming a leaf
+        of each), or an unsupported placement.
+    """
+    dist = [name for name, t in named.items() if is_dtensor(t)]
+    if not dist:
+        return False
+    plain = [name for name, t in named.items() if not is_dtensor(t)]
+    if plain:
+        raise ValueError(f"one {what} mixes DTensor leaves ({dist[0]!r}) and plain tensors ({plain[0]!r}); "
+                         f"make every leaf a DTensor (distribute_tensor) or none")
+    first = named[dist[0]].device_mesh
+    for name in dist:
+        check_placements(name, named[name])
+        if named[name].device_mesh != first:
+            raise ValueError(f"one {what} spans two device meshes: {dist[0]!r} on {first}, {name!r} on "
+                             f"{named[name].device_mesh}")
+    return True
+
+
+def offset_and_shape(t: torch.Tensor) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    """``(global offset, local shape)`` of this rank's shard (zeros and the full shape for a plain tensor)."""
+    if not is_dtensor(t):
+        return (0,) * t.dim(), tuple(t.shape)
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+    shape, offset = compute_local_shape_and_global_offset(t.shape, t.device_mesh, t.placements)
+    return tuple(offset), tuple(shape)
+
+
+def counts_here(t: torch.Tensor) -> bool:
+    """Whether this rank's copy of ``t`` is the one counted in a sum across the mesh.
+
+    A ``Replicate`` mesh dim holds the same entries at every coordinate: only coordinate 0 counts
+    them, so a sum over the mesh counts each entry once. Plain tensors always count.
+    """
+    if not is_dtensor(t):
+        return True
+    _, _, Replicate = _dtensor_types()
+    coord = t.device_mesh.get_coordinate()
+    if coord is None:  # this rank is not in the mesh: it holds nothing
+        return False
+    return all(c == 0 for c, p in zip(coord, t.placements) if isinstance(p, Replicate))
+
+
+def mesh_sum(mesh, op: str = "sum") -> Optional[Any]:
+    """A callable reducing a tensor in place across every rank of ``mesh`` (None for no mesh).
+
+    One ``all_reduce`` per mesh dim (over that dim's group): the sum over a 2-D mesh is the sum of
+    the row sums. ``op`` is ``"sum"`` or ``"max"``. The callers send only count, norm or seed
+    tensors, never a tensor's entries.
+    """
+    if mesh is None:
+        return None
+    dist = torch.distributed
+    reduce_op = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op]
+
+    def reduce(t: torch.Tensor) -> torch.Tensor:
+        for mesh_dim in range(mesh.ndim):
+            dist.all_reduce(t, op=reduce_op, group=mesh.get_group(mesh_dim))
+        return t
+    return reduce
+
+
+def mesh_of(tensors: Iterable[torch.Tensor]):
+    """The device mesh of the first DTensor among ``tensors`` (None if there is none)."""
+    for t in tensors:
+        if is_dtensor(t):
+            return t.device_mesh
+    return None
+
+
+def contiguous_strides(shape: Sequence[int]) -> Tuple[int, ...]:
+    """Row-major strides of ``shape`` (in entries)."""
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))
+
+
+def global_index(t: torch.Tensor, start: int, count: int, base: int = 0) -> torch.Tensor:
+    """Global row-major flat indices (int64, plus ``base``) of local entries ``start .. start+count-1``.
+
+    Local entries are numbered row-major in the local shard (``local(t).reshape(-1)``); their
+    index in the full tensor follows from the shard's global offset (see :func:`flat_index`).
+    """
+    offset, shape = offset_and_shape(t)
+    return flat_index(offset, shape, tuple(t.shape), start, count, base, local(t).device)
+
+
+def flat_index(offset: Sequence[int], local_shape: Sequence[int], global_shape: Sequence[int], start: int,
+               count: int, base: int = 0, device=None) -> torch.Tensor:
+    """``base`` + global row-major flat index of local entries ``start .. start+count-1`` of a block.
+
+    The block has ``local_shape`` and sits at ``offset`` in a tensor of ``global_shape``. int64
+    throughout (exact past 2**31); only ``count``-sized temporaries (a chunk, never the block).
+
+    Example:
+      >>> flat_index((1, 2), (2, 2), (3, 5), 0, 4).tolist()
+      [7, 8, 12, 13]
+    """
+    pos = torch.arange(start, start + count, dtype=torch.int64, device=device)
+    out = torch.full((count,), base, dtype=torch.int64, device=device)
+    for size, off, stride in zip(reversed(local_shape), reversed(offset), reversed(contiguous_strides(global_shape))):
+        if size:
+            out += (pos % size + off) * stride
+            pos = pos.div_(size, rounding_mode="floor")
+    return out
+
+
+def like_param(local_mask: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """``local_mask`` (this rank's shard) as a DTensor with ``param``'s mesh, placements, shape and stride."""
+    if not is_dtensor(param):
+        return local_mask
+    DTensor = _dtensor_types()[0]
+    return DTensor.from_local(local_mask, param.device_mesh, param.placements, run_check=False,
+                              shape=param.shape, stride=contiguous_strides(param.shape))
+
+
+def aligned(t: torch.Tensor, param: torch.Tensor, what: str) -> torch.Tensor:
+    """``t`` (a mask or scores DTensor) laid out like ``param``: a shard-sized redistribute at most.
+
+    Raises:
+      ValueError: ``t`` is a plain tensor for a DTensor param or the other way round, lives on
+        another mesh, or has an unsupported placement.
+    """
+    if is_dtensor(t) != is_dtensor(param):
+        kinds = ("a DTensor", "a plain tensor")
+        raise ValueError(f"the {what} is {kinds[not is_dtensor(t)]} but the param is "
+                         f"{kinds[not is_dtensor(param)]}; give both as DTensors (or neither)")
+    if not is_dtensor(t) or tuple(t.placements) == tuple(param.placements):
+        return t
+    check_placements(what, t)
+    if t.device_mesh != param.device_mesh:
+        raise ValueError(f"the {what} lives on mesh {t.device_mesh}, the param on {param.device_mesh}")
+    if t.dtype == torch.bool:  # collectives move bytes: a bool shard travels as uint8
+        return redistribute(t.to(torch.uint8), param.placements).to(torch.bool)
+    return redistribute(t, param.placements)
+
+
+def redistribute(t: torch.Tensor, placements: Sequence[Any]) -> torch.Tensor:
+    """``t`` with ``placements``: the one place a shard moves between ranks (shard-sized pieces)."""
+    return t.redistribute(t.device_mesh, list(placements))
+
+
+def stacked(masks: List[torch.Tensor]) -> torch.Tensor:
+    """K DTensor masks of one layout stacked along a new dim 0 (shard dims shift by one), locally."""
+    DTensor, Shard, _ = _dtensor_types()
+    first = masks[0]
+    placements = [Shard(p.dim % first.dim() + 1) if isinstance(p, Shard) else p for p in first.placements]
+    shape = torch.Size((len(masks), *first.shape))
+    return DTensor.from_local(torch.stack([local(m) for m in masks]), first.device_mesh, placements,
+                              run_check=False, shape=shape, stride=contiguous_strides(shape))
+
+
+def unstacked(t: torch.Tensor, k: int) -> torch.Tensor:
+    """Entry ``k`` along dim 0 of a stacked DTensor, locally (shard dims shift back by one).
+
+    Raises:
+      ValueError: the stack dim itself is sharded.
+    """
+    DTensor, Shard, _ = _dtensor_types()
+    if any(isinstance(p, Shard) and p.dim % t.dim() == 0 for p in t.placements):
+        raise ValueError(f"the stack dim (0) is sharded ({t.placements}); shard the per-mask dims only")
+    placements = [Shard(p.dim % t.dim() - 1) if isinstance(p, Shard) else p for p in t.placements]
+    shape = t.shape[1:]
+    return DTensor.from_local(t.to_local()[k], t.device_mesh, placements, run_check=False, shape=shape,
+                              stride=contiguous_strides(shape))
+
+
+def numel(t: torch.Tensor) -> int:
+    """Entries of the full tensor (a DTensor's global size)."""
+    return math.prod(t.shape)
