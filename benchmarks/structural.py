@@ -385,6 +385,13 @@ def main(argv=None) -> int:
     st.groups(nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1)), (torch.randn(1, 2),))
     start = time.perf_counter()
     results, failed = [], []
+    command = "python -m benchmarks.structural " + " ".join(argv if argv is not None else sys.argv[1:])
+    note = f"up to {rounds} rounds per batch size, each sample at least 50 ms"
+
+    def text() -> str:
+        return report(results, info, command.strip(), time.perf_counter() - start, note) + "".join(
+            f"\nFAILED {f}\n" for f in failed)
+
     for name in names:
         try:
             results.append(measure(SPECS[name], quick=args.quick, batches=batches, rounds=rounds, repeats=repeats,
@@ -392,16 +399,12 @@ def main(argv=None) -> int:
         except Exception as err:  # noqa: BLE001 - a model that fails is reported, the others still run
             failed.append(f"{name}: {type(err).__name__}: {err}")
             print(f"{name}: FAILED {failed[-1]}", flush=True)
-    elapsed = time.perf_counter() - start
-    command = "python -m benchmarks.structural " + " ".join(a for a in (argv if argv is not None else sys.argv[1:]))
-    text = report(results, info, command.strip(), elapsed,
-                  f"up to {rounds} rounds per batch size, each sample at least 50 ms")
-    text += "".join(f"\nFAILED {f}\n" for f in failed)
+        if args.out:  # the models measured so far (a run stopped early keeps them)
+            with open(args.out, "w") as f:
+                f.write("# Structural pruning: funcprune vs Torch-Pruning\n\n" + text())
     print()
-    print(text)
+    print(text())
     if args.out:
-        with open(args.out, "w") as f:
-            f.write("# Structural pruning: funcprune vs Torch-Pruning\n\n" + text)
         print(f"wrote {args.out}")
     return 1 if failed else 0
 
