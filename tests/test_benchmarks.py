@@ -212,3 +212,66 @@ def test_run_worker_adds_env_to_the_workers_environment(monkeypatch):
     assert os.path.isfile(os.path.join(seen["cwd"], "benchmarks", "run.py"))
     _memory.run_worker({"lib": "torch"})
     assert seen["env"] is None  # no extra variables: the worker inherits this environment unchanged
+
+
+class _TinyResidualCNN(torch.nn.Module):
+    """conv-BN-ReLU, a residual basic block, pooling and a classifier: the coupling of a ResNet, tiny."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.block = nn.Sequential(nn.Conv2d(8, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+                                   nn.Conv2d(6, 8, 3, padding=1), nn.BatchNorm2d(8))
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.relu(x + self.block(x))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def _check_structural_result(bench, result, amount):
+    row = result["amounts"][amount]
+    assert row["max_diff"] <= 1e-5 * max(1.0, row["out_scale"])  # the shrunk model is the masked model
+    assert 0 < row["kept"] < 1
+    assert row["params"] < result["params"] and row["flops"] < result["flops"]
+    assert row["tp_params"] < result["params"] and row["tp_flops"] < result["flops"]
+    assert min(row["prune_s"], row["shrink_s"], row["tp_build_s"], row["tp_step_s"], result["groups_s"]) > 0
+    for batch, lat in result["latency"].items():
+        assert set(lat["ms"]) == {"dense", f"masked {amount:.0%}", f"shrunk {amount:.0%}", f"TP {amount:.0%}"}
+        assert set(lat["speedup"]) == set(lat["ms"]) - {"dense"} and lat["rounds"] == 1
+    text = bench.report([result], "a machine", "python -m benchmarks.structural", 1.0, "1 round")
+    rows = [line for line in text.splitlines() if line.startswith(f"| {result['model']} |")]
+    assert len(rows) == 2 + len(result["latency"])  # size, time and one latency row per batch size
+    headers = [line for line in text.splitlines() if line.startswith("| model |")]
+    assert sorted(line.count("|") for line in rows) == sorted(h.count("|") for h in headers for _ in
+                                                              range(len(result["latency"]) if "| batch |" in h else 1))
+
+
+def test_structural_benchmark_measures_a_tiny_cnn_and_torch_pruning_alike():
+    pytest.importorskip("torch_pruning")
+    from benchmarks import structural as bench
+
+    def build():
+        torch.manual_seed(0)
+        return _TinyResidualCNN().eval()
+    inputs = lambda batch, quick: ((torch.randn(batch, 3, 8, 8),), {})  # noqa: E731
+    spec = bench.Spec("tiny", build, inputs, bench._classifier_ignored)
+    result = bench.measure(spec, quick=True, amounts=(0.5,), batches=(1, 2), rounds=1, repeats=1, log=lambda s: None)
+    assert result["groups"] == 2 and result["amounts"][0.5]["kept"] == 0.5  # the residual width, the block's inner
+    assert result["params"] == sum(p.numel() for p in build().parameters())
+    _check_structural_result(bench, result, 0.5)
+
+
+def test_structural_benchmark_bert_spec_prunes_heads_and_mlp_in_both_libraries(monkeypatch):
+    pytest.importorskip("torch_pruning")
+    pytest.importorskip("transformers")
+    from benchmarks import structural as bench
+
+    monkeypatch.setattr(bench, "BERT", dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                            intermediate_size=64, vocab_size=100))
+    result = bench.measure(bench.SPECS["bert-small"], quick=True, amounts=(0.5,), batches=(1,), rounds=1, repeats=1,
+                           log=lambda s: None)
+    assert result["groups"] == 2  # the heads and the MLP's inner width of the one layer
+    _check_structural_result(bench, result, 0.5)

@@ -106,3 +106,47 @@ def test_multi_mask_benchmark_contenders_agree():
         assert "loop" in contenders and ("torch loop" in contenders) != grad
         with torch.set_grad_enabled(grad):
             bench._check(contenders)
+
+
+def test_structural_example_shrinks_resnet18_to_the_masked_model_and_reloads_it(tmp_path, capsys):
+    pytest.importorskip("torchvision")
+    import copy
+
+    from examples import structural
+
+    tracked = sorted(os.listdir(EXAMPLES))
+    result = structural.main(out=str(tmp_path), quick=True)
+    assert sorted(os.listdir(EXAMPLES)) == tracked  # outputs go to --out only
+    x, y = result["test"]
+    model, small, tuned, masks = result["model"], result["small"], result["tuned"], result["masks"]
+    plain = copy.deepcopy(model)  # the masked model as a plain module: params * masks loaded
+    plain.load_state_dict({n: p * masks[n] if n in masks else p for n, p in model.state_dict().items()})
+    with torch.no_grad():
+        masked_out, small_out = plain.eval()(x), small.eval()(x)
+        acc = {"dense": float((model(x).argmax(1) == y).float().mean()),
+               "masked": float((masked_out.argmax(1) == y).float().mean()),
+               "tuned": float((tuned(x).argmax(1) == y).float().mean())}
+    assert torch.allclose(small_out, masked_out, rtol=1e-4, atol=1e-5)
+    accuracy = result["accuracy"]
+    assert accuracy["dense"] == pytest.approx(acc["dense"], abs=1e-6) and accuracy["dense"] > 0.3
+    assert accuracy["pruned (masked)"] == pytest.approx(acc["masked"], abs=1e-6)
+    assert accuracy["pruned and shrunk"] == pytest.approx(acc["masked"], abs=1e-6)
+    assert list(accuracy.values())[-1] == pytest.approx(acc["tuned"], abs=1e-6)
+    # half the channels of every group gone: params and FLOPs about a quarter (widths multiply)
+    n_dense, n_small = result["n_params"]
+    assert n_dense == sum(p.numel() for p in model.parameters()) == 11_181_642
+    assert n_small == sum(p.numel() for p in small.parameters()) < 0.35 * n_dense
+    assert result["flops"][1] < 0.35 * result["flops"][0]
+    assert small.conv1.out_channels < model.conv1.out_channels and small.fc.out_features == 10
+    # a fresh ResNet-18 rebuilt from the saved kept channels takes the saved weights
+    import json
+
+    from funcprune import structural as st
+    with open(tmp_path / "kept_channels.json") as f:
+        fresh = st.shrink_to(structural.build_model(), json.load(f))
+    fresh.load_state_dict(torch.load(tmp_path / "resnet18_shrunk.pt"))
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(x), tuned(x)) and result["reloaded_equal"]
+    out = capsys.readouterr().out.splitlines()
+    assert f"{'dense':<34}{accuracy['dense']:>9.1%}" in out
+    assert any(line.startswith("batch 64") for line in out)
