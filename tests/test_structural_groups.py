@@ -476,3 +476,36 @@ def test_transformer_heads_and_mlp_removal_equals_masking(name):
     model.eval()
     ids = torch.randint(0, 100, (1, 8))
     removed_equals_masked(model, (ids,), kw, groups(model, (ids,), kw))
+
+
+class _SumOfSigmoid(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.o = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        return self.o(y) + torch.sigmoid(y).sum(1, keepdim=True)
+
+
+class _Bilinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.o = nn.Linear(4, 8), nn.Linear(4, 8), nn.Linear(5, 2)
+
+    def forward(self, x):  # (N, 8) @ (8, N): two activations contracted over 8 channels
+        return self.o(torch.sigmoid(self.a(x)) @ torch.sigmoid(self.b(x)).T)
+
+
+def test_a_sum_or_an_activation_product_over_channels_is_inexact():
+    model = _SumOfSigmoid()
+    report = group_report(model, (torch.randn(1, 3, 4, 4),))
+    check_report(model, report)
+    g = by_producer(report, "a.weight")
+    assert g in report.inexact and "sum across channels" in g.reason and "submodule <top level>" in g.reason
+    model = _Bilinear()
+    report = group_report(model, (torch.randn(5, 4),))
+    check_report(model, report)
+    g = by_producer(report, "a.weight")
+    assert g in report.inexact and "of two activations across channels" in g.reason
+

@@ -96,8 +96,9 @@ def view(flow, node, args, kwargs):
 
 
 def permute(flow, node, args, kwargs):
-    x, order = args[0], args[1]
+    x = args[0]
     n = len(x.shape)
+    order = args[1] if len(args) > 1 else range(n - 1, -1, -1)  # numpy_T: no order, all dims reversed
     return TensorState(_shape(node), tuple(x.dims[_nd(d, n)] for d in order))
 
 
