@@ -509,3 +509,37 @@ def test_a_sum_or_an_activation_product_over_channels_is_inexact():
     g = by_producer(report, "a.weight")
     assert g in report.inexact and "of two activations across channels" in g.reason
 
+
+class _SplitSizes(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 5, 1), nn.Conv2d(5, 4, 1)
+
+    def forward(self, x):
+        p, q = torch.split(self.a(x), [3, 5], 1)
+        return self.c(q * self.b(x)) + p.sum(1, keepdim=True)
+
+
+class _Chunked(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.c, self.d = nn.Conv2d(3, 8, 1), nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        p, q = self.a(x).chunk(2, 1)
+        return self.c(F.relu(p)) + self.d(F.relu(q))
+
+
+def test_a_split_along_channels_pins_parts_the_forward_sizes():
+    x = torch.randn(2, 3, 4, 4)
+    model = _SplitSizes()
+    report = group_report(model, (x,))
+    check_report(model, report)
+    assert all(("a.weight", 0) not in pairs([g]) for g in report.groups + report.inexact)
+    assert any("split_with_sizes along a channel dim" in g.reason for g in report.excluded)
+    model = _Chunked()  # two equal halves pruned apart would break chunk(2)
+    report = group_report(model, (x,))
+    check_report(model, report)
+    assert all(("a.weight", 0) not in pairs([g]) for g in report.groups + report.inexact)
+    assert any("into equal parts that are not pruned as one channel space" in g.reason for g in report.excluded)
+

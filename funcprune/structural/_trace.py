@@ -71,6 +71,7 @@ class Flow:
     def __init__(self):
         self.spaces: List[Space] = []
         self.env: Dict[str, object] = {}
+        self.equal_splits: List[Tuple[list, str]] = []  # (each part's segments, reason): one space or pinned
 
     # --- spaces -------------------------------------------------------------------------
     def new(self, size: int, origin=None) -> Space:
@@ -343,6 +344,11 @@ def run(module: torch.nn.Module, args, kwargs=None) -> Flow:
             flow.pin_all(outs, "reaches the model output")
         else:
             raise NotImplementedError(f"funcprune.structural.groups: graph node kind {node.op!r}")
+    for parts, reason in flow.equal_splits:  # a split into equal parts needs its parts pruned alike
+        roots = {id(flow.find(s.space)): s.space for segs in parts for s in flow.resolve(segs) if not s.inner}
+        if len(roots) > 1:
+            for space in roots.values():
+                flow.pin(space, reason)
     return flow
 
 
