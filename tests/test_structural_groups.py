@@ -543,3 +543,12 @@ def test_a_split_along_channels_pins_parts_the_forward_sizes():
     assert all(("a.weight", 0) not in pairs([g]) for g in report.groups + report.inexact)
     assert any("into equal parts that are not pruned as one channel space" in g.reason for g in report.excluded)
 
+
+def test_a_depthwise_conv_on_the_model_input_is_excluded():
+    model = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    report = group_report(model, (torch.randn(2, 4, 6, 6),))
+    check_report(model, report)
+    g = by_producer(report, "0.weight")
+    assert g in report.excluded and "depthwise conv whose input channels cannot be pruned" in g.reason
+    assert not report.groups and not report.inexact
+

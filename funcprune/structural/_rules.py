@@ -89,8 +89,10 @@ def conv(flow, node, args, kwargs):
         m = cout // cin
         out = tuple(Seg(s.space, s.pos * m, s.length * m) for s in flow.resolve(x.dims[1]) if not s.inner)
         flow.align(out, w.dims[0], why)
-        if not out:
+        if not out:  # the input carries no channel space (model input): its channels stay, so do these
             out = _claimed(flow, w.dims[0])
+            for seg in out:
+                flow.pin(seg.space, why + ": depthwise conv whose input channels cannot be pruned")
     else:  # grouped: outputs pruned an equal count per conv group; inputs are group-local in w
         out = _claimed(flow, w.dims[0])
         for seg in out:
