@@ -552,3 +552,22 @@ def test_a_depthwise_conv_on_the_model_input_is_excluded():
     assert g in report.excluded and "depthwise conv whose input channels cannot be pruned" in g.reason
     assert not report.groups and not report.inexact
 
+
+class _DataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.o = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        if y.sum() > 0:
+            y = y * 2
+        return self.o(y)
+
+
+def test_an_export_failure_is_not_implemented_naming_the_model():
+    with pytest.raises(NotImplementedError, match=r"torch.export could not capture the model .*_DataDependent") as info:
+        group_report(_DataDependent(), (torch.randn(2, 3, 4, 4),))
+    assert info.value.__cause__ is not None
+    with pytest.raises(NotImplementedError, match="torch.export could not capture"):
+        groups(_DataDependent(), (torch.randn(2, 3, 4, 4),))

@@ -286,7 +286,13 @@ def capture(module: torch.nn.Module, args, kwargs=None):
     try:
         module.eval()
         with torch.no_grad():
-            ep = torch.export.export(module, args, kwargs or {}, strict=False)
+            try:
+                ep = torch.export.export(module, args, kwargs or {}, strict=False)
+            except Exception as err:  # data-dependent control flow, unsupported Python...
+                raise NotImplementedError(
+                    f"funcprune.structural.groups: torch.export could not capture the model "
+                    f"{type(module).__module__}.{type(module).__qualname__} (its groups are traced from the "
+                    f"exported graph): {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
     finally:
         for m, mode in modes.items():
             m.training = mode
