@@ -476,3 +476,98 @@ def test_transformer_heads_and_mlp_removal_equals_masking(name):
     model.eval()
     ids = torch.randint(0, 100, (1, 8))
     removed_equals_masked(model, (ids,), kw, groups(model, (ids,), kw))
+
+
+class _SumOfSigmoid(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.o = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        return self.o(y) + torch.sigmoid(y).sum(1, keepdim=True)
+
+
+class _Bilinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.o = nn.Linear(4, 8), nn.Linear(4, 8), nn.Linear(5, 2)
+
+    def forward(self, x):  # (N, 8) @ (8, N): two activations contracted over 8 channels
+        return self.o(torch.sigmoid(self.a(x)) @ torch.sigmoid(self.b(x)).T)
+
+
+def test_a_sum_or_an_activation_product_over_channels_is_inexact():
+    model = _SumOfSigmoid()
+    report = group_report(model, (torch.randn(1, 3, 4, 4),))
+    check_report(model, report)
+    g = by_producer(report, "a.weight")
+    assert g in report.inexact and "sum across channels" in g.reason and "submodule <top level>" in g.reason
+    model = _Bilinear()
+    report = group_report(model, (torch.randn(5, 4),))
+    check_report(model, report)
+    g = by_producer(report, "a.weight")
+    assert g in report.inexact and "of two activations across channels" in g.reason
+
+
+class _SplitSizes(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 5, 1), nn.Conv2d(5, 4, 1)
+
+    def forward(self, x):
+        p, q = torch.split(self.a(x), [3, 5], 1)
+        return self.c(q * self.b(x)) + p.sum(1, keepdim=True)
+
+
+class _Chunked(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.c, self.d = nn.Conv2d(3, 8, 1), nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        p, q = self.a(x).chunk(2, 1)
+        return self.c(F.relu(p)) + self.d(F.relu(q))
+
+
+def test_a_split_along_channels_pins_parts_the_forward_sizes():
+    x = torch.randn(2, 3, 4, 4)
+    model = _SplitSizes()
+    report = group_report(model, (x,))
+    check_report(model, report)
+    assert all(("a.weight", 0) not in pairs([g]) for g in report.groups + report.inexact)
+    assert any("split_with_sizes along a channel dim" in g.reason for g in report.excluded)
+    model = _Chunked()  # two equal halves pruned apart would break chunk(2)
+    report = group_report(model, (x,))
+    check_report(model, report)
+    assert all(("a.weight", 0) not in pairs([g]) for g in report.groups + report.inexact)
+    assert any("into equal parts that are not pruned as one channel space" in g.reason for g in report.excluded)
+
+
+def test_a_depthwise_conv_on_the_model_input_is_excluded():
+    model = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    report = group_report(model, (torch.randn(2, 4, 6, 6),))
+    check_report(model, report)
+    g = by_producer(report, "0.weight")
+    assert g in report.excluded and "depthwise conv whose input channels cannot be pruned" in g.reason
+    assert not report.groups and not report.inexact
+
+
+class _DataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.o = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        if y.sum() > 0:
+            y = y * 2
+        return self.o(y)
+
+
+def test_an_export_failure_is_not_implemented_naming_the_model():
+    with pytest.raises(NotImplementedError, match=r"torch.export could not capture the model .*_DataDependent") as info:
+        group_report(_DataDependent(), (torch.randn(2, 3, 4, 4),))
+    assert info.value.__cause__ is not None
+    with pytest.raises(NotImplementedError, match="torch.export could not capture"):
+        groups(_DataDependent(), (torch.randn(2, 3, 4, 4),))

@@ -764,3 +764,33 @@ def test_torchvision_vit_heads_and_mlp_with_traced_groups():
     assert isinstance(small.encoder.layers[0].self_attention, ShrunkMultiheadAttention)
     assert small.encoder.layers[0].self_attention.num_heads == 2
     assert _n_params(small) == _predicted_params(model, masks) < _n_params(model)
+
+
+class _SumOfSigmoid(nn.Module):
+    """A residual under a LayerNorm (inexact) and a hidden width whose sigmoid is summed (a wrong 'exact' group)."""
+
+    X = (torch.randn(3, 4),)
+
+    def __init__(self):
+        super().__init__()
+        self.i, self.ln, self.a, self.o, self.h = nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 16), nn.Linear(16, 8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        y = self.i(x)
+        z = self.a(self.ln(y))
+        return self.h(y + self.o(z) + torch.sigmoid(z).sum(-1, keepdim=True))
+
+
+def test_a_wrong_exact_group_raises_even_when_inexact_groups_are_pruned_too():
+    model = _model(_SumOfSigmoid)
+    params = _params(model)
+    width = Group(8, (M("i.weight", 0), M("i.bias", 0), M("ln.weight", 0), M("ln.bias", 0), M("a.weight", 1),
+                      M("o.weight", 0), M("o.bias", 0), M("h.weight", 1)), exact=False, reason="LayerNorm ln")
+    hidden = Group(16, (M("a.weight", 0), M("a.bias", 0), M("o.weight", 1)))
+    masks = prune_groups(params, [width, hidden], 0.5, include_inexact=True)
+    with pytest.raises(ValueError, match=r"inexact group\(s\) \[0\] left unpruned.*group 1 .*16 channels"):
+        shrink(model, masks, _SumOfSigmoid.X, groups=[width, hidden])
+    # the inexact group alone only warns; the exact group alone, when right, passes silently
+    masks = prune_groups(params, [width], 0.5, include_inexact=True)
+    with pytest.warns(UserWarning, match=r"inexact group\(s\) \[0\]"):
+        shrink(model, masks, _SumOfSigmoid.X, groups=[width, hidden])

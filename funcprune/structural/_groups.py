@@ -89,8 +89,9 @@ def groups(module: torch.nn.Module, example_args, example_kwargs=None, *,
         A list of :class:`~funcprune.structural.Group`, in the order of their producers' parameters.
 
     Raises:
-        NotImplementedError: an op without a channel rule touches channels; the message names the
-            ATen op and the submodule.
+        NotImplementedError: an op without a channel rule touches channels (the message names the
+            ATen op and the submodule), or ``torch.export`` cannot capture the model (names the
+            model class; the export error is chained).
 
     Example:
         >>> import torch.nn as nn

@@ -89,8 +89,10 @@ def conv(flow, node, args, kwargs):
         m = cout // cin
         out = tuple(Seg(s.space, s.pos * m, s.length * m) for s in flow.resolve(x.dims[1]) if not s.inner)
         flow.align(out, w.dims[0], why)
-        if not out:
+        if not out:  # the input carries no channel space (model input): its channels stay, so do these
             out = _claimed(flow, w.dims[0])
+            for seg in out:
+                flow.pin(seg.space, why + ": depthwise conv whose input channels cannot be pruned")
     else:  # grouped: outputs pruned an equal count per conv group; inputs are group-local in w
         out = _claimed(flow, w.dims[0])
         for seg in out:
@@ -157,6 +159,11 @@ def matmul(flow, node, args, kwargs):
         for other in cands[1:]:
             flow.align(cands[0], other, why)
         batch.append(_prefer(flow, *cands))
+    if all(any(not s.inner and s.space.origin is None for s in flow.resolve(d)) for d in (a_dims[-1], b_dims[-2])):
+        # two activations contracted over channels: a sum over them (a zeroed channel need not be zero there)
+        for seg in flow.resolve(a_dims[-1]) + flow.resolve(b_dims[-2]):
+            if not seg.inner and seg.space.origin is None:
+                flow.mark_inexact(seg.space, _where(node, f"{name} of two activations across channels"))
     flow.align(a_dims[-1], b_dims[-2], why)  # after the batch dims: heads joined first
     out_n, out_m = a_dims[-2], _claimed(flow, b_dims[-1])
     dims = tuple(batch) + (out_n, out_m)
@@ -230,7 +237,8 @@ def softmax(flow, node, args, kwargs):
 
 
 def reduction(flow, node, args, kwargs):
-    """mean/sum/amax/var/norm...: reducing over a channel dim is inexact except for a plain sum."""
+    """mean/sum/amax/var/norm...: reducing over a channel dim is inexact (a sum too: a zeroed channel
+    need not be zero where it is summed, e.g. ``sigmoid(0) = 0.5``)."""
     x = args[0]
     n = len(x.shape)
     name = node.target.overloadpacket.__name__
@@ -244,7 +252,7 @@ def reduction(flow, node, args, kwargs):
     keep = rest[1] if len(rest) > 1 and isinstance(rest[1], bool) else kwargs.get("keepdim", False)
     for d in dims:
         for seg in flow.resolve(x.dims[d]):
-            if not seg.inner and name != "sum":
+            if not seg.inner:
                 flow.mark_inexact(seg.space, _where(node, f"{name} across channels"))
     out = TensorState(_shape(node) if not isinstance(node.meta["val"], (tuple, list)) else
                       tuple(node.meta["val"][0].shape),

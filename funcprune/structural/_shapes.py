@@ -96,8 +96,9 @@ def view(flow, node, args, kwargs):
 
 
 def permute(flow, node, args, kwargs):
-    x, order = args[0], args[1]
+    x = args[0]
     n = len(x.shape)
+    order = args[1] if len(args) > 1 else range(n - 1, -1, -1)  # numpy_T: no order, all dims reversed
     return TensorState(_shape(node), tuple(x.dims[_nd(d, n)] for d in order))
 
 
@@ -236,6 +237,16 @@ def split(flow, node, args, kwargs):
     x = args[0]
     dim = _nd(args[2] if len(args) > 2 else kwargs.get("dim", 0), len(x.shape))
     sizes = [tuple(v.shape)[dim] for v in node.meta["val"]]
+    name = node.target.overloadpacket.__name__
+    if any(not s.inner for s in flow.resolve(x.dims[dim])):
+        why = _why(node, f"{name} along a channel dim")
+        if name == "split_with_sizes" or len(set(sizes)) > 1:  # sizes the forward hard-codes
+            flow.pin_all([TensorState((1,), (x.dims[dim],))], why + " into parts of given sizes")
+        else:  # equal parts the forward recomputes: pruned together (GPT-2's q/k/v) or not at all
+            pieces = _pieces(flow, node, x, dim, sizes)
+            flow.equal_splits.append(([p.dims[dim] for p in pieces], why + " into equal parts that are not "
+                                      "pruned as one channel space"))
+            return pieces
     return _pieces(flow, node, x, dim, sizes)
 
 

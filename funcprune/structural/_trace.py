@@ -71,6 +71,7 @@ class Flow:
     def __init__(self):
         self.spaces: List[Space] = []
         self.env: Dict[str, object] = {}
+        self.equal_splits: List[Tuple[list, str]] = []  # (each part's segments, reason): one space or pinned
 
     # --- spaces -------------------------------------------------------------------------
     def new(self, size: int, origin=None) -> Space:
@@ -285,7 +286,13 @@ def capture(module: torch.nn.Module, args, kwargs=None):
     try:
         module.eval()
         with torch.no_grad():
-            ep = torch.export.export(module, args, kwargs or {}, strict=False)
+            try:
+                ep = torch.export.export(module, args, kwargs or {}, strict=False)
+            except Exception as err:  # data-dependent control flow, unsupported Python...
+                raise NotImplementedError(
+                    f"funcprune.structural.groups: torch.export could not capture the model "
+                    f"{type(module).__module__}.{type(module).__qualname__} (its groups are traced from the "
+                    f"exported graph): {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
     finally:
         for m, mode in modes.items():
             m.training = mode
@@ -343,6 +350,11 @@ def run(module: torch.nn.Module, args, kwargs=None) -> Flow:
             flow.pin_all(outs, "reaches the model output")
         else:
             raise NotImplementedError(f"funcprune.structural.groups: graph node kind {node.op!r}")
+    for parts, reason in flow.equal_splits:  # a split into equal parts needs its parts pruned alike
+        roots = {id(flow.find(s.space)): s.space for segs in parts for s in flow.resolve(segs) if not s.inner}
+        if len(roots) > 1:
+            for space in roots.values():
+                flow.pin(space, reason)
     return flow
 
 
