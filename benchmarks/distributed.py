@@ -89,7 +89,7 @@ class Traffic:
     @staticmethod
     def _size(x) -> int:
         if isinstance(x, torch.Tensor):
-            from funcprune._dcp import is_dtensor
+            from funcprune._dtensor import is_dtensor
             x = x.to_local() if is_dtensor(x) else x
             return x.numel() * x.element_size()
         if isinstance(x, (list, tuple)):
@@ -200,6 +200,19 @@ def digest(masks: Dict[str, torch.Tensor]) -> List[int]:
     return [pruned, check]
 
 
+def _measured(select: Callable, tree) -> tuple:
+    """``(masks, seconds, peak extra MiB, traffic)`` of ``select(tree)`` on this rank."""
+    import gc
+    gc.collect()
+    _memory._reset_peak()
+    base_peak = max(_memory._peak_bytes(), _memory._rss_bytes())
+    with Traffic() as traffic:
+        start = time.perf_counter()
+        masks = select(tree)
+        seconds = time.perf_counter() - start
+    return masks, seconds, (_memory._peak_bytes() - base_peak) / MIB, traffic
+
+
 def rank_worker(rank: int, world: int, spec: Dict) -> Dict:
     """One measured call on this rank (``spec``: tree, method); process group already joined if any."""
     import funcprune as fp
@@ -211,22 +224,10 @@ def rank_worker(rank: int, world: int, spec: Dict) -> Dict:
         tree = _local_tree(shapes, rank, world)
         warm = _local_tree({"w": (64,)}, rank, world)
         (fp.global_unstructured(warm, 0.5) if spec["method"] == "funcprune" else _gathered_select(warm))
-    import gc
-    gc.collect()
-    _memory._reset_peak()
-    base_rss = _memory._rss_bytes()
-    base_peak = max(_memory._peak_bytes(), base_rss)
-    with Traffic() as traffic:
-        start = time.perf_counter()
-        if spec["method"] == "single":
-            masks = fp.global_unstructured(tree, AMOUNT, chunk_size=CHUNK)
-        elif spec["method"] == "funcprune":
-            masks = fp.global_unstructured(tree, AMOUNT, chunk_size=CHUNK)
-        else:
-            masks = _gathered_select(tree)
-        seconds = time.perf_counter() - start
-    peak = (_memory._peak_bytes() - base_peak) / MIB
-    from funcprune._dcp import is_dtensor
+    select = _gathered_select if spec["method"] == "gather" else (
+        lambda t: fp.global_unstructured(t, AMOUNT, chunk_size=CHUNK))
+    masks, seconds, peak, traffic = _measured(select, tree)
+    from funcprune._dtensor import is_dtensor
     local_masks = sum((m.to_local() if is_dtensor(m) else m).numel() for m in masks.values()) / MIB
     full = {n: (m.full_tensor() if is_dtensor(m) else m) for n, m in masks.items()}  # check only
     return {"seconds": seconds, "peak_mib": peak, "mask_mib": local_masks, "bytes": traffic.bytes,
@@ -353,16 +354,8 @@ def moon_worker(rank: int, world: int, leaves: int = MOON_LEAVES) -> Dict:
             local[start:start + rows] = torch.randn((rows, shape[1]), generator=g)
         tree[f"layer{i}.weight"] = DTensor.from_local(local, mesh, [Shard(0)], run_check=False, shape=shape,
                                                       stride=(shape[1], 1))
-    import gc
-    gc.collect()
-    _memory._reset_peak()
-    base_rss = _memory._rss_bytes()
-    base_peak = max(_memory._peak_bytes(), base_rss)
-    with Traffic() as traffic:
-        start = time.perf_counter()
-        masks = fp.global_unstructured(tree, AMOUNT, chunk_size=CHUNK)
-        seconds = time.perf_counter() - start
-    peak_extra = (_memory._peak_bytes() - base_peak) / MIB
+    masks, seconds, peak_extra, traffic = _measured(lambda t: fp.global_unstructured(t, AMOUNT, chunk_size=CHUNK),
+                                                    tree)
     peak_total = _memory._peak_bytes() / MIB
     # Exactness, shard by shard (chunked), summed over the ranks.
     pruned, top_pruned, low_kept = 0, -math.inf, math.inf

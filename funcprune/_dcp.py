@@ -32,25 +32,19 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
 from . import _pytree
+from ._dtensor import is_dtensor, local as _local
 from ._pytree import Tree
 
 FORMAT, VERSION = "funcprune.masks.dcp", 1
 HEADER = "funcprune_masks"
 PREFIX = HEADER + "/"
 _WEIGHTS = (7, 6, 5, 4, 3, 2, 1, 0)
-
-
-def is_dtensor(t: Any) -> bool:
-    """True for a DTensor; never imports ``torch.distributed.tensor`` (no DTensor exists before it is)."""
-    module = sys.modules.get("torch.distributed.tensor")
-    return module is not None and isinstance(t, module.DTensor)
 
 
 def _dist():
@@ -138,10 +132,6 @@ def _counts(named: Dict[str, torch.Tensor], extra: Optional[List[float]] = None,
     vector = torch.tensor(values, dtype=torch.int64, device=device)
     dist.all_reduce(vector, group=group)
     return vector.tolist()
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    return t.to_local() if is_dtensor(t) else t
 
 
 def _checkpoint():

@@ -15,6 +15,7 @@ build without it still imports funcprune.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
 import torch
@@ -26,12 +27,12 @@ def _dtensor_types():
 
 
 def is_dtensor(t: Any) -> bool:
-    """True for a ``torch.distributed.tensor.DTensor`` (False where torch has no distributed build)."""
-    if type(t) in (torch.Tensor, torch.nn.Parameter):  # the common case, without the import below
-        return False
-    if not isinstance(t, torch.Tensor) or not torch.distributed.is_available():
-        return False
-    return isinstance(t, _dtensor_types()[0])
+    """True for a ``torch.distributed.tensor.DTensor`` (False where torch has no distributed build).
+
+    Never imports ``torch.distributed.tensor``: no DTensor exists before that module is loaded.
+    """
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(t, module.DTensor)
 
 
 def local(t: torch.Tensor) -> torch.Tensor:

@@ -104,7 +104,7 @@ def save_masks(masks: Tree, f: Any) -> None:
 
 def _refuse_dtensors(named: dict, here: str, there: str) -> None:
     """TypeError for a DTensor leaf: sharded masks go through DCP (a collective), not one file."""
-    from ._dcp import is_dtensor
+    from ._dtensor import is_dtensor
     sharded = [name for name, leaf in named.items() if is_dtensor(leaf)]
     if sharded:
         raise TypeError(f"{sharded[0]}: {here} writes one file from one process and cannot take a DTensor; "

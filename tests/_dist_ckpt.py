@@ -53,7 +53,7 @@ def _tree(mesh, column: int, mesh_2d: bool = False) -> Dict[str, torch.Tensor]:
 
 def _report(loaded: Dict[str, torch.Tensor], like: Dict[str, torch.Tensor]) -> Dict[str, list]:
     """Per leaf: bit-exact against expected(), same placements and local shape as ``like``, bool."""
-    from funcprune._dcp import is_dtensor
+    from funcprune._dtensor import is_dtensor
     full = expected()
     out = {}
     for name, mask in loaded.items():
