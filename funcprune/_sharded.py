@@ -24,7 +24,8 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from . import _amount, _dtensor, _radix, _select
+from . import _amount, _dtensor, _radix, select
+from ._norms import channel_norm
 from ._amount import Amount
 
 _M32 = 0xFFFFFFFF
@@ -224,7 +225,7 @@ def channel_norms(scores: torch.Tensor, n, dim: int) -> torch.Tensor:
     cast to the dtype the one-process kernel returns. So the norms do not depend on the world size
     or the placements (up to float64 rounding, far below the scores dtype's): a true tie (two
     channels holding the same values in another order) stays a tie, broken by the kernel's tie
-    rule. torch's own float32 norms (:func:`funcprune._select.channel_norm`, what one-process
+    rule. torch's own float32 norms (:func:`funcprune.methods.channel_norm`, what one-process
     ``ln_structured`` uses) can split such a tie by summation order, so the two agree except
     where two channel norms differ by less than the scores dtype's summation error. A plain tensor
     takes the same float64 path (one process, no collective). NaN and inf propagate as in torch.
@@ -241,7 +242,7 @@ def channel_norms(scores: torch.Tensor, n, dim: int) -> torch.Tensor:
         _dtensor.check_placements("scores", scores)
     # n and the dtype checked as the one-process kernel checks them, on one entry per dim
     local = _dtensor.local(scores).detach()
-    probe = _select.channel_norm(torch.zeros((2,) * scores.dim(), dtype=scores.dtype, device=local.device), n, dim)
+    probe = channel_norm(torch.zeros((2,) * scores.dim(), dtype=scores.dtype, device=local.device), n, dim)
     if tuple(probe.shape) != (2,):
         raise ValueError(f"n={n!r} gives norms of shape {tuple(probe.shape)} for a tensor of shape "
                          f"{tuple(scores.shape)}, not one per channel along dim {dim}")
@@ -289,7 +290,7 @@ def select_channels(scores: torch.Tensor, amount: Amount, dim: int, key, keep: O
     """A mask laid out like ``scores`` pruning ``amount`` of its alive channels along ``dim`` by ``key``.
 
     ``key`` is the channels-sized score vector (or a callable returning it), the same on every
-    rank; the selection is the single-process kernel's (:func:`funcprune._select.prune_units` over
+    rank; the selection is the single-process kernel's (:func:`funcprune.select.prune_units` over
     the channels), so the channel choice, ties included, is the one-process choice for that vector.
     """
     if _dtensor.is_dtensor(scores):
@@ -298,7 +299,7 @@ def select_channels(scores: torch.Tensor, amount: Amount, dim: int, key, keep: O
     alive = None if keep is None else channels_kept(keep, dim)
     device = _dtensor.local(scores).device
     like = torch.empty((channels, 1), dtype=torch.bool, device=device)
-    unit_keep = _select.prune_units(like, _select.slices(like.shape, 0), amount, key,
+    unit_keep = select.prune_units(like, select.slices(like.shape, 0), amount, key,
                                     mask=None if alive is None else alive.view(channels, 1),
                                     select_kept=select_kept, lazy=lazy, what="parameters")
     return spread_channels(unit_keep.view(channels), scores, dim, keep)

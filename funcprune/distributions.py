@@ -24,7 +24,7 @@ import torch
 from . import _amount, _dtensor, _pytree, _sharded
 from ._amount import check_fraction
 from ._pytree import Include, Tree
-from ._select import as_keep, count_kept
+from .select import as_keep, count_kept
 
 __all__ = ["uniform", "erk", "to_counts", "prune_by"]
 

@@ -5,7 +5,7 @@ scores' device, and never changes its inputs. ``True`` means *kept*. ``mask`` (k
 the existing mask (``None`` for a fresh tensor): new pruning acts only on what it still keeps,
 exactly as ``torch.nn.utils.prune.PruningContainer`` does, and the result includes the old mask.
 Exactly the requested number of survivors is pruned whatever values they hold (NaN, +-inf).
-Each method is its scores plus a granularity of the selection kernel (:mod:`funcprune._select`).
+Each method is its scores plus a granularity of the selection kernel (:mod:`funcprune.select`).
 
 DTensor scores (``torch.distributed.tensor``, ``Shard(d)``/``Replicate()`` on a 1-D or 2-D mesh):
 every function here takes them and returns a DTensor mask laid out like the scores, selecting
@@ -36,9 +36,10 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from . import _amount, _dtensor, _select, _sharded
+from . import _amount, _dtensor, _sharded, select
 from ._amount import Amount
-from ._select import as_keep, prune_units
+from ._norms import channel_norm
+from .select import as_keep, prune_units
 
 Norm = Union[int, float, str]
 _STREAMS = (None, "torch", "hash")
@@ -59,7 +60,7 @@ def identity(scores: torch.Tensor, *, mask: Optional[torch.Tensor] = None) -> to
         local = _dtensor.local(scores)
         return _dtensor.like_param(torch.ones(local.shape, dtype=torch.bool, device=local.device) if keep is None
                                    else _dtensor.local(keep).clone(), scores)
-    return _select.unchanged(scores, as_keep(scores, mask), mask)
+    return select.unchanged(scores, as_keep(scores, mask), mask)
 
 
 def _sharded_keep(scores: torch.Tensor, mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -100,7 +101,7 @@ def l1_unstructured(scores: torch.Tensor, amount: Amount, *, mask: Optional[torc
     if _dtensor.is_dtensor(scores):
         return _sharded.select_global([scores], [_sharded_keep(scores, mask)], amount, method="l1",
                                       dtype=scores.dtype)[0]
-    return prune_units(scores, _select.entries(scores.shape), amount, lambda: scores.detach().abs(), mask=mask)
+    return prune_units(scores, select.entries(scores.shape), amount, lambda: scores.detach().abs(), mask=mask)
 
 
 def _uniform(like: torch.Tensor, shape, dtype: torch.dtype, generator: Optional[torch.Generator]) -> torch.Tensor:
@@ -138,7 +139,7 @@ def random_unstructured(scores: torch.Tensor, amount: Amount, *, mask: Optional[
         keep = _sharded_keep(scores, mask) if _dtensor.is_dtensor(scores) else as_keep(scores, mask)
         return _sharded.select_global([scores], [keep], amount, method="random", dtype=scores.dtype,
                                       generator=generator)[0]
-    return prune_units(scores, _select.entries(scores.shape), amount,
+    return prune_units(scores, select.entries(scores.shape), amount,
                        lambda: _uniform(scores, scores.shape, scores.dtype, generator), mask=mask, largest=True)
 
 
@@ -163,7 +164,7 @@ def random_structured(scores: torch.Tensor, amount: Amount, dim: int, *, mask: O
       tensor(2)
     """
     _amount.validate_amount(amount)
-    channels = _select.slices(scores.shape, dim)
+    channels = select.slices(scores.shape, dim)
     if _stream(stream, scores) == "hash":
         dim = channels.dim
         keep = _sharded_keep(scores, mask) if _dtensor.is_dtensor(scores) else as_keep(scores, mask)
@@ -211,14 +212,14 @@ def ln_structured(scores: torch.Tensor, amount: Amount, n: Norm, dim: int, *,
     if isinstance(n, bool) or not (isinstance(n, (int, float, str))):
         raise TypeError(f"n must be a norm order accepted by torch.norm, got {n!r}")
     _amount.validate_amount(amount)
-    channels = _select.slices(scores.shape, dim)
+    channels = select.slices(scores.shape, dim)
     if _dtensor.is_dtensor(scores):
         keep = _sharded_keep(scores, mask)
         norms = _sharded.channel_norms(scores, n, channels.dim)  # one float64 per channel crosses the wire
         return _sharded.select_channels(scores, amount, channels.dim, norms, keep, select_kept=True, lazy=False)
 
     def norms():
-        norm = _select.channel_norm(scores.detach(), n, channels.dim)
+        norm = channel_norm(scores.detach(), n, channels.dim)
         if tuple(norm.shape) != channels.unit_shape:  # torch 2.14 reads 'nuc' over other than 2 dims so
             raise ValueError(f"n={n!r} gives norms of shape {tuple(norm.shape)} for a tensor of shape "
                              f"{tuple(scores.shape)}, not one per channel along dim {dim}")

@@ -12,11 +12,11 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Union
 
 import torch
 
-from . import _amount, _dtensor, _pytree, _radix, _select, _sharded
+from . import _amount, _dtensor, _pytree, _radix, _sharded, select
 from ._amount import Amount, drop_count
 from ._masking import masked
 from ._pytree import Include, Tree, named_error, scores_for
-from ._select import as_keep, count_kept
+from .select import as_keep, count_kept
 from .methods import check_dtensor_method, l1_unstructured, random_unstructured
 
 __all__ = ["prune", "global_unstructured", "apply_masks", "mask_grads", "sparsity", "Sparsity"]
@@ -165,12 +165,12 @@ def global_unstructured(params: Tree, amount: Amount, *, masks: Optional[Tree] =
             # torch's container draws one number per survivor, in index order, and takes its top-k
             # there: the same draws and the same choice (ties included) give torch's mask.
             draws = torch.rand(alive, generator=generator, dtype=dtype, device=device)
-            chosen = _select.torch_order_select(draws, k, largest=True)
+            chosen = select.select_flat(draws, k, largest=True)
             flat = flat_alive.clone().masked_scatter_(flat_alive, chosen.logical_not_())
         else:
             key = (torch.cat([leaf.reshape(-1).to(dtype=dtype, device=device).abs() for leaf in leaves])
                    if method == "l1" else torch.rand(total, generator=generator, dtype=dtype, device=device))
-            flat = ~_select.select(key, k, largest=method == "random", alive=flat_alive,
+            flat = ~select.select_flat(key, k, largest=method == "random", alive=flat_alive,
                                    k_max=_amount.max_prune_count(amount, total))
         if flat_alive is not None:
             flat = flat & flat_alive

@@ -115,11 +115,11 @@ def test_compat_ln_structured_on_a_conv_weight_is_torchs_on_this_torch(n):
 
 @pytest.mark.parametrize("n", NORMS + ["nuc"])
 def test_channel_norm_fallback_is_torch_2_14s_rule(n):
-    from funcprune import _select
+    from funcprune import _norms
 
     for shape, dim in (((4, 3, 3, 3), 0), ((6, 5), 1), ((2, 3, 4), -1)):
         t = torch.randn(shape, generator=torch.Generator().manual_seed(1))
-        fallback, err = outcome(lambda: _select._channel_norm_2_14(t, n, dim))
+        fallback, err = outcome(lambda: _norms._channel_norm_2_14(t, n, dim))
         if isinstance(n, str) and tuple(int(v) for v in torch.__version__.split(".")[:2]) < (2, 14):
             continue  # torch 2.13 reads 'fro' and 'nuc' through the deprecated torch.norm
         ref, ref_err = outcome(lambda: torch_prune._compute_norm(t, n, dim))

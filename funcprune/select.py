@@ -1,9 +1,10 @@
-"""The selection kernel: the only place that knows how to pick "the k best units among the survivors".
+"""The selection kernel, public: pick the units to prune (or keep) among the survivors, at a granularity.
 
 A pruning method is its scores plus a *granularity* (as in jaxpruner, ``calculate_scores`` plus
-``topk_fn``): :func:`prune_units` (an ``amount`` of units) and :func:`keep_per_pool` (a fixed
-count per pool) do the counting, the selection and the broadcast back to the entries. A
-granularity says what a unit is (the things kept or pruned together) and which units compete:
+``topk_fn``): :func:`prune_units` (an ``amount`` of units in every pool) and :func:`keep_per_pool`
+(a fixed count per pool) do the counting, the selection among survivors and the broadcast back to
+the entries, so a new method writes no selection code. A granularity says what a unit is (the
+entries kept or pruned together) and which units compete:
 
 * :func:`entries`: every entry is a unit, all compete (unstructured methods);
 * :func:`slices`: the slices along a dim (channels) are the units, all compete;
@@ -12,13 +13,20 @@ granularity says what a unit is (the things kept or pruned together) and which u
 * :func:`rows`: entries compete within each slice along a dim, e.g. per output row of a 2-D
   weight (one-shot LLM methods prune the same fraction of every row).
 
+A per-output-row magnitude method, in full::
+
+    def row_magnitude(scores, amount, *, mask=None):
+        return prune_units(scores, rows(scores.shape, 0), amount, scores.detach().abs(), mask=mask)
+
 Survivors are tracked with a mask, never a sentinel value: whatever the surviving scores hold
 (NaN, +-inf), exactly the requested number of survivors is selected. NaN ranks above ``+inf``
-(as in ``torch.topk``); ``-0.0`` ties ``0.0``.
+(as in ``torch.topk``); ``-0.0`` ties ``0.0``. Ties: in one flat pool (:func:`entries`,
+:func:`slices`, :func:`blocks`) as ``torch.topk`` breaks them, so a fresh selection is torch's;
+within :func:`groups` and :func:`rows`, to the lower index.
 
-Selection, chosen by what is static:
+The selection primitives under them, chosen by what is static:
 
-* :func:`select`: one flat pool. With a Python-int ``k`` it is an unsorted ``topk`` (the same
+* :func:`select_flat`: one flat pool. With a Python-int ``k`` it is an unsorted ``topk`` (the same
   positions torch's sorted ``topk`` picks, ties included, at a fraction of the cost); on real CPU
   tensors a k-th value threshold comes first and is kept only when no tie straddles the cut
   (then every top-k agrees), another 3-5x faster (CUDA's ``topk`` is a radix select already,
@@ -31,12 +39,11 @@ Selection, chosen by what is static:
   each pool. Small pools (N:M groups, up to 16) rank by pairwise comparisons of whole columns,
   no sort at all; long rows get each key's index folded into the low bits of an integer key, so
   a pool's keys are all distinct and ``topk`` has no tie to break (a stable sort for 64-bit keys).
-* :func:`torch_order_select`: torch's own choice among ties (for :mod:`funcprune.compat`).
 
 Many tensors at once (global pruning) is the radix selection of :mod:`funcprune._radix`, the
-other half of the kernel. Apart from the eager-only paths named above (the threshold,
-``torch_order_select`` with survivors), everything here runs under ``torch.func.vmap`` and on
-``meta``: no shape depends on data.
+other half of the kernel; torch's own choice among ties on survivors (``torch.nn.utils.prune``'s
+``t[mask == 1]``) lives with :mod:`funcprune.compat`. Apart from the eager-only threshold path,
+everything here runs under ``torch.func.vmap`` and on ``meta``: no shape depends on data.
 """
 
 from __future__ import annotations
@@ -46,7 +53,6 @@ import math
 from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.utils.prune as _torch_prune
 
 from ._amount import Amount, _is_concrete, as_number, check_count, drop_count, max_prune_count
 from ._radix import _INF_BITS, _INT_VIEW
@@ -54,12 +60,31 @@ from ._radix import _INF_BITS, _INT_VIEW
 Count = Union[int, torch.Tensor]
 Scores = Union[torch.Tensor, Callable[[], torch.Tensor]]
 
-_FAST_MIN = 1 << 14  # below this, topk is as fast as the threshold path
+__all__ = ["Granularity", "entries", "slices", "blocks", "groups", "rows", "prune_units", "keep_per_pool",
+           "select_flat", "select_per_pool", "as_keep", "count_kept", "Count", "Scores"]
+
+FAST_MIN = 1 << 14  # below this, topk is as fast as the threshold path
 _SAMPLE = 1 << 13  # sample size bracketing the k-th value: ~4% of the keys fall inside the bracket
 
 
 def as_keep(scores: torch.Tensor, mask: Optional[torch.Tensor], what: str = "mask") -> Optional[torch.Tensor]:
-    """The existing mask as bool on the scores' device (None stays None), after a shape check."""
+    """The existing mask as bool on the scores' device (None stays None), after a shape check.
+
+    Args:
+      scores: the tensor the mask belongs to.
+      mask: a bool, integer or float mask (non-zero = kept), or None.
+      what: the mask's name in error messages.
+
+    Returns:
+      ``mask`` as a bool tensor on ``scores``' device (``mask`` itself when it already is one), or None.
+
+    Raises:
+      TypeError: ``mask`` not a tensor. ValueError: its shape is not ``scores``' shape.
+
+    Example:
+      >>> as_keep(torch.zeros(3), torch.tensor([1.0, 0.0, 2.0]))
+      tensor([ True, False,  True])
+    """
     if mask is None:
         return None
     if not isinstance(mask, torch.Tensor):
@@ -71,7 +96,19 @@ def as_keep(scores: torch.Tensor, mask: Optional[torch.Tensor], what: str = "mas
 
 
 def count_kept(keep: torch.Tensor, dims=None) -> Union[int, torch.Tensor]:
-    """Number of kept entries: a Python int on real eager tensors, a tensor otherwise."""
+    """Number of kept entries: a Python int on real eager tensors, a tensor otherwise (``vmap``, ``meta``).
+
+    Args:
+      keep: a bool mask.
+      dims: dims to count over (all when None).
+
+    Returns:
+      The count (an int only for a count over all dims of a concrete tensor).
+
+    Example:
+      >>> count_kept(torch.tensor([True, False, True]))
+      2
+    """
     total = keep.sum(dims) if dims is not None else keep.sum()
     return int(total) if _is_concrete(keep) else total
 
@@ -83,38 +120,6 @@ def check_dim(dim, shape: Sequence[int]) -> int:
     if not -len(shape) <= dim < len(shape) or not shape:
         raise IndexError(f"Invalid index {dim} for tensor of size {tuple(shape)}")
     return dim % len(shape)
-
-
-def channel_norm(t: torch.Tensor, n, dim: int) -> torch.Tensor:
-    """L``n`` norm of every slice of ``t`` along ``dim``, as ``torch.nn.utils.prune`` computes it.
-
-    It is the running torch's own ``_compute_norm``, so channel scores, and which ``n`` are
-    accepted, follow the installed torch bit for bit (torch 2.14 changed how ``'fro'`` and
-    ``'nuc'`` are read: ``'fro'`` over 3 dims, a conv weight's channels, raises on 2.13 and is the
-    2-norm on 2.14); should a torch release drop that helper, torch 2.14's rule.
-
-    Args:
-      t: the tensor (at least 1-D).
-      n: a norm order (``p`` of :func:`torch.norm`: a number, ``inf``, ``'fro'``, ``'nuc'``).
-      dim: the dim along which the channels lie.
-
-    Returns:
-      The norms, one per channel (a 1-D tensor of ``t.shape[dim]`` entries).
-
-    Example:
-      >>> channel_norm(torch.tensor([[3.0, 4.0], [1.0, 0.0]]), 2, 0)
-      tensor([5., 1.])
-    """
-    compute = getattr(_torch_prune, "_compute_norm", _channel_norm_2_14)
-    return compute(t, n, dim)
-
-
-def _channel_norm_2_14(t: torch.Tensor, n, dim: int) -> torch.Tensor:
-    """torch 2.14's ``_compute_norm``: matrix norms for ``'nuc'`` (and ``'fro'`` over two dims), else vector norms."""
-    dims = [d for d in range(t.dim()) if d != dim % t.dim()]
-    if n == "nuc" or (n == "fro" and len(dims) == 2):
-        return torch.linalg.matrix_norm(t, ord=n, dim=dims if len(dims) == 2 else (-2, -1))
-    return torch.linalg.vector_norm(t, ord=2 if n == "fro" else n, dim=dims)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -163,7 +168,7 @@ def _dead_last(key: torch.Tensor, alive: Optional[torch.Tensor], largest: bool, 
 
 
 def _select_by_threshold(key: torch.Tensor, k: int, largest: bool, filled: bool = False) -> Optional[torch.Tensor]:
-    """Eager fast path of :func:`select`: the ``k`` extreme entries as ``key <= v`` (``key >= v``).
+    """Eager fast path of :func:`select_flat`: the ``k`` extreme entries as ``key <= v`` (``key >= v``).
 
     The k-th value ``v`` comes from a 4-sigma bracket read off a strided sample: one counting
     pass, one pass gathering the few keys inside the bracket, a ``kthvalue`` on those. It is used
@@ -206,7 +211,7 @@ def _select_by_threshold(key: torch.Tensor, k: int, largest: bool, filled: bool 
     return key <= v
 
 
-def select(key: torch.Tensor, k: Count, *, largest: bool, alive: Optional[torch.Tensor] = None,
+def select_flat(key: torch.Tensor, k: Count, *, largest: bool, alive: Optional[torch.Tensor] = None,
            k_max: Optional[int] = None) -> torch.Tensor:
     """Bool mask (shape of the flat ``key``) of the ``k`` largest or smallest entries among ``alive``.
 
@@ -226,14 +231,14 @@ def select(key: torch.Tensor, k: Count, *, largest: bool, alive: Optional[torch.
 
     Example:
       >>> key = torch.tensor([float("nan"), float("inf"), 1.0, 2.0])
-      >>> select(key, 2, largest=True, alive=torch.tensor([True, True, False, False]))
+      >>> select_flat(key, 2, largest=True, alive=torch.tensor([True, True, False, False]))
       tensor([ True,  True, False, False])
     """
     n = key.numel()
     if isinstance(k, int):
         if k == 0:
             return torch.zeros(n, dtype=torch.bool, device=key.device)
-        if k < n and n >= _FAST_MIN and key.device.type == "cpu" and key.is_floating_point() and _is_concrete(key):
+        if k < n and n >= FAST_MIN and key.device.type == "cpu" and key.is_floating_point() and _is_concrete(key):
             filled = key if alive is None else key.masked_fill(~alive, _worst(largest))
             fast = _select_by_threshold(filled, k, largest, filled=alive is not None)
             if fast is not None:
@@ -467,12 +472,36 @@ class _Rows(_Groups):
 
 
 def entries(shape: Sequence[int]) -> Granularity:
-    """Every entry is a unit, and all compete (unstructured pruning)."""
+    """Every entry is a unit, and all compete (unstructured pruning).
+
+    Args:
+      shape: the pruned tensor's shape.
+
+    Returns:
+      The granularity; its ``unit_shape`` is ``shape``.
+
+    Example:
+      >>> prune_units(torch.tensor([0.5, -0.1, 2.0]), entries((3,)), 1, torch.tensor([0.5, 0.1, 2.0]))
+      tensor([ True, False,  True])
+    """
     return _entries(tuple(shape))
 
 
 def slices(shape: Sequence[int], dim: int) -> Granularity:
     """The slices along ``dim`` (channels) are the units, and all compete (torch's structured rules).
+
+    Args:
+      shape: the pruned tensor's shape (at least 2 dims).
+      dim: the dim whose slices are the units.
+
+    Returns:
+      The granularity; its ``unit_shape`` is ``(shape[dim],)``.
+
+    Example:
+      >>> w = torch.tensor([[1.0, 0.1], [2.0, 0.2]])
+      >>> prune_units(w, slices(w.shape, 1), 1, w.abs().sum(0))
+      tensor([[ True, False],
+              [ True, False]])
 
     Raises:
       ValueError: fewer than 2 dims (torch's message). TypeError/IndexError: a bad ``dim``.
@@ -499,6 +528,21 @@ def _slices(shape: Tuple[int, ...], dim: int) -> Granularity:
 def blocks(shape: Sequence[int], block_shape: Sequence[int]) -> Granularity:
     """Tiles of ``block_shape`` (from index 0) are the units, and all compete.
 
+    Per-entry scores become one per tile with :meth:`Granularity.pool`.
+
+    Args:
+      shape: the pruned tensor's shape.
+      block_shape: one tile size per dim, each dividing the size.
+
+    Returns:
+      The granularity; its ``unit_shape`` is the grid of tiles.
+
+    Example:
+      >>> w = torch.tensor([[1.0, 1.0, 0.1, 0.1]])
+      >>> tiles = blocks(w.shape, (1, 2))
+      >>> prune_units(w, tiles, 1, tiles.pool(w.abs(), lambda t, dims: t.sum(dims)))
+      tensor([[ True,  True, False, False]])
+
     Raises:
       TypeError: ``block_shape`` not a sequence of ints. ValueError: it does not tile ``shape``.
     """
@@ -519,11 +563,23 @@ def groups(shape: Sequence[int], size: int, dim: int) -> Granularity:
 
     Ties go to the lower index within a group.
 
+    Args:
+      shape: the pruned tensor's shape.
+      size: entries per group (M); ``shape[dim]`` must be a multiple.
+      dim: the dim along which the groups run.
+
+    Returns:
+      The granularity; its ``unit_shape`` is ``shape``.
+
+    Example:
+      >>> keep_per_pool(torch.ones(1, 4), groups((1, 4), 2, 1), 1, torch.tensor([[1.0, 2.0, 4.0, 3.0]]))
+      tensor([[False,  True,  True, False]])
+
     Raises:
       TypeError: ``size`` or ``dim`` not an int. ValueError: ``size < 1``, a 0-d shape, or a size
       along ``dim`` not divisible by ``size``. IndexError: ``dim`` out of range.
     """
-    _check_group_size(size)
+    check_group_size(size)
     if not isinstance(dim, int) or isinstance(dim, bool):
         raise TypeError(f"dim must be an int, got {dim!r}")
     if len(shape) == 0:
@@ -535,32 +591,31 @@ def groups(shape: Sequence[int], size: int, dim: int) -> Granularity:
     return _Groups(shape, size, dim)
 
 
-def _check_group_size(size) -> None:
+def check_group_size(size) -> None:
+    """Raise TypeError (not an int) or ValueError (below 1) for a bad N:M ``group_size``."""
     if not isinstance(size, int) or isinstance(size, bool):
         raise TypeError(f"group_size must be an int, got {size!r}")
     if size < 1:
         raise ValueError(f"group_size must be positive, got group_size={size}")
 
 
-def check_group_counts(kept_per_group: int, group_size: int) -> None:
-    """Raise for an N:M request that no tensor can satisfy (core and compat share this check).
-
-    Raises:
-      TypeError: a count that is not an int. ValueError: ``group_size < 1`` or ``kept_per_group``
-      outside ``[0, group_size]``.
-    """
-    if not isinstance(kept_per_group, int) or isinstance(kept_per_group, bool):
-        raise TypeError(f"kept_per_group must be an int, got {kept_per_group!r}")
-    _check_group_size(group_size)
-    if not 0 <= kept_per_group <= group_size:
-        raise ValueError(f"kept_per_group must satisfy 0 <= kept_per_group <= group_size, got "
-                         f"kept_per_group={kept_per_group}, group_size={group_size}")
-
-
 def rows(shape: Sequence[int], dim: int = 0) -> Granularity:
     """Entries compete within each slice along ``dim``: per output row of a 2-D weight for ``dim=0``.
 
     Ties go to the lower index within a row (row-major over the other dims).
+
+    Args:
+      shape: the pruned tensor's shape.
+      dim: the dim whose slices are the pools (0: the output rows of a ``Linear`` weight).
+
+    Returns:
+      The granularity; its ``unit_shape`` is ``shape``.
+
+    Example:
+      >>> w = torch.tensor([[1.0, 2.0], [4.0, 3.0]])
+      >>> prune_units(w, rows(w.shape), 1, w)
+      tensor([[False,  True],
+              [ True, False]])
 
     Raises:
       TypeError/IndexError: a bad ``dim`` (or a 0-d shape).
@@ -601,12 +656,12 @@ def _unit_scores(gran: Granularity, scores: Scores) -> torch.Tensor:
     return key.detach() if key.requires_grad else key
 
 
-def _select(gran: Granularity, key, k, *, largest, alive, k_max) -> torch.Tensor:
+def _select_units(gran: Granularity, key, k, *, largest, alive, k_max) -> torch.Tensor:
     """Selected units of the unit-shaped ``key`` (``alive`` pooled), as :meth:`Granularity.unpool` reads them."""
     if gran.index_ties:
         return select_per_pool(gran.pools(key), k, largest=largest, alive=alive, k_max=k_max)
     flat_alive = None if alive is None else alive.reshape(-1)
-    return select(key.reshape(-1), k, largest=largest, alive=flat_alive, k_max=k_max)  # one pool: flat
+    return select_flat(key.reshape(-1), k, largest=largest, alive=flat_alive, k_max=k_max)  # one pool: flat
 
 
 def prune_units(like: torch.Tensor, gran: Granularity, amount: Amount, scores: Scores, *,
@@ -662,9 +717,9 @@ def prune_units(like: torch.Tensor, gran: Granularity, amount: Amount, scores: S
         return unchanged(like, keep, mask)
     key = _unit_scores(gran, scores)
     if select_kept:
-        kept = _select(gran, key, n_alive - k, largest=not largest, alive=alive, k_max=units)
+        kept = _select_units(gran, key, n_alive - k, largest=not largest, alive=alive, k_max=units)
     else:
-        dropped = _select(gran, key, k, largest=largest, alive=alive, k_max=max_prune_count(amount, units))
+        dropped = _select_units(gran, key, k, largest=largest, alive=alive, k_max=max_prune_count(amount, units))
         return _finish_dropped(gran, gran.unpool(dropped), keep)
     return _finish(gran, gran.unpool(kept), keep)
 
@@ -676,6 +731,16 @@ def keep_per_pool(like: torch.Tensor, gran: Granularity, count: int, scores: Sco
     A pool with fewer survivors keeps just those. Ties follow the granularity (lower index for
     :func:`groups` and :func:`rows`).
 
+    Args:
+      like: the tensor being pruned (gives shape and device).
+      gran: the granularity, usually :func:`groups` (N:M) or :func:`rows` of ``like.shape``.
+      count: units kept per pool (an int).
+      scores: one score per unit (a tensor of ``gran.unit_shape``), or a callable returning it.
+      mask: the existing mask; only its survivors are candidates and it stays pruned.
+
+    Returns:
+      A new bool mask of ``like``'s shape, on its device.
+
     Example:
       >>> w = torch.tensor([[0.1, -3.0, 2.0, 0.5, 1.0, 1.0, 1.0, 1.0]])
       >>> keep_per_pool(w, groups(w.shape, 4, -1), 2, w.abs())
@@ -684,46 +749,5 @@ def keep_per_pool(like: torch.Tensor, gran: Granularity, count: int, scores: Sco
     keep = as_keep(like, mask)
     alive = None if keep is None else gran.pools(gran.alive(keep))
     key = _unit_scores(gran, scores)
-    kept = _select(gran, key, count, largest=True, alive=alive, k_max=count)
+    kept = _select_units(gran, key, count, largest=True, alive=alive, k_max=count)
     return _finish(gran, gran.unpool(kept), keep)
-
-
-def torch_order_select(key: torch.Tensor, k: int, *, largest: bool, alive: Optional[torch.Tensor] = None,
-                       unique_first: bool = True) -> torch.Tensor:
-    """Bool mask (``key``'s shape) of the ``k`` alive entries ``torch.nn.utils.prune`` picks, ties included.
-
-    torch's CPU ``topk`` (``aten/src/ATen/native/TopKImpl.h``) runs ``std::nth_element`` (or
-    ``std::partial_sort`` when ``64 * k <= n``) over ``(value, index)`` pairs with a comparator
-    that looks at the values only (NaN the largest). Which of several equal values it keeps is
-    therefore whatever those algorithms leave, and depends on every value of the vector it is
-    given. torch gives it the alive entries in index order (``t[mask == 1]``, raveled); so does
-    this function, so the choice is torch's, not just the count. Where no tie straddles the cut
-    the result is the same for every exact selection, and the certified threshold of
-    :func:`select` answers without ``topk``. ``sorted`` does not change the set ``topk`` picks
-    (only the order of the first ``k``), so it is left off. Eager tensors only for ``alive``
-    (boolean indexing); on ``meta`` or under transforms it is :func:`select`. Pass
-    ``unique_first=False`` when a tie is known to straddle the cut (skips the threshold try).
-
-    Example:
-      >>> torch_order_select(torch.tensor([5.0, 1.0, 2.0, 1.0]), 1, largest=False,
-      ...                    alive=torch.tensor([True, False, True, True]))
-      tensor([False, False, False,  True])
-    """
-    if not _is_concrete(key) or (alive is not None and not _is_concrete(alive)):
-        return select(key.reshape(-1), k, largest=largest,
-                      alive=None if alive is None else alive.reshape(-1)).view(key.shape)
-    flat = key.reshape(-1)
-    live = None if alive is None else alive.reshape(-1)
-    cand = flat if live is None else flat[live]  # the vector torch's topk sees
-    if k == 0:
-        chosen = torch.zeros(cand.numel(), dtype=torch.bool, device=key.device)
-    else:
-        chosen = None
-        if unique_first and 0 < k < cand.numel() and cand.numel() >= _FAST_MIN and cand.device.type == "cpu":
-            chosen = _select_by_threshold(cand, k, largest)  # only when the answer is unique
-        if chosen is None:
-            idx = torch.topk(cand, k, largest=largest, sorted=False).indices
-            chosen = torch.zeros(cand.numel(), dtype=torch.bool, device=key.device).index_fill_(0, idx, True)
-    if live is None:
-        return chosen.view(key.shape)
-    return torch.zeros_like(live).masked_scatter_(live, chosen).view(key.shape)
