@@ -75,7 +75,8 @@ def test_extras_accept_every_supported_torch_torchvision_pair():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     torch_spec = next(Requirement(r) for r in project["dependencies"] if Requirement(r).name == "torch").specifier
     for extra in ("examples", "test"):
-        vision = [Requirement(r) for r in project["optional-dependencies"][extra] if Requirement(r).name == "torchvision"]
+        extras = [Requirement(r) for r in project["optional-dependencies"][extra]]
+        vision = [r for r in extras if r.name == "torchvision"]
         assert len(vision) == 1, f"[{extra}] must require torchvision once"
         for torch_version, vision_version in (("2.13.0", "0.28.0"), ("2.14.1", "0.29.1")):
             assert torch_spec.contains(torch_version) and vision[0].specifier.contains(vision_version), extra
