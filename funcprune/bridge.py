@@ -10,10 +10,11 @@ from __future__ import annotations
 from typing import Dict, Optional, Tuple
 
 import torch
+import torch.nn.utils.prune as _torch_prune
 
 from . import _pytree
 from ._amount import _is_concrete
-from ._layout import reparametrized
+from ._layout import LOCK, install, pruning_hook, reparametrized, unprune
 from ._pytree import Tree
 
 __all__ = ["from_module", "to_module"]
@@ -52,10 +53,13 @@ def from_module(module: torch.nn.Module) -> Tuple[Dict[str, torch.Tensor], Dict[
 def to_module(module: torch.nn.Module, params: Optional[Tree] = None, masks: Optional[Tree] = None) -> torch.nn.Module:
     """Give ``module`` the values of ``params`` and exactly torch's pruned layout for ``masks``.
 
-    Masked names get (or keep) ``<name>_orig``/``<name>_mask``/hook as ``torch.nn.utils.prune``
-    would create them, pruned in ``named_parameters()`` order, so ``state_dict`` keys (and their
-    order) match a model pruned that way; unmasked names become plain parameters again (their
-    mask is dropped, not applied). Values are copied into the existing Parameters (ids are kept).
+    Masked names get (or keep) ``<name>_orig``/``<name>_mask``/hook as
+    ``torch.nn.utils.prune.custom_from_mask`` would create them (the hook is torch's
+    ``CustomFromMask``; the mask buffer is in the parameter's dtype), pruned in
+    ``named_parameters()`` order, so ``state_dict`` keys (and their order) match a model pruned
+    that way; unmasked names become plain parameters again (their mask is dropped, not
+    applied). The module keeps its class and can be deep-copied and pickled, as with
+    ``funcprune.compat``. Values are copied into the existing Parameters (ids are kept).
     Everything is validated before the module is changed.
 
     Args:
@@ -74,9 +78,6 @@ def to_module(module: torch.nn.Module, params: Optional[Tree] = None, masks: Opt
       >>> list(m.state_dict()), m.weight_mask.dtype
       (['bias', 'weight_orig', 'weight_mask'], torch.float32)
     """
-    # compat imports the core (and ``import funcprune`` must not load compat): import it when needed.
-    from .compat import _module, custom_from_mask
-
     current, _ = from_module(module)
     named_params = _pytree.lookup(current, params, "params")
     named_masks = _pytree.lookup(current, masks, "masks")
@@ -100,13 +101,23 @@ def to_module(module: torch.nn.Module, params: Optional[Tree] = None, masks: Opt
         if name in named_masks:
             mask = named_masks[name]
             if name in reparam:
-                _, hook = _module.pruning_hook(sub, local)
-                with torch.no_grad():
-                    getattr(sub, local + "_mask").copy_(mask)
-                setattr(sub, local, hook.apply_mask(sub))
+                with LOCK:
+                    _, hook = pruning_hook(sub, local)
+                    with torch.no_grad():
+                        getattr(sub, local + "_mask").copy_(mask)
+                    setattr(sub, local, hook.apply_mask(sub))
             else:
-                custom_from_mask(sub, local, mask=mask.to(current[name].device))
+                _prune_from_mask(sub, local, mask)
         elif name in reparam:
-            _module.unprune(sub, local)
+            unprune(sub, local)
     return module
 
+
+
+def _prune_from_mask(sub: torch.nn.Module, local: str, mask: torch.Tensor) -> None:
+    """``torch.nn.utils.prune.custom_from_mask(sub, local, mask)``'s layout, without its second copy of the mask."""
+    param = sub._parameters[local]
+    buffer = mask.to(device=param.device, dtype=param.dtype, copy=True)  # torch's mask: 1/0 in the param's dtype
+    hook = _torch_prune.CustomFromMask(buffer)  # the hook's mask is the buffer itself
+    hook._tensor_name = local
+    install(sub, local, hook, buffer, orig=param)

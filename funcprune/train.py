@@ -12,6 +12,7 @@ to the pruned entries (weight decay, momentum) is then fixed by :func:`masked_up
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional, Tuple
 
 import torch
@@ -78,9 +79,14 @@ def lottery_round(trained: Tree, masks: Optional[Tree], rewind: Tree, amount: Am
     """One round of iterative magnitude pruning with rewinding (the lottery-ticket step).
 
     Prunes ``amount`` of the surviving entries with the smallest ``|trained|`` (among all
-    selected leaves at once for ``scope="global"``, leaf by leaf for ``"layer"``) on top of
+    selected leaves at once for ``scope="global"``, leaf by leaf for ``"local"``) on top of
     ``masks``, then rewinds: the params restart from ``rewind`` (e.g. the initialization or an
     early checkpoint) with the new masks applied.
+
+    Which leaves are pruned: ``include`` when given; otherwise the leaves ``masks`` covers (so a
+    round after weight-only masks prunes only the weights, never the biases), or every leaf of
+    ``trained`` when ``masks`` is None (or covers nothing). Pass ``include`` in the first round to leave leaves out
+    from the start.
 
     Args:
       trained: params at the end of this round's training (their magnitudes rank the entries).
@@ -88,8 +94,11 @@ def lottery_round(trained: Tree, masks: Optional[Tree], rewind: Tree, amount: Am
       rewind: params to restart from, same names as ``trained``.
       amount: fraction of the survivors (float) or count (int) to prune this round; with a
         fraction ``p``, ``r`` rounds leave ``(1 - p) ** r`` of the selected entries.
-      scope: ``"global"`` (one threshold across the selected leaves) or ``"layer"``.
-      include: the leaves to prune (None: all of ``trained``), as in :func:`funcprune.prune`.
+      scope: ``"global"`` (one threshold across the selected leaves) or ``"local"`` (each leaf
+        on its own; ``"layer"``, the old spelling, still works for one minor release with a
+        ``DeprecationWarning``).
+      include: the leaves to prune, as in :func:`funcprune.prune`; None: the leaves ``masks``
+        covers, or all of ``trained`` when ``masks`` is None.
 
     Returns:
       ``(next_masks, rewound_params)``: the masks of the next round, and ``rewind`` with the
@@ -107,10 +116,17 @@ def lottery_round(trained: Tree, masks: Optional[Tree], rewind: Tree, amount: Am
       >>> masks["w"], params["w"]
       (tensor([False,  True,  True, False]), tensor([0., 1., 1., 0.]))
     """
-    if scope not in ("global", "layer"):
-        raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
+    if scope == "layer":
+        warnings.warn('lottery_round(scope="layer") is deprecated: use scope="local" (prune_groups\' word); '
+                      '"layer" will be removed in the next minor release', DeprecationWarning, stacklevel=2)
+        scope = "local"
+    if scope not in ("global", "local"):
+        raise ValueError(f"scope must be 'global' or 'local', got {scope!r}")
     named = _pytree.named_leaves(trained)
     named_rewind = _pytree.lookup(named, rewind, "rewind")
+    covered = list(_pytree.lookup(named, masks, "masks"))
+    if include is None and covered:
+        include = covered  # the leaves pruned so far, no others
     for name, leaf in named.items():
         if name not in named_rewind:
             raise KeyError(f"rewind lacks {name!r}, which trained has")

@@ -156,3 +156,34 @@ def test_to_module_rejects_unreadable_tensors_before_changing_anything():
         fp.to_module(lin, {"bias": torch.zeros(2)}, {"weight": torch.ones(2, 3, dtype=torch.bool, device="meta")})
     assert list(lin.state_dict()) == list(before)
     assert all(torch.equal(lin.state_dict()[k], v) for k, v in before.items())
+
+
+def test_to_module_writes_torchs_hook_and_the_module_still_copies_and_pickles():
+    """Rule: to_module writes torch's own layout (torch's CustomFromMask hook, the mask buffer in the
+    param's dtype) without compat, and the module keeps its class, deep-copies and pickles."""
+    import copy
+    import io
+    import pickle
+    import sys
+
+    model = fp.to_module(LeNet(), masks={"fc1.weight": torch.rand(120, 400) > 0.5})
+    hook = next(iter(model.fc1._forward_pre_hooks.values()))
+    assert type(hook) is T.CustomFromMask and hook.mask is model.fc1.weight_mask
+    reference = T.custom_from_mask(nn.Linear(400, 120), "weight", model.fc1.weight_mask.bool())
+    assert torch.equal(model.fc1.weight_mask, reference.weight_mask) and type(model.fc1) is nn.Linear
+    x = torch.randn(2, 1, 28, 28)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    for new in (copy.deepcopy(model), pickle.loads(pickle.dumps(model)), torch.load(buffer, weights_only=False)):
+        assert torch.equal(new(x), model(x)) and type(new.fc1) is nn.Linear
+    C.l1_unstructured(model.fc1, "weight", 10)  # compat prunes on top of torch's hook, as for torch's modules
+    assert int((model.fc1.weight_mask == 0).sum()) == int((reference.weight_mask == 0).sum()) + 10
+    C.remove(model.fc1, "weight")
+    assert "__reduce_ex__" not in model.fc1.__dict__
+    code = ("import sys, torch, funcprune as fp; "
+            "fp.to_module(torch.nn.Linear(3, 2), masks={'weight': torch.ones(2, 3, dtype=torch.bool)}); "
+            "assert 'funcprune.compat' not in sys.modules")
+    import subprocess
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr

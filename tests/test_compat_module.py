@@ -169,7 +169,11 @@ def test_pruned_modules_keep_their_class_and_torchs_state_dict():
     assert type(ours) is nn.Linear and list(ours.state_dict()) == list(theirs.state_dict())
     for new in (copy.copy(ours), copy.deepcopy(ours), pickle.loads(pickle.dumps(ours))):
         assert type(new) is nn.Linear and torch.equal(new.weight, ours.weight) and new.weight.grad_fn is not None
-    assert b"_rebuild" in pickle.dumps(ours) and "__reduce_ex__" not in ours.state_dict()
+    assert b"rebuild" in pickle.dumps(ours) and "__reduce_ex__" not in ours.state_dict()
+    # a pickle of funcprune 1.0/1.1 names compat's module for the rebuild: it still loads
+    old = pickle.dumps(ours, protocol=0).replace(b"cfuncprune._layout\nrebuild\n",
+                                                 b"cfuncprune.compat._module\n_rebuild\n")
+    assert b"compat._module" in old and torch.equal(pickle.loads(old).weight, ours.weight)
     C.remove(ours, "weight")
     assert "__reduce_ex__" not in ours.__dict__ and type(ours) is nn.Linear
 
@@ -352,3 +356,61 @@ def test_copies_of_a_pruned_module_go_through_its_own_getstate():
     for twin in (copy.copy(m), copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
         assert not hasattr(twin, "cache") and type(twin) is Cached
         assert torch.equal(twin.weight_mask, m.weight_mask) and torch.equal(twin.weight, m.weight)
+
+
+def _crowded_linear(seed: int) -> nn.Linear:
+    """A Linear with many plain hooks and attributes: long dict iterations, so a thread switch lands in one."""
+    torch.manual_seed(seed)
+    m = nn.Linear(8, 8)
+    for j in range(200):
+        m.register_forward_pre_hook(lambda mod, args: None)
+        setattr(m, f"note{j}", j)
+    return m
+
+
+@pytest.mark.parametrize("other", ["prune", "remove"])
+def test_concurrent_calls_on_different_tensors_of_one_module_both_land(other):
+    """Rule: two threads pruning (or un-pruning) different tensors of one module never fail, and both
+    changes land with torch's masks, run after run (thread switches forced every microsecond)."""
+    import sys
+    import threading
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for seed in range(60):
+            m = _crowded_linear(seed)
+            if other == "remove":
+                C.l1_unstructured(m, "bias", 2)
+            original = copy.deepcopy(m)
+            barrier, errors = threading.Barrier(2), []
+
+            def run(call):
+                barrier.wait()
+                try:
+                    call()
+                except Exception as err:  # noqa: BLE001 (reported below)
+                    errors.append(err)
+
+            second = (lambda: C.remove(m, "bias")) if other == "remove" else (lambda: C.l1_unstructured(m, "bias", 3))
+            threads = [threading.Thread(target=run, args=(lambda: C.l1_unstructured(m, "weight", 20),)),
+                       threading.Thread(target=run, args=(second,))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=60)
+            assert not errors and not any(t.is_alive() for t in threads), (seed, errors)
+            orders = []  # the calls may land in either order: torch's layout for each order
+            for first_weight in (True, False):
+                twin = copy.deepcopy(original)
+                steps = [lambda: T.l1_unstructured(twin, "weight", 20),
+                         (lambda: T.remove(twin, "bias")) if other == "remove" else
+                         (lambda: T.l1_unstructured(twin, "bias", 3))]
+                for step in steps if first_weight else steps[::-1]:
+                    step()
+                orders.append(twin)
+            assert layout(m) in [layout(twin) for twin in orders], seed
+            for key, value in orders[0].state_dict().items():
+                assert torch.equal(m.state_dict()[key], value), (seed, key)
+    finally:
+        sys.setswitchinterval(interval)

@@ -1,4 +1,5 @@
-"""The core stands without compat: no core module imports ``compat`` or ``bridge`` (issue 12 §2)."""
+"""The core stands without compat: no core module imports ``compat`` or ``bridge``, and nothing outside
+``compat/`` imports ``compat`` (lazily or not)."""
 
 import ast
 import pathlib
@@ -16,15 +17,16 @@ CORE = ["_amount", "select", "_norms", "_masking", "_layout", "_pytree", "method
 UPPER = {"compat", "bridge"}
 
 
-def _imported(path: pathlib.Path) -> set:
-    """Every funcprune module a file imports, at the top or inside functions, as dotted names."""
+def _imported(path: pathlib.Path, package: str = "funcprune") -> set:
+    """Every funcprune module a file of ``package`` imports, at the top or inside functions, as dotted names."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            if node.level:  # relative, from inside the package
-                base = "funcprune" + ("." + node.module if node.module else "")
+            if node.level:  # relative, from inside the package: level 1 is ``package``, 2 its parent, ...
+                parts = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([node.module] if node.module else []))
             elif node.module and node.module.split(".")[0] == "funcprune":
                 base = node.module
             else:
@@ -43,6 +45,27 @@ def test_core_module_imports_neither_compat_nor_bridge(name):
     assert path.exists(), f"core module {name} is missing: update CORE"
     bad = sorted(m for m in _imported(path) if len(m.split(".")) > 1 and m.split(".")[1] in UPPER)
     assert not bad, f"funcprune.{name} imports {bad}"
+
+
+def _outside_compat() -> list:
+    return sorted(p for p in PACKAGE.rglob("*.py") if "compat" not in p.relative_to(PACKAGE).parts)
+
+
+@pytest.mark.parametrize("path", _outside_compat(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_module_outside_compat_imports_compat(path):
+    """Rule: compat is the top layer; bridge, structural, the package root and the core write torch's
+    layout through ``funcprune._layout`` and never import ``funcprune.compat``, at the top or in a function."""
+    rel = path.relative_to(PACKAGE)
+    package = ".".join(("funcprune",) + rel.parent.parts)
+    imported = _imported(path, package)
+    bad = sorted(m for m in imported if m == "funcprune.compat" or m.startswith("funcprune.compat."))
+    assert not bad, f"funcprune/{rel} imports {bad}"
+
+
+def test_the_checker_resolves_relative_imports_of_subpackages(tmp_path):
+    source = tmp_path / "x.py"
+    source.write_text("def f():\n    from ..compat import _module\n    from .. import compat\n")
+    assert {"funcprune.compat._module", "funcprune.compat"} <= _imported(source, "funcprune.structural")
 
 
 def test_the_checker_sees_lazy_and_absolute_imports(tmp_path):

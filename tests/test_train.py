@@ -78,7 +78,7 @@ def torch_module(params):
     return modules
 
 
-@pytest.mark.parametrize("scope", ["global", "layer"])
+@pytest.mark.parametrize("scope", ["global", "local"])
 def test_lottery_rounds_match_torch_iterative_pruning(device, scope):
     _, rewind, _, _ = setup(device)
     modules = torch_module(rewind)
@@ -115,15 +115,62 @@ def test_lottery_rounds_match_torch_iterative_pruning(device, scope):
 def test_lottery_layer_equals_l1_oracle():
     _, rewind, _, _ = setup("cpu")
     trained = {n: torch.randn_like(p) for n, p in rewind.items()}
-    masks, _ = fp.lottery_round(trained, None, rewind, 0.4, scope="layer", include=WEIGHTS)
+    masks, _ = fp.lottery_round(trained, None, rewind, 0.4, scope="local", include=WEIGHTS)
     for name in WEIGHTS:
         assert torch.equal(masks[name], torch_mask(torch_prune.L1Unstructured(0.4), trained[name]))
+
+
+def torch_global_masks(params, names, amount, rounds):
+    """torch's iterative global L1 over ``names`` (one module each), ``rounds`` times on the same values."""
+    modules = {}
+    for name in names:
+        modules[name] = nn.Module()
+        modules[name].register_parameter("weight", nn.Parameter(params[name].clone()))
+    for _ in range(rounds):
+        torch_prune.global_unstructured([(m, "weight") for m in modules.values()], torch_prune.L1Unstructured,
+                                        amount=amount)
+    return {name: m.weight_mask.bool() for name, m in modules.items()}
+
+
+@pytest.mark.parametrize("scope", ["global", "local"])
+def test_lottery_round_without_include_prunes_only_the_leaves_the_masks_cover(scope):
+    """Rule: with ``include=None`` a round prunes the leaves ``masks`` covers (weight-only masks
+    leave every bias alone), and all leaves when ``masks`` is None; torch's pruning is the oracle."""
+    _, params, _, _ = setup("cpu")
+    masks, _ = fp.lottery_round(params, None, params, 0.3, scope=scope, include=WEIGHTS)
+    masks, rewound = fp.lottery_round(params, masks, params, 0.3, scope=scope)
+    assert list(masks) == WEIGHTS
+    if scope == "global":
+        expected = torch_global_masks(params, WEIGHTS, 0.3, rounds=2)
+    else:
+        expected = {n: torch_global_masks(params, [n], 0.3, rounds=2)[n] for n in WEIGHTS}
+    for name in WEIGHTS:
+        assert torch.equal(masks[name], expected[name]), name
+        assert int((~masks[name]).sum()) == int((~expected[name]).sum())
+    for name in ("0.bias", "2.bias"):
+        assert torch.equal(rewound[name], params[name])
+    first, _ = fp.lottery_round(params, None, params, 0.3)  # no masks yet: every leaf
+    assert list(first) == list(params)
+    expected = torch_global_masks(params, list(params), 0.3, rounds=1)
+    for name in params:
+        assert torch.equal(first[name], expected[name]), name
+
+
+def test_lottery_round_scope_layer_is_a_deprecated_spelling_of_local():
+    """Rule: the old ``scope="layer"`` keeps working for one minor release, with a DeprecationWarning."""
+    _, params, _, _ = setup("cpu")
+    trained = {n: torch.randn_like(p) for n, p in params.items()}
+    with pytest.warns(DeprecationWarning, match='scope="local"'):
+        old, old_rewound = fp.lottery_round(trained, None, params, 0.4, scope="layer", include=WEIGHTS)
+    new, new_rewound = fp.lottery_round(trained, None, params, 0.4, scope="local", include=WEIGHTS)
+    for name in WEIGHTS:
+        assert torch.equal(old[name], new[name]) and torch.equal(old_rewound[name], new_rewound[name])
 
 
 def test_lottery_errors():
     _, params, _, _ = setup("cpu")
     with pytest.raises(ValueError, match="scope must be"):
-        fp.lottery_round(params, None, params, 0.2, scope="local")
+        fp.lottery_round(params, None, params, 0.2, scope="row")
     with pytest.raises(ValueError, match=r"0.bias: rewind has shape \(3,\)"):
         fp.lottery_round(params, None, {**params, "0.bias": torch.zeros(3)}, 0.2)
     with pytest.raises(KeyError, match="rewind lacks '2.bias'"):

@@ -5,7 +5,8 @@ parameter's dtype, the method object as forward pre-hook) and the same masks for
 the masks come from funcprune's functional core. Where torch is broken it does better:
 ``copy.deepcopy`` of a pruned module works, a failing pruning call leaves the module untouched
 (parameter order included; only what that call changed is undone, so another thread's pruning
-of another tensor stays), and ``CustomFromMask`` hooks keep no second copy of the mask.
+of another tensor stays), threads pruning different tensors of one module at once all land,
+and ``CustomFromMask`` hooks keep no second copy of the mask.
 
 Same entries, not just the same counts. torch's CPU top-k chooses among equal scores with
 ``std::nth_element`` over the whole vector it is given, an order only that same call on that

@@ -132,15 +132,17 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, **kw
         masks = _global_l1(parameters, scores, method.amount)
     else:
         masks = _sliced_global(parameters, scores, method)
-    rollbacks = [_module._Rollback(module, name) for module, name in parameters]
+    with _module.LOCK:
+        rollbacks = [_module.Rollback(module, name) for module, name in parameters]
     done = []
     try:
         for (module, name), mask, rollback in zip(parameters, masks, rollbacks):
             custom_from_mask(module, name, mask=mask)
             done.append(rollback)
     except BaseException:
-        for rollback in reversed(done):
-            rollback.restore()
+        with _module.LOCK:
+            for rollback in reversed(done):
+                rollback.restore()
         raise
 
 
@@ -219,12 +221,13 @@ def remove(module, name):
       >>> [n for n, _ in m.named_parameters()]
       ['bias', 'weight']
     """
-    key, hook = _module.pruning_hook(module, name)
-    if hook is None:
-        raise ValueError(f"Parameter '{name}' of module {module} has to be pruned before pruning can be removed")
-    hook.remove(module)
-    del module._forward_pre_hooks[key]
-    _module.unmark_if_unpruned(module)
+    with _module.LOCK:
+        key, hook = _module.pruning_hook(module, name)
+        if hook is None:
+            raise ValueError(f"Parameter '{name}' of module {module} has to be pruned before pruning can be removed")
+        hook.remove(module)
+        del module._forward_pre_hooks[key]
+        _module.unmark_if_unpruned(module)
     return module
 
 
@@ -236,5 +239,6 @@ def is_pruned(module) -> bool:
       >>> is_pruned(m), is_pruned(random_unstructured(m[0], "weight", 0.2))
       (False, True)
     """
-    return any(_module.is_pruning_hook(hook) for sub in module.modules() for hook in sub._forward_pre_hooks.values())
+    return any(_module.is_pruning_hook(hook) for sub in module.modules()
+               for hook in list(sub._forward_pre_hooks.values()))  # a snapshot: another thread may prune
 

@@ -138,8 +138,9 @@ class BasePruningMethod(_torch_prune.BasePruningMethod):
 
     def remove(self, module) -> None:
         """Make the pruning of ``module.<name>`` permanent (the original Parameter is back)."""
-        super().remove(module)
-        _module.unmark_if_unpruned(module, ignore=self)
+        with _module.LOCK:
+            super().remove(module)
+            _module.unmark_if_unpruned(module, ignore=self)
 
 
 class PruningContainer(BasePruningMethod, _torch_prune.PruningContainer):

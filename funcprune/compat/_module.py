@@ -10,24 +10,24 @@ calls in the same order), with two differences that only show when torch is brok
   (parameter and hook order included) and never undoes what another thread did meanwhile to
   another tensor of the same module;
 * ``copy.deepcopy`` works (torch's pruned modules hold a computed, non-leaf tensor, which
-  ``deepcopy`` refuses). The class is **not** changed (``type(module) is nn.Linear`` stays true,
-  so code such as torch.ao's ``make_config_from_model`` still recognises the layer): a pruned
-  module carries an instance attribute ``__reduce_ex__`` (``copy.copy``, ``copy.deepcopy``,
-  ``pickle`` and ``torch.save`` all look this hook up on the instance) that leaves the computed
-  tensors out, and the copy recomputes them. Pickles rebuild through :func:`_rebuild` into the
-  plain class. The attribute holds only a weak reference to its module (no reference cycle), is
-  not part of ``state_dict``, and goes when the last pruned tensor is removed.
+  ``deepcopy`` refuses) and the class is **not** changed (``type(module) is nn.Linear`` stays
+  true, so code such as torch.ao's ``make_config_from_model`` still recognises the layer): see
+  :mod:`funcprune._layout`, which writes the layout for both compat and ``bridge.to_module``.
 """
 
 from __future__ import annotations
 
 import sys
-import types
-import weakref
 from typing import Dict
 
 import torch
 import torch.nn.utils.prune as _torch_prune
+
+# Re-exported for compat's other modules (the writer itself is neutral: bridge.to_module uses it too).
+from .._layout import (LOCK, install, is_pruning_hook, pruning_hook, rebuild, reparam_tensors,  # noqa: F401
+                       unmark_if_unpruned, unprune)
+
+_rebuild = rebuild  # pickles of funcprune 1.0 and 1.1 name funcprune.compat._module._rebuild
 
 _BUILTIN_COMPUTE = set()
 _READ_ONLY_DEFAULT = set()
@@ -63,32 +63,6 @@ def is_builtin_compute(method) -> bool:
     return getattr(type(method), "compute_mask", None) in _BUILTIN_COMPUTE
 
 
-def is_pruning_hook(hook) -> bool:
-    """A pruning method of compat or of torch.nn.utils.prune."""
-    return isinstance(hook, _torch_prune.BasePruningMethod)
-
-
-def pruning_hook(module: torch.nn.Module, name: str):
-    """``(key, hook)`` of the pruning hook of ``module.<name>``, or ``(None, None)``."""
-    found = [(k, h) for k, h in module._forward_pre_hooks.items()
-             if is_pruning_hook(h) and getattr(h, "_tensor_name", None) == name]
-    if len(found) > 1:
-        raise AssertionError(f"Avoid adding multiple pruning hooks to the same tensor {name} of module "
-                             f"{module}. Use a PruningContainer.")
-    return found[0] if found else (None, None)
-
-
-def reparam_tensors(module: torch.nn.Module, name: str):
-    """``(mask, orig)`` of a pruned tensor, as stored now (also when ``functional_call`` swapped them)."""
-    mask = module._buffers.get(name + "_mask")
-    orig = module._parameters.get(name + "_orig")
-    if mask is None:
-        mask = getattr(module, name + "_mask")
-    if orig is None:
-        orig = getattr(module, name + "_orig")
-    return mask, orig
-
-
 _MISSING = object()
 
 
@@ -111,7 +85,7 @@ def _put_back(table: dict, key, value, order: list) -> None:
             table[later] = moved
 
 
-class _Rollback:
+class Rollback:
     """What one pruning call may change on ``module`` for ``name``, to put exactly that back.
 
     The entries for ``name`` and ``name + "_orig"`` in ``_parameters``, ``name + "_mask"`` in
@@ -132,7 +106,7 @@ class _Rollback:
         self.methods = getattr(self.hook, "_pruning_methods", None)
         self.attr = d.get(name, _MISSING)
         current = d.get(name, self.params[name])
-        self.slots = [(v, i, x) for v in d.values() if isinstance(v, list)
+        self.slots = [(v, i, x) for v in list(d.values()) if isinstance(v, list)
                       for i, x in enumerate(v) if current is not _MISSING and x is current]
         self.was_pruned = "__reduce_ex__" in d
 
@@ -185,17 +159,18 @@ def check_not_sharded(module: torch.nn.Module, name: str) -> None:
 
 
 def apply(cls, module, name, args, kwargs, importance_scores, container_cls):
-    """``BasePruningMethod.apply``: torch's semantics, mask first, all-or-nothing."""
-    check_not_sharded(module, name)
-    old_key, old = pruning_hook(module, name)
+    """``BasePruningMethod.apply``: torch's semantics, mask first, all-or-nothing, thread-safe per tensor."""
+    with LOCK:
+        check_not_sharded(module, name)
+        old_key, old = pruning_hook(module, name)
+        orig = getattr(module, name)
+        rollback = Rollback(module, name)
     method = cls(*args, **kwargs)
     method._tensor_name = name
-    orig = getattr(module, name)
     if importance_scores is not None and importance_scores.shape != orig.shape:
         raise AssertionError(f"importance_scores should have the same shape as parameter {name} of {module}, "
                              f"got {importance_scores.shape} vs {orig.shape}")
     scores = orig if importance_scores is None else importance_scores
-    rollback = _Rollback(module, name)
     try:
         hook = _grown(old, method, container_cls)
         if old is None:
@@ -205,90 +180,20 @@ def apply(cls, module, name, args, kwargs, importance_scores, container_cls):
         mask = hook.compute_mask(scores, default_mask=default_mask)
         if mask is default_mask and old is None:  # nothing pruned: the mask is torch's tensor of ones
             mask = torch.ones_like(orig)
-        if old is None:
-            module.register_parameter(name + "_orig", orig)
-            del module._parameters[name]
-        module.register_buffer(name + "_mask", mask)
-        setattr(module, name, hook.apply_mask(module))
-        if old_key is not None:
-            del module._forward_pre_hooks[old_key]
-        module.register_forward_pre_hook(hook)
-        mark_pruned(module)
+        install(module, name, hook, mask, orig=orig if old is None else None, old_key=old_key)
     except BaseException:
-        rollback.restore()
+        with LOCK:
+            rollback.restore()
         raise
     return hook
 
 
-def unmark_if_unpruned(module: torch.nn.Module, ignore=None) -> None:
-    """Drop the copy hook of :func:`mark_pruned` once no pruning hook (other than ``ignore``) is left."""
-    if not isinstance(module.__dict__.get("__reduce_ex__"), _PrunedReduce):
-        return
-    if not any(is_pruning_hook(h) and h is not ignore for h in module._forward_pre_hooks.values()):
-        module.__dict__.pop("__reduce_ex__", None)
-
-
-def mark_pruned(module: torch.nn.Module) -> None:
-    """Give ``module`` the instance-level ``__reduce_ex__`` that copies it (see the module docstring); idempotent."""
-    hook = module.__dict__.get("__reduce_ex__")
-    if not (isinstance(hook, _PrunedReduce) and hook.ref() is module):  # none, or copied from another module
-        module.__dict__["__reduce_ex__"] = _PrunedReduce(module)
-
-
-class _PrunedReduce:
-    """``module.__reduce_ex__`` of a pruned module: its state without the computed tensors.
-
-    Holds a weak reference, so a pruned module is freed as soon as it is unreferenced.
-    """
-
-    def __init__(self, module=None):
-        self.ref = (lambda: None) if module is None else weakref.ref(module)
-
-    def __call__(self, protocol):
-        module = self.ref()
-        if module is None:
-            raise RuntimeError("a pruned module's __reduce_ex__ outlived its module (copied __dict__?)")
-        computed = set(_computed_names(module))
-        state = module.__getstate__()  # a subclass's own __getstate__, as for the unpruned module
-        if isinstance(state, dict):
-            state = {k: v for k, v in state.items() if k not in computed and k not in ("__reduce_ex__", "__setstate__")}
-        return _rebuild, (type(module),), state
-
-    def __reduce_ex__(self, protocol):  # a module's __dict__ pickled on its own: mark_pruned replaces it
-        return _PrunedReduce, ()
-
-    def __deepcopy__(self, memo):
-        return _PrunedReduce()
-
-
-def _computed_names(module: torch.nn.Module) -> list:
-    return [h._tensor_name for h in module._forward_pre_hooks.values()
-            if is_pruning_hook(h) and getattr(h, "_tensor_name", None) in module.__dict__]
-
-
-def _setstate(module: torch.nn.Module, state) -> None:
-    """Load ``state`` into an instance made by :func:`_rebuild`; recompute the pruned tensors."""
-    module.__dict__.pop("__setstate__", None)
-    type(module).__setstate__(module, state)
-    for hook in list(module._forward_pre_hooks.values()):
-        if is_pruning_hook(hook) and getattr(hook, "_tensor_name", None) is not None:
-            setattr(module, hook._tensor_name, hook.apply_mask(module))
-    mark_pruned(module)
-
-
-def _rebuild(cls: type) -> torch.nn.Module:
-    """An empty ``cls`` instance whose (instance-level) ``__setstate__`` rebuilds a pruned module."""
-    module = cls.__new__(cls)
-    module.__dict__["__setstate__"] = types.MethodType(_setstate, module)
-    return module
-
-
 def _pruned_class(base: type) -> type:
     """For pickles of funcprune < 1.0 (which call :func:`_new_pruned`): a class whose ``__new__``
-    gives :func:`_rebuild`'s plain ``base`` instance."""
+    gives :func:`funcprune._layout.rebuild`'s plain ``base`` instance."""
     cls = _PRUNED_CLASSES.get(base)
     if cls is None:
-        cls = _PRUNED_CLASSES[base] = type(base.__name__, (), {"__new__": staticmethod(lambda _: _rebuild(base))})
+        cls = _PRUNED_CLASSES[base] = type(base.__name__, (), {"__new__": staticmethod(lambda _: rebuild(base))})
     return cls
 
 
@@ -296,15 +201,3 @@ def _new_pruned(base: type) -> torch.nn.Module:
     """An empty instance of ``base``'s pruned twin; pickles of pruned modules rebuild through it."""
     cls = _pruned_class(base)
     return cls.__new__(cls)
-
-
-def unprune(sub: torch.nn.Module, local: str) -> None:
-    """Drop the reparametrization of ``sub.<local>`` without applying its mask (``local`` becomes a plain parameter)."""
-    key, _ = pruning_hook(sub, local)
-    del sub._forward_pre_hooks[key]
-    orig = sub._parameters.pop(local + "_orig")
-    del sub._buffers[local + "_mask"]
-    if local in sub.__dict__:
-        delattr(sub, local)
-    setattr(sub, local, orig)
-    unmark_if_unpruned(sub)
