@@ -63,7 +63,7 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ._amount import Amount, _is_concrete, as_number, check_count, drop_count, max_prune_count
+from ._amount import Amount, as_number, check_count, drop_count, is_concrete, max_prune_count
 from . import _backend
 from ._backend import HashStream, as_keep
 from ._select import FAST_MIN, select_flat, select_per_pool
@@ -91,7 +91,7 @@ def count_kept(keep: torch.Tensor, dims=None) -> Union[int, torch.Tensor]:
       2
     """
     total = keep.sum(dims) if dims is not None else keep.sum()
-    return int(total) if _is_concrete(keep) else total
+    return int(total) if is_concrete(keep) else total
 
 
 def check_dim(dim, shape: Sequence[int]) -> int:
@@ -451,7 +451,9 @@ def prune_units(like: torch.Tensor, gran: Granularity, amount: Amount, scores: S
     (float, ``round(amount * alive)``) of the alive units of each pool: a unit is alive while one
     of its entries survives in ``mask``. An int above a pool's alive units raises ``ValueError``
     in eager calls; under ``vmap`` or on ``meta`` it prunes every survivor (a tensor amount is
-    clamped to ``[0, alive]``).
+    clamped to ``[0, alive]``). A DTensor ``like`` (scores and mask laid out like it, or
+    ``Replicate()``) gives a DTensor mask with its placements, selected on the shards as the module
+    docstring describes (eager only).
 
     Args:
       like: the tensor being pruned (gives shape and device).
@@ -459,7 +461,8 @@ def prune_units(like: torch.Tensor, gran: Granularity, amount: Amount, scores: S
         :func:`rows` of ``like.shape``.
       amount: int, float in ``[0, 1]``, or 0-d tensor (already validated by the method).
       scores: one score per unit (a tensor of ``gran.unit_shape``), or a callable returning it,
-        called once the count is valid.
+        called once the count is valid, or a :class:`HashStream` (:func:`entries` and
+        :func:`slices` only).
       mask: the existing mask; only its survivors are candidates and it stays pruned.
       largest: prune the units of largest score (else smallest).
       select_kept: select the kept units instead (``alive - k`` from the other end); the same
@@ -489,7 +492,7 @@ def prune_units(like: torch.Tensor, gran: Granularity, amount: Amount, scores: S
         n_alive = count_kept(alive)
     else:  # one count per pool; an int amount is checked against the pool with the fewest survivors
         n_alive = alive.sum(-1)
-        if _is_concrete(n_alive) and gran.n_pools and isinstance(as_number(amount), int):
+        if is_concrete(n_alive) and gran.n_pools and isinstance(as_number(amount), int):
             check_count(as_number(amount), int(n_alive.min()), what)
     amount, k = drop_count(amount, n_alive, what)
     if not lazy and callable(scores):
