@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from . import _amount, _dtensor, _pytree, _sharded, select
+from . import _amount, _backend, _pytree, select
 from ._amount import Amount
 from ._pytree import Include, Tree
 from .select import as_keep, check_dim
@@ -165,12 +165,7 @@ def channels_kept(mask: torch.Tensor, dim: int = 0) -> torch.Tensor:
       >>> channels_kept(torch.tensor([[True, False], [False, False]]))
       tensor([ True, False])
     """
-    dim = check_dim(dim, mask.shape)
-    if _dtensor.is_dtensor(mask):  # a channels-sized count vector crosses the wire
-        return _sharded.channels_kept(mask, dim)
-    others = [d for d in range(mask.dim()) if d != dim]
-    kept = mask != 0
-    return kept.any(dim=others) if others else kept
+    return _backend.channels_kept(mask, check_dim(dim, mask.shape))
 
 
 def _bias_name(weight_name: str) -> Optional[str]:
@@ -234,10 +229,6 @@ def prune_channels(params: Tree, amount: Amount, n: Norm = 2, dim: int = 0, *, m
                                  f"{named[name].shape[0]} output channels of {name}")
             kept = channels_kept(new[name], 0)
             bias_keep = as_keep(bias_leaf, new.get(bias_name), f"{bias_name} mask")
-            if _dtensor.is_dtensor(bias_leaf):  # the bias's own shard of the channel vector
-                new[bias_name] = _sharded.spread_channels(kept, bias_leaf, 0, bias_keep)
-                continue
-            kept = kept.to(bias_leaf.device)
-            new[bias_name] = kept if bias_keep is None else kept & bias_keep
+            new[bias_name] = _backend.spread_channels(kept, bias_leaf, 0, bias_keep)  # a DTensor: its own shard
 
     return _pytree.per_leaf(params, step, masks=masks, scores=scores, include=include, finish=with_biases)

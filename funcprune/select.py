@@ -18,6 +18,15 @@ A per-output-row magnitude method, in full::
     def row_magnitude(scores, amount, *, mask=None):
         return prune_units(scores, rows(scores.shape, 0), amount, scores.detach().abs(), mask=mask)
 
+The same method takes DTensor scores (``Shard``/``Replicate`` on a 1-D or 2-D mesh) and returns a
+DTensor mask laid out like them, without gathering: the kernel goes through the backend seam
+(:mod:`funcprune._backend`). :func:`entries` then selects by an exact global radix cut (counts
+summed across the mesh, ties to the lowest global index; the scores must be non-negative, e.g.
+magnitudes), :func:`slices` by the one-process kernel on the channel scores (one per channel, the
+same on every rank), and :func:`rows` and :func:`groups` within the pools each rank holds whole
+(a placement that splits a pool is refused, as are :func:`blocks`). :class:`HashStream` scores
+draw from the hash stream (a counter over global indices: the same mask whatever the sharding).
+
 Survivors are tracked with a mask, never a sentinel value: whatever the surviving scores hold
 (NaN, +-inf), exactly the requested number of survivors is selected. NaN ranks above ``+inf``
 (as in ``torch.topk``); ``-0.0`` ties ``0.0``. Ties: in one flat pool (:func:`entries`,
@@ -54,45 +63,17 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ._amount import Amount, _is_concrete, as_number, check_count, drop_count, max_prune_count
-from ._radix import _INF_BITS, _INT_VIEW
+from ._amount import Amount, as_number, check_count, drop_count, is_concrete, max_prune_count
+from . import _backend
+from ._backend import HashStream, as_keep
+from ._select import FAST_MIN, select_flat, select_per_pool
 
 Count = Union[int, torch.Tensor]
-Scores = Union[torch.Tensor, Callable[[], torch.Tensor]]
+Scores = Union[torch.Tensor, Callable[[], torch.Tensor], HashStream]
 
 __all__ = ["Granularity", "entries", "slices", "blocks", "groups", "rows", "prune_units", "keep_per_pool",
-           "select_flat", "select_per_pool", "as_keep", "count_kept", "Count", "Scores"]
+           "select_flat", "select_per_pool", "as_keep", "count_kept", "HashStream", "Count", "Scores"]
 
-FAST_MIN = 1 << 14  # below this, topk is as fast as the threshold path
-_SAMPLE = 1 << 13  # sample size bracketing the k-th value: ~4% of the keys fall inside the bracket
-
-
-def as_keep(scores: torch.Tensor, mask: Optional[torch.Tensor], what: str = "mask") -> Optional[torch.Tensor]:
-    """The existing mask as bool on the scores' device (None stays None), after a shape check.
-
-    Args:
-      scores: the tensor the mask belongs to.
-      mask: a bool, integer or float mask (non-zero = kept), or None.
-      what: the mask's name in error messages.
-
-    Returns:
-      ``mask`` as a bool tensor on ``scores``' device (``mask`` itself when it already is one), or None.
-
-    Raises:
-      TypeError: ``mask`` not a tensor. ValueError: its shape is not ``scores``' shape.
-
-    Example:
-      >>> as_keep(torch.zeros(3), torch.tensor([1.0, 0.0, 2.0]))
-      tensor([ True, False,  True])
-    """
-    if mask is None:
-        return None
-    if not isinstance(mask, torch.Tensor):
-        raise TypeError(f"{what} must be a tensor, got {type(mask).__name__}")
-    if mask.shape != scores.shape:
-        raise ValueError(f"{what} has shape {tuple(mask.shape)} but the scores have shape {tuple(scores.shape)}")
-    mask = mask.to(device=scores.device)
-    return mask if mask.dtype == torch.bool else mask != 0
 
 
 def count_kept(keep: torch.Tensor, dims=None) -> Union[int, torch.Tensor]:
@@ -110,7 +91,7 @@ def count_kept(keep: torch.Tensor, dims=None) -> Union[int, torch.Tensor]:
       2
     """
     total = keep.sum(dims) if dims is not None else keep.sum()
-    return int(total) if _is_concrete(keep) else total
+    return int(total) if is_concrete(keep) else total
 
 
 def check_dim(dim, shape: Sequence[int]) -> int:
@@ -120,209 +101,6 @@ def check_dim(dim, shape: Sequence[int]) -> int:
     if not -len(shape) <= dim < len(shape) or not shape:
         raise IndexError(f"Invalid index {dim} for tensor of size {tuple(shape)}")
     return dim % len(shape)
-
-
-# ----------------------------------------------------------------------------------------------
-# Keys: survivors are ranked by a mask, never by a sentinel value.
-
-def _worst(largest: bool) -> float:
-    """The float key value that is never selected before a finite one (the fast path's filler)."""
-    return -math.inf if largest else math.inf
-
-
-def _ordered(key: torch.Tensor) -> torch.Tensor:
-    """Integer keys in ``topk``'s order of ``key`` whose dtype's two extremes no key takes.
-
-    Floats become their bit patterns made monotone (NaN, made one canonical NaN, ranks above
-    ``+inf`` as in ``topk``; ``-0.0`` ties ``0.0``) in an integer of the same width; narrow
-    integers widen; int64 keys are clamped off the two extremes (which only ties the key
-    ``2**63 - 1`` with ``2**63 - 2``). So a dead entry filled with an extreme ranks after every
-    survivor, whatever the survivors hold. Eager keys with no sign bit set (the usual magnitudes,
-    norms and uniform draws, certified by one read-only pass) skip the sign fix-up.
-    """
-    if key.dtype.is_floating_point:
-        itype = _INT_VIEW[key.element_size()]
-        if key.dtype in _INF_BITS and _is_concrete(key) and not bool(torch.signbit(key).any()):
-            # eager, no sign bit set (magnitudes, norms, uniform draws): the bits are ordered already
-            return key.view(itype).clamp(max=_INF_BITS[key.dtype] + 1)  # every NaN -> one value above +inf
-        bits = torch.where(key.isnan(), math.nan, key).view(itype)
-        return torch.where(bits < 0, torch.iinfo(itype).min - bits, bits)  # negatives: -magnitude
-    if key.dtype == torch.int64:
-        info = torch.iinfo(torch.int64)
-        return key.clamp(info.min + 1, info.max - 1)
-    if key.dtype == torch.bool or key.is_complex():
-        raise TypeError(f"scores must be real numbers, got dtype {key.dtype}")
-    return key.to(torch.int32 if key.element_size() < 4 else torch.int64)
-
-
-def _dead_last(key: torch.Tensor, alive: Optional[torch.Tensor], largest: bool, always: bool = False) -> torch.Tensor:
-    """A key in which no dead entry ranks before a surviving one (``key`` itself if all survive
-    and not ``always``, else integer keys from :func:`_ordered`)."""
-    if alive is None and not always:
-        return key
-    ordered = _ordered(key)
-    if alive is None:
-        return ordered
-    info = torch.iinfo(ordered.dtype)
-    return ordered.masked_fill(~alive, info.min if largest else info.max)
-
-
-def _select_by_threshold(key: torch.Tensor, k: int, largest: bool, filled: bool = False) -> Optional[torch.Tensor]:
-    """Eager fast path of :func:`select_flat`: the ``k`` extreme entries as ``key <= v`` (``key >= v``).
-
-    The k-th value ``v`` comes from a 4-sigma bracket read off a strided sample: one counting
-    pass, one pass gathering the few keys inside the bracket, a ``kthvalue`` on those. It is used
-    only when it is certified to be *the* unique answer: exactly ``k`` entries lie at or beyond
-    ``v`` (no tie straddles the cut, NaN ranks as the largest key, as ``topk`` ranks it). Then it
-    equals torch's ``topk`` positions whatever their tie-breaking. Otherwise (ties at the cut, an
-    unlucky bracket, integer keys) it returns None and the caller runs ``topk``. With ``filled``
-    the dead entries of ``key`` hold the never-selected extreme (``+inf``, or ``-inf`` for
-    ``largest``): a cut at that value could take a dead entry for a surviving ``inf``, so it
-    returns None there too.
-    """
-    if not key.dtype.is_floating_point:
-        return None
-    n = key.numel()
-    rank = k if not largest else n - k + 1  # 1-based rank of v among the keys, smallest first
-    sample = key[:: max(n // _SAMPLE, 1)]
-    s = sample.numel()
-    pos = (rank - 0.5) * s / n
-    margin = 4.0 * math.sqrt(s * (rank / n) * (1.0 - rank / n)) + 2.0
-    lo_i, hi_i = int(pos - margin), int(pos + margin)
-    # Two O(s) selections: a CPU sort of even a few thousand keys costs as much as a pass over n.
-    lo = sample.kthvalue(lo_i + 1).values if lo_i > 0 else None
-    hi = sample.kthvalue(hi_i + 1).values if hi_i < s - 1 else None
-    inside = torch.ones_like(key, dtype=torch.bool) if lo is None else key >= lo
-    if hi is not None:
-        inside &= key <= hi
-    below = 0 if lo is None else int(torch.count_nonzero(key < lo))
-    candidates = key[inside]  # eager only: a data-dependent shape, never returned
-    if not below < rank <= below + candidates.numel():
-        return None
-    v = candidates.kthvalue(rank - below).values
-    if filled and bool(v == _worst(largest)):
-        return None
-    if largest:  # selected: not below v (NaN included, as topk counts it the largest)
-        if n - below - int(torch.count_nonzero(candidates < v)) != k:
-            return None
-        return (key < v).logical_not_()
-    if below + int(torch.count_nonzero(candidates <= v)) != k:
-        return None
-    return key <= v
-
-
-def select_flat(key: torch.Tensor, k: Count, *, largest: bool, alive: Optional[torch.Tensor] = None,
-           k_max: Optional[int] = None) -> torch.Tensor:
-    """Bool mask (shape of the flat ``key``) of the ``k`` largest or smallest entries among ``alive``.
-
-    Ties are broken as ``torch.topk`` breaks them (so a fresh selection is torch's). Dead entries
-    are never selected while ``k`` does not exceed the number alive, whatever values the
-    survivors hold (NaN ranks above ``+inf``, as in ``topk``).
-
-    Args:
-      key: a 1-D tensor of scores.
-      k: how many to select; a Python int, or an int64 0-d tensor (possibly batched by ``vmap``).
-      largest: select the largest keys (else the smallest).
-      alive: optional bool mask of the candidates.
-      k_max: a static upper bound on a tensor ``k`` (defaults to ``key.numel()``).
-
-    Returns:
-      A new bool tensor shaped like ``key``.
-
-    Example:
-      >>> key = torch.tensor([float("nan"), float("inf"), 1.0, 2.0])
-      >>> select_flat(key, 2, largest=True, alive=torch.tensor([True, True, False, False]))
-      tensor([ True,  True, False, False])
-    """
-    n = key.numel()
-    if isinstance(k, int):
-        if k == 0:
-            return torch.zeros(n, dtype=torch.bool, device=key.device)
-        if k < n and n >= FAST_MIN and key.device.type == "cpu" and key.is_floating_point() and _is_concrete(key):
-            filled = key if alive is None else key.masked_fill(~alive, _worst(largest))
-            fast = _select_by_threshold(filled, k, largest, filled=alive is not None)
-            if fast is not None:
-                return fast
-        idx = torch.topk(_dead_last(key, alive, largest), k, largest=largest, sorted=False).indices
-        chosen = torch.zeros(n, dtype=torch.bool, device=key.device)
-        # Filling a fresh tensor in place saves a copy; under vmap the indices are batched.
-        return chosen.index_fill_(0, idx, True) if _is_concrete(idx) else chosen.index_fill(0, idx, True)
-    k_max = n if k_max is None else min(k_max, n)
-    chosen = torch.zeros(n, dtype=torch.bool, device=key.device)
-    if k_max == 0:
-        return chosen
-    idx = torch.topk(_dead_last(key, alive, largest), k_max, largest=largest, sorted=True).indices
-    take = torch.arange(k_max, device=key.device) < k
-    return chosen.scatter(0, idx, take)
-
-
-def _pairwise_rank(ordered: torch.Tensor, largest: bool) -> torch.Tensor:
-    """For each entry of a ``(pools, units)`` key, how many of its pool rank before it (ties: lower index first).
-
-    ``units * (units - 1) / 2`` comparisons of whole columns: for the small pools of N:M patterns
-    this is cheaper than a ``topk`` per pool, and it needs no sort at all.
-    """
-    units = ordered.shape[-1]
-    cols = ordered.unbind(-1)
-    ranks = [torch.zeros_like(cols[0], dtype=torch.uint8) for _ in range(units)]
-    for i in range(units):
-        for j in range(i + 1, units):
-            first = cols[i] >= cols[j] if largest else cols[i] <= cols[j]  # the lower index wins a tie
-            ranks[j] = ranks[j] + first
-            ranks[i] = ranks[i] + first.logical_not()
-    return torch.stack(ranks, dim=-1)
-
-
-_PAIRWISE_MAX = 16  # pools up to this size are ranked by pairwise comparisons
-
-
-def select_per_pool(key: torch.Tensor, k: Count, *, largest: bool, alive: Optional[torch.Tensor] = None,
-                    k_max: Optional[int] = None) -> torch.Tensor:
-    """Bool mask of the ``k`` largest or smallest alive entries in every row (pool) of a 2-D ``key``.
-
-    Ties go to the lower index within the row. Dead entries rank after every survivor, whatever
-    values the survivors hold (NaN ranks above ``+inf``): they are selected only in a row with
-    fewer than ``k`` survivors.
-
-    Args:
-      key: ``(pools, units)`` scores.
-      k: per-row count: a Python int (the same for all rows) or an int64 tensor broadcastable to
-        ``(pools,)`` (possibly batched by ``vmap``).
-      largest: select the largest keys (else the smallest).
-      alive: optional ``(pools, units)`` bool mask of the candidates.
-      k_max: a static upper bound on a tensor ``k`` (defaults to ``units``).
-
-    Returns:
-      A new ``(pools, units)`` bool tensor.
-
-    Example:
-      >>> select_per_pool(torch.tensor([[1.0, 1.0, 1.0, 1.0], [5.0, 1.0, 1.0, 1.0]]), 2, largest=True)
-      tensor([[ True,  True, False, False],
-              [ True,  True, False, False]])
-    """
-    pools, units = key.shape
-    count = min(k, units) if isinstance(k, int) else units if k_max is None else min(k_max, units)
-    if count == 0 or units == 0:
-        return torch.zeros(key.shape, dtype=torch.bool, device=key.device)
-    ordered = _dead_last(key, alive, largest, always=True)
-    per_pool = k if isinstance(k, int) else torch.as_tensor(k, device=key.device).reshape(-1, 1)
-    if units <= _PAIRWISE_MAX:
-        return _pairwise_rank(ordered, largest) < per_pool
-    if key.element_size() <= 4 and units < (1 << 31):
-        # The index in the low bits (reversed for `largest`): a pool's keys are all distinct.
-        index = torch.arange(units, device=key.device)
-        ranked = ordered.to(torch.int64).mul_(units).add_(units - 1 - index if largest else index)
-        if alive is not None:  # dead entries took the extreme of a narrower type: move them to int64's
-            info = torch.iinfo(torch.int64)
-            ranked = ranked.masked_fill(~alive, info.min if largest else info.max)
-        idx = torch.topk(ranked, count, dim=-1, largest=largest, sorted=not isinstance(k, int)).indices
-    else:  # 64-bit keys: no room for the index, a stable sort keeps index order among ties
-        idx = torch.sort(ordered, dim=-1, descending=largest, stable=True).indices[:, :count]
-    chosen = torch.zeros(key.shape, dtype=torch.bool, device=key.device)
-    if isinstance(k, int):
-        return chosen.scatter(-1, idx, True)
-    take = torch.arange(count, device=key.device) < per_pool
-    return chosen.scatter(-1, idx, take.expand(idx.shape))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -673,7 +451,9 @@ def prune_units(like: torch.Tensor, gran: Granularity, amount: Amount, scores: S
     (float, ``round(amount * alive)``) of the alive units of each pool: a unit is alive while one
     of its entries survives in ``mask``. An int above a pool's alive units raises ``ValueError``
     in eager calls; under ``vmap`` or on ``meta`` it prunes every survivor (a tensor amount is
-    clamped to ``[0, alive]``).
+    clamped to ``[0, alive]``). A DTensor ``like`` (scores and mask laid out like it, or
+    ``Replicate()``) gives a DTensor mask with its placements, selected on the shards as the module
+    docstring describes (eager only).
 
     Args:
       like: the tensor being pruned (gives shape and device).
@@ -681,7 +461,8 @@ def prune_units(like: torch.Tensor, gran: Granularity, amount: Amount, scores: S
         :func:`rows` of ``like.shape``.
       amount: int, float in ``[0, 1]``, or 0-d tensor (already validated by the method).
       scores: one score per unit (a tensor of ``gran.unit_shape``), or a callable returning it,
-        called once the count is valid.
+        called once the count is valid, or a :class:`HashStream` (:func:`entries` and
+        :func:`slices` only).
       mask: the existing mask; only its survivors are candidates and it stays pruned.
       largest: prune the units of largest score (else smallest).
       select_kept: select the kept units instead (``alive - k`` from the other end); the same
@@ -699,6 +480,9 @@ def prune_units(like: torch.Tensor, gran: Granularity, amount: Amount, scores: S
       tensor([[False,  True,  True, False],
               [False,  True, False,  True]])
     """
+    if _backend.sharded(like) or isinstance(scores, HashStream):
+        return _prune_spread(like, gran, amount, scores, mask=mask, largest=largest, select_kept=select_kept,
+                             lazy=lazy, what=what)
     keep = as_keep(like, mask)
     alive = None if keep is None else gran.pools(gran.alive(keep))
     units = gran.pool_size
@@ -708,7 +492,7 @@ def prune_units(like: torch.Tensor, gran: Granularity, amount: Amount, scores: S
         n_alive = count_kept(alive)
     else:  # one count per pool; an int amount is checked against the pool with the fewest survivors
         n_alive = alive.sum(-1)
-        if _is_concrete(n_alive) and gran.n_pools and isinstance(as_number(amount), int):
+        if is_concrete(n_alive) and gran.n_pools and isinstance(as_number(amount), int):
             check_count(as_number(amount), int(n_alive.min()), what)
     amount, k = drop_count(amount, n_alive, what)
     if not lazy and callable(scores):
@@ -746,8 +530,78 @@ def keep_per_pool(like: torch.Tensor, gran: Granularity, count: int, scores: Sco
       >>> keep_per_pool(w, groups(w.shape, 4, -1), 2, w.abs())
       tensor([[False,  True,  True, False,  True,  True, False, False]])
     """
+    if _backend.sharded(like):
+        here, local_gran, local_keep, local_scores = _local_pools(like, gran, scores, mask)
+        return _backend.wrap(keep_per_pool(here, local_gran, count, local_scores, mask=local_keep), like)
     keep = as_keep(like, mask)
     alive = None if keep is None else gran.pools(gran.alive(keep))
     key = _unit_scores(gran, scores)
     kept = _select_units(gran, key, count, largest=True, alive=alive, k_max=count)
     return _finish(gran, gran.unpool(kept), keep)
+
+
+# ----------------------------------------------------------------------------------------------
+# The same selections over the backend seam: DTensor shards (and the hash stream, on any tensor).
+
+def _prune_spread(like, gran, amount, scores, *, mask, largest, select_kept, lazy, what) -> torch.Tensor:
+    """:func:`prune_units` for a DTensor ``like`` or hash-stream scores, through :mod:`funcprune._backend`.
+
+    Entries: the exact global cut (ties to the lowest global index). Slices: the unit scores (one
+    per channel, the same on every rank) go through the one-process kernel, only channel counts and
+    the scores cross the wire. Rows and N:M groups: each rank selects in the pools it holds whole.
+    """
+    keep = _backend.keep(like, mask)
+    if type(gran) is _Entries:
+        if not isinstance(scores, HashStream):
+            scores = scores() if callable(scores) else scores
+        return _backend.global_cut(like, keep, amount, scores, largest=largest)
+    if type(gran) is _Slices:
+        dim, channels = gran.dim, like.shape[gran.dim]
+        device = _dtensor_device(like)
+        if isinstance(scores, HashStream):
+            seed = scores.seed(like)  # drawn before counting, on every rank alike
+            scores = lambda: _backend.hash_channel_keys(seed, channels, device)  # noqa: E731
+        units = scores
+        alive = None if keep is None else _backend.channels_kept(keep, dim)
+        column = torch.empty((channels, 1), dtype=torch.bool, device=device)
+        unit_keep = prune_units(column, _slices(column.shape, 0), amount,
+                                (lambda: _backend.plain(units())) if callable(units) else _backend.plain(units),
+                                mask=None if alive is None else alive.view(channels, 1), largest=largest,
+                                select_kept=select_kept, lazy=lazy, what=what)
+        return _backend.spread_channels(unit_keep.view(channels), like, dim, keep)
+    if isinstance(scores, HashStream):
+        raise ValueError(f"the hash stream draws per entry or per channel, not per {type(gran).__name__[1:].lower()} unit")
+    here, local_gran, local_keep, local_scores = _local_pools(like, gran, scores, keep)
+    return _backend.wrap(prune_units(here, local_gran, amount, local_scores, mask=local_keep, largest=largest,
+                                     select_kept=select_kept, lazy=lazy, what=what), like)
+
+
+def _dtensor_device(like: torch.Tensor) -> torch.device:
+    return _backend.shard_of(like, like, "scores").device
+
+
+def _local_pools(like, gran, scores, mask):
+    """``(local like, local granularity, local keep, local scores)`` for pools each rank holds whole.
+
+    Raises:
+      ValueError: a granularity other than rows/groups, or pools split across ranks by the placements.
+    """
+    keep = _backend.keep(like, mask)
+    if not isinstance(gran, _Groups):
+        raise ValueError(f"{type(gran).__name__[1:].lower()} granularity is not selected on DTensor shards "
+                         f"(entries, slices, rows and N:M groups are)")
+    offset, shape = _backend.local_block(like)
+    for d in _backend.split_dims(like):
+        whole = d == gran.dim if type(gran) is _Rows else (
+            d != gran.dim or (offset[d] % gran.size == 0 and shape[d] % gran.size == 0))
+        if not whole:
+            raise ValueError(f"the {'rows' if type(gran) is _Rows else 'N:M groups'} along dim {gran.dim} are split "
+                             f"across ranks by the placements {tuple(like.placements)} (dim {d} is sharded); shard "
+                             f"the tensor so that every rank holds whole pools")
+    here = _backend.shard_of(like, like, "scores")
+    local_gran = _Rows(tuple(shape), gran.dim) if type(gran) is _Rows else _Groups(tuple(shape), gran.size, gran.dim)
+    if callable(scores):
+        local_scores = lambda: _backend.shard_of(scores(), like, "scores")  # noqa: E731
+    else:
+        local_scores = _backend.shard_of(scores, like, "scores")
+    return here, local_gran, _backend.shard_of(keep, like, "mask"), local_scores
