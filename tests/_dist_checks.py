@@ -88,3 +88,42 @@ def fsdp_next_forward_masked(rank: int, world: int) -> Dict[str, list]:
             out[f"{config}/{how}"] = [bool(torch.allclose(got, expected, atol=1e-6)),
                                       bool(torch.allclose(got, dense_out, atol=1e-6))]
     return out
+
+
+def _sharded(full: torch.Tensor, mesh):
+    from torch.distributed.tensor import Shard, distribute_tensor
+    return distribute_tensor(full, mesh, [Shard(0)])
+
+
+def disagreeing_ranks(rank: int, world: int) -> Dict[str, object]:
+    """Global L1 where the ranks' calls differ in one way each; what every rank raised (or "returned")."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, DTensor
+
+    import funcprune as fp
+
+    mesh = init_device_mesh("cpu", (world,))
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(8, 10, generator=g), torch.randn(6, 5, generator=g)
+    tree = {"a": _sharded(a, mesh), "b": _sharded(b, mesh)}
+    prior = fp.global_unstructured(tree, 0.2)
+    other = {"a": tree["a"], "c": tree["b"]}  # same shapes, another name
+    local64 = tree["b"].to_local().double()
+    b64 = DTensor.from_local(local64, mesh, [Shard(0)], run_check=False, shape=b.shape, stride=b.stride())
+    cases = {
+        "amount": lambda: fp.global_unstructured(tree, 0.3 if rank == 0 else 0.7),
+        "tree": lambda: fp.global_unstructured(tree if rank == 0 else other, 0.5),
+        "masks": lambda: fp.global_unstructured(tree, 0.5, masks=prior if rank == 0 else None),
+        "dtype": lambda: fp.global_unstructured({"a": tree["a"], "b": tree["b"] if rank == 0 else b64}, 0.5),
+        "method": lambda: fp.global_unstructured(tree, 0.5, method="l1" if rank == 0 else "random"),
+        "prune_l1": lambda: fp.l1_unstructured(tree["a"], 3 if rank == 0 else 4),
+    }
+    out = {}
+    for key, call in cases.items():
+        try:
+            call()
+            out[key] = "returned"
+        except ValueError as err:
+            out[key] = str(err)
+    out["agreeing"] = sum(int(m.to_local().sum()) for m in fp.global_unstructured(tree, 0.5).values())
+    return out
