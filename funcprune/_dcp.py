@@ -2,27 +2,33 @@
 
 Public through :mod:`funcprune.distributed`: :func:`save_masks_dcp` and :func:`load_masks_dcp`.
 
-Layout (format ``funcprune.masks.dcp`` version 1): one DCP checkpoint whose state dict holds
+Layout (format ``funcprune.masks.dcp`` version 2): one DCP checkpoint whose state dict holds
 
-* ``"funcprune_masks"``: a JSON string ``{"format", "version", "leaves": {name: {"shape",
-  "packed", "kept"}}}`` (the full shape, how the mask is stored, and how many entries it keeps);
+* ``"funcprune_masks"``: a JSON string ``{"format", "version", "save_id", "writers", "leaves":
+  {name: {"shape", "packed", "kept"}}}`` (a random id of this save, how many ranks wrote it, and
+  per leaf the full shape, how the mask is stored, and how many entries it keeps);
 * ``"funcprune_masks/<name>"``: one tensor per mask, either
 
   - **packed** (``uint8``): the mask's last dim packed 8 entries per byte, first entry in the most
-    significant bit (``numpy.packbits(mask, axis=-1)``), full shape ``(*shape[:-1],
-    ceil(shape[-1] / 8))``, saved with the mask's own placements. Every dim but the last keeps its
-    size, so a shard on any of them is a shard of the packed tensor too and DCP reshards it like
-    any tensor: 1 bit per entry, plus at most 7 bits of padding per row;
+    significant bit (``numpy.packbits(mask, axis=-1)``, :mod:`funcprune._bits`), full shape
+    ``(*shape[:-1], ceil(shape[-1] / 8))``, saved with the mask's own placements. Every dim but the
+    last keeps its size, so a shard on any of them is a shard of the packed tensor too and DCP
+    reshards it like any tensor: 1 bit per entry, plus at most 7 bits of padding per row;
   - **bool** (1 byte per entry) where the last dim is the sharded one (1-D masks under FSDP2's
     ``Shard(0)``, ``Shard(-1)``) or the mask is 0-D: a shard boundary inside a byte cannot be
-    packed locally, and DCP reshards whole elements only.
+    packed locally, and DCP reshards whole elements only;
+* ``"funcprune_masks_stamp/<rank>"``: each writing rank's stamp, the save id and a checksum of every
+  shard it saved (:mod:`funcprune._dcp_integrity`).
 
 Loading builds its targets from ``like`` (any placements, any mesh, or plain tensors in one
 process), so a checkpoint saved from 2 ranks loads into 4, into a 2-D mesh or into one process. A
 packed mask loaded into a layout that shards its last dim is read with that mesh dim replicated
-(a temporary of ``numel / 8`` bytes divided by the other shard counts) and sliced locally. Every
-leaf's kept count is checked after loading (one ``all_reduce`` of a vector of counts), so a
-wrong or damaged shard raises instead of loading a wrong mask; DCP itself stores no checksums.
+(a temporary of ``numel / 8`` bytes divided by the other shard counts) and sliced locally. After
+loading, every stamp's save id is checked against the metadata's, and every leaf's kept count and
+every saved shard's checksum against what was saved (one ``all_reduce`` of a vector of counts and
+checksum parts), so a damaged shard, or a directory mixing files of two saves, raises
+``ValueError`` naming the leaf and the shard instead of loading a wrong mask. Version 1
+checkpoints (funcprune 1.1, no stamps) still load, with their kept counts checked.
 
 Eager only: these are collectives (every rank of the process group calls them with the same tree
 structure) and read counts back to Python.
@@ -31,20 +37,22 @@ structure) and read counts back to Python.
 from __future__ import annotations
 
 import json
-import math
+import secrets
 import warnings
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import torch
 
 from . import _pytree
+from . import _dcp_integrity as integrity
+from ._bits import pack_last, packed_shape, unpack_last
 from ._dtensor import is_dtensor, local as _local
 from ._pytree import Tree
 
-FORMAT, VERSION = "funcprune.masks.dcp", 1
+FORMAT, VERSION = "funcprune.masks.dcp", 2
+READS = (1, 2)
 HEADER = "funcprune_masks"
 PREFIX = HEADER + "/"
-_WEIGHTS = (7, 6, 5, 4, 3, 2, 1, 0)
 
 
 def _dist():
@@ -79,25 +87,6 @@ def _owns(t: torch.Tensor, group) -> bool:
     return all(c == 0 for c, p in zip(coordinate, t.placements) if p.is_replicate())
 
 
-def _pack_last(mask: torch.Tensor) -> torch.Tensor:
-    """Pack a bool tensor's last dim into uint8, MSB first (``numpy.packbits(axis=-1)``)."""
-    x = mask.to(torch.uint8)
-    x = torch.nn.functional.pad(x, (0, (-x.shape[-1]) % 8))
-    shifts = torch.tensor(_WEIGHTS, dtype=torch.uint8, device=mask.device)
-    return (x.view(*x.shape[:-1], x.shape[-1] // 8, 8) << shifts).sum(dim=-1, dtype=torch.uint8)
-
-
-def _unpack_last(bits: torch.Tensor, last: int) -> torch.Tensor:
-    """Inverse of :func:`_pack_last` for a last dim of ``last`` entries."""
-    shifts = torch.tensor(_WEIGHTS, dtype=torch.uint8, device=bits.device)
-    flat = ((bits.unsqueeze(-1) >> shifts) & 1).view(*bits.shape[:-1], bits.shape[-1] * 8)
-    return flat[..., :last].bool()
-
-
-def _packed_shape(shape) -> Tuple[int, ...]:
-    return (*shape[:-1], math.ceil(shape[-1] / 8))
-
-
 def _wrap(local: torch.Tensor, like: torch.Tensor, shape, placements=None) -> torch.Tensor:
     """``local`` as a DTensor on ``like``'s mesh (``placements`` or like's) with full ``shape``."""
     from torch.distributed.tensor import DTensor
@@ -120,8 +109,8 @@ def _local_target(like: torch.Tensor, shape, dtype, placements=None) -> torch.Te
     return _wrap(torch.empty(tuple(local_shape), dtype=dtype, device=device), like, shape, placements)
 
 
-def _counts(named: Dict[str, torch.Tensor], extra: Optional[List[float]] = None, group=None) -> List[int]:
-    """Per-leaf kept counts over the full masks (+ ``extra`` flags), summed across ranks in one all_reduce."""
+def _counts(named: Dict[str, torch.Tensor], extra: Optional[List[int]] = None, group=None) -> List[int]:
+    """Per-leaf kept counts over the full masks (+ ``extra`` ints), summed across ranks in one all_reduce."""
     local = [int(_local(m).count_nonzero()) if _owns(m, group) else 0 for m in named.values()]
     values = local + list(extra or [])
     dist = _dist()
@@ -196,8 +185,9 @@ def save_masks_dcp(masks: Tree, checkpoint_id: Any, *, process_group: Any = None
             raise ValueError(f"{name}: cannot save a mask without values (device meta)")
     bad = [0 if _local(m).dtype == torch.bool or bool(((_local(m) == 0) | (_local(m) == 1)).all()) else 1
            for m in named.values()]
-    summed = _counts(named, bad, process_group)
-    kept, bad = summed[:len(named)], summed[len(named):]
+    first = _owns(torch.empty(()), process_group)  # rank 0 draws the save id, the all_reduce spreads it
+    summed = _counts(named, bad + [secrets.randbits(62) if first else 0], process_group)
+    kept, bad, save_id = summed[:len(named)], summed[len(named):-1], summed[-1]
     for name, flag in zip(named, bad):
         if flag:  # every rank sees the all-reduced flag: all raise, none is left waiting in dcp.save
             raise ValueError(f"{name}: mask values must be 0 or 1 to round-trip as bits")
@@ -207,12 +197,17 @@ def save_masks_dcp(masks: Tree, checkpoint_id: Any, *, process_group: Any = None
         packed = mask.dim() >= 1 and not (is_dtensor(mask) and (mask.dim() - 1) in _shard_dims(mask))
         local = _local(mask) != 0
         if packed:
-            bits = _pack_last(local)
-            state[PREFIX + name] = _wrap(bits, mask, _packed_shape(shape)) if is_dtensor(mask) else bits
+            bits = pack_last(local)
+            state[PREFIX + name] = _wrap(bits, mask, packed_shape(shape)) if is_dtensor(mask) else bits
         else:
             state[PREFIX + name] = _wrap(local, mask, shape) if is_dtensor(mask) else local
         leaves[name] = {"shape": shape, "packed": packed, "kept": count}
-    state[HEADER] = json.dumps({"format": FORMAT, "version": VERSION, "leaves": leaves})
+    dist = _dist()
+    rank, writers = (dist.get_rank(process_group), dist.get_world_size(process_group)) if dist else (0, 1)
+    state[integrity.STAMP + str(rank)] = integrity.make_stamp(save_id, named,
+                                                              [_owns(m, process_group) for m in named.values()])
+    state[HEADER] = json.dumps({"format": FORMAT, "version": VERSION, "save_id": save_id, "writers": writers,
+                                "leaves": leaves})
     _dcp_call("save", state, checkpoint_id, process_group)
 
 
@@ -230,10 +225,10 @@ def _header(checkpoint_id: Any, process_group: Any) -> Dict:
         raise ValueError(f"{checkpoint_id!r}: corrupt mask checkpoint header") from err
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ValueError(f"{checkpoint_id!r}: not a funcprune DCP mask checkpoint (expected format {FORMAT!r})")
-    if header.get("version") != VERSION:
+    if header.get("version") not in READS:
         raise ValueError(f"{checkpoint_id!r}: unsupported DCP mask checkpoint version {header.get('version')!r} "
-                         f"(this reads {VERSION})")
-    return header["leaves"]
+                         f"(this reads {', '.join(map(str, READS))})")
+    return header
 
 
 def load_masks_dcp(like: Tree, checkpoint_id: Any, *, process_group: Any = None) -> Tree:
@@ -254,12 +249,16 @@ def load_masks_dcp(like: Tree, checkpoint_id: Any, *, process_group: Any = None)
       checkpoint lacks), on the devices of ``like``'s leaves.
 
     Raises:
-      ValueError: not a funcprune DCP mask checkpoint, a shape that differs from ``like``'s, or a
-        loaded mask whose kept count differs from the saved one (a damaged shard).
+      ValueError: not a funcprune DCP mask checkpoint, a shape that differs from ``like``'s, a
+        loaded mask whose kept count or shard checksum differs from the saved one (a damaged
+        shard, naming the leaf and the rank that wrote the shard), or files of two saves in one
+        checkpoint (every rank raises).
       KeyError: a checkpoint name that ``like`` lacks.
     """
     named = _pytree.named_leaves(like)
-    leaves = _header(checkpoint_id, process_group)
+    header = _header(checkpoint_id, process_group)
+    leaves = header["leaves"]
+    checked = header["version"] >= 2  # version 1 (funcprune 1.1) has no stamps: its kept counts are checked
     unknown = [name for name in leaves if name not in named]
     if unknown:
         raise KeyError(f"checkpoint name(s) {unknown} are not among the params: {list(named)}")
@@ -282,13 +281,21 @@ def load_masks_dcp(like: Tree, checkpoint_id: Any, *, process_group: Any = None)
             last = target.dim() - 1
             placements = [Replicate() if type(p) is Shard and p.dim % target.dim() == last else p
                           for p in target.placements]
-            state[PREFIX + name] = _local_target(target, _packed_shape(shape), torch.uint8, placements)
+            state[PREFIX + name] = _local_target(target, packed_shape(shape), torch.uint8, placements)
             plans[name] = "slice"
         else:
-            state[PREFIX + name] = _local_target(target, _packed_shape(shape), torch.uint8)
+            state[PREFIX + name] = _local_target(target, packed_shape(shape), torch.uint8)
             plans[name] = "packed"
+    if checked:
+        length = integrity.stamp_length([info["shape"] for info in leaves.values()])
+        for rank in range(header["writers"]):
+            state[integrity.STAMP + str(rank)] = torch.empty(length, dtype=torch.int64)
     if state:
         _dcp_call("load", state, checkpoint_id, process_group)
+    where = repr(checkpoint_id)
+    blocks = integrity.read_stamps(where, [state[integrity.STAMP + str(rank)] for rank in range(header["writers"])],
+                                   header["save_id"], {name: info["shape"] for name, info in leaves.items()}
+                                   ) if checked else {}
     out = {}
     for name, plan in plans.items():
         target, loaded, shape = named[name], state[PREFIX + name], leaves[name]["shape"]
@@ -296,17 +303,24 @@ def load_masks_dcp(like: Tree, checkpoint_id: Any, *, process_group: Any = None)
         if plan == "bool":
             out[name] = loaded
             continue
-        mask = _unpack_last(local, shape[-1])
+        mask = unpack_last(local, shape[-1])
         if plan == "slice":
             from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
             local_shape, offset = compute_local_shape_and_global_offset(
                 torch.Size(shape), target.device_mesh, target.placements)
             mask = mask.narrow(-1, offset[-1], local_shape[-1]).contiguous()
         out[name] = _wrap(mask, target, shape) if is_dtensor(target) else mask
-    kept = _counts(out, group=process_group)
+    parts = [part for name, mask in out.items() for part in integrity.partial_checksums(
+        name, mask, _owns(mask, process_group), header.get("save_id", 0), blocks.get(name, []))]
+    summed = _counts(out, parts, group=process_group)  # one all_reduce: kept counts and checksum parts
+    kept, sums = summed[:len(out)], summed[len(out):]
     for (name, mask), count in zip(out.items(), kept):
         if count != leaves[name]["kept"]:
-            raise ValueError(f"{checkpoint_id!r}: {name}: the loaded mask keeps {count} entries but "
+            raise ValueError(f"{where}: {name}: the loaded mask keeps {count} entries but "
                              f"{leaves[name]['kept']} were saved: the checkpoint is damaged or was not written by "
                              f"save_masks_dcp")
+    for name in out:
+        these = blocks.get(name, [])
+        integrity.check_blocks(where, name, these, sums[:len(these)])
+        sums = sums[len(these):]
     return _pytree.like(like, out)

@@ -32,24 +32,20 @@ from typing import Any, Optional
 import torch
 
 from . import _amount, _pytree
+from ._bits import pack_last, unpack_last
 from ._pytree import Tree
 
 FORMAT, VERSION = "funcprune.masks", 2
 READS = (1, 2)
-_WEIGHTS = (7, 6, 5, 4, 3, 2, 1, 0)
 
 
 def _pack(mask: torch.Tensor) -> torch.Tensor:
-    flat = mask.reshape(-1).to(device="cpu", dtype=torch.uint8)
-    flat = torch.nn.functional.pad(flat, (0, (-flat.numel()) % 8))
-    shifts = torch.tensor(_WEIGHTS, dtype=torch.uint8)
-    return (flat.view(-1, 8) << shifts).sum(dim=1, dtype=torch.uint8)
+    """The mask flattened row-major and packed: ``numpy.packbits(mask.ravel())``, on the CPU."""
+    return pack_last(mask.reshape(-1).to(device="cpu"))
 
 
 def _unpack(bits: torch.Tensor, shape) -> torch.Tensor:
-    shifts = torch.tensor(_WEIGHTS, dtype=torch.uint8)
-    flat = ((bits.view(-1, 1) >> shifts) & 1).reshape(-1).bool()
-    return flat[:math.prod(shape)].view(shape)
+    return unpack_last(bits.view(-1), math.prod(shape)).view(shape)
 
 
 def _crc(name: str, shape: list, bits: torch.Tensor) -> int:

@@ -19,8 +19,10 @@ Eager only: collectives, and Python ints read from count tensors.
 
 from __future__ import annotations
 
+import hashlib
 import math
-from typing import List, Optional, Sequence
+import struct
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -130,22 +132,89 @@ class _Shards:
         return [_dtensor.like_param(m, t) for m, t in zip(local_masks, self.leaves)]
 
 
+def call_fingerprint(names: Sequence[str], leaves: Sequence[torch.Tensor], keeps: Sequence[Optional[torch.Tensor]],
+                     amount: Amount, method: str) -> Dict[str, str]:
+    """What every rank of one global selection must agree on, part by part (each part a short string)."""
+    value = float(amount) if isinstance(amount, torch.Tensor) else amount
+    return {"amount": f"{value!r} ({type(amount).__name__})",
+            "method": method,
+            "leaf names": repr(list(names)),
+            "shapes": repr([tuple(t.shape) for t in leaves]),
+            "dtypes": repr([str(t.dtype).replace("torch.", "") for t in leaves]),
+            "prior masks": repr([name for name, keep in zip(names, keeps) if keep is not None])}
+
+
+def _hash62(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little") >> 2
+
+
+def agreed_alive(shards: "_Shards", fingerprint: Dict[str, str], amount: Amount) -> int:
+    """:meth:`_Shards.alive`, checking on the way that every rank of the mesh made the same call.
+
+    The survivors' count and the fingerprint travel in one ``all_reduce`` (max) of a small int64
+    vector: every part's hash and its negation (equal on every rank iff max(h) == -max(-h)), the
+    amount's float64 bits likewise (for the message's range), and each rank's count in its own slot
+    (summed afterwards). It is the selection's first collective and does not depend on the dtypes,
+    so ranks that disagree (another amount, tree, dtype, prior masks) all raise here instead of
+    desynchronizing the histogram passes.
+
+    Raises:
+      ValueError: on every rank, naming the parts that differ and this rank's value of each.
+    """
+    if shards.reduce is None:
+        return shards.alive()
+    mesh = _dtensor.mesh_of(shards.leaves)
+    device = shards.locals[0].device
+    hashes = [_hash62(text) for text in fingerprint.values()]
+    value = float(amount) if isinstance(amount, (torch.Tensor, int, float)) else 0.0
+    bits = struct.unpack("<q", struct.pack("<d", abs(value)))[0]  # non-negative floats order as their bits
+    here = torch.zeros((), dtype=torch.int64, device=device)
+    for t, keep, counted in zip(shards.locals, shards.keeps, shards.counted):
+        if counted:
+            here += t.numel() if keep is None else keep.sum()
+    slots = torch.zeros(mesh.size(), dtype=torch.int64, device=device)
+    coordinate = mesh.get_coordinate()
+    slot = 0
+    for c, size in zip(coordinate, mesh.shape):
+        slot = slot * size + c
+    slots[slot] = here
+    head = torch.tensor(hashes + [-h for h in hashes] + [bits, -bits], dtype=torch.int64, device=device)
+    vector = _dtensor.mesh_sum(mesh, "max")(torch.cat([head, slots]))
+    parts = len(hashes)
+    top, low = vector[:parts].tolist(), [-v for v in vector[parts:2 * parts].tolist()]
+    differ = [name for name, hi, lo in zip(fingerprint, top, low) if hi != lo]
+    if differ:
+        lo_bits, hi_bits = -int(vector[2 * parts + 1]), int(vector[2 * parts])
+        span = struct.unpack("<d", struct.pack("<q", lo_bits))[0], struct.unpack("<d", struct.pack("<q", hi_bits))[0]
+        mine = "; ".join(f"{name}: {fingerprint[name][:200]}" for name in differ)
+        ranged = f" (amounts on the ranks span {span[0]!r} .. {span[1]!r})" if "amount" in differ else ""
+        raise ValueError(f"the ranks of one global selection disagree about its {', '.join(differ)}{ranged}; every "
+                         f"rank must make the same call (same amount, method, tree, dtypes, prior masks). "
+                         f"This rank has {mine}")
+    return int(vector[2 * parts + 2:].sum())
+
+
 def select_global(leaves: Sequence[torch.Tensor], keeps: Sequence[Optional[torch.Tensor]], amount: Amount, *,
                   method: str, dtype: torch.dtype, generator: Optional[torch.Generator] = None,
-                  chunk: int = _radix.DEFAULT_CHUNK, largest: bool = False) -> List[torch.Tensor]:
+                  chunk: int = _radix.DEFAULT_CHUNK, largest: bool = False,
+                  names: Optional[Sequence[str]] = None) -> List[torch.Tensor]:
     """Keep masks after pruning ``amount`` of the surviving entries of all ``leaves`` together.
 
     ``method`` ``"l1"`` drops the smallest ``|leaf|`` (compared in ``dtype``); ``"random"`` the
     smallest hash-stream keys of one seed drawn from ``generator``; ``"scores"`` the smallest (or
     ``largest``) entries of the leaves themselves, which must be non-negative. Ties go to the
     lowest global index. ``keeps`` are bool masks laid out like their leaves (or None). The result is laid out
-    like the leaves (DTensors with their mesh and placements).
+    like the leaves (DTensors with their mesh and placements). ``names`` name the leaves in errors
+    and in the check that every rank made the same call (default: ``leaf 0``, ``leaf 1``, ...).
 
     Raises:
-      ValueError: an int ``amount`` above the survivors (torch's message), or ranks whose seeds differ.
+      ValueError: an int ``amount`` above the survivors (torch's message), ranks whose calls differ
+        (see :func:`agreed_alive`), or ranks whose seeds differ.
     """
     shards = _Shards(leaves, keeps)
-    amount, k = _amount.drop_count(amount, shards.alive(), "parameters")
+    names = [f"leaf {i}" for i in range(len(leaves))] if names is None else list(names)
+    alive = agreed_alive(shards, call_fingerprint(names, leaves, keeps, amount, method), amount)
+    amount, k = _amount.drop_count(amount, alive, "parameters")
     spread = dict(reduce=shards.reduce, counted=shards.counted, index_fn=shards.index)
     if method == "l1":
         local = _radix.radix_select_keep(shards.locals, shards.keeps, k, key_fn=lambda piece: piece.abs().to(dtype),

@@ -7,7 +7,8 @@ no full mask on any rank. See ``docs/distributed.md`` for the supported recipes.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Tuple
+import sys
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -70,6 +71,40 @@ def _zero_pruned(target: torch.Tensor, mask: torch.Tensor) -> None:
     local.masked_fill_(keep.logical_not(), 0)  # exact zeros, also where the value is inf or NaN
 
 
+def _fsdp_owners(params: Sequence[torch.Tensor]) -> List[torch.nn.Module]:
+    """The FSDP2 modules (``fully_shard``) whose sharded parameters include one of ``params``.
+
+    FSDP2 keeps a module's all-gathered (unsharded) parameters after a forward that does not
+    reshard (the root module's default, ``reshard_after_forward=False``, a no-grad forward whose
+    backward never comes) and reuses them in the next forward: zeros written into the shards are
+    not seen until that module reshards. ``fully_shard`` registers each module's state in torch's
+    composable-API registry (the only way from a parameter back to its module); a torch whose
+    state lacks the param groups gets every FSDP2 module (resharding one that is sharded is a
+    no-op, and resharding never communicates).
+    """
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    if fsdp is None or not params:
+        return []
+    from torch.distributed._composable_state import _module_state_mapping
+
+    wanted = {id(p) for p in params}
+    owners = []
+    for module in list(_module_state_mapping.keys()):
+        if not isinstance(module, fsdp.FSDPModule):
+            continue
+        groups = getattr(module._get_fsdp_state(), "_fsdp_param_groups", None)
+        if groups is None or any(id(getattr(fsdp_param, "sharded_param", None)) in wanted
+                                 for group in groups for fsdp_param in group.fsdp_params):
+            owners.append(module)
+    return owners
+
+
+def _reshard(owners: Sequence[torch.nn.Module]) -> None:
+    """Drop the unsharded copies ``owners`` hold, so their next forward all-gathers the (masked) shards."""
+    for module in owners:
+        module.reshard()
+
+
 @torch.no_grad()
 def apply_masks_(params: Tree, masks: Optional[Tree]) -> Tree:
     """Zero the pruned entries of ``params`` in place, shard by shard, with no communication.
@@ -77,6 +112,12 @@ def apply_masks_(params: Tree, masks: Optional[Tree]) -> Tree:
     The in-place twin of :func:`funcprune.apply_masks` for params a wrapper owns (FSDP2's sharded
     parameters, a DDP module's parameters): each rank writes zeros into its local shard where its
     local mask shard is False. Entries become exactly 0 (also where they were inf or NaN).
+
+    The next forward is masked: FSDP2 modules that still hold all-gathered copies of the masked
+    params (after a forward that did not reshard: the root module by default, groups with
+    ``reshard_after_forward=False``, an evaluation under ``torch.no_grad()``) are resharded
+    (``FSDPModule.reshard()``: the copies are freed, nothing is communicated), so their next
+    forward all-gathers the masked shards.
 
     Args:
       params: tree of tensors, usually ``dict(model.named_parameters())``; DTensors (FSDP2) or
@@ -99,8 +140,10 @@ def apply_masks_(params: Tree, masks: Optional[Tree]) -> Tree:
       >>> params["w"].data
       tensor([1., 0., 3.])
     """
-    for _, param, mask in _pairs(params, masks):
+    pairs = _pairs(params, masks)
+    for _, param, mask in pairs:
         _zero_pruned(param, mask)
+    _reshard(_fsdp_owners([param for _, param, _ in pairs if _is_dtensor(param)]))
     return params
 
 

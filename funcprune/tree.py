@@ -140,7 +140,7 @@ def global_unstructured(params: Tree, amount: Amount, *, masks: Optional[Tree] =
     dtype = _common_dtype(leaves)
     if sharded or stream == "hash":  # the gather-free path (one process: the same code, no collectives)
         new_keeps = _sharded.select_global(leaves, keeps, amount, method=method, dtype=dtype, generator=generator,
-                                           chunk=chunk_size)
+                                           chunk=chunk_size, names=names)
         return _pytree.like(params, {**old, **dict(zip(names, new_keeps))})
     total = sum(leaf.numel() for leaf in leaves)
     alive = total if all(keep is None for keep in keeps) else sum(

@@ -124,3 +124,27 @@ def load_2_from_hsdp(rank: int, world: int, path_hsdp: str) -> Dict:
     mesh = init_device_mesh("cpu", (world,))
     like = _tree(mesh, 2)
     return _report(load_masks_dcp(like, path_hsdp), like)
+
+
+def two_saves(rank: int, world: int, path_a: str, path_b: str) -> None:
+    """World 2: save masks A, then masks B with the same per-shard kept counts (rows reversed), elsewhere."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+    from funcprune.distributed import save_masks_dcp
+    mesh = init_device_mesh("cpu", (world,))
+    a = torch.rand(8, 12, generator=torch.Generator().manual_seed(4)) < 0.5
+    save_masks_dcp({"w": distribute_tensor(a, mesh, [Shard(0)])}, path_a)
+    save_masks_dcp({"w": distribute_tensor(a.flip(-1), mesh, [Shard(0)])}, path_b)
+
+
+def load_or_error(rank: int, world: int, path: str) -> str:
+    """World 2: load ``path`` like a Shard(0) (8, 12) mask; the error, or "loaded"."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+    from funcprune.distributed import load_masks_dcp
+    mesh = init_device_mesh("cpu", (world,))
+    try:
+        load_masks_dcp({"w": distribute_tensor(torch.zeros(8, 12), mesh, [Shard(0)])}, path)
+    except ValueError as err:
+        return str(err)
+    return "loaded"

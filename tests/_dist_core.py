@@ -425,8 +425,10 @@ def gather_free_checks(c: Checker, mesh) -> dict:
         assert out[f"{what}_bytes_x1"] == out[f"{what}_bytes_x8"], out
     for scale in (1, 8):  # structured: one float64 norm per channel, nothing else
         assert out[f"ln_structured_bytes_x{scale}"] == 8 * (64 + 16) * scale, out
-    # float32 keys: 2 radix passes of 65537 int64 counts + one alive count; no straddling tie here
-    assert out["global_l1_bytes_x1"] == 2 * 65537 * 8 + 8, out
+    # float32 keys: 2 radix passes of 65537 int64 counts, then one vector: each rank's alive count and
+    # the call's fingerprint checked equal (6 parts as hash and negated hash, the amount's bits twice);
+    # no straddling tie here
+    assert out["global_l1_bytes_x1"] == 2 * 65537 * 8 + 8 * (mesh.size() + 2 * 6 + 2), out
     return out
 
 

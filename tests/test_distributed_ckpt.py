@@ -6,6 +6,7 @@ saved from the HSDP mesh, loaded into 2: bit-exact every time. Three launches in
 
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ if not dist.is_available():
 
 import torch.distributed.checkpoint as dcp  # noqa: E402
 
+from funcprune._bits import pack_last  # noqa: E402
 from funcprune._dcp import HEADER, PREFIX, _dcp_call, load_masks_dcp, save_masks_dcp  # noqa: E402
 from tests import _dist_ckpt as W  # noqa: E402
 from tests._dist import run_ranks  # noqa: E402
@@ -123,10 +125,53 @@ def test_one_process_round_trip_and_errors(tmp_path):
 
 def test_packing_matches_numpy_packbits_along_the_last_dim():
     np = pytest.importorskip("numpy")
-    from funcprune._dcp import _pack_last, _unpack_last
+    from funcprune._bits import pack_last, unpack_last
     g = torch.Generator().manual_seed(1)
     for shape in [(1,), (8,), (9,), (3, 0), (2, 3, 17), (4, 16)]:
         mask = torch.rand(shape, generator=g) < 0.5
-        bits = _pack_last(mask)
+        bits = pack_last(mask)
         assert torch.equal(bits, torch.from_numpy(np.packbits(mask.numpy(), axis=-1))), shape
-        assert torch.equal(_unpack_last(bits, shape[-1]), mask), shape
+        assert torch.equal(unpack_last(bits, shape[-1]), mask), shape
+
+
+def _rotated(byte: int) -> int:
+    """The byte's bits rotated by one: the same number of ones, other entries."""
+    return ((byte << 1) | (byte >> 7)) & 0xFF
+
+
+def test_bits_moved_inside_a_shard_with_the_same_kept_count_are_refused(tmp_path):
+    """A damaged shard whose kept count is unchanged (two bits of a byte swapped) raises, naming the leaf and
+    the shard, instead of loading 2 wrong entries."""
+    g = torch.Generator().manual_seed(5)
+    masks = {"w": torch.rand(4, 64, generator=g) < 0.5, "v": torch.rand(3, 5, generator=g) < 0.5}
+    path = tmp_path / "c"
+    save_masks_dcp(masks, str(path))
+    like = {"w": torch.zeros(4, 64), "v": torch.zeros(3, 5)}
+    assert torch.equal(load_masks_dcp(like, str(path))["w"], masks["w"])
+    packed = pack_last(masks["w"]).reshape(-1).tolist()
+    [data] = [f for f in path.iterdir() if f.suffix == ".distcp" and bytes(packed) in f.read_bytes()]
+    raw = bytearray(data.read_bytes())
+    assert raw.count(bytes(packed)) == 1
+    at = raw.index(bytes(packed))
+    i = next(i for i, b in enumerate(packed) if _rotated(b) != b)
+    raw[at + i] = _rotated(packed[i])
+    data.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"w: the shard written by rank 0 \(offset \[0, 0\], shape \[4, 64\]\) does "
+                                         r"not match its checksum"):
+        load_masks_dcp(like, str(path))
+
+
+def test_a_directory_mixing_files_of_two_saves_is_refused_on_every_rank(tmp_path):
+    """Rank 1's file from another save (a save that did not finish over an older one), with the same
+    per-shard kept counts: every rank, and a one-process load, raise naming a rank whose shards are of
+    another save than the metadata (DCP may store the metadata's header in either rank's file)."""
+    import shutil
+    a, b, mixed = str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "mixed")
+    run_ranks(W.two_saves, 2, a, b)
+    shutil.copytree(a, mixed)
+    shutil.copy(os.path.join(b, "__1_0.distcp"), os.path.join(mixed, "__1_0.distcp"))
+    assert run_ranks(W.load_or_error, 2, a) == ["loaded", "loaded"]
+    for rank, message in enumerate(run_ranks(W.load_or_error, 2, mixed)):
+        assert re.search(r"the shards written by rank [01] belong to another save", message), (rank, message)
+    with pytest.raises(ValueError, match="the shards written by rank [01] belong to another save"):
+        load_masks_dcp({"w": torch.zeros(8, 12)}, mixed)

@@ -2,6 +2,7 @@
 
 import copy
 import io
+import json
 import warnings
 import zipfile
 import zlib
@@ -168,6 +169,22 @@ def test_mask_checkpoint_round_trips_and_is_numpy_packbits(shape, seed):
     assert set(loaded) == {"m.weight", "n.bias"}
     assert loaded["m.weight"].dtype == torch.bool and torch.equal(loaded["m.weight"], mask)
     assert torch.equal(loaded["n.bias"], ~mask)
+
+
+@pytest.mark.parametrize("shape", [(), (0,), (13,), (3, 5), (2, 3, 9)])
+def test_mask_files_written_from_the_format_spec_load(shape):
+    """Files of format version 2 as documented (numpy.packbits of the flattened mask, zlib CRCs), written
+    here without funcprune's packer, load bit-exact: the shared packer kept the file format."""
+    mask = torch.rand(shape, generator=torch.Generator().manual_seed(len(shape))) > 0.5
+    bits = torch.from_numpy(np.packbits(mask.numpy().ravel()))
+    crc = zlib.crc32(bits.numpy().tobytes(), zlib.crc32(json.dumps(["w", list(shape)], separators=(",", ":")).encode()))
+    total = zlib.crc32(json.dumps([["w", crc]], separators=(",", ":")).encode())
+    buffer = io.BytesIO()
+    torch.save({"format": "funcprune.masks", "version": 2, "crc32": total,
+                "masks": {"w": {"shape": list(shape), "bits": bits, "crc32": crc}}}, buffer)
+    buffer.seek(0)
+    loaded = load_masks(buffer)["w"]
+    assert loaded.dtype == torch.bool and loaded.shape == mask.shape and torch.equal(loaded, mask)
 
 
 def test_mask_checkpoint_file_like_and_errors(tmp_path):
