@@ -451,7 +451,9 @@ def prune_units(like: torch.Tensor, gran: Granularity, amount: Amount, scores: S
     (float, ``round(amount * alive)``) of the alive units of each pool: a unit is alive while one
     of its entries survives in ``mask``. An int above a pool's alive units raises ``ValueError``
     in eager calls; under ``vmap`` or on ``meta`` it prunes every survivor (a tensor amount is
-    clamped to ``[0, alive]``).
+    clamped to ``[0, alive]``). A DTensor ``like`` (scores and mask laid out like it, or
+    ``Replicate()``) gives a DTensor mask with its placements, selected on the shards as the module
+    docstring describes (eager only).
 
     Args:
       like: the tensor being pruned (gives shape and device).
@@ -459,7 +461,8 @@ def prune_units(like: torch.Tensor, gran: Granularity, amount: Amount, scores: S
         :func:`rows` of ``like.shape``.
       amount: int, float in ``[0, 1]``, or 0-d tensor (already validated by the method).
       scores: one score per unit (a tensor of ``gran.unit_shape``), or a callable returning it,
-        called once the count is valid.
+        called once the count is valid, or a :class:`HashStream` (:func:`entries` and
+        :func:`slices` only).
       mask: the existing mask; only its survivors are candidates and it stays pruned.
       largest: prune the units of largest score (else smallest).
       select_kept: select the kept units instead (``alive - k`` from the other end); the same
