@@ -187,3 +187,32 @@ def test_to_module_writes_torchs_hook_and_the_module_still_copies_and_pickles():
     import subprocess
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
+
+
+def test_to_module_refuses_a_mask_for_a_dtensor_param_before_changing_anything():
+    """Rule: torch's layout (a full-size mask buffer and hook) cannot sit on a sharded param: to_module
+    raises TypeError naming the leaf and leaves the module as it was."""
+    import subprocess
+    import sys
+
+    code = """
+import os, torch, torch.distributed as dist
+from torch.distributed.tensor import DeviceMesh, Shard, distribute_tensor
+import funcprune as fp
+dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+try:
+    lin = torch.nn.Linear(4, 2)
+    lin.weight = torch.nn.Parameter(distribute_tensor(lin.weight.detach(), DeviceMesh("cpu", [0]), [Shard(0)]))
+    before = list(lin.state_dict())
+    try:
+        fp.to_module(lin, masks={"weight": torch.ones(2, 4, dtype=torch.bool)})
+    except TypeError as err:
+        assert str(err).startswith("weight: the parameter is a DTensor"), err
+    else:
+        raise AssertionError("no error")
+    assert list(lin.state_dict()) == before and not lin._forward_pre_hooks
+finally:
+    dist.destroy_process_group()
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
