@@ -118,7 +118,6 @@ def to_module(module: torch.nn.Module, params: Optional[Tree] = None, masks: Opt
     return module
 
 
-
 def _prune_from_mask(sub: torch.nn.Module, local: str, mask: torch.Tensor) -> None:
     """``torch.nn.utils.prune.custom_from_mask(sub, local, mask)``'s layout, without its second copy of the mask."""
     param = sub._parameters[local]
