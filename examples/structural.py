@@ -20,9 +20,7 @@ import argparse
 import copy
 import json
 import os
-import statistics
 import tempfile
-import time
 from typing import Dict, Tuple
 
 import torch
@@ -32,6 +30,7 @@ import torch.nn.functional as F
 import funcprune as fp
 from funcprune import structural as st
 from examples import _digits
+from examples._timing import DEPENDS, Rounds
 
 
 def digit_images(size: int, seed: int = 0) -> Tuple[torch.Tensor, ...]:
@@ -80,19 +79,15 @@ def flops(model: nn.Module, x: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
-def latency(models: Dict[str, nn.Module], x: torch.Tensor, rounds: int) -> Dict[str, float]:
-    """Median ms per forward of each model on ``x``, timed in alternating order over ``rounds`` rounds."""
-    times = {name: [] for name in models}
-    order = list(models)
+def latency(models: Dict[str, nn.Module], x: torch.Tensor, rounds: int) -> Rounds:
+    """ms per forward of each model on ``x``: one warm-up each, then ``rounds`` rounds in alternating order."""
+    timed = Rounds(models)
     with torch.no_grad():
-        for name in order:
-            models[name](x)  # warm-up
-        for r in range(rounds):
-            for name in order if r % 2 == 0 else reversed(order):
-                start = time.perf_counter()
-                models[name](x)
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
+        for model in models.values():
+            model(x)  # warm-up
+        for _ in range(rounds):
+            timed.run({name: (lambda m=model: m(x)) for name, model in models.items()})
+    return timed
 
 
 def main(out: str = None, quick: bool = False, amount: float = 0.5, seed: int = 0, verbose: bool = True) -> dict:
@@ -149,11 +144,17 @@ def main(out: str = None, quick: bool = False, amount: float = 0.5, seed: int = 
     say(f"{'shrunk':<10}{n_small:>12,}{f_small / 1e6:>10.1f}   ({n_small / n_dense:.2f}x params, "
         f"{f_small / f_dense:.2f}x FLOPs)")
     lat = {}
-    say(f"\n{'latency (ms)':<14}{'dense':>9}{'shrunk':>9}{'speedup':>9}")
+    say(f"\nlatency, ms per forward (medians of {rounds} side-by-side rounds; speedup: the median of the "
+        f"per-round ratios, with quartiles)")
+    say(f"{'':<14}{'dense':>9}{'shrunk':>9}{'speedup':>9}  quartiles")
     for batch in (1, 64):
-        ms = latency({"dense": model, "shrunk": tuned}, x_test[:batch], rounds)
-        lat[batch] = ms
-        say(f"{'batch ' + str(batch):<14}{ms['dense']:>9.2f}{ms['shrunk']:>9.2f}{ms['dense'] / ms['shrunk']:>8.2f}x")
+        timed = latency({"dense": model, "shrunk": tuned}, x_test[:batch], rounds)
+        ms = {name: timed.median(name) * 1e3 for name in ("dense", "shrunk")}
+        speedup, low, high = timed.ratio("dense", "shrunk")
+        lat[batch] = dict(ms, speedup=speedup)
+        say(f"{'batch ' + str(batch):<14}{ms['dense']:>9.2f}{ms['shrunk']:>9.2f}{speedup:>8.2f}x"
+            f"  {low:.2f}-{high:.2f}x")
+    say(f"({DEPENDS})")
     say(f"\nwrote {kept_path} and {weights_path}")
     return {"accuracy": dict(rows), "groups": groups, "masks": masks, "params": params, "model": model, "small": small,
             "tuned": tuned, "max_diff": diff, "reloaded_equal": reloaded_equal, "kept_path": kept_path,

@@ -14,6 +14,7 @@ import torch.nn.utils.prune as _torch_prune
 
 from . import _pytree
 from ._amount import _is_concrete
+from ._dtensor import is_dtensor
 from ._layout import LOCK, install, pruning_hook, reparametrized, unprune
 from ._pytree import Tree
 
@@ -69,7 +70,7 @@ def to_module(module: torch.nn.Module, params: Optional[Tree] = None, masks: Opt
 
     Raises:
       KeyError: a name that is not a parameter of ``module``.
-      TypeError: a value or mask that is not a tensor (naming the leaf).
+      TypeError: a value or mask that is not a tensor, or a mask for a DTensor parameter (naming the leaf).
       ValueError: a tensor whose shape differs from the parameter's, or one that is not a real
         tensor (meta, vmap-batched).
 
@@ -90,6 +91,10 @@ def to_module(module: torch.nn.Module, params: Optional[Tree] = None, masks: Opt
             if tuple(value.shape) != tuple(current[name].shape):
                 raise ValueError(f"{name}: {what} has shape {tuple(value.shape)} but the parameter has shape "
                                  f"{tuple(current[name].shape)}")
+            if what == "mask" and is_dtensor(current[name]):
+                raise TypeError(f"{name}: the parameter is a DTensor (sharded by FSDP2's fully_shard or tensor "
+                                "parallelism), and torch's full-size <name>_mask buffer and forward pre-hook do not "
+                                "fit it: keep the masks as a tree and train with funcprune.distributed.keep_pruned")
     reparam = reparametrized(module)
     subs = dict(module.named_modules())
     with torch.no_grad():
@@ -111,7 +116,6 @@ def to_module(module: torch.nn.Module, params: Optional[Tree] = None, masks: Opt
         elif name in reparam:
             unprune(sub, local)
     return module
-
 
 
 def _prune_from_mask(sub: torch.nn.Module, local: str, mask: torch.Tensor) -> None:

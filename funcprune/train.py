@@ -85,8 +85,8 @@ def lottery_round(trained: Tree, masks: Optional[Tree], rewind: Tree, amount: Am
 
     Which leaves are pruned: ``include`` when given; otherwise the leaves ``masks`` covers (so a
     round after weight-only masks prunes only the weights, never the biases), or every leaf of
-    ``trained`` when ``masks`` is None (or covers nothing). Pass ``include`` in the first round to leave leaves out
-    from the start.
+    ``trained`` when ``masks`` is None (or covers nothing). Pass ``include`` in the first round
+    to leave leaves out from the start.
 
     Args:
       trained: params at the end of this round's training (their magnitudes rank the entries).

@@ -164,7 +164,6 @@ def test_to_module_writes_torchs_hook_and_the_module_still_copies_and_pickles():
     import copy
     import io
     import pickle
-    import sys
 
     model = fp.to_module(LeNet(), masks={"fc1.weight": torch.rand(120, 400) > 0.5})
     hook = next(iter(model.fc1._forward_pre_hooks.values()))
@@ -181,9 +180,33 @@ def test_to_module_writes_torchs_hook_and_the_module_still_copies_and_pickles():
     assert int((model.fc1.weight_mask == 0).sum()) == int((reference.weight_mask == 0).sum()) + 10
     C.remove(model.fc1, "weight")
     assert "__reduce_ex__" not in model.fc1.__dict__
-    code = ("import sys, torch, funcprune as fp; "
-            "fp.to_module(torch.nn.Linear(3, 2), masks={'weight': torch.ones(2, 3, dtype=torch.bool)}); "
-            "assert 'funcprune.compat' not in sys.modules")
+
+
+@pytest.mark.slow
+def test_to_module_refuses_a_mask_for_a_dtensor_param_before_changing_anything():
+    """Rule: torch's layout (a full-size mask buffer and hook) cannot sit on a sharded param: to_module
+    raises TypeError naming the leaf and leaves the module as it was."""
     import subprocess
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    import sys
+
+    code = """
+import os, torch, torch.distributed as dist
+from torch.distributed.tensor import DeviceMesh, Shard, distribute_tensor
+import funcprune as fp
+dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+try:
+    lin = torch.nn.Linear(4, 2)
+    lin.weight = torch.nn.Parameter(distribute_tensor(lin.weight.detach(), DeviceMesh("cpu", [0]), [Shard(0)]))
+    before = list(lin.state_dict())
+    try:
+        fp.to_module(lin, masks={"weight": torch.ones(2, 4, dtype=torch.bool)})
+    except TypeError as err:
+        assert str(err).startswith("weight: the parameter is a DTensor"), err
+    else:
+        raise AssertionError("no error")
+    assert list(lin.state_dict()) == before and not lin._forward_pre_hooks
+finally:
+    dist.destroy_process_group()
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr

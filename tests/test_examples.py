@@ -83,9 +83,16 @@ def test_lottery_ticket_counts_and_outputs(tmp_path):
         assert cells == [str(row["round"]), f"{row['sparsity']:.1%}"] + [f"{row[v]:.1%}" for v in lottery_ticket.VARIANTS]
 
 
-def test_multi_mask_subnetworks_prune_their_own_amounts_and_match_the_loop():
+def test_multi_mask_subnetworks_prune_their_own_amounts_and_match_the_loop(capsys):
     result = multi_mask.main(steps=4, seeds=(0, 1), sparsities=(0.5, 0.9))
     assert result["max_diff"] < 1e-9
+    # timings: medians of the per-step samples, the speedup the median of per-step ratios, and a word
+    # on what they depend on (a single total swings with the machine's load)
+    low, median, high = result["speedup"][1], result["speedup"][0], result["speedup"][2]
+    assert 0 < low <= median <= high and 0 < result["vmapped_step_s"] <= result["vmapped_s"]
+    printed = capsys.readouterr().out
+    assert "median of 4" in printed and f"{median:.1f}x faster (quartiles {low:.1f}-{high:.1f}x)" in printed
+    assert "times depend on this machine" in printed
     masks, params = result["masks"], result["params"]
     n = sum(m[0].numel() for m in masks.values())
     assert result["amounts"] == [0.5, 0.9, 0.5, 0.9]
