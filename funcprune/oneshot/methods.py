@@ -32,7 +32,8 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 import torch
 
 from .._amount import Amount, validate_amount
-from .._select import as_keep, check_group_counts, entries, groups, keep_per_pool, prune_units, rows
+from ..patterns import check_group_counts
+from ..select import as_keep, entries, groups, keep_per_pool, prune_units, rows
 
 __all__ = ["wanda", "wanda_scores", "sparsegpt", "outlier_ratio", "owl", "check_pattern", "ieee_matmul"]
 
