@@ -306,3 +306,33 @@ def test_fp_oneshot_is_the_submodule():
     import funcprune.oneshot as oneshot
 
     assert fp.oneshot is oneshot and callable(fp.oneshot.prune) and callable(fp.oneshot.sparsegpt)
+
+
+def test_one_blocks_statistics_alive_at_a_time(monkeypatch):
+    import gc
+    import weakref
+
+    import funcprune.oneshot.model as model_module
+
+    alive = []
+
+    def watching(stats, group=None):
+        gc.collect()
+        assert not [r for r in alive if r() is not None], "an earlier block's statistics are still alive"
+        alive.extend(weakref.ref(s.hessian) for s in stats.values())
+        return stats
+
+    monkeypatch.setattr(model_module, "all_reduce", watching)
+    model, _ = _model("llama")
+    prune(model, _batches(2), "sparsegpt", 0.5, dtype=torch.float64)
+    assert len(alive) == 2 * 4  # 2 blocks x 4 distinct inputs (q/k/v, o, gate/up, down)
+
+
+@pytest.mark.parametrize("sequential, forwards", [(False, 2), (True, 2 * 2 * 2)])
+def test_k_levels_from_one_dense_pass_or_one_pass_per_level(sequential, forwards):
+    model, _ = _model("llama")
+    calls = []
+    handle = model.model.layers[1].register_forward_pre_hook(lambda *a: calls.append(1))
+    prune(model, _batches(2), "wanda", [0.3, 0.5], sequential=sequential, dtype=torch.float64)
+    handle.remove()
+    assert len(calls) == forwards  # 2 batches; sequential: statistics + rerun per level

@@ -369,6 +369,7 @@ def prune(model: torch.nn.Module, calibration: Iterable[Any], method: str, amoun
                 stats = [s for s, _ in collected]
                 dense_outs = collected[0][1]
             pruned = work.block(i, layers, values, stats, per_block[i])
+            stats = collected = None  # this block's statistics die here, before the next block's are summed
             if not needs or not captured:
                 continue
             if not sequential:
