@@ -173,8 +173,9 @@ def test_the_model_is_not_modified_and_the_result_runs_as_the_reference_pruned_m
 def test_calibration_batches_as_tensor_tuple_or_dict_give_the_same_masks():
     model, _ = _model("llama")
     batches = _batches(2)
-    masks = [prune(model, form, "wanda", 0.5, dtype=torch.float64).masks for form in
-             (batches, [(b,) for b in batches], [{"input_ids": b, "attention_mask": torch.ones_like(b)} for b in batches])]
+    dicts = [{"input_ids": b, "attention_mask": torch.ones_like(b)} for b in batches]
+    forms = (batches, [(b,) for b in batches], dicts)
+    masks = [prune(model, form, "wanda", 0.5, dtype=torch.float64).masks for form in forms]
     for name in masks[0]:
         assert torch.equal(masks[0][name], masks[1][name]) and torch.equal(masks[0][name], masks[2][name])
 

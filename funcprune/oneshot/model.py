@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import numbers
-from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple, Union
 
 import optree
 import torch
@@ -29,8 +29,10 @@ from .stats import Collector, LayerStats, all_reduce
 __all__ = ["prune", "prune_layer", "find_blocks", "Result", "LayerReport", "METHODS"]
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
-#: where transformers keeps the decoder blocks (Llama, Qwen2, Mistral, Gemma, Phi; GPT-2; OPT; GPT-NeoX; bare models)
-AUTO_BLOCKS = ("model.layers", "transformer.h", "model.decoder.layers", "gpt_neox.layers", "model.language_model.layers",
+#: where transformers keeps the decoder blocks (Llama, Qwen2, Mistral, Gemma, Phi; GPT-2; OPT; GPT-NeoX; bare
+#: models)
+AUTO_BLOCKS = ("model.layers", "transformer.h", "model.decoder.layers", "gpt_neox.layers",
+               "model.language_model.layers",
                "layers", "h", "decoder.layers", "transformer.blocks", "blocks")
 
 
