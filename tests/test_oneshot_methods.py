@@ -256,3 +256,18 @@ def test_the_oneshot_code_never_sorts():
         text = path.read_text()
         for word in ("topk", "sort(", "argsort", "kthvalue"):
             assert word not in text, (path.name, word)
+
+
+def test_ieee_matmul_turns_tf32_off_inside_and_restores_the_setting_even_on_error():
+    from funcprune.oneshot.methods import ieee_matmul
+
+    matmul = torch.backends.cuda.matmul
+    saved = matmul.allow_tf32
+    try:
+        matmul.allow_tf32 = True
+        with pytest.raises(RuntimeError, match="boom"), ieee_matmul():
+            assert matmul.allow_tf32 is False
+            raise RuntimeError("boom")
+        assert matmul.allow_tf32 is True
+    finally:
+        matmul.allow_tf32 = saved
