@@ -199,7 +199,7 @@ def test_magnitude_is_torchs_l1_unstructured_per_layer_and_needs_no_forward():
     for name, keep in got.masks.items():
         weight = model.get_parameter(name)
         assert torch.equal(keep, fp.l1_unstructured(weight, 0.3)), name
-    nm = prune(model, [torch.zeros(1, 4, dtype=torch.long)], "magnitude", 0.5, pattern=(2, 4))
+    nm = prune(model, [torch.zeros(1, 4, dtype=torch.long)], "magnitude", None, pattern=(2, 4))
     w = model.get_parameter("model.layers.0.mlp.down_proj.weight")
     assert torch.equal(nm.masks["model.layers.0.mlp.down_proj.weight"], fp.patterns.nm_structured(w, 2, 4))
 
