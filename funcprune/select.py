@@ -532,6 +532,8 @@ def keep_per_pool(like: torch.Tensor, gran: Granularity, count: int, scores: Sco
     """
     if _backend.sharded(like):
         here, local_gran, local_keep, local_scores = _local_pools(like, gran, scores, mask)
+        if here.numel() == 0:  # an empty shard: no pool here
+            return _backend.fresh(like, _backend.keep(like, mask), mask)
         return _backend.wrap(keep_per_pool(here, local_gran, count, local_scores, mask=local_keep), like)
     keep = as_keep(like, mask)
     alive = None if keep is None else gran.pools(gran.alive(keep))
@@ -548,7 +550,8 @@ def _prune_spread(like, gran, amount, scores, *, mask, largest, select_kept, laz
 
     Entries: the exact global cut (ties to the lowest global index). Slices: the unit scores (one
     per channel, the same on every rank) go through the one-process kernel, only channel counts and
-    the scores cross the wire. Rows and N:M groups: each rank selects in the pools it holds whole.
+    the scores cross the wire. Rows and N:M groups: each rank selects in the pools it holds whole
+    (an int amount is checked against the survivors of this rank's pools).
     """
     keep = _backend.keep(like, mask)
     if type(gran) is _Entries:
@@ -557,7 +560,7 @@ def _prune_spread(like, gran, amount, scores, *, mask, largest, select_kept, laz
         return _backend.global_cut(like, keep, amount, scores, largest=largest)
     if type(gran) is _Slices:
         dim, channels = gran.dim, like.shape[gran.dim]
-        device = _dtensor_device(like)
+        device = _device_of(like)
         if isinstance(scores, HashStream):
             seed = scores.seed(like)  # drawn before counting, on every rank alike
             scores = lambda: _backend.hash_channel_keys(seed, channels, device)  # noqa: E731
@@ -572,11 +575,14 @@ def _prune_spread(like, gran, amount, scores, *, mask, largest, select_kept, laz
     if isinstance(scores, HashStream):
         raise ValueError(f"the hash stream draws per entry or per channel, not per {type(gran).__name__[1:].lower()} unit")
     here, local_gran, local_keep, local_scores = _local_pools(like, gran, scores, keep)
+    if here.numel() == 0:  # an empty shard (more ranks than rows): no pool here, nothing to count
+        return _backend.fresh(like, keep, mask)
     return _backend.wrap(prune_units(here, local_gran, amount, local_scores, mask=local_keep, largest=largest,
                                      select_kept=select_kept, lazy=lazy, what=what), like)
 
 
-def _dtensor_device(like: torch.Tensor) -> torch.device:
+def _device_of(like: torch.Tensor) -> torch.device:
+    """The device of ``like``'s local shard (of ``like`` itself when plain)."""
     return _backend.shard_of(like, like, "scores").device
 
 
