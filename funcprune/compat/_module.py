@@ -111,7 +111,7 @@ def _put_back(table: dict, key, value, order: list) -> None:
             table[later] = moved
 
 
-class _Rollback:
+class Rollback:
     """What one pruning call may change on ``module`` for ``name``, to put exactly that back.
 
     The entries for ``name`` and ``name + "_orig"`` in ``_parameters``, ``name + "_mask"`` in
@@ -195,7 +195,7 @@ def apply(cls, module, name, args, kwargs, importance_scores, container_cls):
         raise AssertionError(f"importance_scores should have the same shape as parameter {name} of {module}, "
                              f"got {importance_scores.shape} vs {orig.shape}")
     scores = orig if importance_scores is None else importance_scores
-    rollback = _Rollback(module, name)
+    rollback = Rollback(module, name)
     try:
         hook = _grown(old, method, container_cls)
         if old is None:
