@@ -16,7 +16,7 @@ import torch
 Amount = Union[int, float, torch.Tensor]
 
 
-def _is_concrete(t: torch.Tensor) -> bool:
+def is_concrete(t: torch.Tensor) -> bool:
     """True for a real eager tensor whose values may be read (not meta, vmap/grad or fake)."""
     if t.device.type == "meta" or torch._C._functorch.is_functorch_wrapped_tensor(t):
         return False
@@ -35,7 +35,7 @@ def validate_amount(amount: Amount) -> None:
             raise ValueError(f"amount must be a number or a 0-d tensor, got a tensor of shape {tuple(amount.shape)}")
         if amount.dtype == torch.bool or amount.is_complex():
             raise TypeError(f"Invalid dtype for amount: {amount.dtype}. Must be an integer or floating tensor.")
-        if _is_concrete(amount):
+        if is_concrete(amount):
             _validate_number(amount.item())
         return
     _validate_number(amount)
@@ -93,7 +93,7 @@ def check_fraction(value, what: str) -> float:
 
 def as_number(amount: Amount) -> Amount:
     """A concrete 0-d tensor amount becomes the Python number it holds (torch's eager rules)."""
-    if isinstance(amount, torch.Tensor) and _is_concrete(amount):
+    if isinstance(amount, torch.Tensor) and is_concrete(amount):
         return amount.item()
     return amount
 

@@ -25,7 +25,7 @@ from typing import Callable, List, Optional, Sequence, Union
 import torch
 
 from . import _dtensor, _sharded
-from ._amount import Amount, _is_concrete
+from ._amount import Amount, is_concrete
 from ._norms import channel_norm
 
 __all__ = ["as_keep", "sharded", "any_sharded", "keep", "fresh", "stream", "HashStream", "hash_channel_keys", "channel_norms",
@@ -156,7 +156,7 @@ def kept_count(mask: torch.Tensor) -> Union[int, torch.Tensor]:
     if _dtensor.is_dtensor(mask):
         return int(_sharded.kept_count(mask))
     total = mask.sum()
-    return int(total) if _is_concrete(mask) else total
+    return int(total) if is_concrete(mask) else total
 
 
 def channels_kept(mask: torch.Tensor, dim: int) -> torch.Tensor:

@@ -1,10 +1,14 @@
-"""The masked product ``value * mask`` in the value's dtype, with a lean backward."""
+"""The masked product ``value * mask`` in the value's dtype, with a lean backward; zeroed params for export."""
 
 from __future__ import annotations
 
+from typing import Dict, Optional
+
 import torch
 
-from ._amount import _is_concrete
+from . import _pytree
+from ._amount import is_concrete
+from ._backend import as_keep
 
 
 def masked(value: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -17,12 +21,12 @@ def masked(value: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # bool -> uint8 is a free reinterpretation and uint8 -> float a fast vectorized cast, while
         # bool -> float and a mixed bool multiply are ~5x slower; float * float is the fastest product.
         mask = mask.view(torch.uint8)
-    if mask.dtype != value.dtype and _is_concrete(value):
+    if mask.dtype != value.dtype and is_concrete(value):
         # The cast is a fresh tensor (batched too, under vmap over masks): multiply into it rather
         # than allocate a second full-size one. Not for wrapped values (grad, stacked params).
         if not value.requires_grad:
             return mask.to(value.dtype).mul_(value)
-        if _is_concrete(mask) and not mask.requires_grad:  # a learnable float mask takes autograd's product
+        if is_concrete(mask) and not mask.requires_grad:  # a learnable float mask takes autograd's product
             return _MaskProduct.apply(value, mask)
     return value * mask.to(value.dtype)
 
@@ -58,3 +62,29 @@ class _MaskProduct(torch.autograd.Function):
         if mask_tangent is not None:
             out += mask_tangent.to(out.dtype) * ctx.value
         return out
+
+
+def zeroed(params: _pytree.Tree, masks: Optional[_pytree.Tree]) -> Dict[str, torch.Tensor]:
+    """Named detached leaves of the masked params with every pruned entry exactly zero.
+
+    ``apply_masks`` multiplies, so a pruned NaN or inf stays NaN (``nan * 0``); the exported and
+    finalized forms store nothing there, i.e. zero, so they are built with ``torch.where``. Kept
+    entries are ``apply_masks``'s (the value, times the mask's value for a float mask).
+    """
+    named = _pytree.named_leaves(params)
+    named_masks = _pytree.lookup(named, masks, "masks")
+    out = {}
+    for name, leaf in named.items():
+        if not isinstance(leaf, torch.Tensor):
+            raise TypeError(f"{name}: a param must be a tensor, got {type(leaf).__name__}")
+        value = leaf.detach()
+        if name in named_masks:
+            mask = named_masks[name]
+            if isinstance(mask, torch.Tensor) and mask.shape != value.shape:
+                raise ValueError(f"{name}: mask has shape {tuple(mask.shape)} but the param has shape "
+                                 f"{tuple(value.shape)}")
+            keep = as_keep(value, mask, f"{name} mask")
+            kept = value if mask.dtype == torch.bool else masked(value, mask.to(value.device))
+            value = torch.where(keep, kept, torch.zeros((), dtype=value.dtype, device=value.device))
+        out[name] = value
+    return out

@@ -87,7 +87,7 @@ def save_masks(masks: Tree, f: Any) -> None:
     for name, mask in named.items():
         if not isinstance(mask, torch.Tensor):
             raise TypeError(f"{name}: a mask must be a tensor, got {type(mask).__name__}")
-        if not _amount._is_concrete(mask):
+        if not _amount.is_concrete(mask):
             raise ValueError(f"{name}: cannot save a mask without values (device {mask.device})")
         if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
             raise ValueError(f"{name}: mask values must be 0 or 1 to round-trip as bits")

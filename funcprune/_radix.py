@@ -19,15 +19,15 @@ import torch
 
 _DIGIT_BITS = 16
 _DIGITS = 1 << _DIGIT_BITS
-_INT_VIEW = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-_INF_BITS = {torch.float16: 0x7C00, torch.bfloat16: 0x7F80, torch.float32: 0x7F800000,
+INT_VIEW = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+INF_BITS = {torch.float16: 0x7C00, torch.bfloat16: 0x7F80, torch.float32: 0x7F800000,
              torch.float64: 0x7FF0000000000000}  # +inf's bit pattern; NaNs lie above it
 DEFAULT_CHUNK = 1 << 20
 
 
 def _bits(key: torch.Tensor) -> torch.Tensor:
     """Integer view of non-negative floating keys: same order as the values (NaN after inf)."""
-    return key.view(_INT_VIEW[key.element_size()])
+    return key.view(INT_VIEW[key.element_size()])
 
 
 def _paired_chunks(key: torch.Tensor, live: Optional[torch.Tensor], chunk: int):
@@ -104,7 +104,7 @@ def _cut_bits(key_fn, keys, largest, key_from_index: bool = False):
     flip = (1 << (nbits - 1)) - 1  # reverses the order of non-negative bit patterns
     work = torch.int32 if nbits <= 32 else torch.int64
     floating = sample.is_floating_point()
-    nan_bits = _INF_BITS[sample.dtype] + 1 if floating else None  # NaNs of every payload tie, just above +inf
+    nan_bits = INF_BITS[sample.dtype] + 1 if floating else None  # NaNs of every payload tie, just above +inf
 
     def bits_of(piece):
         key = key_fn(piece)
@@ -187,7 +187,7 @@ def radix_cut(keys: Sequence[torch.Tensor], alive: Sequence[Optional[torch.Tenso
     prefix, due, ties = _histogram_cut(bits_and_inside, k, nbits, device, reduce)
     sample = _sample(keys, key_fn, key_from_index)
     plain = int(flip - prefix) if largest else int(prefix)  # the k-th key's own bit pattern
-    return RadixCut(prefix, due, ties, sample.is_floating_point() and plain > _INF_BITS[sample.dtype])
+    return RadixCut(prefix, due, ties, sample.is_floating_point() and plain > INF_BITS[sample.dtype])
 
 
 def keep_from_cut(keys: Sequence[torch.Tensor], alive: Sequence[Optional[torch.Tensor]], cut: RadixCut, *,

@@ -11,8 +11,8 @@ from typing import Optional, Union
 
 import torch
 
-from ._amount import _is_concrete
-from ._radix import _INF_BITS, _INT_VIEW
+from ._amount import is_concrete
+from ._radix import INF_BITS, INT_VIEW
 
 __all__ = ["select_flat", "select_per_pool", "FAST_MIN"]
 
@@ -41,10 +41,10 @@ def _ordered(key: torch.Tensor) -> torch.Tensor:
     norms and uniform draws, certified by one read-only pass) skip the sign fix-up.
     """
     if key.dtype.is_floating_point:
-        itype = _INT_VIEW[key.element_size()]
-        if key.dtype in _INF_BITS and _is_concrete(key) and not bool(torch.signbit(key).any()):
+        itype = INT_VIEW[key.element_size()]
+        if key.dtype in INF_BITS and is_concrete(key) and not bool(torch.signbit(key).any()):
             # eager, no sign bit set (magnitudes, norms, uniform draws): the bits are ordered already
-            return key.view(itype).clamp(max=_INF_BITS[key.dtype] + 1)  # every NaN -> one value above +inf
+            return key.view(itype).clamp(max=INF_BITS[key.dtype] + 1)  # every NaN -> one value above +inf
         bits = torch.where(key.isnan(), math.nan, key).view(itype)
         return torch.where(bits < 0, torch.iinfo(itype).min - bits, bits)  # negatives: -magnitude
     if key.dtype == torch.int64:
@@ -138,7 +138,7 @@ def select_flat(key: torch.Tensor, k: Count, *, largest: bool, alive: Optional[t
     if isinstance(k, int):
         if k == 0:
             return torch.zeros(n, dtype=torch.bool, device=key.device)
-        if k < n and n >= FAST_MIN and key.device.type == "cpu" and key.is_floating_point() and _is_concrete(key):
+        if k < n and n >= FAST_MIN and key.device.type == "cpu" and key.is_floating_point() and is_concrete(key):
             filled = key if alive is None else key.masked_fill(~alive, _worst(largest))
             fast = _select_by_threshold(filled, k, largest, filled=alive is not None)
             if fast is not None:
@@ -146,7 +146,7 @@ def select_flat(key: torch.Tensor, k: Count, *, largest: bool, alive: Optional[t
         idx = torch.topk(_dead_last(key, alive, largest), k, largest=largest, sorted=False).indices
         chosen = torch.zeros(n, dtype=torch.bool, device=key.device)
         # Filling a fresh tensor in place saves a copy; under vmap the indices are batched.
-        return chosen.index_fill_(0, idx, True) if _is_concrete(idx) else chosen.index_fill(0, idx, True)
+        return chosen.index_fill_(0, idx, True) if is_concrete(idx) else chosen.index_fill(0, idx, True)
     k_max = n if k_max is None else min(k_max, n)
     chosen = torch.zeros(n, dtype=torch.bool, device=key.device)
     if k_max == 0:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.utils.prune as _torch_prune
 
 from . import _pytree
-from ._amount import _is_concrete
+from ._amount import is_concrete
 from ._dtensor import is_dtensor
 from ._layout import LOCK, install, pruning_hook, reparametrized, unprune
 from ._pytree import Tree
@@ -86,7 +86,7 @@ def to_module(module: torch.nn.Module, params: Optional[Tree] = None, masks: Opt
         for name, value in named.items():
             if not isinstance(value, torch.Tensor):
                 raise TypeError(f"{name}: {what} must be a tensor, got {type(value).__name__}")
-            if not _is_concrete(value):  # copied into the module below: checked before anything changes
+            if not is_concrete(value):  # copied into the module below: checked before anything changes
                 raise ValueError(f"{name}: {what} must be a real tensor (not meta or vmap-batched)")
             if tuple(value.shape) != tuple(current[name].shape):
                 raise ValueError(f"{name}: {what} has shape {tuple(value.shape)} but the parameter has shape "

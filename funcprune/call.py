@@ -12,7 +12,7 @@ import torch
 from . import _pytree
 from ._layout import Layout, layout as _layout
 from ._pytree import Tree
-from ._amount import _is_concrete
+from ._amount import is_concrete
 from ._masking import masked
 
 __all__ = ["functional_call"]
@@ -228,7 +228,7 @@ def _same_value(a: torch.Tensor, b: torch.Tensor) -> bool:
                 return False
             a, b = _functorch.get_unwrapped(a), _functorch.get_unwrapped(b)
             continue
-        if not _is_concrete(a) or not _is_concrete(b) or a.layout != torch.strided or b.layout != torch.strided:
+        if not is_concrete(a) or not is_concrete(b) or a.layout != torch.strided or b.layout != torch.strided:
             return False
         if (a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
                 and a.storage_offset() == b.storage_offset() and a.stride() == b.stride()):

@@ -25,7 +25,7 @@ import torch.utils._pytree as torch_pytree
 
 from . import _pytree
 from ._layout import reparametrized
-from ._masking import masked
+from ._masking import zeroed
 from ._pytree import Include, Tree
 from .select import as_keep
 from ._masks_io import load_masks, save_masks
@@ -99,32 +99,6 @@ def size_report(params: Tree, masks: Optional[Tree] = None) -> SizeReport:
     return SizeReport(dense, sparse, nnz, sum(leaf.numel() for leaf in named.values()), per_leaf)
 
 
-def _zeroed(params: Tree, masks: Optional[Tree]) -> Dict[str, torch.Tensor]:
-    """Named detached leaves of the masked params with every pruned entry exactly zero.
-
-    ``apply_masks`` multiplies, so a pruned NaN or inf stays NaN (``nan * 0``); the exported and
-    finalized forms store nothing there, i.e. zero, so they are built with ``torch.where``. Kept
-    entries are ``apply_masks``'s (the value, times the mask's value for a float mask).
-    """
-    named = _pytree.named_leaves(params)
-    named_masks = _pytree.lookup(named, masks, "masks")
-    out = {}
-    for name, leaf in named.items():
-        if not isinstance(leaf, torch.Tensor):
-            raise TypeError(f"{name}: a param must be a tensor, got {type(leaf).__name__}")
-        value = leaf.detach()
-        if name in named_masks:
-            mask = named_masks[name]
-            if isinstance(mask, torch.Tensor) and mask.shape != value.shape:
-                raise ValueError(f"{name}: mask has shape {tuple(mask.shape)} but the param has shape "
-                                 f"{tuple(value.shape)}")
-            keep = as_keep(value, mask, f"{name} mask")
-            kept = value if mask.dtype == torch.bool else masked(value, mask.to(value.device))
-            value = torch.where(keep, kept, torch.zeros((), dtype=value.dtype, device=value.device))
-        out[name] = value
-    return out
-
-
 class Finalized(NamedTuple):
     """What :func:`finalize` returns."""
 
@@ -153,7 +127,7 @@ def finalize(params: Tree, masks: Optional[Tree]) -> Finalized:
       ({'w': tensor([0., 2.])}, 1)
     """
     named_masks = _pytree.lookup(_pytree.named_leaves(params), masks, "masks")
-    dense = _zeroed(params, masks)  # masked leaves are new tensors already; copy the others
+    dense = zeroed(params, masks)  # masked leaves are new tensors already; copy the others
     pruned = {name: value if name in named_masks else value.clone() for name, value in dense.items()}
     return Finalized(_pytree.like(params, pruned), size_report(params, masks))
 
@@ -214,7 +188,7 @@ def to_sparse(params: Tree, masks: Tree, layout: str = "csr", *, include: Includ
     named = _pytree.named_leaves(params)
     named_masks = _pytree.lookup(named, masks, "masks")
     wanted = set(_pytree.selected(named, include)) if include is not None else set(named)
-    dense = _zeroed(params, masks)
+    dense = zeroed(params, masks)
     out, skipped = {}, {}
     for name in named:
         value = out[name] = dense[name]
@@ -335,7 +309,7 @@ def verify(params: Tree, masks: Optional[Tree], exported: Tree, module: Optional
         raise ValueError(f"verify needs a module without pruning hooks, but {sorted(reparametrized(module))} "
                          f"of {type(module).__name__} are pruned: check an unpruned copy (e.g. "
                          "funcprune.to_module(copy.deepcopy(module), masks={}))")
-    named_dense = _zeroed(params, masks)
+    named_dense = zeroed(params, masks)
     named_exported = _pytree.lookup(named_dense, exported, "exported")
     mismatched = tuple(name for name, value in named_exported.items()
                        if not _equal(_densified(value), named_dense[name]))

@@ -21,7 +21,7 @@ import torch
 
 from . import _pytree
 from ._pytree import Include, Tree
-from .export import _zeroed
+from ._masking import zeroed
 
 LossFn = Callable[[Tree, Any], torch.Tensor]
 
@@ -43,7 +43,7 @@ def _grads(loss_fn: LossFn, params: Tree, batch: Any, masks: Optional[Tree]):
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable as loss_fn(params, batch), got {loss_fn!r}")
     # Pruned entries exactly zero (not nan * 0), so a pruned NaN/inf neither scores nor poisons the loss.
-    effective = _pytree.like(params, _zeroed(params, masks))
+    effective = _pytree.like(params, zeroed(params, masks))
     grads = torch.func.grad(loss_fn)(effective, batch)
     return _pytree.named_leaves(effective), _pytree.named_leaves(grads)
 
@@ -55,7 +55,7 @@ def magnitude(params: Tree, masks: Optional[Tree] = None, *, include: Include = 
       >>> magnitude({"w": torch.tensor([-2.0, 1.0])}, {"w": torch.tensor([True, False])})
       {'w': tensor([2., 0.])}
     """
-    return _pick(params, include, {name: leaf.abs() for name, leaf in _zeroed(params, masks).items()})
+    return _pick(params, include, {name: leaf.abs() for name, leaf in zeroed(params, masks).items()})
 
 
 def gradient(loss_fn: LossFn, params: Tree, batch: Any, masks: Optional[Tree] = None, *,

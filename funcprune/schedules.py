@@ -220,7 +220,7 @@ def _counts(current, total):
             pruned = torch.round(current.to(torch.float64) * total).to(torch.int64)
         else:
             pruned = round(check_fraction(current, "current") * total)
-    if isinstance(pruned, torch.Tensor) and pruned.dim() == 0 and _amount._is_concrete(pruned):
+    if isinstance(pruned, torch.Tensor) and pruned.dim() == 0 and _amount.is_concrete(pruned):
         pruned = int(pruned)
     return pruned, total
 

@@ -63,7 +63,7 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ._amount import Amount, _is_concrete, as_number, check_count, drop_count, max_prune_count
+from ._amount import Amount, as_number, check_count, drop_count, is_concrete, max_prune_count
 from . import _backend
 from ._backend import HashStream, as_keep
 from ._select import FAST_MIN, select_flat, select_per_pool
@@ -91,7 +91,7 @@ def count_kept(keep: torch.Tensor, dims=None) -> Union[int, torch.Tensor]:
       2
     """
     total = keep.sum(dims) if dims is not None else keep.sum()
-    return int(total) if _is_concrete(keep) else total
+    return int(total) if is_concrete(keep) else total
 
 
 def check_dim(dim, shape: Sequence[int]) -> int:
@@ -492,7 +492,7 @@ def prune_units(like: torch.Tensor, gran: Granularity, amount: Amount, scores: S
         n_alive = count_kept(alive)
     else:  # one count per pool; an int amount is checked against the pool with the fewest survivors
         n_alive = alive.sum(-1)
-        if _is_concrete(n_alive) and gran.n_pools and isinstance(as_number(amount), int):
+        if is_concrete(n_alive) and gran.n_pools and isinstance(as_number(amount), int):
             check_count(as_number(amount), int(n_alive.min()), what)
     amount, k = drop_count(amount, n_alive, what)
     if not lazy and callable(scores):
@@ -532,6 +532,8 @@ def keep_per_pool(like: torch.Tensor, gran: Granularity, count: int, scores: Sco
     """
     if _backend.sharded(like):
         here, local_gran, local_keep, local_scores = _local_pools(like, gran, scores, mask)
+        if here.numel() == 0:  # an empty shard: no pool here
+            return _backend.fresh(like, _backend.keep(like, mask), mask)
         return _backend.wrap(keep_per_pool(here, local_gran, count, local_scores, mask=local_keep), like)
     keep = as_keep(like, mask)
     alive = None if keep is None else gran.pools(gran.alive(keep))
@@ -548,7 +550,8 @@ def _prune_spread(like, gran, amount, scores, *, mask, largest, select_kept, laz
 
     Entries: the exact global cut (ties to the lowest global index). Slices: the unit scores (one
     per channel, the same on every rank) go through the one-process kernel, only channel counts and
-    the scores cross the wire. Rows and N:M groups: each rank selects in the pools it holds whole.
+    the scores cross the wire. Rows and N:M groups: each rank selects in the pools it holds whole
+    (an int amount is checked against the survivors of this rank's pools).
     """
     keep = _backend.keep(like, mask)
     if type(gran) is _Entries:
@@ -557,7 +560,7 @@ def _prune_spread(like, gran, amount, scores, *, mask, largest, select_kept, laz
         return _backend.global_cut(like, keep, amount, scores, largest=largest)
     if type(gran) is _Slices:
         dim, channels = gran.dim, like.shape[gran.dim]
-        device = _dtensor_device(like)
+        device = _device_of(like)
         if isinstance(scores, HashStream):
             seed = scores.seed(like)  # drawn before counting, on every rank alike
             scores = lambda: _backend.hash_channel_keys(seed, channels, device)  # noqa: E731
@@ -572,11 +575,14 @@ def _prune_spread(like, gran, amount, scores, *, mask, largest, select_kept, laz
     if isinstance(scores, HashStream):
         raise ValueError(f"the hash stream draws per entry or per channel, not per {type(gran).__name__[1:].lower()} unit")
     here, local_gran, local_keep, local_scores = _local_pools(like, gran, scores, keep)
+    if here.numel() == 0:  # an empty shard (more ranks than rows): no pool here, nothing to count
+        return _backend.fresh(like, keep, mask)
     return _backend.wrap(prune_units(here, local_gran, amount, local_scores, mask=local_keep, largest=largest,
                                      select_kept=select_kept, lazy=lazy, what=what), like)
 
 
-def _dtensor_device(like: torch.Tensor) -> torch.device:
+def _device_of(like: torch.Tensor) -> torch.device:
+    """The device of ``like``'s local shard (of ``like`` itself when plain)."""
     return _backend.shard_of(like, like, "scores").device
 
 

@@ -167,7 +167,7 @@ def _check_counts(run: Callable, amounts: torch.Tensor, scores: Optional[Tree]) 
 
     Under ``vmap`` an oversized count would silently prune everything, so it is tried eagerly once.
     """
-    if amounts.dtype.is_floating_point or not _amount._is_concrete(amounts):
+    if amounts.dtype.is_floating_point or not _amount.is_concrete(amounts):
         return
     if scores is not None:
         scores = unstack(scores)[0]

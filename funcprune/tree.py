@@ -147,7 +147,7 @@ def global_unstructured(params: Tree, amount: Amount, *, masks: Optional[Tree] =
         leaf.numel() if keep is None else count_kept(keep) for leaf, keep in zip(leaves, keeps))
     amount, k = drop_count(amount, alive, "parameters")
 
-    concrete = all(_amount._is_concrete(t) for t in leaves + [keep for keep in keeps if keep is not None])
+    concrete = all(_amount.is_concrete(t) for t in leaves + [keep for keep in keeps if keep is not None])
     if method == "l1" and concrete and isinstance(k, int):
         new_keeps = _radix.radix_select_keep(leaves, keeps, k, key_fn=lambda piece: piece.abs().to(dtype),
                                               chunk=chunk_size)

@@ -307,7 +307,8 @@ def custom_method_checks(c: Checker, mesh) -> None:
     """A method written with no distributed code runs on Shard(0) DTensors and equals one process bit
     for bit (per-row, unstructured, N:M through prune); pools split across ranks are refused, naming the leaf."""
     g = torch.Generator().manual_seed(11)
-    fulls = {"w": torch.randn(8, 12, generator=g), "v": torch.randn(4, 16, generator=g)}
+    fulls = {"w": torch.randn(8, 12, generator=g), "v": torch.randn(4, 16, generator=g),
+             "u": torch.randn(3, 8, generator=g)}  # 3 rows over a 2x2 mesh: an empty shard
     prior = {name: torch.rand(t.shape, generator=g) > 0.3 for name, t in fulls.items()}
     dts = {name: shard(t, mesh, [Shard(0)] * mesh.ndim) for name, t in fulls.items()}
     dprior = {name: shard(m, mesh, [Shard(0)] * mesh.ndim) for name, m in prior.items()}

@@ -106,3 +106,44 @@ def test_import_funcprune_does_not_load_compat():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          cwd=str(PACKAGE.parent))
     assert run.returncode == 0, run.stderr
+
+
+def _private_names_crossing(path: pathlib.Path) -> list:
+    """``from .x import _name`` (not a module) and ``module._name`` on an imported sibling module, in one file."""
+    def is_module(folder: pathlib.Path, name: str) -> bool:
+        return (folder / f"{name}.py").exists() or (folder / name / "__init__.py").exists()
+
+    private = lambda name: name.startswith("_") and not name.startswith("__")  # noqa: E731
+    tree = ast.parse(path.read_text(), str(path))
+    modules, found = set(), []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = path.parent
+            for _ in range(node.level - 1):
+                base = base.parent
+            target = base.joinpath(*node.module.split(".")) if node.module else base
+            for alias in node.names:
+                if target.is_dir() and is_module(target, alias.name):
+                    modules.add(alias.asname or alias.name)
+                elif private(alias.name):
+                    found.append(f"{node.lineno}: imports {alias.name}")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules \
+                and private(node.attr):
+            found.append(f"{node.lineno}: uses {node.value.id}.{node.attr}")
+    return found
+
+
+def test_no_private_name_crosses_a_module_outside_compat():
+    """A name with a leading underscore is used only in the module that defines it (compat mirrors
+    torch.nn.utils.prune's own private helpers by name, so it is left out)."""
+    offenders = {str(path.relative_to(PACKAGE)): found for path in PACKAGE.rglob("*.py")
+                 if "compat" not in path.relative_to(PACKAGE).parts and (found := _private_names_crossing(path))}
+    assert offenders == {}
+
+
+def test_the_private_name_checker_sees_imports_and_attributes(tmp_path):
+    (tmp_path / "_mod.py").write_text("_x = 1\n")
+    user = tmp_path / "user.py"
+    user.write_text("from . import _mod\nfrom ._mod import _x\ny = _mod._x\n")
+    assert _private_names_crossing(user) == ["2: imports _x", "3: uses _mod._x"]

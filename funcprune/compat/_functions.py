@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import torch
 
 from .. import _radix, select, tree
-from .._amount import _is_concrete
+from .._amount import is_concrete
 from . import _module
 from ._ties import torch_order_select
 from ._amounts import _as_core_amount
@@ -156,7 +156,7 @@ def _global_l1(parameters, scores, amount) -> list:
     alive = [None if o is None else o == 1 for o in old]  # torch's candidates: mask entries equal to 1
     scores = [s.detach() for s in scores]
     dtype = functools.reduce(torch.promote_types, [s.dtype for s in scores])  # torch.cat's dtype
-    if not all(_is_concrete(t) for t in scores + [a for a in alive if a is not None]):
+    if not all(is_concrete(t) for t in scores + [a for a in alive if a is not None]):
         keeps = tree.global_unstructured(scores, _as_core_amount(amount), masks=alive, method="l1")
         return [k if o is None else o * k for k, o in zip(keeps, old)]  # meta: shapes only
     size = sum(s.numel() if a is None else select.count_kept(a) for s, a in zip(scores, alive))

@@ -27,7 +27,7 @@ import torch
 import torch.nn.utils.prune as _torch_prune
 
 from .. import methods, select
-from .._amount import _is_concrete
+from .._amount import is_concrete
 from . import _module
 from ._ties import torch_order_select
 from ._amounts import (_as_core_amount, _compute_norm, _compute_nparams_toprune, _validate_pruning_amount,
@@ -315,7 +315,7 @@ class LnStructured(_Structured):
         norm = _compute_norm(t.detach(), self.n, self.dim)  # torch's own: a bad `n` fails as in this torch
         if norm.shape != (t.shape[self.dim],):  # a matrix norm of some torch versions: torch's own steps
             return _torch_prune.LnStructured.compute_mask(self, t, default_mask)
-        if not _is_concrete(norm):
+        if not is_concrete(norm):
             keep = methods.ln_structured(t, _as_core_amount(self.amount), self.n, _as_dim(self.dim))
             return self._combine(t, default_mask, keep)
         kept = torch_order_select(norm, t.shape[self.dim] - k, largest=True)
@@ -327,7 +327,7 @@ class LnStructured(_Structured):
         others = [d for d in range(t.dim()) if d != dim]
         alive = default_mask.sum(dim=others) != 0
         new_mask = default_mask.to(dtype=t.dtype, copy=True)
-        if not _is_concrete(t) or not _is_concrete(alive):
+        if not is_concrete(t) or not is_concrete(alive):
             keep = methods.ln_structured(t, _as_core_amount(self.amount), self.n, _as_dim(self.dim),
                                          mask=default_mask != 0)
             return new_mask.mul_(_as_dtype(keep, t.dtype))

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 
 from .. import select
-from .._amount import _is_concrete
+from .._amount import is_concrete
 
 __all__ = ["torch_order_select"]
 
@@ -49,7 +49,7 @@ def torch_order_select(key: torch.Tensor, k: int, *, largest: bool, alive: Optio
       ...                    alive=torch.tensor([True, False, True, True]))
       tensor([False, False, False,  True])
     """
-    if not _is_concrete(key) or (alive is not None and not _is_concrete(alive)):
+    if not is_concrete(key) or (alive is not None and not is_concrete(alive)):
         return select.select_flat(key.reshape(-1), k, largest=largest,
                                   alive=None if alive is None else alive.reshape(-1)).view(key.shape)
     flat = key.reshape(-1)

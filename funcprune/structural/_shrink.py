@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from .. import _pytree
 from .._masking import masked
 from .._pytree import Tree
-from ._prune import _channel_any, _describe, check_groups
+from ._prune import channel_any, check_groups, describe_group
 from ._types import Group, Member
 
 __all__ = ["ShrunkMultiheadAttention", "kept_channels", "shrink", "shrink_to"]
@@ -70,13 +70,13 @@ def kept_channels(masks: Tree, groups: Sequence[Group]) -> List[Dict[str, Any]]:
             for m in mine.members:
                 keep = named[m.name]
                 keep = keep if keep.dtype == torch.bool else keep != 0
-                live = _channel_any(keep, m, group.channels)
+                live = channel_any(keep, m, group.channels)
                 if kept is None:
                     kept, first = live, m
                 elif not torch.equal(kept, live):
                     diff = (kept != live).nonzero().flatten().tolist()
                     raise ValueError(
-                        f"{_describe(i, group)}: member {m.name!r} (dim {m.dim}) and member {first.name!r} "
+                        f"{describe_group(i, group)}: member {m.name!r} (dim {m.dim}) and member {first.name!r} "
                         f"(dim {first.dim}) keep different channels (they differ at channels {diff[:8]}"
                         f"{' ...' if len(diff) > 8 else ''}); masks from prune_groups agree across a group")
         indices = list(range(group.channels)) if kept is None else kept.nonzero().flatten().tolist()
@@ -94,14 +94,14 @@ def _as_group(entry: Dict[str, Any], index: int) -> Tuple[Group, List[int]]:
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"kept[{index}] is not an entry of kept_channels(): {err!r}") from err
     if not kept:
-        raise ValueError(f"kept[{index}] ({_describe(index, group)}) keeps no channel")
+        raise ValueError(f"kept[{index}] ({describe_group(index, group)}) keeps no channel")
     if kept != sorted(set(kept)) or kept[0] < 0 or kept[-1] >= group.channels:
-        raise ValueError(f"kept[{index}] ({_describe(index, group)}): kept channels must be increasing indices in "
+        raise ValueError(f"kept[{index}] ({describe_group(index, group)}): kept channels must be increasing indices in "
                          f"[0, {group.channels}), got {kept[:8]}{' ...' if len(kept) > 8 else ''}")
     per = group.channels // group.pools
     counts = [sum(1 for c in kept if c // per == p) for p in range(group.pools)]
     if len(set(counts)) > 1:
-        raise ValueError(f"kept[{index}] ({_describe(index, group)}): {group.pools} pools need an equal count of "
+        raise ValueError(f"kept[{index}] ({describe_group(index, group)}): {group.pools} pools need an equal count of "
                          f"kept channels each, got {counts}")
     return group, kept
 
@@ -627,7 +627,7 @@ def _check(module, new, groups, entries, params, masks, args, kwargs, rtol, atol
                 alone = _build(module, [(g, kept)], params, strict_masks).eval()
                 one = _compare(ref, alone, args, kwargs, rtol, atol)
                 if one is not None:
-                    culprits.append(f"{_describe(i, g)}: {one}")
+                    culprits.append(f"{describe_group(i, g)}: {one}")
     finally:
         _restore(module, old_modes)
         _restore(new, new_modes)
