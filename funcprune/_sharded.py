@@ -214,7 +214,7 @@ def select_global(leaves: Sequence[torch.Tensor], keeps: Sequence[Optional[torch
     names = [f"leaf {i}" for i in range(len(leaves))] if names is None else list(names)
     alive = agreed_alive(shards, call_fingerprint(names, leaves, keeps, amount, method), amount)
     amount, k = _amount.drop_count(amount, alive, "parameters")
-    spread = dict(reduce=shards.reduce, counted=shards.counted, index_fn=shards.index)
+    spread = dict(reduce=shards.reduce, counted=shards.counted, index_fn=shards.index, index_total=shards.total)
     if method == "l1":
         local = _radix.radix_select_keep(shards.locals, shards.keeps, k, key_fn=lambda piece: piece.abs().to(dtype),
                                          chunk=chunk, **spread)
