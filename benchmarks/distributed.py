@@ -29,6 +29,7 @@ import functools
 import math
 import os
 import queue
+import statistics
 import sys
 import tempfile
 import time
@@ -56,9 +57,16 @@ def transformer_shapes(layers: int = 12, d: int = 768) -> Dict[str, tuple]:
     return shapes
 
 
+def flat_shapes(leaves: int) -> Dict[str, tuple]:
+    """``leaves`` matrices of 5000 x 5000 (25M entries each): the one-process tie-path case."""
+    return {f"w{i}": (5000, 5000) for i in range(leaves)}
+
+
 TREES = {"resnet50": ("ResNet-50 conv/fc", resnet50_shapes),
          "transformer": ("12 x d768 transformer", transformer_shapes),
-         "transformer2": ("2 x d768 transformer", functools.partial(transformer_shapes, 2))}
+         "transformer2": ("2 x d768 transformer", functools.partial(transformer_shapes, 2)),
+         "flat200m": ("8 x 5000 x 5000", functools.partial(flat_shapes, 8)),
+         "flat50m": ("2 x 5000 x 5000", functools.partial(flat_shapes, 2))}
 
 
 def full_leaf(index: int, shape: tuple, dtype=torch.float32) -> torch.Tensor:
@@ -291,12 +299,33 @@ def launch(fn: Callable, world: int, *args, group: bool = True, timeout: float =
     return [out[r] for r in range(world)]
 
 
-def measure(tree: str, method: str, world: int) -> Dict:
-    ranks = launch(rank_worker, world, {"tree": tree, "method": method}, group=method != "single")
-    return {"tree": tree, "method": method, "world": world,
-            "seconds": max(r["seconds"] for r in ranks), "peak_mib": max(r["peak_mib"] for r in ranks),
-            "mask_mib": max(r["mask_mib"] for r in ranks), "bytes": max(r["bytes"] for r in ranks),
-            "calls": max(r["calls"] for r in ranks), "digest": ranks[0]["digest"], "entries": ranks[0]["entries"]}
+def measure(tree: str, method: str, world: int, repeats: int = 1) -> Dict:
+    """One row: ``repeats`` launches (fresh processes each); seconds and peak are medians, with their ranges."""
+    runs = []
+    for _ in range(repeats):
+        ranks = launch(rank_worker, world, {"tree": tree, "method": method}, group=method != "single")
+        runs.append({"seconds": max(r["seconds"] for r in ranks), "peak_mib": max(r["peak_mib"] for r in ranks),
+                     "mask_mib": max(r["mask_mib"] for r in ranks), "bytes": max(r["bytes"] for r in ranks),
+                     "calls": max(r["calls"] for r in ranks), "digest": ranks[0]["digest"],
+                     "entries": ranks[0]["entries"]})
+    row = {"tree": tree, "method": method, "world": world, **runs[0]}
+    if repeats > 1:
+        for key in ("seconds", "peak_mib"):
+            values = sorted(run[key] for run in runs)
+            row[key] = statistics.median(values)
+            row[key + "_range"] = (values[0], values[-1])
+        if any(run["digest"] != runs[0]["digest"] for run in runs):
+            row["digest"] = None  # runs that differ are never "identical"
+    return row
+
+
+def _cell(row: Dict, key: str, digits: int) -> str:
+    """A median with its range over the repeats (just the value for one run)."""
+    text = f"{row[key]:.{digits}f}"
+    if key + "_range" in row:
+        lo, hi = row[key + "_range"]
+        text += f" [{lo:.{digits}f}-{hi:.{digits}f}]"
+    return text
 
 
 def _fmt_bytes(n: float) -> str:
@@ -315,16 +344,19 @@ def table(rows: List[Dict]) -> str:
         single, gather = by.get((tree, "single", 1)), by.get((tree, "gather", world))
         same = single is not None and ours["digest"] == single["digest"] and (
             gather is None or gather["digest"] == single["digest"])
-        ours_cell = (f"{ours['seconds']:.2f} / {ours['peak_mib']:.1f} ({ours['mask_mib']:.1f}) / "
+        ours_cell = (f"{_cell(ours, 'seconds', 2)} / {_cell(ours, 'peak_mib', 1)} ({ours['mask_mib']:.1f}) / "
                      f"{_fmt_bytes(ours['bytes'])} ({ours['calls']})")
         if gather is not None:
-            gather_cell = f"{gather['seconds']:.2f} / {gather['peak_mib']:.1f} / {_fmt_bytes(gather['bytes'])}"
+            gather_cell = (f"{_cell(gather, 'seconds', 2)} / {_cell(gather, 'peak_mib', 1)} / "
+                           f"{_fmt_bytes(gather['bytes'])}")
             ratios = (f"{ours['seconds'] / gather['seconds']:.2f}x | "
                       f"{ours['peak_mib'] / max(gather['peak_mib'], 1e-9):.2f}x | "
                       f"{ours['bytes'] / max(gather['bytes'], 1):.4f}x")
         else:
             gather_cell, ratios = "-", "- | - | -"
         vs_single = f"{ours['seconds'] / single['seconds']:.2f}x" if single else "-"
+        if single and "seconds_range" in single:
+            vs_single += f" (1 process: {_cell(single, 'seconds', 2)} s)"
         lines.append(f"| {TREES[tree][0]} ({ours['entries'] / 1e6:.1f}M) | {world} | {ours_cell} | {gather_cell} | "
                      f"{ratios} | {vs_single} | {'yes' if same else 'NO'} |")
     return "\n".join(lines)
@@ -400,7 +432,8 @@ def main(argv=None) -> List[Dict]:
     parser.add_argument("--worlds", default=None, help="comma-separated world sizes (default 1,2,4)")
     parser.add_argument("--trees", default=None, help="comma-separated trees: " + ", ".join(TREES))
     parser.add_argument("--moonshot", action="store_true", help="only the 4e9-entry bf16 run over 4 ranks (~14 GiB)")
-    parser.add_argument("--methods", default="funcprune,gather", help=argparse.SUPPRESS)
+    parser.add_argument("--methods", default="funcprune,gather", help="comma-separated: funcprune, gather")
+    parser.add_argument("--repeats", type=int, default=1, help="launches per row: medians and [min-max] ranges")
     parser.add_argument("--moon-leaves", type=int, default=MOON_LEAVES, help=argparse.SUPPRESS)  # 2.5e8 each
     args = parser.parse_args(argv)
     if args.moonshot:
@@ -412,12 +445,12 @@ def main(argv=None) -> List[Dict]:
     methods = args.methods.split(",")
     rows = []
     for tree in trees:
-        single = measure(tree, "single", 1)
+        single = measure(tree, "single", 1, args.repeats)
         rows.append(single)
         print(f"{tree} one process: {single['seconds']:.2f} s, peak extra {single['peak_mib']:.1f} MiB", flush=True)
         for world in worlds:
             for method in methods:
-                r = measure(tree, method, world)
+                r = measure(tree, method, world, args.repeats)
                 rows.append(r)
                 print(f"{tree} world {world} {method}: {r['seconds']:.2f} s, peak extra {r['peak_mib']:.1f} MiB "
                       f"(local masks {r['mask_mib']:.1f} MiB), received {_fmt_bytes(r['bytes'])} in {r['calls']} "

@@ -132,6 +132,22 @@ def mesh_of(tensors: Iterable[torch.Tensor]):
     return None
 
 
+def outside_mesh(tensors: Iterable[torch.Tensor]) -> bool:
+    """True when the first DTensor among ``tensors`` lives on a mesh that does not include this rank.
+
+    Such a rank holds no entries (DTensor gives it empty local shards) and belongs to none of the
+    mesh's process groups: the selections return masks with empty local shards there, with no
+    communication, as DTensor ops do.
+    """
+    mesh = mesh_of(tensors)
+    return mesh is not None and mesh.get_coordinate() is None
+
+
+def empty_mask_like(param: torch.Tensor) -> torch.Tensor:
+    """A bool DTensor mask laid out like ``param`` for a rank outside its mesh (an empty local shard)."""
+    return like_param(torch.empty(0, dtype=torch.bool, device=local(param).device), param)
+
+
 def contiguous_strides(shape: Sequence[int]) -> Tuple[int, ...]:
     """Row-major strides of ``shape`` (in entries)."""
     strides, step = [], 1

@@ -23,6 +23,7 @@ INT_VIEW = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 INF_BITS = {torch.float16: 0x7C00, torch.bfloat16: 0x7F80, torch.float32: 0x7F800000,
              torch.float64: 0x7FF0000000000000}  # +inf's bit pattern; NaNs lie above it
 DEFAULT_CHUNK = 1 << 20
+_TIE_BLOCK = 1 << 14  # entries a block of the tie split reads at once (its int64 temporaries: 128 KiB)
 
 
 def _bits(key: torch.Tensor) -> torch.Tensor:
@@ -46,8 +47,8 @@ def radix_select_keep(keys: Sequence[torch.Tensor], alive: Sequence[Optional[tor
     or integer), all of one dtype (e.g. ``abs`` and a cast to the common dtype); it runs chunk by chunk,
     so no full-size copy of the keys is ever made. ``k`` must not exceed the number of alive
     entries. Returns one bool mask per tensor, shaped like it. ``chunk`` bounds every temporary.
-    ``spread`` (``reduce``, ``counted``, ``index_fn``, ``key_from_index``) is for keys sharded over
-    processes, as in :func:`radix_cut` and :func:`keep_from_cut`.
+    ``spread`` (``reduce``, ``counted``, ``index_fn``, ``key_from_index``, ``index_total``) is for keys
+    sharded over processes, as in :func:`radix_cut` and :func:`keep_from_cut`.
     """
     if k == 0:
         return [torch.ones_like(key, dtype=torch.bool) if live is None else live.clone()
@@ -158,7 +159,8 @@ def _histogram_cut(bits_and_inside, k: int, nbits: int, device, reduce: Optional
 def radix_cut(keys: Sequence[torch.Tensor], alive: Sequence[Optional[torch.Tensor]], k: int, *,
               key_fn: Callable[[torch.Tensor], torch.Tensor] = lambda piece: piece, largest: bool = False,
               chunk: int = DEFAULT_CHUNK, reduce: Optional[Reduce] = None, counted: Optional[Sequence[bool]] = None,
-              index_fn: Optional[IndexFn] = None, key_from_index: bool = False) -> RadixCut:
+              index_fn: Optional[IndexFn] = None, key_from_index: bool = False,
+              index_total: Optional[int] = None) -> RadixCut:
     """The cut of the ``k`` smallest (or largest) alive keys across ``keys``, without selecting.
 
     The histogram passes of :func:`radix_select_keep` (same arguments, ``1 <= k <= alive``):
@@ -169,7 +171,8 @@ def radix_cut(keys: Sequence[torch.Tensor], alive: Sequence[Optional[torch.Tenso
     and the returned counts are global), and ``counted[i]`` False leaves the ``i``-th tensor out of
     this process's counts (a replica another process counts). With ``key_from_index`` the keys
     are ``key_fn(index_fn(i, start, count))``, a function of the entries' global indices (hashed
-    random keys) rather than of their values. Integer keys must be non-negative.
+    random keys) rather than of their values. Integer keys must be non-negative. ``index_total`` (the
+    global entry count, which bounds the indices) is read by :func:`keep_from_cut` only.
 
     Example:
       >>> cut = radix_cut([torch.tensor([3.0, 1.0, 1.0, 2.0])], [None], 1)
@@ -194,7 +197,7 @@ def keep_from_cut(keys: Sequence[torch.Tensor], alive: Sequence[Optional[torch.T
                   key_fn: Callable[[torch.Tensor], torch.Tensor] = lambda piece: piece, largest: bool = False,
                   chunk: int = DEFAULT_CHUNK, reduce: Optional[Reduce] = None,
                   counted: Optional[Sequence[bool]] = None, index_fn: Optional[IndexFn] = None,
-                  key_from_index: bool = False) -> list:
+                  key_from_index: bool = False, index_total: Optional[int] = None) -> list:
     """Keep masks (one per key, its shape) after dropping what ``cut`` selects; ties by lowest global index.
 
     With the arguments given to :func:`radix_cut`. Where no tie straddles the cut this is the only
@@ -212,7 +215,8 @@ def keep_from_cut(keys: Sequence[torch.Tensor], alive: Sequence[Optional[torch.T
       [tensor([ True, False,  True,  True])]
     """
     if index_fn is not None:
-        return _keep_by_index(keys, alive, cut, key_fn, largest, chunk, reduce, counted, index_fn, key_from_index)
+        return _keep_by_index(keys, alive, cut, key_fn, largest, chunk, reduce, counted, index_fn, key_from_index,
+                              index_total)
     device = keys[0].device
     _, _, bits_of = _cut_bits(key_fn, keys, largest)
     prefix, due = cut.prefix, cut.due
@@ -241,36 +245,59 @@ def keep_from_cut(keys: Sequence[torch.Tensor], alive: Sequence[Optional[torch.T
     return masks
 
 
-def _keep_by_index(keys, alive, cut, key_fn, largest, chunk, reduce, counted, index_fn, key_from_index) -> list:
-    """:func:`keep_from_cut` with ties broken by a second radix selection over global indices."""
+def _keep_by_index(keys, alive, cut, key_fn, largest, chunk, reduce, counted, index_fn, key_from_index,
+                   index_total: Optional[int] = None) -> list:
+    """:func:`keep_from_cut` with ties broken by a second radix selection over global indices.
+
+    One pass over every entry writes the masks, keeping every tie for now and noting the blocks of
+    ``_TIE_BLOCK`` entries that hold ties. Only when a tie straddles the cut are the tied entries'
+    global indices radix-selected, over those blocks alone (the ties are few: an O(n) rescan of
+    every entry per 16 index bits, with chunk-sized int64 temporaries, is what this avoids), and
+    the due ones dropped there. ``index_total``
+    (global entries, the same on every process) bounds the indices: fewer passes of 16 bits.
+    """
     device = keys[0].device
     _, _, bits_of = _cut_bits(key_fn, keys, largest, key_from_index)
-    prefix = cut.prefix
+    prefix, straddles = cut.prefix, cut.straddles
 
     def bits(piece, index):
         return bits_of(index if key_from_index else piece)
 
-    last_tie = None  # global index of the last tied entry dropped (every tie at or below it goes)
-    if cut.straddles:
-        def tied_indices():
-            for _, _, piece, live_piece, index in _pieces(keys, alive, chunk, index_fn, counted):
-                tie = bits(piece, index) == prefix
-                yield index, tie if live_piece is None else tie & live_piece
-        last_tie, _, _ = _histogram_cut(tied_indices, cut.due, 64, device, reduce)
-    masks = []
+    masks, tied = [], []  # tied: (leaf, start, count) of the chunks holding alive ties, when the cut straddles
     for leaf, (key, live) in enumerate(zip(keys, alive)):
         keep = torch.empty(key.numel(), dtype=torch.bool, device=device)
         for start, piece, live_piece in _paired_chunks(key, live, chunk):
-            # global indices only where they are read: hashed keys, or a tie to break
-            index = index_fn(leaf, start, piece.numel()) if key_from_index or last_tie is not None else None
+            index = index_fn(leaf, start, piece.numel()) if key_from_index else None
             b = bits(piece, index)
-            if last_tie is None:
-                dropped = b <= prefix  # not straddling: every tie goes
-            else:
-                dropped = (b < prefix) | ((b == prefix) & (index <= last_tie))
-            piece_keep = dropped.logical_not_()
+            piece_keep = (b > prefix) if not straddles else (b >= prefix)  # not straddling: every tie goes
             if live_piece is not None:
                 piece_keep &= live_piece
             keep[start:start + piece.numel()] = piece_keep
+            if straddles:
+                tie = (b == prefix) & piece_keep
+                for sub in range(0, piece.numel(), _TIE_BLOCK):  # note the tied blocks, not whole chunks
+                    if int(tie[sub:sub + _TIE_BLOCK].sum()):
+                        tied.append((leaf, start + sub, min(_TIE_BLOCK, piece.numel() - sub)))
         masks.append(keep.view(key.shape))
+    if not straddles:
+        return masks
+
+    def tie_and_index(leaf, start, count):
+        index = index_fn(leaf, start, count)
+        piece = keys[leaf].reshape(-1)[start:start + count]
+        tie = bits(piece, index) == prefix
+        live = alive[leaf]
+        return (tie if live is None else tie & live.reshape(-1)[start:start + count]), index
+
+    def tied_indices():
+        for leaf, start, count in tied:
+            if counted is None or counted[leaf]:
+                tie, index = tie_and_index(leaf, start, count)
+                yield index, tie
+    nbits = 64 if index_total is None else max(_DIGIT_BITS, -(-max(index_total - 1, 1).bit_length() // _DIGIT_BITS)
+                                               * _DIGIT_BITS)
+    last_tie, _, _ = _histogram_cut(tied_indices, cut.due, nbits, device, reduce)  # every tie up to it goes
+    for leaf, start, count in tied:
+        tie, index = tie_and_index(leaf, start, count)
+        masks[leaf].view(-1)[start:start + count] &= (tie & (index <= last_tie)).logical_not_()
     return masks

@@ -80,7 +80,7 @@ def draw_seed(generator: Optional[torch.Generator], tensors: Sequence[torch.Tens
     """
     device = generator.device if generator is not None else torch.device("cpu")
     seed = int(torch.randint(0, 2 ** 63 - 1, (), generator=generator, device=device))
-    reduce = _dtensor.mesh_sum(_dtensor.mesh_of(tensors), "max")
+    reduce = None if _dtensor.outside_mesh(tensors) else _dtensor.mesh_sum(_dtensor.mesh_of(tensors), "max")
     if reduce is not None:  # max(seed) == -max(-seed) iff every rank drew the same seed
         both = reduce(torch.tensor([seed, -seed], dtype=torch.int64, device=_dtensor.local(tensors[0]).device))
         if int(both[0]) != -int(both[1]):
@@ -211,11 +211,13 @@ def select_global(leaves: Sequence[torch.Tensor], keeps: Sequence[Optional[torch
       ValueError: an int ``amount`` above the survivors (torch's message), ranks whose calls differ
         (see :func:`agreed_alive`), or ranks whose seeds differ.
     """
+    if _dtensor.outside_mesh(leaves):
+        return [_dtensor.empty_mask_like(t) for t in leaves]
     shards = _Shards(leaves, keeps)
     names = [f"leaf {i}" for i in range(len(leaves))] if names is None else list(names)
     alive = agreed_alive(shards, call_fingerprint(names, leaves, keeps, amount, method), amount)
     amount, k = _amount.drop_count(amount, alive, "parameters")
-    spread = dict(reduce=shards.reduce, counted=shards.counted, index_fn=shards.index)
+    spread = dict(reduce=shards.reduce, counted=shards.counted, index_fn=shards.index, index_total=shards.total)
     if method == "l1":
         local = _radix.radix_select_keep(shards.locals, shards.keeps, k, key_fn=lambda piece: piece.abs().to(dtype),
                                          chunk=chunk, **spread)
@@ -253,6 +255,8 @@ def channels_kept(mask: torch.Tensor, dim: int) -> torch.Tensor:
     """Which channels along ``dim`` keep an entry anywhere (a plain channels-sized bool vector, on every rank)."""
     if _dtensor.is_dtensor(mask):
         _dtensor.check_placements("mask", mask)
+    if _dtensor.outside_mesh([mask]):  # holds none of the channels' entries
+        return torch.zeros(mask.shape[dim], dtype=torch.bool, device=_dtensor.local(mask).device)
     keep = _dtensor.local(mask) != 0
     others = [d for d in range(keep.dim()) if d != dim]
     counts = keep.sum(dim=others) if others else keep.to(torch.int64)
@@ -264,6 +268,8 @@ def channels_kept(mask: torch.Tensor, dim: int) -> torch.Tensor:
 def spread_channels(channel_keep: torch.Tensor, like: torch.Tensor, dim: int,
                     keep: Optional[torch.Tensor]) -> torch.Tensor:
     """A mask laid out like ``like``: ``channel_keep`` (channels-sized) spread along ``dim`` of its shard, & ``keep``."""
+    if _dtensor.outside_mesh([like]):
+        return _dtensor.empty_mask_like(like)
     first, count = _channel_block(like, dim)
     shape = tuple(_dtensor.local(like).shape)
     view = [1] * len(shape)
@@ -319,6 +325,8 @@ def channel_norms(scores: torch.Tensor, n, dim: int) -> torch.Tensor:
         raise ValueError(f"n={n!r} gives norms of shape {tuple(probe.shape)} for a tensor of shape "
                          f"{tuple(scores.shape)}, not one per channel along dim {dim}")
     p = _norm_order(n)
+    if _dtensor.outside_mesh([scores]):  # no entries here, no group to join: the selection returns an empty shard
+        return torch.zeros(scores.shape[dim], dtype=probe.dtype, device=local.device)
     first, count = _channel_block(scores, dim)
     counted = _dtensor.counts_here(scores)
     channels = scores.shape[dim]
@@ -363,9 +371,16 @@ def random_channel_keys(seed: int, channels: int, device) -> torch.Tensor:
 
 
 def kept_count(mask: torch.Tensor, per_row: bool = False) -> torch.Tensor:
-    """Nonzero entries of a (DTensor) mask over the full tensor, int64 (per leading index if ``per_row``)."""
+    """Nonzero entries of a (DTensor) mask over the full tensor, int64 (per leading index if ``per_row``).
+
+    Raises:
+      ValueError: this rank is not in the mask's mesh (it holds none of the entries and cannot count them).
+    """
     if _dtensor.is_dtensor(mask):
         _dtensor.check_placements("mask", mask)
+    if _dtensor.outside_mesh([mask]):
+        raise ValueError(f"rank {torch.distributed.get_rank()} is not in the mask's device mesh {mask.device_mesh}: "
+                         f"it holds none of the mask's entries and cannot count them; count on the mesh's ranks")
     local = _dtensor.local(mask)
     counts = (local != 0).flatten(1).sum(1) if per_row else (local != 0).sum().reshape(1)
     if not _dtensor.counts_here(mask):

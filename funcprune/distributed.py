@@ -74,10 +74,10 @@ def _zero_pruned(target: torch.Tensor, mask: torch.Tensor) -> None:
 def _fsdp_owners(params: Sequence[torch.Tensor]) -> List[torch.nn.Module]:
     """The FSDP2 modules (``fully_shard``) whose sharded parameters include one of ``params``.
 
-    FSDP2 keeps a module's all-gathered (unsharded) parameters after a forward that does not
-    reshard (the root module's default, ``reshard_after_forward=False``, a no-grad forward whose
-    backward never comes) and reuses them in the next forward: zeros written into the shards are
-    not seen until that module reshards. ``fully_shard`` registers each module's state in torch's
+    FSDP2 keeps the all-gathered (unsharded) parameters of the root module (by default) and of
+    ``reshard_after_forward=False`` modules after their forward; a no-grad forward (an evaluation)
+    has no backward to reshard them, and the next forward reuses them: zeros written into the
+    shards are not seen until that module reshards. ``fully_shard`` registers each module's state in torch's
     composable-API registry (the only way from a parameter back to its module); a torch whose
     state lacks the param groups gets every FSDP2 module (resharding one that is sharded is a
     no-op, and resharding never communicates).
@@ -114,8 +114,8 @@ def apply_masks_(params: Tree, masks: Optional[Tree]) -> Tree:
     local mask shard is False. Entries become exactly 0 (also where they were inf or NaN).
 
     The next forward is masked: FSDP2 modules that still hold all-gathered copies of the masked
-    params (after a forward that did not reshard: the root module by default, groups with
-    ``reshard_after_forward=False``, an evaluation under ``torch.no_grad()``) are resharded
+    params (the root module by default and ``reshard_after_forward=False`` modules, after a
+    forward with no backward yet, e.g. an evaluation under ``torch.no_grad()``) are resharded
     (``FSDPModule.reshard()``: the copies are freed, nothing is communicated), so their next
     forward all-gathers the masked shards.
 

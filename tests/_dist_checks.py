@@ -127,3 +127,47 @@ def disagreeing_ranks(rank: int, world: int) -> Dict[str, object]:
             out[key] = str(err)
     out["agreeing"] = sum(int(m.to_local().sum()) for m in fp.global_unstructured(tree, 0.5).values())
     return out
+
+
+def outside_the_mesh(rank: int, world: int) -> Dict[str, object]:
+    """World 3, a mesh on ranks 0 and 1: the selections on every rank; what each rank got.
+
+    Ranks 0 and 1 compare their masks with the one-process oracle; rank 2 reports its local shards.
+    """
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    import funcprune as fp
+    from funcprune._dtensor import is_dtensor
+
+    mesh = DeviceMesh("cpu", [0, 1])  # every rank of the world constructs it
+    g = torch.Generator().manual_seed(6)
+    full = {"a": torch.randn(5, 4, generator=g), "b": torch.randn(6, generator=g)}
+    tree = {name: distribute_tensor(t, mesh, [Shard(0)]) for name, t in full.items()}
+    prior_full = fp.global_unstructured(full, 0.25)
+    prior = {name: distribute_tensor(m, mesh, [Shard(0)]) for name, m in prior_full.items()}
+    cases = {
+        "global_l1": (lambda p: fp.global_unstructured(p, 0.5), tree, full),
+        "global_l1_prior": (lambda p: fp.global_unstructured(
+            p, 0.5, masks=prior if p is tree else prior_full), tree, full),
+        "global_random": (lambda p: fp.global_unstructured(p, 3, method="random", stream="hash",
+                                                           generator=torch.Generator().manual_seed(0)), tree, full),
+        "prune_l1": (lambda p: fp.prune(p, fp.l1_unstructured, 0.3), tree, full),
+        "ln_structured": (lambda p: {"a": fp.ln_structured(p["a"], 0.5, 2, 1)}, tree, full),
+        "random_structured": (lambda p: {"a": fp.random_structured(
+            p["a"], 0.5, 0, generator=torch.Generator().manual_seed(0), **({} if p is tree else {"stream": "hash"}))},
+            tree, full),
+    }
+    out = {}
+    for key, (call, sharded, plain) in cases.items():
+        got = call(sharded)
+        if rank == 2:
+            out[key] = sorted((name, is_dtensor(m), tuple(m.shape), m.to_local().numel()) for name, m in got.items())
+        else:
+            want = call(plain)
+            out[key] = all(torch.equal(m.full_tensor(), want[name]) for name, m in got.items())
+    try:
+        out["sparsity"] = float(fp.sparsity(fp.global_unstructured(tree, 0.5), tree).fraction)
+    except ValueError as err:
+        out["sparsity"] = str(err)
+    return out

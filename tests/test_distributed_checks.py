@@ -33,3 +33,19 @@ def test_ranks_that_disagree_about_a_global_selection_all_raise_naming_what_diff
             assert result[case].startswith(f"the ranks of one global selection disagree about its {part}"), \
                 (rank, case, result[case])
     assert sum(result["agreeing"] for result in results) == 55  # ranks that agree: half of 110 entries kept
+
+
+def test_a_rank_outside_the_mesh_gets_empty_local_masks_and_counting_there_raises():
+    """World 3, mesh on ranks 0-1: the mesh's ranks get the one-process masks; the third rank gets masks laid
+    out like the params with empty local shards (as DTensor ops give it), with no communication; sparsity
+    there raises a ValueError naming the rank and the mesh (it holds no entries to count)."""
+    results = run_ranks(W.outside_the_mesh, 3, timeout=240)
+    cases = ["global_l1", "global_l1_prior", "global_random", "prune_l1", "ln_structured", "random_structured"]
+    for rank in (0, 1):
+        assert all(results[rank][case] is True for case in cases), (rank, results[rank])
+        assert results[rank]["sparsity"] == 0.5, rank
+    outside = results[2]
+    assert outside["global_l1"] == [("a", True, (5, 4), 0), ("b", True, (6,), 0)]
+    for case in cases:
+        assert all(is_dt and local == 0 for _, is_dt, _, local in outside[case]), (case, outside[case])
+    assert outside["sparsity"].startswith("rank 2 is not in the mask's device mesh"), outside["sparsity"]

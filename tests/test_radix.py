@@ -61,9 +61,24 @@ def test_index_ties_equal_the_sequential_ties_on_floats_nan_included():
         for largest in (False, True):
             cut = _radix.radix_cut(keys, alive, k, key_fn=key_fn, largest=largest, chunk=5)
             seq = _radix.keep_from_cut(keys, alive, cut, key_fn=key_fn, largest=largest, chunk=5)
-            by_index = _radix.keep_from_cut(keys, alive, cut, key_fn=key_fn, largest=largest, chunk=5,
-                                            index_fn=_positions(keys))
-            assert all(torch.equal(a, b) for a, b in zip(seq, by_index)), (k, largest)
+            for total in (None, 45):  # the index bound: 16 index bits instead of 64
+                by_index = _radix.keep_from_cut(keys, alive, cut, key_fn=key_fn, largest=largest, chunk=5,
+                                                index_fn=_positions(keys), index_total=total)
+                assert all(torch.equal(a, b) for a, b in zip(seq, by_index)), (k, largest, total)
+
+
+def test_index_ties_past_16_bits_of_index_follow_the_global_order():
+    """Ties broken by lowest global index when the indices need two 16-bit passes (index_total > 2**16)."""
+    n = 70_000
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(3))
+    keys = [torch.ones(n)]
+    keys[0][order[:5]] = 2.0  # 5 entries above the tie, at scattered positions
+    index_fn = lambda leaf, start, count: order[start:start + count]  # noqa: E731
+    for k in (1, 40_000, n - 6):
+        want = _reference_keep(keys, None, k, order.tolist())[0].tolist()
+        for chunk in (4096, 1 << 20):  # chunks smaller and larger than the tie split's blocks
+            got = _radix.radix_select_keep(keys, [None], k, index_fn=index_fn, chunk=chunk, index_total=n)[0]
+            assert got.tolist() == want, (k, chunk)
 
 
 def test_index_ties_follow_the_given_global_order():
