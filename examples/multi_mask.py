@@ -32,7 +32,8 @@ def main(steps: int = 200, seeds=SEEDS, sparsities=SPARSITIES, dtype: torch.dtyp
     """Train ``len(seeds) * len(sparsities)`` subnetworks vmapped and in a loop; return the results.
 
     Returns a dict with the accuracies, the largest param difference between the two runs, both
-    wall-clock times in seconds, and the stacked trained ``params``, ``masks`` and their ``amounts``. In float64 it asserts that the difference is below 1e-9.
+    wall-clock times in seconds, and the stacked trained ``params``, ``masks`` and their ``amounts``.
+    In float64 it asserts that the difference is below 1e-9.
     """
     x_train, y_train, x_test, y_test = load_digits(0)
     data = (x_train.to(dtype), y_train, x_test.to(dtype), y_test)

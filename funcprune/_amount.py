@@ -13,7 +13,7 @@ from typing import Union
 
 import torch
 
-Amount = Union[int, float, torch.Tensor]
+Amount = int | float | torch.Tensor
 
 
 def _is_concrete(t: torch.Tensor) -> bool:

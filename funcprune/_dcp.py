@@ -304,7 +304,7 @@ def load_masks_dcp(like: Tree, checkpoint_id: Any, *, process_group: Any = None)
             mask = mask.narrow(-1, offset[-1], local_shape[-1]).contiguous()
         out[name] = _wrap(mask, target, shape) if is_dtensor(target) else mask
     kept = _counts(out, group=process_group)
-    for (name, mask), count in zip(out.items(), kept):
+    for name, count in zip(out, kept):
         if count != leaves[name]["kept"]:
             raise ValueError(f"{checkpoint_id!r}: {name}: the loaded mask keeps {count} entries but "
                              f"{leaves[name]['kept']} were saved: the checkpoint is damaged or was not written by "

@@ -16,7 +16,7 @@ import torch
 from . import _dtensor
 
 Tree = Any
-Include = Union[None, Callable[[str, torch.Tensor], bool], Iterable[str]]
+Include = None | Callable[[str, torch.Tensor], bool] | Iterable[str]
 
 
 _NAMESPACE = "funcprune"

@@ -51,8 +51,8 @@ import torch.nn.utils.prune as _torch_prune
 from ._amount import Amount, _is_concrete, as_number, check_count, drop_count, max_prune_count
 from ._radix import _INF_BITS, _INT_VIEW
 
-Count = Union[int, torch.Tensor]
-Scores = Union[torch.Tensor, Callable[[], torch.Tensor]]
+Count = int | torch.Tensor
+Scores = torch.Tensor | Callable[[], torch.Tensor]
 
 _FAST_MIN = 1 << 14  # below this, topk is as fast as the threshold path
 _SAMPLE = 1 << 13  # sample size bracketing the k-th value: ~4% of the keys fall inside the bracket

@@ -190,7 +190,7 @@ def channels_kept(mask: torch.Tensor, dim: int) -> torch.Tensor:
 
 def spread_channels(channel_keep: torch.Tensor, like: torch.Tensor, dim: int,
                     keep: Optional[torch.Tensor]) -> torch.Tensor:
-    """A mask laid out like ``like``: ``channel_keep`` (channels-sized) spread along ``dim`` of its shard, & ``keep``."""
+    """A mask laid out like ``like``: ``channel_keep`` (channels-sized) along ``dim`` of its shard, and ``keep``."""
     first, count = _channel_block(like, dim)
     shape = tuple(_dtensor.local(like).shape)
     view = [1] * len(shape)

@@ -24,7 +24,7 @@ from ._select import select
 from ._amount import as_number
 from ._select import as_keep, count_kept
 
-DropFraction = Union[float, torch.Tensor, Callable[[int], Union[float, torch.Tensor]]]
+DropFraction = float | torch.Tensor | Callable[[int], float | torch.Tensor]
 
 __all__ = ["drop_and_grow", "set_update", "rigl_update", "zero_grown"]
 

@@ -40,7 +40,7 @@ from . import _amount, _dtensor, _select, _sharded
 from ._amount import Amount
 from ._select import as_keep, prune_units
 
-Norm = Union[int, float, str]
+Norm = int | float | str
 _STREAMS = (None, "torch", "hash")
 
 __all__ = ["identity", "random_unstructured", "l1_unstructured", "random_structured", "ln_structured",

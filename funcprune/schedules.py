@@ -34,7 +34,7 @@ import torch
 from . import _amount
 from ._amount import check_fraction
 
-Step = Union[int, torch.Tensor]
+Step = int | torch.Tensor
 Schedule = Callable[[Step], Union[float, torch.Tensor]]
 
 __all__ = ["Schedule", "constant", "one_shot", "periodic", "polynomial", "cosine_decay", "is_update_step",

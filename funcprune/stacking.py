@@ -28,7 +28,7 @@ from .tree import global_unstructured, prune
 
 __all__ = ["stack", "unstack", "stack_size", "masks_for_amounts", "masks_for_seeds", "masks_for_scores"]
 
-Amounts = Union[Sequence[Union[int, float]], torch.Tensor]
+Amounts = Sequence[int | float] | torch.Tensor
 
 
 def stack(trees: Sequence[Tree]) -> Tree:

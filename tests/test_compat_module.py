@@ -232,7 +232,7 @@ def test_ported_pruning_rollback_on_mocked_exception():
     for m in (nn.Linear(5, 7), nn.Conv3d(2, 2, 2)):
         for name in ("weight", "bias"):
             with mock.patch("funcprune.compat.L1Unstructured.compute_mask", side_effect=Exception("HA!")):
-                with pytest.raises(Exception):
+                with pytest.raises(Exception, match="HA!"):
                     C.l1_unstructured(m, name=name, amount=0.9)
             assert name in dict(m.named_parameters()) and name + "_mask" not in dict(m.named_buffers())
 

@@ -48,7 +48,7 @@ def _check_training(res, kind):
 
 @pytest.mark.parametrize("kind", ["plain", "functional"])
 def test_fsdp2_training_two_ranks(two, kind):
-    for rank, res in enumerate(two):
+    for res in two:
         fsdp = res["fsdp"]
         assert set(fsdp["placements"].values()) == {"(Shard(dim=0),)"}
         _check_training(fsdp, kind)
@@ -57,7 +57,7 @@ def test_fsdp2_training_two_ranks(two, kind):
 
 
 def test_fsdp2_training_four_ranks_empty_shard_and_hsdp(four):
-    for rank, res in enumerate(four):
+    for res in four:
         _check_training(res["fsdp"], "plain")
         _check_training(res["hsdp"], "functional")
         assert set(res["hsdp"]["placements"].values()) == {"(Replicate(), Shard(dim=0))"}
