@@ -38,6 +38,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from . import _pytree
+from ._errors import shape_mismatch
 from ._dtensor import is_dtensor, local as _local
 from ._pytree import Tree
 
@@ -267,8 +268,7 @@ def load_masks_dcp(like: Tree, checkpoint_id: Any, *, process_group: Any = None)
     for name, info in leaves.items():
         target, shape = named[name], list(info["shape"])
         if list(target.shape) != shape:
-            raise ValueError(f"{checkpoint_id!r}: {name}: checkpoint mask has shape {tuple(shape)} but the param has "
-                             f"shape {tuple(target.shape)}")
+            raise shape_mismatch("checkpoint mask", shape, "the param", target.shape, name=f"{checkpoint_id!r}: {name}")
         if is_dtensor(target):
             try:
                 shard_dims = _shard_dims(target)

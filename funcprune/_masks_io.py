@@ -32,6 +32,7 @@ from typing import Any, Optional
 import torch
 
 from . import _amount, _pytree
+from ._errors import shape_mismatch
 from ._pytree import Tree
 
 FORMAT, VERSION = "funcprune.masks", 2
@@ -228,6 +229,6 @@ def load_masks(f: Any, *, like: Optional[Tree] = None, device: Any = "cpu") -> T
     _pytree.lookup(named, masks, "checkpoint")
     for name, mask in masks.items():
         if mask.shape != named[name].shape:
-            raise ValueError(f"{source}: {name}: checkpoint mask has shape {tuple(mask.shape)} but the param has shape "
-                             f"{tuple(named[name].shape)}")
+            raise shape_mismatch("checkpoint mask", mask.shape, "the param", named[name].shape,
+                                 name=f"{source}: {name}")
     return _pytree.like(like, masks)

@@ -14,6 +14,7 @@ import optree
 import torch
 
 from . import _dtensor
+from ._errors import shape_mismatch, unknown_names
 
 Tree = Any
 Include = None | Callable[[str, torch.Tensor], bool] | Iterable[str]
@@ -81,7 +82,7 @@ def lookup(params: Mapping[str, Any], tree: Optional[Tree], what: str) -> Dict[s
     named = named_leaves(tree)
     unknown = [name for name in named if name not in params]
     if unknown:
-        raise KeyError(f"{what} name(s) {unknown} are not among the params: {list(params)}")
+        raise unknown_names(unknown, params, what)
     return named
 
 
@@ -96,7 +97,7 @@ def selected(params: Mapping[str, torch.Tensor], include: Include) -> list:
     wanted = list(include)
     unknown = [name for name in wanted if name not in params]
     if unknown:
-        raise KeyError(f"include names {unknown} are not among the params: {list(params)}")
+        raise unknown_names(unknown, params, "include")
     return [name for name in params if name in set(wanted)]
 
 
@@ -116,9 +117,7 @@ def check_like(name: str, leaf: Any, param: torch.Tensor, what: str, of: str = "
     if not isinstance(leaf, torch.Tensor):
         raise TypeError(f"{name}: {what} must be a tensor, got {type(leaf).__name__}")
     if leaf.shape != param.shape:
-        verb = "have" if what.endswith("s") else "has"
-        raise ValueError(f"{name}: {what} {verb} shape {tuple(leaf.shape)} but the {of} has shape "
-                         f"{tuple(param.shape)}")
+        raise shape_mismatch(what, leaf.shape, f"the {of}", param.shape, name=name)
 
 
 def scores_for(named: Dict[str, torch.Tensor], scores: Optional[Tree]) -> Dict[str, torch.Tensor]:

@@ -49,6 +49,7 @@ import torch
 import torch.nn.utils.prune as _torch_prune
 
 from ._amount import Amount, _is_concrete, as_number, check_count, drop_count, max_prune_count
+from ._errors import shape_mismatch
 from ._radix import _INF_BITS, _INT_VIEW
 
 Count = int | torch.Tensor
@@ -65,7 +66,7 @@ def as_keep(scores: torch.Tensor, mask: Optional[torch.Tensor], what: str = "mas
     if not isinstance(mask, torch.Tensor):
         raise TypeError(f"{what} must be a tensor, got {type(mask).__name__}")
     if mask.shape != scores.shape:
-        raise ValueError(f"{what} has shape {tuple(mask.shape)} but the scores have shape {tuple(scores.shape)}")
+        raise shape_mismatch(what, mask.shape, "the scores", scores.shape)
     mask = mask.to(device=scores.device)
     return mask if mask.dtype == torch.bool else mask != 0
 

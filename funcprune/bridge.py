@@ -13,6 +13,7 @@ import torch
 
 from . import _pytree
 from ._amount import _is_concrete
+from ._errors import shape_mismatch
 from ._layout import reparametrized
 from ._pytree import Tree
 
@@ -87,8 +88,7 @@ def to_module(module: torch.nn.Module, params: Optional[Tree] = None, masks: Opt
             if not _is_concrete(value):  # copied into the module below: checked before anything changes
                 raise ValueError(f"{name}: {what} must be a real tensor (not meta or vmap-batched)")
             if tuple(value.shape) != tuple(current[name].shape):
-                raise ValueError(f"{name}: {what} has shape {tuple(value.shape)} but the parameter has shape "
-                                 f"{tuple(current[name].shape)}")
+                raise shape_mismatch(what, value.shape, "the parameter", current[name].shape, name=name)
     reparam = reparametrized(module)
     subs = dict(module.named_modules())
     with torch.no_grad():

@@ -14,6 +14,7 @@ import torch
 from . import _pytree
 from ._dtensor import check_placements as _check_placements, is_dtensor as _is_dtensor, local as _local
 from ._layout import reparametrized
+from ._errors import shape_mismatch
 from ._pytree import Tree
 
 __all__ = ["apply_masks_", "mask_grads_", "keep_pruned", "KeepPruned", "broadcast_masks_", "save_masks_dcp",
@@ -29,7 +30,7 @@ def _check_pair(name: str, param: torch.Tensor, mask: torch.Tensor, what: str = 
     if not isinstance(mask, torch.Tensor):
         raise TypeError(f"{name}: mask must be a tensor, got {type(mask).__name__}")
     if mask.shape != param.shape:
-        raise ValueError(f"{name}: mask has shape {tuple(mask.shape)} but the {what} has shape {tuple(param.shape)}")
+        raise shape_mismatch("mask", mask.shape, f"the {what}", param.shape, name=name)
     p_dt, m_dt = _is_dtensor(param), _is_dtensor(mask)
     if p_dt != m_dt:
         raise ValueError(f"{name}: the {what} is a {'DTensor' if p_dt else 'plain tensor'} but its mask is a "
@@ -43,8 +44,8 @@ def _check_pair(name: str, param: torch.Tensor, mask: torch.Tensor, what: str = 
             raise ValueError(f"{name}: mask has placements {tuple(mask.placements)} but the {what} has "
                              f"{tuple(param.placements)}")
         if mask.to_local().shape != param.to_local().shape:
-            raise ValueError(f"{name}: local mask shard has shape {tuple(mask.to_local().shape)} but the local "
-                             f"{what} shard has shape {tuple(param.to_local().shape)}")
+            raise shape_mismatch("local mask shard", mask.to_local().shape, f"the local {what} shard",
+                                 param.to_local().shape, name=name)
 
 
 def _pairs(params: Tree, masks: Optional[Tree]) -> List[Tuple[str, torch.Tensor, torch.Tensor]]:

@@ -29,6 +29,7 @@ from ._masking import masked
 from ._pytree import Include, Tree
 from ._select import as_keep
 from ._masks_io import load_masks, save_masks
+from ._errors import shape_mismatch
 from .call import functional_call
 from ._semistructured import (SemiStructuredUnavailable, check_semi_structured, semi_structured_available,
                               semi_structured_pattern, to_semi_structured)
@@ -116,8 +117,7 @@ def _zeroed(params: Tree, masks: Optional[Tree]) -> Dict[str, torch.Tensor]:
         if name in named_masks:
             mask = named_masks[name]
             if isinstance(mask, torch.Tensor) and mask.shape != value.shape:
-                raise ValueError(f"{name}: mask has shape {tuple(mask.shape)} but the param has shape "
-                                 f"{tuple(value.shape)}")
+                raise shape_mismatch("mask", mask.shape, "the param", value.shape, name=name)
             keep = as_keep(value, mask, f"{name} mask")
             kept = value if mask.dtype == torch.bool else masked(value, mask.to(value.device))
             value = torch.where(keep, kept, torch.zeros((), dtype=value.dtype, device=value.device))

@@ -23,6 +23,7 @@ import optree
 import torch
 
 from . import _amount, _dtensor, _pytree
+from ._errors import shape_mismatch
 from ._pytree import Include, Tree
 from .tree import global_unstructured, prune
 
@@ -290,8 +291,7 @@ def masks_for_scores(params: Tree, method: Callable, scores: Tree, amount: Union
     named = _pytree.named_leaves(params)
     for name, leaf in _pytree.lookup(named, scores, "scores").items():
         if leaf.shape[1:] != named[name].shape:
-            raise ValueError(f"scores leaf {name!r} has shape {tuple(leaf.shape)}, expected "
-                             f"({size}, *{tuple(named[name].shape)})")
+            raise shape_mismatch(f"scores leaf {name!r}", leaf.shape, None, f"({size}, *{tuple(named[name].shape)})")
     batched = not isinstance(amount, (numbers.Number, torch.Tensor)) or (
         isinstance(amount, torch.Tensor) and amount.dim() == 1)
     run = _pruner(params, method, args, masks, include, kwargs)

@@ -16,6 +16,7 @@ from . import _amount, _dtensor, _pytree, _radix, _select, _sharded
 from ._amount import Amount, drop_count
 from ._masking import masked
 from ._pytree import Include, Tree, named_error, scores_for
+from ._errors import shape_mismatch
 from ._select import as_keep, count_kept
 from .methods import check_dtensor_method, l1_unstructured, random_unstructured
 
@@ -294,8 +295,8 @@ def sparsity(masks: Tree, params: Optional[Tree] = None) -> Sparsity:
         if mask.shape == shape:
             continue
         if mask.dim() != len(shape) + 1 or mask.shape[1:] != shape:
-            raise ValueError(f"{name}: mask has shape {tuple(mask.shape)} but the param has shape {tuple(shape)} "
-                             f"(stacked masks: (K, *{tuple(shape)}))")
+            raise shape_mismatch("mask", mask.shape, "the param", shape, name=name,
+                                 note=f" (stacked masks: (K, *{tuple(shape)}))")
         if size is not None and mask.shape[0] != size:
             raise ValueError(f"{name}: {mask.shape[0]} stacked masks, but {first!r} has {size}")
         size, first = mask.shape[0], name

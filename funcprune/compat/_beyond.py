@@ -20,6 +20,7 @@ import torch
 
 from .. import _select, patterns
 from . import _module
+from .._errors import shape_mismatch
 from ._amounts import _as_core_amount, _validate_pruning_amount_init
 from ._methods import BasePruningMethod, CustomFromMask, LnStructured, _zero_pruned
 
@@ -120,8 +121,9 @@ def ln_structured_with_bias(module, amount, n, name="weight", bias_name="bias", 
     has_bias = isinstance(bias, torch.Tensor)
     weight = getattr(module, name)
     if has_bias and (weight.dim() < 1 or bias.shape != (weight.shape[0],)):
-        raise ValueError(f"{bias_name} has shape {tuple(bias.shape)} but {name} has "
-                         f"{weight.shape[0] if weight.dim() else 0} output channels")  # checked before any change
+        channels = weight.shape[0] if weight.dim() else 0  # checked before any change
+        raise shape_mismatch(bias_name, bias.shape, None, f"({channels},)",
+                             note=f": one entry per output channel of {name}")
     LnStructured.apply(module, name, amount, n, 0, importance_scores=importance_scores)
     if has_bias:
         kept = patterns.channels_kept(getattr(module, name + "_mask"), 0)

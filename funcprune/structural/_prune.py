@@ -9,6 +9,7 @@ import torch
 
 from .. import _amount, _pytree, _select
 from .._amount import Amount, _is_concrete
+from .._errors import unknown_names
 from .._pytree import Tree
 from ._types import Group, Member
 
@@ -85,7 +86,7 @@ def check_groups(groups: Sequence[Group], shapes: Dict[str, Tuple[int, ...]], wh
                 members.append(m)
                 continue
             if m.name not in shapes:
-                raise KeyError(f"{_describe(i, group)}: member {m.name!r} is not among the {what}")
+                raise unknown_names([m.name], shapes, f"{_describe(i, group)}: member", among=f"the {what}")
             shape = shapes[m.name]
             try:
                 dim = _select.check_dim(m.dim, shape)

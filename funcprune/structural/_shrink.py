@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from .. import _pytree
 from .._masking import masked
+from .._errors import unknown_names
 from .._pytree import Tree
 from ._prune import _channel_any, _describe, check_groups
 from ._types import Group, Member
@@ -438,7 +439,7 @@ def _named(module: nn.Module, tree: Optional[Tree], what: str) -> Dict[str, torc
     known.update(dict(module.named_buffers()))
     unknown = [name for name in named if name not in known]
     if unknown:
-        raise KeyError(f"{what} name(s) {unknown} are not parameters or buffers of {type(module).__name__}")
+        raise unknown_names(unknown, known, what, among=f"the parameters and buffers of {type(module).__name__}")
     for name, leaf in named.items():
         _pytree.check_like(name, leaf, known[name], what[:-1])
     return named
