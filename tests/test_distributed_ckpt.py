@@ -1,4 +1,4 @@
-"""Issue 13.6: sharded mask checkpoints through torch.distributed.checkpoint, on real gloo ranks.
+"""Sharded mask checkpoints through torch.distributed.checkpoint load bit-exact anywhere, on real gloo ranks.
 
 Saved from 2 ranks, loaded into 4 (other placements), into a 2-D HSDP mesh and into one process;
 saved from the HSDP mesh, loaded into 2: bit-exact every time. Three launches in all (2, 4, 2 ranks).

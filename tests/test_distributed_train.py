@@ -1,4 +1,4 @@
-"""Training pruned models under FSDP2 and DDP on real gloo ranks (issue 13.4, 13.5).
+"""Training pruned models under FSDP2 and DDP on real gloo ranks matches the single-process oracle.
 
 Two launches: 2 ranks (FSDP2 functional and plain loops, the FSDP2 misuse checks, DDP) and 4 ranks
 (FSDP2 on a 1-D mesh with an empty shard, and a 2x2 HSDP mesh). Each rank computes the

@@ -38,7 +38,7 @@ def test_drop_and_grow_matches_reference_and_keeps_count(seed, fraction, density
 
 
 def test_drop_and_grow_keeps_the_survivor_count_whatever_the_values():
-    # issue 11.1: NaN/inf survivors used to tie with the filler, so the drop hit a dead entry
+    # NaN/inf survivors never tie with the filler, so the drop never hits a dead entry
     inf, nan = float("inf"), float("nan")
     w = torch.tensor([nan, inf, 1.0, 2.0])
     mask = torch.tensor([True, True, False, False])

@@ -1,5 +1,5 @@
 """examples/distributed.py on 2 spawned gloo ranks: FSDP2-sharded global pruning, masked training,
-DCP mask checkpoint loaded back on the ranks and into this process (issue 13, "Done means")."""
+DCP mask checkpoint loaded back on the ranks and into this process, equal to the saved masks."""
 
 import os
 

@@ -1,4 +1,4 @@
-"""The core stands without compat: no core module imports ``compat`` or ``bridge`` (issue 12 §2)."""
+"""The core stands without compat: no core module imports ``compat`` or ``bridge``, lazily or not."""
 
 import ast
 import pathlib

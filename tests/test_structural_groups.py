@@ -1,4 +1,4 @@
-"""funcprune.structural.groups: coupled channel groups traced with torch.export (issue 14).
+"""funcprune.structural.groups: coupled channel groups traced with torch.export.
 
 Every model is checked for well-formed groups (names, dims, bounds, no index claimed twice, every
 conv/linear output dim accounted for) and the torchvision models are anchored against
@@ -411,8 +411,10 @@ def removed_equals_masked(model, args, kwargs, groups_, atol=1e-5):
 
     Removal runs through torch.func.functional_call with smaller tensors (F.conv2d, F.linear,
     F.batch_norm and HF attention infer widths from the weights), so a member missing from a
-    group fails with a shape error or a different output.
+    group fails with a shape error or a different output. With no groups nothing is removed and the
+    model would be compared with itself, so the groups (and at least one dropped channel) must exist.
     """
+    assert groups_, f"{type(model).__name__}: groups() found no group, nothing to remove"
     params = dict(model.named_parameters())
     buffers = dict(model.named_buffers())
     drops = {}
@@ -423,6 +425,7 @@ def removed_equals_masked(model, args, kwargs, groups_, atol=1e-5):
             for c in drop:
                 start = m.offset + c * m.unit
                 drops.setdefault((m.name, m.dim, m.buffer), set()).update(range(start, start + m.unit))
+    assert drops, f"{type(model).__name__}: the groups have no member to remove channels from"
     masked, removed = dict(params), {**params, **buffers}
     for (name, dim, buffer), idx in drops.items():
         t = (buffers if buffer else params)[name]

@@ -1,4 +1,4 @@
-"""Issue 14: prune_groups (group masks) and shrink (a smaller dense model with the masked model's outputs).
+"""prune_groups (group masks) and shrink (a smaller dense model with the masked model's outputs).
 
 Groups are written by hand here, so these tests do not depend on the tracer.
 """
