@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -41,6 +41,9 @@ from . import _pytree
 from ._errors import shape_mismatch
 from ._dtensor import is_dtensor, local as _local
 from ._pytree import Tree
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 
 FORMAT, VERSION = "funcprune.masks.dcp", 1
 HEADER = "funcprune_masks"
@@ -53,7 +56,7 @@ def _dist():
     return dist if dist.is_available() and dist.is_initialized() else None
 
 
-def _shard_dims(t: torch.Tensor) -> List[int]:
+def _shard_dims(t: DTensor) -> List[int]:
     """The tensor dims a DTensor is sharded on (normalized), after checking its placements."""
     from torch.distributed.tensor import Replicate, Shard
     dims = []
@@ -99,10 +102,11 @@ def _packed_shape(shape) -> Tuple[int, ...]:
     return (*shape[:-1], math.ceil(shape[-1] / 8))
 
 
-def _wrap(local: torch.Tensor, like: torch.Tensor, shape, placements=None) -> torch.Tensor:
+def _wrap(local: torch.Tensor, like: DTensor, shape, placements=None) -> torch.Tensor:
     """``local`` as a DTensor on ``like``'s mesh (``placements`` or like's) with full ``shape``."""
     from torch.distributed.tensor import DTensor
-    stride, step = [], 1
+    stride: List[int] = []
+    step = 1
     for size in reversed(tuple(shape)):
         stride.insert(0, step)
         step *= max(size, 1)
@@ -121,7 +125,7 @@ def _local_target(like: torch.Tensor, shape, dtype, placements=None) -> torch.Te
     return _wrap(torch.empty(tuple(local_shape), dtype=dtype, device=device), like, shape, placements)
 
 
-def _counts(named: Dict[str, torch.Tensor], extra: Optional[List[float]] = None, group=None) -> List[int]:
+def _counts(named: Dict[str, torch.Tensor], extra: Optional[Sequence[float]] = None, group=None) -> List[int]:
     """Per-leaf kept counts over the full masks (+ ``extra`` flags), summed across ranks in one all_reduce."""
     local = [int(_local(m).count_nonzero()) if _owns(m, group) else 0 for m in named.values()]
     values = local + list(extra or [])
@@ -202,7 +206,8 @@ def save_masks_dcp(masks: Tree, checkpoint_id: Any, *, process_group: Any = None
     for name, flag in zip(named, bad):
         if flag:  # every rank sees the all-reduced flag: all raise, none is left waiting in dcp.save
             raise ValueError(f"{name}: mask values must be 0 or 1 to round-trip as bits")
-    leaves, state = {}, {}
+    leaves: Dict[str, Any] = {}
+    state: Dict[str, Any] = {}  # DCP's state dict: the mask tensors and the JSON header
     for (name, mask), count in zip(named.items(), kept):
         shape = list(mask.shape)
         packed = mask.dim() >= 1 and not (is_dtensor(mask) and (mask.dim() - 1) in _shard_dims(mask))

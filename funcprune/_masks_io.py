@@ -57,7 +57,8 @@ def _crc(name: str, shape: list, bits: torch.Tensor) -> int:
     """``zlib.crc32`` of the leaf's header and packed bytes (CPU uint8 1-D ``bits``)."""
     header = json.dumps([name, shape], separators=(",", ":")).encode("utf-8")
     # numpy's buffer of the bytes in place (bytes(storage) is a Python-level loop over every byte).
-    return zlib.crc32(bits.contiguous().numpy(), zlib.crc32(header))
+    # an ndarray is a buffer; numpy's stubs declare it on Python 3.12+ only
+    return zlib.crc32(bits.contiguous().numpy(), zlib.crc32(header))  # type: ignore[arg-type]
 
 
 def _total_crc(leaf_crcs: list) -> int:

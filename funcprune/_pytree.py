@@ -8,7 +8,7 @@ holes both mean "no mask".
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Union
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Union, cast
 
 import optree
 import torch
@@ -35,7 +35,8 @@ def _names(paths) -> list:
     ``{0: a, "0": b}``) would give both leaves one mask, so they raise."""
     names = [".".join(str(p) for p in path) for path in paths]
     if len(set(names)) != len(names):
-        seen, clashes = {}, []
+        seen: Dict[str, Any] = {}
+        clashes = []
         for name, path in zip(names, paths):
             if name in seen:
                 clashes.append(f"{name!r} (paths {seen[name]!r} and {path!r})")
@@ -60,7 +61,7 @@ def _strip_holes(tree: Tree) -> Tree:
         items = ((k, _strip_holes(v)) for k, v in tree.items())
         kept = [(k, v) for k, v in items if v is not None and not (isinstance(v, Mapping) and not v)]
         try:
-            return type(tree)(kept)
+            return cast(Any, type(tree))(kept)  # the mapping's own class (OrderedDict, ...), else a dict
         except TypeError:
             return dict(kept)
     if isinstance(tree, (list, tuple)) and not hasattr(tree, "_fields"):

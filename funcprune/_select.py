@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Callable, Optional, Sequence, Tuple, Union, overload
 
 import torch
 import torch.nn.utils.prune as _torch_prune
@@ -59,6 +59,12 @@ _FAST_MIN = 1 << 14  # below this, topk is as fast as the threshold path
 _SAMPLE = 1 << 13  # sample size bracketing the k-th value: ~4% of the keys fall inside the bracket
 
 
+@overload
+def as_keep(scores: torch.Tensor, mask: None, what: str = ...) -> None: ...
+@overload
+def as_keep(scores: torch.Tensor, mask: torch.Tensor, what: str = ...) -> torch.Tensor: ...
+@overload
+def as_keep(scores: torch.Tensor, mask: Optional[torch.Tensor], what: str = ...) -> Optional[torch.Tensor]: ...
 def as_keep(scores: torch.Tensor, mask: Optional[torch.Tensor], what: str = "mask") -> Optional[torch.Tensor]:
     """The existing mask as bool on the scores' device (None stays None), after a shape check."""
     if mask is None:
@@ -472,7 +478,7 @@ def entries(shape: Sequence[int]) -> Granularity:
     return _entries(tuple(shape))
 
 
-def slices(shape: Sequence[int], dim: int) -> Granularity:
+def slices(shape: Sequence[int], dim: int) -> _Slices:
     """The slices along ``dim`` (channels) are the units, and all compete (torch's structured rules).
 
     Raises:
@@ -493,7 +499,7 @@ def _entries(shape: Tuple[int, ...]) -> Granularity:
 
 
 @functools.lru_cache(maxsize=1024)
-def _slices(shape: Tuple[int, ...], dim: int) -> Granularity:
+def _slices(shape: Tuple[int, ...], dim: int) -> _Slices:
     return _Slices(shape, dim)
 
 
@@ -648,14 +654,16 @@ def prune_units(like: torch.Tensor, gran: Granularity, amount: Amount, scores: S
     keep = as_keep(like, mask)
     alive = None if keep is None else gran.pools(gran.alive(keep))
     units = gran.pool_size
-    if keep is None:
+    n_alive: Union[int, torch.Tensor]
+    if alive is None:
         n_alive = units
     elif gran.n_pools == 1:
         n_alive = count_kept(alive)
     else:  # one count per pool; an int amount is checked against the pool with the fewest survivors
         n_alive = alive.sum(-1)
-        if _is_concrete(n_alive) and gran.n_pools and isinstance(as_number(amount), int):
-            check_count(as_number(amount), int(n_alive.min()), what)
+        number = as_number(amount)
+        if _is_concrete(n_alive) and gran.n_pools and isinstance(number, int):
+            check_count(number, int(n_alive.min()), what)
     amount, k = drop_count(amount, n_alive, what)
     if not lazy and callable(scores):
         scores = scores()
@@ -719,12 +727,13 @@ def torch_order_select(key: torch.Tensor, k: int, *, largest: bool, alive: Optio
     if k == 0:
         chosen = torch.zeros(cand.numel(), dtype=torch.bool, device=key.device)
     else:
-        chosen = None
+        picked = None
         if unique_first and 0 < k < cand.numel() and cand.numel() >= _FAST_MIN and cand.device.type == "cpu":
-            chosen = _select_by_threshold(cand, k, largest)  # only when the answer is unique
-        if chosen is None:
+            picked = _select_by_threshold(cand, k, largest)  # only when the answer is unique
+        if picked is None:
             idx = torch.topk(cand, k, largest=largest, sorted=False).indices
-            chosen = torch.zeros(cand.numel(), dtype=torch.bool, device=key.device).index_fill_(0, idx, True)
+            picked = torch.zeros(cand.numel(), dtype=torch.bool, device=key.device).index_fill_(0, idx, True)
+        chosen = picked
     if live is None:
         return chosen.view(key.shape)
     return torch.zeros_like(live).masked_scatter_(live, chosen).view(key.shape)

@@ -20,7 +20,7 @@ Eager only: collectives, and Python ints read from count tensors.
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, TypeVar
 
 import torch
 
@@ -28,17 +28,18 @@ from . import _amount, _dtensor, _radix, _select
 from ._amount import Amount
 
 _M32 = 0xFFFFFFFF
+_H = TypeVar("_H", int, torch.Tensor)  # the hash rounds run on Python ints (the seed) and int64 tensors
 
 
 # ----------------------------------------------------------------------------------------------
 # The hash stream: int64 arithmetic whose intermediates stay below 2**63 (no wrap-around anywhere).
 
-def _mul32(h: torch.Tensor, c: int) -> torch.Tensor:
+def _mul32(h: _H, c: int) -> _H:
     """``(h * c) mod 2**32`` for 32-bit ``h`` and ``c``, in int64 without overflow (16-bit halves of ``c``)."""
     return (h * (c & 0xFFFF) + (((h * (c >> 16)) & 0xFFFF) << 16)) & _M32
 
 
-def _mix32(h: torch.Tensor) -> torch.Tensor:
+def _mix32(h: _H) -> _H:
     """A bijective 32-bit finalizer (the "lowbias32" xor-shift-multiply rounds)."""
     h = h ^ (h >> 16)
     h = _mul32(h, 0x7FEB352D)
@@ -144,7 +145,7 @@ def select_global(leaves: Sequence[torch.Tensor], keeps: Sequence[Optional[torch
     """
     shards = _Shards(leaves, keeps)
     amount, k = _amount.drop_count(amount, shards.alive(), "parameters")
-    spread = dict(reduce=shards.reduce, counted=shards.counted, index_fn=shards.index)
+    spread: Dict[str, Any] = dict(reduce=shards.reduce, counted=shards.counted, index_fn=shards.index)
     if method == "l1":
         local = _radix.radix_select_keep(shards.locals, shards.keeps, k, key_fn=lambda piece: piece.abs().to(dtype),
                                          chunk=chunk, **spread)

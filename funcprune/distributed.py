@@ -7,7 +7,7 @@ no full mask on any rank. See ``docs/distributed.md`` for the supported recipes.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
@@ -36,7 +36,7 @@ def _check_pair(name: str, param: torch.Tensor, mask: torch.Tensor, what: str = 
         raise ValueError(f"{name}: the {what} is a {'DTensor' if p_dt else 'plain tensor'} but its mask is a "
                          f"{'DTensor' if m_dt else 'plain tensor'}; a sharded param needs a DTensor mask with its "
                          f"mesh and placements (a full mask on every rank would leave its shard)")
-    if p_dt:
+    if _is_dtensor(param) and _is_dtensor(mask):  # both or neither: checked above
         _check_placements(name, param)
         if mask.device_mesh != param.device_mesh:
             raise ValueError(f"{name}: mask is on {mask.device_mesh} but the {what} is on {param.device_mesh}")
@@ -261,6 +261,7 @@ def broadcast_masks_(masks: Any, src: int = 0, group: Optional[Any] = None) -> A
     """
     import torch.distributed as dist
 
+    named: Dict[str, Any]  # user input, checked below
     if isinstance(masks, torch.nn.Module):
         named = {name + "_mask": sub._buffers[local + "_mask"]
                  for name, (sub, local, _) in reparametrized(masks).items()}

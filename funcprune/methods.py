@@ -32,13 +32,16 @@ there an int ``amount`` larger than the survivors simply prunes every survivor, 
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Union
+from typing import TYPE_CHECKING, Callable, Optional, Union
 
 import torch
 
 from . import _amount, _dtensor, _select, _sharded
 from ._amount import Amount
 from ._select import as_keep, prune_units
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 
 Norm = int | float | str
 _STREAMS = (None, "torch", "hash")
@@ -62,7 +65,7 @@ def identity(scores: torch.Tensor, *, mask: Optional[torch.Tensor] = None) -> to
     return _select.unchanged(scores, as_keep(scores, mask), mask)
 
 
-def _sharded_keep(scores: torch.Tensor, mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+def _sharded_keep(scores: DTensor, mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """The existing mask of DTensor ``scores`` as a bool DTensor laid out like them (or None)."""
     _dtensor.check_placements("scores", scores)
     keep = as_keep(scores, mask)
@@ -214,8 +217,9 @@ def ln_structured(scores: torch.Tensor, amount: Amount, n: Norm, dim: int, *,
     channels = _select.slices(scores.shape, dim)
     if _dtensor.is_dtensor(scores):
         keep = _sharded_keep(scores, mask)
-        norms = _sharded.channel_norms(scores, n, channels.dim)  # one float64 per channel crosses the wire
-        return _sharded.select_channels(scores, amount, channels.dim, norms, keep, select_kept=True, lazy=False)
+        sharded_norms = _sharded.channel_norms(scores, n, channels.dim)  # one float64 per channel crosses the wire
+        return _sharded.select_channels(scores, amount, channels.dim, sharded_norms, keep, select_kept=True,
+                                        lazy=False)
 
     def norms():
         norm = _select.channel_norm(scores.detach(), n, channels.dim)

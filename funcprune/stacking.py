@@ -17,7 +17,7 @@ the global RNG), not the stream of the ``vmap`` path.
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable, List, Optional, Sequence, Union
+from typing import Any, Callable, List, Optional, Sequence, Union, cast
 
 import optree
 import torch
@@ -297,19 +297,19 @@ def masks_for_scores(params: Tree, method: Callable, scores: Tree, amount: Union
     run = _pruner(params, method, args, masks, include, kwargs)
     if _sharded(params):
         amounts = [amount] * size if not batched else [_amount.as_number(a) for a in _amounts_tensor(
-            amount, _device_of(params))]
+            cast(Amounts, amount), _device_of(params))]
         if len(amounts) != size:
             raise ValueError(f"got {len(amounts)} amounts for {size} stacked score trees")
         pick = lambda k: optree.tree_map(  # noqa: E731
             lambda leaf: _dtensor.unstacked(leaf, k) if _dtensor.is_dtensor(leaf) else leaf[k], scores)
         return _stacked_masks([run(amounts[k], pick(k)) for k in range(size)])
     if not batched:
-        _amount.validate_amount(amount)
+        _amount.validate_amount(cast(_amount.Amount, amount))  # not batched: a number or a 0-d tensor
         if isinstance(amount, numbers.Integral):
             _check_counts(run, torch.tensor([amount]), scores)
         return torch.func.vmap(lambda s: run(amount, s))(scores)
-    amounts = _amounts_tensor(amount, _device_of(params))
-    if amounts.numel() != size:
-        raise ValueError(f"got {amounts.numel()} amounts for {size} stacked score trees")
-    _check_counts(run, amounts, scores)
-    return torch.func.vmap(run)(amounts, scores)
+    per_tree = _amounts_tensor(cast(Amounts, amount), _device_of(params))  # batched: a sequence or 1-D tensor
+    if per_tree.numel() != size:
+        raise ValueError(f"got {per_tree.numel()} amounts for {size} stacked score trees")
+    _check_counts(run, per_tree, scores)
+    return torch.func.vmap(run)(per_tree, scores)

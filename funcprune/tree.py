@@ -117,7 +117,8 @@ def global_unstructured(params: Tree, amount: Amount, *, masks: Optional[Tree] =
       >>> global_unstructured(params, amount=2)
       {'a': tensor([ True, False]), 'b': tensor([False,  True,  True])}
     """
-    method = {l1_unstructured: "l1", random_unstructured: "random"}.get(method, method)
+    aliases: Dict[Any, str] = {l1_unstructured: "l1", random_unstructured: "random"}
+    method = aliases.get(method, method)
     if method not in ("l1", "random"):
         raise ValueError(f"method must be 'l1' or 'random', got {method!r}")
     if not isinstance(chunk_size, int) or chunk_size < 1:

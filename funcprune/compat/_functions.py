@@ -157,7 +157,7 @@ def _global_l1(parameters, scores, amount) -> list:
         keeps = tree.global_unstructured(scores, _as_core_amount(amount), masks=alive, method="l1")
         return [k if o is None else o * k for k, o in zip(keeps, old)]  # meta: shapes only
     size = sum(s.numel() if a is None else _select.count_kept(a) for s, a in zip(scores, alive))
-    k = _prune_count(amount, size)
+    k = _prune_count(amount, int(size))  # concrete masks: the counts are ints already
     _check_not_bool(amount, k)
     if k == 0:
         keeps = [torch.ones_like(s, dtype=torch.bool) if a is None else a for s, a in zip(scores, alive)]
@@ -176,7 +176,7 @@ def _global_l1(parameters, scores, amount) -> list:
 
 def _torch_order_global(scores, alive, k: int, dtype) -> list:
     """torch's choice: one top-k over ``|scores|`` of the candidates, concatenated in pair order."""
-    sizes = [s.numel() if a is None else _select.count_kept(a) for s, a in zip(scores, alive)]
+    sizes = [s.numel() if a is None else int(_select.count_kept(a)) for s, a in zip(scores, alive)]
     flat = torch.empty(sum(sizes), dtype=dtype, device=scores[0].device)
     for piece, s, a in zip(flat.split(sizes), scores, alive):
         values = s.reshape(-1) if a is None else s.reshape(-1)[a.reshape(-1)]
@@ -197,7 +197,7 @@ def _sliced_global(parameters, scores, method) -> list:
     """torch's way: one container over the concatenated scores and masks, sliced per parameter."""
     flat_scores = torch.nn.utils.parameters_to_vector(scores)
     flat_mask = torch.nn.utils.parameters_to_vector(
-        [getattr(module, name + "_mask", None) if hasattr(module, name + "_mask") else
+        [getattr(module, name + "_mask") if hasattr(module, name + "_mask") else
          torch.ones_like(getattr(module, name)) for module, name in parameters])
     container = PruningContainer()
     container._tensor_name = "temp"

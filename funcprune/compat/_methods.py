@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+from typing import Any
 
 import torch
 import torch.nn.utils.prune as _torch_prune
@@ -163,6 +164,7 @@ def _sliced_mask(method, t: torch.Tensor, default_mask: torch.Tensor) -> torch.T
     """
     new_mask = default_mask.to(dtype=t.dtype, copy=True)
     kind = method.PRUNING_TYPE
+    slc: Any  # what torch indexes the mask with: a bool tensor or a tuple of index/slices
     if kind == "unstructured":
         slc = default_mask == 1
     elif kind == "structured":

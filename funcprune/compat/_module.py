@@ -24,13 +24,13 @@ from __future__ import annotations
 import sys
 import types
 import weakref
-from typing import Dict
+from typing import Any, Dict, Type, TypeGuard
 
 import torch
 import torch.nn.utils.prune as _torch_prune
 
-_BUILTIN_COMPUTE = set()
-_READ_ONLY_DEFAULT = set()
+_BUILTIN_COMPUTE: set = set()
+_READ_ONLY_DEFAULT: set = set()
 _PRUNED_CLASSES: Dict[type, type] = {}
 
 
@@ -48,7 +48,7 @@ def _first_default_mask(method, orig: torch.Tensor) -> torch.Tensor:
     """torch's all-ones default mask; for methods that only read it, a view of one 1 (no allocation)."""
     if getattr(type(method), "compute_mask", None) in _READ_ONLY_DEFAULT:
         ones = torch.ones((), dtype=orig.dtype, device=orig.device).expand(orig.shape)
-        ones._funcprune_all_ones = True  # lets a method skip multiplying by it (see is_all_ones)
+        ones._funcprune_all_ones = True  # type: ignore[attr-defined]  # a marker on this view: see is_all_ones
         return ones
     return torch.ones_like(orig)
 
@@ -63,7 +63,7 @@ def is_builtin_compute(method) -> bool:
     return getattr(type(method), "compute_mask", None) in _BUILTIN_COMPUTE
 
 
-def is_pruning_hook(hook) -> bool:
+def is_pruning_hook(hook) -> TypeGuard[_torch_prune.BasePruningMethod]:
     """A pruning method of compat or of torch.nn.utils.prune."""
     return isinstance(hook, _torch_prune.BasePruningMethod)
 
@@ -142,9 +142,9 @@ class _Rollback:
             _put_back(module._parameters, key, value, self.param_order)
         _put_back(module._buffers, name + "_mask", self.mask, self.buffer_order)
         hooks = module._forward_pre_hooks
-        for key in [k for k, h in list(hooks.items()) if k not in self.hook_order and is_pruning_hook(h)
-                    and getattr(h, "_tensor_name", None) == name]:
-            hooks.pop(key, None)  # the hook this call registered
+        for hook_key in [k for k, h in list(hooks.items()) if k not in self.hook_order and is_pruning_hook(h)
+                         and getattr(h, "_tensor_name", None) == name]:
+            hooks.pop(hook_key, None)  # the hook this call registered
         if self.hook_key is not None:
             _put_back(hooks, self.hook_key, self.hook, self.hook_order)
             if self.methods is not None:
@@ -276,7 +276,7 @@ def _setstate(module: torch.nn.Module, state) -> None:
     mark_pruned(module)
 
 
-def _rebuild(cls: type) -> torch.nn.Module:
+def _rebuild(cls: Type[torch.nn.Module]) -> torch.nn.Module:
     """An empty ``cls`` instance whose (instance-level) ``__setstate__`` rebuilds a pruned module."""
     module = cls.__new__(cls)
     module.__dict__["__setstate__"] = types.MethodType(_setstate, module)
@@ -294,7 +294,7 @@ def _pruned_class(base: type) -> type:
 
 def _new_pruned(base: type) -> torch.nn.Module:
     """An empty instance of ``base``'s pruned twin; pickles of pruned modules rebuild through it."""
-    cls = _pruned_class(base)
+    cls: Any = _pruned_class(base)  # its __new__ takes the class alone
     return cls.__new__(cls)
 
 

@@ -72,7 +72,7 @@ def kept_channels(masks: Tree, groups: Sequence[Group]) -> List[Dict[str, Any]]:
                 keep = named[m.name]
                 keep = keep if keep.dtype == torch.bool else keep != 0
                 live = _channel_any(keep, m, group.channels)
-                if kept is None:
+                if kept is None or first is None:  # both set together
                     kept, first = live, m
                 elif not torch.equal(kept, live):
                     diff = (kept != live).nonzero().flatten().tolist()
@@ -327,7 +327,7 @@ def _owners(module: nn.Module) -> Dict[str, List[Tuple[str, str]]]:
 
 def _plan(module: nn.Module, entries: List[Tuple[Group, List[int]]]):
     """``{(name, dim): kept indices}`` of every tensor a group slices, checked against the module."""
-    tensors = dict(module.named_parameters())
+    tensors: Dict[str, torch.Tensor] = dict(module.named_parameters())
     tensors.update(dict(module.named_buffers()))
     shapes = {name: tuple(t.shape) for name, t in tensors.items()}
     checked = check_groups([g for g, _ in entries], shapes, "parameters and buffers of the module", buffers=True)
@@ -357,7 +357,7 @@ def _build(module: nn.Module, entries: List[Tuple[Group, List[int]]], params: Op
                              f"{', '.join(k.__name__ for k, _ in _OWNERS)}, transformers' "
                              f"{', '.join(sorted(_HF_OWNERS))} and norms")
     new = copy.deepcopy(module)
-    own = dict(module.named_parameters())
+    own: Dict[str, torch.Tensor] = dict(module.named_parameters())
     own.update(dict(module.named_buffers()))
     params = params or {}
     touched = set(params) | set(masks) | {name for name, _ in plan}
@@ -377,7 +377,8 @@ def _build(module: nn.Module, entries: List[Tuple[Group, List[int]]], params: Op
                 value = nn.Parameter(value, requires_grad=own[name].requires_grad)
             for path, local in owners[name]:
                 sub = new.get_submodule(path)
-                (sub._parameters if local in sub._parameters else sub._buffers)[local] = value
+                store: Dict[str, Any] = sub._parameters if local in sub._parameters else sub._buffers
+                store[local] = value
     for path in sorted(changed_paths):
         sub = new.get_submodule(path)
         _fixer(sub)(sub, path)
@@ -435,7 +436,7 @@ def _named(module: nn.Module, tree: Optional[Tree], what: str) -> Dict[str, torc
     if tree is None:
         return {}
     named = _pytree.named_leaves(tree)
-    known = dict(module.named_parameters())
+    known: Dict[str, torch.Tensor] = dict(module.named_parameters())
     known.update(dict(module.named_buffers()))
     unknown = [name for name in named if name not in known]
     if unknown:
