@@ -48,7 +48,8 @@ def _first_default_mask(method, orig: torch.Tensor) -> torch.Tensor:
     """torch's all-ones default mask; for methods that only read it, a view of one 1 (no allocation)."""
     if getattr(type(method), "compute_mask", None) in _READ_ONLY_DEFAULT:
         ones = torch.ones((), dtype=orig.dtype, device=orig.device).expand(orig.shape)
-        ones._funcprune_all_ones = True  # type: ignore[attr-defined]  # a marker on this view: see is_all_ones
+        # a marker on this view only: lets a method skip multiplying by it (see is_all_ones)
+        ones._funcprune_all_ones = True  # type: ignore[attr-defined]
         return ones
     return torch.ones_like(orig)
 
