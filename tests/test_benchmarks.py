@@ -264,6 +264,7 @@ def test_structural_benchmark_measures_a_tiny_cnn_and_torch_pruning_alike():
     _check_structural_result(bench, result, 0.5)
 
 
+@pytest.mark.slow  # a transformers model
 def test_structural_benchmark_bert_spec_prunes_heads_and_mlp_in_both_libraries(monkeypatch):
     pytest.importorskip("torch_pruning")
     pytest.importorskip("transformers")

@@ -541,6 +541,7 @@ def test_nan_at_the_cut_gives_torchs_entries():
 _SPECIAL = st.sampled_from([0.0, -0.0, 1.0, -1.0, 2.0, 0.5, float("nan"), float("inf"), -float("inf")])
 
 
+@pytest.mark.slow  # a long property test
 @settings(max_examples=60, deadline=None)
 @given(values=st.lists(_SPECIAL, min_size=8, max_size=40), first=st.integers(0, 8), second=st.integers(0, 8),
        ratio=st.floats(0, 1))

@@ -23,6 +23,8 @@ from tests._dist import run_ranks  # noqa: E402
 # Stored as bool where the last dim is sharded on save (or the mask is 0-D), packed otherwise.
 STORED_BOOL = {"b.weight", "d.bias", "g.scale"}
 
+pytestmark = pytest.mark.slow  # multi-process: real gloo ranks
+
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):

@@ -24,6 +24,8 @@ TREE = {"identity", "identity_fresh", "custom_from_mask", "apply_masks", "mask_g
         "torch_stream", "partial",
         "placements_refused", "mask_sharded_unlike", "mask_replicated"}
 
+pytestmark = pytest.mark.slow  # multi-process: real gloo ranks
+
 
 def _check(results, expected):
     first = results[0]

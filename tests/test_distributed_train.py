@@ -21,6 +21,8 @@ import funcprune.distributed as fpd
 
 TOL = 1e-5
 
+pytestmark = pytest.mark.slow  # multi-process: real gloo ranks
+
 
 @pytest.fixture(scope="module")
 def two():

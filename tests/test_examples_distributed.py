@@ -11,6 +11,8 @@ if not torch.distributed.is_available():
 
 from examples import distributed  # noqa: E402
 
+pytestmark = pytest.mark.slow  # multi-process: the example spawns gloo ranks
+
 
 def test_distributed_example_prunes_trains_and_checkpoints(tmp_path, capsys):
     tracked = sorted(os.listdir(os.path.dirname(distributed.__file__)))

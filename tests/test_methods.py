@@ -48,6 +48,7 @@ def assert_same_selection(got, ref, key, prior, *, largest_pruned=False):
     assert (key[got ^ ref].double().unique().numel()) <= 1, "differences beyond a single tied value"
 
 
+@pytest.mark.slow  # a long property test
 @SETTINGS
 @given(cases())
 def test_l1_unstructured_matches_torch(case):
@@ -59,6 +60,7 @@ def test_l1_unstructured_matches_torch(case):
         assert_same_selection(got, ref, scores.abs(), prior)
 
 
+@pytest.mark.slow  # a long property test
 @SETTINGS
 @given(cases(min_dims=2), st.sampled_from(NORMS), st.data())
 def test_ln_structured_matches_torch(case, n, data):
@@ -126,6 +128,7 @@ def test_channel_norm_fallback_is_torch_2_14s_rule(n):
         assert err == ref_err and (ref is None or torch.equal(fallback, ref))
 
 
+@pytest.mark.slow  # a long property test
 @SETTINGS
 @given(cases(), st.integers(0, 2**31 - 1))
 def test_random_unstructured_fresh_mask_same_draws_as_torch(case, seed):
@@ -140,6 +143,7 @@ def test_random_unstructured_fresh_mask_same_draws_as_torch(case, seed):
         assert torch.equal(torch.rand(3), (torch.manual_seed(seed), torch_mask(torch_prune.RandomUnstructured(amount), scores), torch.rand(3))[2]), "RNG stream advanced differently"
 
 
+@pytest.mark.slow  # a long property test
 @SETTINGS
 @given(cases(min_dims=2), st.integers(0, 2**31 - 1), st.data())
 def test_random_structured_fresh_mask_same_draws_as_torch(case, seed, data):

@@ -32,6 +32,8 @@ from funcprune.structural import group_report, kept_channels, prune_groups, shri
 tv = pytest.importorskip("torchvision")
 transformers = pytest.importorskip("transformers")
 
+pytestmark = pytest.mark.slow  # torchvision and transformers models end to end
+
 
 def _randomize_bn(model):
     """Non-trivial BN statistics and shifts: a zeroed channel's BN output would be its shift."""

@@ -573,6 +573,7 @@ def _resnet18_groups():
     return out
 
 
+@pytest.mark.slow  # a torchvision model
 def test_torchvision_resnet18_by_hand():
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)
@@ -622,6 +623,7 @@ def _transformer_groups(kind, layers, heads, hidden, inner, kv_heads=None, mode=
     return out
 
 
+@pytest.mark.slow  # transformers models
 @pytest.mark.parametrize("kind", ["bert", "gpt2", "llama-q", "llama-kv"])
 def test_transformers_heads_and_mlp_by_hand(kind):
     transformers = pytest.importorskip("transformers")
@@ -658,6 +660,7 @@ def test_transformers_heads_and_mlp_by_hand(kind):
         assert (att.num_heads, att.num_key_value_heads, att.num_key_value_groups) == want
 
 
+@pytest.mark.slow  # a torchvision model
 def test_same_shrunk_shapes_as_torch_pruning_for_the_same_channels():
     # Anchored against the peer: Torch-Pruning (DepGraph) removes the same channels of ResNet-18's
     # 12 groups and gives a model of exactly the same shapes as shrink_to.
@@ -710,8 +713,7 @@ def _traced_groups():
     return getattr(structural, "groups", None)
 
 
-@pytest.mark.skipif(_traced_groups() is None, reason="funcprune.structural.groups (the struct-groups work) is not "
-                                                     "merged on this branch yet")
+@pytest.mark.slow  # torchvision models
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
 def test_torchvision_end_to_end_with_traced_groups(name):
     torchvision = pytest.importorskip("torchvision")
@@ -726,8 +728,7 @@ def test_torchvision_end_to_end_with_traced_groups(name):
     assert _n_params(small) == _predicted_params(model, masks) < 0.6 * _n_params(model)
 
 
-@pytest.mark.skipif(_traced_groups() is None, reason="funcprune.structural.groups (the struct-groups work) is not "
-                                                     "merged on this branch yet")
+@pytest.mark.slow  # transformers models
 @pytest.mark.parametrize("kind", ["bert", "llama"])
 def test_transformers_end_to_end_with_traced_groups(kind):
     transformers = pytest.importorskip("transformers")
@@ -750,8 +751,7 @@ def test_transformers_end_to_end_with_traced_groups(kind):
     assert _n_params(small) == _predicted_params(model, masks) < _n_params(model)
 
 
-@pytest.mark.skipif(_traced_groups() is None, reason="funcprune.structural.groups (the struct-groups work) is not "
-                                                     "merged on this branch yet")
+@pytest.mark.slow  # a torchvision model
 def test_torchvision_vit_heads_and_mlp_with_traced_groups():
     # torchvision's ViT attends with nn.MultiheadAttention: its heads shrink alone (the residual
     # width is inexact: LayerNorm), so the shrunk attention is a ShrunkMultiheadAttention

@@ -106,6 +106,7 @@ def _global_setup(model, prior_names):
     return params, masks
 
 
+@pytest.mark.slow  # a long property test
 @settings(max_examples=40, deadline=None)
 @given(st.one_of(st.floats(0, 1), st.integers(0, 300)), st.sets(st.sampled_from(["0.weight", "2.weight", "2.bias"])),
        st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16]), st.integers(1, 500))
