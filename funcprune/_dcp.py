@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from . import _pytree
-from ._errors import shape_mismatch
+from ._errors import shape_mismatch, unknown_names
 from ._dtensor import is_dtensor, local as _local
 from ._pytree import Tree
 
@@ -268,7 +268,7 @@ def load_masks_dcp(like: Tree, checkpoint_id: Any, *, process_group: Any = None)
     leaves = _header(checkpoint_id, process_group)
     unknown = [name for name in leaves if name not in named]
     if unknown:
-        raise KeyError(f"checkpoint name(s) {unknown} are not among the params: {list(named)}")
+        raise unknown_names(unknown, named, "checkpoint")
     state, plans = {}, {}
     for name, info in leaves.items():
         target, shape = named[name], list(info["shape"])
