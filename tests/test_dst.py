@@ -88,7 +88,7 @@ def test_set_and_rigl_training_keep_sparsity_exact():
     schedule = cosine_decay(0.3, 100)
     changed = 0
     for step in range(0, 100, 20):
-        grads = gradient(loss_fn, params, (x, y), masks)
+        grads = gradient(loss_fn, params, (x, y), masks=masks)
         new = rigl_update(params, masks, grads, schedule, step=step)
         changed += sum(int((new[n] != masks[n]).sum()) for n in masks)
         grown = {n: new[n] & ~masks[n] for n in masks}
