@@ -1,6 +1,6 @@
 """compat ``global_unstructured`` (L1 0.8) vs torch's, both tie orders, each run in a fresh process.
 
-Issue 11.11: by default compat must give torch's masks and never cost more than torch, in time
+By default compat must give torch's masks and never cost more than torch, in time
 or peak memory; where no tie straddles the cut (the lean radix path) at most 0.2x torch's time
 and 1/3 of its peak extra memory. ``tie_order("index")`` takes the lean path every time.
 

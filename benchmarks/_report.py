@@ -105,7 +105,8 @@ def _memory_table(memory: List[Dict]) -> List[str]:
     for m in memory:
         ours, theirs = m["funcprune"], m["torch"]
         lines.append(f"| {m['model']} | {_mem(ours, 'peak_mib')} | {_mem(theirs, 'peak_mib')} | "
-                     f"{_ratio_cell(ours, theirs, 'peak_mib')} | {_mem(ours, 'held_mib')} | {_mem(theirs, 'held_mib')} | "
+                     f"{_ratio_cell(ours, theirs, 'peak_mib')} | "
+                     f"{_mem(ours, 'held_mib')} | {_mem(theirs, 'held_mib')} | "
                      f"{_mem(ours, 'mask_mib')} | {_mem(theirs, 'mask_mib')} |")
     return lines
 
@@ -151,9 +152,9 @@ def write(path: str, info: Dict, rows, memory, scaling, huge, elapsed: float, qu
              "(lower is better), the median of the per-round ratios, with their quartiles in brackets "
              "(side-by-side samples share the machine's momentary state, so their ratio is steadier than "
              "a ratio of medians); a median over its target is a MISS, \"MISS (within spread)\" when "
-             "the lower quartile is under the target. The forward rows also count the page faults per call of each side (a note "
-             "lists them where any occurred). Every row first checks that both sides give identical "
-             "masks (or identical outputs). "
+             "the lower quartile is under the target. The forward rows also count the page faults per "
+             "call of each side (a note lists them where any occurred). Every row first checks that both "
+             "sides give identical masks (or identical outputs). "
              "Per-layer and iterative rows compare with torch's own mask computation "
              "(`compute_mask`, `PruningContainer.compute_mask`), global rows with "
              "`torch.nn.utils.prune.global_unstructured` on modules (its only entry point), compat rows make "

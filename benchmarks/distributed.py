@@ -334,9 +334,10 @@ def _fmt_bytes(n: float) -> str:
 
 def table(rows: List[Dict]) -> str:
     """The markdown table: one line per (tree, world), funcprune against gather and one process."""
-    lines = ["| tree (entries) | world | funcprune: s / peak extra MiB (local masks) / received per rank (collectives) | "
-             "gather: s / peak extra MiB / received | time vs gather | peak vs gather | bytes vs gather | time vs 1 process | "
-             "identical |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| tree (entries) | world "
+             "| funcprune: s / peak extra MiB (local masks) / received per rank (collectives) "
+             "| gather: s / peak extra MiB / received | time vs gather | peak vs gather | bytes vs gather "
+             "| time vs 1 process | identical |", "|---|---|---|---|---|---|---|---|---|"]
     by = {(r["tree"], r["method"], r["world"]): r for r in rows}
     for (tree, method, world), ours in by.items():
         if method != "funcprune":
@@ -420,7 +421,8 @@ def moonshot(leaves: int = MOON_LEAVES, timeout: float = 3600) -> str:
     return (f"moonshot: {r0['entries']:.3g} bf16 entries over 4 ranks: {max(r['seconds'] for r in ranks):.1f} s, "
             f"per-rank peak extra {max(r['peak_extra_mib'] for r in ranks):.0f} MiB (peak RSS "
             f"{max(r['peak_total_mib'] for r in ranks):.0f} MiB; local weights {r0['local_weights_mib']:.0f} MiB, "
-            f"local masks {r0['local_masks_mib']:.0f} MiB), received per rank {_fmt_bytes(max(r['bytes'] for r in ranks))} "
+            f"local masks {r0['local_masks_mib']:.0f} MiB), "
+            f"received per rank {_fmt_bytes(max(r['bytes'] for r in ranks))} "
             f"in {max(r['calls'] for r in ranks)} collectives; pruned {r0['pruned']} of {r0['entries']} "
             f"(round(0.8 n) = {r0['expected']}), max |pruned| {r0['max_pruned']:.6g} <= min |kept| "
             f"{r0['min_kept']:.6g}: {'EXACT' if exact else 'NOT EXACT'}")

@@ -1,6 +1,6 @@
 """K masks at once: one vmapped call vs a loop of functional_calls vs a torch.nn.utils.prune loop.
 
-Models (issue 4): LeNet-5 (batch 64 of 1x32x32; conv 1->6 k5, conv 6->16 k5, fc 400->120->84->10)
+Models: LeNet-5 (batch 64 of 1x32x32; conv 1->6 k5, conv 6->16 k5, fc 400->120->84->10)
 and a 4x1024 MLP (batch 256), K = 32 random 50% masks over all weights.
 
 Contenders, interleaved in alternating order, median of repeats after warm-up (``_timing``):

@@ -9,11 +9,11 @@ count, a floating tensor a fraction (computed in float64, then rounded half to e
 from __future__ import annotations
 
 import numbers
-from typing import Union
+from typing import Union, cast
 
 import torch
 
-Amount = Union[int, float, torch.Tensor]
+Amount = int | float | torch.Tensor
 
 
 def is_concrete(t: torch.Tensor) -> bool:
@@ -75,7 +75,7 @@ def max_prune_count(amount: Amount, size: int) -> int:
     """A static upper bound on :func:`prune_count` over every ``0 <= alive <= size``."""
     if isinstance(amount, torch.Tensor):
         return size
-    return min(prune_count(amount, size), size)
+    return min(cast(int, prune_count(amount, size)), size)  # a number amount of an int size: an int
 
 
 def check_count(count: int, size: int, what: str = "parameters") -> None:

@@ -15,7 +15,7 @@ it is active; the gradients are the convolution's own (``aten.convolution_backwa
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, overload
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,12 @@ def _take(t: Optional[torch.Tensor], dim: Optional[int], k: int) -> Optional[tor
     return t if t is None or dim is None else t.select(dim, k)
 
 
+@overload
+def _front(t: None, dim: Optional[int], size: int) -> None: ...
+@overload
+def _front(t: torch.Tensor, dim: Optional[int], size: int) -> torch.Tensor: ...
+@overload
+def _front(t: Optional[torch.Tensor], dim: Optional[int], size: int) -> Optional[torch.Tensor]: ...
 def _front(t: Optional[torch.Tensor], dim: Optional[int], size: int) -> Optional[torch.Tensor]:
     """``t`` with its batch dim first (expanded to ``size`` when it has none)."""
     if t is None:
@@ -92,7 +98,7 @@ class routed(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.conv2d or func is torch.conv2d:
-            bound = dict(zip(_CONV_ARGS, _DEFAULTS))
+            bound: Dict[str, Any] = dict(zip(_CONV_ARGS, _DEFAULTS))
             bound.update(zip(_CONV_ARGS, args))
             bound.update(kwargs)
             if not isinstance(bound["padding"], str):

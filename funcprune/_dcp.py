@@ -39,7 +39,7 @@ from __future__ import annotations
 import json
 import secrets
 import warnings
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import torch
 
@@ -47,10 +47,14 @@ from . import _pytree
 from . import _dcp_integrity as integrity
 from ._bits import pack_last, packed_shape, unpack_last
 from ._dtensor import is_dtensor, local as _local
+from ._errors import shape_mismatch, unknown_names
 from ._pytree import Tree
 
 FORMAT, VERSION = "funcprune.masks.dcp", 2
 READS = (1, 2)
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
+
 HEADER = "funcprune_masks"
 PREFIX = HEADER + "/"
 
@@ -60,7 +64,7 @@ def _dist():
     return dist if dist.is_available() and dist.is_initialized() else None
 
 
-def _shard_dims(t: torch.Tensor) -> List[int]:
+def _shard_dims(t: DTensor) -> List[int]:
     """The tensor dims a DTensor is sharded on (normalized), after checking its placements."""
     from torch.distributed.tensor import Replicate, Shard
     dims = []
@@ -90,7 +94,8 @@ def _owns(t: torch.Tensor, group) -> bool:
 def _wrap(local: torch.Tensor, like: torch.Tensor, shape, placements=None) -> torch.Tensor:
     """``local`` as a DTensor on ``like``'s mesh (``placements`` or like's) with full ``shape``."""
     from torch.distributed.tensor import DTensor
-    stride, step = [], 1
+    stride: List[int] = []
+    step = 1
     for size in reversed(tuple(shape)):
         stride.insert(0, step)
         step *= max(size, 1)
@@ -191,7 +196,8 @@ def save_masks_dcp(masks: Tree, checkpoint_id: Any, *, process_group: Any = None
     for name, flag in zip(named, bad):
         if flag:  # every rank sees the all-reduced flag: all raise, none is left waiting in dcp.save
             raise ValueError(f"{name}: mask values must be 0 or 1 to round-trip as bits")
-    leaves, state = {}, {}
+    leaves: Dict[str, Any] = {}
+    state: Dict[str, Any] = {}  # DCP's state dict: the mask tensors and the JSON header
     for (name, mask), count in zip(named.items(), kept):
         shape = list(mask.shape)
         packed = mask.dim() >= 1 and not (is_dtensor(mask) and (mask.dim() - 1) in _shard_dims(mask))
@@ -261,13 +267,12 @@ def load_masks_dcp(like: Tree, checkpoint_id: Any, *, process_group: Any = None)
     checked = header["version"] >= 2  # version 1 (funcprune 1.1) has no stamps: its kept counts are checked
     unknown = [name for name in leaves if name not in named]
     if unknown:
-        raise KeyError(f"checkpoint name(s) {unknown} are not among the params: {list(named)}")
+        raise unknown_names(unknown, named, "checkpoint")
     state, plans = {}, {}
     for name, info in leaves.items():
         target, shape = named[name], list(info["shape"])
         if list(target.shape) != shape:
-            raise ValueError(f"{checkpoint_id!r}: {name}: checkpoint mask has shape {tuple(shape)} but the param has "
-                             f"shape {tuple(target.shape)}")
+            raise shape_mismatch("checkpoint mask", shape, "the param", target.shape, name=f"{checkpoint_id!r}: {name}")
         if is_dtensor(target):
             try:
                 shard_dims = _shard_dims(target)

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Any, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Iterable, List, Optional, Sequence, Tuple, TypeGuard, cast
 
 import torch
+
+if TYPE_CHECKING:  # never imported at run time (see is_dtensor)
+    from torch.distributed.tensor import DTensor
 
 
 def _dtensor_types():
@@ -26,7 +29,7 @@ def _dtensor_types():
     return DTensor, Shard, Replicate
 
 
-def is_dtensor(t: Any) -> bool:
+def is_dtensor(t: Any) -> TypeGuard[DTensor]:
     """True for a ``torch.distributed.tensor.DTensor`` (False where torch has no distributed build).
 
     Never imports ``torch.distributed.tensor``: no DTensor exists before that module is loaded.
@@ -40,7 +43,7 @@ def local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if is_dtensor(t) else t
 
 
-def check_placements(name: str, t: torch.Tensor) -> None:
+def check_placements(name: str, t: DTensor) -> None:
     """Raise unless ``t`` is laid out as ``Shard(d)``/``Replicate()`` on a 1-D or 2-D mesh.
 
     Raises:
@@ -221,6 +224,7 @@ def aligned(t: torch.Tensor, param: torch.Tensor, what: str) -> torch.Tensor:
                          f"{kinds[not is_dtensor(param)]}; give both as DTensors (or neither)")
     if not is_dtensor(t):
         return t
+    param = cast("DTensor", param)  # a DTensor like t: checked above
     check_placements(what, t)
     if tuple(t.placements) == tuple(param.placements):
         return t
@@ -234,16 +238,16 @@ def aligned(t: torch.Tensor, param: torch.Tensor, what: str) -> torch.Tensor:
                              f"between ranks is not done here: lay the {what} out like the param (its placements, "
                              f"or Replicate() where the param is sharded)")
     if t.dtype == torch.bool:  # Replicate -> Shard is a local chunk; bool goes through uint8 like every move
-        return redistribute(t.to(torch.uint8), param.placements).to(torch.bool)
+        return redistribute(cast("DTensor", t.to(torch.uint8)), param.placements).to(torch.bool)
     return redistribute(t, param.placements)
 
 
-def redistribute(t: torch.Tensor, placements: Sequence[Any]) -> torch.Tensor:
+def redistribute(t: DTensor, placements: Sequence[Any]) -> torch.Tensor:
     """``t`` with ``placements`` (only ``Replicate`` -> ``Shard`` moves reach here: local chunks)."""
     return t.redistribute(t.device_mesh, list(placements))
 
 
-def stacked(masks: List[torch.Tensor]) -> torch.Tensor:
+def stacked(masks: List[DTensor]) -> torch.Tensor:
     """K DTensor masks of one layout stacked along a new dim 0 (shard dims shift by one), locally."""
     DTensor, Shard, _ = _dtensor_types()
     first = masks[0]
@@ -253,7 +257,7 @@ def stacked(masks: List[torch.Tensor]) -> torch.Tensor:
                               run_check=False, shape=shape, stride=contiguous_strides(shape))
 
 
-def unstacked(t: torch.Tensor, k: int) -> torch.Tensor:
+def unstacked(t: DTensor, k: int) -> torch.Tensor:
     """Entry ``k`` along dim 0 of a stacked DTensor, locally (shard dims shift back by one).
 
     Raises:

@@ -63,6 +63,7 @@ def layout(module: torch.nn.Module) -> Layout:
     """The :class:`Layout` of ``module`` (every name, ``remove_duplicate=False``)."""
     # One walk instead of a lookup per name plus torch.func.functional_call's own walk for tied
     # tensors: on ResNet-18 this is most of the call's Python overhead.
+    names_of: Dict[int, List[str]]
     tensors, pruned, names_of = {}, {}, {}
     for prefix, sub in module.named_modules(remove_duplicate=False):
         dot = prefix + "." if prefix else ""

@@ -33,6 +33,7 @@ import torch
 
 from . import _amount, _pytree
 from ._bits import pack_last, unpack_last
+from ._errors import shape_mismatch
 from ._pytree import Tree
 
 FORMAT, VERSION = "funcprune.masks", 2
@@ -52,7 +53,8 @@ def _crc(name: str, shape: list, bits: torch.Tensor) -> int:
     """``zlib.crc32`` of the leaf's header and packed bytes (CPU uint8 1-D ``bits``)."""
     header = json.dumps([name, shape], separators=(",", ":")).encode("utf-8")
     # numpy's buffer of the bytes in place (bytes(storage) is a Python-level loop over every byte).
-    return zlib.crc32(bits.contiguous().numpy(), zlib.crc32(header))
+    # an ndarray is a buffer; numpy's stubs declare it on Python 3.12+ only
+    return zlib.crc32(bits.contiguous().numpy(), zlib.crc32(header))  # type: ignore[arg-type]
 
 
 def _total_crc(leaf_crcs: list) -> int:
@@ -224,6 +226,6 @@ def load_masks(f: Any, *, like: Optional[Tree] = None, device: Any = "cpu") -> T
     _pytree.lookup(named, masks, "checkpoint")
     for name, mask in masks.items():
         if mask.shape != named[name].shape:
-            raise ValueError(f"{source}: {name}: checkpoint mask has shape {tuple(mask.shape)} but the param has shape "
-                             f"{tuple(named[name].shape)}")
+            raise shape_mismatch("checkpoint mask", mask.shape, "the param", named[name].shape,
+                                 name=f"{source}: {name}")
     return _pytree.like(like, masks)

@@ -8,15 +8,16 @@ holes both mean "no mask".
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Union
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Union, cast
 
 import optree
 import torch
 
 from . import _dtensor
+from ._errors import shape_mismatch, unknown_names
 
 Tree = Any
-Include = Union[None, Callable[[str, torch.Tensor], bool], Iterable[str]]
+Include = None | Callable[[str, torch.Tensor], bool] | Iterable[str]
 
 
 _NAMESPACE = "funcprune"
@@ -34,7 +35,8 @@ def _names(paths) -> list:
     ``{0: a, "0": b}``) would give both leaves one mask, so they raise."""
     names = [".".join(str(p) for p in path) for path in paths]
     if len(set(names)) != len(names):
-        seen, clashes = {}, []
+        seen: Dict[str, Any] = {}
+        clashes = []
         for name, path in zip(names, paths):
             if name in seen:
                 clashes.append(f"{name!r} (paths {seen[name]!r} and {path!r})")
@@ -59,7 +61,7 @@ def _strip_holes(tree: Tree) -> Tree:
         items = ((k, _strip_holes(v)) for k, v in tree.items())
         kept = [(k, v) for k, v in items if v is not None and not (isinstance(v, Mapping) and not v)]
         try:
-            return type(tree)(kept)
+            return cast(Any, type(tree))(kept)  # the mapping's own class (OrderedDict, ...), else a dict
         except TypeError:
             return dict(kept)
     if isinstance(tree, (list, tuple)) and not hasattr(tree, "_fields"):
@@ -81,7 +83,7 @@ def lookup(params: Mapping[str, Any], tree: Optional[Tree], what: str) -> Dict[s
     named = named_leaves(tree)
     unknown = [name for name in named if name not in params]
     if unknown:
-        raise KeyError(f"{what} name(s) {unknown} are not among the params: {list(params)}")
+        raise unknown_names(unknown, params, what)
     return named
 
 
@@ -96,7 +98,7 @@ def selected(params: Mapping[str, torch.Tensor], include: Include) -> list:
     wanted = list(include)
     unknown = [name for name in wanted if name not in params]
     if unknown:
-        raise KeyError(f"include names {unknown} are not among the params: {list(params)}")
+        raise unknown_names(unknown, params, "include")
     return [name for name in params if name in set(wanted)]
 
 
@@ -116,9 +118,7 @@ def check_like(name: str, leaf: Any, param: torch.Tensor, what: str, of: str = "
     if not isinstance(leaf, torch.Tensor):
         raise TypeError(f"{name}: {what} must be a tensor, got {type(leaf).__name__}")
     if leaf.shape != param.shape:
-        verb = "have" if what.endswith("s") else "has"
-        raise ValueError(f"{name}: {what} {verb} shape {tuple(leaf.shape)} but the {of} has shape "
-                         f"{tuple(param.shape)}")
+        raise shape_mismatch(what, leaf.shape, f"the {of}", param.shape, name=name)
 
 
 def scores_for(named: Dict[str, torch.Tensor], scores: Optional[Tree]) -> Dict[str, torch.Tensor]:

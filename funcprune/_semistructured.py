@@ -29,7 +29,7 @@ def _backend():
 
 
 def semi_structured_pattern(dtype: torch.dtype) -> Tuple[int, int]:
-    """The N:M pattern ``(kept_per_group, group_size)`` rows need for ``dtype``: ``(1, 2)`` for float32, else ``(2, 4)``.
+    """The N:M pattern ``(kept_per_group, group_size)`` for ``dtype``: ``(1, 2)`` for float32, else ``(2, 4)``.
 
     Example:
       >>> semi_structured_pattern(torch.float16)

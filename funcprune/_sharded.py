@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, TypeVar
 
 import torch
 
@@ -31,17 +31,18 @@ from ._norms import channel_norm
 from ._amount import Amount
 
 _M32 = 0xFFFFFFFF
+_H = TypeVar("_H", int, torch.Tensor)  # the hash rounds run on Python ints (the seed) and int64 tensors
 
 
 # ----------------------------------------------------------------------------------------------
 # The hash stream: int64 arithmetic whose intermediates stay below 2**63 (no wrap-around anywhere).
 
-def _mul32(h: torch.Tensor, c: int) -> torch.Tensor:
+def _mul32(h: _H, c: int) -> _H:
     """``(h * c) mod 2**32`` for 32-bit ``h`` and ``c``, in int64 without overflow (16-bit halves of ``c``)."""
     return (h * (c & 0xFFFF) + (((h * (c >> 16)) & 0xFFFF) << 16)) & _M32
 
 
-def _mix32(h: torch.Tensor) -> torch.Tensor:
+def _mix32(h: _H) -> _H:
     """A bijective 32-bit finalizer (the "lowbias32" xor-shift-multiply rounds)."""
     h = h ^ (h >> 16)
     h = _mul32(h, 0x7FEB352D)

@@ -41,9 +41,9 @@ def from_module(module: torch.nn.Module) -> Tuple[Dict[str, torch.Tensor], Dict[
       (['bias', 'weight'], ['weight'], torch.bool, True)
     """
     reparam = reparametrized(module)
-    params = {orig: p for (qname, orig), (_, p) in zip(_original_names(module, reparam).items(),
-                                                       module.named_parameters())}
-    masks = {}
+    params: Dict[str, torch.Tensor] = {orig: p for (qname, orig), (_, p) in zip(
+        _original_names(module, reparam).items(), module.named_parameters())}
+    masks: Dict[str, torch.Tensor] = {}
     for name in params:
         if name in reparam:
             sub, local, _ = reparam[name]

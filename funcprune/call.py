@@ -11,6 +11,7 @@ import torch
 
 from . import _pytree
 from ._layout import Layout, layout as _layout
+from ._errors import shape_mismatch, unknown_names
 from ._pytree import Tree
 from ._amount import is_concrete
 from ._masking import masked
@@ -150,8 +151,8 @@ def _call(module: torch.nn.Module, params: Tree, args: Any, kwargs: Optional[Dic
     named_masks = _pytree.named_leaves(masks) if masks is not None else {}
     unknown = [name for name in (*named_masks, *named) if name not in layout.tensors and name not in layout.pruned]
     if unknown:
-        raise KeyError(f"name(s) {unknown} are not parameters or buffers of {type(module).__name__}; "
-                       f"it has {list(layout.tensors)}")
+        raise unknown_names(unknown, layout.tensors, "params/masks",
+                            among=f"the parameters and buffers of {type(module).__name__}")
     values = {_module_name(name, layout): value for name, value in named.items()}
     if len(values) != len(named):
         raise ValueError("params name a pruned tensor both by its original name and as '<name>_orig'")
@@ -160,8 +161,7 @@ def _call(module: torch.nn.Module, params: Tree, args: Any, kwargs: Optional[Dic
         target = _module_name(name, layout)
         value = values.get(target, layout.tensors[target])
         if mask.shape != value.shape:
-            raise ValueError(f"{name}: mask has shape {tuple(mask.shape)} but the param has shape "
-                             f"{tuple(value.shape)}")
+            raise shape_mismatch("mask", mask.shape, "the param", value.shape, name=name)
         if name in layout.pruned:  # the module's own hook multiplies them, so the forward is unchanged
             values[target[:-len("_orig")] + "_mask"] = mask
         else:

@@ -8,13 +8,14 @@ no full mask on any rank. See ``docs/distributed.md`` for the supported recipes.
 from __future__ import annotations
 
 import sys
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from . import _pytree
 from ._dtensor import check_placements as _check_placements, is_dtensor as _is_dtensor, local as _local
 from ._layout import reparametrized
+from ._errors import shape_mismatch
 from ._pytree import Tree
 
 __all__ = ["apply_masks_", "mask_grads_", "keep_pruned", "KeepPruned", "broadcast_masks_", "save_masks_dcp",
@@ -30,13 +31,13 @@ def _check_pair(name: str, param: torch.Tensor, mask: torch.Tensor, what: str = 
     if not isinstance(mask, torch.Tensor):
         raise TypeError(f"{name}: mask must be a tensor, got {type(mask).__name__}")
     if mask.shape != param.shape:
-        raise ValueError(f"{name}: mask has shape {tuple(mask.shape)} but the {what} has shape {tuple(param.shape)}")
+        raise shape_mismatch("mask", mask.shape, f"the {what}", param.shape, name=name)
     p_dt, m_dt = _is_dtensor(param), _is_dtensor(mask)
     if p_dt != m_dt:
         raise ValueError(f"{name}: the {what} is a {'DTensor' if p_dt else 'plain tensor'} but its mask is a "
                          f"{'DTensor' if m_dt else 'plain tensor'}; a sharded param needs a DTensor mask with its "
                          f"mesh and placements (a full mask on every rank would leave its shard)")
-    if p_dt:
+    if _is_dtensor(param) and _is_dtensor(mask):  # both or neither: checked above
         _check_placements(name, param)
         if mask.device_mesh != param.device_mesh:
             raise ValueError(f"{name}: mask is on {mask.device_mesh} but the {what} is on {param.device_mesh}")
@@ -44,8 +45,8 @@ def _check_pair(name: str, param: torch.Tensor, mask: torch.Tensor, what: str = 
             raise ValueError(f"{name}: mask has placements {tuple(mask.placements)} but the {what} has "
                              f"{tuple(param.placements)}")
         if mask.to_local().shape != param.to_local().shape:
-            raise ValueError(f"{name}: local mask shard has shape {tuple(mask.to_local().shape)} but the local "
-                             f"{what} shard has shape {tuple(param.to_local().shape)}")
+            raise shape_mismatch("local mask shard", mask.to_local().shape, f"the local {what} shard",
+                                 param.to_local().shape, name=name)
 
 
 def _pairs(params: Tree, masks: Optional[Tree]) -> List[Tuple[str, torch.Tensor, torch.Tensor]]:
@@ -303,6 +304,7 @@ def broadcast_masks_(masks: Any, src: int = 0, group: Optional[Any] = None) -> A
     """
     import torch.distributed as dist
 
+    named: Dict[str, Any]  # user input, checked below
     if isinstance(masks, torch.nn.Module):
         named = {name + "_mask": sub._buffers[local + "_mask"]
                  for name, (sub, local, _) in reparametrized(masks).items()}

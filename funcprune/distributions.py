@@ -23,6 +23,7 @@ import torch
 
 from . import _amount, _backend, _pytree
 from ._amount import check_fraction
+from ._errors import unknown_names
 from ._pytree import Include, Tree
 from .select import as_keep
 
@@ -39,7 +40,7 @@ def _covered(params: Tree, include: Include, exclude: Include, overrides: Option
     overrides = dict(overrides or {})
     unknown = [name for name in overrides if name not in named]
     if unknown:
-        raise KeyError(f"overrides name(s) {unknown} are not among the params: {list(named)}")
+        raise unknown_names(unknown, named, "overrides")
     fixed = {name: check_fraction(value, f"override for {name}") for name, value in overrides.items()}
     names = [name for name in named if (name in names and name not in dropped) or name in fixed]
     if not names:

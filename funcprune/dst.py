@@ -14,7 +14,7 @@ Like the core methods these are pure and vmappable (random growth with
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Union, cast
 
 import torch
 
@@ -23,7 +23,7 @@ from ._pytree import Include, Tree
 from ._amount import as_number
 from .select import as_keep, count_kept, select_flat
 
-DropFraction = Union[float, torch.Tensor, Callable[[int], Union[float, torch.Tensor]]]
+DropFraction = float | torch.Tensor | Callable[[int], float | torch.Tensor]
 
 __all__ = ["drop_and_grow", "set_update", "rigl_update", "zero_grown"]
 
@@ -90,7 +90,8 @@ def _update(params: Tree, masks: Tree, drop_fraction, step, include: Include, sc
         raise KeyError(f"drop-and-grow needs a mask for every updated leaf; no mask for {missing}")
 
     def leaf_step(name: str, weights: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
-        return drop_and_grow(weights, mask, drop_fraction, scores_of(name, weights))
+        # every updated leaf has a mask: checked above
+        return drop_and_grow(weights, cast(torch.Tensor, mask), drop_fraction, scores_of(name, weights))
 
     return _pytree.per_leaf(params, leaf_step, masks=masks, include=include)
 

@@ -241,9 +241,9 @@ def _tensor_gap(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol:
     actual = actual.to(expected.dtype)
     if not expected.numel():
         return True, 0.0
-    same = (actual == expected) | (actual.isnan() & expected.isnan())  # inf == inf, NaN == NaN: no gap
-    gap = torch.where(same, 0.0, (actual - expected).abs()).nan_to_num(nan=math.inf)
-    return torch.allclose(actual, expected, rtol=rtol, atol=atol, equal_nan=True), float(gap.max())
+    equal = (actual == expected) | (actual.isnan() & expected.isnan())  # inf == inf, NaN == NaN: no gap
+    gaps = torch.where(equal, 0.0, (actual - expected).abs()).nan_to_num(nan=math.inf)
+    return torch.allclose(actual, expected, rtol=rtol, atol=atol, equal_nan=True), float(gaps.max())
 
 
 def _outputs_gap(actual: Any, expected: Any, rtol: float, atol: float) -> Tuple[bool, float]:

@@ -40,7 +40,7 @@ import warnings
 
 from . import _amount, _backend, select
 from ._amount import Amount
-from ._norms import channel_norm
+from ._norms import channel_norm as channel_norm  # re-exported: funcprune.methods.channel_norm
 from .select import HashStream, prune_units
 
 Norm = Union[int, float, str]

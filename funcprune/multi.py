@@ -17,6 +17,7 @@ from torch.nn.modules.batchnorm import _NormBase
 from . import _pytree
 from ._batched_conv import routed
 from ._layout import Layout, layout as _layout
+from ._errors import shape_mismatch
 from ._pytree import Tree
 from .call import functional_call
 
@@ -162,8 +163,8 @@ def _check_stacked(tree: Tree, what: str, layout: Layout) -> None:
         if leaf.dim() != ref.dim() + 1 or tuple(leaf.shape[1:]) != shape:
             hint = (" (the tensor's own shape: not stacked; stack K of them with funcprune.stack, or run one with "
                     "funcprune.functional_call)" if tuple(leaf.shape) == shape else "")
-            raise ValueError(f"{name}: stacked {what} leaf has shape {tuple(leaf.shape)}, expected (K, *{shape}) "
-                             f"with a leading stack dim K{hint}")
+            raise shape_mismatch(f"stacked {what} leaf", leaf.shape, None, f"(K, *{shape})", name=name,
+                                 note=f" with a leading stack dim K{hint}")
         if size is not None and leaf.shape[0] != size:
             raise ValueError(f"{name}: stacked {what} leaf has leading dim K={leaf.shape[0]}, but {first!r} has "
                              f"K={size}")

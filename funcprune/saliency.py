@@ -11,11 +11,16 @@ Gradient-based scores take ``loss_fn(params, batch) -> scalar`` (typically a
 hold NaN or inf: they are replaced by zero, not multiplied by it). They are pure, hence
 ``torch.func.vmap`` over K batches (then average) or over K stacked models gives K score trees in
 one call.
+
+The optional prior ``masks`` is keyword-only, as everywhere in funcprune; passing it positionally
+still works in 1.x releases before 1.3 and warns ``DeprecationWarning``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+import functools
+import warnings
+from typing import Any, Callable, Optional, TypeVar, cast
 
 import torch
 
@@ -26,6 +31,28 @@ from ._masking import zeroed
 LossFn = Callable[[Tree, Any], torch.Tensor]
 
 __all__ = ["LossFn", "magnitude", "gradient", "snip", "taylor"]
+
+
+F = TypeVar("F", bound=Callable[..., Tree])
+
+
+def _masks_keyword_only(positional: int) -> Callable[[F], F]:
+    """Take ``masks`` as the argument after the ``positional`` ones too, with a DeprecationWarning (until 1.3)."""
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> Tree:
+            if len(args) > positional:
+                if len(args) > positional + 1:
+                    raise TypeError(f"{fn.__name__}() takes {positional} positional arguments but {len(args)} "
+                                    f"were given (masks and include are keyword-only)")
+                if "masks" in kwargs:
+                    raise TypeError(f"{fn.__name__}() got masks both positionally and as masks=")
+                warnings.warn(f"funcprune.saliency.{fn.__name__}: passing masks positionally is deprecated and "
+                              f"will be an error in 1.3; pass masks=masks", DeprecationWarning, stacklevel=2)
+                kwargs["masks"], args = args[positional], args[:positional]
+            return fn(*args, **kwargs)
+        return cast(F, call)  # fn's signature (functools.wraps), masks also accepted positionally
+    return wrap
 
 
 def _floating(name: str, leaf: torch.Tensor) -> bool:
@@ -48,23 +75,28 @@ def _grads(loss_fn: LossFn, params: Tree, batch: Any, masks: Optional[Tree]):
     return _pytree.named_leaves(effective), _pytree.named_leaves(grads)
 
 
-def magnitude(params: Tree, masks: Optional[Tree] = None, *, include: Include = None) -> Tree:
+@_masks_keyword_only(1)
+def magnitude(params: Tree, *, masks: Optional[Tree] = None, include: Include = None) -> Tree:
     """``|param|`` (exactly zero where ``masks`` pruned, whatever was there): the score of magnitude pruning.
 
+    ``masks`` is keyword-only (positionally: ``DeprecationWarning``, an error from 1.3).
+
     Example:
-      >>> magnitude({"w": torch.tensor([-2.0, 1.0])}, {"w": torch.tensor([True, False])})
+      >>> magnitude({"w": torch.tensor([-2.0, 1.0])}, masks={"w": torch.tensor([True, False])})
       {'w': tensor([2., 0.])}
     """
     return _pick(params, include, {name: leaf.abs() for name, leaf in zeroed(params, masks).items()})
 
 
-def gradient(loss_fn: LossFn, params: Tree, batch: Any, masks: Optional[Tree] = None, *,
+@_masks_keyword_only(3)
+def gradient(loss_fn: LossFn, params: Tree, batch: Any, *, masks: Optional[Tree] = None,
              include: Include = None) -> Tree:
     """``|dL/dw|`` at the masked params, dense (pruned entries too): RigL's growth criterion.
 
     Args:
       loss_fn: ``loss_fn(params, batch) -> scalar``, differentiable in ``params``.
-      params: pytree of tensors; batch: whatever ``loss_fn`` takes; masks: current masks.
+      params: pytree of tensors; batch: whatever ``loss_fn`` takes.
+      masks: current masks, keyword-only (positionally: ``DeprecationWarning``, an error from 1.3).
       include: leaves to score (None: every floating leaf).
 
     Example:
@@ -76,13 +108,16 @@ def gradient(loss_fn: LossFn, params: Tree, batch: Any, masks: Optional[Tree] = 
     return _pick(params, include, {name: g.abs() for name, g in grads.items()})
 
 
-def snip(loss_fn: LossFn, params: Tree, batch: Any, masks: Optional[Tree] = None, *,
+@_masks_keyword_only(3)
+def snip(loss_fn: LossFn, params: Tree, batch: Any, *, masks: Optional[Tree] = None,
          include: Include = None) -> Tree:
     """SNIP connection sensitivity ``|dL/dw * w|`` (Lee et al., 2019), at the masked params.
 
     ``dL/dc`` for a multiplicative gate ``c = 1`` on each weight: how much the loss moves when the
     connection is removed, to first order. Normalising by the total does not change any ranking,
     so the raw values are returned.
+
+    ``masks`` is keyword-only (positionally: ``DeprecationWarning``, an error from 1.3).
 
     Example:
       >>> loss = lambda p, x: (p["w"] * x).sum()
@@ -93,7 +128,8 @@ def snip(loss_fn: LossFn, params: Tree, batch: Any, masks: Optional[Tree] = None
     return _pick(params, include, {name: (grads[name] * effective[name]).abs() for name in grads})
 
 
-def taylor(loss_fn: LossFn, params: Tree, batch: Any, masks: Optional[Tree] = None, *,
+@_masks_keyword_only(3)
+def taylor(loss_fn: LossFn, params: Tree, batch: Any, *, masks: Optional[Tree] = None,
            include: Include = None, dim: Optional[int] = None) -> Tree:
     """First-order Taylor importance ``(dL/dw * w) ** 2`` (Molchanov et al., 2019).
 
@@ -101,6 +137,8 @@ def taylor(loss_fn: LossFn, params: Tree, batch: Any, masks: Optional[Tree] = No
     the importance of each channel along ``dim`` (``(sum over the channel of dL/dw * w) ** 2``) is
     spread over its entries, ready for a structured method along the same ``dim``; leaves with
     fewer dims than ``dim`` needs get the per-entry score.
+
+    ``masks`` is keyword-only (positionally: ``DeprecationWarning``, an error from 1.3).
 
     Example:
       >>> loss = lambda p, x: (p["w"] * x).sum()

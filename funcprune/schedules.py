@@ -27,14 +27,14 @@ from __future__ import annotations
 import math
 import numbers
 from fractions import Fraction
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Union, cast
 
 import torch
 
 from . import _amount
 from ._amount import check_fraction
 
-Step = Union[int, torch.Tensor]
+Step = int | torch.Tensor
 Schedule = Callable[[Step], Union[float, torch.Tensor]]
 
 __all__ = ["Schedule", "constant", "one_shot", "periodic", "polynomial", "cosine_decay", "is_update_step",
@@ -318,6 +318,6 @@ def round_amounts(targets: Sequence[float], *, total: Optional[int] = None) -> L
             amounts.append(amount_between(current, target))
         else:
             amounts.append(_exact_amount(pruned, _counts(0.0, total)[1], target))
-            pruned = max(pruned, _amount.prune_count(target, total))
+            pruned = max(pruned, cast(int, _amount.prune_count(target, total)))  # a float of an int: an int
         current = target
     return amounts

@@ -66,7 +66,7 @@ import torch
 from ._amount import Amount, as_number, check_count, drop_count, is_concrete, max_prune_count
 from . import _backend
 from ._backend import HashStream, as_keep
-from ._select import FAST_MIN, select_flat, select_per_pool
+from ._select import FAST_MIN as FAST_MIN, select_flat, select_per_pool
 
 Count = Union[int, torch.Tensor]
 Scores = Union[torch.Tensor, Callable[[], torch.Tensor], HashStream]

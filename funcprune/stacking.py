@@ -17,18 +17,19 @@ the global RNG), not the stream of the ``vmap`` path.
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable, List, Optional, Sequence, Union
+from typing import Any, Callable, List, Optional, Sequence, Union, cast
 
 import optree
 import torch
 
 from . import _amount, _backend, _pytree
+from ._errors import shape_mismatch
 from ._pytree import Include, Tree
 from .tree import global_unstructured, prune
 
 __all__ = ["stack", "unstack", "stack_size", "masks_for_amounts", "masks_for_seeds", "masks_for_scores"]
 
-Amounts = Union[Sequence[Union[int, float]], torch.Tensor]
+Amounts = Sequence[int | float] | torch.Tensor
 
 
 def stack(trees: Sequence[Tree]) -> Tree:
@@ -290,26 +291,25 @@ def masks_for_scores(params: Tree, method: Callable, scores: Tree, amount: Union
     named = _pytree.named_leaves(params)
     for name, leaf in _pytree.lookup(named, scores, "scores").items():
         if leaf.shape[1:] != named[name].shape:
-            raise ValueError(f"scores leaf {name!r} has shape {tuple(leaf.shape)}, expected "
-                             f"({size}, *{tuple(named[name].shape)})")
+            raise shape_mismatch(f"scores leaf {name!r}", leaf.shape, None, f"({size}, *{tuple(named[name].shape)})")
     batched = not isinstance(amount, (numbers.Number, torch.Tensor)) or (
         isinstance(amount, torch.Tensor) and amount.dim() == 1)
     run = _pruner(params, method, args, masks, include, kwargs)
     if _sharded(params):
         amounts = [amount] * size if not batched else [_amount.as_number(a) for a in _amounts_tensor(
-            amount, _device_of(params))]
+            cast(Amounts, amount), _device_of(params))]
         if len(amounts) != size:
             raise ValueError(f"got {len(amounts)} amounts for {size} stacked score trees")
         pick = lambda k: optree.tree_map(  # noqa: E731
             lambda leaf: _backend.unstacked(leaf, k), scores)
         return _stacked_masks([run(amounts[k], pick(k)) for k in range(size)])
     if not batched:
-        _amount.validate_amount(amount)
+        _amount.validate_amount(cast(_amount.Amount, amount))  # not batched: a number or a 0-d tensor
         if isinstance(amount, numbers.Integral):
             _check_counts(run, torch.tensor([amount]), scores)
         return torch.func.vmap(lambda s: run(amount, s))(scores)
-    amounts = _amounts_tensor(amount, _device_of(params))
-    if amounts.numel() != size:
-        raise ValueError(f"got {amounts.numel()} amounts for {size} stacked score trees")
-    _check_counts(run, amounts, scores)
-    return torch.func.vmap(run)(amounts, scores)
+    per_tree = _amounts_tensor(cast(Amounts, amount), _device_of(params))  # batched: a sequence or 1-D tensor
+    if per_tree.numel() != size:
+        raise ValueError(f"got {per_tree.numel()} amounts for {size} stacked score trees")
+    _check_counts(run, per_tree, scores)
+    return torch.func.vmap(run)(per_tree, scores)

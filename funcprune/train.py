@@ -20,6 +20,7 @@ import torch
 from . import _pytree
 from ._amount import Amount
 from ._pytree import Include, Tree
+from ._errors import shape_mismatch
 from .methods import l1_unstructured
 from .tree import apply_masks, global_unstructured, prune
 
@@ -62,8 +63,7 @@ def masked_update(params: Tree, updated: Tree, masks: Optional[Tree], *, pruned:
         mask = named_masks.get(name)
         for other, what in ((named[name], "param"), (mask, "mask")):
             if other is not None and other.shape != value.shape:
-                raise ValueError(f"{name}: the update has shape {tuple(value.shape)} but the {what} has "
-                                 f"shape {tuple(other.shape)}")
+                raise shape_mismatch("the update", value.shape, f"the {what}", other.shape, name=name)
         if mask is None:
             out[name] = value
             continue
@@ -131,8 +131,7 @@ def lottery_round(trained: Tree, masks: Optional[Tree], rewind: Tree, amount: Am
         if name not in named_rewind:
             raise KeyError(f"rewind lacks {name!r}, which trained has")
         if named_rewind[name].shape != leaf.shape:
-            raise ValueError(f"{name}: rewind has shape {tuple(named_rewind[name].shape)} but trained has shape "
-                             f"{tuple(leaf.shape)}")
+            raise shape_mismatch("rewind", named_rewind[name].shape, "trained", leaf.shape, name=name)
     if scope == "global":
         next_masks = global_unstructured(trained, amount, masks=masks, include=include)
     else:

@@ -15,6 +15,7 @@ import torch
 from . import _amount, _backend, _dtensor, _pytree, _radix, _sharded, select
 from ._amount import Amount, drop_count
 from ._masking import masked
+from ._errors import shape_mismatch
 from ._pytree import Include, Tree, named_error, scores_for
 from .select import as_keep, count_kept
 from .methods import l1_unstructured, random_unstructured
@@ -113,7 +114,8 @@ def global_unstructured(params: Tree, amount: Amount, *, masks: Optional[Tree] =
       >>> global_unstructured(params, amount=2)
       {'a': tensor([ True, False]), 'b': tensor([False,  True,  True])}
     """
-    method = {l1_unstructured: "l1", random_unstructured: "random"}.get(method, method)
+    aliases: Dict[Any, str] = {l1_unstructured: "l1", random_unstructured: "random"}
+    method = aliases.get(method, method)
     if method not in ("l1", "random"):
         raise ValueError(f"method must be 'l1' or 'random', got {method!r}")
     if not isinstance(chunk_size, int) or chunk_size < 1:
@@ -291,8 +293,8 @@ def sparsity(masks: Tree, params: Optional[Tree] = None) -> Sparsity:
         if mask.shape == shape:
             continue
         if mask.dim() != len(shape) + 1 or mask.shape[1:] != shape:
-            raise ValueError(f"{name}: mask has shape {tuple(mask.shape)} but the param has shape {tuple(shape)} "
-                             f"(stacked masks: (K, *{tuple(shape)}))")
+            raise shape_mismatch("mask", mask.shape, "the param", shape, name=name,
+                                 note=f" (stacked masks: (K, *{tuple(shape)}))")
         if size is not None and mask.shape[0] != size:
             raise ValueError(f"{name}: {mask.shape[0]} stacked masks, but {first!r} has {size}")
         size, first = mask.shape[0], name

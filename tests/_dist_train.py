@@ -1,4 +1,4 @@
-"""Rank workers of tests/test_distributed_train.py: training pruned models under FSDP2 and DDP (issue 13.4, 13.5).
+"""Rank workers of tests/test_distributed_train.py: training pruned models under FSDP2 and DDP.
 
 Every worker runs the single-process oracle itself (the same loop on an unsharded copy of the
 model, the full batch, plain masks: cheap at this size) and compares its own shards and losses with
@@ -318,7 +318,7 @@ def _replicated(mask, param):
 
 
 # ---------------------------------------------------------------------------------------------
-# DDP (13.5)
+# DDP
 # ---------------------------------------------------------------------------------------------
 
 def _same_on_all_ranks(tensors) -> bool:

@@ -1,4 +1,4 @@
-"""The public surface of ``import funcprune as fp`` (issue 12 §4, 11.20)."""
+"""The public surface of ``import funcprune as fp``: one name per thing, no name shadowing a submodule."""
 
 import importlib
 import pkgutil
@@ -38,7 +38,7 @@ def test_extras_are_reached_through_their_submodules_only():
 
 
 def test_no_top_level_name_equals_a_public_submodule():
-    # ``import funcprune.stack as S`` gave the function fp.stack (11.20): a public name is either
+    # ``import funcprune.stack as S`` would give the function fp.stack: a public name is either
     # the submodule itself or no submodule's name.
     for module in _public_submodules():
         value = getattr(fp, module, None)

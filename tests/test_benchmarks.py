@@ -238,7 +238,7 @@ def _check_structural_result(bench, result, amount):
     assert row["params"] < result["params"] and row["flops"] < result["flops"]
     assert row["tp_params"] < result["params"] and row["tp_flops"] < result["flops"]
     assert min(row["prune_s"], row["shrink_s"], row["tp_build_s"], row["tp_step_s"], result["groups_s"]) > 0
-    for batch, lat in result["latency"].items():
+    for lat in result["latency"].values():
         assert set(lat["ms"]) == {"dense", f"masked {amount:.0%}", f"shrunk {amount:.0%}", f"TP {amount:.0%}"}
         assert set(lat["speedup"]) == set(lat["ms"]) - {"dense"} and lat["rounds"] == 1
     text = bench.report([result], "a machine", "python -m benchmarks.structural", 1.0, "1 round")
@@ -264,6 +264,7 @@ def test_structural_benchmark_measures_a_tiny_cnn_and_torch_pruning_alike():
     _check_structural_result(bench, result, 0.5)
 
 
+@pytest.mark.slow  # a transformers model
 def test_structural_benchmark_bert_spec_prunes_heads_and_mlp_in_both_libraries(monkeypatch):
     pytest.importorskip("torch_pruning")
     pytest.importorskip("transformers")

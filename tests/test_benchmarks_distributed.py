@@ -19,6 +19,7 @@ def test_trees_have_the_advertised_sizes():
     assert bench.MOON_LEAVES * math.prod(bench.MOON_SHAPE) == 4_000_000_000
 
 
+@pytest.mark.slow  # multi-process: gloo ranks
 def test_traffic_counts_received_bytes_and_the_gather_baseline_is_exact():
     for rank, out in enumerate(run_ranks(_dist_bench.traffic_and_gather, 2)):
         assert out["all_reduce"] == (1, 65537 * 8), rank

@@ -127,7 +127,7 @@ def test_to_module_validates_before_changing_anything():
         fp.to_module(model, masks={"fc2.weight": torch.ones(3, dtype=torch.bool)})
     with pytest.raises(ValueError, match="fc2.weight"):
         fp.to_module(model, {"fc2.weight": torch.ones(3)})
-    # 11.18: a str mask raised AttributeError
+    # a str mask is a TypeError naming it
     with pytest.raises(TypeError, match=r"^fc2\.weight: mask must be a tensor, got str"):
         fp.to_module(model, masks={"fc1.weight": torch.ones(120, 400, dtype=torch.bool), "fc2.weight": "all"})
     with pytest.raises(TypeError, match=r"^fc2\.bias: param must be a tensor, got float"):

@@ -142,7 +142,7 @@ def test_tied_tensors_take_one_value_and_one_mask_as_torch_ties_them():
 
 
 def test_torch_func_argument_order_and_keyword_only_masks():
-    # 12 §4: ``fp.functional_call(lin, p, (x,))`` raised KeyError "name(s) ['0']" in 0.1.
+    # torch.func's order (module, params, args, kwargs); masks only by keyword, never read as args.
     torch.manual_seed(0)
     lin, x = nn.Linear(3, 2), torch.randn(4, 3)
     p = dict(lin.named_parameters())
@@ -181,7 +181,7 @@ def test_strict_on_pruned_and_tied_modules():
 
 
 def test_a_learnable_float_mask_of_another_dtype_gets_its_gradient():
-    # 11.2 through functional_call: float64 masks on float32 weights, eager and torch.func alike.
+    # A float mask of another dtype (float64 on float32 weights) gets its gradient, eager and torch.func alike.
     net, params, masks, x = setup()
     soft = {n: torch.rand(m.shape, dtype=torch.float64) for n, m in masks.items()}
 
@@ -204,8 +204,8 @@ def test_a_learnable_float_mask_of_another_dtype_gets_its_gradient():
 
 
 def test_tied_names_with_equal_values_are_accepted():
-    # 11.6: named_parameters(remove_duplicate=False) + detach() and masks from fp.prune raised
-    # "different values" although both names carry one value.
+    # named_parameters(remove_duplicate=False) + detach() gives a tied tensor two names with one value:
+    # accepted (with masks from fp.prune too), not refused as "different values".
     torch.manual_seed(0)
     net, x = Tied(), torch.randn(3, 4)
     params = {n: p.detach() for n, p in net.named_parameters(remove_duplicate=False)}
@@ -231,8 +231,8 @@ def test_tied_names_with_equal_values_are_accepted():
 
 
 def test_concurrent_calls_on_one_module_are_safe():
-    # 11.16: two threads swapping tensors into one module got each other's outputs and could leave
-    # a caller's tensors in it (a compat-pruned module's weight_mask buffer replaced by a bool mask).
+    # Two threads calling one module each get their own outputs, and neither leaves its tensors in
+    # the module (a compat-pruned module keeps its weight_mask buffer, not a caller's bool mask).
     import sys
     import threading
 
@@ -292,7 +292,7 @@ def test_a_nested_call_on_the_same_module_does_not_deadlock():
 
 
 def test_batchnorm_running_stats_in_train_mode_update_where_they_live():
-    # 11.19: the docstring promised an unchanged module; BatchNorm in train mode updates its buffers.
+    # BatchNorm in train mode updates its running stats in the module's own buffers, as documented.
     torch.manual_seed(0)
     bn = nn.BatchNorm1d(3).train()
     x = torch.randn(8, 3) + 5

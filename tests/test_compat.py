@@ -428,7 +428,7 @@ def test_l1_on_channels_last_weights_gives_torchs_mask_for_the_same_values():
     assert torch.equal(ours.weight, theirs.weight)
 
 
-# ---- 11.12: drop-in gaps (bool amounts, n/dim as torch takes them, mask values kept) -------------------------
+# ---- drop-in: bool amounts, n/dim as torch takes them, mask values kept ---------------------------------------
 
 
 
@@ -511,7 +511,7 @@ def test_custom_from_mask_stores_what_torch_stores_and_later_pruning_acts_on_the
     assert torch.equal(m.weight_mask, T.custom_from_mask(nn.Linear(3, 4), "weight", mask).weight_mask)
 
 
-# ---- 11.13 and 11.11: NaN, inf and ties at the cut ---------------------------------------------------------
+# ---- NaN, inf and ties at the cut: torch's masks ------------------------------------------------------------
 
 
 def _set(module, name, values):
@@ -541,6 +541,7 @@ def test_nan_at_the_cut_gives_torchs_entries():
 _SPECIAL = st.sampled_from([0.0, -0.0, 1.0, -1.0, 2.0, 0.5, float("nan"), float("inf"), -float("inf")])
 
 
+@pytest.mark.slow  # a long property test
 @settings(max_examples=60, deadline=None)
 @given(values=st.lists(_SPECIAL, min_size=8, max_size=40), first=st.integers(0, 8), second=st.integers(0, 8),
        ratio=st.floats(0, 1))

@@ -162,7 +162,7 @@ def test_pruned_models_copy_pickle_and_save(how):
 
 
 def test_pruned_modules_keep_their_class_and_torchs_state_dict():
-    # 12 §4: no class swap (torch.ao's make_config_from_model checks `type(m) is nn.Linear`)
+    # no class swap (torch.ao's make_config_from_model checks `type(m) is nn.Linear`)
     ours, theirs = twins(lambda: nn.Linear(3, 2))
     C.l1_unstructured(ours, "weight", 2)
     T.l1_unstructured(theirs, "weight", 2)
@@ -236,7 +236,7 @@ def test_ported_pruning_rollback_on_mocked_exception():
     for m in (nn.Linear(5, 7), nn.Conv3d(2, 2, 2)):
         for name in ("weight", "bias"):
             with mock.patch("funcprune.compat.L1Unstructured.compute_mask", side_effect=Exception("HA!")):
-                with pytest.raises(Exception):
+                with pytest.raises(Exception, match="HA!"):
                     C.l1_unstructured(m, name=name, amount=0.9)
             assert name in dict(m.named_parameters()) and name + "_mask" not in dict(m.named_buffers())
 
@@ -284,7 +284,7 @@ def test_pruning_container_api():
 
 
 def test_a_failed_prune_in_one_thread_keeps_another_threads_prune_of_the_same_module():
-    # 11.15: the failing call blocks (after its module changes began) until the other thread's
+    # The failing call blocks (after its module changes began) until the other thread's
     # prune of another tensor is done, then fails: its rollback must undo only its own changes.
     import threading
 

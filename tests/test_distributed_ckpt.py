@@ -1,4 +1,4 @@
-"""Issue 13.6: sharded mask checkpoints through torch.distributed.checkpoint, on real gloo ranks.
+"""Sharded mask checkpoints through torch.distributed.checkpoint load bit-exact anywhere, on real gloo ranks.
 
 Saved from 2 ranks, loaded into 4 (other placements), into a 2-D HSDP mesh and into one process;
 saved from the HSDP mesh, loaded into 2: bit-exact every time. Three launches in all (2, 4, 2 ranks).
@@ -35,6 +35,7 @@ def checkpoints(tmp_path_factory):
     return {"1d": path_1d, "hsdp": path_hsdp, "saved": saved, "loaded": loaded}
 
 
+@pytest.mark.slow  # multi-process: real gloo ranks (the module's fixture)
 def test_saved_layout_packs_bits_along_the_last_dim_unless_it_is_sharded(checkpoints):
     saved = checkpoints["saved"]
     assert saved[0]["d.bias"] == [1] and saved[1]["d.bias"] == [0]        # an empty local shard
@@ -51,6 +52,7 @@ def test_saved_layout_packs_bits_along_the_last_dim_unless_it_is_sharded(checkpo
     assert HEADER in meta
 
 
+@pytest.mark.slow  # multi-process: real gloo ranks (the module's fixture)
 def test_two_ranks_load_into_four_and_into_a_2d_mesh_bit_exact(checkpoints):
     for rank, result in enumerate(checkpoints["loaded"]):
         for layout in ("1d", "hsdp_load"):
@@ -64,6 +66,7 @@ def test_two_ranks_load_into_four_and_into_a_2d_mesh_bit_exact(checkpoints):
     assert [r["a.weight"][1] for r in one_d] == [[2, 13], [2, 13], [2, 13], [1, 13]]
 
 
+@pytest.mark.slow  # multi-process: real gloo ranks (the module's fixture)
 def test_errors_reach_every_rank_before_anything_is_written(checkpoints):
     for rank, result in enumerate(checkpoints["loaded"]):
         errors = result["errors"]
@@ -76,12 +79,14 @@ def test_errors_reach_every_rank_before_anything_is_written(checkpoints):
     assert not os.path.exists(checkpoints["hsdp"] + "-bad")
 
 
+@pytest.mark.slow  # multi-process: real gloo ranks (the module's fixture)
 def test_hsdp_checkpoint_loads_into_a_1d_mesh_of_two(checkpoints):
     for rank, result in enumerate(run_ranks(W.load_2_from_hsdp, 2, checkpoints["hsdp"])):
         assert set(result) == set(W.expected())
         assert not {name: r for name, r in result.items() if not r[0]}, rank
 
 
+@pytest.mark.slow  # multi-process: real gloo ranks (the module's fixture)
 @pytest.mark.parametrize("which", ["1d", "hsdp"])
 def test_sharded_checkpoints_load_into_one_process_as_plain_tensors(checkpoints, which):
     full = W.expected()

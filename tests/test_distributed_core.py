@@ -1,4 +1,4 @@
-"""DTensor leaves in the tree API on real gloo process groups (issue 13 items 1-3, 7).
+"""DTensor leaves in the tree API on real gloo process groups: the masks are the single-process masks, bit for bit.
 
 Each launch runs many checks inside the ranks (tests/_dist_core.py): every DTensor mask's
 ``full_tensor()`` must equal the single-process funcprune result on the full tensors, bit for bit,
@@ -24,6 +24,8 @@ TREE = {"identity", "identity_fresh", "custom_from_mask", "apply_masks", "mask_g
         "pools_split_refused",
         "torch_stream", "partial",
         "placements_refused", "mask_sharded_unlike", "mask_replicated"}
+
+pytestmark = pytest.mark.slow  # multi-process: real gloo ranks
 
 
 def _check(results, expected):

@@ -1,4 +1,4 @@
-"""Training pruned models under FSDP2 and DDP on real gloo ranks (issue 13.4, 13.5).
+"""Training pruned models under FSDP2 and DDP on real gloo ranks matches the single-process oracle.
 
 Two launches: 2 ranks (FSDP2 functional and plain loops, the FSDP2 misuse checks, DDP) and 4 ranks
 (FSDP2 on a 1-D mesh with an empty shard, and a 2x2 HSDP mesh). Each rank computes the
@@ -46,9 +46,10 @@ def _check_training(res, kind):
     assert all(dense > 1e-3 for _, dense in updates[1:])
 
 
+@pytest.mark.slow  # multi-process: real gloo ranks (the module's fixture)
 @pytest.mark.parametrize("kind", ["plain", "functional"])
 def test_fsdp2_training_two_ranks(two, kind):
-    for rank, res in enumerate(two):
+    for res in two:
         fsdp = res["fsdp"]
         assert set(fsdp["placements"].values()) == {"(Shard(dim=0),)"}
         _check_training(fsdp, kind)
@@ -56,8 +57,9 @@ def test_fsdp2_training_two_ranks(two, kind):
     assert all(r["fsdp"][f"{kind}_local_pruned"] > 0 for r in two)
 
 
+@pytest.mark.slow  # multi-process: real gloo ranks (the module's fixture)
 def test_fsdp2_training_four_ranks_empty_shard_and_hsdp(four):
-    for rank, res in enumerate(four):
+    for res in four:
         _check_training(res["fsdp"], "plain")
         _check_training(res["hsdp"], "functional")
         assert set(res["hsdp"]["placements"].values()) == {"(Replicate(), Shard(dim=0))"}
@@ -65,6 +67,7 @@ def test_fsdp2_training_four_ranks_empty_shard_and_hsdp(four):
     assert four[3]["fsdp"]["plain_local_pruned"] == 0
 
 
+@pytest.mark.slow  # multi-process: real gloo ranks (the module's fixture)
 def test_functional_call_refuses_fsdp2_modules(two):
     for res in two:
         m = res["misuse"]
@@ -80,6 +83,7 @@ def test_functional_call_refuses_fsdp2_modules(two):
         assert m["raw_lazyFalse"]["vs_masked"] < TOL and m["raw_lazyFalse"]["later_forward_vs_dense"] > 1e-3
 
 
+@pytest.mark.slow  # multi-process: real gloo ranks (the module's fixture)
 def test_compat_on_fsdp2(two):
     for res in two:
         m = res["misuse"]
@@ -91,6 +95,7 @@ def test_compat_on_fsdp2(two):
         assert m["compat_before_orig_sharded"] and m["compat_before_mask_is_full"]
 
 
+@pytest.mark.slow  # multi-process: real gloo ranks (the module's fixture)
 def test_keep_pruned_checks_sharded_masks(two):
     for res in two:
         errors = res["misuse"]["keep_pruned_errors"]
@@ -99,6 +104,7 @@ def test_keep_pruned_checks_sharded_masks(two):
         assert res["misuse"]["keep_pruned_untouched"] == 0.0
 
 
+@pytest.mark.slow  # multi-process: real gloo ranks (the module's fixture)
 @pytest.mark.parametrize("case", ["before_wrap", "before_wrap_rank_seeds", "after_wrap_broadcast"])
 def test_ddp_compat(two, case):
     for res in two:
@@ -108,6 +114,7 @@ def test_ddp_compat(two, case):
         assert d[f"{case}_max_state_diff"] < TOL and d[f"{case}_max_loss_diff"] < TOL
 
 
+@pytest.mark.slow  # multi-process: real gloo ranks (the module's fixture)
 def test_ddp_averages_weight_orig_grads(two):
     for res in two:
         d = res["ddp"]
@@ -116,6 +123,7 @@ def test_ddp_averages_weight_orig_grads(two):
         assert d["before_wrap_masks_resent_every_forward"]  # DDP's default buffer sync: the documented cost
 
 
+@pytest.mark.slow  # multi-process: real gloo ranks (the module's fixture)
 def test_ddp_prune_after_wrapping(two):
     for res in two:
         d = res["ddp"]
@@ -123,6 +131,7 @@ def test_ddp_prune_after_wrapping(two):
         assert d["after_wrap_masks_diverged"]        # per-rank seeds after wrapping: diverged until broadcast_masks_
 
 
+@pytest.mark.slow  # multi-process: real gloo ranks (the module's fixture)
 def test_ddp_functional_path(two):
     for res in two:
         d = res["ddp"]

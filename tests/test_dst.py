@@ -38,7 +38,7 @@ def test_drop_and_grow_matches_reference_and_keeps_count(seed, fraction, density
 
 
 def test_drop_and_grow_keeps_the_survivor_count_whatever_the_values():
-    # issue 11.1: NaN/inf survivors used to tie with the filler, so the drop hit a dead entry
+    # NaN/inf survivors never tie with the filler, so the drop never hits a dead entry
     inf, nan = float("inf"), float("nan")
     w = torch.tensor([nan, inf, 1.0, 2.0])
     mask = torch.tensor([True, True, False, False])
@@ -88,7 +88,7 @@ def test_set_and_rigl_training_keep_sparsity_exact():
     schedule = cosine_decay(0.3, 100)
     changed = 0
     for step in range(0, 100, 20):
-        grads = gradient(loss_fn, params, (x, y), masks)
+        grads = gradient(loss_fn, params, (x, y), masks=masks)
         new = rigl_update(params, masks, grads, schedule, step=step)
         changed += sum(int((new[n] != masks[n]).sum()) for n in masks)
         grown = {n: new[n] & ~masks[n] for n in masks}

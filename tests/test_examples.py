@@ -115,6 +115,7 @@ def test_multi_mask_benchmark_contenders_agree():
             bench._check(contenders)
 
 
+@pytest.mark.slow  # a torchvision model
 def test_structural_example_shrinks_resnet18_to_the_masked_model_and_reloads_it(tmp_path, capsys):
     pytest.importorskip("torchvision")
     import copy

@@ -1,5 +1,5 @@
 """examples/distributed.py on 2 spawned gloo ranks: FSDP2-sharded global pruning, masked training,
-DCP mask checkpoint loaded back on the ranks and into this process (issue 13, "Done means")."""
+DCP mask checkpoint loaded back on the ranks and into this process, equal to the saved masks."""
 
 import os
 
@@ -10,6 +10,8 @@ if not torch.distributed.is_available():
     pytest.skip("torch without distributed support", allow_module_level=True)
 
 from examples import distributed  # noqa: E402
+
+pytestmark = pytest.mark.slow  # multi-process: the example spawns gloo ranks
 
 
 def test_distributed_example_prunes_trains_and_checkpoints(tmp_path, capsys):

@@ -212,7 +212,7 @@ def test_mask_checkpoint_file_like_and_errors(tmp_path):
         load_masks(tmp_path / "future.pt")
 
 
-# --- issue 11.7: pruned NaN/inf are zero in every exported or finalized form ------------------------------
+# --- pruned NaN/inf are zero in every exported or finalized form ------------------------------------------
 
 NAN, INF = float("nan"), float("inf")
 
@@ -279,7 +279,7 @@ def test_verify_still_flags_a_pruned_nan_left_in_the_export():
     assert not check.ok and check.mismatched == ("weight",) and check.max_abs_diff == INF
 
 
-# --- issue 11.18: verify on modules returning tuples, lists, dicts ---------------------------------------
+# --- verify on modules returning tuples, lists, dicts -----------------------------------------------------
 
 class Outputs(nn.Module):
     def __init__(self, kind):
@@ -333,7 +333,7 @@ def test_verify_rejects_outputs_it_cannot_compare():
         verify(params, None, params, model, (torch.ones(1, 2),))
 
 
-# --- issues 11.17 and 11.18: corrupt, truncated or empty checkpoints raise ValueError, never load wrong masks
+# --- corrupt, truncated or empty checkpoints raise ValueError, never load wrong masks
 
 def checkpoint():
     torch.manual_seed(0)
@@ -489,7 +489,7 @@ def test_public_surface_lists_every_function_and_result_type(module):
 
 
 def test_semi_structured_conversion_zeroes_pruned_nan(monkeypatch):
-    """11.7 for the 2:4 layout: a pruned NaN/inf is zero in what reaches torch's conversion (faked on CPU)."""
+    """The 2:4 layout too: a pruned NaN/inf is zero in what reaches torch's conversion (faked on CPU)."""
     import funcprune._semistructured as semi
 
     w, mask = two_four(32, 64, torch.float16)

@@ -48,6 +48,7 @@ def assert_same_selection(got, ref, key, prior, *, largest_pruned=False):
     assert (key[got ^ ref].double().unique().numel()) <= 1, "differences beyond a single tied value"
 
 
+@pytest.mark.slow  # a long property test
 @SETTINGS
 @given(cases())
 def test_l1_unstructured_matches_torch(case):
@@ -59,6 +60,7 @@ def test_l1_unstructured_matches_torch(case):
         assert_same_selection(got, ref, scores.abs(), prior)
 
 
+@pytest.mark.slow  # a long property test
 @SETTINGS
 @given(cases(min_dims=2), st.sampled_from(NORMS), st.data())
 def test_ln_structured_matches_torch(case, n, data):
@@ -85,7 +87,7 @@ def test_ln_structured_matches_torch(case, n, data):
 @pytest.mark.parametrize("n", NORMS + ["nuc"])
 @pytest.mark.parametrize("shape, dim", [((4, 3, 3, 3), 0), ((6, 5), 0), ((6, 5), -1), ((2, 3, 4), 1), ((3, 4), 1)])
 def test_channel_norms_and_their_errors_follow_the_running_torch(n, shape, dim):
-    # issue 11.14: 'fro' over a conv weight's 3 dims raised in funcprune on torch 2.14, where torch succeeds
+    # funcprune succeeds or fails as the running torch does ('fro' over a conv weight's 3 dims works on 2.14)
     scores = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     norm, _ = outcome(lambda: torch_prune._compute_norm(scores, n, dim))
     ref, ref_err = outcome(lambda: torch_mask(torch_prune.LnStructured(0.5, n, dim), scores))
@@ -101,7 +103,7 @@ def test_channel_norms_and_their_errors_follow_the_running_torch(n, shape, dim):
 
 @pytest.mark.parametrize("n", NORMS)
 def test_compat_ln_structured_on_a_conv_weight_is_torchs_on_this_torch(n):
-    # issue 11.14's example: compat.ln_structured(Conv2d(3, 4, 3), "weight", 0.5, n="fro", dim=0)
+    # compat.ln_structured(Conv2d(3, 4, 3), "weight", 0.5, n="fro", dim=0) gives torch's mask
     import funcprune.compat as compat
 
     ours, theirs = torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(3, 4, 3)
@@ -126,6 +128,7 @@ def test_channel_norm_fallback_is_torch_2_14s_rule(n):
         assert err == ref_err and (ref is None or torch.equal(fallback, ref))
 
 
+@pytest.mark.slow  # a long property test
 @SETTINGS
 @given(cases(), st.integers(0, 2**31 - 1))
 def test_random_unstructured_fresh_mask_same_draws_as_torch(case, seed):
@@ -140,6 +143,7 @@ def test_random_unstructured_fresh_mask_same_draws_as_torch(case, seed):
         assert torch.equal(torch.rand(3), (torch.manual_seed(seed), torch_mask(torch_prune.RandomUnstructured(amount), scores), torch.rand(3))[2]), "RNG stream advanced differently"
 
 
+@pytest.mark.slow  # a long property test
 @SETTINGS
 @given(cases(min_dims=2), st.integers(0, 2**31 - 1), st.data())
 def test_random_structured_fresh_mask_same_draws_as_torch(case, seed, data):

@@ -227,7 +227,7 @@ def test_conv_option_errors():
 
 
 def test_misused_stacked_call_names_the_leaf_and_the_fix():
-    # 11.19: these gave vmap's "Expected all tensors to have the same size" / "functorch website" errors.
+    # each misuse names the leaf and the fix (not vmap's "Expected all tensors to have the same size").
     model, params, masks, x, _ = setup("cpu")
     with pytest.raises(TypeError, match=r"got a list of 4 masks trees: pass funcprune\.stack\(masks\)"):
         fp.stacked_call(model, params, (x,), masks=masks)

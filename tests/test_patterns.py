@@ -122,7 +122,7 @@ def test_nm_counts_are_named_and_the_mask_is_keyword_only():
 
 
 def test_nm_ties_go_to_the_lower_index():
-    # issue 11.8: the examples, and the same with the group running along dim 0
+    # ties go to the lower index, also with the group running along dim 0
     assert nm_structured(torch.ones(1, 8), 2, 4).tolist() == [[True, True, False, False] * 2]
     assert nm_structured(torch.tensor([[5.0, 1, 1, 1]]), 2, 4).tolist() == [[True, True, False, False]]
     assert nm_structured(torch.ones(8, 1), 2, 4, dim=0).flatten().tolist() == [True, True, False, False] * 2

@@ -1,4 +1,4 @@
-"""Single-process tests of the radix selection's distributed features (issue 13 item 2) and the hash stream.
+"""Single-process tests of the radix selection's distributed features (global indices, reduce hooks), the hash stream.
 
 Integer keys, ties broken by a radix selection over global indices, ``reduce``/``counted``
 (the hooks a sharded selection uses), and that ``reduce=None`` keeps the one-process answer.

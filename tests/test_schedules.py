@@ -108,7 +108,7 @@ def test_amount_between_tensor_and_global():
         assert int(fp.sparsity(masks, params).pruned) == round(target * 260)
 
 
-# --- issue 11.9: a gradual-pruning loop ends at exactly `final`, whatever `every` is ----------------------
+# --- a gradual-pruning loop ends at exactly `final`, whatever `every` is -----------------------------------
 
 def test_end_is_always_an_update_step():
     steps = [t for t in range(100) if is_update_step(t, 5, 65, 7)]
@@ -156,7 +156,7 @@ def test_gradual_pruning_loop_ends_at_final_for_any_window(begin, span, every, n
     assert updates[-1] == begin + span and int((~mask).sum()) == fp._amount.prune_count(final, n)
 
 
-# --- issue 11.10: amount_between with counts meets round(target * n) exactly, half-integers included -----
+# --- amount_between with counts meets round(target * n) exactly, half-integers included -------------------
 
 TARGETS = (0.0, 1 / 3, 0.5, 0.75, 0.95, 1.0)
 
@@ -173,7 +173,7 @@ def test_amount_between_is_exact_for_every_count_up_to_300():
                 assert pruned + prune_count(amount, n - pruned) == max(goal, pruned), (n, pruned, target)
 
 
-def test_amount_between_issue_example():
+def test_amount_between_from_332_of_997_pruned_to_half_prunes_exactly_round_half_n():
     n, w = 997, torch.randn(997, generator=torch.Generator().manual_seed(0))
     mask = fp.l1_unstructured(w, 332)
     assert amount_between(332 / 997, 0.5, total=n) * 665 == 166.0

@@ -94,7 +94,7 @@ def test_select_eager_fast_path_picks_topks_set(dtype, largest):
 
 
 # ------------------------------------------------------------------------------------------------
-# Survivors are tracked with a mask, never a sentinel value (issue 11.1).
+# Survivors are tracked with a mask, never a sentinel value: NaN and inf survivors are pruned like torch.
 
 INF, NAN = float("inf"), float("nan")
 
@@ -117,7 +117,7 @@ def assert_best_selected(chosen, key, alive, k, largest):
         assert (min(picked) >= max(left)) if largest else (max(picked) <= min(left))
 
 
-def test_issue_example_prunes_both_nan_and_inf_survivors_like_torch():
+def test_nan_and_inf_among_the_weights_are_both_pruned_like_torch():
     import funcprune as fp
     import torch.nn.utils.prune as torch_prune
 

@@ -1,4 +1,4 @@
-"""Issue 14 coverage: every model of the list, end to end through traced groups.
+"""Every model of the list, end to end through traced groups: shrunk equals masked, params and FLOPs as predicted.
 
 For each model (torchvision with ``weights=None``; transformers small random configs; custom
 ``nn.MultiheadAttention`` and weight-tied models): ``groups`` (one trace per model) ->
@@ -31,6 +31,8 @@ from funcprune.structural import group_report, kept_channels, prune_groups, shri
 
 tv = pytest.importorskip("torchvision")
 transformers = pytest.importorskip("transformers")
+
+pytestmark = pytest.mark.slow  # torchvision and transformers models end to end
 
 
 def _randomize_bn(model):

@@ -1,4 +1,4 @@
-"""Issue 14: prune_groups (group masks) and shrink (a smaller dense model with the masked model's outputs).
+"""prune_groups (group masks) and shrink (a smaller dense model with the masked model's outputs).
 
 Groups are written by hand here, so these tests do not depend on the tracer.
 """
@@ -308,7 +308,7 @@ def test_unknown_owner_raises_naming_the_submodule_and_its_type():
 
 def test_bad_groups_raise_before_anything():
     params = _params(_model(SigmoidMLP))
-    with pytest.raises(KeyError, match="member 'nope.weight'"):
+    with pytest.raises(KeyError, match=r"member name\(s\) \['nope.weight'\] are not among the params"):
         prune_groups(params, [Group(8, (M("nope.weight", 0),))], 0.5)
     with pytest.raises(ValueError, match=r"offset 4 \+ 8 channels x unit 1 = 12"):
         prune_groups(params, [Group(8, (M("l1.weight", 0, offset=4),))], 0.5)
@@ -348,7 +348,9 @@ def test_scores_replace_params_in_the_norms():
     model = _model(SigmoidMLP)
     params = _params(model)
     x, y = torch.randn(16, 5), torch.randint(0, 3, (16,))
-    loss = lambda p, batch: nn.functional.cross_entropy(fp.functional_call(model, p, (batch[0],)), batch[1])
+    def loss(p, batch):
+        return nn.functional.cross_entropy(fp.functional_call(model, p, (batch[0],)), batch[1])
+
     scores = fp.saliency.taylor(loss, params, (x, y))
     masks = prune_groups(params, SigmoidMLP.GROUPS, 0.5, scores=scores, importance="l1")
     imp = group_importance(SigmoidMLP.GROUPS[0], {**params, **scores}, "l1")
@@ -360,7 +362,9 @@ def test_scores_replace_params_in_the_norms():
 def test_pools_round_to_and_min_channels():
     params = {"w": torch.arange(1.0, 17.0).reshape(16, 1), "v": torch.ones(1, 16)}
     g = Group(16, (M("w", 0), M("v", 1)), pools=4)
-    keep = lambda masks: masks["w"].flatten()
+    def keep(masks):
+        return masks["w"].flatten()
+
     # an equal count in every pool of 4: the two smallest of each
     k = keep(prune_groups(params, [g], 0.5))
     assert k.reshape(4, 4).sum(1).tolist() == [2, 2, 2, 2]
@@ -546,7 +550,9 @@ def _predicted_params(model, masks):
 
 def _resnet18_groups():
     """ResNet-18's 12 groups: one per stage (the residual width) and one inside each block."""
-    conv = lambda name, dim: [M(name + ".weight", dim)]
+    def conv(name, dim):
+        return [M(name + ".weight", dim)]
+
     out = []
     for stage, width in enumerate([64, 128, 256, 512], 1):
         members = _bn("bn1") + conv("conv1", 0) if stage == 1 else []
@@ -567,6 +573,7 @@ def _resnet18_groups():
     return out
 
 
+@pytest.mark.slow  # a torchvision model
 def test_torchvision_resnet18_by_hand():
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)
@@ -616,6 +623,7 @@ def _transformer_groups(kind, layers, heads, hidden, inner, kv_heads=None, mode=
     return out
 
 
+@pytest.mark.slow  # transformers models
 @pytest.mark.parametrize("kind", ["bert", "gpt2", "llama-q", "llama-kv"])
 def test_transformers_heads_and_mlp_by_hand(kind):
     transformers = pytest.importorskip("transformers")
@@ -652,6 +660,7 @@ def test_transformers_heads_and_mlp_by_hand(kind):
         assert (att.num_heads, att.num_key_value_heads, att.num_key_value_groups) == want
 
 
+@pytest.mark.slow  # a torchvision model
 def test_same_shrunk_shapes_as_torch_pruning_for_the_same_channels():
     # Anchored against the peer: Torch-Pruning (DepGraph) removes the same channels of ResNet-18's
     # 12 groups and gives a model of exactly the same shapes as shrink_to.
@@ -704,8 +713,7 @@ def _traced_groups():
     return getattr(structural, "groups", None)
 
 
-@pytest.mark.skipif(_traced_groups() is None, reason="funcprune.structural.groups (the struct-groups work) is not "
-                                                     "merged on this branch yet")
+@pytest.mark.slow  # torchvision models
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
 def test_torchvision_end_to_end_with_traced_groups(name):
     torchvision = pytest.importorskip("torchvision")
@@ -720,8 +728,7 @@ def test_torchvision_end_to_end_with_traced_groups(name):
     assert _n_params(small) == _predicted_params(model, masks) < 0.6 * _n_params(model)
 
 
-@pytest.mark.skipif(_traced_groups() is None, reason="funcprune.structural.groups (the struct-groups work) is not "
-                                                     "merged on this branch yet")
+@pytest.mark.slow  # transformers models
 @pytest.mark.parametrize("kind", ["bert", "llama"])
 def test_transformers_end_to_end_with_traced_groups(kind):
     transformers = pytest.importorskip("transformers")
@@ -744,8 +751,7 @@ def test_transformers_end_to_end_with_traced_groups(kind):
     assert _n_params(small) == _predicted_params(model, masks) < _n_params(model)
 
 
-@pytest.mark.skipif(_traced_groups() is None, reason="funcprune.structural.groups (the struct-groups work) is not "
-                                                     "merged on this branch yet")
+@pytest.mark.slow  # a torchvision model
 def test_torchvision_vit_heads_and_mlp_with_traced_groups():
     # torchvision's ViT attends with nn.MultiheadAttention: its heads shrink alone (the residual
     # width is inexact: LayerNorm), so the shrunk attention is a ShrunkMultiheadAttention

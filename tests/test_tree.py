@@ -106,6 +106,7 @@ def _global_setup(model, prior_names):
     return params, masks
 
 
+@pytest.mark.slow  # a long property test
 @settings(max_examples=40, deadline=None)
 @given(st.one_of(st.floats(0, 1), st.integers(0, 300)), st.sets(st.sampled_from(["0.weight", "2.weight", "2.bias"])),
        st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16]), st.integers(1, 500))
@@ -241,7 +242,7 @@ def test_sparsity_counts_and_vmap():
         assert fractions[i] == fp.sparsity({n: m[i] for n, m in stacked.items()}).fraction
 
 
-# --- one tree driver (12 §3) and every returned mask has its param's shape (11.4) ---
+# --- one tree driver, and every returned mask has its param's shape ---
 
 def _tree_functions():
     """Every per-leaf tree function, as ``(label, fn(params, masks, include))``."""
@@ -258,7 +259,7 @@ def _tree_functions():
 
 @pytest.mark.parametrize("label, fn", _tree_functions(), ids=[label for label, _ in _tree_functions()])
 def test_a_wrong_shaped_mask_of_an_unselected_leaf_raises(label, fn):
-    # 11.4: prune(..., masks={"b": <wrong shape>}, include=["a"]) passed the wrong mask through.
+    # prune(..., masks={"b": <wrong shape>}, include=["a"]) refuses the wrong mask, never passes it through.
     params = params_of(mlp())
     bad = {"2.weight": torch.ones(3, dtype=torch.bool)}
     with pytest.raises(ValueError, match=r"^2\.weight: mask has shape \(3,\) but the param has shape \(16, 20\)"):
@@ -292,7 +293,7 @@ def test_dst_errors_go_through_the_same_driver():
                                                      (torch.float32, torch.float32)])
 @pytest.mark.parametrize("value_grad", [True, False])
 def test_gradients_reach_a_float_mask_of_another_dtype(value_dtype, mask_dtype, value_grad):
-    # 11.2: eager autograd gave the mask no gradient when its dtype differed from the param's.
+    # eager autograd gives the mask its gradient also when its dtype differs from the param's.
     torch.manual_seed(0)
     value = torch.randn(4, 6).to(value_dtype)
     mask = torch.rand(4, 6, dtype=mask_dtype)
@@ -323,7 +324,7 @@ def test_gradients_reach_a_float_mask_of_another_dtype(value_dtype, mask_dtype, 
     {"a": [torch.ones(2)], "a.0": torch.zeros(2)},
 ], ids=["dotted-vs-nested", "int-vs-str", "list-vs-dotted"])
 def test_leaf_names_that_collide_raise(tree, tmp_path):
-    # 11.5: both leaves got the second one's mask, and save_masks kept one of two masks.
+    # two leaves with one name would share a mask (and save_masks would keep one): refused.
     from funcprune import _pytree
 
     with pytest.raises(ValueError, match="leaf names collide"):
@@ -352,7 +353,7 @@ def test_distinct_names_still_work_with_int_and_nested_keys():
 
 
 def test_sparsity_of_stacked_masks_is_per_subnetwork():
-    # 11.3: K stacked masks over a param reported fraction=1.2 (and 3.0 for a (3, 4, 6) mask).
+    # K stacked masks over a param: the fraction of each subnetwork, never over 1.
     torch.manual_seed(0)
     lin = nn.Linear(4, 2)
     p = dict(lin.named_parameters())
@@ -376,7 +377,7 @@ def test_sparsity_rejects_wrong_shapes_and_non_tensors():
         fp.sparsity({"w": torch.ones(6, dtype=torch.bool)}, params)
     with pytest.raises(ValueError, match=r"^b: 2 stacked masks, but 'w' has 3"):
         fp.sparsity({"w": torch.ones(3, 4, 6), "b": torch.ones(2, 6)}, params)
-    # 11.18: a non-tensor leaf raised AttributeError
+    # a non-tensor leaf is a TypeError naming it
     with pytest.raises(TypeError, match=r"^w: mask must be a tensor, got str"):
         fp.sparsity({"w": "all"})
     with pytest.raises(TypeError, match=r"^w: mask must be a tensor, got float"):
@@ -386,7 +387,7 @@ def test_sparsity_rejects_wrong_shapes_and_non_tensors():
 
 
 def test_apply_masks_and_mask_grads_name_a_non_tensor_mask():
-    # 11.18: a non-tensor mask raised AttributeError
+    # a non-tensor mask is a TypeError naming it
     params = {"w": torch.ones(3), "b": torch.ones(2)}
     with pytest.raises(TypeError, match=r"^w: mask must be a tensor, got str"):
         fp.apply_masks(params, {"w": "keep"})

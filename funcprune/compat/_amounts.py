@@ -7,6 +7,7 @@ signatures and rules (a ``bool`` is an ``int`` here, as in torch; tensors are re
 from __future__ import annotations
 
 import numbers
+from typing import cast
 
 import torch
 
@@ -50,8 +51,8 @@ def _compute_nparams_toprune(amount, tensor_size: int) -> int:
       7
     """
     if isinstance(amount, numbers.Integral):
-        return amount
-    return _amount.prune_count(float(amount), tensor_size)
+        return cast(int, amount)  # as given, like torch (an Integral such as a numpy int counts as an int)
+    return cast(int, _amount.prune_count(float(amount), tensor_size))  # of an int size: an int
 
 
 def _validate_structured_pruning(t: torch.Tensor) -> None:

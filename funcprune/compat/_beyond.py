@@ -20,6 +20,7 @@ import torch
 
 from .. import patterns
 from . import _module
+from .._errors import shape_mismatch
 from ._amounts import _as_core_amount, _validate_pruning_amount_init
 from ._methods import BasePruningMethod, CustomFromMask, LnStructured, _zero_pruned
 
@@ -46,7 +47,8 @@ class NMStructured(BasePruningMethod):
         return patterns.nm_structured(t, self.kept_per_group, self.group_size, self.dim, mask=default_mask)
 
     @classmethod
-    def apply(cls, module, name, kept_per_group, group_size, dim=-1, importance_scores=None):
+    # torch's own subclasses narrow apply's arguments too
+    def apply(cls, module, name, kept_per_group, group_size, dim=-1, importance_scores=None):  # type: ignore[override]
         return super().apply(module, name, kept_per_group=kept_per_group, group_size=group_size, dim=dim,
                              importance_scores=importance_scores)
 
@@ -71,7 +73,8 @@ class BlockStructured(BasePruningMethod):
                                          mask=default_mask)
 
     @classmethod
-    def apply(cls, module, name, amount, block_shape, n=1, importance_scores=None):
+    # torch's own subclasses narrow apply's arguments too
+    def apply(cls, module, name, amount, block_shape, n=1, importance_scores=None):  # type: ignore[override]
         return super().apply(module, name, amount=amount, block_shape=block_shape, n=n,
                              importance_scores=importance_scores)
 
@@ -117,13 +120,13 @@ def ln_structured_with_bias(module, amount, n, name="weight", bias_name="bias", 
       True
     """
     bias = getattr(module, bias_name, None)
-    has_bias = isinstance(bias, torch.Tensor)
     weight = getattr(module, name)
-    if has_bias and (weight.dim() < 1 or bias.shape != (weight.shape[0],)):
-        raise ValueError(f"{bias_name} has shape {tuple(bias.shape)} but {name} has "
-                         f"{weight.shape[0] if weight.dim() else 0} output channels")  # checked before any change
+    if isinstance(bias, torch.Tensor) and (weight.dim() < 1 or bias.shape != (weight.shape[0],)):
+        channels = weight.shape[0] if weight.dim() else 0  # checked before any change
+        raise shape_mismatch(bias_name, bias.shape, None, f"({channels},)",
+                             note=f": one entry per output channel of {name}")
     LnStructured.apply(module, name, amount, n, 0, importance_scores=importance_scores)
-    if has_bias:
+    if isinstance(bias, torch.Tensor):
         kept = patterns.channels_kept(getattr(module, name + "_mask"), 0)
         CustomFromMask.apply(module, bias_name, kept.to(bias.dtype))
     return module

@@ -200,7 +200,7 @@ def _sliced_global(parameters, scores, method) -> list:
     """torch's way: one container over the concatenated scores and masks, sliced per parameter."""
     flat_scores = torch.nn.utils.parameters_to_vector(scores)
     flat_mask = torch.nn.utils.parameters_to_vector(
-        [getattr(module, name + "_mask", None) if hasattr(module, name + "_mask") else
+        [getattr(module, name + "_mask") if hasattr(module, name + "_mask") else
          torch.ones_like(getattr(module, name)) for module, name in parameters])
     container = PruningContainer()
     container._tensor_name = "temp"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+from typing import Any
 
 import torch
 import torch.nn.utils.prune as _torch_prune
@@ -153,7 +154,8 @@ class PruningContainer(BasePruningMethod, _torch_prune.PruningContainer):
             in_container = getattr(method, "_in_container", None)
             if in_container is not None:
                 return in_container(t, default_mask)
-            return _as_dtype(method._survivor_mask(t, default_mask), t.dtype)
+            # a builtin compute method: ours, which defines _survivor_mask
+            return _as_dtype(method._survivor_mask(t, default_mask), t.dtype)  # type: ignore[attr-defined]
         return _sliced_mask(method, t, default_mask)
 
 
@@ -165,6 +167,7 @@ def _sliced_mask(method, t: torch.Tensor, default_mask: torch.Tensor) -> torch.T
     """
     new_mask = default_mask.to(dtype=t.dtype, copy=True)
     kind = method.PRUNING_TYPE
+    slc: Any  # what torch indexes the mask with: a bool tensor or a tuple of index/slices
     if kind == "unstructured":
         slc = default_mask == 1
     elif kind == "structured":
@@ -192,7 +195,8 @@ class Identity(BasePruningMethod):
         return default_mask
 
     @classmethod
-    def apply(cls, module, name):
+    # torch's own subclasses narrow apply's arguments too
+    def apply(cls, module, name):  # type: ignore[override]
         return super().apply(module, name)
 
 
@@ -216,7 +220,8 @@ class RandomUnstructured(_Amount):
         return _zero_pruned(default_mask, methods.random_unstructured(t, _as_core_amount(self.amount)))
 
     @classmethod
-    def apply(cls, module, name, amount):
+    # torch's own subclasses narrow apply's arguments too
+    def apply(cls, module, name, amount):  # type: ignore[override]
         return super().apply(module, name, amount=amount)
 
 
@@ -251,7 +256,8 @@ class L1Unstructured(_Amount):
         return k
 
     @classmethod
-    def apply(cls, module, name, amount, importance_scores=None):
+    # torch's own subclasses narrow apply's arguments too
+    def apply(cls, module, name, amount, importance_scores=None):  # type: ignore[override]
         return super().apply(module, name, amount=amount, importance_scores=importance_scores)
 
 
@@ -297,7 +303,8 @@ class RandomStructured(_Structured):
         return self._combine(t, default_mask, keep)
 
     @classmethod
-    def apply(cls, module, name, amount, dim=-1):
+    # torch's own subclasses narrow apply's arguments too
+    def apply(cls, module, name, amount, dim=-1):  # type: ignore[override]
         return super().apply(module, name, amount=amount, dim=dim)
 
 
@@ -344,7 +351,8 @@ class LnStructured(_Structured):
         return new_mask.mul_(_channel_view(factor.to(t.dtype), t, dim))
 
     @classmethod
-    def apply(cls, module, name, amount, n, dim, importance_scores=None):
+    # torch's own subclasses narrow apply's arguments too
+    def apply(cls, module, name, amount, n, dim, importance_scores=None):  # type: ignore[override]
         return super().apply(module, name, amount=amount, n=n, dim=dim, importance_scores=importance_scores)
 
 
@@ -388,7 +396,8 @@ class CustomFromMask(BasePruningMethod):
         return cast.mul_(default_mask) if cast.shape == default_mask.shape else default_mask * cast
 
     @classmethod
-    def apply(cls, module, name, mask):
+    # torch's own subclasses narrow apply's arguments too
+    def apply(cls, module, name, mask):  # type: ignore[override]
         hook = super().apply(module, name, mask=mask)
         method = hook[-1] if isinstance(hook, _torch_prune.PruningContainer) else hook
         method.mask = module._buffers[name + "_mask"]

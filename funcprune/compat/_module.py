@@ -18,7 +18,7 @@ calls in the same order), with two differences that only show when torch is brok
 from __future__ import annotations
 
 import sys
-from typing import Dict
+from typing import Any, Dict
 
 import torch
 import torch.nn.utils.prune as _torch_prune
@@ -48,7 +48,8 @@ def _first_default_mask(method, orig: torch.Tensor) -> torch.Tensor:
     """torch's all-ones default mask; for methods that only read it, a view of one 1 (no allocation)."""
     if getattr(type(method), "compute_mask", None) in _READ_ONLY_DEFAULT:
         ones = torch.ones((), dtype=orig.dtype, device=orig.device).expand(orig.shape)
-        ones._funcprune_all_ones = True  # lets a method skip multiplying by it (see is_all_ones)
+        # a marker on this view only: lets a method skip multiplying by it (see is_all_ones)
+        ones._funcprune_all_ones = True  # type: ignore[attr-defined]
         return ones
     return torch.ones_like(orig)
 
@@ -116,9 +117,9 @@ class Rollback:
             _put_back(module._parameters, key, value, self.param_order)
         _put_back(module._buffers, name + "_mask", self.mask, self.buffer_order)
         hooks = module._forward_pre_hooks
-        for key in [k for k, h in list(hooks.items()) if k not in self.hook_order and is_pruning_hook(h)
-                    and getattr(h, "_tensor_name", None) == name]:
-            hooks.pop(key, None)  # the hook this call registered
+        for hook_key in [k for k, h in list(hooks.items()) if k not in self.hook_order and is_pruning_hook(h)
+                         and getattr(h, "_tensor_name", None) == name]:
+            hooks.pop(hook_key, None)  # the hook this call registered
         if self.hook_key is not None:
             _put_back(hooks, self.hook_key, self.hook, self.hook_order)
             if self.methods is not None:
@@ -199,5 +200,5 @@ def _pruned_class(base: type) -> type:
 
 def _new_pruned(base: type) -> torch.nn.Module:
     """An empty instance of ``base``'s pruned twin; pickles of pruned modules rebuild through it."""
-    cls = _pruned_class(base)
+    cls: Any = _pruned_class(base)  # its __new__ takes the class alone
     return cls.__new__(cls)

@@ -41,7 +41,9 @@ def group_report(module: torch.nn.Module, example_args, example_kwargs=None) -> 
             submodule), or ``torch.export`` cannot capture the model.
     """
     flow = run(module, example_args, example_kwargs)
-    good, inexact, excluded = [], [], []
+    good: List[Group] = []
+    inexact: List[Group] = []
+    excluded: List[Group] = []
     seen = set()
     for space in flow.spaces:
         root = flow.find(space)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeGuard, Union, cast
 
 import torch
 
@@ -14,8 +14,8 @@ from ._types import Group, Member
 
 __all__ = ["prune_groups", "group_importance"]
 
-Importance = Union[str, Callable[[torch.Tensor], torch.Tensor]]
-Count = Union[int, torch.Tensor]
+Importance = str | Callable[[torch.Tensor], torch.Tensor]
+Count = int | torch.Tensor
 
 _IMPORTANCE = {
     # one row per channel: (channels, entries of that channel in this member)
@@ -148,7 +148,7 @@ def group_importance(group: Group, values: Dict[str, torch.Tensor], importance: 
             raise ValueError(f"importance for member {m.name!r} must return one score per channel, shape "
                              f"({group.channels},), got {getattr(score, 'shape', type(score).__name__)}")
         total = score if total is None else total + score
-    return total
+    return cast(torch.Tensor, total)  # checked groups have a param member
 
 
 def _alive(group: Group, keeps: Dict[str, torch.Tensor]) -> Optional[torch.Tensor]:
@@ -211,7 +211,9 @@ def _spread(channel_keep: torch.Tensor, member: Member, shape: Sequence[int]) ->
     line = channel_keep if member.unit == 1 else channel_keep.unsqueeze(-1).expand(c, member.unit).reshape(-1)
     before, after = member.offset, size - member.offset - c * member.unit
     if before or after:
-        ones = lambda n: torch.ones(n, dtype=torch.bool, device=channel_keep.device)
+        def ones(n: int) -> torch.Tensor:
+            return torch.ones(n, dtype=torch.bool, device=channel_keep.device)
+
         line = torch.cat([ones(before), line, ones(after)])
     view = [1] * len(shape)
     view[member.dim] = size
@@ -316,7 +318,7 @@ def prune_groups(params: Tree, groups: Sequence[Group], amount: Amount, *, impor
             counts.append(k)
     else:
         counts = _global_counts(chosen, imps, alives, amount)
-    new = {}
+    new: Dict[str, torch.Tensor] = {}
     for g, imp, alive, k in zip(chosen, imps, alives, counts):
         n = _n_alive(alive, g)
         channel_keep = _select_channels(g, imp, alive, _constrained(k, n, g, round_to))
@@ -333,7 +335,7 @@ def prune_groups(params: Tree, groups: Sequence[Group], amount: Amount, *, impor
     return _pytree.like(params, out)
 
 
-def _is_int_amount(amount) -> bool:
+def _is_int_amount(amount) -> TypeGuard[Union[int, torch.Tensor]]:
     if isinstance(amount, torch.Tensor):
         return not amount.is_floating_point()
     return isinstance(amount, int) and not isinstance(amount, bool)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import List, Tuple
 
 from ._trace import Seg, TensorState, module_path
 
@@ -48,7 +49,7 @@ def reshape_state(flow, node, x: TensorState, shape):
     """Follow channels through any view: dims merge (flatten: unit H*W) or split (heads)."""
     shape = tuple(shape)
     why = _why(node, "reshape")
-    dims = [() for _ in shape]
+    dims: List[Tuple[Seg, ...]] = [() for _ in shape]
     for d, n in enumerate(x.shape):
         if n == 1 and _real(flow, x.dims[d]):
             flow.pin_all([TensorState((1,), (x.dims[d],))], why + ": a one-entry channel dim")

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from .. import _pytree
 from .._masking import masked
+from .._errors import unknown_names
 from .._pytree import Tree
 from ._prune import channel_any, check_groups, describe_group
 from ._types import Group, Member
@@ -189,7 +190,9 @@ class ShrunkMultiheadAttention(nn.MultiheadAttention):
         else:
             w_q, w_k, w_v = self.q_proj_weight, self.k_proj_weight, self.v_proj_weight
         b_q, b_k, b_v = (None, None, None) if self.in_proj_bias is None else self.in_proj_bias.chunk(3)
-        split = lambda x, w, b, n: F.linear(x, w, b).reshape(n, batch, heads, head_dim).permute(1, 2, 0, 3)
+        def split(x, w, b, n):
+            return F.linear(x, w, b).reshape(n, batch, heads, head_dim).permute(1, 2, 0, 3)
+
         q, k, v = split(query, w_q, b_q, length), split(key, w_k, b_k, source), split(value, w_v, b_v, source)
         scores = (q * head_dim ** -0.5) @ k.transpose(-2, -1)  # (batch, heads, length, source)
         bias = None
@@ -324,7 +327,7 @@ def _owners(module: nn.Module) -> Dict[str, List[Tuple[str, str]]]:
 
 def _plan(module: nn.Module, entries: List[Tuple[Group, List[int]]]):
     """``{(name, dim): kept indices}`` of every tensor a group slices, checked against the module."""
-    tensors = dict(module.named_parameters())
+    tensors: Dict[str, torch.Tensor] = dict(module.named_parameters())
     tensors.update(dict(module.named_buffers()))
     shapes = {name: tuple(t.shape) for name, t in tensors.items()}
     checked = check_groups([g for g, _ in entries], shapes, "parameters and buffers of the module", buffers=True)
@@ -354,7 +357,7 @@ def _build(module: nn.Module, entries: List[Tuple[Group, List[int]]], params: Op
                              f"{', '.join(k.__name__ for k, _ in _OWNERS)}, transformers' "
                              f"{', '.join(sorted(_HF_OWNERS))} and norms")
     new = copy.deepcopy(module)
-    own = dict(module.named_parameters())
+    own: Dict[str, torch.Tensor] = dict(module.named_parameters())
     own.update(dict(module.named_buffers()))
     params = params or {}
     touched = set(params) | set(masks) | {name for name, _ in plan}
@@ -374,7 +377,8 @@ def _build(module: nn.Module, entries: List[Tuple[Group, List[int]]], params: Op
                 value = nn.Parameter(value, requires_grad=own[name].requires_grad)
             for path, local in owners[name]:
                 sub = new.get_submodule(path)
-                (sub._parameters if local in sub._parameters else sub._buffers)[local] = value
+                store: Dict[str, Any] = sub._parameters if local in sub._parameters else sub._buffers
+                store[local] = value
     for path in sorted(changed_paths):
         sub = new.get_submodule(path)
         _fixer(sub)(sub, path)
@@ -432,11 +436,11 @@ def _named(module: nn.Module, tree: Optional[Tree], what: str) -> Dict[str, torc
     if tree is None:
         return {}
     named = _pytree.named_leaves(tree)
-    known = dict(module.named_parameters())
+    known: Dict[str, torch.Tensor] = dict(module.named_parameters())
     known.update(dict(module.named_buffers()))
     unknown = [name for name in named if name not in known]
     if unknown:
-        raise KeyError(f"{what} name(s) {unknown} are not parameters or buffers of {type(module).__name__}")
+        raise unknown_names(unknown, known, what, among=f"the parameters and buffers of {type(module).__name__}")
     for name, leaf in named.items():
         _pytree.check_like(name, leaf, known[name], what[:-1])
     return named

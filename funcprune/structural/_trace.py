@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -70,7 +70,7 @@ class Flow:
 
     def __init__(self):
         self.spaces: List[Space] = []
-        self.env: Dict[str, object] = {}
+        self.env: Dict[str, Any] = {}  # node name -> TensorState, a tuple of them, a Python value or None
         self.equal_splits: List[Tuple[list, str]] = []  # (each part's segments, reason): one space or pinned
 
     # --- spaces -------------------------------------------------------------------------
@@ -278,7 +278,7 @@ def capture(module: torch.nn.Module, args, kwargs=None):
     if not isinstance(args, tuple):
         args = (args,) if isinstance(args, torch.Tensor) else tuple(args)
     modes = {m: m.training for m in module.modules()}
-    canonical = {}
+    canonical: Dict[int, Tuple[str, bool]] = {}
     for name, p in module.named_parameters():
         canonical.setdefault(id(p), (name, False))
     for name, b in module.named_buffers():
@@ -299,6 +299,7 @@ def capture(module: torch.nn.Module, args, kwargs=None):
     sig = ep.graph_signature
     names = {}
     for ph, fqn in list(sig.inputs_to_parameters.items()) + list(sig.inputs_to_buffers.items()):
+        tensor: torch.Tensor
         try:
             tensor = module.get_parameter(fqn)
         except AttributeError:
