@@ -20,7 +20,7 @@ kernel's own :func:`global_cut`, :func:`split_dims`, :func:`shard_of`, :func:`pl
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Union, cast, overload
 
 import torch
 
@@ -28,11 +28,22 @@ from . import _dtensor, _sharded
 from ._amount import Amount, is_concrete
 from ._norms import channel_norm
 
+if TYPE_CHECKING:  # torch.distributed.tensor is imported only where a DTensor already exists (see _dtensor)
+    from torch.distributed.tensor import DTensor, Shard
+
 __all__ = ["as_keep", "sharded", "any_sharded", "keep", "fresh", "stream", "HashStream", "hash_channel_keys", "channel_norms",
            "kept_count", "channels_kept", "spread_channels", "stacked", "unstacked", "global_cut", "split_dims",
            "shard_of", "local_block", "plain", "wrap"]
 
 _STREAMS = (None, "torch", "hash")
+
+
+@overload
+def as_keep(scores: torch.Tensor, mask: torch.Tensor, what: str = ...) -> torch.Tensor: ...
+@overload
+def as_keep(scores: torch.Tensor, mask: None, what: str = ...) -> None: ...
+@overload
+def as_keep(scores: torch.Tensor, mask: torch.Tensor | None, what: str = ...) -> torch.Tensor | None: ...
 
 
 def as_keep(scores: torch.Tensor, mask: Optional[torch.Tensor], what: str = "mask") -> Optional[torch.Tensor]:
@@ -71,6 +82,14 @@ def sharded(t: torch.Tensor) -> bool:
 def any_sharded(leaves: Sequence[torch.Tensor]) -> bool:
     """Whether any of ``leaves`` takes the sharded backend (then nothing is vmapped over them)."""
     return any(_dtensor.is_dtensor(t) for t in leaves)
+
+
+@overload
+def keep(like: torch.Tensor, mask: torch.Tensor, what: str = ...) -> torch.Tensor: ...
+@overload
+def keep(like: torch.Tensor, mask: None, what: str = ...) -> None: ...
+@overload
+def keep(like: torch.Tensor, mask: torch.Tensor | None, what: str = ...) -> torch.Tensor | None: ...
 
 
 def keep(like: torch.Tensor, mask: Optional[torch.Tensor], what: str = "mask") -> Optional[torch.Tensor]:
@@ -185,7 +204,8 @@ def spread_channels(channel_keep: torch.Tensor, like: torch.Tensor, dim: int,
 
 def stacked(masks: List[torch.Tensor]) -> torch.Tensor:
     """K masks of one layout stacked along a new dim 0 (locally for DTensors: shard dims shift by one)."""
-    return _dtensor.stacked(masks) if _dtensor.is_dtensor(masks[0]) else torch.stack(masks)
+    # masks of one layout: all are DTensors when the first is
+    return _dtensor.stacked(cast("list[DTensor]", masks)) if _dtensor.is_dtensor(masks[0]) else torch.stack(masks)
 
 
 def unstacked(t: torch.Tensor, k: int) -> torch.Tensor:
@@ -228,7 +248,15 @@ def split_dims(like: torch.Tensor) -> List[int]:
     """The dims of ``like`` split across ranks (none for a plain tensor)."""
     if not _dtensor.is_dtensor(like):
         return []
-    return sorted({p.dim % like.dim() for p in like.placements if p.is_shard()})
+    return sorted({cast("Shard", p).dim % like.dim() for p in like.placements if p.is_shard()})
+
+
+@overload
+def shard_of(t: torch.Tensor, like: torch.Tensor, what: str) -> torch.Tensor: ...
+@overload
+def shard_of(t: None, like: torch.Tensor, what: str) -> None: ...
+@overload
+def shard_of(t: torch.Tensor | None, like: torch.Tensor, what: str) -> torch.Tensor | None: ...
 
 
 def shard_of(t: Optional[torch.Tensor], like: torch.Tensor, what: str) -> Optional[torch.Tensor]:

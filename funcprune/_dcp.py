@@ -91,7 +91,7 @@ def _owns(t: torch.Tensor, group) -> bool:
     return all(c == 0 for c, p in zip(coordinate, t.placements) if p.is_replicate())
 
 
-def _wrap(local: torch.Tensor, like: torch.Tensor, shape, placements=None) -> torch.Tensor:
+def _wrap(local: torch.Tensor, like: DTensor, shape, placements=None) -> torch.Tensor:
     """``local`` as a DTensor on ``like``'s mesh (``placements`` or like's) with full ``shape``."""
     from torch.distributed.tensor import DTensor
     stride: List[int] = []

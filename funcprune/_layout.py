@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 import types
 import weakref
-from typing import Dict, List, NamedTuple, Tuple
+from typing import Dict, List, NamedTuple, Tuple, TypeGuard
 
 import torch
 import torch.nn.utils.prune as _torch_prune
@@ -78,7 +78,7 @@ def layout(module: torch.nn.Module) -> Layout:
     return Layout(tensors, pruned, tied)
 
 
-def is_pruning_hook(hook) -> bool:
+def is_pruning_hook(hook) -> TypeGuard[_torch_prune.BasePruningMethod]:
     """A pruning method of compat or of torch.nn.utils.prune."""
     return isinstance(hook, _torch_prune.BasePruningMethod)
 
@@ -193,7 +193,7 @@ def _setstate(module: torch.nn.Module, state) -> None:
     mark_pruned(module)
 
 
-def rebuild(cls: type) -> torch.nn.Module:
+def rebuild(cls: type[torch.nn.Module]) -> torch.nn.Module:
     """An empty ``cls`` instance whose (instance-level) ``__setstate__`` rebuilds a pruned module."""
     module = cls.__new__(cls)
     module.__dict__["__setstate__"] = types.MethodType(_setstate, module)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
-from typing import Dict, List, Optional, Sequence, TypeVar
+from typing import Any, Dict, List, Optional, Sequence, TypeVar
 
 import torch
 
@@ -180,7 +180,9 @@ def agreed_alive(shards: "_Shards", fingerprint: Dict[str, str], amount: Amount)
         slot = slot * size + c
     slots[slot] = here
     head = torch.tensor(hashes + [-h for h in hashes] + [bits, -bits], dtype=torch.int64, device=device)
-    vector = _dtensor.mesh_sum(mesh, "max")(torch.cat([head, slots]))
+    reduce_max = _dtensor.mesh_sum(mesh, "max")
+    assert reduce_max is not None  # shards.reduce is set: the leaves are DTensors on a mesh
+    vector = reduce_max(torch.cat([head, slots]))
     parts = len(hashes)
     top, low = vector[:parts].tolist(), [-v for v in vector[parts:2 * parts].tolist()]
     differ = [name for name, hi, lo in zip(fingerprint, top, low) if hi != lo]
@@ -218,7 +220,8 @@ def select_global(leaves: Sequence[torch.Tensor], keeps: Sequence[Optional[torch
     names = [f"leaf {i}" for i in range(len(leaves))] if names is None else list(names)
     alive = agreed_alive(shards, call_fingerprint(names, leaves, keeps, amount, method), amount)
     amount, k = _amount.drop_count(amount, alive, "parameters")
-    spread = dict(reduce=shards.reduce, counted=shards.counted, index_fn=shards.index, index_total=shards.total)
+    spread: dict[str, Any] = dict(reduce=shards.reduce, counted=shards.counted, index_fn=shards.index,
+                                  index_total=shards.total)
     if method == "l1":
         local = _radix.radix_select_keep(shards.locals, shards.keeps, k, key_fn=lambda piece: piece.abs().to(dtype),
                                          chunk=chunk, **spread)
@@ -379,7 +382,7 @@ def kept_count(mask: torch.Tensor, per_row: bool = False) -> torch.Tensor:
     """
     if _dtensor.is_dtensor(mask):
         _dtensor.check_placements("mask", mask)
-    if _dtensor.outside_mesh([mask]):
+    if _dtensor.is_dtensor(mask) and _dtensor.outside_mesh([mask]):  # only a DTensor is ever outside
         raise ValueError(f"rank {torch.distributed.get_rank()} is not in the mask's device mesh {mask.device_mesh}: "
                          f"it holds none of the mask's entries and cannot count them; count on the mesh's ranks")
     local = _dtensor.local(mask)

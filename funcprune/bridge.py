@@ -121,6 +121,7 @@ def to_module(module: torch.nn.Module, params: Optional[Tree] = None, masks: Opt
 def _prune_from_mask(sub: torch.nn.Module, local: str, mask: torch.Tensor) -> None:
     """``torch.nn.utils.prune.custom_from_mask(sub, local, mask)``'s layout, without its second copy of the mask."""
     param = sub._parameters[local]
+    assert param is not None  # from_module named it: a parameter that is set
     buffer = mask.to(device=param.device, dtype=param.dtype, copy=True)  # torch's mask: 1/0 in the param's dtype
     hook = _torch_prune.CustomFromMask(buffer)  # the hook's mask is the buffer itself
     hook._tensor_name = local

@@ -8,7 +8,7 @@ no full mask on any rank. See ``docs/distributed.md`` for the supported recipes.
 from __future__ import annotations
 
 import sys
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, cast
 
 import torch
 
@@ -17,6 +17,9 @@ from ._dtensor import check_placements as _check_placements, is_dtensor as _is_d
 from ._layout import reparametrized
 from ._errors import shape_mismatch
 from ._pytree import Tree
+
+if TYPE_CHECKING:  # FSDP2 is looked up in sys.modules at run time, never imported
+    from torch.distributed.fsdp import FSDPModule
 
 __all__ = ["apply_masks_", "mask_grads_", "keep_pruned", "KeepPruned", "broadcast_masks_", "save_masks_dcp",
            "load_masks_dcp"]
@@ -103,7 +106,7 @@ def _fsdp_owners(params: Sequence[torch.Tensor]) -> List[torch.nn.Module]:
 def _reshard(owners: Sequence[torch.nn.Module]) -> None:
     """Drop the unsharded copies ``owners`` hold, so their next forward all-gathers the (masked) shards."""
     for module in owners:
-        module.reshard()
+        cast("FSDPModule", module).reshard()  # _fsdp_owners returns FSDP2 modules only
 
 
 @torch.no_grad()

@@ -184,7 +184,8 @@ def ln_structured(scores: torch.Tensor, amount: Amount, n: Norm, dim: int, *,
     channels = select.slices(scores.shape, dim)
 
     def norms():  # torch's norms; float64 partial sums for shards (the backend's)
-        return _backend.channel_norms(scores, n, channels.dim, channels.unit_shape[0])
+        # slices() builds a _Slices, which has .dim; the Granularity it is annotated as does not
+        return _backend.channel_norms(scores, n, channels.dim, channels.unit_shape[0])  # type: ignore[attr-defined]
     # Norms even when nothing is pruned (a bad `n` raises as in torch); torch selects the channels
     # it keeps (the largest norms): selecting the same way makes the same choice among tied norms.
     return prune_units(scores, channels, amount, norms, mask=mask, select_kept=True, lazy=False)

@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Callable, Optional, Sequence, Tuple, Union, cast
 
 import torch
 
@@ -427,7 +427,7 @@ def unchanged(like: torch.Tensor, keep: Optional[torch.Tensor], mask: Optional[t
     return keep.clone() if keep is mask else keep
 
 
-def _unit_scores(gran: Granularity, scores: Scores) -> torch.Tensor:
+def _unit_scores(gran: Granularity, scores: torch.Tensor | Callable[[], torch.Tensor]) -> torch.Tensor:
     key = scores() if callable(scores) else scores
     if tuple(key.shape) != gran.unit_shape:
         raise ValueError(f"unit scores have shape {tuple(key.shape)}, expected {gran.unit_shape}")
@@ -486,14 +486,15 @@ def prune_units(like: torch.Tensor, gran: Granularity, amount: Amount, scores: S
     keep = as_keep(like, mask)
     alive = None if keep is None else gran.pools(gran.alive(keep))
     units = gran.pool_size
-    if keep is None:
+    n_alive: int | torch.Tensor
+    if alive is None:  # exactly when keep is None
         n_alive = units
     elif gran.n_pools == 1:
         n_alive = count_kept(alive)
     else:  # one count per pool; an int amount is checked against the pool with the fewest survivors
         n_alive = alive.sum(-1)
         if is_concrete(n_alive) and gran.n_pools and isinstance(as_number(amount), int):
-            check_count(as_number(amount), int(n_alive.min()), what)
+            check_count(cast(int, as_number(amount)), int(n_alive.min()), what)
     amount, k = drop_count(amount, n_alive, what)
     if not lazy and callable(scores):
         scores = scores()
@@ -508,7 +509,8 @@ def prune_units(like: torch.Tensor, gran: Granularity, amount: Amount, scores: S
     return _finish(gran, gran.unpool(kept), keep)
 
 
-def keep_per_pool(like: torch.Tensor, gran: Granularity, count: int, scores: Scores, *,
+def keep_per_pool(like: torch.Tensor, gran: Granularity, count: int,
+                  scores: torch.Tensor | Callable[[], torch.Tensor], *,
                   mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """A new keep mask that keeps the ``count`` alive units of largest score in every pool (N:M).
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
+from typing import cast
 
 import torch
 
@@ -159,7 +160,8 @@ def _global_l1(parameters, scores, amount) -> list:
     if not all(is_concrete(t) for t in scores + [a for a in alive if a is not None]):
         keeps = tree.global_unstructured(scores, _as_core_amount(amount), masks=alive, method="l1")
         return [k if o is None else o * k for k, o in zip(keeps, old)]  # meta: shapes only
-    size = sum(s.numel() if a is None else select.count_kept(a) for s, a in zip(scores, alive))
+    # every mask is concrete from here on, so count_kept gives ints
+    size = sum(s.numel() if a is None else cast(int, select.count_kept(a)) for s, a in zip(scores, alive))
     k = _prune_count(amount, size)
     _check_not_bool(amount, k)
     if k == 0:
@@ -179,7 +181,8 @@ def _global_l1(parameters, scores, amount) -> list:
 
 def _torch_order_global(scores, alive, k: int, dtype) -> list:
     """torch's choice: one top-k over ``|scores|`` of the candidates, concatenated in pair order."""
-    sizes = [s.numel() if a is None else select.count_kept(a) for s, a in zip(scores, alive)]
+    # concrete masks (see _global_l1): count_kept gives ints
+    sizes = [s.numel() if a is None else cast(int, select.count_kept(a)) for s, a in zip(scores, alive)]
     flat = torch.empty(sum(sizes), dtype=dtype, device=scores[0].device)
     for piece, s, a in zip(flat.split(sizes), scores, alive):
         values = s.reshape(-1) if a is None else s.reshape(-1)[a.reshape(-1)]

@@ -321,7 +321,8 @@ class LnStructured(_Structured):
         k = self._checked_count(t)
         norm = _compute_norm(t.detach(), self.n, self.dim)  # torch's own: a bad `n` fails as in this torch
         if norm.shape != (t.shape[self.dim],):  # a matrix norm of some torch versions: torch's own steps
-            return _torch_prune.LnStructured.compute_mask(self, t, default_mask)
+            # torch's method reads only amount, n and dim, which this class has under the same names
+            return _torch_prune.LnStructured.compute_mask(self, t, default_mask)  # type: ignore[arg-type]
         if not is_concrete(norm):
             keep = methods.ln_structured(t, _as_core_amount(self.amount), self.n, _as_dim(self.dim))
             return self._combine(t, default_mask, keep)

@@ -18,6 +18,7 @@ calls in the same order), with two differences that only show when torch is brok
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any, Dict
 
 import torch
@@ -29,8 +30,8 @@ from .._layout import (LOCK, install, is_pruning_hook, pruning_hook, rebuild, re
 
 _rebuild = rebuild  # pickles of funcprune 1.0 and 1.1 name funcprune.compat._module._rebuild
 
-_BUILTIN_COMPUTE = set()
-_READ_ONLY_DEFAULT = set()
+_BUILTIN_COMPUTE: set[Callable[..., Any]] = set()
+_READ_ONLY_DEFAULT: set[Callable[..., Any]] = set()
 _PRUNED_CLASSES: Dict[type, type] = {}
 
 
@@ -189,7 +190,7 @@ def apply(cls, module, name, args, kwargs, importance_scores, container_cls):
     return hook
 
 
-def _pruned_class(base: type) -> type:
+def _pruned_class(base: type[torch.nn.Module]) -> type:
     """For pickles of funcprune < 1.0 (which call :func:`_new_pruned`): a class whose ``__new__``
     gives :func:`funcprune._layout.rebuild`'s plain ``base`` instance."""
     cls = _PRUNED_CLASSES.get(base)
