@@ -1,0 +1,202 @@
+"""One-shot pruning over torch.distributed: ranks that agree, FSDP2-sharded rows, FSDP2 blocks.
+
+Data-parallel calibration needs nothing here: statistics are sums, so :func:`funcprune.oneshot.stats.all_reduce`
+adds every rank's share once per block and each rank prunes the same weights from the same sums.
+This module holds what a sharded model adds:
+
+* :func:`check_same`: every rank passed the same settings (a fingerprint per field, one
+  ``all_reduce``), so a disagreement is a ``ValueError`` on every rank, not a hang.
+* :func:`prune_layer`: one ``nn.Linear`` weight held as a DTensor sharded by rows (FSDP2's
+  ``Shard(0)``) pruned on each rank's own rows with the all-reduced statistics, never gathered.
+  Wanda and N:M patterns decide row by row; SparseGPT's reconstruction is row-wise given the
+  (replicated) inverse Hessian, and its per-column-block selection over all rows is an exact global
+  selection (the radix cut of :mod:`funcprune._radix`, each pass's histogram summed over the mesh,
+  ties to the lowest flat index of the block), so the masks are one process's.
+* :func:`block_runner`: runs a block's forwards with given (pruned) parameters. An FSDP2 block is
+  gathered once (FSDP's own all-gather, which sees the pruned shards written into its sharded
+  parameters for the duration), then every batch runs without a collective, so ranks may hold
+  different numbers of batches; its parameters are restored afterwards.
+
+Eager only: collectives, and Python ints read from count tensors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+
+import torch
+from torch import nn
+
+from .. import _amount, _dtensor, _radix
+
+
+def _world(group) -> Optional[int]:
+    """The size of ``group`` (the default group when None) when torch.distributed is running, else None."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        if group is not None:
+            raise ValueError("group= was given but torch.distributed is not initialized")
+        return None
+    return dist.get_world_size(group)
+
+
+def _digest(value: Any) -> int:
+    """A 62-bit fingerprint of ``value``'s ``repr`` (the same on every rank for equal settings)."""
+    return int.from_bytes(hashlib.sha256(repr(value).encode()).digest()[:8], "little") >> 2
+
+
+def check_same(group: Optional[Any] = None, device: Optional[torch.device] = None, **fields: Any) -> None:
+    """Raise ``ValueError`` on every rank when the ranks of ``group`` passed different ``fields``.
+
+    Each field is fingerprinted (a hash of its ``repr``); one ``all_reduce`` of the fingerprints
+    and their negations (max) finds, on every rank alike, the fields that differ. Call it before
+    any collective whose shape depends on the fields. Without torch.distributed it does nothing.
+
+    Args:
+      group: the process group (default: the default group).
+      device: where the fingerprint tensor lives (the group's backend device; CPU for gloo).
+      fields: the settings every rank must share, by name (amounts, method, layer names and shapes ...).
+
+    Raises:
+      ValueError: naming every field whose value differs between ranks.
+
+    Example:
+      >>> check_same(method="wanda", amount=0.5)  # one process: nothing to compare
+    """
+    if _world(group) is None or not fields:
+        return
+    names = sorted(fields)
+    prints = torch.tensor([_digest(fields[name]) for name in names], dtype=torch.int64, device=device)
+    both = torch.cat([prints, -prints])
+    torch.distributed.all_reduce(both, op=torch.distributed.ReduceOp.MAX, group=group)
+    differ = [name for name, hi, lo in zip(names, both[:len(names)].tolist(), both[len(names):].tolist())
+              if hi != -lo]
+    if differ:
+        here = ", ".join(f"{name}={fields[name]!r}" for name in differ)
+        raise ValueError(f"ranks disagree on {', '.join(differ)} (this rank: {here}); every rank must pass the "
+                         f"same settings and layers to a distributed one-shot prune")
+
+
+# ----------------------------------------------------------------------------------------------
+# Rows of a sharded weight.
+
+class Rows:
+    """Where this rank's rows of a row-sharded 2-D weight sit, and how counts cross the mesh."""
+
+    def __init__(self, weight: torch.Tensor, what: str = "weight") -> None:
+        if weight.dim() != 2:
+            raise ValueError(f"{what}: expected a 2-D (out_features, in_features) weight, got shape "
+                             f"{tuple(weight.shape)}")
+        if _dtensor.is_dtensor(weight):
+            _check_rows(what, weight)
+        offset, shape = _dtensor.offset_and_shape(weight)
+        self.first, self.count = offset[0], shape[0]
+        self.total = weight.shape[0]
+        self.counted = _dtensor.counts_here(weight)
+        self.reduce = _dtensor.mesh_sum(_dtensor.mesh_of([weight]))
+
+
+def _check_rows(what: str, weight: torch.Tensor) -> None:
+    """Only ``Shard(0)`` or ``Replicate`` placements: rows whole on every rank."""
+    _dtensor.check_placements(what, weight)
+    for placement in weight.placements:
+        if placement.is_shard() and placement.dim != 0:
+            raise ValueError(f"{what}: sharded along dim {placement.dim} ({tuple(weight.placements)}); one-shot "
+                             f"pruning of a DTensor weight needs whole rows on each rank (Shard(0), as FSDP2 "
+                             f"shards, or Replicate)")
+
+
+def global_block_keep(key: torch.Tensor, keep: Optional[torch.Tensor], amount: _amount.Amount, rows: Rows,
+                      what: str = "block") -> torch.Tensor:
+    """This rank's keep mask after pruning ``amount`` of a block's alive entries over ALL rows, by smallest key.
+
+    ``key`` (``(local rows, columns)``, non-negative) and ``keep`` are this rank's rows of the block;
+    the count is ``round(amount * alive entries of the whole block)`` (torch's amount rule) and
+    the selection is exact across ranks: the radix cut of :mod:`funcprune._radix` with each pass's
+    histogram summed over the mesh, ties to the lowest flat index of the full block (row-major).
+    A plain tensor is one rank holding every row (no collective).
+
+    Marked for the selection kernel's sharded backend: when the kernel selects over DTensors
+    itself, this becomes one call to it.
+    """
+    columns = key.shape[1]
+    here = torch.zeros(1, dtype=torch.int64, device=key.device)
+    if rows.counted:
+        here += key.numel() if keep is None else keep.sum()
+    alive = int(here[0] if rows.reduce is None else rows.reduce(here)[0])
+    _, k = _amount.drop_count(amount, alive, f"entries of {what}")
+    base = rows.first * columns
+
+    def index(leaf: int, start: int, count: int) -> torch.Tensor:
+        return torch.arange(base + start, base + start + count, dtype=torch.int64, device=key.device)
+
+    spread = dict(reduce=rows.reduce, counted=[rows.counted], index_fn=index)
+    return _radix.radix_select_keep([key.contiguous()], [keep], k, **spread)[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Running a block with given parameters.
+
+def _is_fsdp(module: nn.Module) -> bool:
+    fsdp = _fsdp_module_type()
+    return fsdp is not None and isinstance(module, fsdp)
+
+
+def _fsdp_module_type():
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch without FSDP2
+        return None
+    return FSDPModule
+
+
+@contextlib.contextmanager
+def block_runner(block: nn.Module, params: Optional[Dict[str, torch.Tensor]] = None
+                 ) -> Iterator[Callable[[tuple, dict], Any]]:
+    """A context yielding ``run(args, kwargs)``: ``block``'s forward on ``params`` (names relative to ``block``).
+
+    A plain block runs through ``torch.func.functional_call`` (the block is not touched). An FSDP2
+    block (``fully_shard``): the DTensor values among ``params`` that differ from the block's own
+    parameters are copied into its sharded parameters (each rank its shard), the block is gathered
+    once by FSDP, every ``run`` calls its forward without a collective, and on exit the block is
+    resharded and its parameters restored, also when a forward raises.
+
+    Args:
+      block: the module to run.
+      params: replacement parameters/buffers by name (None: the block's own).
+
+    Returns:
+      A context manager yielding the ``run`` callable.
+    """
+    params = dict(params or {})
+    if not _is_fsdp(block):
+        def run(args: tuple, kwargs: dict) -> Any:
+            return torch.func.functional_call(block, params, tuple(args), dict(kwargs)) if params else \
+                block(*args, **kwargs)
+        yield run
+        return
+    block.reshard()  # a block left gathered (reshard_after_forward=False) would not see the new shards
+    own = dict(block.named_parameters())
+    changed = {name: value for name, value in params.items() if name in own and value is not own[name]}
+    for name, value in changed.items():  # all checked before any is written
+        target = own[name]
+        if not (_dtensor.is_dtensor(target) and _dtensor.is_dtensor(value)) or \
+                tuple(value.placements) != tuple(target.placements) or value.shape != target.shape:
+            raise ValueError(f"{name}: an FSDP2 block runs on parameters laid out like its own (shape "
+                             f"{tuple(target.shape)}, placements {getattr(target, 'placements', None)}), got "
+                             f"{tuple(value.shape)}, {getattr(value, 'placements', 'a plain tensor')}")
+    saved = {}
+    try:
+        with torch.no_grad():
+            for name, value in changed.items():
+                saved[name] = own[name].to_local().clone()
+                own[name].to_local().copy_(value.to_local())
+        block.unshard()
+        yield lambda args, kwargs: block.forward(*args, **kwargs)  # gathered: FSDP's hooks would gather again
+    finally:
+        block.reshard()
+        with torch.no_grad():
+            for name, local in saved.items():
+                own[name].to_local().copy_(local)

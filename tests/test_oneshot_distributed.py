@@ -1,0 +1,49 @@
+"""One-shot pruning over torch.distributed on real gloo process groups (2 and 4 ranks).
+
+Each launch runs many checks inside the ranks (tests/_dist_oneshot.py): a distributed result must equal
+the one-process result on all the calibration batches, computed in the same rank. A launch costs
+tens of seconds (fresh processes importing transformers), so there are few.
+"""
+
+import pytest
+
+torch = pytest.importorskip("torch")
+dist = pytest.importorskip("torch.distributed")
+if not dist.is_available() or not dist.is_gloo_available():
+    pytest.skip("needs torch.distributed with gloo", allow_module_level=True)
+
+from tests import _dist_oneshot  # noqa: E402
+from tests._dist import run_ranks  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def _checks(results, expected):
+    first = results[0]["checks"]
+    assert all(r["checks"] == first for r in results), "ranks disagree on what they checked"
+    missing = set(expected) - set(first)
+    assert not missing, f"checks that never ran: {missing}"
+    assert all(count > 0 for count in first.values())
+    return results
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_block_selection_over_row_shards_is_the_global_cut(world):
+    # k = round(amount * alive entries of the whole block), smallest keys first, ties to the lowest
+    # flat index of the full block, whatever the row sharding (uneven; an empty shard on 4 ranks).
+    _checks(run_ranks(_dist_oneshot.selection, world),
+            {"block_keep:randn", "block_keep:ties", "block_keep_too_many", "rows_not_dim0"})
+
+
+def test_ranks_that_disagree_raise_on_every_rank():
+    _checks(run_ranks(_dist_oneshot.agreement, 2, timeout=120),
+            {"same", "amount_differs", "layers_differ", "method_differs"})
+
+
+@pytest.mark.parametrize("reshard_after_forward", [True, False])
+def test_fsdp_block_runs_on_pruned_shards_then_is_restored(reshard_after_forward):
+    # the pruned block's outputs equal the plain block's on the full pruned weights, bit for bit,
+    # with one batch more on rank 0 (no collective per batch), even when a previous forward left
+    # the block gathered; the block's sharded parameters are the dense ones afterwards.
+    _checks(run_ranks(_dist_oneshot.runner, 2, reshard_after_forward),
+            {"runner_equals_plain", "restored", "dense_after", "runner_plain_for_fsdp"})
