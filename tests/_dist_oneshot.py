@@ -207,3 +207,69 @@ def runner(rank: int, world: int, reshard_after_forward: bool) -> dict:
     bad[name] = full(bad[name])
     raises(done, "runner_plain_for_fsdp", ValueError, lambda: block_runner(block, bad).__enter__(), name)
     return {"checks": dict(done)}
+
+
+# ----------------------------------------------------------------------------------------------
+# One layer's rows: sharded prune_layer = one process on the full weight.
+
+class Stats:
+    """The all-reduced sums of a layer's inputs (what funcprune.oneshot.stats holds)."""
+
+    def __init__(self, x: torch.Tensor):
+        self.sumsq = (x * x).sum(0)
+        self.hessian = x.T @ x
+        self.tokens = x.shape[0]
+
+
+def _layer_cases(dtype):
+    g = torch.Generator().manual_seed(11)
+    for rows, cols, dead in ((10, 32, False), (3, 16, False), (9, 24, True)):
+        w = torch.randn(rows, cols, generator=g)
+        x = torch.randn(5 * cols, cols, generator=g, dtype=dtype)
+        if dead:  # inputs never active: their columns become 0, tied scores at the block's cut
+            x[:, ::3] = 0
+        prior = torch.rand(rows, cols, generator=g) > 0.25
+        yield f"{rows}x{cols}{'_dead' if dead else ''}", w, Stats(x), prior
+
+
+def layers(rank: int, world: int) -> dict:
+    """prune_layer on Shard(0) rows = methods.wanda / methods.sparsegpt / l1_unstructured on the full weight."""
+    from torch.distributed.device_mesh import init_device_mesh
+    import funcprune as fp
+    from funcprune.oneshot import methods
+    from funcprune.oneshot.distributed import prune_layer
+    mesh = init_device_mesh("cpu", (world,))
+    done, worst = Counter(), {}
+    for dtype in (torch.float32, torch.float64):
+        for case, w, stats, prior in _layer_cases(dtype):
+            dw = shard(w, mesh, [Shard(0)])
+            for keep in (None, prior):
+                dkeep = None if keep is None else shard(keep, mesh, [Shard(0)])
+                for pattern in (None, (2, 4)):
+                    for amount in ((0.5, 0.7) if pattern is None else (0.5,)):
+                        new, mask = prune_layer(dw, stats, "wanda", amount, pattern=pattern, mask=dkeep)
+                        assert new is None and mask.placements == dw.placements
+                        want = methods.wanda(w, stats.sumsq.sqrt(), amount, pattern=pattern, mask=keep)
+                        assert torch.equal(full(mask), want), (case, "wanda", pattern, amount)
+                        done["wanda"] += 1
+                        new, mask = prune_layer(dw, stats, "magnitude", amount, pattern=pattern, mask=dkeep)
+                        want = fp.l1_unstructured(w, amount, mask=keep) if pattern is None else \
+                            fp.patterns.nm_structured(w, *pattern, 1, mask=keep)
+                        assert torch.equal(full(mask), want), (case, "magnitude", pattern, amount)
+                        done["magnitude"] += 1
+                        new, mask = prune_layer(dw, stats, "sparsegpt", amount, pattern=pattern, mask=dkeep,
+                                                block_size=8)
+                        want_w, want_m = methods.sparsegpt(w, stats.hessian, amount, pattern=pattern, mask=keep,
+                                                           block_size=8)
+                        got_w, got_m = full(new), full(mask)
+                        assert new.placements == dw.placements and got_w.dtype == w.dtype
+                        assert torch.equal(got_m, want_m), (case, "sparsegpt", pattern, amount, keep is None)
+                        assert torch.equal(got_w == 0, ~want_m | (want_w == 0))
+                        diff = float((got_w - want_w).abs().max() / want_w.abs().max())
+                        key = f"sparsegpt_{str(dtype)[6:]}"
+                        worst[key] = max(worst.get(key, 0.0), diff)
+                        done["sparsegpt"] += 1
+    raises(done, "columns_sharded", ValueError,
+           lambda: prune_layer(shard(torch.randn(4, 8), mesh, [Shard(1)]), None, "wanda", 0.5, name="mlp.up"),
+           "mlp.up", "Shard(0)")
+    return {"checks": dict(done), "worst": worst}

@@ -47,3 +47,15 @@ def test_fsdp_block_runs_on_pruned_shards_then_is_restored(reshard_after_forward
     # the block gathered; the block's sharded parameters are the dense ones afterwards.
     _checks(run_ranks(_dist_oneshot.runner, 2, reshard_after_forward),
             {"runner_equals_plain", "restored", "dense_after", "runner_plain_for_fsdp"})
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_sharded_rows_prune_like_one_process(world):
+    # Shard(0) rows (uneven; an empty shard on 4 ranks), float32 and float64, prior masks, 2:4,
+    # dead inputs (zero columns: tied scores at a block's cut): Wanda's and magnitude's masks and
+    # SparseGPT's masks equal one process's on the full weight; SparseGPT's weights to round-off.
+    results = _checks(run_ranks(_dist_oneshot.layers, world, timeout=300),
+                      {"wanda", "magnitude", "sparsegpt", "columns_sharded"})
+    worst = results[0]["worst"]
+    print(f"\nworld {world}: SparseGPT weights, max |sharded - one process| / max |W|: {worst}")
+    assert worst["sparsegpt_float64"] <= 1e-12 and worst["sparsegpt_float32"] <= 1e-5

@@ -29,7 +29,8 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 import torch
 from torch import nn
 
-from .. import _amount, _dtensor, _radix
+from .. import _amount, _dtensor, _radix, patterns
+from . import methods
 
 
 def _world(group) -> Optional[int]:
@@ -134,6 +135,89 @@ def global_block_keep(key: torch.Tensor, keep: Optional[torch.Tensor], amount: _
 
     spread = dict(reduce=rows.reduce, counted=[rows.counted], index_fn=index)
     return _radix.radix_select_keep([key.contiguous()], [keep], k, **spread)[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# One layer's rows.
+
+def prune_layer(weight: torch.Tensor, stats: Any, method: str, amount: _amount.Amount, *, pattern=None,
+                mask: Optional[torch.Tensor] = None, block_size: int = 128, damp: float = 0.01,
+                name: str = "weight") -> Tuple[Optional[torch.Tensor], torch.Tensor]:
+    """Prune a row-sharded ``(out, in)`` weight on each rank's own rows: ``(new weight or None, keep mask)``.
+
+    ``weight`` is a DTensor with ``Shard(0)`` (FSDP2) or ``Replicate`` placements, or a plain tensor
+    (one rank, every row). ``stats`` holds the all-reduced sums of the layer's inputs (``sumsq``
+    for Wanda, ``hessian`` for SparseGPT), the same on every rank. No weight is gathered:
+
+    * ``"magnitude"``: ``|W|`` over the whole weight (torch's ``l1_unstructured`` count) by the
+      exact global cut over all rows; with ``pattern``, N:M of ``|W|`` per row.
+    * ``"wanda"``: :func:`funcprune.oneshot.wanda` on the local rows (its selection is per row).
+    * ``"sparsegpt"``: the reconstruction of :func:`funcprune.oneshot.sparsegpt` on the local rows
+      (row-wise, given ``H^-1`` computed alike on every rank from the same sums); each block's
+      unstructured mask is the exact global cut over all rows (:func:`global_block_keep`); N:M
+      groups are chosen per row.
+
+    Args:
+      weight: the layer's weight, ``(out_features, in_features)``.
+      stats: the layer's statistics (fields ``sumsq`` and ``hessian``, as :mod:`funcprune.oneshot.stats` sums them).
+      method: ``"magnitude"``, ``"wanda"`` or ``"sparsegpt"``.
+      amount: the fraction (or, for magnitude and Wanda, count) to prune.
+      pattern: ``(n, m)``: keep ``n`` of every ``m`` consecutive inputs per row.
+      mask: an existing keep mask laid out like ``weight``.
+      block_size, damp: SparseGPT's.
+      name: the weight's name, for messages.
+
+    Returns:
+      ``(new_weight, keep)`` laid out like ``weight``; ``new_weight`` is None unless SparseGPT changed it.
+
+    Raises:
+      ValueError: a weight sharded other than by rows, or what the one-process functions raise.
+    """
+    rows = Rows(weight, name)
+    local = _dtensor.local(weight).detach()
+    keep = None if mask is None else _dtensor.local(_dtensor.aligned(mask, weight, f"mask of {name}"))
+    keep = None if keep is None else (keep if keep.dtype == torch.bool else keep != 0)
+    pattern = methods.check_pattern(pattern, weight.shape[1], name)
+    new = None
+    if local.shape[0] == 0 and (method == "wanda" or method == "magnitude" and pattern is not None):
+        # a rank holding no rows (more ranks than rows): the same checks on one dummy row, no entries
+        _, dummy = prune_layer(torch.zeros((1,) + tuple(local.shape[1:]), dtype=local.dtype, device=local.device),
+                               stats, method, amount, pattern=pattern, name=name)
+        return None, _dtensor.like_param(dummy[:0], weight)
+    if method == "magnitude":
+        if pattern is not None:
+            out = patterns.nm_structured(local, pattern[0], pattern[1], 1, mask=keep)
+        else:
+            _amount.validate_amount(amount)
+            out = global_block_keep(local.abs(), keep, amount, rows, f"{name} (magnitude)")
+    elif method == "wanda":
+        out = methods.wanda(local, stats.sumsq.sqrt(), amount, pattern=pattern, mask=keep)
+    elif method == "sparsegpt":
+        new, out = _sparsegpt_rows(local, stats.hessian, amount, rows, pattern, keep, block_size, damp, name)
+        new = _dtensor.like_param(new, weight)
+    else:
+        raise ValueError(f"method must be 'magnitude', 'wanda' or 'sparsegpt', got {method!r}")
+    return new, _dtensor.like_param(out, weight)
+
+
+def _sparsegpt_rows(local, hessian, amount, rows, pattern, keep, block_size, damp, name):
+    """:func:`funcprune.oneshot.sparsegpt` on this rank's rows, each block's selection over all rows.
+
+    The same operations in the same order as the one-process function, which this copy follows
+    until it takes a block selector (then this becomes a call to it).
+    """
+    methods.check_sparsegpt(local, hessian, amount, pattern, block_size, damp, name)
+    dtype = hessian.dtype
+    with methods.ieee_matmul():
+        dead, hinv = methods.inverse_factor(hessian.to(local.device), float(damp))
+        w = torch.where(dead.reshape(1, -1), 0, local.to(dtype))
+        keep = torch.ones_like(w, dtype=torch.bool) if keep is None else keep.clone()
+
+        def choose(scores, keep1):
+            return global_block_keep(scores, keep1, amount, rows, f"a block of {name}")
+        for i1 in range(0, w.shape[1], block_size):
+            methods.prune_block(w, keep, hinv, i1, min(i1 + block_size, w.shape[1]), amount, pattern, choose=choose)
+    return w.to(local.dtype), keep
 
 
 # ----------------------------------------------------------------------------------------------

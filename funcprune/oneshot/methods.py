@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -168,7 +168,17 @@ def _check_sparsegpt_args(amount, pattern, block_size, damp) -> None:
         raise ValueError(f"damp must be a non-negative float, got {damp!r}")
 
 
-def _inverse_factor(hessian: torch.Tensor, damp: float) -> Tuple[torch.Tensor, torch.Tensor]:
+def check_sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, amount, pattern: Pattern, block_size: int,
+                    damp: float, what: str = "weight") -> Pattern:
+    """Every check :func:`sparsegpt` makes of its arguments; returns the checked pattern."""
+    _check_weight(weight, what)
+    pattern = check_pattern(pattern, weight.shape[1], what)
+    _check_sparsegpt_args(amount, pattern, block_size, damp)
+    _check_hessian(hessian, weight.shape[1])
+    return pattern
+
+
+def inverse_factor(hessian: torch.Tensor, damp: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """(dead inputs, upper Cholesky factor of the damped ``H^-1``), as the reference computes them."""
     h = hessian.clone()
     diag = h.diagonal()
@@ -218,32 +228,35 @@ def sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, amount: Optional[floa
       >>> keep
       tensor([[ True, False,  True, False]])
     """
-    _check_weight(weight)
+    pattern = check_sparsegpt(weight, hessian, amount, pattern, block_size, damp)
     columns = weight.shape[1]
-    pattern = check_pattern(pattern, columns)
-    _check_sparsegpt_args(amount, pattern, block_size, damp)
-    _check_hessian(hessian, columns)
     keep_all = as_keep(weight, mask)
     dtype = hessian.dtype
     with ieee_matmul():
-        dead, hinv = _inverse_factor(hessian.to(weight.device), float(damp))
+        dead, hinv = inverse_factor(hessian.to(weight.device), float(damp))
         w = torch.where(dead.reshape(1, -1), 0, weight.to(dtype))
         keep_all = torch.ones_like(w, dtype=torch.bool) if keep_all is None else keep_all.clone()
         for i1 in range(0, columns, block_size):
             i2 = min(i1 + block_size, columns)
-            _prune_block(w, keep_all, hinv, i1, i2, amount, pattern)
+            prune_block(w, keep_all, hinv, i1, i2, amount, pattern)
     return w.to(weight.dtype), keep_all
 
 
-def _prune_block(w: torch.Tensor, keep: torch.Tensor, hinv: torch.Tensor, i1: int, i2: int, amount, pattern) -> None:
-    """Columns ``i1:i2`` of ``w`` and ``keep``, in place: choose, prune, push the error on."""
+def prune_block(w: torch.Tensor, keep: torch.Tensor, hinv: torch.Tensor, i1: int, i2: int, amount, pattern, *,
+                choose: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None) -> None:
+    """Columns ``i1:i2`` of ``w`` and ``keep``, in place: choose, prune, push the error on.
+
+    ``choose(scores, keep1) -> keep1`` replaces the block's unstructured selection (the sharded
+    path: a global cut over the rows of every rank); the rest is row-wise.
+    """
     w1 = w[:, i1:i2].clone()
     h1 = hinv[i1:i2, i1:i2]
     d1 = h1.diagonal().reshape(1, -1)
     keep1 = keep[:, i1:i2]
     if pattern is None:
         scores = w1 ** 2 / d1 ** 2
-        keep1 = prune_units(w1, entries(w1.shape), amount, scores, mask=keep1, what="entries of a block")
+        keep1 = choose(scores, keep1) if choose is not None else \
+            prune_units(w1, entries(w1.shape), amount, scores, mask=keep1, what="entries of a block")
     else:
         keep1 = keep1.clone()
     errors = torch.zeros_like(w1)
