@@ -131,6 +131,9 @@ def agreement(rank: int, world: int) -> dict:
            lambda: check_same(method="wanda", amount=0.5, layers=[("q", (4, 4 + (rank == world - 1)))]), "layers")
     raises(done, "method_differs", ValueError,
            lambda: check_same(method="wanda" if rank else "sparsegpt", amount=0.5), "method")
+    check_same(batches=rank + 1, method="wanda")  # ranks may hold different numbers of batches
+    done["batches_differ"] += 1
+    raises(done, "empty_calibration", ValueError, lambda: check_same(batches=rank, method="wanda"), "empty calibration")
     dist.barrier()
     return {"checks": dict(done)}
 

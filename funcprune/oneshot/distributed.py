@@ -48,36 +48,43 @@ def _digest(value: Any) -> int:
     return int.from_bytes(hashlib.sha256(repr(value).encode()).digest()[:8], "little") >> 2
 
 
-def check_same(group: Optional[Any] = None, device: Optional[torch.device] = None, **fields: Any) -> None:
-    """Raise ``ValueError`` on every rank when the ranks of ``group`` passed different ``fields``.
+def check_same(group: Optional[Any] = None, device: Optional[torch.device] = None, *, batches: Optional[int] = None,
+               **fields: Any) -> None:
+    """Raise ``ValueError`` on every rank when the ranks of ``group`` passed different ``fields`` (or no batches).
 
-    Each field is fingerprinted (a hash of its ``repr``); one ``all_reduce`` of the fingerprints
-    and their negations (max) finds, on every rank alike, the fields that differ. Call it before
-    any collective whose shape depends on the fields. Without torch.distributed it does nothing.
+    Each field is fingerprinted (a hash of its ``repr``); one ``all_reduce`` (max) of the
+    fingerprints, their negations and ``-batches`` finds, on every rank alike, the fields that
+    differ and whether some rank holds no calibration batch. Call it before any collective whose
+    shape depends on the fields. Without torch.distributed it does nothing.
 
     Args:
       group: the process group (default: the default group).
       device: where the fingerprint tensor lives (the group's backend device; CPU for gloo).
+      batches: this rank's number of calibration batches (ranks may differ; none may have 0).
       fields: the settings every rank must share, by name (amounts, method, layer names and shapes ...).
 
     Raises:
-      ValueError: naming every field whose value differs between ranks.
+      ValueError: naming every field whose value differs between ranks, or an empty calibration on some rank.
 
     Example:
       >>> check_same(method="wanda", amount=0.5)  # one process: nothing to compare
     """
-    if _world(group) is None or not fields:
+    if _world(group) is None:
         return
     names = sorted(fields)
     prints = torch.tensor([_digest(fields[name]) for name in names], dtype=torch.int64, device=device)
-    both = torch.cat([prints, -prints])
+    fewest = torch.tensor([-(1 if batches is None else batches)], dtype=torch.int64, device=device)
+    both = torch.cat([prints, -prints, fewest])
     torch.distributed.all_reduce(both, op=torch.distributed.ReduceOp.MAX, group=group)
-    differ = [name for name, hi, lo in zip(names, both[:len(names)].tolist(), both[len(names):].tolist())
-              if hi != -lo]
+    both = both.tolist()
+    differ = [name for name, hi, lo in zip(names, both[:len(names)], both[len(names):-1]) if hi != -lo]
     if differ:
         here = ", ".join(f"{name}={fields[name]!r}" for name in differ)
         raise ValueError(f"ranks disagree on {', '.join(differ)} (this rank: {here}); every rank must pass the "
                          f"same settings and layers to a distributed one-shot prune")
+    if -both[-1] < 1:
+        raise ValueError(f"a rank has an empty calibration (this rank: {batches} batches): give every rank one "
+                         f"batch or more")
 
 
 # ----------------------------------------------------------------------------------------------
