@@ -31,7 +31,8 @@ def make_gpt2(seed: int = 0, layers: int = 2):
     """A tiny random GPT-2 (transformers Conv1D layers; hidden 32)."""
     from transformers import GPT2Config, GPT2LMHeadModel
     torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=layers, n_head=4, n_positions=64)
+    cfg = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=layers, n_head=4, n_positions=64, bos_token_id=0,
+                     eos_token_id=0)
     return GPT2LMHeadModel(cfg).eval()
 
 
@@ -275,4 +276,115 @@ def layers(rank: int, world: int) -> dict:
     raises(done, "columns_sharded", ValueError,
            lambda: prune_layer(shard(torch.randn(4, 8), mesh, [Shard(1)]), None, "wanda", 0.5, name="mlp.up"),
            "mlp.up", "Shard(0)")
+    return {"checks": dict(done), "worst": worst}
+
+
+# ----------------------------------------------------------------------------------------------
+# Model level: data-parallel calibration and FSDP2 = one process with all the batches.
+
+MODELS = {"llama": make_llama, "gpt2": make_gpt2}
+#: (method, amount, keywords): Wanda/SparseGPT, unstructured and 2:4, sequential and one pass, OWL, K levels
+CONFIGS = (("wanda", 0.5, {}), ("wanda", 0.5, {"pattern": (2, 4)}), ("wanda", 0.6, {"sequential": False}),
+           ("wanda", 0.7, {"owl": True, "owl_threshold": 2.0}), ("sparsegpt", 0.5, {}),
+           ("sparsegpt", 0.5, {"pattern": (2, 4)}), ("sparsegpt", [0.3, 0.6], {}), ("magnitude", 0.5, {}))
+
+
+def _solo_group(rank: int, world: int):
+    """A process group of this rank alone (every rank creates every one, as new_group requires)."""
+    return [dist.new_group([r]) for r in range(world)][rank]
+
+
+def _digest(tensors) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(full(tensors[name]).detach().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _compare(tag, got, want, worst, done):
+    """Masks equal bit for bit; SparseGPT's params to round-off (the worst relative gap kept in ``worst``)."""
+    assert list(got.masks) == list(want.masks), tag
+    for name, mask in want.masks.items():
+        assert torch.equal(full(got.masks[name]), mask), (tag, name)
+    for name in want.masks:
+        g, w = full(got.params[name]).detach(), want.params[name].detach()
+        assert g.dtype == w.dtype and g.shape == w.shape, (tag, name)
+        gap = float((g.double() - w.double()).abs().max() / w.double().abs().max())
+        worst[tag] = max(worst.get(tag, 0.0), gap)
+    done[tag.split(":")[0]] += 1
+
+
+def data_parallel(rank: int, world: int) -> dict:
+    """prune with each rank's share of the batches = prune on one rank with all of them (a one-rank group)."""
+    from funcprune.oneshot import prune
+    solo = _solo_group(rank, world)
+    done, worst, digests = Counter(), {}, []
+    for kind, make in MODELS.items():
+        for dtype in (torch.float64, torch.float32):
+            model = make().to(dtype)
+            calibration = batches(2 * world + 1)  # uneven shares
+            mine = share(calibration, rank, world)
+            for method, amount, kw in CONFIGS:
+                if kind == "gpt2" and (kw.get("owl") or isinstance(amount, list)):
+                    continue  # one model covers OWL and levels
+                kw = dict(kw, dtype=dtype, block_size=16)
+                got = prune(model, mine, method, amount, **kw)
+                want = prune(model, calibration, method, amount, group=solo, **kw)
+                _compare(f"{method}:{kind}:{str(dtype)[6:]}", got, want, worst, done)
+                digests.append(_digest({**got.masks, **{n: got.params[n] for n in got.masks}}))
+    # every rank holds the same result, bit for bit (params included)
+    everyone = [None] * world
+    dist.all_gather_object(everyone, digests)
+    assert all(d == digests for d in everyone), "ranks hold different results"
+    done["ranks_identical"] += 1
+    # ranks that disagree: a ValueError on every rank, naming what differs, before any statistic is reduced
+    model = make_llama()
+    mine = share(batches(2 * world), rank, world)
+    raises(done, "amount_differs", ValueError, lambda: prune(model, mine, "wanda", 0.5 + 0.1 * (rank == 1)), "amount")
+    raises(done, "method_differs", ValueError,
+           lambda: prune(model, mine, "wanda" if rank else "sparsegpt", 0.5), "method")
+    layers = ["model.layers.0.mlp.up_proj.weight"] + (["model.layers.1.mlp.up_proj.weight"] if rank else [])
+    raises(done, "layers_differ", ValueError, lambda: prune(model, mine, "wanda", 0.5, include=layers), "layers")
+    raises(done, "empty_on_one_rank", ValueError,
+           lambda: prune(model, mine if rank else [], "wanda", 0.5), "empty calibration")
+    return {"checks": dict(done), "worst": worst}
+
+
+def fsdp(rank: int, world: int) -> dict:
+    """prune on an FSDP2 model (Shard(0) rows) with each rank's share = one process on the plain model, all batches."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from funcprune.oneshot import prune
+    solo = _solo_group(rank, world)
+    mesh = init_device_mesh("cpu", (world,))
+    done, worst = Counter(), {}
+    for dtype in (torch.float64, torch.float32):
+        plain = make_llama().to(dtype)
+        dense = {n: p.detach().clone() for n, p in plain.named_parameters()}
+        model = _fsdp(make_llama().to(dtype), mesh)
+        calibration = batches(2 * world + 1)
+        mine = share(calibration, rank, world)
+        for method, amount, kw in CONFIGS:
+            if kw.get("owl"):
+                continue
+            kw = dict(kw, dtype=dtype, block_size=16)
+            got = prune(model, mine, method, amount, **kw)
+            rows = Shard(1 if isinstance(amount, list) else 0)  # K levels stacked in front
+            for name, mask in got.masks.items():
+                assert isinstance(mask, DTensor) and tuple(mask.placements) == (rows,), name
+            want = prune(plain, calibration, method, amount, group=solo, **kw)
+            _compare(f"fsdp_{method}:{str(dtype)[6:]}", got, want, worst, done)
+        for name, p in model.named_parameters():  # the model is unchanged
+            assert torch.equal(full(p), dense[name]), name
+        done["fsdp_unchanged"] += 1
+    raises(done, "fsdp_owl_refused", ValueError,
+           lambda: prune(model, mine, "wanda", 0.5, owl=True, dtype=torch.float32), "owl")
+    gpt2 = make_gpt2()
+    from torch.distributed.fsdp import fully_shard
+    for block in gpt2.transformer.h:
+        fully_shard(block, mesh=mesh)
+    fully_shard(gpt2, mesh=mesh)
+    raises(done, "fsdp_conv1d_refused", ValueError, lambda: prune(gpt2, mine, "wanda", 0.5), "transformer.h.0",
+           "Shard(0)")
     return {"checks": dict(done), "worst": worst}

@@ -71,6 +71,8 @@ def check_same(group: Optional[Any] = None, device: Optional[torch.device] = Non
     """
     if _world(group) is None:
         return
+    if device is None and torch.distributed.get_backend(group) == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
     names = sorted(fields)
     prints = torch.tensor([_digest(fields[name]) for name in names], dtype=torch.int64, device=device)
     fewest = torch.tensor([-(1 if batches is None else batches)], dtype=torch.int64, device=device)
@@ -243,6 +245,28 @@ def _fsdp_module_type():
     return FSDPModule
 
 
+def settle(model: nn.Module) -> None:
+    """After a forward stopped by an exception (the capture of the first block's inputs): FSDP2 sharded and idle.
+
+    FSDP2 leaves the modules an aborted forward entered gathered and mid-forward; its root's
+    ``reset_iter_state`` reshards them and clears that state, so the blocks' parameters read
+    afterwards are the sharded ones and the user's next forward (and backward) runs as usual. A
+    model without FSDP2 is left alone.
+    """
+    for module in model.modules():  # pre-order: the outermost FSDP2 module is the root
+        if _is_fsdp(module):
+            module.reset_iter_state()
+            return
+
+
+def _same(value: torch.Tensor, param: torch.Tensor) -> bool:
+    """``value`` is ``param`` or a view of all of its local data (``param.detach()``): nothing to write."""
+    if value is param:
+        return True
+    a, b = _dtensor.local(value), _dtensor.local(param)
+    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype
+
+
 @contextlib.contextmanager
 def block_runner(block: nn.Module, params: Optional[Dict[str, torch.Tensor]] = None
                  ) -> Iterator[Callable[[tuple, dict], Any]]:
@@ -270,7 +294,7 @@ def block_runner(block: nn.Module, params: Optional[Dict[str, torch.Tensor]] = N
         return
     block.reshard()  # a block left gathered (reshard_after_forward=False) would not see the new shards
     own = dict(block.named_parameters())
-    changed = {name: value for name, value in params.items() if name in own and value is not own[name]}
+    changed = {name: value for name, value in params.items() if name in own and not _same(value, own[name])}
     for name, value in changed.items():  # all checked before any is written
         target = own[name]
         if not (_dtensor.is_dtensor(target) and _dtensor.is_dtensor(value)) or \
