@@ -14,8 +14,12 @@ import numpy as np
 import torch
 
 
-def wanda_mask(W_metric, sparsity_ratio, prune_n=0, prune_m=0):
-    """``prune_wanda``'s pruned mask (True = pruned) from the metric, per output row (``prune_n`` pruned of ``prune_m``)."""
+def wanda_mask(W_metric, sparsity_ratio, prune_n=0, prune_m=0, count=int):
+    """``prune_wanda``'s pruned mask (True = pruned) from the metric, per output row (``prune_n`` pruned of ``prune_m``).
+
+    ``count=round`` replaces the script's floor by torch's rounding (funcprune's rule; they differ
+    only where ``sparsity * columns`` is not whole, e.g. at OWL's per-block amounts).
+    """
     W_mask = torch.zeros_like(W_metric) == 1
     if prune_n != 0:
         for ii in range(W_metric.shape[1]):
@@ -24,7 +28,7 @@ def wanda_mask(W_metric, sparsity_ratio, prune_n=0, prune_m=0):
                 W_mask.scatter_(1, ii + torch.topk(tmp, prune_n, dim=1, largest=False)[1], True)
     else:
         sort_res = torch.sort(W_metric, dim=-1, stable=True)
-        indices = sort_res[1][:, :int(W_metric.shape[1] * sparsity_ratio)]
+        indices = sort_res[1][:, :count(W_metric.shape[1] * sparsity_ratio)]
         W_mask.scatter_(1, indices, True)
     return W_mask
 
@@ -158,13 +162,13 @@ class _Stop(Exception):
 
 
 def prune_model(model, blocks_name, batches, method, sparsity, prune_n=0, prune_m=0, sequential=True,
-                dtype=torch.float32, blocksize=128, percdamp=.01, exact=True, owl=None):
+                dtype=torch.float32, blocksize=128, percdamp=.01, exact=True, owl=None, count=int):
     """The papers' sequential procedure on a copy of ``model``: {weight name: (weight, keep mask)}.
 
     ``owl=(M, Lamda)`` first computes OWL's per-block sparsities from the dense model's Wanda
     metrics (``prune_wanda_outlier``). Returns the pruned copy's linear weights and keep masks.
     """
-    model = copy.deepcopy(model)
+    model = copy.deepcopy(model).eval()  # the scripts call model.eval() first
     layers = model.get_submodule(blocks_name)
     dense = copy.deepcopy(layers) if not sequential or owl else None
     cache = []
@@ -226,7 +230,7 @@ def prune_model(model, blocks_name, batches, method, sparsity, prune_n=0, prune_
             W = _as_linear(mod)
             if method == "wanda":
                 metric = torch.abs(W.to(dtype)) * torch.sqrt(wrapped[n].scaler_row.reshape((1, -1)))
-                pruned = wanda_mask(metric, ratio, prune_n, prune_m)
+                pruned = wanda_mask(metric, ratio, prune_n, prune_m, count)
                 W = W.clone()
                 W[pruned] = 0
             else:

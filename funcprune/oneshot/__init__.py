@@ -10,5 +10,8 @@ model is never modified: the result's ``params`` and ``masks`` run through
 """
 
 from .methods import outlier_ratio, owl, sparsegpt, wanda, wanda_scores
+from .model import LayerReport, Result, find_blocks, prune, prune_layer
+from .stats import LayerStats, all_reduce
 
-__all__ = ["wanda", "wanda_scores", "sparsegpt", "outlier_ratio", "owl"]
+__all__ = ["wanda", "wanda_scores", "sparsegpt", "outlier_ratio", "owl", "prune", "prune_layer", "find_blocks",
+           "Result", "LayerReport", "LayerStats", "all_reduce"]
