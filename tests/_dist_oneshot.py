@@ -316,12 +316,13 @@ def _compare(tag, got, want, worst, done):
     done[tag.split(":")[0]] += 1
 
 
-def data_parallel(rank: int, world: int) -> dict:
+def data_parallel(rank: int, world: int, kinds=tuple(MODELS)) -> dict:
     """prune with each rank's share of the batches = prune on one rank with all of them (a one-rank group)."""
     from funcprune.oneshot import prune
     solo = _solo_group(rank, world)
     done, worst, digests = Counter(), {}, []
-    for kind, make in MODELS.items():
+    for kind in kinds:
+        make = MODELS[kind]
         for dtype in (torch.float64, torch.float32):
             model = make().to(dtype)
             calibration = batches(2 * world + 1)  # uneven shares

@@ -59,3 +59,42 @@ def test_sharded_rows_prune_like_one_process(world):
     worst = results[0]["worst"]
     print(f"\nworld {world}: SparseGPT weights, max |sharded - one process| / max |W|: {worst}")
     assert worst["sparsegpt_float64"] <= 1e-12 and worst["sparsegpt_float32"] <= 1e-5
+
+
+def _report(title, results):
+    worst = results[0]["worst"]
+    print(f"\n{title}: max |distributed - one process| / max |W| over the pruned weights")
+    for tag in sorted(worst):
+        print(f"  {tag:32s} {worst[tag]:.1e}")
+    return worst
+
+
+def _within_round_off(worst):
+    for tag, gap in worst.items():
+        assert gap <= (1e-12 if tag.endswith("float64") else 1e-4), (tag, gap)
+        if not tag.split(":")[0].endswith("sparsegpt"):
+            assert gap == 0.0, tag  # the other methods do not change a weight
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_data_parallel_calibration_equals_one_process_with_all_batches(world):
+    # each rank passes its share (uneven) of the batches; Llama and GPT-2 (4 ranks: Llama), float64
+    # and float32; Wanda/SparseGPT unstructured and 2:4, one dense pass, OWL, K levels, magnitude:
+    # masks equal bit for bit, every rank holds the same result, SparseGPT's weights to round-off;
+    # ranks passing different amounts, methods or layers, or an empty calibration: ValueError on all.
+    kinds = ("llama", "gpt2") if world == 2 else ("llama",)
+    results = _checks(run_ranks(_dist_oneshot.data_parallel, world, kinds, timeout=600),
+                      {"wanda", "sparsegpt", "magnitude", "ranks_identical", "amount_differs", "method_differs",
+                       "layers_differ", "empty_on_one_rank"})
+    _within_round_off(_report(f"data-parallel, {world} ranks", results))
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_fsdp2_sharded_rows_prune_like_one_process(world):
+    # fully_shard on every block and the root (Shard(0) rows, uneven batch shares): masks equal one
+    # process's on the plain model with all the batches, SparseGPT's weights to round-off, masks
+    # laid out like the weights, the model unchanged; OWL and GPT-2's Conv1D (sharded on inputs) refused.
+    results = _checks(run_ranks(_dist_oneshot.fsdp, world, timeout=600),
+                      {"fsdp_wanda", "fsdp_sparsegpt", "fsdp_magnitude", "fsdp_unchanged", "fsdp_owl_refused",
+                       "fsdp_conv1d_refused"})
+    _within_round_off(_report(f"FSDP2, {world} ranks", results))
