@@ -13,7 +13,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from ._select import as_keep
+from .select import as_keep
 from .patterns import satisfies_nm
 
 

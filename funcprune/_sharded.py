@@ -24,7 +24,8 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from . import _amount, _dtensor, _radix, _select
+from . import _amount, _dtensor, _radix
+from ._norms import channel_norm
 from ._amount import Amount
 
 _M32 = 0xFFFFFFFF
@@ -131,12 +132,13 @@ class _Shards:
 
 def select_global(leaves: Sequence[torch.Tensor], keeps: Sequence[Optional[torch.Tensor]], amount: Amount, *,
                   method: str, dtype: torch.dtype, generator: Optional[torch.Generator] = None,
-                  chunk: int = _radix.DEFAULT_CHUNK) -> List[torch.Tensor]:
+                  chunk: int = _radix.DEFAULT_CHUNK, largest: bool = False) -> List[torch.Tensor]:
     """Keep masks after pruning ``amount`` of the surviving entries of all ``leaves`` together.
 
     ``method`` ``"l1"`` drops the smallest ``|leaf|`` (compared in ``dtype``); ``"random"`` the
-    smallest hash-stream keys of one seed drawn from ``generator``. Ties go to the lowest global
-    index. ``keeps`` are bool masks laid out like their leaves (or None). The result is laid out
+    smallest hash-stream keys of one seed drawn from ``generator``; ``"scores"`` the smallest (or
+    ``largest``) entries of the leaves themselves, which must be non-negative. Ties go to the
+    lowest global index. ``keeps`` are bool masks laid out like their leaves (or None). The result is laid out
     like the leaves (DTensors with their mesh and placements).
 
     Raises:
@@ -148,6 +150,8 @@ def select_global(leaves: Sequence[torch.Tensor], keeps: Sequence[Optional[torch
     if method == "l1":
         local = _radix.radix_select_keep(shards.locals, shards.keeps, k, key_fn=lambda piece: piece.abs().to(dtype),
                                          chunk=chunk, **spread)
+    elif method == "scores":
+        local = _radix.radix_select_keep(shards.locals, shards.keeps, k, largest=largest, chunk=chunk, **spread)
     else:
         seed = draw_seed(generator, leaves)
         local = _radix.radix_select_keep(shards.locals, shards.keeps, k, key_fn=lambda index: hash_keys(seed, index),
@@ -224,7 +228,7 @@ def channel_norms(scores: torch.Tensor, n, dim: int) -> torch.Tensor:
     cast to the dtype the one-process kernel returns. So the norms do not depend on the world size
     or the placements (up to float64 rounding, far below the scores dtype's): a true tie (two
     channels holding the same values in another order) stays a tie, broken by the kernel's tie
-    rule. torch's own float32 norms (:func:`funcprune._select.channel_norm`, what one-process
+    rule. torch's own float32 norms (:func:`funcprune.methods.channel_norm`, what one-process
     ``ln_structured`` uses) can split such a tie by summation order, so the two agree except
     where two channel norms differ by less than the scores dtype's summation error. A plain tensor
     takes the same float64 path (one process, no collective). NaN and inf propagate as in torch.
@@ -241,7 +245,7 @@ def channel_norms(scores: torch.Tensor, n, dim: int) -> torch.Tensor:
         _dtensor.check_placements("scores", scores)
     # n and the dtype checked as the one-process kernel checks them, on one entry per dim
     local = _dtensor.local(scores).detach()
-    probe = _select.channel_norm(torch.zeros((2,) * scores.dim(), dtype=scores.dtype, device=local.device), n, dim)
+    probe = channel_norm(torch.zeros((2,) * scores.dim(), dtype=scores.dtype, device=local.device), n, dim)
     if tuple(probe.shape) != (2,):
         raise ValueError(f"n={n!r} gives norms of shape {tuple(probe.shape)} for a tensor of shape "
                          f"{tuple(scores.shape)}, not one per channel along dim {dim}")
@@ -282,26 +286,6 @@ def channel_norms(scores: torch.Tensor, n, dim: int) -> torch.Tensor:
         part = part if reduce is None else reduce(part)
         norm = part if p in (0, 1) else part.sqrt() if p == 2 else part.pow(1.0 / p)
     return norm.to(probe.dtype)
-
-
-def select_channels(scores: torch.Tensor, amount: Amount, dim: int, key, keep: Optional[torch.Tensor], *,
-                    select_kept: bool = False, lazy: bool = True) -> torch.Tensor:
-    """A mask laid out like ``scores`` pruning ``amount`` of its alive channels along ``dim`` by ``key``.
-
-    ``key`` is the channels-sized score vector (or a callable returning it), the same on every
-    rank; the selection is the single-process kernel's (:func:`funcprune._select.prune_units` over
-    the channels), so the channel choice, ties included, is the one-process choice for that vector.
-    """
-    if _dtensor.is_dtensor(scores):
-        _dtensor.check_placements("scores", scores)
-    channels = scores.shape[dim]
-    alive = None if keep is None else channels_kept(keep, dim)
-    device = _dtensor.local(scores).device
-    like = torch.empty((channels, 1), dtype=torch.bool, device=device)
-    unit_keep = _select.prune_units(like, _select.slices(like.shape, 0), amount, key,
-                                    mask=None if alive is None else alive.view(channels, 1),
-                                    select_kept=select_kept, lazy=lazy, what="parameters")
-    return spread_channels(unit_keep.view(channels), scores, dim, keep)
 
 
 def random_channel_keys(seed: int, channels: int, device) -> torch.Tensor:

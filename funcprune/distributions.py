@@ -21,10 +21,10 @@ from typing import Any, Callable, Mapping, Optional
 
 import torch
 
-from . import _amount, _dtensor, _pytree, _sharded
+from . import _amount, _backend, _pytree
 from ._amount import check_fraction
 from ._pytree import Include, Tree
-from ._select import as_keep, count_kept
+from .select import as_keep
 
 __all__ = ["uniform", "erk", "to_counts", "prune_by"]
 
@@ -203,8 +203,7 @@ def _to_go(leaf: torch.Tensor, target, keep: Optional[torch.Tensor]):
         raise ValueError(f"target count {wanted} exceeds the {leaf.numel()} entries")
     if keep is None:
         return wanted
-    # a DTensor's kept entries are counted shard by shard and summed across its mesh
-    pruned = leaf.numel() - (int(_sharded.kept_count(keep)) if _dtensor.is_dtensor(keep) else count_kept(keep))
+    pruned = leaf.numel() - _backend.kept_count(keep)  # a DTensor's: summed across its mesh
     if isinstance(pruned, int):
         return max(wanted - pruned, 0)
     return (wanted - pruned).clamp(min=0)
@@ -239,10 +238,7 @@ def prune_by(params: Tree, method: Callable[..., torch.Tensor], amounts: Tree, *
     named = _pytree.named_leaves(params)
     per_leaf = _pytree.lookup(named, amounts, "amounts")
 
-    from .methods import check_dtensor_method
-
     def step(name: str, leaf_scores: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
-        check_dtensor_method(method, leaf_scores)
         amount = per_leaf[name]
         if target:
             amount = _to_go(named[name], amount, as_keep(named[name], mask))

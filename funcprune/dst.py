@@ -20,9 +20,8 @@ import torch
 
 from . import _amount, _pytree
 from ._pytree import Include, Tree
-from ._select import select
 from ._amount import as_number
-from ._select import as_keep, count_kept
+from .select import as_keep, count_kept, select_flat
 
 DropFraction = Union[float, torch.Tensor, Callable[[int], Union[float, torch.Tensor]]]
 
@@ -71,12 +70,12 @@ def drop_and_grow(weights: torch.Tensor, mask: torch.Tensor, drop_fraction, grow
     alive = count_kept(keep)
     k = _amount.prune_count(drop_fraction, alive)
     flat_keep = keep.reshape(-1)
-    dropped = select(weights.detach().abs().reshape(-1), k, largest=False, alive=flat_keep, k_max=n)
+    dropped = select_flat(weights.detach().abs().reshape(-1), k, largest=False, alive=flat_keep, k_max=n)
     after = flat_keep & ~dropped
     grow_key = grow_scores.detach().reshape(-1)
     if not grow_key.is_floating_point():
         grow_key = grow_key.to(torch.get_default_dtype())
-    grown = select(grow_key, k, largest=True, alive=~after, k_max=n)
+    grown = select_flat(grow_key, k, largest=True, alive=~after, k_max=n)
     return (after | grown).view(weights.shape)
 
 

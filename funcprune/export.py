@@ -27,7 +27,7 @@ from . import _pytree
 from ._layout import reparametrized
 from ._masking import masked
 from ._pytree import Include, Tree
-from ._select import as_keep
+from .select import as_keep
 from ._masks_io import load_masks, save_masks
 from .call import functional_call
 from ._semistructured import (SemiStructuredUnavailable, check_semi_structured, semi_structured_available,

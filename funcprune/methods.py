@@ -5,7 +5,7 @@ scores' device, and never changes its inputs. ``True`` means *kept*. ``mask`` (k
 the existing mask (``None`` for a fresh tensor): new pruning acts only on what it still keeps,
 exactly as ``torch.nn.utils.prune.PruningContainer`` does, and the result includes the old mask.
 Exactly the requested number of survivors is pruned whatever values they hold (NaN, +-inf).
-Each method is its scores plus a granularity of the selection kernel (:mod:`funcprune._select`).
+Each method is its scores plus a granularity of the selection kernel (:mod:`funcprune.select`).
 
 DTensor scores (``torch.distributed.tensor``, ``Shard(d)``/``Replicate()`` on a 1-D or 2-D mesh):
 every function here takes them and returns a DTensor mask laid out like the scores, selecting
@@ -32,16 +32,18 @@ there an int ``amount`` larger than the survivors simply prunes every survivor, 
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Union
+from typing import Optional, Union
 
 import torch
 
-from . import _amount, _dtensor, _select, _sharded
+import warnings
+
+from . import _amount, _backend, select
 from ._amount import Amount
-from ._select import as_keep, prune_units
+from ._norms import channel_norm
+from .select import HashStream, prune_units
 
 Norm = Union[int, float, str]
-_STREAMS = (None, "torch", "hash")
 
 __all__ = ["identity", "random_unstructured", "l1_unstructured", "random_structured", "ln_structured",
            "custom_from_mask"]
@@ -54,30 +56,7 @@ def identity(scores: torch.Tensor, *, mask: Optional[torch.Tensor] = None) -> to
       >>> identity(torch.randn(2, 3)).all()
       tensor(True)
     """
-    if _dtensor.is_dtensor(scores):
-        keep = _sharded_keep(scores, mask)
-        local = _dtensor.local(scores)
-        return _dtensor.like_param(torch.ones(local.shape, dtype=torch.bool, device=local.device) if keep is None
-                                   else _dtensor.local(keep).clone(), scores)
-    return _select.unchanged(scores, as_keep(scores, mask), mask)
-
-
-def _sharded_keep(scores: torch.Tensor, mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    """The existing mask of DTensor ``scores`` as a bool DTensor laid out like them (or None)."""
-    _dtensor.check_placements("scores", scores)
-    keep = as_keep(scores, mask)
-    return None if keep is None else _dtensor.aligned(keep, scores, "mask")
-
-
-def _stream(stream: Optional[str], scores: torch.Tensor) -> str:
-    """``"torch"`` or ``"hash"``: which random stream draws (DTensors only have the hash stream)."""
-    if stream not in _STREAMS:
-        raise ValueError(f"stream must be None, 'torch' or 'hash', got {stream!r}")
-    if _dtensor.is_dtensor(scores):
-        if stream == "torch":
-            raise ValueError("stream='torch' needs full-size draws; DTensor scores take stream='hash'")
-        return "hash"
-    return stream or "torch"
+    return _backend.fresh(scores, _backend.keep(scores, mask), mask)
 
 
 def l1_unstructured(scores: torch.Tensor, amount: Amount, *, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -97,10 +76,7 @@ def l1_unstructured(scores: torch.Tensor, amount: Amount, *, mask: Optional[torc
       tensor([ True, False,  True, False])
     """
     _amount.validate_amount(amount)
-    if _dtensor.is_dtensor(scores):
-        return _sharded.select_global([scores], [_sharded_keep(scores, mask)], amount, method="l1",
-                                      dtype=scores.dtype)[0]
-    return prune_units(scores, _select.entries(scores.shape), amount, lambda: scores.detach().abs(), mask=mask)
+    return prune_units(scores, select.entries(scores.shape), amount, lambda: scores.detach().abs(), mask=mask)
 
 
 def _uniform(like: torch.Tensor, shape, dtype: torch.dtype, generator: Optional[torch.Generator]) -> torch.Tensor:
@@ -134,12 +110,11 @@ def random_unstructured(scores: torch.Tensor, amount: Amount, *, mask: Optional[
       7
     """
     _amount.validate_amount(amount)
-    if _stream(stream, scores) == "hash":
-        keep = _sharded_keep(scores, mask) if _dtensor.is_dtensor(scores) else as_keep(scores, mask)
-        return _sharded.select_global([scores], [keep], amount, method="random", dtype=scores.dtype,
-                                      generator=generator)[0]
-    return prune_units(scores, _select.entries(scores.shape), amount,
-                       lambda: _uniform(scores, scores.shape, scores.dtype, generator), mask=mask, largest=True)
+    entries = select.entries(scores.shape)
+    if _backend.stream(stream, scores) == "hash":
+        return prune_units(scores, entries, amount, HashStream(generator), mask=mask)
+    return prune_units(scores, entries, amount, lambda: _uniform(scores, scores.shape, scores.dtype, generator),
+                       mask=mask, largest=True)
 
 
 def random_structured(scores: torch.Tensor, amount: Amount, dim: int, *, mask: Optional[torch.Tensor] = None,
@@ -163,14 +138,9 @@ def random_structured(scores: torch.Tensor, amount: Amount, dim: int, *, mask: O
       tensor(2)
     """
     _amount.validate_amount(amount)
-    channels = _select.slices(scores.shape, dim)
-    if _stream(stream, scores) == "hash":
-        dim = channels.dim
-        keep = _sharded_keep(scores, mask) if _dtensor.is_dtensor(scores) else as_keep(scores, mask)
-        seed = _sharded.draw_seed(generator, [scores])
-        device = _dtensor.local(scores).device
-        return _sharded.select_channels(scores, amount, dim,
-                                        lambda: _sharded.random_channel_keys(seed, scores.shape[dim], device), keep)
+    channels = select.slices(scores.shape, dim)
+    if _backend.stream(stream, scores) == "hash":
+        return prune_units(scores, channels, amount, HashStream(generator), mask=mask)
     return prune_units(scores, channels, amount,
                        lambda: torch.rand(channels.unit_shape, generator=generator, device=scores.device), mask=mask)
 
@@ -211,18 +181,10 @@ def ln_structured(scores: torch.Tensor, amount: Amount, n: Norm, dim: int, *,
     if isinstance(n, bool) or not (isinstance(n, (int, float, str))):
         raise TypeError(f"n must be a norm order accepted by torch.norm, got {n!r}")
     _amount.validate_amount(amount)
-    channels = _select.slices(scores.shape, dim)
-    if _dtensor.is_dtensor(scores):
-        keep = _sharded_keep(scores, mask)
-        norms = _sharded.channel_norms(scores, n, channels.dim)  # one float64 per channel crosses the wire
-        return _sharded.select_channels(scores, amount, channels.dim, norms, keep, select_kept=True, lazy=False)
+    channels = select.slices(scores.shape, dim)
 
-    def norms():
-        norm = _select.channel_norm(scores.detach(), n, channels.dim)
-        if tuple(norm.shape) != channels.unit_shape:  # torch 2.14 reads 'nuc' over other than 2 dims so
-            raise ValueError(f"n={n!r} gives norms of shape {tuple(norm.shape)} for a tensor of shape "
-                             f"{tuple(scores.shape)}, not one per channel along dim {dim}")
-        return norm
+    def norms():  # torch's norms; float64 partial sums for shards (the backend's)
+        return _backend.channel_norms(scores, n, channels.dim, channels.unit_shape[0])
     # Norms even when nothing is pruned (a bad `n` raises as in torch); torch selects the channels
     # it keeps (the largest norms): selecting the same way makes the same choice among tied norms.
     return prune_units(scores, channels, amount, norms, mask=mask, select_kept=True, lazy=False)
@@ -236,24 +198,19 @@ def custom_from_mask(scores: torch.Tensor, custom: torch.Tensor, *,
       >>> custom_from_mask(torch.ones(3), torch.tensor([0, 1, 0]))
       tensor([False,  True, False])
     """
-    custom = as_keep(scores, custom, "custom")
-    if _dtensor.is_dtensor(scores):
-        local = _dtensor.local(_dtensor.aligned(custom, scores, "custom")).clone()
-        keep = _sharded_keep(scores, mask)
-        return _dtensor.like_param(local if keep is None else local & _dtensor.local(keep), scores)
-    keep = as_keep(scores, mask)
-    return custom.clone() if keep is None else custom & keep
+    custom = _backend.keep(scores, custom, "custom")
+    keep = _backend.keep(scores, mask)
+    here = _backend.shard_of(custom, scores, "custom")
+    return _backend.wrap(here.clone() if keep is None else here & _backend.shard_of(keep, scores, "mask"), scores)
 
 
-DTENSOR_METHODS = (identity, l1_unstructured, random_unstructured, random_structured, ln_structured, custom_from_mask)
-
-
-def check_dtensor_method(method: Callable, leaf: torch.Tensor) -> None:
-    """Raise TypeError unless ``method`` can take ``leaf`` (any method takes a plain tensor).
-
-    Only the methods of :data:`DTENSOR_METHODS` select on DTensor shards without gathering; any
-    other would run DTensor ops that may gather, so it is refused up front (the caller names the leaf).
-    """
-    if _dtensor.is_dtensor(leaf) and method not in DTENSOR_METHODS:
-        raise TypeError(f"{getattr(method, '__name__', method)!s} does not take DTensor leaves; those that do: "
-                        f"{', '.join(m.__name__ for m in DTENSOR_METHODS)}")
+def __getattr__(name: str):
+    # 1.1 named the methods that took DTensors; every method does now (the backend seam carries them).
+    if name in ("DTENSOR_METHODS", "check_dtensor_method"):
+        warnings.warn(f"funcprune.methods.{name} is deprecated: every method takes DTensor scores now (the "
+                      f"selection kernel runs them on the shards); it will be removed in 2.0",
+                      DeprecationWarning, stacklevel=2)
+        if name == "DTENSOR_METHODS":
+            return (identity, l1_unstructured, random_unstructured, random_structured, ln_structured, custom_from_mask)
+        return lambda method, leaf: None
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

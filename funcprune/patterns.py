@@ -4,7 +4,7 @@ Each mask function has the core's shape, ``(scores, ..., *, mask=None) -> bool m
 importance ``scores`` (usually the param itself), acts only on what ``mask`` still keeps, returns a
 new ``torch.bool`` mask on the scores' device, and never reads tensor values to pick a shape, so it
 runs under ``torch.func.vmap`` and on the ``meta`` device. Bad arguments raise before anything is
-computed. The selection itself is the kernel's (:mod:`funcprune._select`): a pattern is its scores
+computed. The selection itself is the kernel's (:mod:`funcprune.select`): a pattern is its scores
 plus a granularity.
 
 * :func:`nm_structured` keeps the ``kept_per_group`` largest ``|scores|`` of every ``group_size``
@@ -23,19 +23,41 @@ from typing import Optional, Sequence
 
 import torch
 
-from . import _amount, _dtensor, _pytree, _select, _sharded
+from . import _amount, _backend, _pytree, select
 from ._amount import Amount
 from ._pytree import Include, Tree
-from ._select import as_keep, check_dim
+from .select import as_keep, check_dim
 from .methods import Norm, ln_structured
 
 __all__ = ["nm_structured", "satisfies_nm", "block_structured", "channels_kept", "prune_channels"]
 
 
-def _nm_groups(shape: Sequence[int], kept_per_group: int, group_size: int, dim: int) -> _select.Granularity:
+def check_group_counts(kept_per_group: int, group_size: int) -> None:
+    """Raise for an N:M request that no tensor can satisfy (the core and compat share this check).
+
+    Args:
+      kept_per_group: N, the entries kept in every group.
+      group_size: M, the entries of a group.
+
+    Raises:
+      TypeError: a count that is not an int. ValueError: ``group_size < 1`` or ``kept_per_group``
+      outside ``[0, group_size]``.
+
+    Example:
+      >>> check_group_counts(2, 4)
+    """
+    if not isinstance(kept_per_group, int) or isinstance(kept_per_group, bool):
+        raise TypeError(f"kept_per_group must be an int, got {kept_per_group!r}")
+    select.check_group_size(group_size)
+    if not 0 <= kept_per_group <= group_size:
+        raise ValueError(f"kept_per_group must satisfy 0 <= kept_per_group <= group_size, got "
+                         f"kept_per_group={kept_per_group}, group_size={group_size}")
+
+
+def _nm_groups(shape: Sequence[int], kept_per_group: int, group_size: int, dim: int) -> select.Granularity:
     """The N:M groups of a tensor of ``shape``, after checking the request."""
-    _select.check_group_counts(kept_per_group, group_size)
-    return _select.groups(shape, group_size, dim)
+    check_group_counts(kept_per_group, group_size)
+    return select.groups(shape, group_size, dim)
 
 
 def nm_structured(scores: torch.Tensor, kept_per_group: int, group_size: int, dim: int = -1, *,
@@ -70,7 +92,7 @@ def nm_structured(scores: torch.Tensor, kept_per_group: int, group_size: int, di
       tensor([[ True,  True, False, False,  True,  True, False, False]])
     """
     groups = _nm_groups(scores.shape, kept_per_group, group_size, dim)
-    return _select.keep_per_pool(scores, groups, kept_per_group, lambda: scores.detach().abs(), mask=mask)
+    return select.keep_per_pool(scores, groups, kept_per_group, lambda: scores.detach().abs(), mask=mask)
 
 
 def satisfies_nm(mask: torch.Tensor, kept_per_group: int, group_size: int, dim: int = -1) -> torch.Tensor:
@@ -118,7 +140,7 @@ def block_structured(scores: torch.Tensor, amount: Amount, block_shape: Sequence
               [ True,  True, False, False]])
     """
     _amount.validate_amount(amount)
-    blocks = _select.blocks(scores.shape, block_shape)
+    blocks = select.blocks(scores.shape, block_shape)
     if isinstance(n, bool) or not isinstance(n, (int, float)):
         raise TypeError(f"n must be a real norm order, got {n!r}")
     keep = as_keep(scores, mask)
@@ -127,7 +149,7 @@ def block_structured(scores: torch.Tensor, amount: Amount, block_shape: Sequence
         key = scores.detach().abs()
         key = key if keep is None else key * keep
         return blocks.pool(key.to(_float_of(key)), lambda t, dims: torch.linalg.vector_norm(t, ord=n, dim=dims))
-    return _select.prune_units(scores, blocks, amount, block_norms, mask=keep, what="blocks")
+    return select.prune_units(scores, blocks, amount, block_norms, mask=keep, what="blocks")
 
 
 def _float_of(t: torch.Tensor) -> torch.dtype:
@@ -143,12 +165,7 @@ def channels_kept(mask: torch.Tensor, dim: int = 0) -> torch.Tensor:
       >>> channels_kept(torch.tensor([[True, False], [False, False]]))
       tensor([ True, False])
     """
-    dim = check_dim(dim, mask.shape)
-    if _dtensor.is_dtensor(mask):  # a channels-sized count vector crosses the wire
-        return _sharded.channels_kept(mask, dim)
-    others = [d for d in range(mask.dim()) if d != dim]
-    kept = mask != 0
-    return kept.any(dim=others) if others else kept
+    return _backend.channels_kept(mask, check_dim(dim, mask.shape))
 
 
 def _bias_name(weight_name: str) -> Optional[str]:
@@ -212,10 +229,6 @@ def prune_channels(params: Tree, amount: Amount, n: Norm = 2, dim: int = 0, *, m
                                  f"{named[name].shape[0]} output channels of {name}")
             kept = channels_kept(new[name], 0)
             bias_keep = as_keep(bias_leaf, new.get(bias_name), f"{bias_name} mask")
-            if _dtensor.is_dtensor(bias_leaf):  # the bias's own shard of the channel vector
-                new[bias_name] = _sharded.spread_channels(kept, bias_leaf, 0, bias_keep)
-                continue
-            kept = kept.to(bias_leaf.device)
-            new[bias_name] = kept if bias_keep is None else kept & bias_keep
+            new[bias_name] = _backend.spread_channels(kept, bias_leaf, 0, bias_keep)  # a DTensor: its own shard
 
     return _pytree.per_leaf(params, step, masks=masks, scores=scores, include=include, finish=with_biases)

@@ -22,7 +22,7 @@ from typing import Any, Callable, List, Optional, Sequence, Union
 import optree
 import torch
 
-from . import _amount, _dtensor, _pytree
+from . import _amount, _backend, _pytree
 from ._pytree import Include, Tree
 from .tree import global_unstructured, prune
 
@@ -141,13 +141,13 @@ def _amounts_tensor(amounts: Amounts, device: torch.device) -> torch.Tensor:
 
 
 def _sharded(params: Tree) -> bool:
-    return any(_dtensor.is_dtensor(leaf) for leaf in optree.tree_leaves(params))
+    return _backend.any_sharded(optree.tree_leaves(params))
 
 
 def _stacked_masks(trees: List[Tree]) -> Tree:
     """K masks trees (DTensor leaves) stacked along a new dim 0, locally: the eager loop's :func:`stack`."""
     named = [_pytree.named_leaves(tree) for tree in trees]
-    out = {name: (_dtensor.stacked if _dtensor.is_dtensor(leaf) else torch.stack)([n[name] for n in named])
+    out = {name: _backend.stacked([n[name] for n in named])
            for name, leaf in named[0].items()}
     return _pytree.like(trees[0], out)
 
@@ -301,7 +301,7 @@ def masks_for_scores(params: Tree, method: Callable, scores: Tree, amount: Union
         if len(amounts) != size:
             raise ValueError(f"got {len(amounts)} amounts for {size} stacked score trees")
         pick = lambda k: optree.tree_map(  # noqa: E731
-            lambda leaf: _dtensor.unstacked(leaf, k) if _dtensor.is_dtensor(leaf) else leaf[k], scores)
+            lambda leaf: _backend.unstacked(leaf, k), scores)
         return _stacked_masks([run(amounts[k], pick(k)) for k in range(size)])
     if not batched:
         _amount.validate_amount(amount)

@@ -12,12 +12,12 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Union
 
 import torch
 
-from . import _amount, _dtensor, _pytree, _radix, _select, _sharded
+from . import _amount, _backend, _dtensor, _pytree, _radix, _sharded, select
 from ._amount import Amount, drop_count
 from ._masking import masked
 from ._pytree import Include, Tree, named_error, scores_for
-from ._select import as_keep, count_kept
-from .methods import check_dtensor_method, l1_unstructured, random_unstructured
+from .select import as_keep, count_kept
+from .methods import l1_unstructured, random_unstructured
 
 __all__ = ["prune", "global_unstructured", "apply_masks", "mask_grads", "sparsity", "Sparsity"]
 
@@ -43,8 +43,6 @@ def prune(params: Tree, method: Callable[..., torch.Tensor], *args: Any, masks: 
         param's shape.
       ValueError, TypeError, IndexError, KeyError: as the method raises them, prefixed with the leaf
         name; nothing is returned half-done.
-      TypeError: a DTensor leaf given to a method that does not take DTensors (see
-        :data:`funcprune.methods.DTENSOR_METHODS`), naming the method and the leaf.
 
     DTensor params (``Shard``/``Replicate`` on a 1-D or 2-D mesh; masks/scores laid out like them,
     or ``Replicate()`` where they are sharded) give DTensor masks laid out like the params; see
@@ -59,7 +57,6 @@ def prune(params: Tree, method: Callable[..., torch.Tensor], *args: Any, masks: 
               [False,  True]])}
     """
     def step(name: str, leaf_scores: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
-        check_dtensor_method(method, leaf_scores)
         return method(leaf_scores, *args, mask=mask, **kwargs)
 
     return _pytree.per_leaf(params, step, masks=masks, scores=scores, include=include)
@@ -129,10 +126,10 @@ def global_unstructured(params: Tree, amount: Amount, *, masks: Optional[Tree] =
     if not names:
         raise ValueError("global_unstructured needs at least one leaf to prune")
     sharded = _dtensor.split_kinds({name: named[name] for name in names}, "global_unstructured selection")
-    if stream not in (None, "torch", "hash") or (stream is not None and method != "random") or (
-            sharded and stream == "torch"):
-        raise ValueError(f"stream must be None, 'torch' or 'hash' (with method='random'; DTensors: 'hash'), "
-                         f"got {stream!r} with method={method!r}")
+    if stream is not None and method != "random":
+        raise ValueError(f"stream is for method='random' only, got stream={stream!r} with method={method!r}")
+    if method == "random":  # one rule with the methods': DTensors take the hash stream only
+        stream = _backend.stream(stream, named[names[0]])
     leaves = [named_scores.get(name, named[name]).detach() for name in names]
     keeps = []
     for name, leaf in zip(names, leaves):
@@ -165,12 +162,12 @@ def global_unstructured(params: Tree, amount: Amount, *, masks: Optional[Tree] =
             # torch's container draws one number per survivor, in index order, and takes its top-k
             # there: the same draws and the same choice (ties included) give torch's mask.
             draws = torch.rand(alive, generator=generator, dtype=dtype, device=device)
-            chosen = _select.torch_order_select(draws, k, largest=True)
+            chosen = select.select_flat(draws, k, largest=True)
             flat = flat_alive.clone().masked_scatter_(flat_alive, chosen.logical_not_())
         else:
             key = (torch.cat([leaf.reshape(-1).to(dtype=dtype, device=device).abs() for leaf in leaves])
                    if method == "l1" else torch.rand(total, generator=generator, dtype=dtype, device=device))
-            flat = ~_select.select(key, k, largest=method == "random", alive=flat_alive,
+            flat = ~select.select_flat(key, k, largest=method == "random", alive=flat_alive,
                                    k_max=_amount.max_prune_count(amount, total))
         if flat_alive is not None:
             flat = flat & flat_alive

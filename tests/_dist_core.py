@@ -172,7 +172,7 @@ def true_tie_checks(c: Checker, mesh) -> None:
     for n in (1, 2, math.inf):
         norms = _sharded.channel_norms(w, n, 1)
         assert norms[0] == norms[2], (n, norms)
-        want = _sharded.select_channels(w, 1, 1, norms, None, select_kept=True, lazy=False)
+        want = fp.select.prune_units(w, fp.select.slices(w.shape, 1), 1, norms, select_kept=True, lazy=False)
         for placements in ([Shard(0)] * mesh.ndim, [Shard(1)] * mesh.ndim, [Replicate()] * (mesh.ndim - 1) + [Shard(0)]):
             dw = shard(w, mesh, placements)
             assert torch.equal(_sharded.channel_norms(dw, n, 1), norms), (n, placements)
@@ -253,7 +253,7 @@ def tree_checks(c: Checker, mesh, layouts) -> None:
     c.raises("mixed_tree", ValueError, lambda: fp.global_unstructured(mixed, 0.5), name0, "plain")
     c.raises("plain_mask", ValueError, lambda: fp.prune(dts, fp.l1_unstructured, 0.5, masks={name0: prior[name0]}),
              name0, "plain tensor")
-    c.raises("other_method", TypeError, lambda: fp.prune(dts, patterns.nm_structured, 2, 4), "nm_structured", name0)
+    custom_method_checks(c, mesh)
     c.raises("torch_stream", ValueError, lambda: fp.global_unstructured(dts, 0.5, method="random", stream="torch"),
              "hash")
     partial = DTensor.from_local(fulls[name0], mesh, [Partial()] * mesh.ndim, run_check=False)
@@ -289,6 +289,36 @@ def tree_checks(c: Checker, mesh, layouts) -> None:
     repl = {name: shard(prior[name], mesh, [Replicate()] * mesh.ndim) for name in dts}
     c.same("mask_replicated", fp.global_unstructured(dts, 0.5, masks=repl),
            fp.global_unstructured(fulls, 0.5, masks=prior), dts)
+
+
+def row_magnitude(scores, amount, *, mask=None):
+    """A user's method, as docs/select.md writes it: scores plus a granularity, no distributed code."""
+    return fp.select.prune_units(scores, fp.select.rows(scores.shape, 0), amount, lambda: scores.detach().abs(),
+                                 mask=mask)
+
+
+def magnitude(scores, amount, *, mask=None):
+    """A user's unstructured method (scores without ties: the sharded cut and topk agree)."""
+    return fp.select.prune_units(scores, fp.select.entries(scores.shape), amount, lambda: scores.detach().abs(),
+                                 mask=mask)
+
+
+def custom_method_checks(c: Checker, mesh) -> None:
+    """A method written with no distributed code runs on Shard(0) DTensors and equals one process bit
+    for bit (per-row, unstructured, N:M through prune); pools split across ranks are refused, naming the leaf."""
+    g = torch.Generator().manual_seed(11)
+    fulls = {"w": torch.randn(8, 12, generator=g), "v": torch.randn(4, 16, generator=g)}
+    prior = {name: torch.rand(t.shape, generator=g) > 0.3 for name, t in fulls.items()}
+    dts = {name: shard(t, mesh, [Shard(0)] * mesh.ndim) for name, t in fulls.items()}
+    dprior = {name: shard(m, mesh, [Shard(0)] * mesh.ndim) for name, m in prior.items()}
+    for method, amount in ((row_magnitude, 0.5), (row_magnitude, 2), (magnitude, 0.3)):
+        c.same("custom_method", fp.prune(dts, method, amount), fp.prune(fulls, method, amount), dts)
+        c.same("custom_method", fp.prune(dts, method, amount, masks=dprior),
+               fp.prune(fulls, method, amount, masks=prior), dts)
+    c.same("custom_method", fp.prune(dts, patterns.nm_structured, 2, 4, masks=dprior),
+           fp.prune(fulls, patterns.nm_structured, 2, 4, masks=prior), dts)
+    split = {"r": shard(fulls["w"], mesh, [Shard(1)] * mesh.ndim)}
+    c.raises("pools_split_refused", ValueError, lambda: fp.prune(split, row_magnitude, 0.5), "r", "split across ranks")
 
 
 def dtype_checks(c: Checker, mesh, layouts) -> None:

@@ -20,7 +20,8 @@ UNSTRUCTURED = {"global_l1", "global_l1_scores", "l1_per_tensor", "l1_per_tensor
                 "random_unstructured", "random_global_rng"}
 STRUCTURED = {"ln_structured", "random_structured", "true_tie"}
 TREE = {"identity", "identity_fresh", "custom_from_mask", "apply_masks", "mask_grads", "sparsity", "prune_by",
-        "masks_for_amounts", "masks_for_seeds", "masks_for_scores", "mixed_tree", "plain_mask", "other_method",
+        "masks_for_amounts", "masks_for_seeds", "masks_for_scores", "mixed_tree", "plain_mask", "custom_method",
+        "pools_split_refused",
         "torch_stream", "partial",
         "placements_refused", "mask_sharded_unlike", "mask_replicated"}
 

@@ -10,7 +10,7 @@ import pytest
 import funcprune
 
 PACKAGE = pathlib.Path(funcprune.__file__).parent
-CORE = ["_amount", "_select", "_masking", "_layout", "_pytree", "methods", "tree", "call", "patterns",
+CORE = ["_amount", "select", "_select", "_norms", "_backend", "_masking", "_layout", "_pytree", "methods", "tree", "call", "patterns",
         "distributions", "schedules", "saliency", "dst", "stacking", "multi", "train", "export",
         "_dtensor", "_sharded", "_radix", "distributed"]
 UPPER = {"compat", "bridge"}

@@ -115,11 +115,11 @@ def test_compat_ln_structured_on_a_conv_weight_is_torchs_on_this_torch(n):
 
 @pytest.mark.parametrize("n", NORMS + ["nuc"])
 def test_channel_norm_fallback_is_torch_2_14s_rule(n):
-    from funcprune import _select
+    from funcprune import _norms
 
     for shape, dim in (((4, 3, 3, 3), 0), ((6, 5), 1), ((2, 3, 4), -1)):
         t = torch.randn(shape, generator=torch.Generator().manual_seed(1))
-        fallback, err = outcome(lambda: _select._channel_norm_2_14(t, n, dim))
+        fallback, err = outcome(lambda: _norms._channel_norm_2_14(t, n, dim))
         if isinstance(n, str) and tuple(int(v) for v in torch.__version__.split(".")[:2]) < (2, 14):
             continue  # torch 2.13 reads 'fro' and 'nuc' through the deprecated torch.norm
         ref, ref_err = outcome(lambda: torch_prune._compute_norm(t, n, dim))
@@ -364,3 +364,38 @@ def test_random_methods_draw_nothing_when_failing_or_pruning_nothing(call):
     except ValueError:
         pass
     assert torch.equal(torch.rand(3), expected), "the global RNG moved"
+
+
+def test_method_modules_never_ask_whether_a_tensor_is_sharded():
+    """DTensor is a backend, not a branch: method code holds no DTensor test and no sharded path of its own."""
+    import pathlib
+    import re
+
+    root = pathlib.Path(fp.__file__).parent
+    for name in ("methods", "patterns", "distributions", "stacking", "dst", "saliency"):
+        text = (root / f"{name}.py").read_text()
+        found = re.findall(r"\bis_dtensor\b|\b_dtensor\b|\b_sharded\.|\bcheck_dtensor_method\(", text)
+        assert not found, f"{name}.py: {found}"
+
+
+def test_dtensor_methods_allowlist_is_deprecated_and_kept():
+    with pytest.warns(DeprecationWarning, match="DTENSOR_METHODS"):
+        allow = fp.methods.DTENSOR_METHODS
+    assert fp.l1_unstructured in allow and fp.ln_structured in allow
+    with pytest.warns(DeprecationWarning, match="check_dtensor_method"):
+        fp.methods.check_dtensor_method(fp.patterns.nm_structured, torch.ones(2, 4))
+    with pytest.raises(AttributeError, match="no_such_name"):
+        fp.methods.no_such_name
+
+
+def test_hash_stream_scores_through_the_kernel_equal_the_random_methods():
+    w = torch.randn(6, 8, generator=torch.Generator().manual_seed(0))
+    prior = torch.rand(6, 8, generator=torch.Generator().manual_seed(1)) > 0.3
+    gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    for gran, method, args in ((fp.select.entries(w.shape), fp.random_unstructured, ()),
+                               (fp.select.slices(w.shape, 1), fp.random_structured, (1,))):
+        want = method(w, 3, *args, mask=prior, stream="hash", generator=gen())
+        got = fp.select.prune_units(w, gran, 3, fp.select.HashStream(gen()), mask=prior)
+        assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="hash stream"):
+        fp.select.prune_units(w, fp.select.rows(w.shape), 3, fp.select.HashStream(gen()))

@@ -128,6 +128,13 @@ def test_sparsegpt_prunes_exactly_the_rounded_count_per_block_where_the_referenc
         assert int(ref_pruned[:, i1:i1 + 32].sum()) == 257  # the `<=` of sorted[int(n * sparsity)]
 
 
+def test_sparsegpt_block_ties_go_to_the_lower_row_major_index():
+    w = torch.tensor([[1.0, 1.0, 2.0, 1.0], [1.0, 3.0, 1.0, 4.0]], dtype=torch.float64)
+    _, keep = sparsegpt(w, torch.eye(4, dtype=torch.float64), 0.5, damp=0.0)
+    # identity Hessian: scores w^2, no error pushed between columns; five 1.0 tie for four prunes
+    assert torch.equal(keep, torch.tensor([[False, False, True, False], [False, True, True, True]]))
+
+
 @pytest.mark.parametrize("pattern", [(2, 4), (4, 8)])
 def test_sparsegpt_nm_equals_the_reference_from_the_updated_weights(pattern):
     n, m = pattern

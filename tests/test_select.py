@@ -6,8 +6,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from funcprune import _select
+from funcprune import select as kernel
 from funcprune._radix import keep_from_cut, radix_cut, radix_select_keep
-from funcprune._select import select, select_per_pool
+from funcprune.compat._ties import torch_order_select
+from funcprune.select import select_flat as select, select_per_pool
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 
@@ -74,7 +76,7 @@ def test_select_static_and_tensor_counts_agree(largest):
 @pytest.mark.parametrize("largest", [False, True])
 def test_select_eager_fast_path_picks_topks_set(dtype, largest):
     # sizes above the threshold-path cut-off, with exact ties, zeros, inf and NaN among the keys
-    from funcprune._select import _FAST_MIN
+    from funcprune.select import FAST_MIN as _FAST_MIN
 
     gen = torch.Generator().manual_seed(1)
     n = 3 * _FAST_MIN + 7
@@ -167,7 +169,7 @@ def test_forty_thousand_entries_full_of_infs_and_nans_prune_exactly_like_torch(d
 @pytest.mark.parametrize("largest", [False, True])
 def test_select_with_survivors_holding_the_fillers_value(largest):
     # eager fast path (>= _FAST_MIN entries), small topk path, tensor-k path, vmap and meta
-    from funcprune._select import _FAST_MIN
+    from funcprune.select import FAST_MIN as _FAST_MIN
 
     g = torch.Generator().manual_seed(2)
     for n in (64, 3 * _FAST_MIN):
@@ -278,65 +280,66 @@ def test_select_per_pool_matches_a_stable_reference(dtype, pools, units, largest
 
 
 def test_rows_granularity_prunes_a_fraction_of_every_rows_survivors():
-    from funcprune import _select
 
     g = torch.Generator().manual_seed(4)
     w = torch.randn(6, 10, generator=g)
     scores = w.abs() * torch.rand(10, generator=g)  # e.g. Wanda: |W| times an input-norm per column
-    new = _select.prune_units(w, _select.rows(w.shape, 0), 0.3, scores)
+    new = kernel.prune_units(w, kernel.rows(w.shape, 0), 0.3, scores)
     assert ((~new).sum(1) == 3).all()
     assert torch.equal(new, ~stable_per_row(scores, 3, largest=False))
     prior = torch.rand(6, 10, generator=g) > 0.4
-    new = _select.prune_units(w, _select.rows(w.shape, 0), 0.5, scores, mask=prior)
+    new = kernel.prune_units(w, kernel.rows(w.shape, 0), 0.5, scores, mask=prior)
     alive = prior.sum(1)
     expected = torch.round(alive.double() * 0.5).long()  # round half to even, per row
     assert torch.equal((prior & ~new).sum(1), expected) and not (new & ~prior).any()
     assert torch.equal(new, prior & ~stable_per_row(scores, expected.tolist(), largest=False, alive=prior))
     # rows along dim 1 of a 3-D tensor, int amounts, vmap, meta, ties
     t = torch.randn(4, 5, 6, generator=g)
-    by_dim1 = _select.prune_units(t, _select.rows(t.shape, 1), 2, t.abs())
+    by_dim1 = kernel.prune_units(t, kernel.rows(t.shape, 1), 2, t.abs())
     assert ((~by_dim1).sum((0, 2)) == 2).all()
     with pytest.raises(ValueError, match="amount=9 should be smaller"):
-        _select.prune_units(w, _select.rows(w.shape, 0), 9, scores, mask=prior)
-    batched = torch.vmap(lambda m: _select.prune_units(w, _select.rows(w.shape, 0), 0.5, scores, mask=m))(
+        kernel.prune_units(w, kernel.rows(w.shape, 0), 9, scores, mask=prior)
+    batched = torch.vmap(lambda m: kernel.prune_units(w, kernel.rows(w.shape, 0), 0.5, scores, mask=m))(
         torch.stack([prior, ~prior]))
     assert torch.equal(batched[0], new)
-    meta = _select.prune_units(w.to("meta"), _select.rows(w.shape, 0), 0.5, scores.to("meta"),
+    meta = kernel.prune_units(w.to("meta"), kernel.rows(w.shape, 0), 0.5, scores.to("meta"),
                                mask=prior.to("meta"))
     assert meta.device.type == "meta" and meta.shape == w.shape
     ones = torch.ones(2, 8)
-    assert _select.prune_units(ones, _select.rows(ones.shape, 0), 0.25, ones).tolist() == [[False] * 2 + [True] * 6] * 2
+    assert kernel.prune_units(ones, kernel.rows(ones.shape, 0), 0.25, ones).tolist() == [[False] * 2 + [True] * 6] * 2
 
 
 def test_granularity_errors():
-    from funcprune import _select
 
     with pytest.raises(TypeError, match="dim must be an int"):
-        _select.rows((3, 4), 0.5)
+        kernel.rows((3, 4), 0.5)
     with pytest.raises(IndexError, match="Invalid index 2"):
-        _select.rows((3, 4), 2)
+        kernel.rows((3, 4), 2)
     with pytest.raises(ValueError, match="not divisible by group_size=3"):
-        _select.groups((4, 8), 3, -1)
+        kernel.groups((4, 8), 3, -1)
     with pytest.raises(ValueError, match="multidimensional"):
-        _select.slices((5,), 0)
+        kernel.slices((5,), 0)
     with pytest.raises(ValueError, match="does not tile"):
-        _select.blocks((4, 4), (3, 2))
+        kernel.blocks((4, 4), (3, 2))
     with pytest.raises(ValueError, match="unit scores have shape"):
-        _select.prune_units(torch.ones(3, 4), _select.rows((3, 4), 0), 0.5, torch.ones(4, 3))
+        kernel.prune_units(torch.ones(3, 4), kernel.rows((3, 4), 0), 0.5, torch.ones(4, 3))
 
 
-def test_ranking_ops_appear_in_select_only():
-    # issue 12 §1: one selection kernel; every other module ranks through it (calls, not prose)
+def test_ranking_ops_appear_only_in_the_kernel_and_compats_tie_module():
+    """One selection kernel: every other module ranks through funcprune.select (its primitives in
+    _select.py; calls, not prose); torch's own tie order, for the drop-in, lives in compat/_ties.py."""
     import pathlib
     import re
 
     import funcprune
 
     root = pathlib.Path(funcprune.__file__).parent
+    allowed = {root / "select.py", root / "_select.py", root / "compat" / "_ties.py"}
     ranking = re.compile(r"topk\(|kthvalue\(|argsort\(|\.sort\(")
-    offenders = [f"{path.relative_to(root)}:{i}" for path in root.rglob("*.py") if path.name != "_select.py"
+    offenders = [f"{path.relative_to(root)}:{i}" for path in root.rglob("*.py") if path not in allowed
                  for i, line in enumerate(path.read_text().splitlines(), 1) if ranking.search(line)]
     assert offenders == []
+    assert all(ranking.search(path.read_text()) for path in allowed - {root / 'select.py'})  # where ranking is
 
 
 def test_radix_cut_reports_the_tie_band_and_keep_from_cut_breaks_it_by_index():
@@ -363,7 +366,7 @@ def test_torch_order_select_is_torchs_topk_on_the_survivors():
             for largest in (False, True):
                 want = torch.zeros(n, dtype=torch.bool)
                 want[alive.nonzero().view(-1)[torch.topk(key[alive], k, largest=largest).indices]] = True
-                assert torch.equal(_select.torch_order_select(key, k, largest=largest, alive=alive), want)
+                assert torch.equal(torch_order_select(key, k, largest=largest, alive=alive), want)
 
 
 # The eager fast path of ``select`` must give topk's positions.
@@ -374,7 +377,7 @@ KINDS = ["normal", "abs", "ties", "nan", "half", "inf"]
 @pytest.mark.parametrize("largest", [False, True])
 def test_threshold_fast_path_gives_topks_positions(kind, largest):
     gen = torch.Generator().manual_seed(2 * KINDS.index(kind) + largest)
-    n = _select._FAST_MIN * 3 + 7
+    n = kernel.FAST_MIN * 3 + 7
     key = torch.randn(n, generator=gen)
     if kind == "abs":
         key = key.abs()
@@ -387,7 +390,7 @@ def test_threshold_fast_path_gives_topks_positions(kind, largest):
     elif kind == "inf":
         key[:50] = float("inf")
     for k in (1, 17, n // 3, n // 2, n - 30, n - 1):
-        got = _select.select(key, k, largest=largest)
+        got = kernel.select_flat(key, k, largest=largest)
         ref = torch.zeros(n, dtype=torch.bool)
         ref[torch.topk(key, k, largest=largest).indices] = True
         assert torch.equal(got, ref), (kind, k)
@@ -431,7 +434,7 @@ def test_radix_selection_ties_nans_of_every_payload_by_index():
 
 
 def test_cached_granularities_still_validate_every_call():
-    from funcprune._select import entries, slices
+    from funcprune.select import entries, slices
 
     assert slices(torch.Size([3, 4]), 1) is slices((3, 4), -1) and entries([2, 3]) is entries((2, 3))
     for dim in (True, 1.0):  # equal to 1 as a cache key, but not an int dim

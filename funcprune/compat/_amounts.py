@@ -10,7 +10,7 @@ import numbers
 
 import torch
 
-from .. import _amount, _select
+from .. import _amount, methods
 
 __all__ = ["_validate_pruning_amount_init", "_validate_pruning_amount", "_compute_nparams_toprune",
            "_validate_structured_pruning", "_validate_pruning_dim", "_compute_norm"]
@@ -70,7 +70,7 @@ def _validate_pruning_dim(t: torch.Tensor, dim: int) -> None:
 def _compute_norm(t: torch.Tensor, n, dim: int) -> torch.Tensor:
     """L``n`` norm of every channel along ``dim`` (over all the other dims): torch's own helper.
 
-    The core's one channel-norm helper (``_select.channel_norm``), which is the running torch's
+    The core's one channel-norm helper (:func:`funcprune.methods.channel_norm`), which is the running torch's
     ``_compute_norm``: the accepted ``n`` (torch 2.13 takes ``None`` as the 2-norm, 2.14 rejects
     it; ``True`` is 1.0 on both), the errors and the numbers are that torch's.
 
@@ -78,4 +78,4 @@ def _compute_norm(t: torch.Tensor, n, dim: int) -> torch.Tensor:
       >>> _compute_norm(torch.tensor([[3.0, 4.0], [0.0, 1.0]]), 2, 0)
       tensor([5., 1.])
     """
-    return _select.channel_norm(t, n, dim)
+    return methods.channel_norm(t, n, dim)

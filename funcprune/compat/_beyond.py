@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import _select, patterns
+from .. import patterns
 from . import _module
 from ._amounts import _as_core_amount, _validate_pruning_amount_init
 from ._methods import BasePruningMethod, CustomFromMask, LnStructured, _zero_pruned
@@ -36,7 +36,7 @@ class NMStructured(BasePruningMethod):
     PRUNING_TYPE = "unstructured"
 
     def __init__(self, kept_per_group: int, group_size: int, dim: int = -1) -> None:
-        _select.check_group_counts(kept_per_group, group_size)
+        patterns.check_group_counts(kept_per_group, group_size)
         self.kept_per_group, self.group_size, self.dim = kept_per_group, group_size, dim
 
     def compute_mask(self, t, default_mask):

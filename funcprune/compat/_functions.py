@@ -7,9 +7,10 @@ from collections.abc import Iterable
 
 import torch
 
-from .. import _radix, _select, tree
+from .. import _radix, select, tree
 from .._amount import _is_concrete
 from . import _module
+from ._ties import torch_order_select
 from ._amounts import _as_core_amount
 from ._methods import (CustomFromMask, Identity, L1Unstructured, LnStructured, PruningContainer, RandomStructured,
                        RandomUnstructured, _check_not_bool, _prune_count, _tie_order)
@@ -156,7 +157,7 @@ def _global_l1(parameters, scores, amount) -> list:
     if not all(_is_concrete(t) for t in scores + [a for a in alive if a is not None]):
         keeps = tree.global_unstructured(scores, _as_core_amount(amount), masks=alive, method="l1")
         return [k if o is None else o * k for k, o in zip(keeps, old)]  # meta: shapes only
-    size = sum(s.numel() if a is None else _select.count_kept(a) for s, a in zip(scores, alive))
+    size = sum(s.numel() if a is None else select.count_kept(a) for s, a in zip(scores, alive))
     k = _prune_count(amount, size)
     _check_not_bool(amount, k)
     if k == 0:
@@ -176,13 +177,13 @@ def _global_l1(parameters, scores, amount) -> list:
 
 def _torch_order_global(scores, alive, k: int, dtype) -> list:
     """torch's choice: one top-k over ``|scores|`` of the candidates, concatenated in pair order."""
-    sizes = [s.numel() if a is None else _select.count_kept(a) for s, a in zip(scores, alive)]
+    sizes = [s.numel() if a is None else select.count_kept(a) for s, a in zip(scores, alive)]
     flat = torch.empty(sum(sizes), dtype=dtype, device=scores[0].device)
     for piece, s, a in zip(flat.split(sizes), scores, alive):
         values = s.reshape(-1) if a is None else s.reshape(-1)[a.reshape(-1)]
         torch.abs(values.to(dtype), out=piece)
         del values
-    dropped = _select.torch_order_select(flat, k, largest=False, unique_first=False)
+    dropped = torch_order_select(flat, k, largest=False, unique_first=False)
     del flat
     keeps = []
     for piece, s, a in zip(dropped.split(sizes), scores, alive):

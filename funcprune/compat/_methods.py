@@ -4,7 +4,7 @@ Each built-in method makes torch's choices (the same count, the same draws, the 
 among equal scores) without torch's copies where it can:
 
 * unstructured L1 ranks the entries torch ranks (all of ``t``; in a container the entries whose
-  mask is exactly 1) through :func:`funcprune._select.torch_order_select`, which is torch's
+  mask is exactly 1) through :func:`funcprune.compat._ties.torch_order_select`, which is torch's
   top-k on the same vector unless the answer is unique (no tie straddles the cut), when a
   cheaper exact selection gives it; with :func:`tie_order` ``("index")`` it is the core's
   :func:`funcprune.methods.l1_unstructured` instead;
@@ -26,9 +26,10 @@ import contextvars
 import torch
 import torch.nn.utils.prune as _torch_prune
 
-from .. import _select, methods
+from .. import methods, select
 from .._amount import _is_concrete
 from . import _module
+from ._ties import torch_order_select
 from ._amounts import (_as_core_amount, _compute_norm, _compute_nparams_toprune, _validate_pruning_amount,
                        _validate_pruning_amount_init, _validate_pruning_dim, _validate_structured_pruning)
 
@@ -236,12 +237,12 @@ class L1Unstructured(_Amount):
         return _as_dtype(self._dropped(t, alive).logical_not_(), t.dtype).mul_(default_mask.to(dtype=t.dtype))
 
     def _dropped(self, t, alive):
-        size = t.nelement() if alive is None else _select.count_kept(alive)
+        size = t.nelement() if alive is None else select.count_kept(alive)
         if not isinstance(size, int) or _tie_order.get() == "index":  # meta (no values): the core too
             keep = methods.l1_unstructured(t, _as_core_amount(self.amount) if not isinstance(size, int)
                                            else self._count(size), mask=alive)
             return keep.logical_not_() if alive is None else alive & ~keep
-        return _select.torch_order_select(t.detach().abs(), self._count(size), largest=False, alive=alive)
+        return torch_order_select(t.detach().abs(), self._count(size), largest=False, alive=alive)
 
     def _count(self, size: int) -> int:
         k = _prune_count(self.amount, size)
@@ -316,7 +317,7 @@ class LnStructured(_Structured):
         if not _is_concrete(norm):
             keep = methods.ln_structured(t, _as_core_amount(self.amount), self.n, _as_dim(self.dim))
             return self._combine(t, default_mask, keep)
-        kept = _select.torch_order_select(norm, t.shape[self.dim] - k, largest=True)
+        kept = torch_order_select(norm, t.shape[self.dim] - k, largest=True)
         return self._combine_channels(t, default_mask, kept)
 
     def _in_container(self, t, default_mask):
@@ -337,7 +338,7 @@ class LnStructured(_Structured):
         norm = _compute_norm(piece, self.n, self.dim)
         if norm.shape != (piece.shape[self.dim],):
             return _sliced_mask(self, t, default_mask)
-        kept = _select.torch_order_select(norm, piece.shape[self.dim] - k, largest=True)
+        kept = torch_order_select(norm, piece.shape[self.dim] - k, largest=True)
         factor = torch.ones_like(alive).masked_scatter_(alive, kept)  # dead channels keep their values
         return new_mask.mul_(_channel_view(factor.to(t.dtype), t, dim))
 

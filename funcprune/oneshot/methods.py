@@ -32,7 +32,8 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 import torch
 
 from .._amount import Amount, validate_amount
-from .._select import as_keep, check_group_counts, entries, groups, keep_per_pool, prune_units, rows
+from ..patterns import check_group_counts
+from ..select import as_keep, groups, keep_per_pool, prune_units, rows
 
 __all__ = ["wanda", "wanda_scores", "sparsegpt", "outlier_ratio", "owl", "check_pattern", "ieee_matmul"]
 
@@ -200,7 +201,8 @@ def sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, amount: Optional[floa
     Inputs ``j`` never active (``hessian[j, j] == 0``) get ``H[j, j] = 1`` and ``W[:, j] = 0``; the
     diagonal is damped by ``damp * mean(diag)``; ``U`` is the upper Cholesky factor of ``H^-1``.
     Columns are processed in blocks of ``block_size``: the block's mask is chosen over all its
-    rows by ``w^2 / U_jj^2`` (exactly ``round(amount * alive entries)`` pruned); with a pattern, each
+    rows by ``w^2 / U_jj^2`` (exactly ``round(amount * alive entries)`` pruned, ties to the lower
+    row-major index); with a pattern, each
     row keeps ``n`` of every ``m`` inputs, chosen by the same score on the already-updated weights
     when the group's first column is reached. Each pruned column's error is pushed into the
     later columns through ``U``. Computed in ``hessian``'s dtype (float32 or float64, never TF32).
@@ -255,8 +257,7 @@ def prune_block(w: torch.Tensor, keep: torch.Tensor, hinv: torch.Tensor, i1: int
     keep1 = keep[:, i1:i2]
     if pattern is None:
         scores = w1 ** 2 / d1 ** 2
-        keep1 = choose(scores, keep1) if choose is not None else \
-            prune_units(w1, entries(w1.shape), amount, scores, mask=keep1, what="entries of a block")
+        keep1 = choose(scores, keep1) if choose is not None else _choose_block(scores, keep1, amount)
     else:
         keep1 = keep1.clone()
     errors = torch.zeros_like(w1)
@@ -275,6 +276,17 @@ def prune_block(w: torch.Tensor, keep: torch.Tensor, hinv: torch.Tensor, i1: int
     w[:, i1:i2] = w1
     keep[:, i1:i2] = keep1
     w[:, i2:] -= errors.matmul(hinv[i1:i2, i2:])
+
+
+def _choose_block(scores: torch.Tensor, keep1: torch.Tensor, amount) -> torch.Tensor:
+    """The block's keep mask: ``round(amount * alive)`` of lowest score pruned, ties to the lower flat index.
+
+    One pool over the block's entries, row-major, so a tie is broken by position as the exact
+    global cut over row shards breaks it (``funcprune.oneshot.distributed``).
+    """
+    flat = scores.reshape(1, -1)
+    keep = prune_units(flat, rows(flat.shape, 0), amount, flat, mask=keep1.reshape(1, -1), what="entries of a block")
+    return keep.view(keep1.shape)
 
 
 def outlier_ratio(scores: Union[torch.Tensor, Sequence[torch.Tensor]], threshold: float = 5.0) -> float:

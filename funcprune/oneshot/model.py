@@ -237,6 +237,13 @@ def _hidden(entry) -> torch.Tensor:
     return args[0] if args else kwargs["hidden_states"]
 
 
+def _without_hidden(entry):
+    args, kwargs = entry
+    if args:
+        return (None, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": None}
+
+
 def _block_values(block: torch.nn.Module, device) -> Dict[str, torch.Tensor]:
     values = dict(block.named_parameters())
     values.update(block.named_buffers())
@@ -366,6 +373,7 @@ def prune(model: torch.nn.Module, calibration: Iterable[Any], method: str, amoun
             per_block = [[amounts[i] for amounts in by_level] for i in range(len(block_list))]
         work = _Work(method, pattern, block_size, damp, levels)
         acts = [[_hidden(e) for e in captured] for _ in (levels if sequential else levels[:1])]
+        captured = [_without_hidden(e) for e in captured]  # one boundary's activations alive: those in acts
         for i, block in enumerate(block_list):
             where = f"block {i} ({block_name}.{i})"
             values = _block_values(block, device)

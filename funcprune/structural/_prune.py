@@ -7,7 +7,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .. import _amount, _pytree, _select
+from .. import _amount, _pytree, select
 from .._amount import Amount, _is_concrete
 from .._pytree import Tree
 from ._types import Group, Member
@@ -88,7 +88,7 @@ def check_groups(groups: Sequence[Group], shapes: Dict[str, Tuple[int, ...]], wh
                 raise KeyError(f"{_describe(i, group)}: member {m.name!r} is not among the {what}")
             shape = shapes[m.name]
             try:
-                dim = _select.check_dim(m.dim, shape)
+                dim = select.check_dim(m.dim, shape)
             except (TypeError, IndexError) as err:
                 raise type(err)(f"{_describe(i, group)}: member {m.name!r}: {err}") from err
             if not isinstance(m.unit, int) or m.unit < 1 or not isinstance(m.offset, int) or m.offset < 0:
@@ -199,7 +199,7 @@ def _select_channels(group: Group, imp: torch.Tensor, alive: Optional[torch.Tens
     """Kept channels of ``group`` (bool, ``channels``) after dropping ``k`` of lowest importance in every pool."""
     shape = (group.pools, group.channels // group.pools)
     key = imp.reshape(shape)
-    keep = _select.prune_units(key, _select.rows(shape, 0), k, key, lazy=False, what="channels",
+    keep = select.prune_units(key, select.rows(shape, 0), k, key, lazy=False, what="channels",
                                mask=None if alive is None else alive.reshape(shape))
     return keep.reshape(-1)
 
@@ -251,7 +251,7 @@ def prune_groups(params: Tree, groups: Sequence[Group], amount: Amount, *, impor
     exactly the masked model's outputs. A param in several groups gets the product of its masks;
     prior masks of other names are carried over. Buffer members get no mask.
 
-    Pure: the ranking goes through :mod:`funcprune._select`; with ``scope="local"`` it runs under
+    Pure: the ranking goes through :mod:`funcprune.select`; with ``scope="local"`` it runs under
     ``torch.func.vmap`` over a tensor of amounts and on ``meta`` tensors (``scope="global"`` too
     when the amount is a tensor: the global ranking is one selection over the concatenated
     channel scores, a few thousand entries).
@@ -293,7 +293,7 @@ def prune_groups(params: Tree, groups: Sequence[Group], amount: Amount, *, impor
         raise ValueError(f"round_to must be a positive int, got {round_to!r}")
     named = _pytree.named_leaves(params)
     old = _pytree.masks_for(named, masks)
-    keeps = {name: _select.as_keep(named[name], mask) for name, mask in old.items()}
+    keeps = {name: select.as_keep(named[name], mask) for name, mask in old.items()}
     values = dict(named)
     values.update(_pytree.scores_for(named, scores))
     checked = check_groups(groups, {name: tuple(t.shape) for name, t in named.items()})
@@ -351,9 +351,9 @@ def _global_counts(groups: List[Group], imps: List[torch.Tensor], alives: List[O
     dtype = torch.promote_types(torch.float32, keys[0].dtype)
     key = torch.cat([k.to(dtype) for k in keys])
     live = torch.cat(lives)
-    total = key.numel() if all(a is None for a in alives) else _select.count_kept(live)
+    total = key.numel() if all(a is None for a in alives) else select.count_kept(live)
     amount, k = _amount.drop_count(amount, total, "channels")
-    dropped = _select.select(key, k, largest=False, alive=None if all(a is None for a in alives) else live,
+    dropped = select.select_flat(key, k, largest=False, alive=None if all(a is None for a in alives) else live,
                              k_max=key.numel())
     counts, start = [], 0
     for g in groups:
