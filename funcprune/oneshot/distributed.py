@@ -10,8 +10,8 @@ This module holds what a sharded model adds:
   ``Shard(0)``) pruned on each rank's own rows with the all-reduced statistics, never gathered.
   Wanda and N:M patterns decide row by row; SparseGPT's reconstruction is row-wise given the
   (replicated) inverse Hessian, and its per-column-block selection over all rows is an exact global
-  selection (the radix cut of :mod:`funcprune._radix`, each pass's histogram summed over the mesh,
-  ties to the lowest flat index of the block), so the masks are one process's.
+  selection (the selection kernel's global cut over DTensor shards: a radix cut whose histograms are
+  summed over the mesh, ties to the lowest flat index of the block), so the masks are one process's.
 * :func:`block_runner`: runs a block's forwards with given (pruned) parameters. An FSDP2 block is
   gathered once (FSDP's own all-gather, which sees the pruned shards written into its sharded
   parameters for the duration), then every batch runs without a collective, so ranks may hold
@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 import torch
 from torch import nn
 
-from .. import _amount, _dtensor, _radix, patterns
+from .. import _amount, _dtensor, patterns, select
 from . import methods
 
 
@@ -93,7 +93,7 @@ def check_same(group: Optional[Any] = None, device: Optional[torch.device] = Non
 # Rows of a sharded weight.
 
 class Rows:
-    """Where this rank's rows of a row-sharded 2-D weight sit, and how counts cross the mesh."""
+    """Where this rank's rows of a row-sharded 2-D weight sit, and the weight's mesh and placements."""
 
     def __init__(self, weight: torch.Tensor, what: str = "weight") -> None:
         if weight.dim() != 2:
@@ -104,8 +104,8 @@ class Rows:
         offset, shape = _dtensor.offset_and_shape(weight)
         self.first, self.count = offset[0], shape[0]
         self.total = weight.shape[0]
-        self.counted = _dtensor.counts_here(weight)
-        self.reduce = _dtensor.mesh_sum(_dtensor.mesh_of([weight]))
+        self.mesh = _dtensor.mesh_of([weight])
+        self.placements = tuple(weight.placements) if self.mesh is not None else None
 
 
 def _check_rows(what: str, weight: torch.Tensor) -> None:
@@ -124,26 +124,26 @@ def global_block_keep(key: torch.Tensor, keep: Optional[torch.Tensor], amount: _
 
     ``key`` (``(local rows, columns)``, non-negative) and ``keep`` are this rank's rows of the block;
     the count is ``round(amount * alive entries of the whole block)`` (torch's amount rule) and
-    the selection is exact across ranks: the radix cut of :mod:`funcprune._radix` with each pass's
-    histogram summed over the mesh, ties to the lowest flat index of the full block (row-major).
-    A plain tensor is one rank holding every row (no collective).
-
-    Marked for the selection kernel's sharded backend: when the kernel selects over DTensors
-    itself, this becomes one call to it.
+    the selection is exact across ranks: the selection kernel's global cut over the block laid out
+    like the weight (a radix cut whose histograms are summed over the mesh), ties to the lowest flat
+    index of the full block (row-major), as :func:`funcprune.oneshot.sparsegpt` breaks them in one
+    process. A plain tensor is one rank holding every row (no collective).
     """
-    columns = key.shape[1]
-    here = torch.zeros(1, dtype=torch.int64, device=key.device)
-    if rows.counted:
-        here += key.numel() if keep is None else keep.sum()
-    alive = int(here[0] if rows.reduce is None else rows.reduce(here)[0])
-    _, k = _amount.drop_count(amount, alive, f"entries of {what}")
-    base = rows.first * columns
+    if rows.mesh is None:  # one pool over the block, row-major, ties to the lower index
+        flat = key.reshape(1, -1)
+        flat_keep = None if keep is None else keep.reshape(1, -1)
+        return select.prune_units(flat, select.rows(flat.shape, 0), amount, flat, mask=flat_keep,
+                                  what=f"entries of {what}").view(key.shape)
+    from torch.distributed.tensor import DTensor
+    shape = (rows.total, key.shape[1])
 
-    def index(leaf: int, start: int, count: int) -> torch.Tensor:
-        return torch.arange(base + start, base + start + count, dtype=torch.int64, device=key.device)
-
-    spread = dict(reduce=rows.reduce, counted=[rows.counted], index_fn=index)
-    return _radix.radix_select_keep([key.contiguous()], [keep], k, **spread)[0]
+    def laid_out(local: torch.Tensor) -> torch.Tensor:
+        return DTensor.from_local(local.contiguous(), rows.mesh, rows.placements, run_check=False, shape=shape,
+                                  stride=(shape[1], 1))
+    like = laid_out(key)
+    out = select.prune_units(like, select.entries(shape), amount, like, mask=None if keep is None else laid_out(keep),
+                             what=f"entries of {what}")
+    return out.to_local()
 
 
 # ----------------------------------------------------------------------------------------------
