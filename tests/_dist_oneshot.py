@@ -12,7 +12,7 @@ from collections import Counter
 
 import torch
 import torch.distributed as dist
-from torch.distributed.tensor import DTensor, Replicate, Shard
+from torch.distributed.tensor import DTensor, Shard
 from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
 VOCAB = 96
@@ -250,7 +250,8 @@ def layers(rank: int, world: int) -> dict:
             for keep in (None, prior):
                 dkeep = None if keep is None else shard(keep, mesh, [Shard(0)])
                 for pattern in (None, (2, 4)):
-                    for amount in ((0.25, 0.5, 0.7) if pattern is None else (0.5,)):  # 0.25: the cut inside the tied zeros
+                    # 0.25: the cut falls inside the tied zeros of the dead inputs
+                    for amount in ((0.25, 0.5, 0.7) if pattern is None else (0.5,)):
                         new, mask = prune_layer(dw, stats, "wanda", amount, pattern=pattern, mask=dkeep)
                         assert new is None and mask.placements == dw.placements
                         want = methods.wanda(w, stats.sumsq.sqrt(), amount, pattern=pattern, mask=keep)
