@@ -354,12 +354,16 @@ def data_parallel(rank: int, world: int, kinds=tuple(MODELS)) -> dict:
     return {"checks": dict(done), "worst": worst}
 
 
-def fsdp(rank: int, world: int) -> dict:
-    """prune on an FSDP2 model (Shard(0) rows) with each rank's share = one process on the plain model, all batches."""
+def fsdp(rank: int, world: int, mesh_shape=None) -> dict:
+    """prune on an FSDP2 model (Shard(0) rows) with each rank's share = one process on the plain model, all batches.
+
+    ``mesh_shape`` ``(replicas, shards)``: HSDP (placements ``(Replicate(), Shard(0))``).
+    """
     from torch.distributed.device_mesh import init_device_mesh
     from funcprune.oneshot import prune
     solo = _solo_group(rank, world)
-    mesh = init_device_mesh("cpu", (world,))
+    names = ("replicate", "shard") if mesh_shape else None
+    mesh = init_device_mesh("cpu", mesh_shape or (world,), mesh_dim_names=names)
     done, worst = Counter(), {}
     for dtype in (torch.float64, torch.float32):
         plain = make_llama().to(dtype)
@@ -372,9 +376,11 @@ def fsdp(rank: int, world: int) -> dict:
                 continue
             kw = dict(kw, dtype=dtype, block_size=16)
             got = prune(model, mine, method, amount, **kw)
-            rows = Shard(1 if isinstance(amount, list) else 0)  # K levels stacked in front
-            for name, mask in got.masks.items():
-                assert isinstance(mask, DTensor) and tuple(mask.placements) == (rows,), name
+            params = dict(model.named_parameters())
+            for name, mask in got.masks.items():  # laid out like the weight (K levels stacked in front)
+                want_placements = tuple(Shard(p.dim + 1) if isinstance(amount, list) and p.is_shard() else p
+                                        for p in params[name].placements)
+                assert isinstance(mask, DTensor) and tuple(mask.placements) == want_placements, name
             want = prune(plain, calibration, method, amount, group=solo, **kw)
             _compare(f"fsdp_{method}:{str(dtype)[6:]}", got, want, worst, done)
         for name, p in model.named_parameters():  # the model is unchanged

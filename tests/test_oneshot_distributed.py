@@ -99,3 +99,12 @@ def test_fsdp2_sharded_rows_prune_like_one_process(world):
                       {"fsdp_wanda", "fsdp_sparsegpt", "fsdp_magnitude", "fsdp_unchanged", "fsdp_owl_refused",
                        "fsdp_conv1d_refused"})
     _within_round_off(_report(f"FSDP2, {world} ranks", results))
+
+
+def test_hsdp_replicated_shards_prune_like_one_process():
+    # a (2, 2) mesh: FSDP2 shards rows over "shard" and replicates over "replicate" ((Replicate(), Shard(0))):
+    # replicas count once in every global cut; the statistics are summed over all 4 ranks' batches.
+    results = _checks(run_ranks(_dist_oneshot.fsdp, 4, (2, 2), timeout=600),
+                      {"fsdp_wanda", "fsdp_sparsegpt", "fsdp_magnitude", "fsdp_unchanged", "fsdp_owl_refused",
+                       "fsdp_conv1d_refused"})
+    _within_round_off(_report("HSDP (2 x 2 mesh)", results))
