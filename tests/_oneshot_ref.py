@@ -15,7 +15,7 @@ import torch
 
 
 def wanda_mask(W_metric, sparsity_ratio, prune_n=0, prune_m=0, count=int):
-    """``prune_wanda``'s pruned mask (True = pruned) from the metric, per output row (``prune_n`` pruned of ``prune_m``).
+    """``prune_wanda``'s pruned mask (True = pruned) from the metric, per row (``prune_n`` pruned of ``prune_m``).
 
     ``count=round`` replaces the script's floor by torch's rounding (funcprune's rule; they differ
     only where ``sparsity * columns`` is not whole, e.g. at OWL's per-block amounts).

@@ -218,7 +218,8 @@ def test_sparsegpt_refuses_a_hessian_that_is_not_positive_definite():
 def test_outlier_ratio_is_the_reference_percent_over_100_with_one_common_mean():
     g = torch.Generator().manual_seed(5)
     scores = [torch.randn(16, 32, generator=g).abs() ** 3, torch.randn(8, 16, generator=g).abs() ** 4]
-    assert outlier_ratio(scores, 5.0) == pytest.approx(outlier_percent(scores, 5.0) / 100, rel=1e-6)  # the reference divides in float32
+    # the reference divides in float32
+    assert outlier_ratio(scores, 5.0) == pytest.approx(outlier_percent(scores, 5.0) / 100, rel=1e-6)
     one = torch.cat([s.reshape(-1) for s in scores])
     assert outlier_ratio(one, 5.0) == outlier_ratio(scores, 5.0)
 
@@ -255,3 +256,18 @@ def test_the_oneshot_code_never_sorts():
         text = path.read_text()
         for word in ("topk", "sort(", "argsort", "kthvalue"):
             assert word not in text, (path.name, word)
+
+
+def test_ieee_matmul_turns_tf32_off_inside_and_restores_the_setting_even_on_error():
+    from funcprune.oneshot.methods import ieee_matmul
+
+    matmul = torch.backends.cuda.matmul
+    saved = matmul.allow_tf32
+    try:
+        matmul.allow_tf32 = True
+        with pytest.raises(RuntimeError, match="boom"), ieee_matmul():
+            assert matmul.allow_tf32 is False
+            raise RuntimeError("boom")
+        assert matmul.allow_tf32 is True
+    finally:
+        matmul.allow_tf32 = saved

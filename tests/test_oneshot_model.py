@@ -1,4 +1,8 @@
-"""Model-level one-shot pruning against the papers' sequential procedure (tests/_oneshot_ref.py) on tiny HF models."""
+"""Model-level one-shot pruning against the papers' sequential procedure (tests/_oneshot_ref.py) on tiny HF models.
+
+Not marked slow: each test takes 0.1-1.6 s (one thread; the first one also pays ~20 s of importing
+transformers' model code, as any first transformers test does).
+"""
 
 import copy
 import math
@@ -14,7 +18,6 @@ from _oneshot_ref import prune_model
 
 transformers = pytest.importorskip("transformers")
 VOCAB = 64
-SLOW = pytest.mark.slow  # each runs tiny HF models through the reference too: > 2 s
 
 
 def _llama():
@@ -53,7 +56,6 @@ def _pruned_weight(result, name):
     return torch.where(result.masks[name], result.params[name], 0)
 
 
-@SLOW
 @pytest.mark.parametrize("kind", list(MODELS))
 def test_wanda_masks_equal_the_sequential_reference_bit_for_bit(kind):
     model, blocks = _model(kind)
@@ -67,7 +69,6 @@ def test_wanda_masks_equal_the_sequential_reference_bit_for_bit(kind):
         assert got.params[name] is dict(model.named_parameters())[name]  # not copied
 
 
-@SLOW
 @pytest.mark.parametrize("kind", list(MODELS))
 def test_sparsegpt_masks_equal_and_weights_to_round_off_of_the_sequential_reference_in_float64(kind):
     model, blocks = _model(kind)
@@ -80,7 +81,6 @@ def test_sparsegpt_masks_equal_and_weights_to_round_off_of_the_sequential_refere
         assert not bool(got.params[name][~keep].any())
 
 
-@SLOW
 def test_sparsegpt_float32_masks_equal_and_weights_to_float32_round_off():
     model, blocks = _model("llama", torch.float32)
     batches = _batches()
@@ -91,7 +91,6 @@ def test_sparsegpt_float32_masks_equal_and_weights_to_float32_round_off():
         torch.testing.assert_close(got.params[name], weight, rtol=1e-4, atol=1e-5)
 
 
-@SLOW
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
 @pytest.mark.parametrize("pattern", [(2, 4), (4, 8)])
 def test_nm_patterns_equal_the_reference(method, pattern):
@@ -106,7 +105,6 @@ def test_nm_patterns_equal_the_reference(method, pattern):
         torch.testing.assert_close(_pruned_weight(got, name), weight, rtol=0, atol=1e-12)
 
 
-@SLOW
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
 def test_one_pass_from_the_dense_model_equals_the_reference_without_feeding_pruned_outputs(method):
     model, blocks = _model("gpt2")
@@ -118,7 +116,6 @@ def test_one_pass_from_the_dense_model_equals_the_reference_without_feeding_prun
         torch.testing.assert_close(_pruned_weight(got, name), weight, rtol=0, atol=1e-12)
 
 
-@SLOW
 def test_owl_amounts_and_masks_equal_owls_procedure():
     model, blocks = _model("llama", seed=3)
     batches = _batches()
@@ -133,7 +130,6 @@ def test_owl_amounts_and_masks_equal_owls_procedure():
         assert torch.equal(got.masks[name], keep), name
 
 
-@SLOW
 @pytest.mark.parametrize("method, sequential", [("wanda", True), ("sparsegpt", True), ("sparsegpt", False)])
 def test_a_list_of_levels_equals_one_run_per_level_stacked(method, sequential):
     model, _ = _model("llama")
@@ -157,7 +153,6 @@ def test_a_list_of_levels_equals_one_run_per_level_stacked(method, sequential):
     assert got.layers["model.layers.0.self_attn.q_proj.weight"].amount == (0.25, 0.5)
 
 
-@SLOW
 def test_the_model_is_not_modified_and_the_result_runs_as_the_reference_pruned_model():
     model, blocks = _model("gpt2")
     model.train()
@@ -175,17 +170,16 @@ def test_the_model_is_not_modified_and_the_result_runs_as_the_reference_pruned_m
     torch.testing.assert_close(out, pruned(batches[0]).logits, rtol=0, atol=1e-10)
 
 
-@SLOW
 def test_calibration_batches_as_tensor_tuple_or_dict_give_the_same_masks():
     model, _ = _model("llama")
     batches = _batches(2)
-    masks = [prune(model, form, "wanda", 0.5, dtype=torch.float64).masks for form in
-             (batches, [(b,) for b in batches], [{"input_ids": b, "attention_mask": torch.ones_like(b)} for b in batches])]
+    dicts = [{"input_ids": b, "attention_mask": torch.ones_like(b)} for b in batches]
+    forms = (batches, [(b,) for b in batches], dicts)
+    masks = [prune(model, form, "wanda", 0.5, dtype=torch.float64).masks for form in forms]
     for name in masks[0]:
         assert torch.equal(masks[0][name], masks[1][name]) and torch.equal(masks[0][name], masks[2][name])
 
 
-@SLOW
 def test_device_runs_one_block_copy_at_a_time_with_the_same_result():
     model, _ = _model("opt")
     batches = _batches(2)
@@ -205,7 +199,7 @@ def test_magnitude_is_torchs_l1_unstructured_per_layer_and_needs_no_forward():
     for name, keep in got.masks.items():
         weight = model.get_parameter(name)
         assert torch.equal(keep, fp.l1_unstructured(weight, 0.3)), name
-    nm = prune(model, [torch.zeros(1, 4, dtype=torch.long)], "magnitude", 0.5, pattern=(2, 4))
+    nm = prune(model, [torch.zeros(1, 4, dtype=torch.long)], "magnitude", None, pattern=(2, 4))
     w = model.get_parameter("model.layers.0.mlp.down_proj.weight")
     assert torch.equal(nm.masks["model.layers.0.mlp.down_proj.weight"], fp.patterns.nm_structured(w, 2, 4))
 
@@ -219,13 +213,35 @@ def test_include_selects_weights_by_name_or_predicate():
     assert len(got.masks) == 6 and all("mlp" in n for n in got.masks)
 
 
+def _tiny(cls_name, **extra):
+    config = getattr(transformers, cls_name + "Config")(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+                                                         num_hidden_layers=2, num_attention_heads=4,
+                                                         num_key_value_heads=2, **extra)
+    return getattr(transformers, cls_name + "ForCausalLM")(config)
+
+
 def test_blocks_are_found_for_hf_decoders_and_by_dotted_name():
-    for kind, (factory) in MODELS.items():
+    for kind, factory in MODELS.items():
         model, blocks = factory()
-        assert find_blocks(model)[0] == blocks
-        assert find_blocks(model.base_model)[0] == blocks.split(".", 1)[1] if kind != "opt" else True
+        assert find_blocks(model)[0] == blocks, kind
+    assert find_blocks(_llama()[0].model)[0] == "layers"
+    assert find_blocks(_gpt2()[0].transformer)[0] == "h"
+    assert find_blocks(_opt()[0].model)[0] == "decoder.layers"
+    for name in ("Qwen2", "Mistral"):
+        assert find_blocks(_tiny(name))[0] == "model.layers", name
     model, _ = _llama()
     assert find_blocks(model, "model.layers")[1] is model.model.layers
+
+
+def test_a_bfloat16_model_is_pruned_with_float32_statistics_and_keeps_its_dtype():
+    torch.manual_seed(0)
+    model = _tiny("Qwen2").to(torch.bfloat16)
+    got = prune(model, _batches(1), "sparsegpt", 0.5)
+    name = "model.layers.1.mlp.down_proj.weight"
+    assert got.params[name].dtype == torch.bfloat16 and not bool(got.params[name][~got.masks[name]].any())
+    assert got.layers[name].sparsity == 0.5 and got.layers[name].tokens == 32
+    out = fp.functional_call(model, got.params, (_batches(1)[0],), {"use_cache": False}, masks=got.masks)
+    assert bool(torch.isfinite(out.logits).all())
 
 
 def test_layers_reading_one_input_share_one_statistic():
@@ -291,3 +307,33 @@ def test_fp_oneshot_is_the_submodule():
     import funcprune.oneshot as oneshot
 
     assert fp.oneshot is oneshot and callable(fp.oneshot.prune) and callable(fp.oneshot.sparsegpt)
+
+
+def test_one_blocks_statistics_alive_at_a_time(monkeypatch):
+    import gc
+    import weakref
+
+    import funcprune.oneshot.model as model_module
+
+    alive = []
+
+    def watching(stats, group=None):
+        gc.collect()
+        assert not [r for r in alive if r() is not None], "an earlier block's statistics are still alive"
+        alive.extend(weakref.ref(s.hessian) for s in stats.values())
+        return stats
+
+    monkeypatch.setattr(model_module, "all_reduce", watching)
+    model, _ = _model("llama")
+    prune(model, _batches(2), "sparsegpt", 0.5, dtype=torch.float64)
+    assert len(alive) == 2 * 4  # 2 blocks x 4 distinct inputs (q/k/v, o, gate/up, down)
+
+
+@pytest.mark.parametrize("sequential, forwards", [(False, 2), (True, 2 * 2 * 2)])
+def test_k_levels_from_one_dense_pass_or_one_pass_per_level(sequential, forwards):
+    model, _ = _model("llama")
+    calls = []
+    handle = model.model.layers[1].register_forward_pre_hook(lambda *a: calls.append(1))
+    prune(model, _batches(2), "wanda", [0.3, 0.5], sequential=sequential, dtype=torch.float64)
+    handle.remove()
+    assert len(calls) == forwards  # 2 batches; sequential: statistics + rerun per level

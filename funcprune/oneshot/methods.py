@@ -240,16 +240,18 @@ def sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, amount: Optional[floa
         keep_all = torch.ones_like(w, dtype=torch.bool) if keep_all is None else keep_all.clone()
         for i1 in range(0, columns, block_size):
             i2 = min(i1 + block_size, columns)
-            prune_block(w, keep_all, hinv, i1, i2, amount, pattern)
+            prune_block(w, keep_all, hinv, i1, i2, amount, pattern, prior=mask is not None)
     return w.to(weight.dtype), keep_all
 
 
 def prune_block(w: torch.Tensor, keep: torch.Tensor, hinv: torch.Tensor, i1: int, i2: int, amount, pattern, *,
-                choose: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None) -> None:
+                choose: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None,
+                prior: bool = True) -> None:
     """Columns ``i1:i2`` of ``w`` and ``keep``, in place: choose, prune, push the error on.
 
     ``choose(scores, keep1) -> keep1`` replaces the block's unstructured selection (the sharded
-    path: a global cut over the rows of every rank); the rest is row-wise.
+    path: a global cut over the rows of every rank); the rest is row-wise. ``prior=False`` says
+    ``keep`` is all True (no earlier mask), so N:M groups skip the survivors bookkeeping.
     """
     w1 = w[:, i1:i2].clone()
     h1 = hinv[i1:i2, i1:i2]
@@ -261,12 +263,13 @@ def prune_block(w: torch.Tensor, keep: torch.Tensor, hinv: torch.Tensor, i1: int
     else:
         keep1 = keep1.clone()
     errors = torch.zeros_like(w1)
+    per_row = None if pattern is None else groups((w1.shape[0], pattern[1]), pattern[1], 1)
     for i in range(i2 - i1):
         if pattern is not None and i % pattern[1] == 0:
             n, m = pattern
             part = w1[:, i:i + m]
             scores = part ** 2 / d1[:, i:i + m] ** 2
-            keep1[:, i:i + m] = keep_per_pool(part, groups(part.shape, m, 1), n, scores, mask=keep1[:, i:i + m])
+            keep1[:, i:i + m] = keep_per_pool(part, per_row, n, scores, mask=keep1[:, i:i + m] if prior else None)
         col = w1[:, i]
         q = torch.where(keep1[:, i], col, 0)
         err = (col - q) / h1[i, i]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import numbers
-from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple, Union
 
 import optree
 import torch
@@ -31,8 +31,10 @@ from .stats import Collector, LayerStats, all_reduce
 __all__ = ["prune", "prune_layer", "find_blocks", "Result", "LayerReport", "METHODS"]
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
-#: where transformers keeps the decoder blocks (Llama, Qwen2, Mistral, Gemma, Phi; GPT-2; OPT; GPT-NeoX; bare models)
-AUTO_BLOCKS = ("model.layers", "transformer.h", "model.decoder.layers", "gpt_neox.layers", "model.language_model.layers",
+#: where transformers keeps the decoder blocks (Llama, Qwen2, Mistral, Gemma, Phi; GPT-2; OPT; GPT-NeoX; bare
+#: models)
+AUTO_BLOCKS = ("model.layers", "transformer.h", "model.decoder.layers", "gpt_neox.layers",
+               "model.language_model.layers",
                "layers", "h", "decoder.layers", "transformer.blocks", "blocks")
 
 
@@ -147,12 +149,14 @@ def prune_layer(weight: torch.Tensor, stats: Optional[LayerStats], method: str, 
     return sparsegpt(weight, stats.hessian, amount, pattern=pattern, mask=mask, block_size=block_size, damp=damp)
 
 
-def _levels(method: str, amount, owl: bool) -> Tuple[list, bool]:
+def _levels(method: str, amount, owl: bool, pattern) -> Tuple[list, bool]:
     stacked = isinstance(amount, (list, tuple))
     levels = list(amount) if stacked else [amount]
     if not levels:
         raise ValueError("amount is an empty list: give one level or more")
     for level in levels:
+        if level is None and pattern is not None and not owl:
+            continue  # an N:M pattern fixes the amount
         if isinstance(level, torch.Tensor):
             raise TypeError(f"amount must be Python numbers for one-shot pruning, got a tensor {level!r}")
         validate_amount(level)
@@ -314,7 +318,7 @@ def prune(model: torch.nn.Module, calibration: Iterable[Any], method: str, amoun
       amount: the fraction of every layer to prune (an int: a count, wanda/magnitude only; OWL's
         per-block amounts average to it), or a list of K levels: K results at once, stacked.
       pattern: ``(n, m)``: keep ``n`` of every ``m`` consecutive inputs of each row (``amount``
-        then only feeds OWL, and is ignored otherwise).
+        then only feeds OWL; without OWL it is ignored and may be None).
       blocks: the dotted name of the ``nn.ModuleList`` of blocks (found for transformers decoders).
       include: which weights: None (every ``nn.Linear``/``Conv1D`` in the blocks), names, or a
         predicate ``(name, param) -> bool``.
@@ -347,7 +351,7 @@ def prune(model: torch.nn.Module, calibration: Iterable[Any], method: str, amoun
       >>> r.masks["model.layers.0.mlp.up_proj.weight"].float().mean().item()
       0.5
     """
-    levels, stacked = _levels(method, amount, owl)
+    levels, stacked = _levels(method, amount, owl, pattern)
     block_name, block_list = find_blocks(model, blocks)
     pattern = check_pattern(pattern)
     targets = _targets(model, block_name, block_list, include)
@@ -386,6 +390,7 @@ def prune(model: torch.nn.Module, calibration: Iterable[Any], method: str, amoun
                 stats = [s for s, _ in collected]
                 dense_outs = collected[0][1]
             pruned = work.block(i, layers, values, stats, per_block[i])
+            stats = collected = None  # this block's statistics die here, before the next block's are summed
             if not needs or not captured:
                 continue
             if not sequential:
