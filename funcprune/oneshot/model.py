@@ -20,10 +20,12 @@ from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple, Union
 import optree
 import torch
 
+from .. import _dtensor
 from .._amount import validate_amount
 from ..methods import l1_unstructured
 from ..patterns import nm_structured
 from .methods import check_pattern, outlier_ratio, owl as owl_amounts, sparsegpt, wanda, wanda_scores
+from . import distributed
 from .stats import Collector, LayerStats, all_reduce
 
 __all__ = ["prune", "prune_layer", "find_blocks", "Result", "LayerReport", "METHODS"]
@@ -134,6 +136,10 @@ def prune_layer(weight: torch.Tensor, stats: Optional[LayerStats], method: str, 
     ``"sparsegpt"`` :func:`funcprune.oneshot.sparsegpt` on ``stats.hessian``. The weight is
     returned as given except for SparseGPT.
     """
+    if _dtensor.is_dtensor(weight):  # FSDP2 rows: pruned where they live
+        new, keep = distributed.prune_layer(weight, stats, method, amount, pattern=pattern, mask=mask,
+                                            block_size=block_size, damp=damp)
+        return (weight if new is None else new), keep
     if method == "magnitude":
         if pattern is not None:
             return weight, nm_structured(weight, pattern[0], pattern[1], dim=1, mask=mask)
@@ -203,7 +209,8 @@ def _capture(model, first, batches, device) -> List[Tuple[tuple, dict]]:
         captured.append(_to((args, dict(kwargs)), device))
         raise _Stop
 
-    handle = first.register_forward_pre_hook(catch, with_kwargs=True)
+    # first among the block's hooks: FSDP2's would gather the block only to be stopped
+    handle = first.register_forward_pre_hook(catch, with_kwargs=True, prepend=True)
     try:
         for index, batch in enumerate(batches):
             try:
@@ -213,17 +220,19 @@ def _capture(model, first, batches, device) -> List[Tuple[tuple, dict]]:
             raise ValueError(f"calibration batch {index} ran through the model without reaching its first block")
     finally:
         handle.remove()
+        distributed.settle(model)
     if not captured:
         raise ValueError("calibration is empty: pass an iterable of one batch or more")
     return captured
 
 
-def _run(block: torch.nn.Module, values: Dict[str, torch.Tensor], h: torch.Tensor, entry) -> torch.Tensor:
+def _run(run: Callable, h: torch.Tensor, entry) -> torch.Tensor:
+    """The block's output on hidden states ``h`` with the rest of a captured ``entry``; ``run`` from a block runner."""
     args, kwargs = entry
     if args:
-        out = torch.func.functional_call(block, values, (h, *args[1:]), kwargs)
+        out = run((h, *args[1:]), kwargs)
     else:
-        out = torch.func.functional_call(block, values, (), {**kwargs, "hidden_states": h})
+        out = run((), {**kwargs, "hidden_states": h})
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
@@ -249,10 +258,11 @@ def _collect(block, values, layers, hs, entries, *, sumsq, hessian, dtype, where
     """Run the block on every batch with the statistics hooks on; (all-reduced stats, outputs or None)."""
     modules = {name: (module, _linear_weight(module, module.weight).shape[1]) for name, (_, module) in layers.items()}
     outs = [] if keep_outputs else None
-    with Collector(modules, sumsq=sumsq, hessian=hessian, dtype=dtype) as collector:
+    with Collector(modules, sumsq=sumsq, hessian=hessian, dtype=dtype) as collector, \
+            distributed.block_runner(block, values) as run:
         for h, entry in zip(hs, entries):
             collector.new_batch()
-            out = _run(block, values, h, entry)
+            out = _run(run, h, entry)
             if keep_outputs:
                 outs.append(out)
     stats = all_reduce(collector.stats(), group)
@@ -350,6 +360,13 @@ def prune(model: torch.nn.Module, calibration: Iterable[Any], method: str, amoun
     needs = method != "magnitude"
     with _eval_mode(model):
         batches = list(calibration)
+        layer_shapes = [(n, tuple(m.weight.shape)) for layers in targets for n, (_, m) in layers.items()]
+        distributed.check_same(group, batches=len(batches), method=method, amount=levels, pattern=pattern,
+                               blocks=block_name, layers=layer_shapes, owl=(owl, owl_threshold, owl_lam),
+                               sequential=sequential, dtype=str(dtype), block_size=block_size, damp=damp)
+        if owl and any(_dtensor.is_dtensor(m.weight) for layers in targets for _, m in layers.values()):
+            raise ValueError("owl=True needs every pruned weight whole on each rank (data-parallel calibration); "
+                             "with FSDP2-sharded weights pass owl=False")
         if not batches:
             raise ValueError("calibration is empty: pass an iterable of one batch or more")
         captured = _capture(model, block_list[0], batches, device) if needs or owl else []
@@ -377,12 +394,14 @@ def prune(model: torch.nn.Module, calibration: Iterable[Any], method: str, amoun
             if not needs or not captured:
                 continue
             if not sequential:
-                acts[0] = dense_outs if dense_outs is not None else [_run(block, values, h, e)
-                                                                     for h, e in zip(acts[0], captured)]
+                if dense_outs is None:
+                    with distributed.block_runner(block, values) as run:
+                        dense_outs = [_run(run, h, e) for h, e in zip(acts[0], captured)]
+                acts[0] = dense_outs
                 continue
             for level, hs in enumerate(acts):
-                run_values = {**values, **pruned[level]}
-                acts[level] = [_run(block, run_values, h, e) for h, e in zip(hs, captured)]
+                with distributed.block_runner(block, {**values, **pruned[level]}) as run:
+                    acts[level] = [_run(run, h, e) for h, e in zip(hs, captured)]
     return work.result(model, stacked)
 
 
