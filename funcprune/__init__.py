@@ -8,12 +8,12 @@ What is where: torch.nn.utils.prune's API and the functional core are flat at th
 (``fp.l1_unstructured``, ``fp.prune``, ``fp.functional_call``, ``fp.stack``, ...); the extras
 are reached through their submodules (``fp.patterns.nm_structured``, ``fp.distributions.erk``,
 ``fp.schedules.polynomial``, ``fp.saliency``, ``fp.dst.rigl_update``, ``fp.export.save_masks``,
-``fp.distributed.keep_pruned``, ``fp.structural.shrink``).
+``fp.distributed.keep_pruned``, ``fp.structural.shrink``, ``fp.oneshot.prune``).
 ``funcprune.compat``, the drop-in for ``torch.nn.utils.prune``, is imported on its own
 (``import funcprune.compat as prune``); ``import funcprune`` does not load it.
 """
 
-from . import distributed, distributions, dst, export, patterns, saliency, schedules, structural
+from . import distributed, distributions, dst, export, oneshot, patterns, saliency, schedules, structural
 from .bridge import from_module, to_module
 from .call import functional_call
 from .methods import (
@@ -72,4 +72,5 @@ __all__ = [
     "export",
     "distributed",
     "structural",
+    "oneshot",
 ]

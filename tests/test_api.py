@@ -12,7 +12,7 @@ TOP = ["identity", "random_unstructured", "l1_unstructured", "random_structured"
        "functional_call", "from_module", "to_module", "stack", "unstack", "stack_size", "masks_for_amounts",
        "masks_for_seeds", "masks_for_scores", "stacked_call", "vmap_stacked", "call_with_buffers",
        "masked_update", "lottery_round"]
-EXTRAS = ["patterns", "distributions", "schedules", "saliency", "dst", "export", "distributed", "structural"]
+EXTRAS = ["patterns", "distributions", "schedules", "saliency", "dst", "export", "distributed", "structural", "oneshot"]
 
 
 def _public_submodules():

@@ -1,0 +1,423 @@
+"""Prune a model's stack of repeated blocks one shot from calibration batches (the papers' procedure).
+
+:func:`prune` captures the first block's inputs (positional and keyword: attention masks,
+position embeddings) once, then for every block collects the input statistics of its linear
+layers (:mod:`funcprune.oneshot.stats`, all-reduced over ranks when torch.distributed is
+initialized), prunes each layer with :func:`prune_layer`, and runs the block again with the
+pruned weights so that its outputs feed the next block (``sequential=True``, as the Wanda and
+SparseGPT scripts do) or takes every statistic from the dense model in one pass
+(``sequential=False``). Only one block's statistics and one block boundary's activations (per
+amount level) are alive at once. Blocks run through :func:`torch.func.functional_call`: the
+model's parameters are never written, and ``device=`` copies one block at a time to the device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import numbers
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import optree
+import torch
+
+from .._amount import validate_amount
+from ..methods import l1_unstructured
+from ..patterns import nm_structured
+from .methods import check_pattern, outlier_ratio, owl as owl_amounts, sparsegpt, wanda, wanda_scores
+from .stats import Collector, LayerStats, all_reduce
+
+__all__ = ["prune", "prune_layer", "find_blocks", "Result", "LayerReport", "METHODS"]
+
+METHODS = ("magnitude", "wanda", "sparsegpt")
+#: where transformers keeps the decoder blocks (Llama, Qwen2, Mistral, Gemma, Phi; GPT-2; OPT; GPT-NeoX; bare models)
+AUTO_BLOCKS = ("model.layers", "transformer.h", "model.decoder.layers", "gpt_neox.layers", "model.language_model.layers",
+               "layers", "h", "decoder.layers", "transformer.blocks", "blocks")
+
+
+class LayerReport(NamedTuple):
+    """What :func:`prune` did to one weight (tuples over the levels when ``amount`` is a list)."""
+
+    block: int  #: index of the block in the block list
+    amount: Union[float, int, Tuple]  #: the amount applied (OWL's per-block amount, or the given one)
+    sparsity: Union[float, Tuple]  #: the fraction of the weight pruned
+    tokens: int  #: calibration token rows its statistics summed (0 for magnitude)
+
+
+class Result(NamedTuple):
+    """The pruned model as trees keyed like ``model.named_parameters()``."""
+
+    params: Dict[str, torch.Tensor]  #: the model's own tensors, SparseGPT's updated weights in their place
+    masks: Dict[str, torch.Tensor]  #: bool keep masks of the pruned weights
+    layers: Dict[str, LayerReport]  #: per pruned weight
+    stacked: str  #: "none" (one amount), "masks" or "both" (K levels): ``fp.stacked_call``'s ``stacked``
+
+
+class _Stop(Exception):
+    pass
+
+
+def find_blocks(model: torch.nn.Module, blocks: Optional[str] = None) -> Tuple[str, torch.nn.ModuleList]:
+    """The dotted name and the ``nn.ModuleList`` of the model's repeated blocks.
+
+    Args:
+      model: the model.
+      blocks: the dotted name (e.g. ``"model.layers"``); None looks where transformers keeps them
+        (:data:`AUTO_BLOCKS`).
+
+    Raises:
+      ValueError: not found, or not a non-empty ``nn.ModuleList``: the message lists the model's
+        ModuleLists to pass as ``blocks=``.
+    """
+    lists = [n for n, m in model.named_modules() if isinstance(m, torch.nn.ModuleList) and len(m)]
+    hint = f"pass blocks='<dotted name of the nn.ModuleList of blocks>' (this model's ModuleLists: {lists or 'none'})"
+    if blocks is not None:
+        if not isinstance(blocks, str):
+            raise TypeError(f"blocks must be a dotted module name, got {blocks!r}")
+        try:
+            found = model.get_submodule(blocks)
+        except AttributeError:
+            raise ValueError(f"blocks={blocks!r} is not a submodule of {type(model).__name__}: {hint}") from None
+        if not isinstance(found, torch.nn.ModuleList) or not len(found):
+            raise ValueError(f"blocks={blocks!r} is a {type(found).__name__}, not a non-empty nn.ModuleList: {hint}")
+        return blocks, found
+    for name in AUTO_BLOCKS:
+        if name in lists:
+            return name, model.get_submodule(name)
+    raise ValueError(f"could not find the stack of repeated blocks of {type(model).__name__}: {hint}")
+
+
+def _is_conv1d(module: torch.nn.Module) -> bool:
+    """transformers' ``Conv1D`` (GPT-2): a linear layer whose weight is ``(in_features, out_features)``."""
+    return type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None
+
+
+def _targets(model: torch.nn.Module, prefix: str, blocks, include) -> List[Dict[str, Tuple[str, torch.nn.Module]]]:
+    """Per block: ``{param name: (module name inside the block, module)}`` of the selected linear weights."""
+    found = []
+    for i, block in enumerate(blocks):
+        layers = {}
+        for sub, module in block.named_modules():
+            if isinstance(module, torch.nn.Linear) or _is_conv1d(module):
+                layers[f"{prefix}.{i}.{sub}.weight"] = (sub, module)
+        found.append(layers)
+    every = {name: t for layers in found for name, t in layers.items()}
+    if include is None:
+        return found
+    params = dict(model.named_parameters())
+    if callable(include):
+        return [{n: t for n, t in layers.items() if include(n, params[n])} for layers in found]
+    if isinstance(include, str):
+        raise TypeError(f"include must be a list of names or a predicate, got the string {include!r}")
+    names = set(include)
+    for name in sorted(names):
+        if name not in params:
+            raise KeyError(f"include names {name!r}, which is not a parameter of {type(model).__name__}")
+        if name not in every:
+            raise ValueError(f"include names {name!r}, which is not the weight of an nn.Linear inside the blocks "
+                             f"{prefix!r} (one-shot methods prune linear layers from their inputs' statistics)")
+    return [{n: t for n, t in layers.items() if n in names} for layers in found]
+
+
+def _linear_weight(module: torch.nn.Module, value: torch.Tensor) -> torch.Tensor:
+    return value.t() if _is_conv1d(module) else value
+
+
+def prune_layer(weight: torch.Tensor, stats: Optional[LayerStats], method: str, amount, *, pattern=None,
+                mask: Optional[torch.Tensor] = None, block_size: int = 128,
+                damp: float = 0.01) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One layer's step of :func:`prune`: ``(weight after pruning, keep mask)`` in the Linear layout ``(out, in)``.
+
+    ``"magnitude"`` is torch's ``l1_unstructured`` over the whole weight (per row N:M of ``|W|``
+    with a pattern), ``"wanda"`` :func:`funcprune.oneshot.wanda` on ``sqrt(stats.sumsq)``,
+    ``"sparsegpt"`` :func:`funcprune.oneshot.sparsegpt` on ``stats.hessian``. The weight is
+    returned as given except for SparseGPT.
+    """
+    if method == "magnitude":
+        if pattern is not None:
+            return weight, nm_structured(weight, pattern[0], pattern[1], dim=1, mask=mask)
+        return weight, l1_unstructured(weight, amount, mask=mask)
+    if method == "wanda":
+        return weight, wanda(weight, stats.sumsq.sqrt(), amount, pattern=pattern, mask=mask)
+    return sparsegpt(weight, stats.hessian, amount, pattern=pattern, mask=mask, block_size=block_size, damp=damp)
+
+
+def _levels(method: str, amount, owl: bool) -> Tuple[list, bool]:
+    stacked = isinstance(amount, (list, tuple))
+    levels = list(amount) if stacked else [amount]
+    if not levels:
+        raise ValueError("amount is an empty list: give one level or more")
+    for level in levels:
+        if isinstance(level, torch.Tensor):
+            raise TypeError(f"amount must be Python numbers for one-shot pruning, got a tensor {level!r}")
+        validate_amount(level)
+        if (method == "sparsegpt" or owl) and isinstance(level, numbers.Integral):
+            raise TypeError(f"amount={level!r}: {'OWL' if owl else 'sparsegpt'} takes fractions (floats in [0, 1])")
+    return levels, stacked
+
+
+def _check(model, method, dtype, sequential, pattern, targets, block_size) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype (of the statistics) must be torch.float32 or torch.float64, got {dtype}")
+    if not isinstance(sequential, bool):
+        raise TypeError(f"sequential must be a bool, got {sequential!r}")
+    if not any(targets):
+        raise ValueError(f"no linear weight selected in the blocks of {type(model).__name__}: check include=")
+    for layers in targets:
+        for name, (_, module) in layers.items():
+            if method == "sparsegpt" and pattern is not None and block_size % pattern[1]:
+                raise ValueError(f"block_size={block_size} must be a multiple of the pattern's group size {pattern[1]}")
+            check_pattern(pattern, _linear_weight(module, module.weight).shape[1], name)
+
+
+def _to(tree: Any, device: Optional[torch.device]) -> Any:
+    if device is None:
+        return tree
+    return optree.tree_map(lambda x: x.to(device) if isinstance(x, torch.Tensor) else x, tree, none_is_leaf=True)
+
+
+def _call(model: torch.nn.Module, batch: Any, accepts_cache: bool) -> None:
+    extra = {"use_cache": False} if accepts_cache else {}
+    if isinstance(batch, dict):
+        model(**batch, **extra)
+    elif isinstance(batch, (tuple, list)):
+        model(*batch, **extra)
+    else:
+        model(batch, **extra)
+
+
+def _capture(model, first, batches, device) -> List[Tuple[tuple, dict]]:
+    """The first block's ``(args, kwargs)`` for every batch (on ``device``), by stopping the model there."""
+    import inspect
+
+    accepts_cache = "use_cache" in inspect.signature(model.forward).parameters
+    home = next(model.parameters()).device
+    captured = []
+
+    def catch(module, args, kwargs):
+        captured.append(_to((args, dict(kwargs)), device))
+        raise _Stop
+
+    handle = first.register_forward_pre_hook(catch, with_kwargs=True)
+    try:
+        for index, batch in enumerate(batches):
+            try:
+                _call(model, _to(batch, home), accepts_cache)
+            except _Stop:
+                continue
+            raise ValueError(f"calibration batch {index} ran through the model without reaching its first block")
+    finally:
+        handle.remove()
+    if not captured:
+        raise ValueError("calibration is empty: pass an iterable of one batch or more")
+    return captured
+
+
+def _run(block: torch.nn.Module, values: Dict[str, torch.Tensor], h: torch.Tensor, entry) -> torch.Tensor:
+    args, kwargs = entry
+    if args:
+        out = torch.func.functional_call(block, values, (h, *args[1:]), kwargs)
+    else:
+        out = torch.func.functional_call(block, values, (), {**kwargs, "hidden_states": h})
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _hidden(entry) -> torch.Tensor:
+    args, kwargs = entry
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _block_values(block: torch.nn.Module, device) -> Dict[str, torch.Tensor]:
+    values = dict(block.named_parameters())
+    values.update(block.named_buffers())
+    return {n: (v.to(device) if device is not None else v).detach() for n, v in values.items()}
+
+
+def _collect(block, values, layers, hs, entries, *, sumsq, hessian, dtype, where, group, keep_outputs):
+    """Run the block on every batch with the statistics hooks on; (all-reduced stats, outputs or None)."""
+    modules = {name: (module, _linear_weight(module, module.weight).shape[1]) for name, (_, module) in layers.items()}
+    outs = [] if keep_outputs else None
+    with Collector(modules, sumsq=sumsq, hessian=hessian, dtype=dtype) as collector:
+        for h, entry in zip(hs, entries):
+            collector.new_batch()
+            out = _run(block, values, h, entry)
+            if keep_outputs:
+                outs.append(out)
+    stats = all_reduce(collector.stats(), group)
+    for name in layers:
+        key = collector.key_of.get(name)
+        if key is None:
+            raise ValueError(f"{name}: the layer received no input during calibration in {where}")
+        for value in stats[key][:2]:
+            if value is not None and not bool(torch.isfinite(value).all()):
+                raise ValueError(f"{name}: non-finite (NaN/inf) calibration activations at its input in {where}")
+    return {name: stats[collector.key_of[name]] for name in layers}, outs
+
+
+def _owl_ratios(blocks, prefix, targets, captured, device, dtype, threshold, group) -> List[float]:
+    """OWL's outlier ratio of every block, from the dense model's Wanda scores (one dense pass)."""
+    hs = [_hidden(entry) for entry in captured]
+    ratios = []
+    for i, block in enumerate(blocks):
+        values = _block_values(block, device)
+        stats, hs = _collect(block, values, targets[i], hs, captured, sumsq=True, hessian=False, dtype=dtype,
+                             where=f"block {i} ({prefix}.{i})", group=group, keep_outputs=True)
+        scores = [wanda_scores(_linear_weight(m, values[sub + ".weight"]), stats[n].sumsq.sqrt())
+                  for n, (sub, m) in targets[i].items()]
+        ratios.append(outlier_ratio(scores, threshold) if scores else 0.0)
+    return ratios
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module):
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for module, mode in modes:
+            module.training = mode
+
+
+def prune(model: torch.nn.Module, calibration: Iterable[Any], method: str, amount, *, pattern=None,
+          blocks: Optional[str] = None, include=None, owl: bool = False, owl_threshold: float = 5.0,
+          owl_lam: float = 0.08, sequential: bool = True, device=None, group=None, block_size: int = 128,
+          damp: float = 0.01, dtype: torch.dtype = torch.float32) -> Result:
+    """Prune the linear layers of a model's blocks one shot from calibration batches.
+
+    Args:
+      model: a model with a stack of repeated blocks (any transformers decoder); not modified (it
+        runs in eval mode, restored afterwards).
+      calibration: an iterable of batches: a tensor (the first argument, e.g. ``input_ids``), a
+        tuple of args or a dict of kwargs.
+      method: ``"magnitude"`` (torch's ``l1_unstructured`` per layer, no calibration needed but
+        OWL's), ``"wanda"`` or ``"sparsegpt"``.
+      amount: the fraction of every layer to prune (an int: a count, wanda/magnitude only; OWL's
+        per-block amounts average to it), or a list of K levels: K results at once, stacked.
+      pattern: ``(n, m)``: keep ``n`` of every ``m`` consecutive inputs of each row (``amount``
+        then only feeds OWL, and is ignored otherwise).
+      blocks: the dotted name of the ``nn.ModuleList`` of blocks (found for transformers decoders).
+      include: which weights: None (every ``nn.Linear``/``Conv1D`` in the blocks), names, or a
+        predicate ``(name, param) -> bool``.
+      owl: per-block amounts from OWL's outlier ratios of the dense model (threshold
+        ``owl_threshold``, ``lam=owl_lam``).
+      sequential: feed each block the pruned previous blocks' outputs (the papers' procedure);
+        False takes every statistic from the dense model in one pass (K levels share it).
+      device: run one block at a time there (the model stays where it is).
+      group: the process group whose ranks' statistics are summed (default: the default group
+        when torch.distributed is initialized).
+      block_size, damp: SparseGPT's.
+      dtype: the statistics' dtype (float32, or float64 for exact comparisons).
+
+    Returns:
+      A :class:`Result`: run it with ``fp.functional_call(model, r.params, args, masks=r.masks)``
+      (or ``fp.stacked_call(..., stacked=r.stacked)`` for K levels); masks stacked as
+      :func:`funcprune.stack` stacks them when ``amount`` is a list.
+
+    Raises:
+      ValueError, TypeError, KeyError: bad method, amount, pattern (naming the layer it does not
+        divide), blocks (saying what to pass), include (a non-Linear weight), an empty
+        calibration, NaN/inf activations (naming the block and layer); the model is unchanged.
+
+    Example:
+      >>> import transformers
+      >>> cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+      ...                                num_attention_heads=4, num_key_value_heads=2)
+      >>> model = transformers.LlamaForCausalLM(cfg)
+      >>> r = prune(model, [torch.randint(0, 64, (2, 16))], "wanda", 0.5)
+      >>> r.masks["model.layers.0.mlp.up_proj.weight"].float().mean().item()
+      0.5
+    """
+    levels, stacked = _levels(method, amount, owl)
+    block_name, block_list = find_blocks(model, blocks)
+    pattern = check_pattern(pattern)
+    targets = _targets(model, block_name, block_list, include)
+    _check(model, method, dtype, sequential, pattern, targets, block_size)
+    device = torch.device(device) if device is not None else None
+    needs = method != "magnitude"
+    with _eval_mode(model):
+        batches = list(calibration)
+        if not batches:
+            raise ValueError("calibration is empty: pass an iterable of one batch or more")
+        captured = _capture(model, block_list[0], batches, device) if needs or owl else []
+        per_block = [levels] * len(block_list)
+        if owl:
+            ratios = _owl_ratios(block_list, block_name, targets, captured, device, dtype, owl_threshold, group)
+            by_level = [owl_amounts(ratios, level, lam=owl_lam) for level in levels]
+            per_block = [[amounts[i] for amounts in by_level] for i in range(len(block_list))]
+        work = _Work(method, pattern, block_size, damp, levels)
+        acts = [[_hidden(e) for e in captured] for _ in (levels if sequential else levels[:1])]
+        for i, block in enumerate(block_list):
+            where = f"block {i} ({block_name}.{i})"
+            values = _block_values(block, device)
+            layers = targets[i]
+            stats, dense_outs = [{}] * len(acts), None
+            if needs and layers:
+                collected = [_collect(block, values, layers, hs, captured, sumsq=method == "wanda",
+                                      hessian=method == "sparsegpt", dtype=dtype, where=where, group=group,
+                                      keep_outputs=not sequential) for hs in acts]
+                stats = [s for s, _ in collected]
+                dense_outs = collected[0][1]
+            pruned = work.block(i, layers, values, stats, per_block[i])
+            if not needs or not captured:
+                continue
+            if not sequential:
+                acts[0] = dense_outs if dense_outs is not None else [_run(block, values, h, e)
+                                                                     for h, e in zip(acts[0], captured)]
+                continue
+            for level, hs in enumerate(acts):
+                run_values = {**values, **pruned[level]}
+                acts[level] = [_run(block, run_values, h, e) for h, e in zip(hs, captured)]
+    return work.result(model, stacked)
+
+
+class _Work:
+    """Pruned weights and masks of every level, gathered block by block."""
+
+    def __init__(self, method, pattern, block_size, damp, levels) -> None:
+        self.method, self.pattern, self.block_size, self.damp, self.levels = method, pattern, block_size, damp, levels
+        self.weights: List[Dict[str, torch.Tensor]] = [{} for _ in levels]
+        self.masks: List[Dict[str, torch.Tensor]] = [{} for _ in levels]
+        self.reports: Dict[str, list] = {}
+
+    def block(self, i, layers, values, stats, amounts) -> List[Dict[str, torch.Tensor]]:
+        """Prune the block's layers at every level; per level the block values to run it pruned."""
+        pruned = [{} for _ in self.levels]
+        for name, (sub, module) in layers.items():
+            param = module.weight
+            weight = _linear_weight(module, values[sub + ".weight"])
+            rows = []
+            for level, amount in enumerate(amounts):
+                layer_stats = stats[min(level, len(stats) - 1)].get(name)
+                try:
+                    new, keep = prune_layer(weight, layer_stats, self.method, amount, pattern=self.pattern,
+                                            block_size=self.block_size, damp=self.damp)
+                except (ValueError, TypeError) as err:
+                    raise type(err)(f"{name}: {err}") from err
+                run = new if self.method == "sparsegpt" else torch.where(keep, weight, 0)
+                pruned[level][sub + ".weight"] = _linear_weight(module, run)
+                keep_param = _linear_weight(module, keep).contiguous().to(param.device)
+                self.masks[level][name] = keep_param
+                if self.method == "sparsegpt":
+                    self.weights[level][name] = _linear_weight(module, new).contiguous().to(param.device)
+                tokens = 0 if layer_stats is None else int(layer_stats.tokens)
+                rows.append((amount, 1.0 - float(keep.sum()) / keep.numel(), tokens))
+            self.reports[name] = [i, rows]
+        return pruned
+
+    def result(self, model, stacked: bool) -> Result:
+        params = dict(model.named_parameters())
+        if not stacked:
+            reports = {n: LayerReport(b, r[0][0], r[0][1], r[0][2]) for n, (b, r) in self.reports.items()}
+            return Result({**params, **self.weights[0]}, self.masks[0], reports, "none")
+        k = len(self.levels)
+        reports = {n: LayerReport(b, tuple(x[0] for x in r), tuple(x[1] for x in r), r[0][2])
+                   for n, (b, r) in self.reports.items()}
+        masks = {n: torch.stack([m[n] for m in self.masks]) for n in self.masks[0]}
+        if self.method != "sparsegpt":
+            return Result(params, masks, reports, "masks")
+        stacked_params = {n: (torch.stack([w[n] for w in self.weights]) if n in self.weights[0]
+                              else p.detach().expand(k, *p.shape)) for n, p in params.items()}
+        return Result(stacked_params, masks, reports, "both")
