@@ -54,15 +54,18 @@ def load(dtype: torch.dtype = torch.float32):
     from transformers.utils import logging as hf_logging
 
     directory, name = gguf_location()
-    verbosity = hf_logging.get_verbosity()
+    verbosity, tqdm_disable = hf_logging.get_verbosity(), os.environ.get("TQDM_DISABLE")
     hf_logging.set_verbosity_error()  # the GGUF loader's progress bars and notes, not results
-    hf_logging.disable_progress_bar()
+    os.environ["TQDM_DISABLE"] = "1"
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
         model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=dtype)
     finally:
         hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
+        if tqdm_disable is None:
+            del os.environ["TQDM_DISABLE"]
+        else:
+            os.environ["TQDM_DISABLE"] = tqdm_disable
     return model.eval(), tokenizer
 
 
