@@ -50,18 +50,20 @@ def available() -> bool:
 
 def load(dtype: torch.dtype = torch.float32):
     """``(model, tokenizer)``: SmolLM2-135M (a ``LlamaForCausalLM``, dequantized to ``dtype``), in eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
     directory, name = gguf_location()
-    verbosity, tqdm_disable = hf_logging.get_verbosity(), os.environ.get("TQDM_DISABLE")
-    hf_logging.set_verbosity_error()  # the GGUF loader's progress bars and notes, not results
+    # the GGUF loader's progress bars and notes are not results; tqdm reads TQDM_DISABLE when first imported
+    tqdm_disable = os.environ.get("TQDM_DISABLE")
     os.environ["TQDM_DISABLE"] = "1"
     try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
         tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
         model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=dtype)
-    finally:
         hf_logging.set_verbosity(verbosity)
+    finally:
         if tqdm_disable is None:
             del os.environ["TQDM_DISABLE"]
         else:
