@@ -91,6 +91,8 @@ def ours(model, batches, evaluation, args) -> List[Dict]:
     rows = [{"lib": "dense", "method": "dense", "setting": "-", "sparsity": 0.0, "ppl": evaluate()}]
     _print_row(rows[-1])
     for label, amount, pattern, owl in SETTINGS:
+        if label not in args.settings.split(","):
+            continue
         for method in METHODS:
             if amount > 0.5 and method == "magnitude":  # the 70% rows compare the calibrated methods
                 continue
@@ -207,6 +209,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     parser.add_argument("--eval-len", type=int, default=128, help="tokens per evaluation window")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--settings", default=",".join(label for label, *_ in SETTINGS),
+                        help="funcprune's settings to run, comma-separated (default: all)")
     parser.add_argument("--peer-python", help="a Python with llm-compressor installed (its rows are left out without)")
     parser.add_argument("--peer-budget", type=float, default=1800,
                         help="seconds for all llm-compressor runs together; rows left when it is spent are not run")
