@@ -58,6 +58,7 @@ METHODS = ("magnitude", "wanda", "sparsegpt")
 CURVE = [0.4, 0.5, 0.6, 0.7]
 # in this order until --peer-budget runs out (llm-compressor's SparseGPT is slow on a CPU)
 PEER = [("wanda", "50%"), ("wanda", "70% OWL"), ("sparsegpt", "50%"), ("wanda", "2:4"), ("sparsegpt", "2:4")]
+PEER_DEFAULT = "wanda 50%,wanda 70% OWL,sparsegpt 50%,wanda 2:4,sparsegpt 2:4"
 
 
 def _trim() -> None:
@@ -89,7 +90,7 @@ def ours(model, batches, evaluation, args) -> List[Dict]:
     """funcprune's rows: dense, then every method at every setting."""
     evaluate = lambda **kw: perplexity(model, evaluation, seq_len=args.eval_len, batch_size=args.batch_size, **kw)
     rows = [{"lib": "dense", "method": "dense", "setting": "-", "sparsity": 0.0, "ppl": evaluate()}]
-    _print_row(rows[-1])
+    print_row(rows[-1])
     for label, amount, pattern, owl in SETTINGS:
         if label not in args.settings.split(","):
             continue
@@ -101,7 +102,7 @@ def ours(model, batches, evaluation, args) -> List[Dict]:
             rows.append({"lib": "funcprune", "method": method, "setting": label, "seconds": seconds, "peak_mib": peak,
                          "sparsity": pruned_fraction(result.masks),
                          "ppl": evaluate(params=result.params, masks=result.masks)})
-            _print_row(rows[-1])
+            print_row(rows[-1])
             del result
     return rows
 
@@ -125,6 +126,8 @@ def start_peer(windows, args, workdir: str) -> Tuple[threading.Thread, List[Dict
     def run() -> None:
         begin = time.perf_counter()
         for method, label in PEER:
+            if f"{method} {label}" not in args.peer_rows.split(","):
+                continue
             amount, pattern, owl = settings[label]
             left = args.peer_budget - (time.perf_counter() - begin)
             if left < 60:
@@ -165,15 +168,15 @@ def finish_peer(model, evaluation, args, thread: threading.Thread, rows: List[Di
                 w.numel() for w in weights.values())
             row["ppl"] = perplexity(model, evaluation, seq_len=args.eval_len, batch_size=args.batch_size,
                                     params=weights)
-        _print_row(row)
+        print_row(row)
     return rows
 
 
-def _print_row(row: Dict) -> None:
-    print(_line(row), flush=True)
+def print_row(row: Dict) -> None:
+    print(row_line(row), flush=True)
 
 
-def _line(row: Dict) -> str:
+def row_line(row: Dict) -> str:
     if "error" in row:
         return f"| {row['lib']} | {row['method']} | {row['setting']} | failed: {row['error']} | | | |"
     seconds = f"{row['seconds']:.1f}" if "seconds" in row else "-"
@@ -212,6 +215,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     parser.add_argument("--settings", default=",".join(label for label, *_ in SETTINGS),
                         help="funcprune's settings to run, comma-separated (default: all)")
     parser.add_argument("--peer-python", help="a Python with llm-compressor installed (its rows are left out without)")
+    parser.add_argument("--peer-rows", default=PEER_DEFAULT, help="llm-compressor's rows, comma-separated")
     parser.add_argument("--peer-budget", type=float, default=1800,
                         help="seconds for all llm-compressor runs together; rows left when it is spent are not run")
     parser.add_argument("--parts", default="ours,peer,curve",
@@ -237,7 +241,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         rows = ours(model, batches, evaluation, args) if "ours" in parts else []
         if args.peer_python and "peer" in parts:
             rows += finish_peer(model, evaluation, args, *peer)
-    lines = [header, "", *TABLE_HEAD, *(_line(r) for r in rows)]
+    lines = [header, "", *TABLE_HEAD, *(row_line(r) for r in rows)]
     if args.peer_python and "peer" in parts:
         versions = next((r["versions"] for r in rows if "versions" in r), {})
         compared = comparison(rows)

@@ -133,3 +133,43 @@ def test_real_model_perplexity_equals_the_reference_and_the_halves_are_disjoint(
     dense = perplexity(model, tokens, seq_len=64, batch_size=2)
     assert dense == pytest.approx(reference_perplexity(model, tokens, 64), rel=1e-5)
     assert 1 < dense < 100  # the model reads Python's help text far better than chance (vocab 49152)
+
+
+def test_benchmark_rows_are_the_pruned_models_perplexities(monkeypatch, capsys):
+    """benchmarks/oneshot.py on a tiny random Llama in place of SmolLM2: every settings row prunes what it
+    says, its perplexity is the result's, the curve's levels are the one-pass masks', and a failed peer row
+    is reported, not dropped."""
+    transformers = pytest.importorskip("transformers")
+    from benchmarks import oneshot as bench
+
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    gen = torch.Generator().manual_seed(1)
+    calibration, evaluation = torch.randint(0, 64, (2000,), generator=gen), torch.randint(0, 64, (2000,), generator=gen)
+    monkeypatch.setattr(_smollm2, "load", lambda: (model, None))
+    monkeypatch.setattr(_smollm2, "text_tokens", lambda tokenizer: (calibration, evaluation))
+    out = bench.main(["--calibration", "4", "--calibration-len", "16", "--eval", "2", "--eval-len", "32",
+                      "--batch-size", "2", "--parts", "ours,curve", "--settings", "50%,2:4,70% OWL"])
+    windows = list(_smollm2.windows(calibration, 4, 16).split(2))
+    tokens = evaluation[:64]
+    rows = out["rows"]
+    assert [(r["method"], r["setting"]) for r in rows] == [("dense", "-")] + [
+        (m, s) for s in ("50%", "2:4") for m in bench.METHODS] + [("wanda", "70% OWL"), ("sparsegpt", "70% OWL")]
+    assert rows[0]["ppl"] == perplexity(model, tokens, seq_len=32, batch_size=2)
+    for row in rows[1:]:
+        amount, pattern, owl = {label: rest for label, *rest in bench.SETTINGS}[row["setting"]]
+        result = fp.oneshot.prune(model, windows, row["method"], amount, pattern=pattern, owl=owl)
+        assert row["sparsity"] == bench.pruned_fraction(result.masks)
+        assert row["ppl"] == perplexity(model, tokens, seq_len=32, batch_size=2, params=result.params,
+                                        masks=result.masks)
+    one_pass = fp.oneshot.prune(model, windows, "wanda", bench.CURVE, sequential=False)
+    for k, ppl in enumerate(out["curve"]["ppl"]):
+        assert ppl == perplexity(model, tokens, seq_len=32, batch_size=2,
+                                 masks={n: m[k] for n, m in one_pass.masks.items()})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[1:3] == bench.TABLE_HEAD and [bench.row_line(r) for r in rows] == printed[3:3 + len(rows)]
+    failed = {"lib": "llm-compressor", "method": "sparsegpt", "setting": "50%", "error": "ValueError: x"}
+    assert bench.row_line(failed) == "| llm-compressor | sparsegpt | 50% | failed: ValueError: x | | | |"
+    assert f"| sparsegpt | 50% | {rows[3]['ppl']:.2f} / failed | | | |" in bench.comparison(rows + [failed])
