@@ -158,3 +158,38 @@ def test_structural_example_shrinks_resnet18_to_the_masked_model_and_reloads_it(
     out = capsys.readouterr().out.splitlines()
     assert f"{'dense':<34}{accuracy['dense']:>9.1%}" in out
     assert any(line.startswith("batch 64") for line in out)
+
+
+@pytest.mark.slow
+def test_llm_example_perplexities_are_the_masked_models_and_wanda_beats_magnitude(capsys):
+    """examples/llm.py on SmolLM2-135M (the [llm] extra): every printed perplexity is the model with
+    params * masks written into a copy, each method prunes exactly half of every row or layer, and the
+    calibrated methods keep the model far better than magnitude pruning."""
+    from examples import _smollm2
+    if not _smollm2.available():
+        if os.environ.get("CI"):
+            raise ImportError(f"CI runs every test: the [llm] extra and the model are needed ({_smollm2.INSTALL})")
+        pytest.skip(f"needs the [llm] extra: {_smollm2.INSTALL}")
+    import copy
+
+    from examples import llm
+    from funcprune.oneshot.evaluate import perplexity
+
+    rows = llm.main(calibration=4, calibration_len=64, evaluation=2, eval_len=128)
+    out = capsys.readouterr().out.splitlines()
+    model, tokenizer = _smollm2.load()
+    tokens = _smollm2.text_tokens(tokenizer)[1][: 2 * 128]
+    assert [row["method"] for row in rows] == ["dense", "magnitude", "wanda", "sparsegpt"]
+    for row, line in zip(rows, out[2:]):
+        plain = copy.deepcopy(model)
+        if row["masks"]:
+            values = {**dict(model.named_parameters()), **row["params"]}
+            plain.load_state_dict({n: values[n] * row["masks"][n] if n in row["masks"] else values[n]
+                                   for n in values}, strict=False)
+            assert len(row["masks"]) == 30 * 7 and row["pruned"] == 0.5
+            for name, mask in row["masks"].items():
+                assert int((~mask).sum()) == mask.numel() // 2, name
+        assert row["perplexity"] == pytest.approx(perplexity(plain, tokens, seq_len=128), rel=1e-5)
+        assert line == f"{row['method']:<12}{row['pruned']:>8.1%}{row['perplexity']:>12.2f}{row['seconds']:>9.1f}"
+    ppl = {row["method"]: row["perplexity"] for row in rows}
+    assert ppl["dense"] < min(ppl["wanda"], ppl["sparsegpt"]) < ppl["magnitude"]

