@@ -230,6 +230,8 @@ def global_cut(like: torch.Tensor, kept: Optional[torch.Tensor], amount: Amount,
     if isinstance(scores, HashStream):
         return _sharded.select_global([like], [kept], amount, method="random", dtype=like.dtype,
                                       generator=scores.generator)[0]
+    if _dtensor.outside_mesh([like]):  # no entries here and no group to join: DTensor's empty shard
+        return _dtensor.empty_mask_like(like)
     if _dtensor.is_dtensor(like):
         scores = _dtensor.aligned(scores, like, "scores")
     elif _dtensor.is_dtensor(scores):
