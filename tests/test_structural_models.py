@@ -1,4 +1,4 @@
-"""Issue 14 coverage: every model of the list, end to end through traced groups.
+"""Every model of the list, end to end through traced groups.
 
 For each model (torchvision with ``weights=None``; transformers small random configs; custom
 ``nn.MultiheadAttention`` and weight-tied models): ``groups`` (one trace per model) ->
@@ -206,6 +206,7 @@ def _params(model):
     return sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,scope", CASES)
 def test_model_groups_shrink_equal_masked_params_and_flops_as_predicted(name, scope):
     torch.manual_seed(0)
@@ -215,7 +216,7 @@ def test_model_groups_shrink_equal_masked_params_and_flops_as_predicted(name, sc
     assert gs, f"{name}: no prunable group"
     params = dict(model.named_parameters())
     masks = prune_groups(params, gs, 0.5, scope=scope)
-    small = shrink(model, masks, args, groups=gs, example_kwargs=kwargs, check=True).eval()
+    small = shrink(model, masks, args, groups=gs, kwargs=kwargs, check=True).eval()
 
     # (a) outputs equal the masked model's (asserted here too, not only by shrink's check)
     with torch.no_grad():

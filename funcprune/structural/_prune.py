@@ -30,7 +30,7 @@ def _member_rows(t: torch.Tensor, member: Member, channels: int) -> torch.Tensor
     return part.movedim(member.dim, 0).reshape(channels, -1)
 
 
-def _channel_any(keep: torch.Tensor, member: Member, channels: int) -> torch.Tensor:
+def channel_any(keep: torch.Tensor, member: Member, channels: int) -> torch.Tensor:
     """Per channel of ``member``, whether any entry of its slice of the bool ``keep`` survives."""
     part = keep.narrow(member.dim, member.offset, channels * member.unit)
     others = tuple(d for d in range(keep.dim()) if d != member.dim)
@@ -42,7 +42,7 @@ def _param_members(group: Group) -> List[Member]:
     return [m for m in group.members if not m.buffer]
 
 
-def _describe(index: int, group: Group) -> str:
+def describe(index: int, group: Group) -> str:
     return f"group {index} ({group.kind}, {group.channels} channels)"
 
 
@@ -72,30 +72,30 @@ def check_groups(groups: Sequence[Group], shapes: Dict[str, Tuple[int, ...]], wh
         c, pools = group.channels, group.pools
         for field, value in (("channels", c), ("pools", pools), ("min_channels", group.min_channels)):
             if not isinstance(value, int) or isinstance(value, bool) or value < (0 if field == "min_channels" else 1):
-                raise ValueError(f"{_describe(i, group)}: {field} must be a positive int, got {value!r}")
+                raise ValueError(f"{describe(i, group)}: {field} must be a positive int, got {value!r}")
         if c % pools:
-            raise ValueError(f"{_describe(i, group)}: pools={pools} does not divide channels={c}")
+            raise ValueError(f"{describe(i, group)}: pools={pools} does not divide channels={c}")
         if not _param_members(group):
-            raise ValueError(f"{_describe(i, group)} has no parameter member")
+            raise ValueError(f"{describe(i, group)} has no parameter member")
         members = []
         for m in group.members:
             if not isinstance(m, Member):
-                raise TypeError(f"{_describe(i, group)}: member {m!r} is not a funcprune.structural.Member")
+                raise TypeError(f"{describe(i, group)}: member {m!r} is not a funcprune.structural.Member")
             if m.buffer and not buffers:
                 members.append(m)
                 continue
             if m.name not in shapes:
-                raise KeyError(f"{_describe(i, group)}: member {m.name!r} is not among the {what}")
+                raise KeyError(f"{describe(i, group)}: member {m.name!r} is not among the {what}")
             shape = shapes[m.name]
             try:
                 dim = _select.check_dim(m.dim, shape)
             except (TypeError, IndexError) as err:
-                raise type(err)(f"{_describe(i, group)}: member {m.name!r}: {err}") from err
+                raise type(err)(f"{describe(i, group)}: member {m.name!r}: {err}") from err
             if not isinstance(m.unit, int) or m.unit < 1 or not isinstance(m.offset, int) or m.offset < 0:
-                raise ValueError(f"{_describe(i, group)}: member {m.name!r} needs offset >= 0 and unit >= 1, "
+                raise ValueError(f"{describe(i, group)}: member {m.name!r} needs offset >= 0 and unit >= 1, "
                                  f"got offset={m.offset!r}, unit={m.unit!r}")
             if m.offset + c * m.unit > shape[dim]:
-                raise ValueError(f"{_describe(i, group)}: member {m.name!r} dim {dim} has size {shape[dim]} "
+                raise ValueError(f"{describe(i, group)}: member {m.name!r} dim {dim} has size {shape[dim]} "
                                  f"(shape {tuple(shape)}) but the group needs offset {m.offset} + {c} channels "
                                  f"x unit {m.unit} = {m.offset + c * m.unit}")
             members.append(m._replace(dim=dim))
@@ -159,7 +159,7 @@ def _alive(group: Group, keeps: Dict[str, torch.Tensor]) -> Optional[torch.Tenso
         return None
     alive = None
     for m in members:
-        live = _channel_any(keeps[m.name], m, group.channels)
+        live = channel_any(keeps[m.name], m, group.channels)
         alive = live if alive is None else alive | live
     return alive
 
@@ -271,6 +271,7 @@ def prune_groups(params: Tree, groups: Sequence[Group], amount: Amount, *, impor
       A masks tree shaped like ``params``.
 
     Raises:
+      TypeError: ``params``, ``masks`` or ``scores`` is a module, not a tree of tensors.
       ValueError: a bad ``amount``, ``scope``, ``importance`` or ``round_to``, a group that does
         not fit its params (see :func:`check_groups`), an int amount above a group's alive channels,
         or no group to prune. KeyError: a member, mask or score naming no param.
@@ -284,6 +285,10 @@ def prune_groups(params: Tree, groups: Sequence[Group], amount: Amount, *, impor
       >>> m["a.weight"].flatten(), m["b.weight"].flatten()
       (tensor([False,  True,  True, False]), tensor([False,  True,  True, False]))
     """
+    for what, tree in (("params", params), ("masks", masks), ("scores", scores)):
+        if isinstance(tree, torch.nn.Module):
+            raise TypeError(f"prune_groups: {what} must be a tree of tensors named like named_parameters() "
+                            f"(e.g. dict(module.named_parameters())), got the module {type(tree).__name__}")
     _amount.validate_amount(amount)
     if scope not in ("local", "global"):
         raise ValueError(f"scope must be 'local' or 'global', got {scope!r}")
@@ -311,7 +316,7 @@ def prune_groups(params: Tree, groups: Sequence[Group], amount: Amount, *, impor
             n = _n_alive(alive, g)
             k = _floor_div(amount, g.pools) if _is_int_amount(amount) else _amount.prune_count(amount, n)
             if isinstance(k, int) and isinstance(n, int) and k > n:
-                raise ValueError(f"{_describe(i, g)}: amount={amount} prunes {k} channels per pool but only {n} "
+                raise ValueError(f"{describe(i, g)}: amount={amount} prunes {k} channels per pool but only {n} "
                                  "are alive")
             counts.append(k)
     else:
