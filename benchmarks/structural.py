@@ -100,6 +100,13 @@ def _bert() -> nn.Module:
     return BertModel(BertConfig(**BERT)).eval()
 
 
+def _bert_base() -> nn.Module:
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    return BertModel(BertConfig(vocab_size=BERT["vocab_size"])).eval()  # 12 layers, hidden 768, 12 heads
+
+
 def _tokens(batch: int, quick: bool) -> Tuple[tuple, dict]:
     seq = 32 if quick else 128
     return (torch.randint(0, BERT["vocab_size"], (batch, seq), generator=torch.Generator().manual_seed(batch)),), {}
@@ -136,6 +143,7 @@ SPECS = {
     "resnet50": Spec("resnet50", _torchvision("resnet50"), _image, _classifier_ignored),
     "mobilenet_v2": Spec("mobilenet_v2", _torchvision("mobilenet_v2"), _image, _classifier_ignored),
     "bert-small": Spec("bert-small", _bert, _tokens, _bert_tp, _bert_tp_after),
+    "bert-base": Spec("bert-base", _bert_base, _tokens, _bert_tp, _bert_tp_after),
 }
 
 
@@ -219,7 +227,7 @@ def measure(spec: Spec, *, quick: bool, amounts=AMOUNTS, batches=(1, 32), rounds
     for amount in amounts:
         t_prune, masks = _median_time(lambda: st.prune_groups(params, groups, amount, scope="global",
                                                                    round_to=round_to), repeats)
-        t_shrink, small = _median_time(lambda: st.shrink(model, masks, args, groups=groups, example_kwargs=kwargs),
+        t_shrink, small = _median_time(lambda: st.shrink(model, masks, args, groups=groups, kwargs=kwargs),
                                        repeats)
         tp_runs = [tp_prune(spec, model, example, amount, round_to) for _ in range(repeats)]
         tp_model = tp_runs[-1][0]
@@ -360,6 +368,60 @@ def report(results: List[Dict], info: str, command: str, elapsed: float, rounds_
     return "\n".join(lines) + "\n"
 
 
+def pipeline(spec: Spec, *, quick: bool, amount: float = 0.5, rounds: int = 5, log=print) -> Dict[str, Any]:
+    """The whole pipeline, side by side in interleaved rounds (the order alternates): funcprune's
+    ``groups`` + ``prune_groups`` + ``shrink`` (its output check on) against Torch-Pruning's pruner
+    construction + ``step()``, on one model built once."""
+    model = spec.build()
+    example = spec.inputs(1, quick)
+    args, kwargs = example
+
+    def ours():
+        t0 = time.perf_counter()
+        groups = st.groups(model, args, kwargs)
+        t1 = time.perf_counter()
+        params = {n: p.detach() for n, p in model.named_parameters()}
+        masks = st.prune_groups(params, groups, amount, scope="global")
+        t2 = time.perf_counter()
+        st.shrink(model, masks, args, groups=groups, kwargs=kwargs)
+        t3 = time.perf_counter()
+        return t3 - t0, (t1 - t0, t2 - t1, t3 - t2)
+
+    def theirs():
+        _, build_s, step_s = tp_prune(spec, model, example, amount)
+        return build_s + step_s, (build_s, step_s)
+
+    rows: Dict[str, List] = {"ours": [], "tp": [], "ratio": []}
+    for r in range(rounds):
+        order = (ours, theirs) if r % 2 == 0 else (theirs, ours)
+        got = {fn: fn() for fn in order}
+        rows["ours"].append(got[ours])
+        rows["tp"].append(got[theirs])
+        rows["ratio"].append(got[ours][0] / got[theirs][0])
+        log(f"  {spec.name} round {r + 1}: funcprune {got[ours][0]:.2f} s "
+            f"(groups {got[ours][1][0]:.2f}, prune_groups {got[ours][1][1]:.2f}, shrink {got[ours][1][2]:.2f}); "
+            f"Torch-Pruning {got[theirs][0]:.2f} s")
+    return {"model": spec.name, "amount": amount, **rows}
+
+
+def _spread(xs: List[float]) -> str:
+    return f"{statistics.median(xs):.2f} ({min(xs):.2f}-{max(xs):.2f})"
+
+
+def pipeline_table(results: List[Dict]) -> List[str]:
+    lines = ["| model | removed | rounds | funcprune total s | groups s | prune_groups s | shrink (checked) s | "
+             "Torch-Pruning total s | pruner (graph) s | step s | funcprune / TP |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        ours, tp = r["ours"], r["tp"]
+        lines.append(f"| {r['model']} | {r['amount']:.0%} | {len(ours)} | {_spread([t for t, _ in ours])} | "
+                     + " | ".join(_spread([parts[i] for _, parts in ours]) for i in range(3))
+                     + f" | {_spread([t for t, _ in tp])} | "
+                     + " | ".join(_spread([parts[i] for _, parts in tp]) for i in range(2))
+                     + f" | {_spread(r['ratio'])} |")
+    return lines
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="64x64 images, BERT seq 32, batch 1 and 4, fewer repeats")
@@ -370,6 +432,9 @@ def main(argv=None) -> int:
                         help="repeats of each build/prune/shrink (default 3; 1 quick)")
     parser.add_argument("--round-to", type=int, default=1, help="kept widths a multiple of this (both libraries)")
     parser.add_argument("--out", default=None, help="also write the markdown report here")
+    parser.add_argument("--pipeline", action="store_true",
+                        help="only the time to prune: groups + prune_groups + shrink (checked) against Torch-Pruning, "
+                             "interleaved rounds at 50%% (default models resnet50,bert-base)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     names = [n for n in args.models.split(",") if n]
@@ -381,6 +446,23 @@ def main(argv=None) -> int:
     batches = (1, 4) if args.quick else (1, 32)
     info = machine(args.threads) + (f", round_to={args.round_to} in both libraries" if args.round_to > 1 else "")
     print(info, flush=True)
+    if args.pipeline:
+        default = args.models == ",".join(SPECS)
+        names = ["resnet50", "bert-base"] if default else [n for n in args.models.split(",") if n]
+        st.groups(nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1)), (torch.randn(1, 2),))  # warm-up
+        start = time.perf_counter()
+        found = [pipeline(SPECS[n], quick=args.quick, rounds=args.rounds or 5, log=lambda s: print(s, flush=True))
+                 for n in names]
+        command = "python -m benchmarks.structural " + " ".join(argv if argv is not None else sys.argv[1:])
+        text = (f"Generated by `{command.strip()}` in {time.perf_counter() - start:.0f} s on {info}.\n\n"
+                "Time to prune, the whole pipeline (medians of interleaved rounds, min-max in brackets; "
+                "funcprune / TP: the per-round ratio):\n\n" + "\n".join(pipeline_table(found)) + "\n")
+        print()
+        print(text)
+        if args.out:
+            with open(args.out, "w") as f:
+                f.write("# Structural pruning pipeline: funcprune vs Torch-Pruning\n\n" + text)
+        return 0
     # One untimed trace first: the first torch.export of a process pays one-time imports and setup.
     st.groups(nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1)), (torch.randn(1, 2),))
     start = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Every model of the list, end to end through traced groups: shrunk equals masked, params and FLOPs as predicted.
+"""Every model of the list, end to end through traced groups.
 
 For each model (torchvision with ``weights=None``; transformers small random configs; custom
 ``nn.MultiheadAttention`` and weight-tied models): ``groups`` (one trace per model) ->
@@ -31,8 +31,6 @@ from funcprune.structural import group_report, kept_channels, prune_groups, shri
 
 tv = pytest.importorskip("torchvision")
 transformers = pytest.importorskip("transformers")
-
-pytestmark = pytest.mark.slow  # torchvision and transformers models end to end
 
 
 def _randomize_bn(model):
@@ -208,6 +206,7 @@ def _params(model):
     return sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,scope", CASES)
 def test_model_groups_shrink_equal_masked_params_and_flops_as_predicted(name, scope):
     torch.manual_seed(0)
@@ -217,7 +216,7 @@ def test_model_groups_shrink_equal_masked_params_and_flops_as_predicted(name, sc
     assert gs, f"{name}: no prunable group"
     params = dict(model.named_parameters())
     masks = prune_groups(params, gs, 0.5, scope=scope)
-    small = shrink(model, masks, args, groups=gs, example_kwargs=kwargs, check=True).eval()
+    small = shrink(model, masks, args, groups=gs, kwargs=kwargs, check=True).eval()
 
     # (a) outputs equal the masked model's (asserted here too, not only by shrink's check)
     with torch.no_grad():

@@ -238,7 +238,7 @@ def test_bn_shift_needs_the_bn_affine_masked():
     full = fp.functional_call(model, params, ConvBN.X, masks=masks)
     assert not torch.allclose(zeroed, full, atol=1e-3)
     # shrink removes those channels (their BN shift too): the check refuses to call that the masked model
-    with pytest.raises(ValueError, match=r"group 0 \(channels, 8 channels\): output 0 differs by up to"):
+    with pytest.raises(ValueError, match=r"group 0 \(channels, 8 channels\): output differs by up to"):
         shrink(model, producer, ConvBN.X, groups=ConvBN.GROUPS)
     small = shrink(model, producer, ConvBN.X, groups=ConvBN.GROUPS, check=False)
     torch.testing.assert_close(small(*ConvBN.X), full, rtol=1e-5, atol=1e-6)
@@ -251,15 +251,16 @@ def test_the_check_names_the_group_and_the_difference():
     # sigmoid(0) = 0.5 on; shrink removes it, and the check says which group and by how much
     masks = prune_groups(params, SigmoidMLP.GROUPS, 0.5)
     producer = {"l1.weight": masks["l1.weight"], "l1.bias": masks["l1.bias"]}
-    with pytest.raises(ValueError, match=r"group 0 \(channels, 8 channels\): output 0 differs by up to [0-9.e-]+ "
-                                         r"\(largest reference value"):
+    with pytest.raises(ValueError, match=r"group 0 \(channels, 8 channels\): output differs by up to [0-9.e-]+ "
+                                         r"\([0-9.e-]+ of its largest reference magnitude"):
         shrink(model, producer, SigmoidMLP.X, groups=SigmoidMLP.GROUPS)
     # with the full masks (consumer's slice too) the shrink is exact
     small = shrink(model, masks, SigmoidMLP.X, groups=SigmoidMLP.GROUPS)
     assert small.l1.out_features == small.l2.in_features == 4
     # a group that forgets a consumer gives a model that fails: reported as the check's failure
     bad_group = [Group(8, (M("l1.weight", 0), M("l1.bias", 0)))]
-    with pytest.raises(ValueError, match=r"group 0 \(channels, 8 channels\): the shrunk model fails: RuntimeError"):
+    with pytest.raises(ValueError, match=r"group 0 \(channels, 8 channels\): the shrunk model cannot run on "
+                                         r"the example inputs: RuntimeError"):
         shrink(model, prune_groups(params, bad_group, 0.5), SigmoidMLP.X, groups=bad_group)
 
 
@@ -308,7 +309,7 @@ def test_unknown_owner_raises_naming_the_submodule_and_its_type():
 
 def test_bad_groups_raise_before_anything():
     params = _params(_model(SigmoidMLP))
-    with pytest.raises(KeyError, match=r"member name\(s\) \['nope.weight'\] are not among the params"):
+    with pytest.raises(KeyError, match="member 'nope.weight'"):
         prune_groups(params, [Group(8, (M("nope.weight", 0),))], 0.5)
     with pytest.raises(ValueError, match=r"offset 4 \+ 8 channels x unit 1 = 12"):
         prune_groups(params, [Group(8, (M("l1.weight", 0, offset=4),))], 0.5)
@@ -348,9 +349,7 @@ def test_scores_replace_params_in_the_norms():
     model = _model(SigmoidMLP)
     params = _params(model)
     x, y = torch.randn(16, 5), torch.randint(0, 3, (16,))
-    def loss(p, batch):
-        return nn.functional.cross_entropy(fp.functional_call(model, p, (batch[0],)), batch[1])
-
+    loss = lambda p, batch: nn.functional.cross_entropy(fp.functional_call(model, p, (batch[0],)), batch[1])
     scores = fp.saliency.taylor(loss, params, (x, y))
     masks = prune_groups(params, SigmoidMLP.GROUPS, 0.5, scores=scores, importance="l1")
     imp = group_importance(SigmoidMLP.GROUPS[0], {**params, **scores}, "l1")
@@ -362,9 +361,7 @@ def test_scores_replace_params_in_the_norms():
 def test_pools_round_to_and_min_channels():
     params = {"w": torch.arange(1.0, 17.0).reshape(16, 1), "v": torch.ones(1, 16)}
     g = Group(16, (M("w", 0), M("v", 1)), pools=4)
-    def keep(masks):
-        return masks["w"].flatten()
-
+    keep = lambda masks: masks["w"].flatten()
     # an equal count in every pool of 4: the two smallest of each
     k = keep(prune_groups(params, [g], 0.5))
     assert k.reshape(4, 4).sum(1).tolist() == [2, 2, 2, 2]
@@ -503,7 +500,7 @@ def test_tied_params_stay_tied():
 
 
 def test_mha_heads_and_attributes():
-    from funcprune.structural._shrink import ShrunkMultiheadAttention
+    from funcprune.structural import ShrunkMultiheadAttention
 
     model = _model(MHA)
     params = _params(model)
@@ -550,9 +547,7 @@ def _predicted_params(model, masks):
 
 def _resnet18_groups():
     """ResNet-18's 12 groups: one per stage (the residual width) and one inside each block."""
-    def conv(name, dim):
-        return [M(name + ".weight", dim)]
-
+    conv = lambda name, dim: [M(name + ".weight", dim)]
     out = []
     for stage, width in enumerate([64, 128, 256, 512], 1):
         members = _bn("bn1") + conv("conv1", 0) if stage == 1 else []
@@ -573,7 +568,7 @@ def _resnet18_groups():
     return out
 
 
-@pytest.mark.slow  # a torchvision model
+@pytest.mark.slow
 def test_torchvision_resnet18_by_hand():
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)
@@ -623,7 +618,7 @@ def _transformer_groups(kind, layers, heads, hidden, inner, kv_heads=None, mode=
     return out
 
 
-@pytest.mark.slow  # transformers models
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["bert", "gpt2", "llama-q", "llama-kv"])
 def test_transformers_heads_and_mlp_by_hand(kind):
     transformers = pytest.importorskip("transformers")
@@ -646,7 +641,8 @@ def test_transformers_heads_and_mlp_by_hand(kind):
     ids = (torch.randint(0, 50, (2, 7)),)
     params = _params(model)
     masks = prune_groups(params, groups, 0.5)
-    small = shrink(model, masks, ids, groups=groups)  # checked against the masked model
+    # checked against the masked model (a key/value cache output would keep the pruned heads: none asked for)
+    small = shrink(model, masks, ids, groups=groups, kwargs=None if kind == "bert" else {"use_cache": False})
     assert _n_params(small) == _predicted_params(model, masks) < _n_params(model)
     if kind == "bert":
         att = small.encoder.layer[0].attention.self
@@ -660,7 +656,7 @@ def test_transformers_heads_and_mlp_by_hand(kind):
         assert (att.num_heads, att.num_key_value_heads, att.num_key_value_groups) == want
 
 
-@pytest.mark.slow  # a torchvision model
+@pytest.mark.slow
 def test_same_shrunk_shapes_as_torch_pruning_for_the_same_channels():
     # Anchored against the peer: Torch-Pruning (DepGraph) removes the same channels of ResNet-18's
     # 12 groups and gives a model of exactly the same shapes as shrink_to.
@@ -713,7 +709,9 @@ def _traced_groups():
     return getattr(structural, "groups", None)
 
 
-@pytest.mark.slow  # torchvision models
+@pytest.mark.skipif(_traced_groups() is None, reason="funcprune.structural.groups (the struct-groups work) is not "
+                                                     "merged on this branch yet")
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
 def test_torchvision_end_to_end_with_traced_groups(name):
     torchvision = pytest.importorskip("torchvision")
@@ -728,7 +726,9 @@ def test_torchvision_end_to_end_with_traced_groups(name):
     assert _n_params(small) == _predicted_params(model, masks) < 0.6 * _n_params(model)
 
 
-@pytest.mark.slow  # transformers models
+@pytest.mark.skipif(_traced_groups() is None, reason="funcprune.structural.groups (the struct-groups work) is not "
+                                                     "merged on this branch yet")
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["bert", "llama"])
 def test_transformers_end_to_end_with_traced_groups(kind):
     transformers = pytest.importorskip("transformers")
@@ -747,11 +747,13 @@ def test_transformers_end_to_end_with_traced_groups(kind):
     assert {g.kind for g in groups} >= {"heads"}
     params = _params(model)
     masks = prune_groups(params, groups, 0.5)
-    small = shrink(model, masks, ids, groups=groups, example_kwargs=kwargs)  # checked against the masked model
+    small = shrink(model, masks, ids, groups=groups, kwargs=kwargs)  # checked against the masked model
     assert _n_params(small) == _predicted_params(model, masks) < _n_params(model)
 
 
-@pytest.mark.slow  # a torchvision model
+@pytest.mark.skipif(_traced_groups() is None, reason="funcprune.structural.groups (the struct-groups work) is not "
+                                                     "merged on this branch yet")
+@pytest.mark.slow
 def test_torchvision_vit_heads_and_mlp_with_traced_groups():
     # torchvision's ViT attends with nn.MultiheadAttention: its heads shrink alone (the residual
     # width is inexact: LayerNorm), so the shrunk attention is a ShrunkMultiheadAttention

@@ -2,8 +2,12 @@
 
 from ._groups import GroupReport, group_report, groups
 from ._prune import group_importance, prune_groups
-from ._shrink import ShrunkMultiheadAttention, kept_channels, shrink, shrink_to
+from ._rules import register_rule
+from ._resize import ShrunkMultiheadAttention, register_resizer
+from ._kept import kept_channels
+from ._shrink import shrink, shrink_to
 from ._types import Group, Member
 
 __all__ = ["Group", "GroupReport", "Member", "group_report", "groups", "prune_groups", "group_importance",
-           "kept_channels", "shrink", "shrink_to", "ShrunkMultiheadAttention"]
+           "kept_channels", "shrink", "shrink_to", "ShrunkMultiheadAttention", "register_resizer",
+           "register_rule"]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import List, NamedTuple, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 
+from ._args import UNSET, as_args, as_kwargs, check_module, renamed
 from ._trace import run
 from ._types import Group, Member
 
@@ -24,14 +25,18 @@ class GroupReport(NamedTuple):
     excluded: Tuple[Group, ...]
 
 
-def group_report(module: torch.nn.Module, example_args, example_kwargs=None) -> GroupReport:
+def group_report(module: torch.nn.Module, args: Any = UNSET, kwargs: Optional[Dict[str, Any]] = UNSET, *,
+                 example_args: Any = UNSET, example_kwargs: Any = UNSET) -> GroupReport:
     """Trace ``module`` once and sort its channel spaces into prunable, inexact and excluded groups.
 
     Args:
         module: the model; exported with ``torch.export`` (``strict=False``) in eval mode without
             grad (its train/eval flags are restored); its parameters are not read or changed.
-        example_args: a tuple of example inputs (a single tensor is accepted).
-        example_kwargs: optional keyword inputs.
+        args: example positional inputs, as ``functional_call`` takes them: a tuple is the
+            arguments, anything else (a tensor, a list) the one argument.
+        kwargs: optional keyword inputs.
+        example_args, example_kwargs: the old names of ``args`` and ``kwargs`` (deprecated: a
+            ``DeprecationWarning``; they go in the next minor release).
 
     Returns:
         A :class:`GroupReport`.
@@ -40,10 +45,13 @@ def group_report(module: torch.nn.Module, example_args, example_kwargs=None) -> 
         NotImplementedError: an op without a channel rule touches channels (names the op and the
             submodule), or ``torch.export`` cannot capture the model.
     """
-    flow = run(module, example_args, example_kwargs)
-    good: List[Group] = []
-    inexact: List[Group] = []
-    excluded: List[Group] = []
+    args = renamed("group_report", args, example_args, "args", "example_args", UNSET)
+    kwargs = renamed("group_report", kwargs, example_kwargs, "kwargs", "example_kwargs", None)
+    check_module("funcprune.structural.groups", module)
+    if args is UNSET:
+        raise TypeError("funcprune.structural.groups: missing the example inputs args (a tuple of positional inputs)")
+    flow = run(module, as_args(args), as_kwargs("funcprune.structural.groups", kwargs))
+    good, inexact, excluded = [], [], []
     seen = set()
     for space in flow.spaces:
         root = flow.find(space)
@@ -76,21 +84,23 @@ def group_report(module: torch.nn.Module, example_args, example_kwargs=None) -> 
     return GroupReport(tuple(good), tuple(inexact), tuple(excluded))
 
 
-def groups(module: torch.nn.Module, example_args, example_kwargs=None, *,
-           inexact: bool = False) -> List[Group]:
+def groups(module: torch.nn.Module, args: Any = UNSET, kwargs: Optional[Dict[str, Any]] = UNSET, *,
+           inexact: bool = False, example_args: Any = UNSET, example_kwargs: Any = UNSET) -> List[Group]:
     """The coupled channel groups of ``module``: tensor slices that must lose the same channels.
 
     Args:
         module: the model (traced once with ``torch.export``; see :func:`group_report`).
-        example_args: a tuple of example inputs (a single tensor is accepted).
-        example_kwargs: optional keyword inputs.
+        args: example positional inputs: a tuple is the arguments, anything else the one argument.
+        kwargs: optional keyword inputs.
         inexact: also return groups whose channels a normalization spans (LayerNorm over a
             transformer's residual width: ``Group.exact`` is False, ``Group.reason`` says where).
+        example_args, example_kwargs: the old names of ``args`` and ``kwargs`` (deprecated).
 
     Returns:
         A list of :class:`~funcprune.structural.Group`, in the order of their producers' parameters.
 
     Raises:
+        TypeError: ``module`` is not an ``nn.Module``, or ``kwargs`` is not a dict.
         NotImplementedError: an op without a channel rule touches channels (the message names the
             ATen op and the submodule), or ``torch.export`` cannot capture the model (names the
             model class; the export error is chained).
@@ -102,5 +112,7 @@ def groups(module: torch.nn.Module, example_args, example_kwargs=None, *,
         >>> g.channels, sorted(m.name for m in g.members)
         (8, ['0.bias', '0.weight', '1.bias', '1.running_mean', '1.running_var', '1.weight', '3.weight'])
     """
-    report = group_report(module, example_args, example_kwargs)
+    args = renamed("groups", args, example_args, "args", "example_args", UNSET)
+    kwargs = renamed("groups", kwargs, example_kwargs, "kwargs", "example_kwargs", None)
+    report = group_report(module, args, kwargs)
     return list(report.groups) + (list(report.inexact) if inexact else [])

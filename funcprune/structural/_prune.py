@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeGuard, Union, cast
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -14,8 +14,8 @@ from ._types import Group, Member
 
 __all__ = ["prune_groups", "group_importance"]
 
-Importance = str | Callable[[torch.Tensor], torch.Tensor]
-Count = int | torch.Tensor
+Importance = Union[str, Callable[[torch.Tensor], torch.Tensor]]
+Count = Union[int, torch.Tensor]
 
 _IMPORTANCE = {
     # one row per channel: (channels, entries of that channel in this member)
@@ -42,7 +42,7 @@ def _param_members(group: Group) -> List[Member]:
     return [m for m in group.members if not m.buffer]
 
 
-def describe_group(index: int, group: Group) -> str:
+def describe(index: int, group: Group) -> str:
     return f"group {index} ({group.kind}, {group.channels} channels)"
 
 
@@ -72,30 +72,30 @@ def check_groups(groups: Sequence[Group], shapes: Dict[str, Tuple[int, ...]], wh
         c, pools = group.channels, group.pools
         for field, value in (("channels", c), ("pools", pools), ("min_channels", group.min_channels)):
             if not isinstance(value, int) or isinstance(value, bool) or value < (0 if field == "min_channels" else 1):
-                raise ValueError(f"{describe_group(i, group)}: {field} must be a positive int, got {value!r}")
+                raise ValueError(f"{describe(i, group)}: {field} must be a positive int, got {value!r}")
         if c % pools:
-            raise ValueError(f"{describe_group(i, group)}: pools={pools} does not divide channels={c}")
+            raise ValueError(f"{describe(i, group)}: pools={pools} does not divide channels={c}")
         if not _param_members(group):
-            raise ValueError(f"{describe_group(i, group)} has no parameter member")
+            raise ValueError(f"{describe(i, group)} has no parameter member")
         members = []
         for m in group.members:
             if not isinstance(m, Member):
-                raise TypeError(f"{describe_group(i, group)}: member {m!r} is not a funcprune.structural.Member")
+                raise TypeError(f"{describe(i, group)}: member {m!r} is not a funcprune.structural.Member")
             if m.buffer and not buffers:
                 members.append(m)
                 continue
             if m.name not in shapes:
-                raise KeyError(f"{describe_group(i, group)}: member {m.name!r} is not among the {what}")
+                raise KeyError(f"{describe(i, group)}: member {m.name!r} is not among the {what}")
             shape = shapes[m.name]
             try:
                 dim = select.check_dim(m.dim, shape)
             except (TypeError, IndexError) as err:
-                raise type(err)(f"{describe_group(i, group)}: member {m.name!r}: {err}") from err
+                raise type(err)(f"{describe(i, group)}: member {m.name!r}: {err}") from err
             if not isinstance(m.unit, int) or m.unit < 1 or not isinstance(m.offset, int) or m.offset < 0:
-                raise ValueError(f"{describe_group(i, group)}: member {m.name!r} needs offset >= 0 and unit >= 1, "
+                raise ValueError(f"{describe(i, group)}: member {m.name!r} needs offset >= 0 and unit >= 1, "
                                  f"got offset={m.offset!r}, unit={m.unit!r}")
             if m.offset + c * m.unit > shape[dim]:
-                raise ValueError(f"{describe_group(i, group)}: member {m.name!r} dim {dim} has size {shape[dim]} "
+                raise ValueError(f"{describe(i, group)}: member {m.name!r} dim {dim} has size {shape[dim]} "
                                  f"(shape {tuple(shape)}) but the group needs offset {m.offset} + {c} channels "
                                  f"x unit {m.unit} = {m.offset + c * m.unit}")
             members.append(m._replace(dim=dim))
@@ -148,7 +148,7 @@ def group_importance(group: Group, values: Dict[str, torch.Tensor], importance: 
             raise ValueError(f"importance for member {m.name!r} must return one score per channel, shape "
                              f"({group.channels},), got {getattr(score, 'shape', type(score).__name__)}")
         total = score if total is None else total + score
-    return cast(torch.Tensor, total)  # checked groups have a param member
+    return total
 
 
 def _alive(group: Group, keeps: Dict[str, torch.Tensor]) -> Optional[torch.Tensor]:
@@ -211,9 +211,7 @@ def _spread(channel_keep: torch.Tensor, member: Member, shape: Sequence[int]) ->
     line = channel_keep if member.unit == 1 else channel_keep.unsqueeze(-1).expand(c, member.unit).reshape(-1)
     before, after = member.offset, size - member.offset - c * member.unit
     if before or after:
-        def ones(n: int) -> torch.Tensor:
-            return torch.ones(n, dtype=torch.bool, device=channel_keep.device)
-
+        ones = lambda n: torch.ones(n, dtype=torch.bool, device=channel_keep.device)
         line = torch.cat([ones(before), line, ones(after)])
     view = [1] * len(shape)
     view[member.dim] = size
@@ -273,6 +271,7 @@ def prune_groups(params: Tree, groups: Sequence[Group], amount: Amount, *, impor
       A masks tree shaped like ``params``.
 
     Raises:
+      TypeError: ``params``, ``masks`` or ``scores`` is a module, not a tree of tensors.
       ValueError: a bad ``amount``, ``scope``, ``importance`` or ``round_to``, a group that does
         not fit its params (see :func:`check_groups`), an int amount above a group's alive channels,
         or no group to prune. KeyError: a member, mask or score naming no param.
@@ -286,6 +285,10 @@ def prune_groups(params: Tree, groups: Sequence[Group], amount: Amount, *, impor
       >>> m["a.weight"].flatten(), m["b.weight"].flatten()
       (tensor([False,  True,  True, False]), tensor([False,  True,  True, False]))
     """
+    for what, tree in (("params", params), ("masks", masks), ("scores", scores)):
+        if isinstance(tree, torch.nn.Module):
+            raise TypeError(f"prune_groups: {what} must be a tree of tensors named like named_parameters() "
+                            f"(e.g. dict(module.named_parameters())), got the module {type(tree).__name__}")
     _amount.validate_amount(amount)
     if scope not in ("local", "global"):
         raise ValueError(f"scope must be 'local' or 'global', got {scope!r}")
@@ -313,12 +316,12 @@ def prune_groups(params: Tree, groups: Sequence[Group], amount: Amount, *, impor
             n = _n_alive(alive, g)
             k = _floor_div(amount, g.pools) if _is_int_amount(amount) else _amount.prune_count(amount, n)
             if isinstance(k, int) and isinstance(n, int) and k > n:
-                raise ValueError(f"{describe_group(i, g)}: amount={amount} prunes {k} channels per pool but only {n} "
+                raise ValueError(f"{describe(i, g)}: amount={amount} prunes {k} channels per pool but only {n} "
                                  "are alive")
             counts.append(k)
     else:
         counts = _global_counts(chosen, imps, alives, amount)
-    new: Dict[str, torch.Tensor] = {}
+    new = {}
     for g, imp, alive, k in zip(chosen, imps, alives, counts):
         n = _n_alive(alive, g)
         channel_keep = _select_channels(g, imp, alive, _constrained(k, n, g, round_to))
@@ -335,7 +338,7 @@ def prune_groups(params: Tree, groups: Sequence[Group], amount: Amount, *, impor
     return _pytree.like(params, out)
 
 
-def _is_int_amount(amount) -> TypeGuard[Union[int, torch.Tensor]]:
+def _is_int_amount(amount) -> bool:
     if isinstance(amount, torch.Tensor):
         return not amount.is_floating_point()
     return isinstance(amount, int) and not isinstance(amount, bool)

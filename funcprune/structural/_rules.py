@@ -8,17 +8,12 @@ rule whose inputs carry channels stops the trace with ``NotImplementedError`` (`
 from __future__ import annotations
 
 import math
-from typing import List
+import operator
+from typing import Any, Callable, List, Union
 
-from ._trace import Seg, TensorState, module_path, untracked
-
-
-def _shape(node):
-    return tuple(node.meta["val"].shape)
-
-
-def _where(node, what):
-    return f"{what} ({node.target}, submodule {module_path(node)})"
+from ._flow import Seg, Shim, TensorState, module_path, untracked
+from ._flow import norm_dim as _nd, shape_of as _shape, where as _where
+from ._shapes import SHAPE_RULES
 
 
 def _claimed(flow, segs):
@@ -27,10 +22,6 @@ def _claimed(flow, segs):
     if len(segs) == 1 and segs[0].space.origin is not None:
         return (segs[0]._replace(space=flow.claim(segs[0].space)),)
     return segs
-
-
-def _nd(dim, n):
-    return dim + n if dim < 0 else dim
 
 
 def _prefer(flow, *candidates):
@@ -205,10 +196,14 @@ def layer_norm(flow, node, args, kwargs):
         if isinstance(p, TensorState):
             for d in range(k):
                 flow.align(x.dims[len(x.shape) - k + d], p.dims[d], why)
+    affine = isinstance(args[2] if len(args) > 2 else kwargs.get("weight"), TensorState)
     for segs in x.dims[len(x.shape) - k:]:
         for seg in flow.resolve(segs):
-            if not seg.inner:
-                flow.mark_inexact(seg.space, _where(node, "normalization across channels"))
+            if seg.inner:
+                continue
+            flow.mark_inexact(seg.space, _where(node, "normalization across channels"))
+            if not affine:  # no weight whose shape the normalized_shape could follow after a shrink
+                flow.pin(seg.space, _where(node, "a normalization without an affine weight across channels"))
     out = TensorState(tuple(x.shape), x.dims)
     if isinstance(node.meta["val"], (tuple, list)):
         return [out] + [untracked(v.shape) for v in node.meta["val"][1:]]
@@ -271,23 +266,42 @@ def pool(flow, node, args, kwargs):
     name = node.target.overloadpacket.__name__
     val = node.meta["val"]
     shape = tuple((val[0] if isinstance(val, (tuple, list)) else val).shape)
-    k = len(args[1]) // 2 if name in ("constant_pad_nd", "pad") else _SPATIAL[name[-2:]]
+    base = name[:-len("_with_indices")] if name.endswith("_with_indices") else name
+    k = len(args[1]) // 2 if name in ("constant_pad_nd", "pad") else _SPATIAL[base[-2:]]
     lead = len(x.shape) - k
     for segs in x.dims[lead:]:
         if segs:
             flow.pin_all([TensorState((1,), (segs,))], _where(node, "pooling over channels"))
     out = TensorState(shape, x.dims[:lead] + tuple(() for _ in shape[lead:]))
-    if isinstance(val, (tuple, list)):
-        return [out, untracked(val[1].shape)]
+    if isinstance(val, (tuple, list)):  # (values, indices): the indices keep the values' channels
+        return [out, out]
     return out
 
 
-def barrier_on_dim(dim_arg: int, what: str):
+def max_min(flow, node, args, kwargs):
+    """``torch.max/min(a, b)`` is elementwise; ``torch.max/min(x[, dim])`` a reduction."""
+    if len(args) > 1 and isinstance(args[1], TensorState) or isinstance(kwargs.get("other"), TensorState):
+        return broadcast(flow, node, args, kwargs)
+    return reduction(flow, node, args, kwargs)
+
+
+def clamp(flow, node, args, kwargs):
+    """``clamp(x, min, max)``: elementwise with tensor bounds (their channels join x's), else unary."""
+    if any(isinstance(a, TensorState) for a in list(args[1:]) + list(kwargs.values())):
+        return broadcast(flow, node, args, kwargs)
+    return unary(flow, node, args, kwargs)
+
+
+def barrier_on_dim(dim_arg: int, what: str, default_last: bool = False):
     """Ops whose meaning depends on the channel count along their dim (roll, flip, gather...)."""
 
     def rule(flow, node, args, kwargs):
+        val = node.meta["val"]
+        if isinstance(val, (tuple, list)):  # sort, topk: (values, indices), both laid out alike
+            out = rule(flow, Shim(node, val[0]), args, kwargs)
+            return [TensorState(tuple(v.shape), out.dims) for v in val]
         x = args[0]
-        dims = args[dim_arg] if len(args) > dim_arg else None
+        dims = args[dim_arg] if len(args) > dim_arg else kwargs.get("dim", -1 if default_last else None)
         dims = range(len(x.shape)) if dims is None else ([dims] if isinstance(dims, int) else dims)
         out_dims = list(x.dims) if _shape(node) == tuple(x.shape) else [() for _ in _shape(node)]
         for d in dims:
@@ -305,32 +319,64 @@ def barrier_on_dim(dim_arg: int, what: str):
 
 
 def index(flow, node, args, kwargs):
-    """Advanced indexing: follow nothing through it; channels it touches become barriers."""
-    flow.pin_all([args[0]], _where(node, "advanced indexing"))
-    return untracked(_shape(node))
+    """``x[idx]`` (``aten.index``): the indexed dims are barriers, the others carry their channels (a per-head
+    bias gathered from a table keeps its heads); ``index_put`` follows nothing."""
+    x, indices = args[0], args[1]
+    shape = _shape(node)
+    name = node.target.overloadpacket.__name__
+    used = [d for d, i in enumerate(indices) if i is not None]
+    if name != "index" or not used:
+        flow.pin_all([x], _where(node, "advanced indexing"))
+        return untracked(shape)
+    for d in used:
+        if x.dims[d]:
+            flow.pin_all([TensorState((1,), (x.dims[d],))], _where(node, "advanced indexing"))
+    rest = [x.dims[d] for d in range(len(x.shape)) if d not in used]
+    width = len(shape) - len(rest)  # the broadcast index dims
+    if used == list(range(used[0], used[-1] + 1)):  # adjacent: the index dims replace them in place
+        dims = list(x.dims[:used[0]]) + [()] * width + list(x.dims[used[-1] + 1:])
+    else:
+        dims = [()] * width + rest
+    return TensorState(shape, tuple(dims))
 
 
 # --- attention ----------------------------------------------------------------------------------
 def sdpa(flow, node, args, kwargs):
+    """``scaled_dot_product_attention`` on ``(..., L, E)``: the dims before the last two are batch dims
+    (``(N, H, L, E)``: ``H`` the heads, joined across q, k and v; a per-head ``attn_mask`` joins them too)."""
     q, k, v = args[:3]
     mask = args[3] if len(args) > 3 else kwargs.get("attn_mask")
     why = _where(node, "attention")
+    n = len(q.shape)
     for t in (k, v):  # heads of q, k, v are pruned together (GQA: a kv head with its q heads)
-        flow.align(q.dims[0], t.dims[0], why)
-        qs, ts = flow.resolve(q.dims[1]), flow.resolve(t.dims[1])
-        if qs and ts and len(qs) == len(ts) == 1 and not qs[0].inner and not ts[0].inner:
-            flow.union(qs[0].space, ts[0].space, qs[0].length, ts[0].length)
-        else:
-            flow.align(q.dims[1], t.dims[1], why)
-    for seg in flow.resolve(q.dims[1]):
-        flow.find(seg.space).kinds.add("heads")
+        for d in range(n - 2):
+            qs, ts = flow.resolve(q.dims[d]), flow.resolve(t.dims[d])
+            if d == n - 3 and qs and ts and len(qs) == len(ts) == 1 and not qs[0].inner and not ts[0].inner:
+                flow.union(qs[0].space, ts[0].space, qs[0].length, ts[0].length)
+            elif q.shape[d] == t.shape[d]:
+                flow.align(q.dims[d], t.dims[d], why)
+            else:
+                flow.pin_all([TensorState((1,), (q.dims[d],)), TensorState((1,), (t.dims[d],))],
+                              why + ": q and k/v differ in a batch dim")
+    if n >= 4:
+        for seg in flow.resolve(q.dims[n - 3]):
+            flow.find(seg.space).kinds.add("heads")
     for t in (q, k, v):  # the head dim and the scale 1/sqrt(head_dim): not channels we prune
         for seg in flow.resolve(t.dims[-1]):
             if not seg.inner:
                 flow.pin(seg.space, why + ": channels inside the attention's head dim")
-    if isinstance(mask, TensorState):
-        flow.pin_all([mask], why + ": channels in the attention mask")
-    return TensorState(_shape(node), (q.dims[0], q.dims[1], q.dims[2], v.dims[-1]))
+    if isinstance(mask, TensorState):  # broadcast against the scores (..., L, S): a per-head bias joins q's heads
+        lead = n - len(mask.shape)
+        for d in range(len(mask.shape) - 2):
+            if lead + d >= 0 and mask.shape[d] == q.shape[lead + d] and mask.shape[d] > 1:
+                if not mask.dims[d]:  # e.g. torch.zeros(1, n_heads, L, S): a size that does not follow a shrink
+                    flow.pin_all([TensorState((1,), (q.dims[lead + d],))],
+                                 why + ": a per-head attention mask of a fixed head count")
+                flow.align(q.dims[lead + d], mask.dims[d], why + ": a per-head attention mask")
+            elif mask.dims[d]:
+                flow.pin_all([TensorState((1,), (mask.dims[d],))], why + ": channels in the attention mask")
+        flow.pin_all([TensorState((1, 1), mask.dims[-2:])], why + ": channels in the attention mask")
+    return TensorState(_shape(node), tuple(q.dims[:-1]) + (v.dims[-1],))
 
 
 RULES = {}
@@ -338,7 +384,7 @@ for _name in ("relu", "relu_", "gelu", "gelu_", "silu", "silu_", "sigmoid", "sig
               "hardswish_", "hardsigmoid", "hardsigmoid_", "tanh", "tanh_", "neg", "abs", "exp",
               "log", "sqrt", "rsqrt", "reciprocal", "dropout", "dropout_", "feature_dropout",
               "alpha_dropout", "clone", "contiguous", "alias", "detach", "to", "_to_copy",
-              "lift_fresh_copy", "cos", "sin", "erf", "clamp", "clamp_", "clamp_min", "clamp_max",
+              "lift_fresh_copy", "cos", "sin", "erf",
               "hardtanh", "hardtanh_", "relu6", "leaky_relu", "leaky_relu_", "elu", "elu_", "mish",
               "softplus", "square", "zeros_like", "ones_like", "empty_like", "full_like",
               "type_as", "float", "log1p", "expm1", "logical_not", "bitwise_not", "isnan",
@@ -366,9 +412,13 @@ RULES["group_norm"] = group_norm
 RULES["native_group_norm"] = group_norm
 for _name in ("softmax", "_softmax", "log_softmax", "_log_softmax", "_safe_softmax"):
     RULES[_name] = softmax
-for _name in ("mean", "sum", "amax", "amin", "var", "std", "prod", "max", "min", "norm",
+for _name in ("clamp", "clamp_", "clamp_min", "clamp_max", "clamp_min_", "clamp_max_"):
+    RULES[_name] = clamp
+for _name in ("mean", "sum", "amax", "amin", "var", "std", "prod", "norm",
               "linalg_vector_norm", "logsumexp", "any", "all"):
     RULES[_name] = reduction
+RULES["max"] = max_min
+RULES["min"] = max_min
 for _name in ("max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
               "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
               "adaptive_max_pool1d", "adaptive_max_pool2d", "max_pool2d_with_indices",
@@ -380,8 +430,10 @@ RULES["flip"] = barrier_on_dim(1, "torch.flip")
 RULES["cumsum"] = barrier_on_dim(1, "cumsum")
 RULES["index_select"] = barrier_on_dim(1, "index_select")
 RULES["gather"] = barrier_on_dim(1, "gather")
-RULES["sort"] = barrier_on_dim(1, "ordering")
-RULES["argsort"] = barrier_on_dim(1, "ordering")
+RULES["sort"] = barrier_on_dim(1, "ordering", default_last=True)
+RULES["argsort"] = barrier_on_dim(1, "ordering", default_last=True)
+RULES["topk"] = barrier_on_dim(2, "topk", default_last=True)
+RULES["kthvalue"] = barrier_on_dim(2, "kthvalue", default_last=True)
 RULES["index"] = index
 RULES["index_put"] = index
 RULES["index_put_"] = index
@@ -390,7 +442,69 @@ for _name in ("_assert_tensor_metadata", "_assert_async", "sym_size", "sym_numel
               "_assert_scalar", "sym_constrain_range_for_size"):
     RULES[_name] = nothing
 
-from ._shapes import SHAPE_RULES  # noqa: E402  (views, cat, split, select: the layout rules)
+RULES.update(SHAPE_RULES)  # views, cat, split, select: the layout rules
+RULES = {("aten::" + name if name != "getitem" else name): rule for name, rule in RULES.items()}
 
-RULES.update(SHAPE_RULES)
-__all__: List[str] = ["RULES"]
+
+def barrier(flow, node, args, kwargs):
+    """An op whose meaning depends on the channel counts of its inputs: none of them may be pruned."""
+    flow.pin_all([list(args), list(kwargs.values())], _where(node, "an op registered as a barrier"))
+    return _untracked_like(node.meta.get("val"))
+
+
+def _untracked_like(val):
+    if isinstance(val, (tuple, list)):
+        return [_untracked_like(v) for v in val]
+    return untracked(val.shape) if hasattr(val, "shape") else None
+
+
+_NAMED = {"unary": unary, "elementwise": broadcast, "barrier": barrier}
+
+
+def op_key(target) -> str:
+    """The key of an exported node's target (or of an op given to :func:`register_rule`) in the rule table."""
+    packet = getattr(target, "overloadpacket", target)
+    name = getattr(packet, "_qualified_op_name", None)
+    if name is not None:
+        return name
+    return "getitem" if target is operator.getitem else str(target)
+
+
+def register_rule(op: Any, rule: Union[str, Callable]) -> None:
+    """Teach :func:`funcprune.structural.groups` how channels pass through ``op``.
+
+    Args:
+      op: the op as it appears in the exported graph: ``torch.ops.<namespace>.<name>`` (an
+        ``OpOverloadPacket``, every overload), one of its overloads, or its qualified name
+        (``"mylib::scale_channels"``).
+      rule: ``"unary"`` (the output has the first input's shape and channels), ``"elementwise"``
+        (broadcasting inputs: dims of equal size hold the same channels, which are joined into one
+        group; a channel dim broadcast over many entries is a barrier), ``"barrier"`` (no channel
+        of any input may be pruned; the output carries none), or a callable
+        ``rule(flow, node, args, kwargs)`` written like the built-in rules of
+        ``funcprune/structural/_rules.py`` (it returns the output's state). A later registration of
+        the same op replaces the earlier one, built-in rules included.
+
+    Raises:
+      TypeError: ``op`` is not an op or a qualified name, or ``rule`` is neither a known name nor callable.
+    """
+    if isinstance(rule, str):
+        if rule not in _NAMED:
+            raise TypeError(f"register_rule: rule must be one of {sorted(_NAMED)} or a callable, got {rule!r}")
+        rule = _NAMED[rule]
+    elif not callable(rule):
+        raise TypeError(f"register_rule: rule must be one of {sorted(_NAMED)} or a callable, got "
+                        f"{type(rule).__name__}")
+    if isinstance(op, str):
+        if "::" not in op:
+            raise TypeError(f"register_rule: a qualified op name is 'namespace::name', got {op!r}")
+        key = op
+    elif hasattr(getattr(op, "overloadpacket", op), "_qualified_op_name"):
+        key = op_key(op)
+    else:
+        raise TypeError(f"register_rule: op must be torch.ops.<namespace>.<name> (or an overload, or its qualified "
+                        f"name), got {type(op).__name__}")
+    RULES[key] = rule
+
+
+__all__: List[str] = ["RULES", "op_key", "register_rule"]

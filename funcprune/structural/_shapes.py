@@ -5,19 +5,7 @@ from __future__ import annotations
 import math
 from typing import List, Tuple
 
-from ._trace import Seg, TensorState, module_path
-
-
-def _shape(node):
-    return tuple(node.meta["val"].shape)
-
-
-def _why(node, what):
-    return f"{what} ({node.target}, submodule {module_path(node)})"
-
-
-def _nd(dim, n):
-    return dim + n if dim < 0 else dim
+from ._flow import Seg, Shim, TensorState, module_path, norm_dim as _nd, shape_of as _shape, where as _why
 
 
 def _real(flow, segs):
@@ -213,6 +201,16 @@ def slice_(flow, node, args, kwargs):
     step = args[4] if len(args) > 4 else 1
     start, end = _clip(start, x.shape[dim]), _clip(end, x.shape[dim])
     dims = list(x.dims)
+    if (start, end, step) != (0, x.shape[dim], 1) and _real(flow, x.dims[dim]):
+        # bounds the forward hard-codes (h[:, :4]; a fused projection cut at a fixed width): after a shrink
+        # they would take other channels, so the channels on either side are a barrier
+        reason = _why(node, "a slice of channels with fixed bounds")
+        flow.pin_all([TensorState((1,), (x.dims[dim],))], reason)
+        for seg in flow.resolve(x.dims[dim]):
+            if seg.space.origin is not None and not seg.inner:
+                flow.pin(seg.space, reason)
+        dims[dim] = flow.fresh_pinned(_shape(node)[dim], reason)
+        return TensorState(_shape(node), tuple(dims))
     dims[dim] = _slice_dim(flow, node, x.dims[dim], start, end, step, x.shape[dim])
     return TensorState(_shape(node), tuple(dims))
 
@@ -280,15 +278,7 @@ def select(flow, node, args, kwargs):
 def unbind(flow, node, args, kwargs):
     x = args[0]
     dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
-    return [select(flow, _Shim(node, v), (x, dim, i), {}) for i, v in enumerate(node.meta["val"])]
-
-
-class _Shim:
-    """A node with another ``val`` (one output of a multi-output op), for the shared rules."""
-
-    def __init__(self, node, val):
-        self.meta = dict(node.meta, val=val)
-        self.target = node.target
+    return [select(flow, Shim(node, v), (x, dim, i), {}) for i, v in enumerate(node.meta["val"])]
 
 
 def getitem(flow, node, args, kwargs):
