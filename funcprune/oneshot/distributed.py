@@ -220,12 +220,14 @@ def _sparsegpt_rows(local, hessian, amount, rows, pattern, keep, block_size, dam
     with methods.ieee_matmul():
         dead, hinv = methods.inverse_factor(hessian.to(local.device), float(damp))
         w = torch.where(dead.reshape(1, -1), 0, local.to(dtype))
-        keep = torch.ones_like(w, dtype=torch.bool) if keep is None else keep.clone()
+        prior = keep is not None
+        keep = keep.clone() if prior else torch.ones_like(w, dtype=torch.bool)
 
         def choose(scores, keep1):
             return global_block_keep(scores, keep1, amount, rows, f"a block of {name}")
         for i1 in range(0, w.shape[1], block_size):
-            methods.prune_block(w, keep, hinv, i1, min(i1 + block_size, w.shape[1]), amount, pattern, choose=choose)
+            methods.prune_block(w, keep, hinv, i1, min(i1 + block_size, w.shape[1]), amount, pattern, choose=choose,
+                                prior=prior)
     return w.to(local.dtype), keep
 
 
