@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, cast
 
 import torch
 import torch.nn as nn
@@ -86,7 +86,7 @@ def build(module: nn.Module, entries: List[Tuple[Group, List[int]]], params: Opt
             for path, local in owners[name]:
                 sub = new.get_submodule(path)
                 # value is a Parameter exactly where own[name] is one (in _parameters); the stubs see a Tensor
-                (sub._parameters if local in sub._parameters else sub._buffers)[local] = value  # type: ignore[assignment]
+                (sub._parameters if local in sub._parameters else sub._buffers)[local] = cast(Any, value)
     # owners and their ancestors (an attention module follows its projections' widths), deepest first
     for path, sub in sorted(new.named_modules(), key=lambda item: -item[0].count(".") - bool(item[0])):
         resize = resizer_for(sub)
