@@ -24,13 +24,17 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, Optional, Tuple, cast
 
 import torch
 from torch import nn
 
 from .. import _amount, _dtensor, patterns, select
 from . import methods
+
+if TYPE_CHECKING:  # types only: torch.distributed is imported lazily
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import DTensor
 
 
 def _world(group) -> Optional[int]:
@@ -76,7 +80,7 @@ def check_same(group: Optional[Any] = None, device: Optional[torch.device] = Non
     names = sorted(fields)
     prints = torch.tensor([_digest(fields[name]) for name in names], dtype=torch.int64, device=device)
     fewest = torch.tensor([-(1 if batches is None else batches)], dtype=torch.int64, device=device)
-    both = torch.cat([prints, -prints, fewest])
+    both: Any = torch.cat([prints, -prints, fewest])  # a tensor, then its list
     torch.distributed.all_reduce(both, op=torch.distributed.ReduceOp.MAX, group=group)
     both = both.tolist()
     differ = [name for name, hi, lo in zip(names, both[:len(names)], both[len(names):-1]) if hi != -lo]
@@ -105,12 +109,13 @@ class Rows:
         self.first, self.count = offset[0], shape[0]
         self.total = weight.shape[0]
         self.mesh = _dtensor.mesh_of([weight])
-        self.placements = tuple(weight.placements) if self.mesh is not None else None
+        self.placements = tuple(cast("DTensor", weight).placements) if self.mesh is not None else None
 
 
-def _check_rows(what: str, weight: torch.Tensor) -> None:
+def _check_rows(what: str, weight: DTensor) -> None:
     """Only ``Shard(0)`` or ``Replicate`` placements: rows whole on every rank."""
     _dtensor.check_placements(what, weight)
+    placement: Any  # a Shard has .dim; Placement.is_shard() does not narrow to it
     for placement in weight.placements:
         if placement.is_shard() and placement.dim != 0:
             raise ValueError(f"{what}: sharded along dim {placement.dim} ({tuple(weight.placements)}); one-shot "
@@ -138,12 +143,12 @@ def global_block_keep(key: torch.Tensor, keep: Optional[torch.Tensor], amount: _
     shape = (rows.total, key.shape[1])
 
     def laid_out(local: torch.Tensor) -> torch.Tensor:
-        return DTensor.from_local(local.contiguous(), rows.mesh, rows.placements, run_check=False, shape=shape,
-                                  stride=(shape[1], 1))
+        return DTensor.from_local(local.contiguous(), rows.mesh, rows.placements, run_check=False,
+                                  shape=cast(torch.Size, shape), stride=(shape[1], 1))
     like = laid_out(key)
     out = select.prune_units(like, select.entries(shape), amount, like, mask=None if keep is None else laid_out(keep),
                              what=f"entries of {what}")
-    return out.to_local()
+    return cast("DTensor", out).to_local()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -257,7 +262,7 @@ def settle(model: nn.Module) -> None:
     """
     for module in model.modules():  # pre-order: the outermost FSDP2 module is the root
         if _is_fsdp(module):
-            module.reset_iter_state()
+            cast("FSDPModule", module).reset_iter_state()
             return
 
 
@@ -294,8 +299,10 @@ def block_runner(block: nn.Module, params: Optional[Dict[str, torch.Tensor]] = N
                 block(*args, **kwargs)
         yield run
         return
-    block.reshard()  # a block left gathered (reshard_after_forward=False) would not see the new shards
-    own = dict(block.named_parameters())
+    # a block left gathered (reshard_after_forward=False) would not see the new shards
+    cast("FSDPModule", block).reshard()
+    own: Dict[str, Any] = dict(block.named_parameters())  # DTensors (FSDP2 shards)
+    changed: Dict[str, Any]  # DTensors, checked below
     changed = {name: value for name, value in params.items() if name in own and not _same(value, own[name])}
     for name, value in changed.items():  # all checked before any is written
         target = own[name]
@@ -310,10 +317,10 @@ def block_runner(block: nn.Module, params: Optional[Dict[str, torch.Tensor]] = N
             for name, value in changed.items():
                 saved[name] = own[name].to_local().clone()
                 own[name].to_local().copy_(value.to_local())
-        block.unshard()
+        cast("FSDPModule", block).unshard()
         yield lambda args, kwargs: block.forward(*args, **kwargs)  # gathered: FSDP's hooks would gather again
     finally:
-        block.reshard()
+        cast("FSDPModule", block).reshard()
         with torch.no_grad():
             for name, local in saved.items():
                 own[name].to_local().copy_(local)

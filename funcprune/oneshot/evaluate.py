@@ -10,7 +10,7 @@ windows' mean losses).
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Union, cast
 
 import torch
 import torch.nn.functional as F
@@ -92,7 +92,7 @@ def perplexity(model: torch.nn.Module, tokens: torch.Tensor, *, seq_len: int,
                 count += batch[:, 1:].numel()
     finally:
         model.train(was_training)
-    return math.exp(float(total) / count)
+    return math.exp(float(cast(torch.Tensor, total)) / count)  # _check leaves one window or more
 
 
 def _check(tokens: Any, seq_len: int, batch_size: int) -> torch.Tensor:
@@ -116,7 +116,7 @@ def _check(tokens: Any, seq_len: int, batch_size: int) -> torch.Tensor:
 def _values_on(model: torch.nn.Module, params: Optional[Dict[str, torch.Tensor]],
                masks: Optional[Dict[str, torch.Tensor]], device: torch.device) -> Optional[Dict[str, torch.Tensor]]:
     """The tensors to call the model on, on ``device``; None when the model's own (already there) will do."""
-    own = dict(model.named_parameters())
+    own: Dict[str, torch.Tensor] = dict(model.named_parameters())
     own.update(model.named_buffers())
     on_device = all(t.device == device for t in own.values())
     if params is None and masks is None and on_device:

@@ -267,6 +267,7 @@ def prune_block(w: torch.Tensor, keep: torch.Tensor, hinv: torch.Tensor, i1: int
     for i in range(i2 - i1):
         if pattern is not None and i % pattern[1] == 0:
             n, m = pattern
+            assert per_row is not None  # set whenever pattern is
             part = w1[:, i:i + m]
             scores = part ** 2 / d1[:, i:i + m] ** 2
             keep1[:, i:i + m] = keep_per_pool(part, per_row, n, scores, mask=keep1[:, i:i + m] if prior else None)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import numbers
-from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple, Union, cast
 
 import optree
 import torch
@@ -86,7 +86,7 @@ def find_blocks(model: torch.nn.Module, blocks: Optional[str] = None) -> Tuple[s
         return blocks, found
     for name in AUTO_BLOCKS:
         if name in lists:
-            return name, model.get_submodule(name)
+            return name, cast(torch.nn.ModuleList, model.get_submodule(name))  # lists holds ModuleLists only
     raise ValueError(f"could not find the stack of repeated blocks of {type(model).__name__}: {hint}")
 
 
@@ -144,9 +144,11 @@ def prune_layer(weight: torch.Tensor, stats: Optional[LayerStats], method: str, 
         if pattern is not None:
             return weight, nm_structured(weight, pattern[0], pattern[1], dim=1, mask=mask)
         return weight, l1_unstructured(weight, amount, mask=mask)
+    # stats carries sumsq for wanda and hessian for sparsegpt (prune collects them); None here is a caller's error
     if method == "wanda":
-        return weight, wanda(weight, stats.sumsq.sqrt(), amount, pattern=pattern, mask=mask)
-    return sparsegpt(weight, stats.hessian, amount, pattern=pattern, mask=mask, block_size=block_size, damp=damp)
+        return weight, wanda(weight, stats.sumsq.sqrt(), amount, pattern=pattern, mask=mask)  # type: ignore[union-attr]
+    return sparsegpt(weight, stats.hessian, amount,  # type: ignore[union-attr, arg-type]
+                     pattern=pattern, mask=mask, block_size=block_size, damp=damp)
 
 
 def _levels(method: str, amount, owl: bool, pattern) -> Tuple[list, bool]:
@@ -249,7 +251,7 @@ def _without_hidden(entry):
 
 
 def _block_values(block: torch.nn.Module, device) -> Dict[str, torch.Tensor]:
-    values = dict(block.named_parameters())
+    values: Dict[str, torch.Tensor] = dict(block.named_parameters())
     values.update(block.named_buffers())
     return {n: (v.to(device) if device is not None else v).detach() for n, v in values.items()}
 
@@ -257,7 +259,7 @@ def _block_values(block: torch.nn.Module, device) -> Dict[str, torch.Tensor]:
 def _collect(block, values, layers, hs, entries, *, sumsq, hessian, dtype, where, group, keep_outputs):
     """Run the block on every batch with the statistics hooks on; (all-reduced stats, outputs or None)."""
     modules = {name: (module, _linear_weight(module, module.weight).shape[1]) for name, (_, module) in layers.items()}
-    outs = [] if keep_outputs else None
+    outs: Any = [] if keep_outputs else None  # a list exactly when keep_outputs
     with Collector(modules, sumsq=sumsq, hessian=hessian, dtype=dtype) as collector, \
             distributed.block_runner(block, values) as run:
         for h, entry in zip(hs, entries):
@@ -360,7 +362,8 @@ def prune(model: torch.nn.Module, calibration: Iterable[Any], method: str, amoun
     needs = method != "magnitude"
     with _eval_mode(model):
         batches = list(calibration)
-        layer_shapes = [(n, tuple(m.weight.shape)) for layers in targets for n, (_, m) in layers.items()]
+        layer_shapes = [(n, tuple(cast(torch.Tensor, m.weight).shape))
+                        for layers in targets for n, (_, m) in layers.items()]
         distributed.check_same(group, batches=len(batches), method=method, amount=levels, pattern=pattern,
                                blocks=block_name, layers=layer_shapes, owl=(owl, owl_threshold, owl_lam),
                                sequential=sequential, dtype=str(dtype), block_size=block_size, damp=damp)
@@ -378,6 +381,8 @@ def prune(model: torch.nn.Module, calibration: Iterable[Any], method: str, amoun
         work = _Work(method, pattern, block_size, damp, levels)
         acts = [[_hidden(e) for e in captured] for _ in (levels if sequential else levels[:1])]
         captured = [_without_hidden(e) for e in captured]  # one boundary's activations alive: those in acts
+        stats: Optional[list]  # per level; dropped after each block
+        collected: Optional[list]
         for i, block in enumerate(block_list):
             where = f"block {i} ({block_name}.{i})"
             values = _block_values(block, device)
@@ -416,7 +421,7 @@ class _Work:
 
     def block(self, i, layers, values, stats, amounts) -> List[Dict[str, torch.Tensor]]:
         """Prune the block's layers at every level; per level the block values to run it pruned."""
-        pruned = [{} for _ in self.levels]
+        pruned: List[Dict[str, torch.Tensor]] = [{} for _ in self.levels]
         for name, (sub, module) in layers.items():
             param = module.weight
             weight = _linear_weight(module, values[sub + ".weight"])

@@ -65,7 +65,7 @@ def all_reduce(stats: Dict[str, LayerStats], group=None) -> Dict[str, LayerStats
             value = fields[p][2]
             summed[p] = flat[offset:offset + value.numel()].view(value.shape)
             offset += value.numel()
-    out = {name: list(stats[name]) for name in names}
+    out: Dict[str, list] = {name: list(stats[name]) for name in names}
     for position, (name, index, _) in enumerate(fields):
         out[name][index] = summed[position]
     return {name: LayerStats(*values) for name, values in out.items()}
@@ -90,7 +90,7 @@ class Collector:
         self.key_of: Dict[str, str] = {}
         self.sums: Dict[str, list] = {}
         self.seen: List[Tuple[torch.Tensor, str]] = []  # this forward's input tensors (identity, not value)
-        self.handles = []
+        self.handles: list = []  # torch's RemovableHandle
 
     def __enter__(self) -> "Collector":
         for name, (module, _) in self.layers.items():

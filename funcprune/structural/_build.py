@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, cast
 
 import torch
 import torch.nn as nn
@@ -31,7 +31,7 @@ def owners_of(module: nn.Module) -> Dict[str, List[Tuple[str, str]]]:
 
 def plan_slices(module: nn.Module, entries: List[Tuple[Group, List[int]]]):
     """``{(name, dim): kept indices}`` of every tensor a group slices, checked against the module."""
-    tensors = dict(module.named_parameters())
+    tensors: Dict[str, torch.Tensor] = dict(module.named_parameters())
     tensors.update(dict(module.named_buffers()))
     shapes = {name: tuple(t.shape) for name, t in tensors.items()}
     try:
@@ -65,7 +65,7 @@ def build(module: nn.Module, entries: List[Tuple[Group, List[int]]], params: Opt
                              f"{type(sub).__module__}.{type(sub).__qualname__}, which owns {names}: register how its "
                              "attributes follow its tensors' shapes with funcprune.structural.register_resizer")
     new = copy.deepcopy(module)
-    own = dict(module.named_parameters())
+    own: Dict[str, torch.Tensor] = dict(module.named_parameters())
     own.update(dict(module.named_buffers()))
     params = params or {}
     touched = set(params) | set(masks) | {name for name, _ in plan}
@@ -85,7 +85,8 @@ def build(module: nn.Module, entries: List[Tuple[Group, List[int]]], params: Opt
                 value = nn.Parameter(value, requires_grad=own[name].requires_grad)
             for path, local in owners[name]:
                 sub = new.get_submodule(path)
-                (sub._parameters if local in sub._parameters else sub._buffers)[local] = value
+                # value is a Parameter exactly where own[name] is one (in _parameters); the stubs see a Tensor
+                (sub._parameters if local in sub._parameters else sub._buffers)[local] = cast(Any, value)
     # owners and their ancestors (an attention module follows its projections' widths), deepest first
     for path, sub in sorted(new.named_modules(), key=lambda item: -item[0].count(".") - bool(item[0])):
         resize = resizer_for(sub)

@@ -51,7 +51,9 @@ def group_report(module: torch.nn.Module, args: Any = UNSET, kwargs: Optional[Di
     if args is UNSET:
         raise TypeError("funcprune.structural.groups: missing the example inputs args (a tuple of positional inputs)")
     flow = run(module, as_args(args), as_kwargs("funcprune.structural.groups", kwargs))
-    good, inexact, excluded = [], [], []
+    good: List[Group] = []
+    inexact: List[Group] = []
+    excluded: List[Group] = []
     seen = set()
     for space in flow.spaces:
         root = flow.find(space)

@@ -64,6 +64,7 @@ def kept_channels(masks: Tree, groups: Sequence[Group]) -> List[Dict[str, Any]]:
                     kept, first = live, m
                 elif not torch.equal(kept, live):
                     diff = (kept != live).nonzero().flatten().tolist()
+                    assert first is not None  # set together with kept
                     raise ValueError(
                         f"{describe(i, group)}: member {m.name!r} (dim {m.dim}) and member {first.name!r} "
                         f"(dim {first.dim}) keep different channels (they differ at channels {diff[:8]}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeGuard, Union, cast
 
 import torch
 
@@ -148,7 +148,7 @@ def group_importance(group: Group, values: Dict[str, torch.Tensor], importance: 
             raise ValueError(f"importance for member {m.name!r} must return one score per channel, shape "
                              f"({group.channels},), got {getattr(score, 'shape', type(score).__name__)}")
         total = score if total is None else total + score
-    return total
+    return cast(torch.Tensor, total)  # a checked group has a param member, so the loop set it
 
 
 def _alive(group: Group, keeps: Dict[str, torch.Tensor]) -> Optional[torch.Tensor]:
@@ -321,7 +321,7 @@ def prune_groups(params: Tree, groups: Sequence[Group], amount: Amount, *, impor
             counts.append(k)
     else:
         counts = _global_counts(chosen, imps, alives, amount)
-    new = {}
+    new: Dict[str, torch.Tensor] = {}
     for g, imp, alive, k in zip(chosen, imps, alives, counts):
         n = _n_alive(alive, g)
         channel_keep = _select_channels(g, imp, alive, _constrained(k, n, g, round_to))
@@ -338,7 +338,7 @@ def prune_groups(params: Tree, groups: Sequence[Group], amount: Amount, *, impor
     return _pytree.like(params, out)
 
 
-def _is_int_amount(amount) -> bool:
+def _is_int_amount(amount) -> TypeGuard[Count]:
     if isinstance(amount, torch.Tensor):
         return not amount.is_floating_point()
     return isinstance(amount, int) and not isinstance(amount, bool)
@@ -364,6 +364,6 @@ def _global_counts(groups: List[Group], imps: List[torch.Tensor], alives: List[O
     for g in groups:
         taken = dropped[start:start + g.channels].sum()
         start += g.channels
-        taken = int(taken) if is_concrete(taken) else taken
-        counts.append(_floor_div(taken, g.pools))
+        count: Count = int(taken) if is_concrete(taken) else taken
+        counts.append(_floor_div(count, g.pools))
     return counts

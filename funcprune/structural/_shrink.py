@@ -75,7 +75,7 @@ def named_tensors(module: nn.Module, tree: Optional[Tree], what: str) -> Dict[st
         raise TypeError(f"{what} must be a tree of tensors named like named_parameters() (e.g. a dict), "
                         f"got the module {type(tree).__name__}")
     named = _pytree.named_leaves(tree)
-    known = dict(module.named_parameters())
+    known: Dict[str, torch.Tensor] = dict(module.named_parameters())
     known.update(dict(module.named_buffers()))
     unknown = [name for name in named if name not in known]
     if unknown:

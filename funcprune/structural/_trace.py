@@ -7,7 +7,7 @@ parameter's values. The data model is in ``_flow``, the op rules in ``_rules``/`
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Any, Dict, Tuple
 
 import torch
 
@@ -24,7 +24,7 @@ def capture(module: torch.nn.Module, args, kwargs=None, training: bool = False):
         weight, one tensor under two names, maps to the name ``named_parameters()`` reports).
     """
     modes = {m: m.training for m in module.modules()}
-    canonical = {}
+    canonical: Dict[int, Tuple[str, bool]] = {}
     for name, p in module.named_parameters():
         canonical.setdefault(id(p), (name, False))
     for name, b in module.named_buffers():
@@ -46,7 +46,7 @@ def capture(module: torch.nn.Module, args, kwargs=None, training: bool = False):
     names = {}
     for ph, fqn in list(sig.inputs_to_parameters.items()) + list(sig.inputs_to_buffers.items()):
         try:
-            tensor = module.get_parameter(fqn)
+            tensor: torch.Tensor = module.get_parameter(fqn)
         except AttributeError:
             tensor = module.get_buffer(fqn)
         names[ph] = canonical.get(id(tensor), (fqn, fqn in sig.inputs_to_buffers.values()))
@@ -85,7 +85,7 @@ def run(module: torch.nn.Module, args, kwargs=None) -> Flow:
 
 def _follow(flow: Flow, module: torch.nn.Module, ep, names, params) -> None:
     """Run the op rules over one exported graph."""
-    env: Dict[str, object] = {}
+    env: Dict[str, Any] = {}  # map_arg's callback must return an fx Argument; the states are not
     user_outputs = [i for i, spec in enumerate(ep.graph_signature.output_specs)
                     if spec.kind == torch.export.graph_signature.OutputKind.USER_OUTPUT]
     for node in ep.graph.nodes:
