@@ -337,3 +337,15 @@ def test_k_levels_from_one_dense_pass_or_one_pass_per_level(sequential, forwards
     prune(model, _batches(2), "wanda", [0.3, 0.5], sequential=sequential, dtype=torch.float64)
     handle.remove()
     assert len(calls) == forwards  # 2 batches; sequential: statistics + rerun per level
+
+
+@pytest.mark.parametrize("method, needed", [("wanda", "sumsq"), ("sparsegpt", "hessian")])
+def test_prune_layer_without_the_statistic_its_method_needs_names_it(method, needed):
+    """Rule: prune_layer called without the statistic of its method raises ValueError naming the statistic."""
+    from funcprune.oneshot import LayerStats, prune_layer
+
+    weight = torch.randn(4, 8)
+    with pytest.raises(ValueError, match=needed):
+        prune_layer(weight, None, method, 0.5)
+    with pytest.raises(ValueError, match=needed):
+        prune_layer(weight, LayerStats(None, None, torch.tensor(3)), method, 0.5)

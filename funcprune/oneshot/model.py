@@ -144,11 +144,14 @@ def prune_layer(weight: torch.Tensor, stats: Optional[LayerStats], method: str, 
         if pattern is not None:
             return weight, nm_structured(weight, pattern[0], pattern[1], dim=1, mask=mask)
         return weight, l1_unstructured(weight, amount, mask=mask)
-    # stats carries sumsq for wanda and hessian for sparsegpt (prune collects them); None here is a caller's error
+    needed = "sumsq" if method == "wanda" else "hessian"
+    statistic = None if stats is None else getattr(stats, needed)
+    if statistic is None:
+        raise ValueError(f"method {method!r} needs the layer's statistics with {needed} (LayerStats.{needed}), "
+                         f"got {'no statistics' if stats is None else 'none'}")
     if method == "wanda":
-        return weight, wanda(weight, stats.sumsq.sqrt(), amount, pattern=pattern, mask=mask)  # type: ignore[union-attr]
-    return sparsegpt(weight, stats.hessian, amount,  # type: ignore[union-attr, arg-type]
-                     pattern=pattern, mask=mask, block_size=block_size, damp=damp)
+        return weight, wanda(weight, statistic.sqrt(), amount, pattern=pattern, mask=mask)
+    return sparsegpt(weight, statistic, amount, pattern=pattern, mask=mask, block_size=block_size, damp=damp)
 
 
 def _levels(method: str, amount, owl: bool, pattern) -> Tuple[list, bool]:
