@@ -64,11 +64,12 @@ def build(module: nn.Module, entries: List[Tuple[Group, List[int]]], params: Opt
             raise ValueError(f"shrink does not know how to resize submodule {path or '<root>'!r} of type "
                              f"{type(sub).__module__}.{type(sub).__qualname__}, which owns {names}: register how its "
                              "attributes follow its tensors' shapes with funcprune.structural.register_resizer")
-    new = copy.deepcopy(module)
     own: Dict[str, torch.Tensor] = dict(module.named_parameters())
     own.update(dict(module.named_buffers()))
     params = params or {}
     touched = set(params) | set(masks) | {name for name, _ in plan}
+    # the copy shares the tensors about to be replaced (each alias of each is replaced below): no copying them
+    new = copy.deepcopy(module, {id(own[name]): own[name] for name in touched})
     with torch.no_grad():
         for name in touched:
             value, mask = params.get(name, own[name]).detach(), masks.get(name)
@@ -78,7 +79,7 @@ def build(module: nn.Module, entries: List[Tuple[Group, List[int]]], params: Opt
                     value = value.index_select(dim, index.to(value.device))
                     mask = None if mask is None else mask.index_select(dim, index.to(mask.device))
                     fresh = True
-            if mask is not None:
+            if mask is not None and not bool(mask.all()):  # group masks keep every entry left: nothing to zero
                 value, fresh = masked(value, mask.to(value.device)), True
             value = value if fresh else value.clone()
             if isinstance(own[name], nn.Parameter):  # one Parameter for all tied aliases
