@@ -88,7 +88,9 @@ def pruned_fraction(masks: Dict[str, torch.Tensor]) -> float:
 
 def ours(model, batches, evaluation, args) -> List[Dict]:
     """funcprune's rows: dense, then every method at every setting."""
-    evaluate = lambda **kw: perplexity(model, evaluation, seq_len=args.eval_len, batch_size=args.batch_size, **kw)
+    def evaluate(**kw):
+        return perplexity(model, evaluation, seq_len=args.eval_len, batch_size=args.batch_size, **kw)
+
     rows = [{"lib": "dense", "method": "dense", "setting": "-", "sparsity": 0.0, "ppl": evaluate()}]
     print_row(rows[-1])
     for label, amount, pattern, owl in SETTINGS:

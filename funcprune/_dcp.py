@@ -319,7 +319,7 @@ def load_masks_dcp(like: Tree, checkpoint_id: Any, *, process_group: Any = None)
         name, mask, _owns(mask, process_group), header.get("save_id", 0), blocks.get(name, []))]
     summed = _counts(out, parts, group=process_group)  # one all_reduce: kept counts and checksum parts
     kept, sums = summed[:len(out)], summed[len(out):]
-    for (name, mask), count in zip(out.items(), kept):
+    for name, count in zip(out, kept):
         if count != leaves[name]["kept"]:
             raise ValueError(f"{where}: {name}: the loaded mask keeps {count} entries but "
                              f"{leaves[name]['kept']} were saved: the checkpoint is damaged or was not written by "

@@ -271,7 +271,7 @@ def channels_kept(mask: torch.Tensor, dim: int) -> torch.Tensor:
 
 def spread_channels(channel_keep: torch.Tensor, like: torch.Tensor, dim: int,
                     keep: Optional[torch.Tensor]) -> torch.Tensor:
-    """A mask laid out like ``like``: ``channel_keep`` (channels-sized) spread along ``dim`` of its shard, & ``keep``."""
+    """A mask laid out like ``like``: ``channel_keep`` spread along ``dim`` of its shard, and ``keep``."""
     if _dtensor.outside_mesh([like]):
         return _dtensor.empty_mask_like(like)
     first, count = _channel_block(like, dim)

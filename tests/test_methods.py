@@ -389,7 +389,7 @@ def test_dtensor_methods_allowlist_is_deprecated_and_kept():
     with pytest.warns(DeprecationWarning, match="check_dtensor_method"):
         fp.methods.check_dtensor_method(fp.patterns.nm_structured, torch.ones(2, 4))
     with pytest.raises(AttributeError, match="no_such_name"):
-        fp.methods.no_such_name
+        _ = fp.methods.no_such_name
 
 
 def test_hash_stream_scores_through_the_kernel_equal_the_random_methods():

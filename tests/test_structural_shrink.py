@@ -349,7 +349,9 @@ def test_scores_replace_params_in_the_norms():
     model = _model(SigmoidMLP)
     params = _params(model)
     x, y = torch.randn(16, 5), torch.randint(0, 3, (16,))
-    loss = lambda p, batch: nn.functional.cross_entropy(fp.functional_call(model, p, (batch[0],)), batch[1])
+    def loss(p, batch):
+        return nn.functional.cross_entropy(fp.functional_call(model, p, (batch[0],)), batch[1])
+
     scores = fp.saliency.taylor(loss, params, (x, y))
     masks = prune_groups(params, SigmoidMLP.GROUPS, 0.5, scores=scores, importance="l1")
     imp = group_importance(SigmoidMLP.GROUPS[0], {**params, **scores}, "l1")
@@ -361,7 +363,9 @@ def test_scores_replace_params_in_the_norms():
 def test_pools_round_to_and_min_channels():
     params = {"w": torch.arange(1.0, 17.0).reshape(16, 1), "v": torch.ones(1, 16)}
     g = Group(16, (M("w", 0), M("v", 1)), pools=4)
-    keep = lambda masks: masks["w"].flatten()
+    def keep(masks):
+        return masks["w"].flatten()
+
     # an equal count in every pool of 4: the two smallest of each
     k = keep(prune_groups(params, [g], 0.5))
     assert k.reshape(4, 4).sum(1).tolist() == [2, 2, 2, 2]
@@ -547,7 +551,9 @@ def _predicted_params(model, masks):
 
 def _resnet18_groups():
     """ResNet-18's 12 groups: one per stage (the residual width) and one inside each block."""
-    conv = lambda name, dim: [M(name + ".weight", dim)]
+    def conv(name, dim):
+        return [M(name + ".weight", dim)]
+
     out = []
     for stage, width in enumerate([64, 128, 256, 512], 1):
         members = _bn("bn1") + conv("conv1", 0) if stage == 1 else []

@@ -211,7 +211,9 @@ def _spread(channel_keep: torch.Tensor, member: Member, shape: Sequence[int]) ->
     line = channel_keep if member.unit == 1 else channel_keep.unsqueeze(-1).expand(c, member.unit).reshape(-1)
     before, after = member.offset, size - member.offset - c * member.unit
     if before or after:
-        ones = lambda n: torch.ones(n, dtype=torch.bool, device=channel_keep.device)
+        def ones(n: int) -> torch.Tensor:
+            return torch.ones(n, dtype=torch.bool, device=channel_keep.device)
+
         line = torch.cat([ones(before), line, ones(after)])
     view = [1] * len(shape)
     view[member.dim] = size

@@ -143,7 +143,9 @@ class ShrunkMultiheadAttention(nn.MultiheadAttention):
         else:
             w_q, w_k, w_v = self.q_proj_weight, self.k_proj_weight, self.v_proj_weight
         b_q, b_k, b_v = (None, None, None) if self.in_proj_bias is None else self.in_proj_bias.chunk(3)
-        split = lambda x, w, b, n: F.linear(x, w, b).reshape(n, batch, heads, head_dim).permute(1, 2, 0, 3)
+        def split(x, w, b, n):
+            return F.linear(x, w, b).reshape(n, batch, heads, head_dim).permute(1, 2, 0, 3)
+
         q, k, v = split(query, w_q, b_q, length), split(key, w_k, b_k, source), split(value, w_v, b_v, source)
         scores = (q * head_dim ** -0.5) @ k.transpose(-2, -1)  # (batch, heads, length, source)
         bias = None
