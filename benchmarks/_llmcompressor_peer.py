@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import sys
 import tempfile
 import time
@@ -60,21 +59,27 @@ def _plain_checkpoint(model, tokenizer, directory: str):
     plain.load_state_dict(model.state_dict())
     plain.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
-    return AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval(), \
-        AutoTokenizer.from_pretrained(directory)
+    return AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(
+        directory
+    )
 
 
 def _recipe(spec: dict):
     from llmcompressor.modifiers.pruning import SparseGPTModifier, WandaPruningModifier
 
     pattern = spec.get("pattern")
-    options = dict(sparsity=spec["amount"], mask_structure=f"{pattern[0]}:{pattern[1]}" if pattern else "0:0",
-                   targets=[r"re:model\.layers\.\d+$"], ignore=["re:.*lm_head"])
+    options = dict(
+        sparsity=spec["amount"],
+        mask_structure=f"{pattern[0]}:{pattern[1]}" if pattern else "0:0",
+        targets=[r"re:model\.layers\.\d+$"],
+        ignore=["re:.*lm_head"],
+    )
     if spec.get("owl"):
         options.update(sparsity_profile="owl", owl_m=spec.get("owl_threshold", 5), owl_lmbda=spec.get("owl_lam", 0.08))
     if spec["method"] == "sparsegpt":
-        return SparseGPTModifier(block_size=spec.get("block_size", 128), dampening_frac=spec.get("damp", 0.01),
-                                 **options)
+        return SparseGPTModifier(
+            block_size=spec.get("block_size", 128), dampening_frac=spec.get("damp", 0.01), **options
+        )
     if spec["method"] == "wanda":
         return WandaPruningModifier(**options)
     raise ValueError(f"method must be 'wanda' or 'sparsegpt', got {spec['method']!r}")
@@ -96,18 +101,37 @@ def main(spec: dict) -> dict:
     _reset_peak()
     base = _peak_bytes()
     start = time.perf_counter()
-    oneshot(model=model, tokenizer=tokenizer, dataset=loader, recipe=recipe, num_calibration_samples=len(rows),
-            max_seq_length=windows.shape[1], pipeline="sequential", sequential_targets=["LlamaDecoderLayer"])
+    oneshot(
+        model=model,
+        tokenizer=tokenizer,
+        dataset=loader,
+        recipe=recipe,
+        num_calibration_samples=len(rows),
+        max_seq_length=windows.shape[1],
+        pipeline="sequential",
+        sequential_targets=["LlamaDecoderLayer"],
+    )
     seconds = time.perf_counter() - start
     peak = (_peak_bytes() - base) / _MIB
-    weights = {name: p.detach().clone() for name, p in model.named_parameters()
-               if name.startswith("model.layers.") and name.endswith("proj.weight")}
+    weights = {
+        name: p.detach().clone()
+        for name, p in model.named_parameters()
+        if name.startswith("model.layers.") and name.endswith("proj.weight")
+    }
     torch.save(weights, spec["out"])
     checkpoint.cleanup()
     import llmcompressor
     import transformers
-    return {"seconds": seconds, "peak_mib": peak, "versions": {"llmcompressor": llmcompressor.__version__,
-            "torch": torch.__version__, "transformers": transformers.__version__}}
+
+    return {
+        "seconds": seconds,
+        "peak_mib": peak,
+        "versions": {
+            "llmcompressor": llmcompressor.__version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        },
+    }
 
 
 if __name__ == "__main__":

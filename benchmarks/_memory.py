@@ -16,7 +16,6 @@ import resource
 import subprocess
 import sys
 import time
-from typing import Dict, Optional
 
 import torch
 import torch.nn.utils.prune as torch_prune
@@ -57,7 +56,7 @@ def _reset_peak() -> None:
         pass
 
 
-def _weights(spec: Dict) -> Dict[str, torch.Tensor]:
+def _weights(spec: dict) -> dict[str, torch.Tensor]:
     dtype = getattr(torch, spec.get("dtype", "float32"))
     if spec["model"] == "flat":
         return _models.flat_weights(spec["n"], leaves=spec.get("leaves", 16), dtype=dtype)
@@ -68,7 +67,7 @@ def _mask_bytes(masks) -> int:
     return sum(m.numel() * m.element_size() for m in masks.values())
 
 
-def worker(spec: Dict) -> Dict:
+def worker(spec: dict) -> dict:
     """Run one case in this process; return its measurements (see the module docstring)."""
     torch.set_num_threads(spec.get("threads", torch.get_num_threads()))
     weights = _weights(spec)
@@ -93,15 +92,19 @@ def worker(spec: Dict) -> Dict:
         masks = fp.global_unstructured(weights, amount, chunk_size=spec.get("chunk", 1 << 20))
     seconds = time.perf_counter() - start
     gc.collect()
-    out = {"seconds": seconds, "peak_mib": (_peak_bytes() - base_peak) / _MIB,
-           "held_mib": (_rss_bytes() - base_rss) / _MIB, "mask_mib": _mask_bytes(masks) / _MIB,
-           "entries": sum(w.numel() for w in weights.values())}
+    out = {
+        "seconds": seconds,
+        "peak_mib": (_peak_bytes() - base_peak) / _MIB,
+        "held_mib": (_rss_bytes() - base_rss) / _MIB,
+        "mask_mib": _mask_bytes(masks) / _MIB,
+        "entries": sum(w.numel() for w in weights.values()),
+    }
     if spec.get("verify"):
         out.update(_verify(weights, masks, amount))
     return out
 
 
-def _verify(weights, masks, amount: float) -> Dict:
+def _verify(weights, masks, amount: float) -> dict:
     """Exact count of pruned entries, and no kept |w| below a pruned one (leaf by leaf, in chunks)."""
     total = sum(w.numel() for w in weights.values())
     pruned = sum(int((~m).sum()) for m in masks.values())
@@ -112,18 +115,29 @@ def _verify(weights, masks, amount: float) -> Dict:
         low_kept = min(low_kept, float(a.masked_fill(~m, math.inf).min()))
         del a
     expected = round(amount * total)
-    return {"pruned": pruned, "expected": expected, "exact": pruned == expected,
-            "ordered": top_pruned <= low_kept, "threshold": low_kept}
+    return {
+        "pruned": pruned,
+        "expected": expected,
+        "exact": pruned == expected,
+        "ordered": top_pruned <= low_kept,
+        "threshold": low_kept,
+    }
 
 
-def run_worker(spec: Dict, timeout: float = 900, env: Optional[Dict[str, str]] = None) -> Optional[Dict]:
+def run_worker(spec: dict, timeout: float = 900, env: dict[str, str] | None = None) -> dict | None:
     """Run ``spec`` in a fresh interpreter (``env`` added to its environment); its measurements, or
     ``{"error": ...}``."""
     cmd = [sys.executable, "-m", "benchmarks.run", "--worker", json.dumps(spec)]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where ``benchmarks`` imports from
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=root,
-                              env=None if env is None else dict(os.environ, **env))
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=root,
+            env=None if env is None else dict(os.environ, **env),
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -135,8 +149,11 @@ def run_worker(spec: Dict, timeout: float = 900, env: Optional[Dict[str, str]] =
 
 def scaling_sizes(quick: bool):
     """Total prunable entries of the scaling run."""
-    return [1_000_000, 2_000_000, 4_000_000] if quick else [
-        1_000_000, 3_000_000, 10_000_000, 30_000_000, 100_000_000, 200_000_000]
+    return (
+        [1_000_000, 2_000_000, 4_000_000]
+        if quick
+        else [1_000_000, 3_000_000, 10_000_000, 30_000_000, 100_000_000, 200_000_000]
+    )
 
 
 def growth_exponent(sizes, seconds) -> float:

@@ -5,8 +5,6 @@ Everything is hand-written (no torchvision) and seeded, so both libraries see id
 
 from __future__ import annotations
 
-from typing import Dict
-
 import torch
 from torch import nn
 
@@ -66,7 +64,7 @@ class MLP(nn.Module):
         return self.head(self.body(x))
 
 
-def resnet50_shapes() -> Dict[str, tuple]:
+def resnet50_shapes() -> dict[str, tuple]:
     """Shapes of the conv/linear weights of a torchvision ResNet-50 (25.5M entries)."""
     shapes = {"conv1.weight": (64, 3, 7, 7)}
     cin = 64
@@ -100,11 +98,14 @@ def example_input(name: str, batch: int, seed: int = 1) -> torch.Tensor:
 
 def prunable_names(module: nn.Module) -> list:
     """Names of the conv/linear weights: the tensors every benchmark prunes."""
-    return [f"{name}.weight" if name else "weight" for name, m in module.named_modules()
-            if isinstance(m, (nn.Conv2d, nn.Linear))]
+    return [
+        f"{name}.weight" if name else "weight"
+        for name, m in module.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
 
 
-def weights(name: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> Dict[str, torch.Tensor]:
+def weights(name: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """Seeded prunable weights ``{name: tensor}`` of ``resnet18``, ``resnet50``, ``mlp`` or ``lenet``."""
     if name == "resnet50":
         g = torch.Generator().manual_seed(seed)

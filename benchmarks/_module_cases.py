@@ -8,8 +8,8 @@ time ``funcprune.functional_call`` against the unpruned model and torch's hooked
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Callable, Dict, List
 
 import torch
 import torch.nn.utils.prune as torch_prune
@@ -22,15 +22,17 @@ from ._cases import Case, Side, holders
 _BATCH = {"resnet18": 2, "mlp": 256, "lenet": 64}
 
 
-def _pruned_modules(model: torch.nn.Module) -> Dict[str, torch.nn.Module]:
+def _pruned_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     return {name: model.get_submodule(name.rsplit(".", 1)[0]) for name in _models.prunable_names(model)}
 
 
-def _module_side(base: torch.nn.Module, action: Callable[[Dict[str, torch.nn.Module]], None]) -> Side:
+def _module_side(base: torch.nn.Module, action: Callable[[dict[str, torch.nn.Module]], None]) -> Side:
     """A side that copies ``base`` (untimed) and runs ``action`` on its prunable modules (timed)."""
+
     def prepare():
         mods = _pruned_modules(copy.deepcopy(base))
         return lambda: (action(mods), mods)[1]
+
     return Side(prepare, lambda mods: {name: m.weight_mask for name, m in mods.items()})
 
 
@@ -39,8 +41,9 @@ def _per_layer(lib, fn: str, *args) -> Callable:
 
 
 def _global(lib, method: str, amount: float) -> Callable:
-    return lambda mods: lib.global_unstructured([(m, "weight") for m in mods.values()],
-                                                pruning_method=getattr(lib, method), amount=amount)
+    return lambda mods: lib.global_unstructured(
+        [(m, "weight") for m in mods.values()], pruning_method=getattr(lib, method), amount=amount
+    )
 
 
 def _iterative(lib, amount: float, rounds: int) -> Callable:
@@ -48,10 +51,11 @@ def _iterative(lib, amount: float, rounds: int) -> Callable:
         for _ in range(rounds):
             for m in mods.values():
                 lib.l1_unstructured(m, "weight", amount)
+
     return action
 
 
-def compat_cases(compat, model: str = "resnet18", quick: bool = False) -> List[Case]:
+def compat_cases(compat, model: str = "resnet18", quick: bool = False) -> list[Case]:
     """``funcprune.compat`` vs ``torch.nn.utils.prune``: the same module-level calls (fewer if ``quick``)."""
     base = _models.build(model)
     rows = [
@@ -62,8 +66,18 @@ def compat_cases(compat, model: str = "resnet18", quick: bool = False) -> List[C
         ("random_unstructured 0.3", lambda lib: _per_layer(lib, "random_unstructured", 0.3), 0),
         ("random_structured 0.3, dim 0", lambda lib: _per_layer(lib, "random_structured", 0.3, 0), 0),
     ]
-    cases = [Case("compat: " + group, model, _module_side(base, make(compat)), _module_side(base, make(torch_prune)),
-                  1.0, seed=seed, ours_label="compat") for group, make, seed in rows[:1 if quick else None]]
+    cases = [
+        Case(
+            "compat: " + group,
+            model,
+            _module_side(base, make(compat)),
+            _module_side(base, make(torch_prune)),
+            1.0,
+            seed=seed,
+            ours_label="compat",
+        )
+        for group, make, seed in rows[: 1 if quick else None]
+    ]
     if quick:
         return cases
     weights50 = _models.weights("resnet50")
@@ -72,9 +86,19 @@ def compat_cases(compat, model: str = "resnet18", quick: bool = False) -> List[C
         def prepare():
             mods = holders(weights50)
             return lambda: (_global(lib, "L1Unstructured", 0.8)(mods), mods)[1]
+
         return Side(prepare, lambda mods: {name: m.weight_mask for name, m in mods.items()})
-    cases.append(Case("compat: global_unstructured L1 0.8", "resnet50", holder_side(compat), holder_side(torch_prune),
-                      1.0, ours_label="compat"))
+
+    cases.append(
+        Case(
+            "compat: global_unstructured L1 0.8",
+            "resnet50",
+            holder_side(compat),
+            holder_side(torch_prune),
+            1.0,
+            ours_label="compat",
+        )
+    )
     return cases
 
 
@@ -100,13 +124,19 @@ def _pruned_pair(model: str, compat=None, ours_first: bool = True) -> SimpleName
         got.train = {name: p.clone().requires_grad_() for name, p in got.params.items()}
         if compat is not None:
             got.compat_model = copy.deepcopy(base)
-            compat.global_unstructured([(m, "weight") for m in _pruned_modules(got.compat_model).values()],
-                                       pruning_method=compat.L1Unstructured, amount=0.8)
+            compat.global_unstructured(
+                [(m, "weight") for m in _pruned_modules(got.compat_model).values()],
+                pruning_method=compat.L1Unstructured,
+                amount=0.8,
+            )
 
     def theirs():
         got.hooked = copy.deepcopy(base)
-        torch_prune.global_unstructured([(m, "weight") for m in _pruned_modules(got.hooked).values()],
-                                        pruning_method=torch_prune.L1Unstructured, amount=0.8)
+        torch_prune.global_unstructured(
+            [(m, "weight") for m in _pruned_modules(got.hooked).values()],
+            pruning_method=torch_prune.L1Unstructured,
+            amount=0.8,
+        )
         got.unpruned = copy.deepcopy(base)
 
     for side in (ours, theirs) if ours_first else (theirs, ours):
@@ -119,6 +149,7 @@ def _outputs_check(ours: Callable[[], torch.Tensor], theirs: Callable[[], torch.
         a, b = ours(), theirs()
         if not torch.equal(a, b):
             raise AssertionError(f"{what}: outputs differ (max abs diff {(a - b).abs().max():.3g})")
+
     return run
 
 
@@ -126,6 +157,7 @@ def _no_grad(fn):
     def run():
         with torch.no_grad():
             return fn()
+
     return run
 
 
@@ -134,10 +166,11 @@ def _step(forward: Callable[[], torch.Tensor], params) -> Callable[[], None]:
         for p in params:
             p.grad = None
         forward().sum().backward()
+
     return run
 
 
-def forward_cases(model: str, compat=None, ours_first: bool = True) -> List[Case]:
+def forward_cases(model: str, compat=None, ours_first: bool = True) -> list[Case]:
     """Masked inference and training steps: funcprune vs the unpruned model and torch's hooks.
 
     Every model stays in eval mode (batch norm reads its running stats), so a training step is a
@@ -151,30 +184,69 @@ def forward_cases(model: str, compat=None, ours_first: bool = True) -> List[Case
     same_out = _outputs_check(_no_grad(call(pair.masked, None)), _no_grad(lambda: hooked(x)), f"{model} forward")
     timed = lambda fn: Side(lambda: fn, lambda _: {})  # noqa: E731
     cases = [
-        Case("inference, masks applied once", model, timed(_no_grad(call(pair.masked, None))),
-             timed(_no_grad(lambda: unpruned(x))), 1.03, theirs_label="unpruned"),
-        Case("inference, bool masks every call", model, timed(_no_grad(call(params, masks))),
-             timed(_no_grad(lambda: hooked(x))), 1.0, theirs_label="torch hooks"),
+        Case(
+            "inference, masks applied once",
+            model,
+            timed(_no_grad(call(pair.masked, None))),
+            timed(_no_grad(lambda: unpruned(x))),
+            1.03,
+            theirs_label="unpruned",
+        ),
+        Case(
+            "inference, bool masks every call",
+            model,
+            timed(_no_grad(call(params, masks))),
+            timed(_no_grad(lambda: hooked(x))),
+            1.0,
+            theirs_label="torch hooks",
+        ),
     ]
     train = pair.train
     hooked_params = [p for p in hooked.parameters() if p.requires_grad]
     for label, m in (("bool", masks), ("float", pair.float_masks)):
-        cases.append(Case(f"training step, {label} masks every step", model,
-                          timed(_step(call(train, m), list(train.values()))),
-                          timed(_step(lambda: hooked(x), hooked_params)), 1.0, theirs_label="torch hooks"))
+        cases.append(
+            Case(
+                f"training step, {label} masks every step",
+                model,
+                timed(_step(call(train, m), list(train.values()))),
+                timed(_step(lambda: hooked(x), hooked_params)),
+                1.0,
+                theirs_label="torch hooks",
+            )
+        )
     for case in cases:
         case.check_fn = same_out
     # No target: what swapping in the same, unmasked values through torch.func costs (the floor of
     # any functional approach, funcprune's included), to read the first row against.
     floor = _no_grad(lambda: torch.func.functional_call(base, params, (x,)))
-    cases.insert(1, Case("inference, torch.func.functional_call, unmasked params (reference)", model, timed(floor),
-                         timed(_no_grad(lambda: unpruned(x))), None, ours_label="torch.func", theirs_label="unpruned",
-                         check_fn=_outputs_check(floor, _no_grad(lambda: unpruned(x)), f"{model} torch.func forward")))
+    cases.insert(
+        1,
+        Case(
+            "inference, torch.func.functional_call, unmasked params (reference)",
+            model,
+            timed(floor),
+            timed(_no_grad(lambda: unpruned(x))),
+            None,
+            ours_label="torch.func",
+            theirs_label="unpruned",
+            check_fn=_outputs_check(floor, _no_grad(lambda: unpruned(x)), f"{model} torch.func forward"),
+        ),
+    )
     if compat_model is not None:
-        cases.append(Case("compat: pruned module forward", model, timed(_no_grad(lambda: compat_model(x))),
-                          timed(_no_grad(lambda: hooked(x))), 1.0, ours_label="compat", theirs_label="torch hooks",
-                          check_fn=_outputs_check(_no_grad(lambda: compat_model(x)), _no_grad(lambda: hooked(x)),
-                                                  f"{model} compat forward")))
+        cases.append(
+            Case(
+                "compat: pruned module forward",
+                model,
+                timed(_no_grad(lambda: compat_model(x))),
+                timed(_no_grad(lambda: hooked(x))),
+                1.0,
+                ours_label="compat",
+                theirs_label="torch hooks",
+                check_fn=_outputs_check(
+                    _no_grad(lambda: compat_model(x)), _no_grad(lambda: hooked(x)), f"{model} compat forward"
+                ),
+            )
+        )
     for case in cases:  # near-equal work on both sides: longer samples steady the ratio
         case.min_sample, case.rounds, case.count_faults = 0.25, 31, True
     return cases

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable, Dict, List, NamedTuple, Tuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
@@ -39,10 +40,10 @@ def _sample(prepare: Prepare, number: int, device: torch.device) -> float:
 class Timing(NamedTuple):
     """Seconds per call of each contender: the medians, and every round's sample in round order."""
 
-    medians: Dict[str, float]
-    samples: Dict[str, List[float]]
+    medians: dict[str, float]
+    samples: dict[str, list[float]]
 
-    def paired_ratio(self, ours: str, theirs: str) -> Tuple[float, float, float]:
+    def paired_ratio(self, ours: str, theirs: str) -> tuple[float, float, float]:
         """Median and quartiles of the per-round ratios ``ours / theirs``.
 
         Samples taken side by side in one round share the machine's state (load, clock, cache), so
@@ -55,9 +56,16 @@ class Timing(NamedTuple):
         return statistics.median(ratios), low, high
 
 
-def interleaved(contenders: Dict[str, Prepare], *, rounds: int = 7, warmup: int = 1,
-                min_sample: float = 0.02, budget: float = 60.0, min_rounds: int = 3,
-                device: torch.device = torch.device("cpu")) -> Timing:
+def interleaved(
+    contenders: dict[str, Prepare],
+    *,
+    rounds: int = 7,
+    warmup: int = 1,
+    min_sample: float = 0.02,
+    budget: float = 60.0,
+    min_rounds: int = 3,
+    device: torch.device = torch.device("cpu"),
+) -> Timing:
     """Seconds per call of each contender, timed in interleaved rounds.
 
     Args:
@@ -74,7 +82,7 @@ def interleaved(contenders: Dict[str, Prepare], *, rounds: int = 7, warmup: int 
     for label, prepare in contenders.items():
         once = min(_sample(prepare, 1, device) for _ in range(max(warmup, 1)))  # warm-up doubles as calibration
         numbers[label] = max(1, min(1000, int(min_sample / max(once, 1e-9))))
-    samples: Dict[str, List[float]] = {label: [] for label in contenders}
+    samples: dict[str, list[float]] = {label: [] for label in contenders}
     order = list(contenders)
     start = time.perf_counter()
     for r in range(rounds):

@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 import traceback
-from typing import Callable, Dict, List
+from collections.abc import Callable
 
 import torch
 
@@ -46,7 +46,7 @@ AMOUNT = 0.8
 CHUNK = 1 << 20
 
 
-def transformer_shapes(layers: int = 12, d: int = 768) -> Dict[str, tuple]:
+def transformer_shapes(layers: int = 12, d: int = 768) -> dict[str, tuple]:
     """The matrices of a GPT-2-small-sized transformer body: per layer fused qkv, out, MLP in and out."""
     shapes = {}
     for i in range(layers):
@@ -57,16 +57,18 @@ def transformer_shapes(layers: int = 12, d: int = 768) -> Dict[str, tuple]:
     return shapes
 
 
-def flat_shapes(leaves: int) -> Dict[str, tuple]:
+def flat_shapes(leaves: int) -> dict[str, tuple]:
     """``leaves`` matrices of 5000 x 5000 (25M entries each): the one-process tie-path case."""
     return {f"w{i}": (5000, 5000) for i in range(leaves)}
 
 
-TREES = {"resnet50": ("ResNet-50 conv/fc", resnet50_shapes),
-         "transformer": ("12 x d768 transformer", transformer_shapes),
-         "transformer2": ("2 x d768 transformer", functools.partial(transformer_shapes, 2)),
-         "flat200m": ("8 x 5000 x 5000", functools.partial(flat_shapes, 8)),
-         "flat50m": ("2 x 5000 x 5000", functools.partial(flat_shapes, 2))}
+TREES = {
+    "resnet50": ("ResNet-50 conv/fc", resnet50_shapes),
+    "transformer": ("12 x d768 transformer", transformer_shapes),
+    "transformer2": ("2 x d768 transformer", functools.partial(transformer_shapes, 2)),
+    "flat200m": ("8 x 5000 x 5000", functools.partial(flat_shapes, 8)),
+    "flat50m": ("2 x 5000 x 5000", functools.partial(flat_shapes, 2)),
+}
 
 
 def full_leaf(index: int, shape: tuple, dtype=torch.float32) -> torch.Tensor:
@@ -75,6 +77,7 @@ def full_leaf(index: int, shape: tuple, dtype=torch.float32) -> torch.Tensor:
 
 
 # ---- collective accounting ----------------------------------------------------------------------
+
 
 class Traffic:
     """Counts the collectives and the bytes this rank receives from them, by wrapping the APIs.
@@ -85,11 +88,32 @@ class Traffic:
     another is one collective).
     """
 
-    C10D = ("all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter_tensor", "broadcast",
-            "all_to_all_single", "reduce", "all_gather_object", "broadcast_object_list", "reduce_scatter")
-    FUNCOL = ("broadcast", "all_reduce", "all_gather_single", "all_gather_single_autograd", "reduce_scatter_single",
-              "all_gather_tensor", "all_gather_tensor_autograd", "reduce_scatter_tensor", "all_to_all_single",
-              "all_reduce_coalesced", "all_gather_single_coalesced", "all_gather_into_tensor_coalesced")
+    C10D = (
+        "all_reduce",
+        "all_gather",
+        "all_gather_into_tensor",
+        "reduce_scatter_tensor",
+        "broadcast",
+        "all_to_all_single",
+        "reduce",
+        "all_gather_object",
+        "broadcast_object_list",
+        "reduce_scatter",
+    )
+    FUNCOL = (
+        "broadcast",
+        "all_reduce",
+        "all_gather_single",
+        "all_gather_single_autograd",
+        "reduce_scatter_single",
+        "all_gather_tensor",
+        "all_gather_tensor_autograd",
+        "reduce_scatter_tensor",
+        "all_to_all_single",
+        "all_reduce_coalesced",
+        "all_gather_single_coalesced",
+        "all_gather_into_tensor_coalesced",
+    )
 
     def __init__(self):
         self.bytes, self.calls, self._saved, self._depth = 0, 0, [], 0
@@ -98,6 +122,7 @@ class Traffic:
     def _size(x) -> int:
         if isinstance(x, torch.Tensor):
             from funcprune._dtensor import is_dtensor
+
             x = x.to_local() if is_dtensor(x) else x
             return x.numel() * x.element_size()
         if isinstance(x, (list, tuple)):
@@ -111,7 +136,7 @@ class Traffic:
             return self._size(args[0] if args else kwargs.get("output_tensor_list", kwargs.get("output_tensor")))
         if name in ("reduce_scatter_tensor", "reduce_scatter"):
             return self._size(args[0] if args else kwargs.get("output"))
-        return self._size(args[0] if args else kwargs.get("tensor"))   # all_reduce, broadcast, reduce
+        return self._size(args[0] if args else kwargs.get("tensor"))  # all_reduce, broadcast, reduce
 
     def _wrap(self, module, name: str, funcol: bool):
         real = getattr(module, name, None)
@@ -129,13 +154,15 @@ class Traffic:
                 self.calls += 1
                 self.bytes += self._received(name, funcol, args, kwargs, result)
             return result
+
         self._saved.append((module, name, real))
         setattr(module, name, counted)
 
     def __enter__(self):
         import torch.distributed as dist
-        import torch.distributed.distributed_c10d as c10d
         import torch.distributed._functional_collectives as funcol
+        import torch.distributed.distributed_c10d as c10d
+
         for name in self.C10D:
             self._wrap(dist, name, False)
             if getattr(c10d, name, None) is not None and getattr(c10d, name) is not getattr(dist, name):
@@ -152,11 +179,13 @@ class Traffic:
 
 # ---- the three methods, per rank ----------------------------------------------------------------
 
-def _local_tree(shapes: Dict[str, tuple], rank: int, world: int, dtype=torch.float32):
+
+def _local_tree(shapes: dict[str, tuple], rank: int, world: int, dtype=torch.float32):
     """This rank's ``Shard(0)`` chunks (torch.chunk's split) as DTensors; full leaves built one at a time."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import DTensor, Shard
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
     mesh = init_device_mesh("cpu", (world,))
     out = {}
     for index, (name, shape) in enumerate(shapes.items()):
@@ -164,23 +193,31 @@ def _local_tree(shapes: Dict[str, tuple], rank: int, world: int, dtype=torch.flo
         local_shape, offset = compute_local_shape_and_global_offset(full.shape, mesh, [Shard(0)])
         local = full.narrow(0, offset[0], local_shape[0]).clone()
         del full
-        out[name] = DTensor.from_local(local, mesh, [Shard(0)], run_check=False, shape=torch.Size(shape),
-                                       stride=torch.empty(shape, device="meta").stride())
+        out[name] = DTensor.from_local(
+            local,
+            mesh,
+            [Shard(0)],
+            run_check=False,
+            shape=torch.Size(shape),
+            stride=torch.empty(shape, device="meta").stride(),
+        )
     return out
 
 
-def _gathered_select(dtree) -> Dict[str, torch.Tensor]:
+def _gathered_select(dtree) -> dict[str, torch.Tensor]:
     """torchao-style: all_gather every full tensor to every rank, select there, keep the local slice."""
     import torch.distributed as dist
-    import funcprune as fp
     from torch.distributed.tensor import DTensor
+
+    import funcprune as fp
+
     world = dist.get_world_size()
     full = {}
     for name, d in dtree.items():
         local = d.to_local()
-        rows = -(-d.shape[0] // world)                       # torch.chunk's chunk size
+        rows = -(-d.shape[0] // world)  # torch.chunk's chunk size
         padded = torch.zeros((rows,) + tuple(d.shape[1:]), dtype=local.dtype)
-        padded[:local.shape[0]] = local
+        padded[: local.shape[0]] = local
         parts = [torch.empty_like(padded) for _ in range(world)]
         dist.all_gather(parts, padded)
         sizes = [max(0, min(rows, d.shape[0] - r * rows)) for r in range(world)]
@@ -190,13 +227,14 @@ def _gathered_select(dtree) -> Dict[str, torch.Tensor]:
     rank, out = dist.get_rank(), {}
     for name, d in dtree.items():
         rows = -(-d.shape[0] // world)
-        local = masks[name][rank * rows:rank * rows + d.to_local().shape[0]].clone()
-        out[name] = DTensor.from_local(local, d.device_mesh, d.placements, run_check=False, shape=d.shape,
-                                       stride=d.stride())
+        local = masks[name][rank * rows : rank * rows + d.to_local().shape[0]].clone()
+        out[name] = DTensor.from_local(
+            local, d.device_mesh, d.placements, run_check=False, shape=d.shape, stride=d.stride()
+        )
     return out
 
 
-def digest(masks: Dict[str, torch.Tensor]) -> List[int]:
+def digest(masks: dict[str, torch.Tensor]) -> list[int]:
     """Pruned count and a position-sensitive checksum of full masks (equal masks, equal digests)."""
     pruned, check, offset = 0, 0, 0
     for mask in masks.values():
@@ -211,6 +249,7 @@ def digest(masks: Dict[str, torch.Tensor]) -> List[int]:
 def _measured(select: Callable, tree) -> tuple:
     """``(masks, seconds, peak extra MiB, traffic)`` of ``select(tree)`` on this rank."""
     import gc
+
     gc.collect()
     _memory._reset_peak()
     base_peak = max(_memory._peak_bytes(), _memory._rss_bytes())
@@ -221,34 +260,47 @@ def _measured(select: Callable, tree) -> tuple:
     return masks, seconds, (_memory._peak_bytes() - base_peak) / MIB, traffic
 
 
-def rank_worker(rank: int, world: int, spec: Dict) -> Dict:
+def rank_worker(rank: int, world: int, spec: dict) -> dict:
     """One measured call on this rank (``spec``: tree, method); process group already joined if any."""
     import funcprune as fp
+
     shapes = TREES[spec["tree"]][1]()
     if spec["method"] == "single":
         tree = {name: full_leaf(i, shape) for i, (name, shape) in enumerate(shapes.items())}
-        fp.global_unstructured({"w": torch.randn(64)}, 0.5)   # warm-up
+        fp.global_unstructured({"w": torch.randn(64)}, 0.5)  # warm-up
     else:
         tree = _local_tree(shapes, rank, world)
         warm = _local_tree({"w": (64,)}, rank, world)
         (fp.global_unstructured(warm, 0.5) if spec["method"] == "funcprune" else _gathered_select(warm))
-    select = _gathered_select if spec["method"] == "gather" else (
-        lambda t: fp.global_unstructured(t, AMOUNT, chunk_size=CHUNK))
+    select = (
+        _gathered_select
+        if spec["method"] == "gather"
+        else (lambda t: fp.global_unstructured(t, AMOUNT, chunk_size=CHUNK))
+    )
     masks, seconds, peak, traffic = _measured(select, tree)
     from funcprune._dtensor import is_dtensor
+
     local_masks = sum((m.to_local() if is_dtensor(m) else m).numel() for m in masks.values()) / MIB
     full = {n: (m.full_tensor() if is_dtensor(m) else m) for n, m in masks.items()}  # check only
-    return {"seconds": seconds, "peak_mib": peak, "mask_mib": local_masks, "bytes": traffic.bytes,
-            "calls": traffic.calls, "digest": digest(full) if rank == 0 else None,
-            "entries": sum(math.prod(s) for s in shapes.values())}
+    return {
+        "seconds": seconds,
+        "peak_mib": peak,
+        "mask_mib": local_masks,
+        "bytes": traffic.bytes,
+        "calls": traffic.calls,
+        "digest": digest(full) if rank == 0 else None,
+        "entries": sum(math.prod(s) for s in shapes.values()),
+    }
 
 
 # ---- launching ranks ----------------------------------------------------------------------------
+
 
 def _rank_main(rank: int, world: int, store: str, fn: Callable, args: tuple, results, group: bool) -> None:
     torch.set_num_threads(1)
     try:
         import torch.distributed as dist
+
         if group:
             dist.init_process_group("gloo", store=dist.FileStore(store, world), rank=rank, world_size=world)
         try:
@@ -260,16 +312,20 @@ def _rank_main(rank: int, world: int, store: str, fn: Callable, args: tuple, res
         results.put((rank, "error", traceback.format_exc()))
 
 
-def launch(fn: Callable, world: int, *args, group: bool = True, timeout: float = 1800) -> List:
+def launch(fn: Callable, world: int, *args, group: bool = True, timeout: float = 1800) -> list:
     """``fn(rank, world, *args)`` on ``world`` fresh spawned ranks (gloo, FileStore); results by rank."""
     import torch.multiprocessing as mp
+
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     with tempfile.TemporaryDirectory(prefix="funcprune-bench-") as tmp:
-        procs = [ctx.Process(target=_rank_main, daemon=True,
-                             args=(r, world, os.path.join(tmp, "store"), fn, args, results, group))
-                 for r in range(world)]
+        procs = [
+            ctx.Process(
+                target=_rank_main, daemon=True, args=(r, world, os.path.join(tmp, "store"), fn, args, results, group)
+            )
+            for r in range(world)
+        ]
         for p in procs:
             p.start()
         out, failure, deadline = {}, None, time.monotonic() + timeout
@@ -299,15 +355,22 @@ def launch(fn: Callable, world: int, *args, group: bool = True, timeout: float =
     return [out[r] for r in range(world)]
 
 
-def measure(tree: str, method: str, world: int, repeats: int = 1) -> Dict:
+def measure(tree: str, method: str, world: int, repeats: int = 1) -> dict:
     """One row: ``repeats`` launches (fresh processes each); seconds and peak are medians, with their ranges."""
     runs = []
     for _ in range(repeats):
         ranks = launch(rank_worker, world, {"tree": tree, "method": method}, group=method != "single")
-        runs.append({"seconds": max(r["seconds"] for r in ranks), "peak_mib": max(r["peak_mib"] for r in ranks),
-                     "mask_mib": max(r["mask_mib"] for r in ranks), "bytes": max(r["bytes"] for r in ranks),
-                     "calls": max(r["calls"] for r in ranks), "digest": ranks[0]["digest"],
-                     "entries": ranks[0]["entries"]})
+        runs.append(
+            {
+                "seconds": max(r["seconds"] for r in ranks),
+                "peak_mib": max(r["peak_mib"] for r in ranks),
+                "mask_mib": max(r["mask_mib"] for r in ranks),
+                "bytes": max(r["bytes"] for r in ranks),
+                "calls": max(r["calls"] for r in ranks),
+                "digest": ranks[0]["digest"],
+                "entries": ranks[0]["entries"],
+            }
+        )
     row = {"tree": tree, "method": method, "world": world, **runs[0]}
     if repeats > 1:
         for key in ("seconds", "peak_mib"):
@@ -319,7 +382,7 @@ def measure(tree: str, method: str, world: int, repeats: int = 1) -> Dict:
     return row
 
 
-def _cell(row: Dict, key: str, digits: int) -> str:
+def _cell(row: dict, key: str, digits: int) -> str:
     """A median with its range over the repeats (just the value for one run)."""
     text = f"{row[key]:.{digits}f}"
     if key + "_range" in row:
@@ -332,70 +395,85 @@ def _fmt_bytes(n: float) -> str:
     return f"{n / MIB:.2f} MiB" if n >= MIB / 100 else f"{n / 1024:.1f} KiB"
 
 
-def table(rows: List[Dict]) -> str:
+def table(rows: list[dict]) -> str:
     """The markdown table: one line per (tree, world), funcprune against gather and one process."""
-    lines = ["| tree (entries) | world "
-             "| funcprune: s / peak extra MiB (local masks) / received per rank (collectives) "
-             "| gather: s / peak extra MiB / received | time vs gather | peak vs gather | bytes vs gather "
-             "| time vs 1 process | identical |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| tree (entries) | world "
+        "| funcprune: s / peak extra MiB (local masks) / received per rank (collectives) "
+        "| gather: s / peak extra MiB / received | time vs gather | peak vs gather | bytes vs gather "
+        "| time vs 1 process | identical |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     by = {(r["tree"], r["method"], r["world"]): r for r in rows}
     for (tree, method, world), ours in by.items():
         if method != "funcprune":
             continue
         single, gather = by.get((tree, "single", 1)), by.get((tree, "gather", world))
-        same = single is not None and ours["digest"] == single["digest"] and (
-            gather is None or gather["digest"] == single["digest"])
-        ours_cell = (f"{_cell(ours, 'seconds', 2)} / {_cell(ours, 'peak_mib', 1)} ({ours['mask_mib']:.1f}) / "
-                     f"{_fmt_bytes(ours['bytes'])} ({ours['calls']})")
+        same = (
+            single is not None
+            and ours["digest"] == single["digest"]
+            and (gather is None or gather["digest"] == single["digest"])
+        )
+        ours_cell = (
+            f"{_cell(ours, 'seconds', 2)} / {_cell(ours, 'peak_mib', 1)} ({ours['mask_mib']:.1f}) / "
+            f"{_fmt_bytes(ours['bytes'])} ({ours['calls']})"
+        )
         if gather is not None:
-            gather_cell = (f"{_cell(gather, 'seconds', 2)} / {_cell(gather, 'peak_mib', 1)} / "
-                           f"{_fmt_bytes(gather['bytes'])}")
-            ratios = (f"{ours['seconds'] / gather['seconds']:.2f}x | "
-                      f"{ours['peak_mib'] / max(gather['peak_mib'], 1e-9):.2f}x | "
-                      f"{ours['bytes'] / max(gather['bytes'], 1):.4f}x")
+            gather_cell = (
+                f"{_cell(gather, 'seconds', 2)} / {_cell(gather, 'peak_mib', 1)} / {_fmt_bytes(gather['bytes'])}"
+            )
+            ratios = (
+                f"{ours['seconds'] / gather['seconds']:.2f}x | "
+                f"{ours['peak_mib'] / max(gather['peak_mib'], 1e-9):.2f}x | "
+                f"{ours['bytes'] / max(gather['bytes'], 1):.4f}x"
+            )
         else:
             gather_cell, ratios = "-", "- | - | -"
         vs_single = f"{ours['seconds'] / single['seconds']:.2f}x" if single else "-"
         if single and "seconds_range" in single:
             vs_single += f" (1 process: {_cell(single, 'seconds', 2)} s)"
-        lines.append(f"| {TREES[tree][0]} ({ours['entries'] / 1e6:.1f}M) | {world} | {ours_cell} | {gather_cell} | "
-                     f"{ratios} | {vs_single} | {'yes' if same else 'NO'} |")
+        lines.append(
+            f"| {TREES[tree][0]} ({ours['entries'] / 1e6:.1f}M) | {world} | {ours_cell} | {gather_cell} | "
+            f"{ratios} | {vs_single} | {'yes' if same else 'NO'} |"
+        )
     return "\n".join(lines)
 
 
 # ---- the moonshot -------------------------------------------------------------------------------
 
-MOON_LEAVES, MOON_SHAPE = 16, (62_500, 4_000)   # 16 x 2.5e8 = 4e9 bf16 entries
+MOON_LEAVES, MOON_SHAPE = 16, (62_500, 4_000)  # 16 x 2.5e8 = 4e9 bf16 entries
 
 
-def moon_worker(rank: int, world: int, leaves: int = MOON_LEAVES) -> Dict:
+def moon_worker(rank: int, world: int, leaves: int = MOON_LEAVES) -> dict:
     """4e9 bf16 entries over ``world`` ranks, generated shard by shard; exactness via all-reduces."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import DTensor, Shard
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
     import funcprune as fp
+
     mesh = init_device_mesh("cpu", (world,))
     tree = {}
     for i in range(leaves):
         shape = torch.Size(MOON_SHAPE)
         local_shape, _ = compute_local_shape_and_global_offset(shape, mesh, [Shard(0)])
-        g = torch.Generator().manual_seed(7919 * i + rank)   # the shard defines the full tensor
+        g = torch.Generator().manual_seed(7919 * i + rank)  # the shard defines the full tensor
         local = torch.empty(local_shape, dtype=torch.bfloat16)
-        for start in range(0, local_shape[0], 1024):        # float32 temporaries stay small
+        for start in range(0, local_shape[0], 1024):  # float32 temporaries stay small
             rows = min(1024, local_shape[0] - start)
-            local[start:start + rows] = torch.randn((rows, shape[1]), generator=g)
-        tree[f"layer{i}.weight"] = DTensor.from_local(local, mesh, [Shard(0)], run_check=False, shape=shape,
-                                                      stride=(shape[1], 1))
-    masks, seconds, peak_extra, traffic = _measured(lambda t: fp.global_unstructured(t, AMOUNT, chunk_size=CHUNK),
-                                                    tree)
+            local[start : start + rows] = torch.randn((rows, shape[1]), generator=g)
+        tree[f"layer{i}.weight"] = DTensor.from_local(
+            local, mesh, [Shard(0)], run_check=False, shape=shape, stride=(shape[1], 1)
+        )
+    masks, seconds, peak_extra, traffic = _measured(lambda t: fp.global_unstructured(t, AMOUNT, chunk_size=CHUNK), tree)
     peak_total = _memory._peak_bytes() / MIB
     # Exactness, shard by shard (chunked), summed over the ranks.
     pruned, top_pruned, low_kept = 0, -math.inf, math.inf
     for name, d in tree.items():
         w, m = d.to_local(), masks[name].to_local()
         for start in range(0, w.shape[0], 1024):
-            a, k = w[start:start + 1024].abs().float(), m[start:start + 1024]
+            a, k = w[start : start + 1024].abs().float(), m[start : start + 1024]
             pruned += int((~k).sum())
             if bool((~k).any()):
                 top_pruned = max(top_pruned, float(a[~k].max()))
@@ -407,28 +485,39 @@ def moon_worker(rank: int, world: int, leaves: int = MOON_LEAVES) -> Dict:
     dist.all_reduce(hi, op=dist.ReduceOp.MAX)
     dist.all_reduce(lo, op=dist.ReduceOp.MIN)
     n = leaves * math.prod(MOON_SHAPE)
-    return {"seconds": seconds, "peak_extra_mib": peak_extra, "peak_total_mib": peak_total,
-            "local_weights_mib": sum(d.to_local().numel() * 2 for d in tree.values()) / MIB,
-            "local_masks_mib": sum(m.to_local().numel() for m in masks.values()) / MIB,
-            "bytes": traffic.bytes, "calls": traffic.calls, "entries": n, "pruned": int(stats[0]),
-            "expected": round(AMOUNT * n), "max_pruned": float(hi[0]), "min_kept": float(lo[0])}
+    return {
+        "seconds": seconds,
+        "peak_extra_mib": peak_extra,
+        "peak_total_mib": peak_total,
+        "local_weights_mib": sum(d.to_local().numel() * 2 for d in tree.values()) / MIB,
+        "local_masks_mib": sum(m.to_local().numel() for m in masks.values()) / MIB,
+        "bytes": traffic.bytes,
+        "calls": traffic.calls,
+        "entries": n,
+        "pruned": int(stats[0]),
+        "expected": round(AMOUNT * n),
+        "max_pruned": float(hi[0]),
+        "min_kept": float(lo[0]),
+    }
 
 
 def moonshot(leaves: int = MOON_LEAVES, timeout: float = 3600) -> str:
     ranks = launch(moon_worker, 4, leaves, timeout=timeout)
     r0 = ranks[0]
     exact = r0["pruned"] == r0["expected"] and r0["max_pruned"] <= r0["min_kept"]
-    return (f"moonshot: {r0['entries']:.3g} bf16 entries over 4 ranks: {max(r['seconds'] for r in ranks):.1f} s, "
-            f"per-rank peak extra {max(r['peak_extra_mib'] for r in ranks):.0f} MiB (peak RSS "
-            f"{max(r['peak_total_mib'] for r in ranks):.0f} MiB; local weights {r0['local_weights_mib']:.0f} MiB, "
-            f"local masks {r0['local_masks_mib']:.0f} MiB), "
-            f"received per rank {_fmt_bytes(max(r['bytes'] for r in ranks))} "
-            f"in {max(r['calls'] for r in ranks)} collectives; pruned {r0['pruned']} of {r0['entries']} "
-            f"(round(0.8 n) = {r0['expected']}), max |pruned| {r0['max_pruned']:.6g} <= min |kept| "
-            f"{r0['min_kept']:.6g}: {'EXACT' if exact else 'NOT EXACT'}")
+    return (
+        f"moonshot: {r0['entries']:.3g} bf16 entries over 4 ranks: {max(r['seconds'] for r in ranks):.1f} s, "
+        f"per-rank peak extra {max(r['peak_extra_mib'] for r in ranks):.0f} MiB (peak RSS "
+        f"{max(r['peak_total_mib'] for r in ranks):.0f} MiB; local weights {r0['local_weights_mib']:.0f} MiB, "
+        f"local masks {r0['local_masks_mib']:.0f} MiB), "
+        f"received per rank {_fmt_bytes(max(r['bytes'] for r in ranks))} "
+        f"in {max(r['calls'] for r in ranks)} collectives; pruned {r0['pruned']} of {r0['entries']} "
+        f"(round(0.8 n) = {r0['expected']}), max |pruned| {r0['max_pruned']:.6g} <= min |kept| "
+        f"{r0['min_kept']:.6g}: {'EXACT' if exact else 'NOT EXACT'}"
+    )
 
 
-def main(argv=None) -> List[Dict]:
+def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="ResNet-50 and a 2-layer transformer, worlds 1 and 2")
     parser.add_argument("--worlds", default=None, help="comma-separated world sizes (default 1,2,4)")
@@ -442,8 +531,11 @@ def main(argv=None) -> List[Dict]:
         print(moonshot(args.moon_leaves), flush=True)
         return []
     worlds = [int(w) for w in args.worlds.split(",")] if args.worlds else ([1, 2] if args.quick else [1, 2, 4])
-    trees = args.trees.split(",") if args.trees else (["resnet50", "transformer2"] if args.quick
-                                                      else ["resnet50", "transformer"])
+    trees = (
+        args.trees.split(",")
+        if args.trees
+        else (["resnet50", "transformer2"] if args.quick else ["resnet50", "transformer"])
+    )
     methods = args.methods.split(",")
     rows = []
     for tree in trees:
@@ -454,9 +546,12 @@ def main(argv=None) -> List[Dict]:
             for method in methods:
                 r = measure(tree, method, world, args.repeats)
                 rows.append(r)
-                print(f"{tree} world {world} {method}: {r['seconds']:.2f} s, peak extra {r['peak_mib']:.1f} MiB "
-                      f"(local masks {r['mask_mib']:.1f} MiB), received {_fmt_bytes(r['bytes'])} in {r['calls']} "
-                      f"collectives, masks {'identical' if r['digest'] == single['digest'] else 'DIFFER'}", flush=True)
+                print(
+                    f"{tree} world {world} {method}: {r['seconds']:.2f} s, peak extra {r['peak_mib']:.1f} MiB "
+                    f"(local masks {r['mask_mib']:.1f} MiB), received {_fmt_bytes(r['bytes'])} in {r['calls']} "
+                    f"collectives, masks {'identical' if r['digest'] == single['digest'] else 'DIFFER'}",
+                    flush=True,
+                )
     print()
     print(table(rows), flush=True)
     return rows

@@ -21,7 +21,7 @@ import argparse
 import copy
 import os
 import sys
-from typing import Callable, Dict
+from collections.abc import Callable
 
 if "--passive-omp" in sys.argv:  # must precede loading OpenMP (with torch)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -40,7 +40,9 @@ from ._timing import interleaved  # noqa: E402
 
 def _case(name: str, k: int):
     torch.manual_seed(0)
-    model, x = (LeNet(kernel_size=5), torch.randn(64, 1, 32, 32)) if name == "lenet" else (MLP(), torch.randn(256, 1024))
+    model, x = (
+        (LeNet(kernel_size=5), torch.randn(64, 1, 32, 32)) if name == "lenet" else (MLP(), torch.randn(256, 1024))
+    )
     model.eval()
     params = {n: p.detach() for n, p in model.named_parameters()}
     weights = [n for n in params if n.endswith("weight")]
@@ -48,7 +50,7 @@ def _case(name: str, k: int):
     return model, params, masks, x
 
 
-def _torch_loop(model: nn.Module, masks: Dict[str, torch.Tensor], x: torch.Tensor) -> Callable:
+def _torch_loop(model: nn.Module, masks: dict[str, torch.Tensor], x: torch.Tensor) -> Callable:
     pruned = copy.deepcopy(model)
     pruned.eval()
     modules = dict(pruned.named_modules())
@@ -66,10 +68,11 @@ def _torch_loop(model: nn.Module, masks: Dict[str, torch.Tensor], x: torch.Tenso
                 buffer.copy_(stacked[i])
             outs.append(pruned(x))
         return outs
+
     return run
 
 
-def contenders(name: str, k: int, grad: bool = False) -> Dict[str, Callable]:
+def contenders(name: str, k: int, grad: bool = False) -> dict[str, Callable]:
     """``{label: prepare}`` for one model; ``grad`` times ``grad_and_value`` of a loss instead."""
     model, params, masks, x = _case(name, k)
     each = fp.unstack(masks)
@@ -94,8 +97,9 @@ def contenders(name: str, k: int, grad: bool = False) -> Dict[str, Callable]:
     return out
 
 
-def _check(contenders: Dict[str, Callable]) -> None:
+def _check(contenders: dict[str, Callable]) -> None:
     """Every contender must compute what the loop computes before it is timed."""
+
     def flat(result):
         return torch.cat([t.reshape(-1) for t in optree.tree_leaves(result)])
 
@@ -111,7 +115,7 @@ def _check(contenders: Dict[str, Callable]) -> None:
             torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5, msg=lambda m: f"{label}: {m}")
 
 
-def main(k: int = 32, rounds: int = 7, grad: bool = False) -> Dict[str, Dict[str, float]]:
+def main(k: int = 32, rounds: int = 7, grad: bool = False) -> dict[str, dict[str, float]]:
     """Print one table per model: median ms per call and the ratio to the loop and the torch loop."""
     results = {}
     for name in ("lenet", "mlp"):
@@ -120,8 +124,10 @@ def main(k: int = 32, rounds: int = 7, grad: bool = False) -> Dict[str, Dict[str
             _check(timed)
             times = interleaved(timed, rounds=rounds, warmup=2).medians
         results[name] = times
-        print(f"\n{name}, K={k}, {'grad_and_value' if grad else 'forward'}, torch {torch.__version__}, "
-              f"{torch.get_num_threads()} threads")
+        print(
+            f"\n{name}, K={k}, {'grad_and_value' if grad else 'forward'}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads"
+        )
         print(f"{'contender':<22}{'median ms':>10}{'/ loop':>9}{'/ torch loop':>14}")
         for label, seconds in times.items():
             vs_torch = f"{seconds / times['torch loop']:>14.2f}" if "torch loop" in times else f"{'-':>14}"
@@ -134,7 +140,8 @@ if __name__ == "__main__":
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--grad", action="store_true", help="time grad_and_value of a loss instead")
-    parser.add_argument("--passive-omp", action="store_true",
-                        help="OMP_WAIT_POLICY=PASSIVE, for a machine busy with other work")
+    parser.add_argument(
+        "--passive-omp", action="store_true", help="OMP_WAIT_POLICY=PASSIVE, for a machine busy with other work"
+    )
     args = parser.parse_args()
     main(args.k, args.rounds, args.grad)

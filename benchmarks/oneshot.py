@@ -35,11 +35,11 @@ import json
 import os
 import platform
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -52,8 +52,13 @@ from ._memory import _peak_bytes, _reset_peak, _rss_bytes
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _MIB = 1 << 20
 # (label, method, amount, pattern, owl)
-SETTINGS = [("50%", 0.5, None, False), ("4:8", 0.5, (4, 8), False), ("2:4", 0.5, (2, 4), False),
-            ("70%", 0.7, None, False), ("70% OWL", 0.7, None, True)]
+SETTINGS = [
+    ("50%", 0.5, None, False),
+    ("4:8", 0.5, (4, 8), False),
+    ("2:4", 0.5, (2, 4), False),
+    ("70%", 0.7, None, False),
+    ("70% OWL", 0.7, None, True),
+]
 METHODS = ("magnitude", "wanda", "sparsegpt")
 CURVE = [0.4, 0.5, 0.6, 0.7]
 # in this order until --peer-budget runs out (llm-compressor's SparseGPT is slow on a CPU)
@@ -70,7 +75,7 @@ def _trim() -> None:
         pass
 
 
-def measured(fn: Callable[[], Any]) -> Tuple[Any, float, float]:
+def measured(fn: Callable[[], Any]) -> tuple[Any, float, float]:
     """``(fn(), seconds, peak-RSS growth in MiB)``."""
     _trim()
     _reset_peak()
@@ -81,13 +86,14 @@ def measured(fn: Callable[[], Any]) -> Tuple[Any, float, float]:
     return out, seconds, (_peak_bytes() - base) / _MIB
 
 
-def pruned_fraction(masks: Dict[str, torch.Tensor]) -> float:
+def pruned_fraction(masks: dict[str, torch.Tensor]) -> float:
     kept = sum(int(m.sum()) for m in masks.values())
     return 1 - kept / sum(m.numel() for m in masks.values())
 
 
-def ours(model, batches, evaluation, args) -> List[Dict]:
+def ours(model, batches, evaluation, args) -> list[dict]:
     """funcprune's rows: dense, then every method at every setting."""
+
     def evaluate(**kw):
         return perplexity(model, evaluation, seq_len=args.eval_len, batch_size=args.batch_size, **kw)
 
@@ -99,31 +105,50 @@ def ours(model, batches, evaluation, args) -> List[Dict]:
         for method in METHODS:
             if amount > 0.5 and method == "magnitude":  # the 70% rows compare the calibrated methods
                 continue
-            result, seconds, peak = measured(lambda: fp.oneshot.prune(
-                model, batches, method, amount, pattern=pattern, owl=owl, block_size=128, damp=0.01))
-            rows.append({"lib": "funcprune", "method": method, "setting": label, "seconds": seconds, "peak_mib": peak,
-                         "sparsity": pruned_fraction(result.masks),
-                         "ppl": evaluate(params=result.params, masks=result.masks)})
+            result, seconds, peak = measured(
+                lambda: fp.oneshot.prune(
+                    model, batches, method, amount, pattern=pattern, owl=owl, block_size=128, damp=0.01
+                )
+            )
+            rows.append(
+                {
+                    "lib": "funcprune",
+                    "method": method,
+                    "setting": label,
+                    "seconds": seconds,
+                    "peak_mib": peak,
+                    "sparsity": pruned_fraction(result.masks),
+                    "ppl": evaluate(params=result.params, masks=result.masks),
+                }
+            )
             print_row(rows[-1])
             del result
     return rows
 
 
-def curve(model, batches, evaluation, args) -> Dict:
+def curve(model, batches, evaluation, args) -> dict:
     """Wanda at every level of CURVE from one dense pass."""
     result, seconds, peak = measured(lambda: fp.oneshot.prune(model, batches, "wanda", CURVE, sequential=False))
-    ppl = [perplexity(model, evaluation, seq_len=args.eval_len, batch_size=args.batch_size,
-                      masks={n: m[k] for n, m in result.masks.items()}) for k in range(len(CURVE))]
+    ppl = [
+        perplexity(
+            model,
+            evaluation,
+            seq_len=args.eval_len,
+            batch_size=args.batch_size,
+            masks={n: m[k] for n, m in result.masks.items()},
+        )
+        for k in range(len(CURVE))
+    ]
     return {"levels": CURVE, "ppl": ppl, "seconds": seconds, "peak_mib": peak}
 
 
-def start_peer(windows, args, workdir: str) -> Tuple[threading.Thread, List[Dict]]:
+def start_peer(windows, args, workdir: str) -> tuple[threading.Thread, list[dict]]:
     """Run llm-compressor's rows one after another, each in a fresh process of ``args.peer_python``, in a
     background thread (so they run while funcprune's rows do); the rows fill in as they finish."""
     calibration = os.path.join(workdir, "calibration.pt")
     torch.save(windows, calibration)
     settings = {label: (amount, pattern, owl) for label, amount, pattern, owl in SETTINGS}
-    rows: List[Dict] = []
+    rows: list[dict] = []
 
     def run() -> None:
         begin = time.perf_counter()
@@ -133,23 +158,45 @@ def start_peer(windows, args, workdir: str) -> Tuple[threading.Thread, List[Dict
             amount, pattern, owl = settings[label]
             left = args.peer_budget - (time.perf_counter() - begin)
             if left < 60:
-                rows.append({"lib": "llm-compressor", "method": method, "setting": label,
-                             "error": f"not run: the peer's time budget (--peer-budget {args.peer_budget:.0f} s) "
-                                      f"was spent"})
+                rows.append(
+                    {
+                        "lib": "llm-compressor",
+                        "method": method,
+                        "setting": label,
+                        "error": f"not run: the peer's time budget (--peer-budget {args.peer_budget:.0f} s) was spent",
+                    }
+                )
                 continue
             out = os.path.join(workdir, f"{method}-{label.replace(' ', '_').replace(':', '-')}.pt")
-            spec = {"calibration": calibration, "method": method, "amount": amount, "pattern": pattern, "owl": owl,
-                    "batch_size": args.batch_size, "block_size": 128, "damp": 0.01, "threads": args.threads,
-                    "out": out}
+            spec = {
+                "calibration": calibration,
+                "method": method,
+                "amount": amount,
+                "pattern": pattern,
+                "owl": owl,
+                "batch_size": args.batch_size,
+                "block_size": 128,
+                "damp": 0.01,
+                "threads": args.threads,
+                "out": out,
+            }
             with open(out + ".json", "w") as f:
                 json.dump(spec, f)
             row = {"lib": "llm-compressor", "method": method, "setting": label, "weights": out}
             try:
-                done = subprocess.run([args.peer_python, "-m", "benchmarks._llmcompressor_peer", out + ".json"],
-                                      cwd=ROOT, capture_output=True, text=True, timeout=left)
+                done = subprocess.run(
+                    [args.peer_python, "-m", "benchmarks._llmcompressor_peer", out + ".json"],
+                    cwd=ROOT,
+                    capture_output=True,
+                    text=True,
+                    timeout=left,
+                )
                 lines = done.stdout.strip().splitlines()
-                got = json.loads(lines[-1]) if lines else {"error": f"no output (rc {done.returncode}): "
-                                                                    f"{done.stderr.strip()[-300:]}"}
+                got = (
+                    json.loads(lines[-1])
+                    if lines
+                    else {"error": f"no output (rc {done.returncode}): {done.stderr.strip()[-300:]}"}
+                )
             except subprocess.TimeoutExpired:
                 got = {"error": f"stopped after {left:.0f} s: the peer's time budget was spent"}
             row.update(got)
@@ -160,53 +207,63 @@ def start_peer(windows, args, workdir: str) -> Tuple[threading.Thread, List[Dict
     return thread, rows
 
 
-def finish_peer(model, evaluation, args, thread: threading.Thread, rows: List[Dict]) -> List[Dict]:
+def finish_peer(model, evaluation, args, thread: threading.Thread, rows: list[dict]) -> list[dict]:
     """Wait for llm-compressor's rows; evaluate the weights each saved by the same perplexity code as ours."""
     thread.join()
     for row in rows:
         if "error" not in row:
             weights = torch.load(row["weights"])
             row["sparsity"] = 1 - sum(int((w != 0).sum()) for w in weights.values()) / sum(
-                w.numel() for w in weights.values())
-            row["ppl"] = perplexity(model, evaluation, seq_len=args.eval_len, batch_size=args.batch_size,
-                                    params=weights)
+                w.numel() for w in weights.values()
+            )
+            row["ppl"] = perplexity(
+                model, evaluation, seq_len=args.eval_len, batch_size=args.batch_size, params=weights
+            )
         print_row(row)
     return rows
 
 
-def print_row(row: Dict) -> None:
+def print_row(row: dict) -> None:
     print(row_line(row), flush=True)
 
 
-def row_line(row: Dict) -> str:
+def row_line(row: dict) -> str:
     if "error" in row:
         return f"| {row['lib']} | {row['method']} | {row['setting']} | failed: {row['error']} | | | |"
     seconds = f"{row['seconds']:.1f}" if "seconds" in row else "-"
     peak = f"{row['peak_mib']:.0f}" if "peak_mib" in row else "-"
-    return (f"| {row['lib']} | {row['method']} | {row['setting']} | {row['sparsity']:.1%} | {row['ppl']:.2f} "
-            f"| {seconds} | {peak} |")
+    return (
+        f"| {row['lib']} | {row['method']} | {row['setting']} | {row['sparsity']:.1%} | {row['ppl']:.2f} "
+        f"| {seconds} | {peak} |"
+    )
 
 
-TABLE_HEAD = ["| library | method | setting | pruned | perplexity | prune s | peak MiB |",
-              "|---|---|---|---:|---:|---:|---:|"]
+TABLE_HEAD = [
+    "| library | method | setting | pruned | perplexity | prune s | peak MiB |",
+    "|---|---|---|---:|---:|---:|---:|",
+]
 
 
-def comparison(rows: List[Dict]) -> List[str]:
+def comparison(rows: list[dict]) -> list[str]:
     """funcprune against llm-compressor, setting by setting: perplexity difference, time and memory ratios."""
     by = {(r["lib"], r["method"], r["setting"]): r for r in rows}
-    lines = ["| method | setting | perplexity funcprune / llm-compressor | difference | time ratio | "
-             "peak memory ratio |", "|---|---|---:|---:|---:|---:|"]
+    lines = [
+        "| method | setting | perplexity funcprune / llm-compressor | difference | time ratio | peak memory ratio |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for method, label in PEER:
         a, b = by.get(("funcprune", method, label)), by.get(("llm-compressor", method, label))
         if a is None or b is None or "error" in b:
             lines.append(f"| {method} | {label} | {a['ppl']:.2f} / failed | | | |" if a else "")
             continue
-        lines.append(f"| {method} | {label} | {a['ppl']:.2f} / {b['ppl']:.2f} | {a['ppl'] / b['ppl'] - 1:+.2%} "
-                     f"| {a['seconds'] / b['seconds']:.2f} | {a['peak_mib'] / max(b['peak_mib'], 1e-9):.2f} |")
+        lines.append(
+            f"| {method} | {label} | {a['ppl']:.2f} / {b['ppl']:.2f} | {a['ppl'] / b['ppl'] - 1:+.2%} "
+            f"| {a['seconds'] / b['seconds']:.2f} | {a['peak_mib'] / max(b['peak_mib'], 1e-9):.2f} |"
+        )
     return lines
 
 
-def main(argv: Optional[List[str]] = None) -> Dict:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calibration", type=int, default=8, help="calibration windows")
     parser.add_argument("--calibration-len", type=int, default=128, help="tokens per calibration window")
@@ -214,14 +271,24 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     parser.add_argument("--eval-len", type=int, default=128, help="tokens per evaluation window")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--settings", default=",".join(label for label, *_ in SETTINGS),
-                        help="funcprune's settings to run, comma-separated (default: all)")
+    parser.add_argument(
+        "--settings",
+        default=",".join(label for label, *_ in SETTINGS),
+        help="funcprune's settings to run, comma-separated (default: all)",
+    )
     parser.add_argument("--peer-python", help="a Python with llm-compressor installed (its rows are left out without)")
     parser.add_argument("--peer-rows", default=PEER_DEFAULT, help="llm-compressor's rows, comma-separated")
-    parser.add_argument("--peer-budget", type=float, default=1800,
-                        help="seconds for all llm-compressor runs together; rows left when it is spent are not run")
-    parser.add_argument("--parts", default="ours,peer,curve",
-                        help="which parts to run, comma-separated: ours (funcprune's table), peer, curve")
+    parser.add_argument(
+        "--peer-budget",
+        type=float,
+        default=1800,
+        help="seconds for all llm-compressor runs together; rows left when it is spent are not run",
+    )
+    parser.add_argument(
+        "--parts",
+        default="ours,peer,curve",
+        help="which parts to run, comma-separated: ours (funcprune's table), peer, curve",
+    )
     parser.add_argument("--out", help="also write the tables (markdown) to this file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -230,10 +297,12 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     windows = _smollm2.windows(calibration, args.calibration, args.calibration_len, seed=0)
     batches = list(windows.split(args.batch_size))
     evaluation = evaluation[: args.eval * args.eval_len]
-    header = (f"SmolLM2-135M (float32, GGUF Q4_1 dequantized), pydoc_data.topics: calibration "
-              f"{args.calibration} x {args.calibration_len} tokens (batches of {args.batch_size}), evaluation "
-              f"{args.eval} x {args.eval_len} tokens; torch {torch.__version__}, {args.threads} threads, "
-              f"{platform.machine()} {platform.processor() or ''}".rstrip())
+    header = (
+        f"SmolLM2-135M (float32, GGUF Q4_1 dequantized), pydoc_data.topics: calibration "
+        f"{args.calibration} x {args.calibration_len} tokens (batches of {args.batch_size}), evaluation "
+        f"{args.eval} x {args.eval_len} tokens; torch {torch.__version__}, {args.threads} threads, "
+        f"{platform.machine()} {platform.processor() or ''}".rstrip()
+    )
     print(header)
     print("\n".join(TABLE_HEAD), flush=True)
     parts = set(args.parts.split(","))
@@ -249,16 +318,24 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         compared = comparison(rows)
         print(f"\nfuncprune vs llm-compressor ({', '.join(f'{k} {v}' for k, v in versions.items())}):")
         print("\n".join(compared))
-        lines += ["", f"funcprune vs llm-compressor ({', '.join(f'{k} {v}' for k, v in versions.items())}):", "",
-                  *compared]
+        lines += [
+            "",
+            f"funcprune vs llm-compressor ({', '.join(f'{k} {v}' for k, v in versions.items())}):",
+            "",
+            *compared,
+        ]
     out = {"rows": rows}
     if "curve" in parts:
         out["curve"] = c = curve(model, batches, evaluation, args)
-        curve_lines = [f"Wanda sparsity curve from one dense pass (sequential=False): {len(c['levels'])} levels in "
-                       f"{c['seconds']:.1f} s, peak "
-                       f"{c['peak_mib']:.0f} MiB", "", "| pruned | " + " | ".join(f"{a:.0%}" for a in c["levels"])
-                       + " |", "|---|" + "---:|" * len(c["levels"]),
-                       "| perplexity | " + " | ".join(f"{p:.2f}" for p in c["ppl"]) + " |"]
+        curve_lines = [
+            f"Wanda sparsity curve from one dense pass (sequential=False): {len(c['levels'])} levels in "
+            f"{c['seconds']:.1f} s, peak "
+            f"{c['peak_mib']:.0f} MiB",
+            "",
+            "| pruned | " + " | ".join(f"{a:.0%}" for a in c["levels"]) + " |",
+            "|---|" + "---:|" * len(c["levels"]),
+            "| perplexity | " + " | ".join(f"{p:.2f}" for p in c["ppl"]) + " |",
+        ]
         print("\n" + "\n".join(curve_lines))
         lines += ["", *curve_lines]
     if args.out:

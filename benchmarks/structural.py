@@ -32,7 +32,8 @@ import platform
 import statistics
 import sys
 import time
-from typing import Any, Callable, Dict, List, NamedTuple, Tuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -51,12 +52,12 @@ class Spec(NamedTuple):
 
     name: str
     build: Callable[[], nn.Module]
-    inputs: Callable[[int, bool], Tuple[tuple, dict]]   # (batch, quick) -> (args, kwargs)
-    tp_options: Callable[[nn.Module, float], dict]       # extra MetaPruner kwargs (ignored layers, heads)
+    inputs: Callable[[int, bool], tuple[tuple, dict]]  # (batch, quick) -> (args, kwargs)
+    tp_options: Callable[[nn.Module, float], dict]  # extra MetaPruner kwargs (ignored layers, heads)
     tp_after: Callable[[nn.Module, Any], None] = lambda model, pruner: None  # attribute fixes after step()
 
 
-def _image(batch: int, quick: bool) -> Tuple[tuple, dict]:
+def _image(batch: int, quick: bool) -> tuple[tuple, dict]:
     size = 64 if quick else 224
     return (torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch)),), {}
 
@@ -82,6 +83,7 @@ def _torchvision(name: str) -> Callable[[], nn.Module]:
 
         torch.manual_seed(0)
         return _trained_like_bn(getattr(torchvision.models, name)(weights=None)).eval()
+
     return build
 
 
@@ -107,7 +109,7 @@ def _bert_base() -> nn.Module:
     return BertModel(BertConfig(vocab_size=BERT["vocab_size"])).eval()  # 12 layers, hidden 768, 12 heads
 
 
-def _tokens(batch: int, quick: bool) -> Tuple[tuple, dict]:
+def _tokens(batch: int, quick: bool) -> tuple[tuple, dict]:
     seq = 32 if quick else 128
     return (torch.randint(0, BERT["vocab_size"], (batch, seq), generator=torch.Generator().manual_seed(batch)),), {}
 
@@ -122,10 +124,15 @@ def _bert_tp(model: nn.Module, amount: float) -> dict:
         ignored += [layer.attention.output.dense, layer.output.dense]
     for m in model.modules():
         if isinstance(m, BertSelfAttention):
-            heads.update({m.query: m.num_attention_heads, m.key: m.num_attention_heads,
-                          m.value: m.num_attention_heads})
-    return {"ignored_layers": ignored, "num_heads": heads, "prune_num_heads": True, "prune_head_dims": False,
-            "head_pruning_ratio": amount, "output_transform": lambda out: out.last_hidden_state.sum()}
+            heads.update({m.query: m.num_attention_heads, m.key: m.num_attention_heads, m.value: m.num_attention_heads})
+    return {
+        "ignored_layers": ignored,
+        "num_heads": heads,
+        "prune_num_heads": True,
+        "prune_head_dims": False,
+        "head_pruning_ratio": amount,
+        "output_transform": lambda out: out.last_hidden_state.sum(),
+    }
 
 
 def _bert_tp_after(model: nn.Module, pruner) -> None:
@@ -150,6 +157,7 @@ SPECS = {
 # ----------------------------------------------------------------------------------------------
 # Measurements
 
+
 def params_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -164,7 +172,7 @@ def flops(model: nn.Module, args: tuple, kwargs: dict) -> int:
     return counter.get_total_flops()
 
 
-def _leaves(out) -> List[torch.Tensor]:
+def _leaves(out) -> list[torch.Tensor]:
     if isinstance(out, dict):  # transformers' ModelOutput
         out = list(out.values())
     return [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
@@ -174,7 +182,7 @@ def max_abs_diff(a, b) -> float:
     return max(float((x.double() - y.double()).abs().max()) for x, y in zip(_leaves(a), _leaves(b), strict=True))
 
 
-def _median_time(fn: Callable[[], Any], repeats: int) -> Tuple[float, Any]:
+def _median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
     """Median seconds of ``fn()`` over ``repeats`` calls, and the last result."""
     times, result = [], None
     for _ in range(repeats):
@@ -184,13 +192,13 @@ def _median_time(fn: Callable[[], Any], repeats: int) -> Tuple[float, Any]:
     return statistics.median(times), result
 
 
-def kept_fraction(masks: Dict[str, torch.Tensor], groups) -> float:
+def kept_fraction(masks: dict[str, torch.Tensor], groups) -> float:
     """Fraction of the groups' channels the masks keep."""
     kept = st.kept_channels(masks, groups)
     return sum(len(k["kept"]) for k in kept) / sum(k["channels"] for k in kept)
 
 
-def tp_prune(spec: Spec, model: nn.Module, example: Tuple[tuple, dict], amount: float, round_to: int = 1):
+def tp_prune(spec: Spec, model: nn.Module, example: tuple[tuple, dict], amount: float, round_to: int = 1):
     """Torch-Pruning's global group-L2 pruning of a copy of ``model``: (pruned model, construct s, step s)."""
     import torch_pruning as tp
 
@@ -198,10 +206,15 @@ def tp_prune(spec: Spec, model: nn.Module, example: Tuple[tuple, dict], amount: 
     args, kwargs = example
     inputs = dict(kwargs, input_ids=args[0]) if kwargs else args[0]
     start = time.perf_counter()
-    pruner = tp.pruner.MetaPruner(model, inputs, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                  global_pruning=True, pruning_ratio=amount,
-                                  round_to=round_to if round_to > 1 else None,
-                                  **spec.tp_options(model, amount))
+    pruner = tp.pruner.MetaPruner(
+        model,
+        inputs,
+        importance=tp.importance.GroupMagnitudeImportance(p=2),
+        global_pruning=True,
+        pruning_ratio=amount,
+        round_to=round_to if round_to > 1 else None,
+        **spec.tp_options(model, amount),
+    )
     built = time.perf_counter()
     pruner.step()
     spec.tp_after(model, pruner)
@@ -209,8 +222,18 @@ def tp_prune(spec: Spec, model: nn.Module, example: Tuple[tuple, dict], amount: 
     return model.eval(), built - start, done - built
 
 
-def measure(spec: Spec, *, quick: bool, amounts=AMOUNTS, batches=(1, 32), rounds: int = 5, repeats: int = 3,
-            budget: float = 120.0, round_to: int = 1, log=print) -> Dict[str, Any]:
+def measure(
+    spec: Spec,
+    *,
+    quick: bool,
+    amounts=AMOUNTS,
+    batches=(1, 32),
+    rounds: int = 5,
+    repeats: int = 3,
+    budget: float = 120.0,
+    round_to: int = 1,
+    log=print,
+) -> dict[str, Any]:
     """Everything one model's rows need (see the module docstring)."""
     model = spec.build()
     example = spec.inputs(1, quick)
@@ -218,34 +241,53 @@ def measure(spec: Spec, *, quick: bool, amounts=AMOUNTS, batches=(1, 32), rounds
     t_groups, groups = _median_time(lambda: st.groups(model, args, kwargs), repeats)
     params = {n: p.detach() for n, p in model.named_parameters()}
     dense_flops = flops(model, args, kwargs)
-    result = {"model": spec.name, "groups": len(groups), "groups_s": t_groups, "params": params_count(model),
-              "flops": dense_flops, "amounts": {}, "latency": {}}
-    log(f"{spec.name}: {len(groups)} groups in {t_groups:.2f} s, {result['params'] / 1e6:.2f}M params, "
-        f"{dense_flops / 1e9:.3f} GFLOPs at batch 1")
+    result = {
+        "model": spec.name,
+        "groups": len(groups),
+        "groups_s": t_groups,
+        "params": params_count(model),
+        "flops": dense_flops,
+        "amounts": {},
+        "latency": {},
+    }
+    log(
+        f"{spec.name}: {len(groups)} groups in {t_groups:.2f} s, {result['params'] / 1e6:.2f}M params, "
+        f"{dense_flops / 1e9:.3f} GFLOPs at batch 1"
+    )
     check_args, check_kwargs = spec.inputs(2, quick)
     shrunk_models, masks_by, tp_models = {}, {}, {}
     for amount in amounts:
-        t_prune, masks = _median_time(lambda: st.prune_groups(params, groups, amount, scope="global",
-                                                                   round_to=round_to), repeats)
-        t_shrink, small = _median_time(lambda: st.shrink(model, masks, args, groups=groups, kwargs=kwargs),
-                                       repeats)
+        t_prune, masks = _median_time(
+            lambda: st.prune_groups(params, groups, amount, scope="global", round_to=round_to), repeats
+        )
+        t_shrink, small = _median_time(lambda: st.shrink(model, masks, args, groups=groups, kwargs=kwargs), repeats)
         tp_runs = [tp_prune(spec, model, example, amount, round_to) for _ in range(repeats)]
         tp_model = tp_runs[-1][0]
         with torch.no_grad():
             masked_out = fp.functional_call(model, params, check_args, check_kwargs, masks=masks)
             diff = max_abs_diff(masked_out, small(*check_args, **check_kwargs))
             scale = max(float(t.abs().max()) for t in _leaves(masked_out))
-        row = {"kept": kept_fraction(masks, groups), "prune_s": t_prune, "shrink_s": t_shrink,
-               "params": params_count(small), "flops": flops(small, args, kwargs), "max_diff": diff,
-               "out_scale": scale, "tp_build_s": statistics.median(r[1] for r in tp_runs),
-               "tp_step_s": statistics.median(r[2] for r in tp_runs), "tp_params": params_count(tp_model),
-               "tp_flops": flops(tp_model, args, kwargs)}
+        row = {
+            "kept": kept_fraction(masks, groups),
+            "prune_s": t_prune,
+            "shrink_s": t_shrink,
+            "params": params_count(small),
+            "flops": flops(small, args, kwargs),
+            "max_diff": diff,
+            "out_scale": scale,
+            "tp_build_s": statistics.median(r[1] for r in tp_runs),
+            "tp_step_s": statistics.median(r[2] for r in tp_runs),
+            "tp_params": params_count(tp_model),
+            "tp_flops": flops(tp_model, args, kwargs),
+        }
         result["amounts"][amount] = row
-        log(f"  {amount:.0%}: kept {row['kept']:.1%} of channels; prune_groups {t_prune:.3f} s, "
+        log(
+            f"  {amount:.0%}: kept {row['kept']:.1%} of channels; prune_groups {t_prune:.3f} s, "
             f"shrink {t_shrink:.2f} s "
             f"(TP pruner {row['tp_build_s']:.2f} s, step {row['tp_step_s']:.2f} s); params {row['params'] / 1e6:.2f}M "
             f"(TP {row['tp_params'] / 1e6:.2f}M), GFLOPs {row['flops'] / 1e9:.3f} (TP {row['tp_flops'] / 1e9:.3f}); "
-            f"max |shrunk - masked| {diff:.2e} (outputs up to {scale:.2g})")
+            f"max |shrunk - masked| {diff:.2e} (outputs up to {scale:.2g})"
+        )
         shrunk_models[amount], masks_by[amount], tp_models[amount] = small, masks, tp_model
     for batch in batches:
         bargs, bkwargs = spec.inputs(batch, quick)
@@ -253,13 +295,15 @@ def measure(spec: Spec, *, quick: bool, amounts=AMOUNTS, batches=(1, 32), rounds
         def call(fn):
             def prepare():
                 return fn
+
             return prepare
 
         contenders = {"dense": call(lambda: model(*bargs, **bkwargs))}
         for amount in amounts:
             masks = masks_by[amount]
             contenders[f"masked {amount:.0%}"] = call(
-                lambda masks=masks: fp.functional_call(model, params, bargs, bkwargs, masks=masks))
+                lambda masks=masks: fp.functional_call(model, params, bargs, bkwargs, masks=masks)
+            )
             contenders[f"shrunk {amount:.0%}"] = call(lambda m=shrunk_models[amount]: m(*bargs, **bkwargs))
             contenders[f"TP {amount:.0%}"] = call(lambda m=tp_models[amount]: m(*bargs, **bkwargs))
         with torch.no_grad():
@@ -278,6 +322,7 @@ def measure(spec: Spec, *, quick: bool, amounts=AMOUNTS, batches=(1, 32), rounds
 # ----------------------------------------------------------------------------------------------
 # Report
 
+
 def _m(n: int) -> str:
     return f"{n / 1e6:.2f}M"
 
@@ -286,17 +331,21 @@ def _g(n: int) -> str:
     return f"{n / 1e9:.3f}"
 
 
-def size_table(results: List[Dict]) -> List[str]:
-    lines = ["| model | removed | channels kept | params: dense | shrunk | TP | GFLOPs (batch 1): dense | shrunk | TP "
-             "| max abs diff shrunk vs masked (largest output) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+def size_table(results: list[dict]) -> list[str]:
+    lines = [
+        "| model | removed | channels kept | params: dense | shrunk | TP | GFLOPs (batch 1): dense | shrunk | TP "
+        "| max abs diff shrunk vs masked (largest output) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         for amount, a in r["amounts"].items():
-            lines.append(f"| {r['model']} | {amount:.0%} | {a['kept']:.1%} | {_m(r['params'])} | {_m(a['params'])} "
-                         f"({a['params'] / r['params']:.2f}) | {_m(a['tp_params'])} "
-                         f"({a['tp_params'] / r['params']:.2f}) "
-                         f"| {_g(r['flops'])} | {_g(a['flops'])} ({a['flops'] / r['flops']:.2f}) | {_g(a['tp_flops'])} "
-                         f"({a['tp_flops'] / r['flops']:.2f}) | {a['max_diff']:.1e} ({a['out_scale']:.2g}) |")
+            lines.append(
+                f"| {r['model']} | {amount:.0%} | {a['kept']:.1%} | {_m(r['params'])} | {_m(a['params'])} "
+                f"({a['params'] / r['params']:.2f}) | {_m(a['tp_params'])} "
+                f"({a['tp_params'] / r['params']:.2f}) "
+                f"| {_g(r['flops'])} | {_g(a['flops'])} ({a['flops'] / r['flops']:.2f}) | {_g(a['tp_flops'])} "
+                f"({a['tp_flops'] / r['flops']:.2f}) | {a['max_diff']:.1e} ({a['out_scale']:.2g}) |"
+            )
     return lines
 
 
@@ -304,10 +353,12 @@ def _verdict(speedup: float, predicted: float) -> str:
     return "ok" if speedup >= 0.9 * predicted else "MISS"
 
 
-def latency_table(results: List[Dict]) -> List[str]:
-    lines = ["| model | batch | removed | dense ms | masked ms | shrunk ms | TP ms | speedup shrunk (quartiles) "
-             "| FLOPs predict | measured / predicted | within 10% | speedup TP (FLOPs predict) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+def latency_table(results: list[dict]) -> list[str]:
+    lines = [
+        "| model | batch | removed | dense ms | masked ms | shrunk ms | TP ms | speedup shrunk (quartiles) "
+        "| FLOPs predict | measured / predicted | within 10% | speedup TP (FLOPs predict) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         for batch, lat in r["latency"].items():
             ms = lat["ms"]
@@ -315,26 +366,32 @@ def latency_table(results: List[Dict]) -> List[str]:
                 s, lo, hi = lat["speedup"][f"shrunk {amount:.0%}"]
                 tp = lat["speedup"][f"TP {amount:.0%}"][0]
                 predicted, tp_predicted = r["flops"] / a["flops"], r["flops"] / a["tp_flops"]
-                lines.append(f"| {r['model']} | {batch} | {amount:.0%} | {ms['dense']:.2f} "
-                             f"| {ms[f'masked {amount:.0%}']:.2f} "
-                             f"| {ms[f'shrunk {amount:.0%}']:.2f} | {ms[f'TP {amount:.0%}']:.2f} | {s:.2f}x "
-                             f"({lo:.2f}-{hi:.2f}) | {predicted:.2f}x | {s / predicted:.2f} | {_verdict(s, predicted)} "
-                             f"| {tp:.2f}x ({tp_predicted:.2f}x) |")
+                lines.append(
+                    f"| {r['model']} | {batch} | {amount:.0%} | {ms['dense']:.2f} "
+                    f"| {ms[f'masked {amount:.0%}']:.2f} "
+                    f"| {ms[f'shrunk {amount:.0%}']:.2f} | {ms[f'TP {amount:.0%}']:.2f} | {s:.2f}x "
+                    f"({lo:.2f}-{hi:.2f}) | {predicted:.2f}x | {s / predicted:.2f} | {_verdict(s, predicted)} "
+                    f"| {tp:.2f}x ({tp_predicted:.2f}x) |"
+                )
     return lines
 
 
-def time_table(results: List[Dict]) -> List[str]:
-    lines = ["| model | removed | funcprune: groups s | prune_groups s | shrink s | total s | TP: pruner (graph) s "
-             "| step s | total s | funcprune / TP |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+def time_table(results: list[dict]) -> list[str]:
+    lines = [
+        "| model | removed | funcprune: groups s | prune_groups s | shrink s | total s | TP: pruner (graph) s "
+        "| step s | total s | funcprune / TP |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         for amount, a in r["amounts"].items():
             ours = r["groups_s"] + a["prune_s"] + a["shrink_s"]
             theirs = a["tp_build_s"] + a["tp_step_s"]
-            lines.append(f"| {r['model']} | {amount:.0%} | {r['groups_s']:.2f} | {a['prune_s']:.3f} "
-                         f"| {a['shrink_s']:.2f} "
-                         f"| {ours:.2f} | {a['tp_build_s']:.2f} | {a['tp_step_s']:.2f} | {theirs:.2f} "
-                         f"| {ours / theirs:.1f} |")
+            lines.append(
+                f"| {r['model']} | {amount:.0%} | {r['groups_s']:.2f} | {a['prune_s']:.3f} "
+                f"| {a['shrink_s']:.2f} "
+                f"| {ours:.2f} | {a['tp_build_s']:.2f} | {a['tp_step_s']:.2f} | {theirs:.2f} "
+                f"| {ours / theirs:.1f} |"
+            )
     return lines
 
 
@@ -347,28 +404,42 @@ def machine(threads: int) -> str:
         pass
     import torch_pruning
 
-    return (f"{cpu}, {os.cpu_count()} cores, torch.set_num_threads({threads}), torch {torch.__version__}, "
-            f"torch-pruning {getattr(torch_pruning, '__version__', '?')}, Python {platform.python_version()}, "
-            f"load average at start {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, torch.set_num_threads({threads}), torch {torch.__version__}, "
+        f"torch-pruning {getattr(torch_pruning, '__version__', '?')}, Python {platform.python_version()}, "
+        f"load average at start {' '.join(f'{x:.1f}' for x in os.getloadavg())}"
+    )
 
 
-def report(results: List[Dict], info: str, command: str, elapsed: float, rounds_note: str) -> str:
-    lines = [f"Generated by `{command}` in {elapsed:.0f} s on {info}.", "",
-             "Sizes (params: all parameters; FLOPs: FlopCounterMode, conv/matmul/attention only, 2 per "
-             "multiply-add) and the largest |shrunk - masked| output difference (the largest output in brackets):", ""]
+def report(results: list[dict], info: str, command: str, elapsed: float, rounds_note: str) -> str:
+    lines = [
+        f"Generated by `{command}` in {elapsed:.0f} s on {info}.",
+        "",
+        "Sizes (params: all parameters; FLOPs: FlopCounterMode, conv/matmul/attention only, 2 per "
+        "multiply-add) and the largest |shrunk - masked| output difference (the largest output in brackets):",
+        "",
+    ]
     lines += size_table(results)
-    lines += ["", f"Latency (torch.no_grad, medians of interleaved rounds, {rounds_note}); speedup = dense / "
-              "contender, the median of per-round ratios with quartiles; \"within 10%\": measured speedup >= 0.9 "
-              "x the FLOPs prediction:", ""]
+    lines += [
+        "",
+        f"Latency (torch.no_grad, medians of interleaved rounds, {rounds_note}); speedup = dense / "
+        'contender, the median of per-round ratios with quartiles; "within 10%": measured speedup >= 0.9 '
+        "x the FLOPs prediction:",
+        "",
+    ]
     lines += latency_table(results)
-    lines += ["", "Time to prune (medians of repeats): funcprune finds the groups once per model (torch.export), "
-              "then prune_groups and shrink (its output check included); Torch-Pruning builds its pruner (dependency "
-              "graph trace) and steps:", ""]
+    lines += [
+        "",
+        "Time to prune (medians of repeats): funcprune finds the groups once per model (torch.export), "
+        "then prune_groups and shrink (its output check included); Torch-Pruning builds its pruner (dependency "
+        "graph trace) and steps:",
+        "",
+    ]
     lines += time_table(results)
     return "\n".join(lines) + "\n"
 
 
-def pipeline(spec: Spec, *, quick: bool, amount: float = 0.5, rounds: int = 5, log=print) -> Dict[str, Any]:
+def pipeline(spec: Spec, *, quick: bool, amount: float = 0.5, rounds: int = 5, log=print) -> dict[str, Any]:
     """The whole pipeline, side by side in interleaved rounds (the order alternates): funcprune's
     ``groups`` + ``prune_groups`` + ``shrink`` (its output check on) against Torch-Pruning's pruner
     construction + ``step()``, on one model built once."""
@@ -391,34 +462,40 @@ def pipeline(spec: Spec, *, quick: bool, amount: float = 0.5, rounds: int = 5, l
         _, build_s, step_s = tp_prune(spec, model, example, amount)
         return build_s + step_s, (build_s, step_s)
 
-    rows: Dict[str, List] = {"ours": [], "tp": [], "ratio": []}
+    rows: dict[str, list] = {"ours": [], "tp": [], "ratio": []}
     for r in range(rounds):
         order = (ours, theirs) if r % 2 == 0 else (theirs, ours)
         got = {fn: fn() for fn in order}
         rows["ours"].append(got[ours])
         rows["tp"].append(got[theirs])
         rows["ratio"].append(got[ours][0] / got[theirs][0])
-        log(f"  {spec.name} round {r + 1}: funcprune {got[ours][0]:.2f} s "
+        log(
+            f"  {spec.name} round {r + 1}: funcprune {got[ours][0]:.2f} s "
             f"(groups {got[ours][1][0]:.2f}, prune_groups {got[ours][1][1]:.2f}, shrink {got[ours][1][2]:.2f}); "
-            f"Torch-Pruning {got[theirs][0]:.2f} s")
+            f"Torch-Pruning {got[theirs][0]:.2f} s"
+        )
     return {"model": spec.name, "amount": amount, **rows}
 
 
-def _spread(xs: List[float]) -> str:
+def _spread(xs: list[float]) -> str:
     return f"{statistics.median(xs):.2f} ({min(xs):.2f}-{max(xs):.2f})"
 
 
-def pipeline_table(results: List[Dict]) -> List[str]:
-    lines = ["| model | removed | rounds | funcprune total s | groups s | prune_groups s | shrink (checked) s | "
-             "Torch-Pruning total s | pruner (graph) s | step s | funcprune / TP |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+def pipeline_table(results: list[dict]) -> list[str]:
+    lines = [
+        "| model | removed | rounds | funcprune total s | groups s | prune_groups s | shrink (checked) s | "
+        "Torch-Pruning total s | pruner (graph) s | step s | funcprune / TP |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         ours, tp = r["ours"], r["tp"]
-        lines.append(f"| {r['model']} | {r['amount']:.0%} | {len(ours)} | {_spread([t for t, _ in ours])} | "
-                     + " | ".join(_spread([parts[i] for _, parts in ours]) for i in range(3))
-                     + f" | {_spread([t for t, _ in tp])} | "
-                     + " | ".join(_spread([parts[i] for _, parts in tp]) for i in range(2))
-                     + f" | {_spread(r['ratio'])} |")
+        lines.append(
+            f"| {r['model']} | {r['amount']:.0%} | {len(ours)} | {_spread([t for t, _ in ours])} | "
+            + " | ".join(_spread([parts[i] for _, parts in ours]) for i in range(3))
+            + f" | {_spread([t for t, _ in tp])} | "
+            + " | ".join(_spread([parts[i] for _, parts in tp]) for i in range(2))
+            + f" | {_spread(r['ratio'])} |"
+        )
     return lines
 
 
@@ -428,13 +505,17 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default=",".join(SPECS), help=f"comma-separated, of {', '.join(SPECS)}")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved latency rounds (default 7; 3 quick)")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="repeats of each build/prune/shrink (default 3; 1 quick)")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="repeats of each build/prune/shrink (default 3; 1 quick)"
+    )
     parser.add_argument("--round-to", type=int, default=1, help="kept widths a multiple of this (both libraries)")
     parser.add_argument("--out", default=None, help="also write the markdown report here")
-    parser.add_argument("--pipeline", action="store_true",
-                        help="only the time to prune: groups + prune_groups + shrink (checked) against Torch-Pruning, "
-                             "interleaved rounds at 50%% (default models resnet50,bert-base)")
+    parser.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="only the time to prune: groups + prune_groups + shrink (checked) against Torch-Pruning, "
+        "interleaved rounds at 50%% (default models resnet50,bert-base)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     names = [n for n in args.models.split(",") if n]
@@ -451,12 +532,16 @@ def main(argv=None) -> int:
         names = ["resnet50", "bert-base"] if default else [n for n in args.models.split(",") if n]
         st.groups(nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1)), (torch.randn(1, 2),))  # warm-up
         start = time.perf_counter()
-        found = [pipeline(SPECS[n], quick=args.quick, rounds=args.rounds or 5, log=lambda s: print(s, flush=True))
-                 for n in names]
+        found = [
+            pipeline(SPECS[n], quick=args.quick, rounds=args.rounds or 5, log=lambda s: print(s, flush=True))
+            for n in names
+        ]
         command = "python -m benchmarks.structural " + " ".join(argv if argv is not None else sys.argv[1:])
-        text = (f"Generated by `{command.strip()}` in {time.perf_counter() - start:.0f} s on {info}.\n\n"
-                "Time to prune, the whole pipeline (medians of interleaved rounds, min-max in brackets; "
-                "funcprune / TP: the per-round ratio):\n\n" + "\n".join(pipeline_table(found)) + "\n")
+        text = (
+            f"Generated by `{command.strip()}` in {time.perf_counter() - start:.0f} s on {info}.\n\n"
+            "Time to prune, the whole pipeline (medians of interleaved rounds, min-max in brackets; "
+            "funcprune / TP: the per-round ratio):\n\n" + "\n".join(pipeline_table(found)) + "\n"
+        )
         print()
         print(text)
         if args.out:
@@ -472,12 +557,22 @@ def main(argv=None) -> int:
 
     def text() -> str:
         return report(results, info, command.strip(), time.perf_counter() - start, note) + "".join(
-            f"\nFAILED {f}\n" for f in failed)
+            f"\nFAILED {f}\n" for f in failed
+        )
 
     for name in names:
         try:
-            results.append(measure(SPECS[name], quick=args.quick, batches=batches, rounds=rounds, repeats=repeats,
-                                   round_to=args.round_to, log=lambda s: print(s, flush=True)))
+            results.append(
+                measure(
+                    SPECS[name],
+                    quick=args.quick,
+                    batches=batches,
+                    rounds=rounds,
+                    repeats=repeats,
+                    round_to=args.round_to,
+                    log=lambda s: print(s, flush=True),
+                )
+            )
         except Exception as err:  # noqa: BLE001 - a model that fails is reported, the others still run
             failed.append(f"{name}: {type(err).__name__}: {err}")
             print(f"{name}: FAILED {failed[-1]}", flush=True)

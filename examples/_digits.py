@@ -6,7 +6,7 @@ The data ships with scikit-learn, so nothing is downloaded.
 
 from __future__ import annotations
 
-from typing import Dict, Iterator, Optional, Tuple
+from collections.abc import Iterator
 
 import torch
 import torch.nn as nn
@@ -14,10 +14,10 @@ import torch.nn.functional as F
 
 import funcprune as fp
 
-Params = Dict[str, torch.Tensor]
+Params = dict[str, torch.Tensor]
 
 
-def load_digits(seed: int = 0, test_fraction: float = 0.2) -> Tuple[torch.Tensor, ...]:
+def load_digits(seed: int = 0, test_fraction: float = 0.2) -> tuple[torch.Tensor, ...]:
     """``(x_train, y_train, x_test, y_test)``: pixels scaled to [0, 1], a fixed random split."""
     from sklearn.datasets import load_digits as sk_load_digits
 
@@ -47,8 +47,9 @@ def is_weight(name: str, leaf: torch.Tensor) -> bool:
     return name.endswith("weight")
 
 
-def batches(x: torch.Tensor, y: torch.Tensor, steps: int, batch_size: int = 128,
-            seed: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+def batches(
+    x: torch.Tensor, y: torch.Tensor, steps: int, batch_size: int = 128, seed: int = 0
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``steps`` minibatches from reshuffled epochs, in an order fixed by ``seed``."""
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(y), generator=gen)
@@ -56,7 +57,7 @@ def batches(x: torch.Tensor, y: torch.Tensor, steps: int, batch_size: int = 128,
     for _ in range(steps):
         if start + batch_size > len(y):
             order, start = torch.randperm(len(y), generator=gen), 0
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         start += batch_size
         yield x[idx], y[idx]
 
@@ -67,10 +68,11 @@ def make_step(model: nn.Module, lr: float = 0.5, weight_decay: float = 1e-4, pru
     Gradients of pruned entries are zero (``functional_call`` masks the params); weight decay would
     still move them, so :func:`funcprune.masked_update` applies the ``pruned`` policy afterwards.
     """
-    def loss(params: Params, masks: Optional[Params], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+
+    def loss(params: Params, masks: Params | None, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(fp.functional_call(model, params, (x,), masks=masks), y)
 
-    def step(params: Params, masks: Optional[Params], x: torch.Tensor, y: torch.Tensor):
+    def step(params: Params, masks: Params | None, x: torch.Tensor, y: torch.Tensor):
         grads, value = torch.func.grad_and_value(loss)(params, masks, x, y)
         updated = {n: p - lr * (grads[n] + weight_decay * p) for n, p in params.items()}
         return fp.masked_update(params, updated, masks, pruned=pruned), value
@@ -78,8 +80,9 @@ def make_step(model: nn.Module, lr: float = 0.5, weight_decay: float = 1e-4, pru
     return step
 
 
-def train(model: nn.Module, params: Params, masks: Optional[Params], data, steps: int, seed: int = 0,
-          **step_options) -> Params:
+def train(
+    model: nn.Module, params: Params, masks: Params | None, data, steps: int, seed: int = 0, **step_options
+) -> Params:
     """``steps`` SGD steps of one (sparse) network, minibatches fixed by ``seed``."""
     step = make_step(model, **step_options)
     for x, y in batches(data[0], data[1], steps, seed=seed):
@@ -87,7 +90,7 @@ def train(model: nn.Module, params: Params, masks: Optional[Params], data, steps
     return params
 
 
-def accuracy(model: nn.Module, params: Params, masks: Optional[Params], x: torch.Tensor, y: torch.Tensor) -> float:
+def accuracy(model: nn.Module, params: Params, masks: Params | None, x: torch.Tensor, y: torch.Tensor) -> float:
     """Fraction of ``x`` classified correctly by the masked network."""
     with torch.no_grad():
         return float((fp.functional_call(model, params, (x,), masks=masks).argmax(dim=-1) == y).float().mean())

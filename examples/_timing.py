@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable, Dict, List, Tuple
+from collections.abc import Callable
 
-DEPENDS = ("times depend on this machine: its cores, what else it runs and torch's thread count "
-           "(torch.get_num_threads()); the ratio, taken within each round, varies less")
+DEPENDS = (
+    "times depend on this machine: its cores, what else it runs and torch's thread count "
+    "(torch.get_num_threads()); the ratio, taken within each round, varies less"
+)
 
 
 class Rounds:
@@ -21,9 +23,9 @@ class Rounds:
 
     def __init__(self, names) -> None:
         self.order = list(names)
-        self.samples: Dict[str, List[float]] = {name: [] for name in self.order}
+        self.samples: dict[str, list[float]] = {name: [] for name in self.order}
 
-    def run(self, calls: Dict[str, Callable[[], object]]) -> None:
+    def run(self, calls: dict[str, Callable[[], object]]) -> None:
         """Time one round: each call once, the order reversed every other round."""
         order = self.order if len(self.samples[self.order[0]]) % 2 == 0 else self.order[::-1]
         for name in order:
@@ -39,7 +41,7 @@ class Rounds:
         """The summed seconds of ``name`` over all rounds."""
         return sum(self.samples[name])
 
-    def ratio(self, slow: str, fast: str) -> Tuple[float, float, float]:
+    def ratio(self, slow: str, fast: str) -> tuple[float, float, float]:
         """Median and quartiles of the per-round ratios ``slow / fast`` (how many times faster ``fast`` is)."""
         ratios = sorted(a / b for a, b in zip(self.samples[slow], self.samples[fast]))
         if len(ratios) < 2:

@@ -76,6 +76,7 @@ def run(steps: int, out: str, check: bool = False) -> dict:
     """This rank's part: shard, prune, train, checkpoint. Returns rank 0's report."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
+
     rank, world = dist.get_rank(), dist.get_world_size()
     mesh = init_device_mesh("cpu", (world,))
     model = make_model()
@@ -86,7 +87,7 @@ def run(steps: int, out: str, check: bool = False) -> dict:
     weights = {name: p for name, p in model.named_parameters() if name.endswith("weight")}
     local_shapes = {name: tuple(p.to_local().shape) for name, p in weights.items()}
 
-    masks = fp.global_unstructured({n: p.detach() for n, p in weights.items()}, AMOUNT)   # DTensor masks
+    masks = fp.global_unstructured({n: p.detach() for n, p in weights.items()}, AMOUNT)  # DTensor masks
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
     # Zeroes the pruned entries now, the pruned grads before each step and the pruned params after
     # it: each rank on its own shards, nothing communicated.
@@ -94,7 +95,7 @@ def run(steps: int, out: str, check: bool = False) -> dict:
     x, y = data()
     losses = []
     for _ in range(steps):
-        loss = F.cross_entropy(model(x), y)              # FSDP2 all-gathers the (masked) weights
+        loss = F.cross_entropy(model(x), y)  # FSDP2 all-gathers the (masked) weights
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -104,35 +105,50 @@ def run(steps: int, out: str, check: bool = False) -> dict:
     for name, p in weights.items():
         keep = masks[name].to_local()
         pruned += int((~keep).sum())
-        alive += int(((p.detach().to_local() != 0) & ~keep).sum())   # pruned but nonzero: must be 0
+        alive += int(((p.detach().to_local() != 0) & ~keep).sum())  # pruned but nonzero: must be 0
     total = sum(p.numel() for p in weights.values())
     pruned, alive = _sum([pruned, alive])
 
     path = os.path.join(out, "masks")
-    save_masks_dcp(masks, path)                          # every rank writes its own shards
+    save_masks_dcp(masks, path)  # every rank writes its own shards
     loaded = load_masks_dcp({n: p.detach() for n, p in weights.items()}, path)
     same = _sum([sum(int(not torch.equal(loaded[n].to_local(), masks[n].to_local())) for n in masks)])[0] == 0
     # Only to check the one-process load below (the example's check, not part of the recipe):
     full = {n: m.full_tensor().numpy() for n, m in masks.items()} if check else None  # numpy: pickles by value
-    return {"world": world, "rank": rank, "local_shapes": local_shapes, "full_masks": full, "total": total,
-            "pruned": int(pruned), "pruned_nonzero": int(alive), "losses": losses, "checkpoint": path, "loaded_equal": same,
-            "shapes": {n: tuple(p.shape) for n, p in weights.items()}}
+    return {
+        "world": world,
+        "rank": rank,
+        "local_shapes": local_shapes,
+        "full_masks": full,
+        "total": total,
+        "pruned": int(pruned),
+        "pruned_nonzero": int(alive),
+        "losses": losses,
+        "checkpoint": path,
+        "loaded_equal": same,
+        "shapes": {n: tuple(p.shape) for n, p in weights.items()},
+    }
 
 
 def report(result: dict) -> list:
-    lines = [f"world {result['world']}: {len(result['shapes'])} weights sharded with fully_shard, "
-             f"rank 0 holds {sum(torch.Size(s).numel() for s in result['local_shapes'].values())} of "
-             f"{result['total']} entries",
-             f"global L1 {AMOUNT}: pruned {result['pruned']} of {result['total']} "
-             f"(round({AMOUNT} * n) = {round(AMOUNT * result['total'])}), no rank gathered a weight",
-             "losses: " + " ".join(f"{v:.4f}" for v in result["losses"]) +
-             f" (one process, same loop: largest difference {result['loss_gap']:.1e})",
-             f"pruned weights still nonzero after training: {result['pruned_nonzero']}",
-             f"DCP checkpoint {result['checkpoint']}: loaded back on the ranks "
-             f"{'bit-exact' if result['loaded_equal'] else 'DIFFERENT'}"]
+    lines = [
+        f"world {result['world']}: {len(result['shapes'])} weights sharded with fully_shard, "
+        f"rank 0 holds {sum(torch.Size(s).numel() for s in result['local_shapes'].values())} of "
+        f"{result['total']} entries",
+        f"global L1 {AMOUNT}: pruned {result['pruned']} of {result['total']} "
+        f"(round({AMOUNT} * n) = {round(AMOUNT * result['total'])}), no rank gathered a weight",
+        "losses: "
+        + " ".join(f"{v:.4f}" for v in result["losses"])
+        + f" (one process, same loop: largest difference {result['loss_gap']:.1e})",
+        f"pruned weights still nonzero after training: {result['pruned_nonzero']}",
+        f"DCP checkpoint {result['checkpoint']}: loaded back on the ranks "
+        f"{'bit-exact' if result['loaded_equal'] else 'DIFFERENT'}",
+    ]
     if "one_process_pruned" in result:
-        lines.append(f"loaded into one process (plain tensors): {result['one_process_pruned']} pruned, "
-                     f"{'bit-exact' if result['one_process_equal'] else 'DIFFERENT'} to the ranks' masks")
+        lines.append(
+            f"loaded into one process (plain tensors): {result['one_process_pruned']} pruned, "
+            f"{'bit-exact' if result['one_process_equal'] else 'DIFFERENT'} to the ranks' masks"
+        )
     return lines
 
 
@@ -151,11 +167,16 @@ def _rank_main(rank: int, world: int, store: str, steps: int, out: str, results)
 def spawn(world: int, steps: int, out: str, timeout: float = 300) -> dict:
     """Run :func:`run` on ``world`` spawned gloo ranks (FileStore, no ports); rank 0's result."""
     import torch.multiprocessing as mp
+
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     with tempfile.TemporaryDirectory(prefix="funcprune-example-") as tmp:
-        procs = [ctx.Process(target=_rank_main, args=(r, world, os.path.join(tmp, "store"), steps, out, results),
-                             daemon=True) for r in range(world)]
+        procs = [
+            ctx.Process(
+                target=_rank_main, args=(r, world, os.path.join(tmp, "store"), steps, out, results), daemon=True
+            )
+            for r in range(world)
+        ]
         for p in procs:
             p.start()
         got, error = {}, None
@@ -178,11 +199,11 @@ def spawn(world: int, steps: int, out: str, timeout: float = 300) -> dict:
 def main(world: int = 2, steps: int = 5, out: str = None, verbose: bool = True) -> dict:
     """Under torchrun: this rank's part (rank 0 prints). Otherwise: spawn ``world`` ranks, then load
     their checkpoint into this one process."""
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:     # launched by torchrun (env://)
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # launched by torchrun (env://)
         dist.init_process_group("gloo")
         try:
             where = [out or (tempfile.mkdtemp(prefix="funcprune-distributed-") if dist.get_rank() == 0 else "")]
-            dist.broadcast_object_list(where)                  # one checkpoint directory for all ranks
+            dist.broadcast_object_list(where)  # one checkpoint directory for all ranks
             result = run(steps, where[0])
         finally:
             dist.destroy_process_group()
@@ -192,7 +213,9 @@ def main(world: int = 2, steps: int = 5, out: str = None, verbose: bool = True) 
         plain = load_masks_dcp({n: torch.empty(s) for n, s in shapes.items()}, result["checkpoint"])
         result["one_process_pruned"] = sum(int((~m).sum()) for m in plain.values())
         result["one_process_equal"] = set(plain) == set(shapes) and all(
-            m.dtype == torch.bool and torch.equal(m, torch.from_numpy(result["full_masks"][n])) for n, m in plain.items())
+            m.dtype == torch.bool and torch.equal(m, torch.from_numpy(result["full_masks"][n]))
+            for n, m in plain.items()
+        )
         result["one_process_masks"] = plain
     if result["rank"] == 0:
         result["reference_losses"] = reference_losses(steps)

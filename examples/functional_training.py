@@ -27,8 +27,15 @@ def report(label: str, model, params, masks, data) -> dict:
     total = sum(w.numel() for w in weights.values())
     pruned = int(fp.sparsity(masks, weights).pruned) if masks else 0
     print(f"{label:<24}{pruned / total:>10.1%}{acc:>11.1%}")
-    return {"label": label, "sparsity": pruned / total, "pruned": pruned, "weights": total, "accuracy": acc,
-            "params": params, "masks": masks}
+    return {
+        "label": label,
+        "sparsity": pruned / total,
+        "pruned": pruned,
+        "weights": total,
+        "accuracy": acc,
+        "params": params,
+        "masks": masks,
+    }
 
 
 def main(steps: int = 400, rounds: int = 6, target: float = 0.9, seed: int = 0) -> list:

@@ -44,8 +44,7 @@ def accuracy(model, params, masks, x, y) -> float:
     return float((fp.functional_call(model, params, (x,), masks=masks).argmax(1) == y).float().mean())
 
 
-def main(steps: int = 600, final_sparsity: float = 0.9, seed: int = 0, verbose: bool = True,
-         out: str = None) -> dict:
+def main(steps: int = 600, final_sparsity: float = 0.9, seed: int = 0, verbose: bool = True, out: str = None) -> dict:
     """Train and prune for ``steps`` steps; return the numbers the script prints.
 
     The mask checkpoint goes to ``out/masks.pt`` (``out`` created if missing; None: a new temporary directory).
@@ -70,8 +69,10 @@ def main(steps: int = 600, final_sparsity: float = 0.9, seed: int = 0, verbose: 
             counts = fp.distributions.to_counts(params, targets)
             masks = fp.distributions.prune_by(params, fp.l1_unstructured, counts, masks=masks, target=True)
             if verbose:
-                print(f"step {step:4d}: target {float(schedule(step)):.3f}, weights pruned "
-                      f"{_weight_sparsity(params, masks):.3f}")
+                print(
+                    f"step {step:4d}: target {float(schedule(step)):.3f}, weights pruned "
+                    f"{_weight_sparsity(params, masks):.3f}"
+                )
         if step == steps:
             break
         idx = torch.randint(0, len(x_train), (64,))
@@ -104,9 +105,11 @@ def main(steps: int = 600, final_sparsity: float = 0.9, seed: int = 0, verbose: 
         print(f"test accuracy {result['test_accuracy']:.3f} at weight sparsity {result['weight_sparsity']:.3f}")
         for name, fraction in result["per_layer"].items():
             print(f"  {name:<10} {str(tuple(params[name].shape)):<11} pruned {fraction:.3f}")
-        print(f"size: dense {result['dense_bytes']} B -> sparse {result['sparse_bytes']} B "
-              f"({result['sparse_bytes'] / result['dense_bytes']:.1%}); mask checkpoint "
-              f"{result['mask_checkpoint_bytes']} B")
+        print(
+            f"size: dense {result['dense_bytes']} B -> sparse {result['sparse_bytes']} B "
+            f"({result['sparse_bytes'] / result['dense_bytes']:.1%}); mask checkpoint "
+            f"{result['mask_checkpoint_bytes']} B"
+        )
         print(f"CSR model matches the masked dense model: {check.ok} (max |diff| {check.max_abs_diff:.2e})")
         print(f"wrote {path}")
     return result

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Dict, List, Optional
 
 import torch
 
@@ -21,22 +20,26 @@ from funcprune.oneshot.evaluate import perplexity
 from . import _smollm2
 
 
-def main(calibration: int = 8, calibration_len: int = 128, evaluation: int = 4, eval_len: int = 256,
-         amount: float = 0.5) -> List[Dict]:
+def main(
+    calibration: int = 8, calibration_len: int = 128, evaluation: int = 4, eval_len: int = 256, amount: float = 0.5
+) -> list[dict]:
     """Prune SmolLM2-135M by each method; print and return one row per method (its masks and params)."""
     model, tokenizer = _smollm2.load()
     calib_tokens, eval_tokens = _smollm2.text_tokens(tokenizer)
     batches = list(_smollm2.windows(calib_tokens, calibration, calibration_len).split(4))
     eval_tokens = eval_tokens[: evaluation * eval_len]
-    print(f"SmolLM2-135M, calibration {calibration} x {calibration_len} tokens, "
-          f"evaluation {evaluation} x {eval_len} tokens, {amount:.0%} of each linear weight pruned")
+    print(
+        f"SmolLM2-135M, calibration {calibration} x {calibration_len} tokens, "
+        f"evaluation {evaluation} x {eval_len} tokens, {amount:.0%} of each linear weight pruned"
+    )
     print(f"{'method':<12}{'pruned':>8}{'perplexity':>12}{'seconds':>9}")
     rows = [{"method": "dense", "params": None, "masks": None, "seconds": 0.0}]
     for method in ("magnitude", "wanda", "sparsegpt"):
         start = time.perf_counter()
         result = fp.oneshot.prune(model, batches, method, amount)
-        rows.append({"method": method, "params": result.params, "masks": result.masks,
-                     "seconds": time.perf_counter() - start})
+        rows.append(
+            {"method": method, "params": result.params, "masks": result.masks, "seconds": time.perf_counter() - start}
+        )
     for row in rows:
         masks = row["masks"] or {}
         pruned = sum(int((~m).sum()) for m in masks.values()) / max(sum(m.numel() for m in masks.values()), 1)

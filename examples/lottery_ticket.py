@@ -59,10 +59,20 @@ def main(rounds: int = 8, steps: int = 300, amount: float = 0.3, seed: int = 0, 
         full = masks or {n: torch.ones_like(p, dtype=torch.bool) for n, p in weights.items()}
         pruned = int(fp.sparsity(full).pruned)
         random_mask = fp.global_unstructured(init, pruned, method="random", include=is_weight, generator=gen)
-        result = train_three(model, [ticket, fp.apply_masks(reinit, full), fp.apply_masks(init, random_mask)],
-                             [full, full, random_mask], data, steps, seed + r)
-        row = {"round": r, "pruned": pruned, "sparsity": pruned / sum(w.numel() for w in weights.values()),
-               **dict(zip(VARIANTS, result["accuracy"]))}
+        result = train_three(
+            model,
+            [ticket, fp.apply_masks(reinit, full), fp.apply_masks(init, random_mask)],
+            [full, full, random_mask],
+            data,
+            steps,
+            seed + r,
+        )
+        row = {
+            "round": r,
+            "pruned": pruned,
+            "sparsity": pruned / sum(w.numel() for w in weights.values()),
+            **dict(zip(VARIANTS, result["accuracy"])),
+        }
         rows.append(row)
         print(f"{r:>5}{row['sparsity']:>10.1%}" + "".join(f"{row[v]:>15.1%}" for v in VARIANTS))
         if r < rounds:  # prune the trained ticket, rewind to the init
@@ -76,8 +86,10 @@ def main(rounds: int = 8, steps: int = 300, amount: float = 0.3, seed: int = 0, 
 def write_table(rows: list, path: str) -> None:
     """The rows as a Markdown table."""
     lines = ["| round | sparsity | " + " | ".join(VARIANTS) + " |", "|---:" * (2 + len(VARIANTS)) + "|"]
-    lines += [f"| {row['round']} | {row['sparsity']:.1%} | " + " | ".join(f"{row[v]:.1%}" for v in VARIANTS) + " |"
-              for row in rows]
+    lines += [
+        f"| {row['round']} | {row['sparsity']:.1%} | " + " | ".join(f"{row[v]:.1%}" for v in VARIANTS) + " |"
+        for row in rows
+    ]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -88,7 +100,6 @@ def plot(rows: list, path: str, n_test: int) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from matplotlib.ticker import FixedLocator, NullLocator, PercentFormatter
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)

@@ -75,16 +75,26 @@ def main(steps: int = 200, seeds=SEEDS, sparsities=SPARSITIES, dtype: torch.dtyp
         kept = sum(int(m[k].sum()) for m in masks.values())
         print(f"{seed:>4}{1 - kept / total:>10.1%}{float(accuracy[k]):>10.1%}")
     print(f"largest |vmapped - alone| param difference: {diff:.2e}")
-    print(f"{len(inits)} subnetworks x {steps} steps, one step (median of {steps}, side by side): vmapped "
-          f"{rounds.median('vmapped') * 1e3:.1f} ms, loop {rounds.median('loop') * 1e3:.1f} ms; vmapped "
-          f"{speedup:.1f}x faster (quartiles {low:.1f}-{high:.1f}x)")
+    print(
+        f"{len(inits)} subnetworks x {steps} steps, one step (median of {steps}, side by side): vmapped "
+        f"{rounds.median('vmapped') * 1e3:.1f} ms, loop {rounds.median('loop') * 1e3:.1f} ms; vmapped "
+        f"{speedup:.1f}x faster (quartiles {low:.1f}-{high:.1f}x)"
+    )
     print(f"({DEPENDS})")
     if dtype == torch.float64:
         assert diff < 1e-9, f"vmapped training differs from training alone by {diff}"
-    return {"accuracy": accuracy.tolist(), "max_diff": diff, "vmapped_s": rounds.total("vmapped"),
-            "loop_s": rounds.total("loop"), "vmapped_step_s": rounds.median("vmapped"),
-            "loop_step_s": rounds.median("loop"), "speedup": (speedup, low, high),
-            "params": stacked, "masks": masks, "amounts": amounts}
+    return {
+        "accuracy": accuracy.tolist(),
+        "max_diff": diff,
+        "vmapped_s": rounds.total("vmapped"),
+        "loop_s": rounds.total("loop"),
+        "vmapped_step_s": rounds.median("vmapped"),
+        "loop_step_s": rounds.median("loop"),
+        "speedup": (speedup, low, high),
+        "params": stacked,
+        "masks": masks,
+        "amounts": amounts,
+    }
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ def main(seed: int = 0) -> dict:
     masks = fp.global_unstructured(params, 0.4, masks=masks, include=lambda name, leaf: name.endswith("weight"))
 
     x = torch.randn(8, 1, 28, 28)
-    logits = fp.functional_call(model, params, (x,), masks=masks)       # the model itself is untouched
+    logits = fp.functional_call(model, params, (x,), masks=masks)  # the model itself is untouched
     reference = torch.func.functional_call(model, fp.apply_masks(params, masks), (x,))
     assert torch.equal(logits, reference)
 
@@ -43,8 +43,7 @@ def main(seed: int = 0) -> dict:
     for name, p in params.items():
         fraction = float(report.per_leaf[name]) if name in report.per_leaf else 0.0
         print(f"{name:<14}{str(tuple(p.shape)):<18}{fraction:>8.1%}")
-    print(f"global sparsity: {float(report.fraction):.1%} of {report.total} parameters "
-          f"({int(report.pruned)} pruned)")
+    print(f"global sparsity: {float(report.fraction):.1%} of {report.total} parameters ({int(report.pruned)} pruned)")
     print(f"logits: {tuple(logits.shape)}")
     return {"masks": masks, "params": params, "logits": logits}
 

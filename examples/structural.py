@@ -21,25 +21,25 @@ import copy
 import json
 import os
 import tempfile
-from typing import Dict, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 import funcprune as fp
-from funcprune import structural as st
 from examples import _digits
 from examples._timing import DEPENDS, Rounds
+from funcprune import structural as st
 
 
-def digit_images(size: int, seed: int = 0) -> Tuple[torch.Tensor, ...]:
+def digit_images(size: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
     """``(x_train, y_train, x_test, y_test)``: the 8x8 digits upscaled to ``size`` x ``size``, 3 channels."""
     x_train, y_train, x_test, y_test = _digits.load_digits(seed)
 
     def images(x: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x.view(-1, 1, 8, 8), size=(size, size), mode="bilinear", align_corners=False)
         return ((x - 0.5) / 0.5).expand(-1, 3, -1, -1).contiguous()
+
     return images(x_train), y_train, images(x_test), y_test
 
 
@@ -79,7 +79,7 @@ def flops(model: nn.Module, x: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
-def latency(models: Dict[str, nn.Module], x: torch.Tensor, rounds: int) -> Rounds:
+def latency(models: dict[str, nn.Module], x: torch.Tensor, rounds: int) -> Rounds:
     """ms per forward of each model on ``x``: one warm-up each, then ``rounds`` rounds in alternating order."""
     timed = Rounds(models)
     with torch.no_grad():
@@ -104,11 +104,11 @@ def main(out: str = None, quick: bool = False, amount: float = 0.5, seed: int = 
     acc_dense = accuracy(model, x_test, y_test)
 
     example = (x_test[:8],)
-    groups = st.groups(model, example)                          # coupled channels, one torch.export trace
+    groups = st.groups(model, example)  # coupled channels, one torch.export trace
     params = {name: p.detach() for name, p in model.named_parameters()}
-    masks = st.prune_groups(params, groups, amount, scope="global")          # whole channels, group L2
+    masks = st.prune_groups(params, groups, amount, scope="global")  # whole channels, group L2
     acc_masked = accuracy(model, x_test, y_test, params, masks)
-    small = st.shrink(model, masks, example, groups=groups)      # checks its outputs against the masked model
+    small = st.shrink(model, masks, example, groups=groups)  # checks its outputs against the masked model
     acc_shrunk = accuracy(small, x_test, y_test)
     with torch.no_grad():
         diff = float((small(x_test) - fp.functional_call(model, params, (x_test,), masks=masks)).abs().max())
@@ -122,7 +122,7 @@ def main(out: str = None, quick: bool = False, amount: float = 0.5, seed: int = 
         json.dump(kept, f)
     torch.save(tuned.state_dict(), weights_path)
     with open(kept_path) as f:
-        fresh = st.shrink_to(build_model(), json.load(f))       # the architecture of the shrunk model
+        fresh = st.shrink_to(build_model(), json.load(f))  # the architecture of the shrunk model
     fresh.load_state_dict(torch.load(weights_path))
     with torch.no_grad():
         reloaded_equal = torch.equal(fresh.eval()(x_test), tuned(x_test))
@@ -130,42 +130,69 @@ def main(out: str = None, quick: bool = False, amount: float = 0.5, seed: int = 
     n_dense, n_small = (sum(p.numel() for p in m.parameters()) for m in (model, small))
     f_dense, f_small = flops(model, x_test[:1]), flops(small, x_test[:1])
     kept_channels = sum(len(k["kept"]) for k in kept) / sum(k["channels"] for k in kept)
-    say(f"ResNet-18 trained {epochs:g} epoch(s) on digits ({size}x{size}, 3 channels), {len(groups)} channel groups, "
-        f"{amount:.0%} of channels removed (global, group L2): {kept_channels:.1%} kept")
+    say(
+        f"ResNet-18 trained {epochs:g} epoch(s) on digits ({size}x{size}, 3 channels), {len(groups)} channel groups, "
+        f"{amount:.0%} of channels removed (global, group L2): {kept_channels:.1%} kept"
+    )
     say(f"{'':<34}{'accuracy':>9}")
-    rows = [("dense", acc_dense), ("pruned (masked)", acc_masked), ("pruned and shrunk", acc_shrunk),
-            (f"shrunk, fine-tuned {tune_epochs:g} epoch(s)", acc_tuned)]
+    rows = [
+        ("dense", acc_dense),
+        ("pruned (masked)", acc_masked),
+        ("pruned and shrunk", acc_shrunk),
+        (f"shrunk, fine-tuned {tune_epochs:g} epoch(s)", acc_tuned),
+    ]
     for label, acc in rows:
         say(f"{label:<34}{acc:>9.1%}")
-    say(f"max |shrunk - masked| on the test set: {diff:.1e}; reloaded with shrink_to: "
-        f"{'identical outputs' if reloaded_equal else 'DIFFERENT outputs'}")
+    say(
+        f"max |shrunk - masked| on the test set: {diff:.1e}; reloaded with shrink_to: "
+        f"{'identical outputs' if reloaded_equal else 'DIFFERENT outputs'}"
+    )
     say(f"\n{'':<10}{'params':>12}{'MFLOPs':>10}")
     say(f"{'dense':<10}{n_dense:>12,}{f_dense / 1e6:>10.1f}")
-    say(f"{'shrunk':<10}{n_small:>12,}{f_small / 1e6:>10.1f}   ({n_small / n_dense:.2f}x params, "
-        f"{f_small / f_dense:.2f}x FLOPs)")
+    say(
+        f"{'shrunk':<10}{n_small:>12,}{f_small / 1e6:>10.1f}   ({n_small / n_dense:.2f}x params, "
+        f"{f_small / f_dense:.2f}x FLOPs)"
+    )
     lat = {}
-    say(f"\nlatency, ms per forward (medians of {rounds} side-by-side rounds; speedup: the median of the "
-        f"per-round ratios, with quartiles)")
+    say(
+        f"\nlatency, ms per forward (medians of {rounds} side-by-side rounds; speedup: the median of the "
+        f"per-round ratios, with quartiles)"
+    )
     say(f"{'':<14}{'dense':>9}{'shrunk':>9}{'speedup':>9}  quartiles")
     for batch in (1, 64):
         timed = latency({"dense": model, "shrunk": tuned}, x_test[:batch], rounds)
         ms = {name: timed.median(name) * 1e3 for name in ("dense", "shrunk")}
         speedup, low, high = timed.ratio("dense", "shrunk")
         lat[batch] = dict(ms, speedup=speedup)
-        say(f"{'batch ' + str(batch):<14}{ms['dense']:>9.2f}{ms['shrunk']:>9.2f}{speedup:>8.2f}x"
-            f"  {low:.2f}-{high:.2f}x")
+        say(
+            f"{'batch ' + str(batch):<14}{ms['dense']:>9.2f}{ms['shrunk']:>9.2f}{speedup:>8.2f}x  {low:.2f}-{high:.2f}x"
+        )
     say(f"({DEPENDS})")
     say(f"\nwrote {kept_path} and {weights_path}")
-    return {"accuracy": dict(rows), "groups": groups, "masks": masks, "params": params, "model": model, "small": small,
-            "tuned": tuned, "max_diff": diff, "reloaded_equal": reloaded_equal, "kept_path": kept_path,
-            "weights_path": weights_path, "n_params": (n_dense, n_small), "flops": (f_dense, f_small),
-            "latency_ms": lat, "test": (x_test, y_test)}
+    return {
+        "accuracy": dict(rows),
+        "groups": groups,
+        "masks": masks,
+        "params": params,
+        "model": model,
+        "small": small,
+        "tuned": tuned,
+        "max_diff": diff,
+        "reloaded_equal": reloaded_equal,
+        "kept_path": kept_path,
+        "weights_path": weights_path,
+        "n_params": (n_dense, n_small),
+        "flops": (f_dense, f_small),
+        "latency_ms": lat,
+        "test": (x_test, y_test),
+    }
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=None, help="directory for the kept channels and weights (default: a new "
-                                                    "temporary directory)")
+    parser.add_argument(
+        "--out", default=None, help="directory for the kept channels and weights (default: a new temporary directory)"
+    )
     parser.add_argument("--quick", action="store_true", help="16x16 images, 1 epoch and a quarter epoch of fine-tuning")
     parser.add_argument("--amount", type=float, default=0.5, help="fraction of all channels removed")
     parser.add_argument("--seed", type=int, default=0)

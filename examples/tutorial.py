@@ -26,8 +26,12 @@ def record(model: nn.Module, x: torch.Tensor) -> dict:
         "parameters": [(n, p.detach().clone()) for n, p in model.named_parameters()],
         "buffers": [(n, b.clone()) for n, b in model.named_buffers()],
         "hooks": [(name, [_describe(h) for h in m._forward_pre_hooks.values()]) for name, m in model.named_modules()],
-        "pruned": [(name, getattr(m, t).detach().clone()) for name, m in model.named_modules()
-                   for t in ("weight", "bias") if hasattr(m, t + "_mask")],
+        "pruned": [
+            (name, getattr(m, t).detach().clone())
+            for name, m in model.named_modules()
+            for t in ("weight", "bias")
+            if hasattr(m, t + "_mask")
+        ],
         "state_dict": list(model.state_dict()),
         "output": model(x).detach(),
     }
@@ -84,8 +88,13 @@ def run(prune=prune, seed: int = 0) -> list:
     steps.append(("many parameters", record(new_model, x)))
 
     model = LeNet()
-    parameters_to_prune = [(model.conv1, "weight"), (model.conv2, "weight"), (model.fc1, "weight"),
-                           (model.fc2, "weight"), (model.fc3, "weight")]
+    parameters_to_prune = [
+        (model.conv1, "weight"),
+        (model.conv2, "weight"),
+        (model.fc1, "weight"),
+        (model.fc2, "weight"),
+        (model.fc3, "weight"),
+    ]
     prune.global_unstructured(parameters_to_prune, pruning_method=prune.L1Unstructured, amount=0.2)
     steps.append(("global 20%", record(model, x)))
 

@@ -9,7 +9,7 @@ count, a floating tensor a fraction (computed in float64, then rounded half to e
 from __future__ import annotations
 
 import numbers
-from typing import Union, cast
+from typing import cast
 
 import torch
 
@@ -47,14 +47,12 @@ def _validate_number(amount) -> None:
         raise TypeError(f"Invalid type for amount: {amount!r}. Must be int or float.")
     if isinstance(amount, numbers.Integral):
         if amount < 0:
-            raise ValueError(
-                f"amount={amount} should either be a float in the range [0, 1] or a non-negative integer"
-            )
+            raise ValueError(f"amount={amount} should either be a float in the range [0, 1] or a non-negative integer")
     elif not 0.0 <= float(amount) <= 1.0:
         raise ValueError(f"amount={amount} should either be a float in the range [0, 1] or a non-negative integer")
 
 
-def prune_count(amount: Amount, size: Union[int, torch.Tensor]) -> Union[int, torch.Tensor]:
+def prune_count(amount: Amount, size: int | torch.Tensor) -> int | torch.Tensor:
     """Number of units to prune out of ``size`` still-unpruned units.
 
     Returns a Python int when both ``amount`` and ``size`` are Python numbers (torch's
@@ -65,7 +63,9 @@ def prune_count(amount: Amount, size: Union[int, torch.Tensor]) -> Union[int, to
             return torch.round(amount.to(torch.float64) * size).to(torch.int64)
         return amount.to(torch.int64) + torch.zeros_like(torch.as_tensor(size), dtype=torch.int64)
     if isinstance(amount, numbers.Integral):
-        return int(amount) if not isinstance(size, torch.Tensor) else torch.full_like(size, int(amount), dtype=torch.int64)
+        return (
+            int(amount) if not isinstance(size, torch.Tensor) else torch.full_like(size, int(amount), dtype=torch.int64)
+        )
     if isinstance(size, torch.Tensor):
         return torch.round(size.to(torch.float64) * float(amount)).to(torch.int64)
     return round(amount * size)

@@ -20,7 +20,8 @@ kernel's own :func:`global_cut`, :func:`split_dims`, :func:`shard_of`, :func:`pl
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Union, cast, overload
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast, overload
 
 import torch
 
@@ -31,9 +32,28 @@ from ._norms import channel_norm
 if TYPE_CHECKING:  # torch.distributed.tensor is imported only where a DTensor already exists (see _dtensor)
     from torch.distributed.tensor import DTensor, Shard
 
-__all__ = ["as_keep", "sharded", "any_sharded", "keep", "fresh", "stream", "HashStream", "hash_channel_keys", "channel_norms",
-           "kept_count", "channels_kept", "spread_channels", "stacked", "unstacked", "global_cut", "split_dims",
-           "shard_of", "local_block", "plain", "wrap"]
+__all__ = [
+    "as_keep",
+    "sharded",
+    "any_sharded",
+    "keep",
+    "fresh",
+    "stream",
+    "HashStream",
+    "hash_channel_keys",
+    "channel_norms",
+    "kept_count",
+    "channels_kept",
+    "spread_channels",
+    "stacked",
+    "unstacked",
+    "global_cut",
+    "split_dims",
+    "shard_of",
+    "local_block",
+    "plain",
+    "wrap",
+]
 
 _STREAMS = (None, "torch", "hash")
 
@@ -46,7 +66,7 @@ def as_keep(scores: torch.Tensor, mask: None, what: str = ...) -> None: ...
 def as_keep(scores: torch.Tensor, mask: torch.Tensor | None, what: str = ...) -> torch.Tensor | None: ...
 
 
-def as_keep(scores: torch.Tensor, mask: Optional[torch.Tensor], what: str = "mask") -> Optional[torch.Tensor]:
+def as_keep(scores: torch.Tensor, mask: torch.Tensor | None, what: str = "mask") -> torch.Tensor | None:
     """The existing mask as bool on the scores' device (None stays None), after a shape check.
 
     Args:
@@ -92,7 +112,7 @@ def keep(like: torch.Tensor, mask: None, what: str = ...) -> None: ...
 def keep(like: torch.Tensor, mask: torch.Tensor | None, what: str = ...) -> torch.Tensor | None: ...
 
 
-def keep(like: torch.Tensor, mask: Optional[torch.Tensor], what: str = "mask") -> Optional[torch.Tensor]:
+def keep(like: torch.Tensor, mask: torch.Tensor | None, what: str = "mask") -> torch.Tensor | None:
     """``mask`` as a bool keep mask laid out like ``like`` (None stays None), after the layout checks.
 
     Raises:
@@ -106,18 +126,22 @@ def keep(like: torch.Tensor, mask: Optional[torch.Tensor], what: str = "mask") -
     return None if kept is None else _dtensor.aligned(kept, like, what)
 
 
-def fresh(like: torch.Tensor, kept: Optional[torch.Tensor], mask: Optional[torch.Tensor]) -> torch.Tensor:
+def fresh(like: torch.Tensor, kept: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
     """Nothing pruned: ``kept`` (all ``True`` for None) as a new mask, never the caller's ``mask`` itself."""
     if _dtensor.is_dtensor(like):
         here = _dtensor.local(like)
-        return _dtensor.like_param(torch.ones(here.shape, dtype=torch.bool, device=here.device) if kept is None
-                                   else _dtensor.local(kept).clone(), like)
+        return _dtensor.like_param(
+            torch.ones(here.shape, dtype=torch.bool, device=here.device)
+            if kept is None
+            else _dtensor.local(kept).clone(),
+            like,
+        )
     if kept is None:
         return torch.ones(like.shape, dtype=torch.bool, device=like.device)
     return kept.clone() if kept is mask else kept
 
 
-def stream(name: Optional[str], like: torch.Tensor) -> str:
+def stream(name: str | None, like: torch.Tensor) -> str:
     """``"torch"`` or ``"hash"``: which random stream draws for ``like`` (DTensors only have the hash stream).
 
     Raises:
@@ -139,9 +163,9 @@ class HashStream:
     keys do not depend on the sharding. Pass one as ``scores`` to :func:`funcprune.select.prune_units`.
     """
 
-    def __init__(self, generator: Optional[torch.Generator]) -> None:
+    def __init__(self, generator: torch.Generator | None) -> None:
         self.generator = generator
-        self._seed: Optional[int] = None
+        self._seed: int | None = None
 
     def seed(self, like: torch.Tensor) -> int:
         """The seed, drawn once (checked equal on every rank for a DTensor ``like``)."""
@@ -165,12 +189,14 @@ def channel_norms(scores: torch.Tensor, n, dim: int, channels: int) -> torch.Ten
         return _sharded.channel_norms(scores, n, dim)  # one float64 per channel crosses the wire
     norm = channel_norm(scores.detach(), n, dim)
     if tuple(norm.shape) != (channels,):  # torch 2.14 reads 'nuc' over other than 2 dims so
-        raise ValueError(f"n={n!r} gives norms of shape {tuple(norm.shape)} for a tensor of shape "
-                         f"{tuple(scores.shape)}, not one per channel along dim {dim}")
+        raise ValueError(
+            f"n={n!r} gives norms of shape {tuple(norm.shape)} for a tensor of shape "
+            f"{tuple(scores.shape)}, not one per channel along dim {dim}"
+        )
     return norm
 
 
-def kept_count(mask: torch.Tensor) -> Union[int, torch.Tensor]:
+def kept_count(mask: torch.Tensor) -> int | torch.Tensor:
     """Kept entries of ``mask`` over the full tensor (summed across the mesh for a DTensor)."""
     if _dtensor.is_dtensor(mask):
         return int(_sharded.kept_count(mask))
@@ -191,8 +217,9 @@ def channels_kept(mask: torch.Tensor, dim: int) -> torch.Tensor:
     return kept.any(dim=others) if others else kept
 
 
-def spread_channels(channel_keep: torch.Tensor, like: torch.Tensor, dim: int,
-                    kept: Optional[torch.Tensor]) -> torch.Tensor:
+def spread_channels(
+    channel_keep: torch.Tensor, like: torch.Tensor, dim: int, kept: torch.Tensor | None
+) -> torch.Tensor:
     """A new mask laid out like ``like``: the plain channels-sized ``channel_keep`` spread along ``dim``, & ``kept``."""
     if _dtensor.is_dtensor(like):
         return _sharded.spread_channels(channel_keep, like, dim, kept)
@@ -202,7 +229,7 @@ def spread_channels(channel_keep: torch.Tensor, like: torch.Tensor, dim: int,
     return spread.clone() if kept is None else spread & kept
 
 
-def stacked(masks: List[torch.Tensor]) -> torch.Tensor:
+def stacked(masks: list[torch.Tensor]) -> torch.Tensor:
     """K masks of one layout stacked along a new dim 0 (locally for DTensors: shard dims shift by one)."""
     # masks of one layout: all are DTensors when the first is
     return _dtensor.stacked(cast("list[DTensor]", masks)) if _dtensor.is_dtensor(masks[0]) else torch.stack(masks)
@@ -216,8 +243,10 @@ def unstacked(t: torch.Tensor, k: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 # The kernel's half: the global cut, local shards, wrapping.
 
-def global_cut(like: torch.Tensor, kept: Optional[torch.Tensor], amount: Amount,
-               scores: Union[torch.Tensor, HashStream], *, largest: bool) -> torch.Tensor:
+
+def global_cut(
+    like: torch.Tensor, kept: torch.Tensor | None, amount: Amount, scores: torch.Tensor | HashStream, *, largest: bool
+) -> torch.Tensor:
     """A keep mask laid out like ``like`` pruning ``amount`` of its survivors by a radix cut, ties to the lowest index.
 
     The counts are summed across the mesh, the cut's histograms too (:func:`funcprune._sharded.select_global`);
@@ -228,8 +257,9 @@ def global_cut(like: torch.Tensor, kept: Optional[torch.Tensor], amount: Amount,
       ValueError: scores with a negative entry (on any rank: every rank raises).
     """
     if isinstance(scores, HashStream):
-        return _sharded.select_global([like], [kept], amount, method="random", dtype=like.dtype,
-                                      generator=scores.generator)[0]
+        return _sharded.select_global(
+            [like], [kept], amount, method="random", dtype=like.dtype, generator=scores.generator
+        )[0]
     if _dtensor.outside_mesh([like]):  # no entries here and no group to join: DTensor's empty shard
         return _dtensor.empty_mask_like(like)
     if _dtensor.is_dtensor(like):
@@ -240,13 +270,16 @@ def global_cut(like: torch.Tensor, kept: Optional[torch.Tensor], amount: Amount,
     negative = (torch.signbit(here) if here.is_floating_point() else here < 0).any().reshape(1).to(torch.int64)
     reduce = _dtensor.mesh_sum(_dtensor.mesh_of([like]), "max")
     if int((negative if reduce is None else reduce(negative))[0]):
-        raise ValueError("a selection over DTensor shards ranks non-negative scores (radix keys): got a negative "
-                         "score; pass magnitudes (e.g. scores.abs())")
-    return _sharded.select_global([scores.detach()], [kept], amount, method="scores", dtype=scores.dtype,
-                                  largest=largest)[0]
+        raise ValueError(
+            "a selection over DTensor shards ranks non-negative scores (radix keys): got a negative "
+            "score; pass magnitudes (e.g. scores.abs())"
+        )
+    return _sharded.select_global(
+        [scores.detach()], [kept], amount, method="scores", dtype=scores.dtype, largest=largest
+    )[0]
 
 
-def split_dims(like: torch.Tensor) -> List[int]:
+def split_dims(like: torch.Tensor) -> list[int]:
     """The dims of ``like`` split across ranks (none for a plain tensor)."""
     if not _dtensor.is_dtensor(like):
         return []
@@ -261,7 +294,7 @@ def shard_of(t: None, like: torch.Tensor, what: str) -> None: ...
 def shard_of(t: torch.Tensor | None, like: torch.Tensor, what: str) -> torch.Tensor | None: ...
 
 
-def shard_of(t: Optional[torch.Tensor], like: torch.Tensor, what: str) -> Optional[torch.Tensor]:
+def shard_of(t: torch.Tensor | None, like: torch.Tensor, what: str) -> torch.Tensor | None:
     """This rank's shard of ``t`` laid out like ``like`` (``t`` itself for plain tensors)."""
     if t is None or not (_dtensor.is_dtensor(t) or _dtensor.is_dtensor(like)):
         return t

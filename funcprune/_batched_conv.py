@@ -15,7 +15,7 @@ it is active; the gradients are the convolution's own (``aten.convolution_backwa
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple, overload
+from typing import Any, overload
 
 import torch
 import torch.nn.functional as F
@@ -25,21 +25,21 @@ _CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "group
 _DEFAULTS = (None, None, None, 1, 0, 1, 1)
 
 
-def _pair(value) -> Tuple[int, int]:
+def _pair(value) -> tuple[int, int]:
     return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
 
 
-def _take(t: Optional[torch.Tensor], dim: Optional[int], k: int) -> Optional[torch.Tensor]:
+def _take(t: torch.Tensor | None, dim: int | None, k: int) -> torch.Tensor | None:
     return t if t is None or dim is None else t.select(dim, k)
 
 
 @overload
-def _front(t: None, dim: Optional[int], size: int) -> None: ...
+def _front(t: None, dim: int | None, size: int) -> None: ...
 @overload
-def _front(t: torch.Tensor, dim: Optional[int], size: int) -> torch.Tensor: ...
+def _front(t: torch.Tensor, dim: int | None, size: int) -> torch.Tensor: ...
 @overload
-def _front(t: Optional[torch.Tensor], dim: Optional[int], size: int) -> Optional[torch.Tensor]: ...
-def _front(t: Optional[torch.Tensor], dim: Optional[int], size: int) -> Optional[torch.Tensor]:
+def _front(t: torch.Tensor | None, dim: int | None, size: int) -> torch.Tensor | None: ...
+def _front(t: torch.Tensor | None, dim: int | None, size: int) -> torch.Tensor | None:
     """``t`` with its batch dim first (expanded to ``size`` when it has none)."""
     if t is None:
         return None
@@ -62,8 +62,18 @@ class _Conv2d(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
         gx, gw, gb = torch.ops.aten.convolution_backward(
-            grad, x, weight, ctx.bias_shape, list(_pair(ctx.stride)), list(_pair(ctx.padding)),
-            list(_pair(ctx.dilation)), False, [0, 0], ctx.groups, mask)
+            grad,
+            x,
+            weight,
+            ctx.bias_shape,
+            list(_pair(ctx.stride)),
+            list(_pair(ctx.padding)),
+            list(_pair(ctx.dilation)),
+            False,
+            [0, 0],
+            ctx.groups,
+            mask,
+        )
         return gx, gw, gb, None, None, None, None
 
     @staticmethod
@@ -76,16 +86,28 @@ class _Conv2d(torch.autograd.Function):
             return out.unflatten(0, (size, x.shape[1])), 0
         weight, bias = _front(weight, w_dim, size), _front(bias, b_dim, size)
         if x_dim is None and groups == 1:  # one conv with K * C_out output channels
-            out = _Conv2d.apply(x, weight.flatten(0, 1), None if bias is None else bias.flatten(),
-                                stride, padding, dilation, groups)
+            out = _Conv2d.apply(
+                x, weight.flatten(0, 1), None if bias is None else bias.flatten(), stride, padding, dilation, groups
+            )
             return out.unflatten(1, (size, weight.shape[1])), 1
         if x.device.type != "cpu":  # torch's grouped form
             x = _front(x, x_dim, size).movedim(0, 1).flatten(1, 2)
-            out = _Conv2d.apply(x, weight.flatten(0, 1), None if bias is None else bias.flatten(),
-                                stride, padding, dilation, groups * size)
+            out = _Conv2d.apply(
+                x,
+                weight.flatten(0, 1),
+                None if bias is None else bias.flatten(),
+                stride,
+                padding,
+                dilation,
+                groups * size,
+            )
             return out.unflatten(1, (size, weight.shape[1])), 1
-        outs = [_Conv2d.apply(_take(x, x_dim, k), weight[k], None if bias is None else bias[k],
-                              stride, padding, dilation, groups) for k in range(size)]
+        outs = [
+            _Conv2d.apply(
+                _take(x, x_dim, k), weight[k], None if bias is None else bias[k], stride, padding, dilation, groups
+            )
+            for k in range(size)
+        ]
         return torch.stack(outs), 0
 
 
@@ -98,7 +120,7 @@ class routed(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.conv2d or func is torch.conv2d:
-            bound: Dict[str, Any] = dict(zip(_CONV_ARGS, _DEFAULTS))
+            bound: dict[str, Any] = dict(zip(_CONV_ARGS, _DEFAULTS))
             bound.update(zip(_CONV_ARGS, args))
             bound.update(kwargs)
             if not isinstance(bound["padding"], str):

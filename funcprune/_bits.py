@@ -9,7 +9,7 @@ other dim is a shard of the packed tensor).
 from __future__ import annotations
 
 import math
-from typing import Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 
@@ -41,6 +41,6 @@ def unpack_last(bits: torch.Tensor, last: int) -> torch.Tensor:
     return flat[..., :last].bool()
 
 
-def packed_shape(shape: Sequence[int]) -> Tuple[int, ...]:
+def packed_shape(shape: Sequence[int]) -> tuple[int, ...]:
     """The shape :func:`pack_last` gives a tensor of ``shape`` (at least 1-D)."""
     return (*shape[:-1], math.ceil(shape[-1] / 8))

@@ -39,14 +39,15 @@ from __future__ import annotations
 import json
 import secrets
 import warnings
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from . import _pytree
 from . import _dcp_integrity as integrity
+from . import _pytree
 from ._bits import pack_last, packed_shape, unpack_last
-from ._dtensor import is_dtensor, local as _local
+from ._dtensor import is_dtensor
+from ._dtensor import local as _local
 from ._errors import shape_mismatch, unknown_names
 from ._pytree import Tree
 
@@ -61,12 +62,14 @@ PREFIX = HEADER + "/"
 
 def _dist():
     import torch.distributed as dist
+
     return dist if dist.is_available() and dist.is_initialized() else None
 
 
-def _shard_dims(t: DTensor) -> List[int]:
+def _shard_dims(t: DTensor) -> list[int]:
     """The tensor dims a DTensor is sharded on (normalized), after checking its placements."""
     from torch.distributed.tensor import Replicate, Shard
+
     dims = []
     for p in t.placements:
         if type(p) is Shard:
@@ -94,13 +97,20 @@ def _owns(t: torch.Tensor, group) -> bool:
 def _wrap(local: torch.Tensor, like: DTensor, shape, placements=None) -> torch.Tensor:
     """``local`` as a DTensor on ``like``'s mesh (``placements`` or like's) with full ``shape``."""
     from torch.distributed.tensor import DTensor
-    stride: List[int] = []
+
+    stride: list[int] = []
     step = 1
     for size in reversed(tuple(shape)):
         stride.insert(0, step)
         step *= max(size, 1)
-    return DTensor.from_local(local, like.device_mesh, placements or like.placements, run_check=False,
-                              shape=torch.Size(shape), stride=tuple(stride))
+    return DTensor.from_local(
+        local,
+        like.device_mesh,
+        placements or like.placements,
+        run_check=False,
+        shape=torch.Size(shape),
+        stride=tuple(stride),
+    )
 
 
 def _local_target(like: torch.Tensor, shape, dtype, placements=None) -> torch.Tensor:
@@ -109,12 +119,13 @@ def _local_target(like: torch.Tensor, shape, dtype, placements=None) -> torch.Te
     if not is_dtensor(like):
         return torch.empty(tuple(shape), dtype=dtype, device=device)
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
     placements = placements or like.placements
     local_shape, _ = compute_local_shape_and_global_offset(torch.Size(shape), like.device_mesh, placements)
     return _wrap(torch.empty(tuple(local_shape), dtype=dtype, device=device), like, shape, placements)
 
 
-def _counts(named: Dict[str, torch.Tensor], extra: Optional[List[int]] = None, group=None) -> List[int]:
+def _counts(named: dict[str, torch.Tensor], extra: list[int] | None = None, group=None) -> list[int]:
     """Per-leaf kept counts over the full masks (+ ``extra`` ints), summed across ranks in one all_reduce."""
     local = [int(_local(m).count_nonzero()) if _owns(m, group) else 0 for m in named.values()]
     values = local + list(extra or [])
@@ -136,7 +147,7 @@ def _checkpoint():
     return dcp
 
 
-def _dcp_call(what: str, state: Dict, checkpoint_id: Any, process_group: Any) -> None:
+def _dcp_call(what: str, state: dict, checkpoint_id: Any, process_group: Any) -> None:
     """``dcp.save``/``dcp.load``; in one process without a group, as DCP's single-process mode, quietly."""
     call = getattr(_checkpoint(), what)
     if _dist() is not None:
@@ -188,16 +199,18 @@ def save_masks_dcp(masks: Tree, checkpoint_id: Any, *, process_group: Any = None
                 raise ValueError(f"{name}: {err}") from None
         if _local(mask).device.type == "meta":
             raise ValueError(f"{name}: cannot save a mask without values (device meta)")
-    bad = [0 if _local(m).dtype == torch.bool or bool(((_local(m) == 0) | (_local(m) == 1)).all()) else 1
-           for m in named.values()]
+    bad = [
+        0 if _local(m).dtype == torch.bool or bool(((_local(m) == 0) | (_local(m) == 1)).all()) else 1
+        for m in named.values()
+    ]
     first = _owns(torch.empty(()), process_group)  # rank 0 draws the save id, the all_reduce spreads it
     summed = _counts(named, bad + [secrets.randbits(62) if first else 0], process_group)
-    kept, bad, save_id = summed[:len(named)], summed[len(named):-1], summed[-1]
+    kept, bad, save_id = summed[: len(named)], summed[len(named) : -1], summed[-1]
     for name, flag in zip(named, bad):
         if flag:  # every rank sees the all-reduced flag: all raise, none is left waiting in dcp.save
             raise ValueError(f"{name}: mask values must be 0 or 1 to round-trip as bits")
-    leaves: Dict[str, Any] = {}
-    state: Dict[str, Any] = {}  # DCP's state dict: the mask tensors and the JSON header
+    leaves: dict[str, Any] = {}
+    state: dict[str, Any] = {}  # DCP's state dict: the mask tensors and the JSON header
     for (name, mask), count in zip(named.items(), kept):
         shape = list(mask.shape)
         packed = mask.dim() >= 1 and not (is_dtensor(mask) and (mask.dim() - 1) in _shard_dims(mask))
@@ -210,21 +223,26 @@ def save_masks_dcp(masks: Tree, checkpoint_id: Any, *, process_group: Any = None
         leaves[name] = {"shape": shape, "packed": packed, "kept": count}
     dist = _dist()
     rank, writers = (dist.get_rank(process_group), dist.get_world_size(process_group)) if dist else (0, 1)
-    state[integrity.STAMP + str(rank)] = integrity.make_stamp(save_id, named,
-                                                              [_owns(m, process_group) for m in named.values()])
-    state[HEADER] = json.dumps({"format": FORMAT, "version": VERSION, "save_id": save_id, "writers": writers,
-                                "leaves": leaves})
+    state[integrity.STAMP + str(rank)] = integrity.make_stamp(
+        save_id, named, [_owns(m, process_group) for m in named.values()]
+    )
+    state[HEADER] = json.dumps(
+        {"format": FORMAT, "version": VERSION, "save_id": save_id, "writers": writers, "leaves": leaves}
+    )
     _dcp_call("save", state, checkpoint_id, process_group)
 
 
-def _header(checkpoint_id: Any, process_group: Any) -> Dict:
+def _header(checkpoint_id: Any, process_group: Any) -> dict:
     from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
+
     state = {HEADER: ""}
     try:
         _dcp_call("load", state, checkpoint_id, process_group)
     except (Exception, CheckpointException) as err:  # DCP raises several kinds (missing key or files, metadata)
-        raise ValueError(f"{checkpoint_id!r}: not a readable funcprune DCP mask checkpoint ({type(err).__name__}: "
-                         f"{(str(err).strip().splitlines() or [''])[0][:200]})") from err
+        raise ValueError(
+            f"{checkpoint_id!r}: not a readable funcprune DCP mask checkpoint ({type(err).__name__}: "
+            f"{(str(err).strip().splitlines() or [''])[0][:200]})"
+        ) from err
     try:
         header = json.loads(state[HEADER])
     except (TypeError, ValueError) as err:
@@ -232,8 +250,10 @@ def _header(checkpoint_id: Any, process_group: Any) -> Dict:
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ValueError(f"{checkpoint_id!r}: not a funcprune DCP mask checkpoint (expected format {FORMAT!r})")
     if header.get("version") not in READS:
-        raise ValueError(f"{checkpoint_id!r}: unsupported DCP mask checkpoint version {header.get('version')!r} "
-                         f"(this reads {', '.join(map(str, READS))})")
+        raise ValueError(
+            f"{checkpoint_id!r}: unsupported DCP mask checkpoint version {header.get('version')!r} "
+            f"(this reads {', '.join(map(str, READS))})"
+        )
     return header
 
 
@@ -283,9 +303,11 @@ def load_masks_dcp(like: Tree, checkpoint_id: Any, *, process_group: Any = None)
             plans[name] = "bool"
         elif is_dtensor(target) and target.dim() - 1 in shard_dims:
             from torch.distributed.tensor import Replicate, Shard
+
             last = target.dim() - 1
-            placements = [Replicate() if type(p) is Shard and p.dim % target.dim() == last else p
-                          for p in target.placements]
+            placements = [
+                Replicate() if type(p) is Shard and p.dim % target.dim() == last else p for p in target.placements
+            ]
             state[PREFIX + name] = _local_target(target, packed_shape(shape), torch.uint8, placements)
             plans[name] = "slice"
         else:
@@ -298,9 +320,16 @@ def load_masks_dcp(like: Tree, checkpoint_id: Any, *, process_group: Any = None)
     if state:
         _dcp_call("load", state, checkpoint_id, process_group)
     where = repr(checkpoint_id)
-    blocks = integrity.read_stamps(where, [state[integrity.STAMP + str(rank)] for rank in range(header["writers"])],
-                                   header["save_id"], {name: info["shape"] for name, info in leaves.items()}
-                                   ) if checked else {}
+    blocks = (
+        integrity.read_stamps(
+            where,
+            [state[integrity.STAMP + str(rank)] for rank in range(header["writers"])],
+            header["save_id"],
+            {name: info["shape"] for name, info in leaves.items()},
+        )
+        if checked
+        else {}
+    )
     out = {}
     for name, plan in plans.items():
         target, loaded, shape = named[name], state[PREFIX + name], leaves[name]["shape"]
@@ -311,21 +340,30 @@ def load_masks_dcp(like: Tree, checkpoint_id: Any, *, process_group: Any = None)
         mask = unpack_last(local, shape[-1])
         if plan == "slice":
             from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
             local_shape, offset = compute_local_shape_and_global_offset(
-                torch.Size(shape), target.device_mesh, target.placements)
+                torch.Size(shape), target.device_mesh, target.placements
+            )
             mask = mask.narrow(-1, offset[-1], local_shape[-1]).contiguous()
         out[name] = _wrap(mask, target, shape) if is_dtensor(target) else mask
-    parts = [part for name, mask in out.items() for part in integrity.partial_checksums(
-        name, mask, _owns(mask, process_group), header.get("save_id", 0), blocks.get(name, []))]
+    parts = [
+        part
+        for name, mask in out.items()
+        for part in integrity.partial_checksums(
+            name, mask, _owns(mask, process_group), header.get("save_id", 0), blocks.get(name, [])
+        )
+    ]
     summed = _counts(out, parts, group=process_group)  # one all_reduce: kept counts and checksum parts
-    kept, sums = summed[:len(out)], summed[len(out):]
+    kept, sums = summed[: len(out)], summed[len(out) :]
     for name, count in zip(out, kept):
         if count != leaves[name]["kept"]:
-            raise ValueError(f"{where}: {name}: the loaded mask keeps {count} entries but "
-                             f"{leaves[name]['kept']} were saved: the checkpoint is damaged or was not written by "
-                             f"save_masks_dcp")
+            raise ValueError(
+                f"{where}: {name}: the loaded mask keeps {count} entries but "
+                f"{leaves[name]['kept']} were saved: the checkpoint is damaged or was not written by "
+                f"save_masks_dcp"
+            )
     for name in out:
         these = blocks.get(name, [])
-        integrity.check_blocks(where, name, these, sums[:len(these)])
-        sums = sums[len(these):]
+        integrity.check_blocks(where, name, these, sums[: len(these)])
+        sums = sums[len(these) :]
     return _pytree.like(like, out)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from typing import Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 
@@ -32,7 +32,7 @@ STAMP = "funcprune_masks_stamp/"
 PRIME = (1 << 31) - 1
 _CHUNK = 1 << 20
 
-Block = Tuple[Tuple[int, ...], Tuple[int, ...]]  # (global offset, shape)
+Block = tuple[tuple[int, ...], tuple[int, ...]]  # (global offset, shape)
 
 
 def leaf_seed(save_id: int, name: str) -> int:
@@ -60,8 +60,15 @@ def block_checksum(block: torch.Tensor, offset: Sequence[int], shape: Sequence[i
     cols = block.shape[-1]
     matrix = block.reshape(math.prod(block.shape[:-1]), cols)
     device = block.device
-    rows = hash_keys(seed, flat_index(tuple(offset[:-1]), tuple(block.shape[:-1]), tuple(shape[:-1]), 0,
-                                      matrix.shape[0], device=device)) >> 31
+    rows = (
+        hash_keys(
+            seed,
+            flat_index(
+                tuple(offset[:-1]), tuple(block.shape[:-1]), tuple(shape[:-1]), 0, matrix.shape[0], device=device
+            ),
+        )
+        >> 31
+    )
     columns = hash_keys(seed ^ 0x5BD1E995, torch.arange(offset[-1], offset[-1] + cols, device=device)) >> 31
     step_c = min(max(cols, 1), _CHUNK)
     step_r = max(_CHUNK // step_c, 1)
@@ -69,9 +76,9 @@ def block_checksum(block: torch.Tensor, offset: Sequence[int], shape: Sequence[i
     for r in range(0, matrix.shape[0], step_r):
         sums = torch.zeros(min(step_r, matrix.shape[0] - r), dtype=torch.int64, device=device)
         for c in range(0, cols, step_c):  # each partial row sum is below 2**51: no int64 overflow
-            piece = matrix[r:r + step_r, c:c + step_c]
-            sums += torch.where(piece, columns[c:c + step_c], 0).sum(dim=1) % PRIME
-        total += int(((sums % PRIME) * rows[r:r + step_r] % PRIME).sum())
+            piece = matrix[r : r + step_r, c : c + step_c]
+            sums += torch.where(piece, columns[c : c + step_c], 0).sum(dim=1) % PRIME
+        total += int(((sums % PRIME) * rows[r : r + step_r] % PRIME).sum())
     return total % PRIME
 
 
@@ -80,7 +87,7 @@ def stamp_length(shapes: Sequence[Sequence[int]]) -> int:
     return 1 + sum(2 + 2 * len(shape) for shape in shapes)
 
 
-def make_stamp(save_id: int, named: Dict[str, torch.Tensor], saved_here: Sequence[bool]) -> torch.Tensor:
+def make_stamp(save_id: int, named: dict[str, torch.Tensor], saved_here: Sequence[bool]) -> torch.Tensor:
     """This rank's stamp: the save id, then per leaf ``saved, checksum, *offset, *local shape``."""
     values = [save_id]
     for (name, mask), saved in zip(named.items(), saved_here):
@@ -90,32 +97,35 @@ def make_stamp(save_id: int, named: Dict[str, torch.Tensor], saved_here: Sequenc
     return torch.tensor(values, dtype=torch.int64)
 
 
-def read_stamps(where: str, stamps: Sequence[torch.Tensor], save_id: int,
-                shapes: Dict[str, Sequence[int]]) -> Dict[str, List[Tuple[int, int, Block]]]:
+def read_stamps(
+    where: str, stamps: Sequence[torch.Tensor], save_id: int, shapes: dict[str, Sequence[int]]
+) -> dict[str, list[tuple[int, int, Block]]]:
     """Per leaf, the saved blocks ``(writer rank, checksum, block)``, after checking every stamp's save id.
 
     Raises:
       ValueError: a stamp of another save (naming the rank that wrote it).
     """
-    out: Dict[str, List[Tuple[int, int, Block]]] = {name: [] for name in shapes}
+    out: dict[str, list[tuple[int, int, Block]]] = {name: [] for name in shapes}
     for rank, stamp in enumerate(stamps):
         values = stamp.tolist()
         if values[0] != save_id:
-            raise ValueError(f"{where}: the shards written by rank {rank} belong to another save (id {values[0]:#x}) "
-                             f"than the checkpoint's metadata ({save_id:#x}): the directory mixes files of two saves "
-                             f"(e.g. a save that did not finish over an older one)")
+            raise ValueError(
+                f"{where}: the shards written by rank {rank} belong to another save (id {values[0]:#x}) "
+                f"than the checkpoint's metadata ({save_id:#x}): the directory mixes files of two saves "
+                f"(e.g. a save that did not finish over an older one)"
+            )
         at = 1
         for name, shape in shapes.items():
             dims = len(shape)
             saved, check = values[at], values[at + 1]
-            offset, size = tuple(values[at + 2:at + 2 + dims]), tuple(values[at + 2 + dims:at + 2 + 2 * dims])
+            offset, size = tuple(values[at + 2 : at + 2 + dims]), tuple(values[at + 2 + dims : at + 2 + 2 * dims])
             at += 2 + 2 * dims
             if saved:
                 out[name].append((rank, check, (offset, size)))
     return out
 
 
-def _overlap(mine: Block, saved: Block) -> Optional[Block]:
+def _overlap(mine: Block, saved: Block) -> Block | None:
     start = tuple(max(a, b) for a, b in zip(mine[0], saved[0]))
     stop = tuple(min(a + n, b + m) for a, n, b, m in zip(mine[0], mine[1], saved[0], saved[1]))
     if any(b <= a for a, b in zip(start, stop)):
@@ -123,8 +133,9 @@ def _overlap(mine: Block, saved: Block) -> Optional[Block]:
     return start, tuple(b - a for a, b in zip(start, stop))
 
 
-def partial_checksums(name: str, mask: torch.Tensor, counts_here: bool, save_id: int,
-                      blocks: Sequence[Tuple[int, int, Block]]) -> List[int]:
+def partial_checksums(
+    name: str, mask: torch.Tensor, counts_here: bool, save_id: int, blocks: Sequence[tuple[int, int, Block]]
+) -> list[int]:
     """This rank's part of every saved block's checksum (0 where it holds none of it or does not count)."""
     if not counts_here:
         return [0] * len(blocks)
@@ -142,7 +153,7 @@ def partial_checksums(name: str, mask: torch.Tensor, counts_here: bool, save_id:
     return out
 
 
-def check_blocks(where: str, name: str, blocks: Sequence[Tuple[int, int, Block]], sums: Sequence[int]) -> None:
+def check_blocks(where: str, name: str, blocks: Sequence[tuple[int, int, Block]], sums: Sequence[int]) -> None:
     """Raise unless every saved block's loaded checksum (``sums``, summed over ranks) is the saved one.
 
     Raises:
@@ -150,6 +161,8 @@ def check_blocks(where: str, name: str, blocks: Sequence[Tuple[int, int, Block]]
     """
     for (rank, check, (offset, shape)), got in zip(blocks, sums):
         if got % PRIME != check:
-            raise ValueError(f"{where}: {name}: the shard written by rank {rank} (offset {list(offset)}, shape "
-                             f"{list(shape)}) does not match its checksum: the checkpoint is damaged or mixes "
-                             f"two saves")
+            raise ValueError(
+                f"{where}: {name}: the shard written by rank {rank} (offset {list(offset)}, shape "
+                f"{list(shape)}) does not match its checksum: the checkpoint is damaged or mixes "
+                f"two saves"
+            )

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import TYPE_CHECKING, Any, Iterable, List, Optional, Sequence, Tuple, TypeGuard, cast
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 import torch
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:  # never imported at run time (see is_dtensor)
 
 def _dtensor_types():
     from torch.distributed.tensor import DTensor, Replicate, Shard
+
     return DTensor, Shard, Replicate
 
 
@@ -55,8 +57,10 @@ def check_placements(name: str, t: DTensor) -> None:
         raise ValueError(f"{name}: a {t.device_mesh.ndim}-D device mesh is not supported (1-D or 2-D)")
     for mesh_dim, p in enumerate(t.placements):
         if p.is_partial():
-            raise ValueError(f"{name}: placement {p} on mesh dim {mesh_dim} is a pending sum; redistribute it "
-                             f"to Shard/Replicate (e.g. dtensor.redistribute(placements=[Replicate()])) first")
+            raise ValueError(
+                f"{name}: placement {p} on mesh dim {mesh_dim} is a pending sum; redistribute it "
+                f"to Shard/Replicate (e.g. dtensor.redistribute(placements=[Replicate()])) first"
+            )
         if type(p) not in (Shard, Replicate):  # _StridedShard & co.: offsets are not one block
             raise ValueError(f"{name}: placement {p} on mesh dim {mesh_dim} is not supported (Shard(d) or Replicate())")
 
@@ -73,22 +77,26 @@ def split_kinds(named: dict, what: str = "selection") -> bool:
         return False
     plain = [name for name, t in named.items() if not is_dtensor(t)]
     if plain:
-        raise ValueError(f"one {what} mixes DTensor leaves ({dist[0]!r}) and plain tensors ({plain[0]!r}); "
-                         f"make every leaf a DTensor (distribute_tensor) or none")
+        raise ValueError(
+            f"one {what} mixes DTensor leaves ({dist[0]!r}) and plain tensors ({plain[0]!r}); "
+            f"make every leaf a DTensor (distribute_tensor) or none"
+        )
     first = named[dist[0]].device_mesh
     for name in dist:
         check_placements(name, named[name])
         if named[name].device_mesh != first:
-            raise ValueError(f"one {what} spans two device meshes: {dist[0]!r} on {first}, {name!r} on "
-                             f"{named[name].device_mesh}")
+            raise ValueError(
+                f"one {what} spans two device meshes: {dist[0]!r} on {first}, {name!r} on {named[name].device_mesh}"
+            )
     return True
 
 
-def offset_and_shape(t: torch.Tensor) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+def offset_and_shape(t: torch.Tensor) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """``(global offset, local shape)`` of this rank's shard (zeros and the full shape for a plain tensor)."""
     if not is_dtensor(t):
         return (0,) * t.dim(), tuple(t.shape)
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
     shape, offset = compute_local_shape_and_global_offset(t.shape, t.device_mesh, t.placements)
     return tuple(offset), tuple(shape)
 
@@ -108,7 +116,7 @@ def counts_here(t: torch.Tensor) -> bool:
     return all(c == 0 for c, p in zip(coord, t.placements) if isinstance(p, Replicate))
 
 
-def mesh_sum(mesh, op: str = "sum") -> Optional[Any]:
+def mesh_sum(mesh, op: str = "sum") -> Any | None:
     """A callable reducing a tensor in place across every rank of ``mesh`` (None for no mesh).
 
     One ``all_reduce`` per mesh dim (over that dim's group): the sum over a 2-D mesh is the sum of
@@ -124,6 +132,7 @@ def mesh_sum(mesh, op: str = "sum") -> Optional[Any]:
         for mesh_dim in range(mesh.ndim):
             dist.all_reduce(t, op=reduce_op, group=mesh.get_group(mesh_dim))
         return t
+
     return reduce
 
 
@@ -151,7 +160,7 @@ def empty_mask_like(param: torch.Tensor) -> torch.Tensor:
     return like_param(torch.empty(0, dtype=torch.bool, device=local(param).device), param)
 
 
-def contiguous_strides(shape: Sequence[int]) -> Tuple[int, ...]:
+def contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:
     """Row-major strides of ``shape`` (in entries)."""
     strides, step = [], 1
     for size in reversed(shape):
@@ -170,8 +179,15 @@ def global_index(t: torch.Tensor, start: int, count: int, base: int = 0) -> torc
     return flat_index(offset, shape, tuple(t.shape), start, count, base, local(t).device)
 
 
-def flat_index(offset: Sequence[int], local_shape: Sequence[int], global_shape: Sequence[int], start: int,
-               count: int, base: int = 0, device=None) -> torch.Tensor:
+def flat_index(
+    offset: Sequence[int],
+    local_shape: Sequence[int],
+    global_shape: Sequence[int],
+    start: int,
+    count: int,
+    base: int = 0,
+    device=None,
+) -> torch.Tensor:
     """``base`` + global row-major flat index of local entries ``start .. start+count-1`` of a block.
 
     The block has ``local_shape`` and sits at ``offset`` in a tensor of ``global_shape``. int64
@@ -184,7 +200,7 @@ def flat_index(offset: Sequence[int], local_shape: Sequence[int], global_shape: 
     pos = torch.arange(start, start + count, dtype=torch.int64, device=device)
     strides = contiguous_strides(global_shape)
     split = [d for d, (size, full) in enumerate(zip(local_shape, global_shape)) if size != full]
-    if not split or all(size <= 1 for size in local_shape[:split[-1]]):
+    if not split or all(size <= 1 for size in local_shape[: split[-1]]):
         # one contiguous run of the full tensor's flat order (e.g. a Shard(0) block): an offset
         return pos.add_(base + sum(off * stride for off, stride in zip(offset, strides)))
     out = torch.full((count,), base, dtype=torch.int64, device=device)
@@ -200,8 +216,14 @@ def like_param(local_mask: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     if not is_dtensor(param):
         return local_mask
     DTensor = _dtensor_types()[0]
-    return DTensor.from_local(local_mask, param.device_mesh, param.placements, run_check=False,
-                              shape=param.shape, stride=contiguous_strides(param.shape))
+    return DTensor.from_local(
+        local_mask,
+        param.device_mesh,
+        param.placements,
+        run_check=False,
+        shape=param.shape,
+        stride=contiguous_strides(param.shape),
+    )
 
 
 def aligned(t: torch.Tensor, param: torch.Tensor, what: str) -> torch.Tensor:
@@ -220,8 +242,10 @@ def aligned(t: torch.Tensor, param: torch.Tensor, what: str) -> torch.Tensor:
     """
     if is_dtensor(t) != is_dtensor(param):
         kinds = ("a DTensor", "a plain tensor")
-        raise ValueError(f"the {what} is {kinds[not is_dtensor(t)]} but the param is "
-                         f"{kinds[not is_dtensor(param)]}; give both as DTensors (or neither)")
+        raise ValueError(
+            f"the {what} is {kinds[not is_dtensor(t)]} but the param is "
+            f"{kinds[not is_dtensor(param)]}; give both as DTensors (or neither)"
+        )
     if not is_dtensor(t):
         return t
     param = cast("DTensor", param)  # a DTensor like t: checked above
@@ -233,10 +257,12 @@ def aligned(t: torch.Tensor, param: torch.Tensor, what: str) -> torch.Tensor:
     _, _, Replicate = _dtensor_types()
     for mesh_dim, (mine, theirs) in enumerate(zip(t.placements, param.placements)):
         if mine != theirs and not isinstance(mine, Replicate):
-            raise ValueError(f"the {what} has placements {tuple(t.placements)} but the param has "
-                             f"{tuple(param.placements)} (mesh dim {mesh_dim}: {mine} vs {theirs}); moving shards "
-                             f"between ranks is not done here: lay the {what} out like the param (its placements, "
-                             f"or Replicate() where the param is sharded)")
+            raise ValueError(
+                f"the {what} has placements {tuple(t.placements)} but the param has "
+                f"{tuple(param.placements)} (mesh dim {mesh_dim}: {mine} vs {theirs}); moving shards "
+                f"between ranks is not done here: lay the {what} out like the param (its placements, "
+                f"or Replicate() where the param is sharded)"
+            )
     if t.dtype == torch.bool:  # Replicate -> Shard is a local chunk; bool goes through uint8 like every move
         return redistribute(cast("DTensor", t.to(torch.uint8)), param.placements).to(torch.bool)
     return redistribute(t, param.placements)
@@ -247,14 +273,20 @@ def redistribute(t: DTensor, placements: Sequence[Any]) -> torch.Tensor:
     return t.redistribute(t.device_mesh, list(placements))
 
 
-def stacked(masks: List[DTensor]) -> torch.Tensor:
+def stacked(masks: list[DTensor]) -> torch.Tensor:
     """K DTensor masks of one layout stacked along a new dim 0 (shard dims shift by one), locally."""
     DTensor, Shard, _ = _dtensor_types()
     first = masks[0]
     placements = [Shard(p.dim % first.dim() + 1) if isinstance(p, Shard) else p for p in first.placements]
     shape = torch.Size((len(masks), *first.shape))
-    return DTensor.from_local(torch.stack([local(m) for m in masks]), first.device_mesh, placements,
-                              run_check=False, shape=shape, stride=contiguous_strides(shape))
+    return DTensor.from_local(
+        torch.stack([local(m) for m in masks]),
+        first.device_mesh,
+        placements,
+        run_check=False,
+        shape=shape,
+        stride=contiguous_strides(shape),
+    )
 
 
 def unstacked(t: DTensor, k: int) -> torch.Tensor:
@@ -268,8 +300,9 @@ def unstacked(t: DTensor, k: int) -> torch.Tensor:
         raise ValueError(f"the stack dim (0) is sharded ({t.placements}); shard the per-mask dims only")
     placements = [Shard(p.dim % t.dim() - 1) if isinstance(p, Shard) else p for p in t.placements]
     shape = t.shape[1:]
-    return DTensor.from_local(t.to_local()[k], t.device_mesh, placements, run_check=False, shape=shape,
-                              stride=contiguous_strides(shape))
+    return DTensor.from_local(
+        t.to_local()[k], t.device_mesh, placements, run_check=False, shape=shape, stride=contiguous_strides(shape)
+    )
 
 
 def numel(t: torch.Tensor) -> int:

@@ -41,8 +41,15 @@ def unknown_names(unknown: Iterable[str], known: Iterable[str], what: str, among
     return KeyError("; ".join([message, *hints]) if hints else f"{message}; none is close to a known name")
 
 
-def shape_mismatch(what: str, shape: Sequence[int], of: str | None, expected: Sequence[int] | str, *,
-                   name: str | None = None, note: str = "") -> ValueError:
+def shape_mismatch(
+    what: str,
+    shape: Sequence[int],
+    of: str | None,
+    expected: Sequence[int] | str,
+    *,
+    name: str | None = None,
+    note: str = "",
+) -> ValueError:
     """A ``ValueError`` for a tensor whose shape is not the one it was checked against.
 
     Args:

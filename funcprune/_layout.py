@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 import types
 import weakref
-from typing import Dict, List, NamedTuple, Tuple, TypeGuard
+from typing import NamedTuple, TypeGuard
 
 import torch
 import torch.nn.utils.prune as _torch_prune
@@ -33,7 +33,7 @@ import torch.nn.utils.prune as _torch_prune
 LOCK = threading.RLock()
 
 
-def reparametrized(module: torch.nn.Module) -> Dict[str, Tuple[torch.nn.Module, str, str]]:
+def reparametrized(module: torch.nn.Module) -> dict[str, tuple[torch.nn.Module, str, str]]:
     """``{qualified original name: (submodule, local name, prefix)}`` of every pruned tensor."""
     found = {}
     for prefix, sub in module.named_modules():
@@ -54,16 +54,16 @@ def pruned_locals(sub: torch.nn.Module):
 class Layout(NamedTuple):
     """Where a module keeps its tensors, read in one walk of its submodules."""
 
-    tensors: Dict[str, torch.Tensor]  # every parameter and buffer, under each of its names
-    pruned: Dict[str, Tuple[torch.nn.Module, str]]  # original name of a pruned tensor -> (submodule, local)
-    tied: Dict[str, List[str]]  # name of a tensor the module holds under several names -> all its names
+    tensors: dict[str, torch.Tensor]  # every parameter and buffer, under each of its names
+    pruned: dict[str, tuple[torch.nn.Module, str]]  # original name of a pruned tensor -> (submodule, local)
+    tied: dict[str, list[str]]  # name of a tensor the module holds under several names -> all its names
 
 
 def layout(module: torch.nn.Module) -> Layout:
     """The :class:`Layout` of ``module`` (every name, ``remove_duplicate=False``)."""
     # One walk instead of a lookup per name plus torch.func.functional_call's own walk for tied
     # tensors: on ResNet-18 this is most of the call's Python overhead.
-    names_of: Dict[int, List[str]]
+    names_of: dict[int, list[str]]
     tensors, pruned, names_of = {}, {}, {}
     for prefix, sub in module.named_modules(remove_duplicate=False):
         dot = prefix + "." if prefix else ""
@@ -85,11 +85,15 @@ def is_pruning_hook(hook) -> TypeGuard[_torch_prune.BasePruningMethod]:
 
 def pruning_hook(module: torch.nn.Module, name: str):
     """``(key, hook)`` of the pruning hook of ``module.<name>``, or ``(None, None)``."""
-    found = [(k, h) for k, h in list(module._forward_pre_hooks.items())  # a snapshot: see LOCK
-             if is_pruning_hook(h) and getattr(h, "_tensor_name", None) == name]
+    found = [
+        (k, h)
+        for k, h in list(module._forward_pre_hooks.items())  # a snapshot: see LOCK
+        if is_pruning_hook(h) and getattr(h, "_tensor_name", None) == name
+    ]
     if len(found) > 1:
-        raise AssertionError(f"Avoid adding multiple pruning hooks to the same tensor {name} of module "
-                             f"{module}. Use a PruningContainer.")
+        raise AssertionError(
+            f"Avoid adding multiple pruning hooks to the same tensor {name} of module {module}. Use a PruningContainer."
+        )
     return found[0] if found else (None, None)
 
 
@@ -179,8 +183,11 @@ class PrunedReduce:
 
 
 def _computed_names(module: torch.nn.Module) -> list:
-    return [h._tensor_name for h in list(module._forward_pre_hooks.values())
-            if is_pruning_hook(h) and getattr(h, "_tensor_name", None) in module.__dict__]
+    return [
+        h._tensor_name
+        for h in list(module._forward_pre_hooks.values())
+        if is_pruning_hook(h) and getattr(h, "_tensor_name", None) in module.__dict__
+    ]
 
 
 def _setstate(module: torch.nn.Module, state) -> None:

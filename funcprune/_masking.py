@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Dict, Optional
-
 import torch
 
 from . import _pytree
@@ -57,14 +55,17 @@ class _MaskProduct(torch.autograd.Function):
     @staticmethod
     def jvp(ctx, value_tangent, mask_tangent):
         # A dual mask (forward-mode AD) needs no grad, so it comes here too: its tangent counts.
-        out = torch.zeros_like(ctx.value) if value_tangent is None else ctx.mask.to(value_tangent.dtype).mul_(
-            value_tangent)
+        out = (
+            torch.zeros_like(ctx.value)
+            if value_tangent is None
+            else ctx.mask.to(value_tangent.dtype).mul_(value_tangent)
+        )
         if mask_tangent is not None:
             out += mask_tangent.to(out.dtype) * ctx.value
         return out
 
 
-def zeroed(params: _pytree.Tree, masks: Optional[_pytree.Tree]) -> Dict[str, torch.Tensor]:
+def zeroed(params: _pytree.Tree, masks: _pytree.Tree | None) -> dict[str, torch.Tensor]:
     """Named detached leaves of the masked params with every pruned entry exactly zero.
 
     ``apply_masks`` multiplies, so a pruned NaN or inf stays NaN (``nan * 0``); the exported and
@@ -81,8 +82,9 @@ def zeroed(params: _pytree.Tree, masks: Optional[_pytree.Tree]) -> Dict[str, tor
         if name in named_masks:
             mask = named_masks[name]
             if isinstance(mask, torch.Tensor) and mask.shape != value.shape:
-                raise ValueError(f"{name}: mask has shape {tuple(mask.shape)} but the param has shape "
-                                 f"{tuple(value.shape)}")
+                raise ValueError(
+                    f"{name}: mask has shape {tuple(mask.shape)} but the param has shape {tuple(value.shape)}"
+                )
             keep = as_keep(value, mask, f"{name} mask")
             kept = value if mask.dtype == torch.bool else masked(value, mask.to(value.device))
             value = torch.where(keep, kept, torch.zeros((), dtype=value.dtype, device=value.device))

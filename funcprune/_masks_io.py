@@ -27,7 +27,7 @@ import os
 import pickle
 import warnings
 import zlib
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -103,11 +103,14 @@ def save_masks(masks: Tree, f: Any) -> None:
 def _refuse_dtensors(named: dict, here: str, there: str) -> None:
     """TypeError for a DTensor leaf: sharded masks go through DCP (a collective), not one file."""
     from ._dtensor import is_dtensor
+
     sharded = [name for name, leaf in named.items() if is_dtensor(leaf)]
     if sharded:
-        raise TypeError(f"{sharded[0]}: {here} writes one file from one process and cannot take a DTensor; "
-                        f"save or load sharded masks with funcprune.distributed.{there} (torch.distributed."
-                        f"checkpoint, every rank calls it, reshardable), or convert with .full_tensor() first")
+        raise TypeError(
+            f"{sharded[0]}: {here} writes one file from one process and cannot take a DTensor; "
+            f"save or load sharded masks with funcprune.distributed.{there} (torch.distributed."
+            f"checkpoint, every rank calls it, reshardable), or convert with .full_tensor() first"
+        )
 
 
 def _source(f: Any) -> str:
@@ -131,8 +134,11 @@ def _read(f: Any, source: str) -> Any:
             if isinstance(err, EOFError):
                 why = "the file is empty or ends early"
             else:  # (torch's weights-only advice to load unsafely does not apply to a damaged file)
-                detail = "" if isinstance(err, pickle.UnpicklingError) else \
-                    ": " + (str(err).strip().splitlines() or [""])[0][:200]
+                detail = (
+                    ""
+                    if isinstance(err, pickle.UnpicklingError)
+                    else ": " + (str(err).strip().splitlines() or [""])[0][:200]
+                )
                 why = f"the file is corrupt, truncated or of another kind ({type(err).__name__}{detail})"
             raise ValueError(f"{source}: not a readable mask checkpoint: {why}") from err
     for w in caught:  # a file that loads keeps torch's warnings
@@ -159,12 +165,13 @@ def _entry(source: str, name: Any, entry: Any, version: int) -> torch.Tensor:
             raise ValueError(f"{where}: corrupt checksum {crc!r}")
         actual = _crc(name, list(shape), bits)
         if actual != crc:
-            raise ValueError(f"{where}: checksum mismatch (stored {crc:#010x}, computed {actual:#010x}): the "
-                             f"file is corrupt")
+            raise ValueError(
+                f"{where}: checksum mismatch (stored {crc:#010x}, computed {actual:#010x}): the file is corrupt"
+            )
     return _unpack(bits, tuple(shape))
 
 
-def load_masks(f: Any, *, like: Optional[Tree] = None, device: Any = "cpu") -> Tree:
+def load_masks(f: Any, *, like: Tree | None = None, device: Any = "cpu") -> Tree:
     """Read masks written by :func:`save_masks` (format version 2, or 1 without checksums).
 
     Every leaf's checksum is checked (format version 2), so a corrupt file raises instead of
@@ -205,8 +212,9 @@ def load_masks(f: Any, *, like: Optional[Tree] = None, device: Any = "cpu") -> T
         raise ValueError(f"{source}: not a funcprune mask checkpoint (expected format {FORMAT!r})")
     version = data.get("version")
     if type(version) is not int or version not in READS:
-        raise ValueError(f"{source}: unsupported mask checkpoint version {version!r} (this reads "
-                         f"{', '.join(map(str, READS))})")
+        raise ValueError(
+            f"{source}: unsupported mask checkpoint version {version!r} (this reads {', '.join(map(str, READS))})"
+        )
     entries = data.get("masks")
     if not isinstance(entries, dict):
         raise ValueError(f"{source}: corrupt mask checkpoint (no 'masks' dict)")
@@ -217,8 +225,10 @@ def load_masks(f: Any, *, like: Optional[Tree] = None, device: Any = "cpu") -> T
     if total is not None:
         actual = _total_crc([[name, entry.get("crc32")] for name, entry in entries.items()])
         if total != actual:
-            raise ValueError(f"{source}: checksum mismatch over the leaves (stored {total!r}, computed "
-                             f"{actual:#010x}): a leaf is missing, added or renamed; the file is corrupt")
+            raise ValueError(
+                f"{source}: checksum mismatch over the leaves (stored {total!r}, computed "
+                f"{actual:#010x}): a leaf is missing, added or renamed; the file is corrupt"
+            )
     masks = {name: mask.to(device) for name, mask in masks.items()}
     if like is None:
         return masks
@@ -226,6 +236,7 @@ def load_masks(f: Any, *, like: Optional[Tree] = None, device: Any = "cpu") -> T
     _pytree.lookup(named, masks, "checkpoint")
     for name, mask in masks.items():
         if mask.shape != named[name].shape:
-            raise shape_mismatch("checkpoint mask", mask.shape, "the param", named[name].shape,
-                                 name=f"{source}: {name}")
+            raise shape_mismatch(
+                "checkpoint mask", mask.shape, "the param", named[name].shape, name=f"{source}: {name}"
+            )
     return _pytree.like(like, masks)

@@ -8,7 +8,8 @@ holes both mean "no mask".
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Union, cast
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, cast
 
 import optree
 import torch
@@ -35,18 +36,20 @@ def _names(paths) -> list:
     ``{0: a, "0": b}``) would give both leaves one mask, so they raise."""
     names = [".".join(str(p) for p in path) for path in paths]
     if len(set(names)) != len(names):
-        seen: Dict[str, Any] = {}
+        seen: dict[str, Any] = {}
         clashes = []
         for name, path in zip(names, paths):
             if name in seen:
                 clashes.append(f"{name!r} (paths {seen[name]!r} and {path!r})")
             seen.setdefault(name, path)
-        raise ValueError(f"leaf names collide: {', '.join(clashes)}; funcprune names a leaf by its path "
-                         f"joined with dots, so rename the keys")
+        raise ValueError(
+            f"leaf names collide: {', '.join(clashes)}; funcprune names a leaf by its path "
+            f"joined with dots, so rename the keys"
+        )
     return names
 
 
-def named_leaves(tree: Tree) -> Dict[str, Any]:
+def named_leaves(tree: Tree) -> dict[str, Any]:
     """``{qualified name: leaf}`` in insertion order (``None`` is a hole, not a leaf).
 
     Raises:
@@ -76,7 +79,7 @@ def like(params: Tree, named: Mapping[str, Any]) -> Tree:
     return _strip_holes(optree.tree_unflatten(spec, [named.get(name) for name in names]))
 
 
-def lookup(params: Mapping[str, Any], tree: Optional[Tree], what: str) -> Dict[str, Any]:
+def lookup(params: Mapping[str, Any], tree: Tree | None, what: str) -> dict[str, Any]:
     """``named_leaves(tree)``, raising ``KeyError`` for a name that is not among ``params``."""
     if tree is None:
         return {}
@@ -121,7 +124,7 @@ def check_like(name: str, leaf: Any, param: torch.Tensor, what: str, of: str = "
         raise shape_mismatch(what, leaf.shape, f"the {of}", param.shape, name=name)
 
 
-def scores_for(named: Dict[str, torch.Tensor], scores: Optional[Tree]) -> Dict[str, torch.Tensor]:
+def scores_for(named: dict[str, torch.Tensor], scores: Tree | None) -> dict[str, torch.Tensor]:
     """Importance scores by name, each checked against its param's shape (torch raises there too)."""
     named_scores = lookup(named, scores, "scores")
     check_dtensors(named_scores)
@@ -131,7 +134,7 @@ def scores_for(named: Dict[str, torch.Tensor], scores: Optional[Tree]) -> Dict[s
     return named_scores
 
 
-def check_dtensors(named: Dict[str, Any]) -> None:
+def check_dtensors(named: dict[str, Any]) -> None:
     """Raise unless every DTensor among ``named``'s leaves has a supported layout (naming the leaf).
 
     Called at every tree entry point before anything is computed: ``Partial``, ``_StridedShard``
@@ -152,7 +155,7 @@ def _laid_out(name: str, leaf: torch.Tensor, param: torch.Tensor, what: str) -> 
         raise named_error(name, err) from err
 
 
-def masks_for(named: Dict[str, torch.Tensor], masks: Optional[Tree], of: str = "param") -> Dict[str, torch.Tensor]:
+def masks_for(named: dict[str, torch.Tensor], masks: Tree | None, of: str = "param") -> dict[str, torch.Tensor]:
     """Masks by name, each checked to be a tensor of its param's shape (also those no leaf step reads)."""
     named_masks = lookup(named, masks, "masks")
     check_dtensors(named)
@@ -166,9 +169,15 @@ def masks_for(named: Dict[str, torch.Tensor], masks: Optional[Tree], of: str = "
 _LEAF_ERRORS = (ValueError, TypeError, IndexError, KeyError)
 
 
-def per_leaf(params: Tree, step: Callable[[str, torch.Tensor, Optional[torch.Tensor]], torch.Tensor], *,
-             masks: Optional[Tree] = None, scores: Optional[Tree] = None, include: Include = None,
-             finish: Optional[Callable[[Dict[str, torch.Tensor], Dict[str, torch.Tensor]], None]] = None) -> Tree:
+def per_leaf(
+    params: Tree,
+    step: Callable[[str, torch.Tensor, torch.Tensor | None], torch.Tensor],
+    *,
+    masks: Tree | None = None,
+    scores: Tree | None = None,
+    include: Include = None,
+    finish: Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], None] | None = None,
+) -> Tree:
     """The tree driver of every per-leaf mask function: one lookup, one error rule, one rebuild.
 
     For each leaf picked by ``include`` (in ``params`` order), ``step(name, scores_leaf, old_mask)``

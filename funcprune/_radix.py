@@ -13,15 +13,20 @@ the answer does not depend on how the tensors are sharded. Eager only.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import torch
 
 _DIGIT_BITS = 16
 _DIGITS = 1 << _DIGIT_BITS
 INT_VIEW = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-INF_BITS = {torch.float16: 0x7C00, torch.bfloat16: 0x7F80, torch.float32: 0x7F800000,
-             torch.float64: 0x7FF0000000000000}  # +inf's bit pattern; NaNs lie above it
+INF_BITS = {
+    torch.float16: 0x7C00,
+    torch.bfloat16: 0x7F80,
+    torch.float32: 0x7F800000,
+    torch.float64: 0x7FF0000000000000,
+}  # +inf's bit pattern; NaNs lie above it
 DEFAULT_CHUNK = 1 << 20
 _TIE_BLOCK = 1 << 14  # entries a block of the tie split reads at once (its int64 temporaries: 128 KiB)
 
@@ -31,16 +36,23 @@ def _bits(key: torch.Tensor) -> torch.Tensor:
     return key.view(INT_VIEW[key.element_size()])
 
 
-def _paired_chunks(key: torch.Tensor, live: Optional[torch.Tensor], chunk: int):
+def _paired_chunks(key: torch.Tensor, live: torch.Tensor | None, chunk: int):
     """Yield ``(start, key_piece, live_piece)`` over the flattened tensors, ``chunk`` entries at a time."""
     flat, live_flat = key.reshape(-1), None if live is None else live.reshape(-1)
     for start in range(0, flat.numel(), chunk):
-        yield start, flat[start:start + chunk], None if live_flat is None else live_flat[start:start + chunk]
+        yield start, flat[start : start + chunk], None if live_flat is None else live_flat[start : start + chunk]
 
 
-def radix_select_keep(keys: Sequence[torch.Tensor], alive: Sequence[Optional[torch.Tensor]], k: int,
-                      *, key_fn: Callable[[torch.Tensor], torch.Tensor] = lambda piece: piece,
-                      largest: bool = False, chunk: int = DEFAULT_CHUNK, **spread: Any) -> list:
+def radix_select_keep(
+    keys: Sequence[torch.Tensor],
+    alive: Sequence[torch.Tensor | None],
+    k: int,
+    *,
+    key_fn: Callable[[torch.Tensor], torch.Tensor] = lambda piece: piece,
+    largest: bool = False,
+    chunk: int = DEFAULT_CHUNK,
+    **spread: Any,
+) -> list:
     """Keep masks after dropping the ``k`` smallest (or largest) alive entries across all ``keys``.
 
     Eager only. ``key_fn`` maps a flat piece of a tensor in ``keys`` to its non-negative keys (floating,
@@ -51,8 +63,9 @@ def radix_select_keep(keys: Sequence[torch.Tensor], alive: Sequence[Optional[tor
     sharded over processes, as in :func:`radix_cut` and :func:`keep_from_cut`.
     """
     if k == 0:
-        return [torch.ones_like(key, dtype=torch.bool) if live is None else live.clone()
-                for key, live in zip(keys, alive)]
+        return [
+            torch.ones_like(key, dtype=torch.bool) if live is None else live.clone() for key, live in zip(keys, alive)
+        ]
     cut = radix_cut(keys, alive, k, key_fn=key_fn, largest=largest, chunk=chunk, **spread)
     return keep_from_cut(keys, alive, cut, key_fn=key_fn, largest=largest, chunk=chunk, **spread)
 
@@ -115,7 +128,7 @@ def _cut_bits(key_fn, keys, largest, key_from_index: bool = False):
     return nbits, flip, bits_of
 
 
-def _pieces(keys, alive, chunk, index_fn: Optional[IndexFn], counted=None):
+def _pieces(keys, alive, chunk, index_fn: IndexFn | None, counted=None):
     """``(leaf, start, piece, live_piece, index_piece)`` over the counted leaves, ``chunk`` entries at a time.
 
     ``index_piece`` is ``index_fn(leaf, start, len(piece))`` (None without an ``index_fn``).
@@ -128,7 +141,7 @@ def _pieces(keys, alive, chunk, index_fn: Optional[IndexFn], counted=None):
             yield leaf, start, piece, live_piece, index
 
 
-def _histogram_cut(bits_and_inside, k: int, nbits: int, device, reduce: Optional[Reduce]):
+def _histogram_cut(bits_and_inside, k: int, nbits: int, device, reduce: Reduce | None):
     """``(prefix, due, ties)`` of the k-th smallest of the integers that ``bits_and_inside()`` yields.
 
     ``bits_and_inside()`` yields ``(bits, inside)`` pairs (``inside`` a bool mask or None) for
@@ -144,8 +157,7 @@ def _histogram_cut(bits_and_inside, k: int, nbits: int, device, reduce: Optional
             inside = (b >> (shift + _DIGIT_BITS)) == (prefix >> (shift + _DIGIT_BITS))
             if inside_mask is not None:
                 inside &= inside_mask
-            hist += torch.bincount(torch.where(inside, (b >> shift) & (_DIGITS - 1), _DIGITS),
-                                   minlength=_DIGITS + 1)
+            hist += torch.bincount(torch.where(inside, (b >> shift) & (_DIGITS - 1), _DIGITS), minlength=_DIGITS + 1)
         if reduce is not None:
             hist = reduce(hist)
         cum = hist[:_DIGITS].cumsum(0)
@@ -156,11 +168,20 @@ def _histogram_cut(bits_and_inside, k: int, nbits: int, device, reduce: Optional
     return prefix, int(due), int(ties)
 
 
-def radix_cut(keys: Sequence[torch.Tensor], alive: Sequence[Optional[torch.Tensor]], k: int, *,
-              key_fn: Callable[[torch.Tensor], torch.Tensor] = lambda piece: piece, largest: bool = False,
-              chunk: int = DEFAULT_CHUNK, reduce: Optional[Reduce] = None, counted: Optional[Sequence[bool]] = None,
-              index_fn: Optional[IndexFn] = None, key_from_index: bool = False,
-              index_total: Optional[int] = None) -> RadixCut:
+def radix_cut(
+    keys: Sequence[torch.Tensor],
+    alive: Sequence[torch.Tensor | None],
+    k: int,
+    *,
+    key_fn: Callable[[torch.Tensor], torch.Tensor] = lambda piece: piece,
+    largest: bool = False,
+    chunk: int = DEFAULT_CHUNK,
+    reduce: Reduce | None = None,
+    counted: Sequence[bool] | None = None,
+    index_fn: IndexFn | None = None,
+    key_from_index: bool = False,
+    index_total: int | None = None,
+) -> RadixCut:
     """The cut of the ``k`` smallest (or largest) alive keys across ``keys``, without selecting.
 
     The histogram passes of :func:`radix_select_keep` (same arguments, ``1 <= k <= alive``):
@@ -183,8 +204,9 @@ def radix_cut(keys: Sequence[torch.Tensor], alive: Sequence[Optional[torch.Tenso
     nbits, flip, bits_of = _cut_bits(key_fn, keys, largest, key_from_index)
 
     def bits_and_inside():
-        for _, _, piece, live_piece, index in _pieces(keys, alive, chunk, index_fn if key_from_index else None,
-                                                      counted):
+        for _, _, piece, live_piece, index in _pieces(
+            keys, alive, chunk, index_fn if key_from_index else None, counted
+        ):
             yield bits_of(index if key_from_index else piece), live_piece
 
     prefix, due, ties = _histogram_cut(bits_and_inside, k, nbits, device, reduce)
@@ -193,11 +215,20 @@ def radix_cut(keys: Sequence[torch.Tensor], alive: Sequence[Optional[torch.Tenso
     return RadixCut(prefix, due, ties, sample.is_floating_point() and plain > INF_BITS[sample.dtype])
 
 
-def keep_from_cut(keys: Sequence[torch.Tensor], alive: Sequence[Optional[torch.Tensor]], cut: RadixCut, *,
-                  key_fn: Callable[[torch.Tensor], torch.Tensor] = lambda piece: piece, largest: bool = False,
-                  chunk: int = DEFAULT_CHUNK, reduce: Optional[Reduce] = None,
-                  counted: Optional[Sequence[bool]] = None, index_fn: Optional[IndexFn] = None,
-                  key_from_index: bool = False, index_total: Optional[int] = None) -> list:
+def keep_from_cut(
+    keys: Sequence[torch.Tensor],
+    alive: Sequence[torch.Tensor | None],
+    cut: RadixCut,
+    *,
+    key_fn: Callable[[torch.Tensor], torch.Tensor] = lambda piece: piece,
+    largest: bool = False,
+    chunk: int = DEFAULT_CHUNK,
+    reduce: Reduce | None = None,
+    counted: Sequence[bool] | None = None,
+    index_fn: IndexFn | None = None,
+    key_from_index: bool = False,
+    index_total: int | None = None,
+) -> list:
     """Keep masks (one per key, its shape) after dropping what ``cut`` selects; ties by lowest global index.
 
     With the arguments given to :func:`radix_cut`. Where no tie straddles the cut this is the only
@@ -215,8 +246,9 @@ def keep_from_cut(keys: Sequence[torch.Tensor], alive: Sequence[Optional[torch.T
       [tensor([ True, False,  True,  True])]
     """
     if index_fn is not None:
-        return _keep_by_index(keys, alive, cut, key_fn, largest, chunk, reduce, counted, index_fn, key_from_index,
-                              index_total)
+        return _keep_by_index(
+            keys, alive, cut, key_fn, largest, chunk, reduce, counted, index_fn, key_from_index, index_total
+        )
     device = keys[0].device
     _, _, bits_of = _cut_bits(key_fn, keys, largest)
     prefix, due = cut.prefix, cut.due
@@ -240,13 +272,14 @@ def keep_from_cut(keys: Sequence[torch.Tensor], alive: Sequence[Optional[torch.T
             piece_keep = dropped.logical_not_()
             if live_piece is not None:
                 piece_keep &= live_piece
-            keep[start:start + piece.numel()] = piece_keep
+            keep[start : start + piece.numel()] = piece_keep
         masks.append(keep.view(key.shape))
     return masks
 
 
-def _keep_by_index(keys, alive, cut, key_fn, largest, chunk, reduce, counted, index_fn, key_from_index,
-                   index_total: Optional[int] = None) -> list:
+def _keep_by_index(
+    keys, alive, cut, key_fn, largest, chunk, reduce, counted, index_fn, key_from_index, index_total: int | None = None
+) -> list:
     """:func:`keep_from_cut` with ties broken by a second radix selection over global indices.
 
     One pass over every entry writes the masks, keeping every tie for now and noting the blocks of
@@ -272,11 +305,11 @@ def _keep_by_index(keys, alive, cut, key_fn, largest, chunk, reduce, counted, in
             piece_keep = (b > prefix) if not straddles else (b >= prefix)  # not straddling: every tie goes
             if live_piece is not None:
                 piece_keep &= live_piece
-            keep[start:start + piece.numel()] = piece_keep
+            keep[start : start + piece.numel()] = piece_keep
             if straddles:
                 tie = (b == prefix) & piece_keep
                 for sub in range(0, piece.numel(), _TIE_BLOCK):  # note the tied blocks, not whole chunks
-                    if int(tie[sub:sub + _TIE_BLOCK].sum()):
+                    if int(tie[sub : sub + _TIE_BLOCK].sum()):
                         tied.append((leaf, start + sub, min(_TIE_BLOCK, piece.numel() - sub)))
         masks.append(keep.view(key.shape))
     if not straddles:
@@ -284,20 +317,24 @@ def _keep_by_index(keys, alive, cut, key_fn, largest, chunk, reduce, counted, in
 
     def tie_and_index(leaf, start, count):
         index = index_fn(leaf, start, count)
-        piece = keys[leaf].reshape(-1)[start:start + count]
+        piece = keys[leaf].reshape(-1)[start : start + count]
         tie = bits(piece, index) == prefix
         live = alive[leaf]
-        return (tie if live is None else tie & live.reshape(-1)[start:start + count]), index
+        return (tie if live is None else tie & live.reshape(-1)[start : start + count]), index
 
     def tied_indices():
         for leaf, start, count in tied:
             if counted is None or counted[leaf]:
                 tie, index = tie_and_index(leaf, start, count)
                 yield index, tie
-    nbits = 64 if index_total is None else max(_DIGIT_BITS, -(-max(index_total - 1, 1).bit_length() // _DIGIT_BITS)
-                                               * _DIGIT_BITS)
+
+    nbits = (
+        64
+        if index_total is None
+        else max(_DIGIT_BITS, -(-max(index_total - 1, 1).bit_length() // _DIGIT_BITS) * _DIGIT_BITS)
+    )
     last_tie, _, _ = _histogram_cut(tied_indices, cut.due, nbits, device, reduce)  # every tie up to it goes
     for leaf, start, count in tied:
         tie, index = tie_and_index(leaf, start, count)
-        masks[leaf].view(-1)[start:start + count] &= (tie & (index <= last_tie)).logical_not_()
+        masks[leaf].view(-1)[start : start + count] &= (tie & (index <= last_tie)).logical_not_()
     return masks

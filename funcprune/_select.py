@@ -7,7 +7,6 @@ docstring describes how they choose; this module holds them and the key transfor
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
 
 import torch
 
@@ -16,7 +15,7 @@ from ._radix import INF_BITS, INT_VIEW
 
 __all__ = ["select_flat", "select_per_pool", "FAST_MIN"]
 
-Count = Union[int, torch.Tensor]
+Count = int | torch.Tensor
 
 FAST_MIN = 1 << 14  # below this, topk is as fast as the threshold path
 _SAMPLE = 1 << 13  # sample size bracketing the k-th value: ~4% of the keys fall inside the bracket
@@ -24,6 +23,7 @@ _SAMPLE = 1 << 13  # sample size bracketing the k-th value: ~4% of the keys fall
 
 # ----------------------------------------------------------------------------------------------
 # Keys: survivors are ranked by a mask, never by a sentinel value.
+
 
 def _worst(largest: bool) -> float:
     """The float key value that is never selected before a finite one (the fast path's filler)."""
@@ -55,7 +55,7 @@ def _ordered(key: torch.Tensor) -> torch.Tensor:
     return key.to(torch.int32 if key.element_size() < 4 else torch.int64)
 
 
-def _dead_last(key: torch.Tensor, alive: Optional[torch.Tensor], largest: bool, always: bool = False) -> torch.Tensor:
+def _dead_last(key: torch.Tensor, alive: torch.Tensor | None, largest: bool, always: bool = False) -> torch.Tensor:
     """A key in which no dead entry ranks before a surviving one (``key`` itself if all survive
     and not ``always``, else integer keys from :func:`_ordered`)."""
     if alive is None and not always:
@@ -67,7 +67,7 @@ def _dead_last(key: torch.Tensor, alive: Optional[torch.Tensor], largest: bool, 
     return ordered.masked_fill(~alive, info.min if largest else info.max)
 
 
-def _select_by_threshold(key: torch.Tensor, k: int, largest: bool, filled: bool = False) -> Optional[torch.Tensor]:
+def _select_by_threshold(key: torch.Tensor, k: int, largest: bool, filled: bool = False) -> torch.Tensor | None:
     """Eager fast path of :func:`select_flat`: the ``k`` extreme entries as ``key <= v`` (``key >= v``).
 
     The k-th value ``v`` comes from a 4-sigma bracket read off a strided sample: one counting
@@ -111,8 +111,9 @@ def _select_by_threshold(key: torch.Tensor, k: int, largest: bool, filled: bool 
     return key <= v
 
 
-def select_flat(key: torch.Tensor, k: Count, *, largest: bool, alive: Optional[torch.Tensor] = None,
-           k_max: Optional[int] = None) -> torch.Tensor:
+def select_flat(
+    key: torch.Tensor, k: Count, *, largest: bool, alive: torch.Tensor | None = None, k_max: int | None = None
+) -> torch.Tensor:
     """Bool mask (shape of the flat ``key``) of the ``k`` largest or smallest entries among ``alive``.
 
     Ties are broken as ``torch.topk`` breaks them (so a fresh selection is torch's). Dead entries
@@ -176,8 +177,9 @@ def _pairwise_rank(ordered: torch.Tensor, largest: bool) -> torch.Tensor:
 _PAIRWISE_MAX = 16  # pools up to this size are ranked by pairwise comparisons
 
 
-def select_per_pool(key: torch.Tensor, k: Count, *, largest: bool, alive: Optional[torch.Tensor] = None,
-                    k_max: Optional[int] = None) -> torch.Tensor:
+def select_per_pool(
+    key: torch.Tensor, k: Count, *, largest: bool, alive: torch.Tensor | None = None, k_max: int | None = None
+) -> torch.Tensor:
     """Bool mask of the ``k`` largest or smallest alive entries in every row (pool) of a 2-D ``key``.
 
     Ties go to the lower index within the row. Dead entries rank after every survivor, whatever

@@ -9,12 +9,10 @@ of the backend's minimum tile, and every row must hold the N:M pattern of its dt
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
-
 import torch
 
-from .select import as_keep
 from .patterns import satisfies_nm
+from .select import as_keep
 
 
 class SemiStructuredUnavailable(RuntimeError):
@@ -24,11 +22,14 @@ class SemiStructuredUnavailable(RuntimeError):
 def _backend():
     # _FORCE_CUTLASS is torch's own (private) switch; older releases without it default to CUTLASS
     semi = torch.sparse.SparseSemiStructuredTensor
-    return torch.sparse.SparseSemiStructuredTensorCUTLASS if getattr(semi, "_FORCE_CUTLASS", True) else \
-        torch.sparse.SparseSemiStructuredTensorCUSPARSELT
+    return (
+        torch.sparse.SparseSemiStructuredTensorCUTLASS
+        if getattr(semi, "_FORCE_CUTLASS", True)
+        else torch.sparse.SparseSemiStructuredTensorCUSPARSELT
+    )
 
 
-def semi_structured_pattern(dtype: torch.dtype) -> Tuple[int, int]:
+def semi_structured_pattern(dtype: torch.dtype) -> tuple[int, int]:
     """The N:M pattern ``(kept_per_group, group_size)`` for ``dtype``: ``(1, 2)`` for float32, else ``(2, 4)``.
 
     Example:
@@ -38,7 +39,7 @@ def semi_structured_pattern(dtype: torch.dtype) -> Tuple[int, int]:
     return (1, 2) if dtype == torch.float32 else (2, 4)
 
 
-def check_semi_structured(weight: torch.Tensor, mask: Optional[torch.Tensor] = None) -> List[str]:
+def check_semi_structured(weight: torch.Tensor, mask: torch.Tensor | None = None) -> list[str]:
     """Every reason ``weight`` (masked by ``mask``) does not fit the semi-structured layout.
 
     Checks shape, contiguity, dtype, the backend's minimum tile and the row pattern of
@@ -68,8 +69,10 @@ def check_semi_structured(weight: torch.Tensor, mask: Optional[torch.Tensor] = N
     else:
         rows, cols = limits.sparse_min_rows, limits.sparse_min_cols
         if weight.shape[0] % rows or weight.shape[1] % cols or not weight.shape[0] or not weight.shape[1]:
-            problems.append(f"shape {tuple(weight.shape)} is not a multiple of the ({rows}, {cols}) tile of the "
-                            f"{backend.BACKEND} backend for {weight.dtype}")
+            problems.append(
+                f"shape {tuple(weight.shape)} is not a multiple of the ({rows}, {cols}) tile of the "
+                f"{backend.BACKEND} backend for {weight.dtype}"
+            )
     kept_per_group, group_size = semi_structured_pattern(weight.dtype)
     keep = as_keep(weight, mask)
     kept = weight != 0 if keep is None else keep & (weight != 0)
@@ -80,7 +83,7 @@ def check_semi_structured(weight: torch.Tensor, mask: Optional[torch.Tensor] = N
     return problems
 
 
-def semi_structured_available(device: torch.device) -> Tuple[bool, str]:
+def semi_structured_available(device: torch.device) -> tuple[bool, str]:
     """Whether ``device`` runs semi-structured sparse kernels, with the reason when it does not.
 
     Example:
@@ -98,7 +101,7 @@ def semi_structured_available(device: torch.device) -> Tuple[bool, str]:
     return True, ""
 
 
-def to_semi_structured(weight: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+def to_semi_structured(weight: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """``torch.sparse.to_sparse_semi_structured`` of ``weight * mask``, after checking the layout.
 
     Raises:

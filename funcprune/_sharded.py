@@ -22,13 +22,14 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
-from typing import Any, Dict, List, Optional, Sequence, TypeVar
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 import torch
 
 from . import _amount, _dtensor, _radix
-from ._norms import channel_norm
 from ._amount import Amount
+from ._norms import channel_norm
 
 _M32 = 0xFFFFFFFF
 _H = TypeVar("_H", int, torch.Tensor)  # the hash rounds run on Python ints (the seed) and int64 tensors
@@ -36,6 +37,7 @@ _H = TypeVar("_H", int, torch.Tensor)  # the hash rounds run on Python ints (the
 
 # ----------------------------------------------------------------------------------------------
 # The hash stream: int64 arithmetic whose intermediates stay below 2**63 (no wrap-around anywhere).
+
 
 def _mul32(h: _H, c: int) -> _H:
     """``(h * c) mod 2**32`` for 32-bit ``h`` and ``c``, in int64 without overflow (16-bit halves of ``c``)."""
@@ -73,30 +75,33 @@ def hash_keys(seed: int, index: torch.Tensor) -> torch.Tensor:
     return ((a >> 1) << 31) | (b >> 1)
 
 
-def draw_seed(generator: Optional[torch.Generator], tensors: Sequence[torch.Tensor]) -> int:
+def draw_seed(generator: torch.Generator | None, tensors: Sequence[torch.Tensor]) -> int:
     """One 63-bit seed from ``generator`` (or the global RNG); for DTensors, checked equal on every rank.
 
     Raises:
       ValueError: ranks drew different seeds (their RNG states differ: seed them alike).
     """
     device = generator.device if generator is not None else torch.device("cpu")
-    seed = int(torch.randint(0, 2 ** 63 - 1, (), generator=generator, device=device))
+    seed = int(torch.randint(0, 2**63 - 1, (), generator=generator, device=device))
     reduce = None if _dtensor.outside_mesh(tensors) else _dtensor.mesh_sum(_dtensor.mesh_of(tensors), "max")
     if reduce is not None:  # max(seed) == -max(-seed) iff every rank drew the same seed
         both = reduce(torch.tensor([seed, -seed], dtype=torch.int64, device=_dtensor.local(tensors[0]).device))
         if int(both[0]) != -int(both[1]):
-            raise ValueError(f"ranks drew different random seeds ({-int(both[1])} .. {int(both[0])}): seed every "
-                             f"rank's RNG alike (torch.manual_seed) or pass a generator seeded alike")
+            raise ValueError(
+                f"ranks drew different random seeds ({-int(both[1])} .. {int(both[0])}): seed every "
+                f"rank's RNG alike (torch.manual_seed) or pass a generator seeded alike"
+            )
     return seed
 
 
 # ----------------------------------------------------------------------------------------------
 # Leaves as local shards.
 
+
 class _Shards:
     """Local views of some leaves (DTensors on one mesh, or plain tensors) and their global bookkeeping."""
 
-    def __init__(self, leaves: Sequence[torch.Tensor], keeps: Sequence[Optional[torch.Tensor]]) -> None:
+    def __init__(self, leaves: Sequence[torch.Tensor], keeps: Sequence[torch.Tensor | None]) -> None:
         for i, t in enumerate(list(leaves) + [k for k in keeps if k is not None]):  # backstop: callers check first
             if _dtensor.is_dtensor(t):
                 _dtensor.check_placements(f"leaf {i}", t)
@@ -128,28 +133,35 @@ class _Shards:
                 here += t.numel() if keep is None else keep.sum()
         return int(self.sum(here.reshape(1))[0])
 
-    def wrap(self, local_masks: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+    def wrap(self, local_masks: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Local masks as masks laid out like the leaves."""
         return [_dtensor.like_param(m, t) for m, t in zip(local_masks, self.leaves)]
 
 
-def call_fingerprint(names: Sequence[str], leaves: Sequence[torch.Tensor], keeps: Sequence[Optional[torch.Tensor]],
-                     amount: Amount, method: str) -> Dict[str, str]:
+def call_fingerprint(
+    names: Sequence[str],
+    leaves: Sequence[torch.Tensor],
+    keeps: Sequence[torch.Tensor | None],
+    amount: Amount,
+    method: str,
+) -> dict[str, str]:
     """What every rank of one global selection must agree on, part by part (each part a short string)."""
     value = float(amount) if isinstance(amount, torch.Tensor) else amount
-    return {"amount": f"{value!r} ({type(amount).__name__})",
-            "method": method,
-            "leaf names": repr(list(names)),
-            "shapes": repr([tuple(t.shape) for t in leaves]),
-            "dtypes": repr([str(t.dtype).replace("torch.", "") for t in leaves]),
-            "prior masks": repr([name for name, keep in zip(names, keeps) if keep is not None])}
+    return {
+        "amount": f"{value!r} ({type(amount).__name__})",
+        "method": method,
+        "leaf names": repr(list(names)),
+        "shapes": repr([tuple(t.shape) for t in leaves]),
+        "dtypes": repr([str(t.dtype).replace("torch.", "") for t in leaves]),
+        "prior masks": repr([name for name, keep in zip(names, keeps) if keep is not None]),
+    }
 
 
 def _hash62(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little") >> 2
 
 
-def agreed_alive(shards: "_Shards", fingerprint: Dict[str, str], amount: Amount) -> int:
+def agreed_alive(shards: _Shards, fingerprint: dict[str, str], amount: Amount) -> int:
     """:meth:`_Shards.alive`, checking on the way that every rank of the mesh made the same call.
 
     The survivors' count and the fingerprint travel in one ``all_reduce`` (max) of a small int64
@@ -184,23 +196,33 @@ def agreed_alive(shards: "_Shards", fingerprint: Dict[str, str], amount: Amount)
     assert reduce_max is not None  # shards.reduce is set: the leaves are DTensors on a mesh
     vector = reduce_max(torch.cat([head, slots]))
     parts = len(hashes)
-    top, low = vector[:parts].tolist(), [-v for v in vector[parts:2 * parts].tolist()]
+    top, low = vector[:parts].tolist(), [-v for v in vector[parts : 2 * parts].tolist()]
     differ = [name for name, hi, lo in zip(fingerprint, top, low) if hi != lo]
     if differ:
         lo_bits, hi_bits = -int(vector[2 * parts + 1]), int(vector[2 * parts])
         span = struct.unpack("<d", struct.pack("<q", lo_bits))[0], struct.unpack("<d", struct.pack("<q", hi_bits))[0]
         mine = "; ".join(f"{name}: {fingerprint[name][:200]}" for name in differ)
         ranged = f" (amounts on the ranks span {span[0]!r} .. {span[1]!r})" if "amount" in differ else ""
-        raise ValueError(f"the ranks of one global selection disagree about its {', '.join(differ)}{ranged}; every "
-                         f"rank must make the same call (same amount, method, tree, dtypes, prior masks). "
-                         f"This rank has {mine}")
-    return int(vector[2 * parts + 2:].sum())
+        raise ValueError(
+            f"the ranks of one global selection disagree about its {', '.join(differ)}{ranged}; every "
+            f"rank must make the same call (same amount, method, tree, dtypes, prior masks). "
+            f"This rank has {mine}"
+        )
+    return int(vector[2 * parts + 2 :].sum())
 
 
-def select_global(leaves: Sequence[torch.Tensor], keeps: Sequence[Optional[torch.Tensor]], amount: Amount, *,
-                  method: str, dtype: torch.dtype, generator: Optional[torch.Generator] = None,
-                  chunk: int = _radix.DEFAULT_CHUNK, largest: bool = False,
-                  names: Optional[Sequence[str]] = None) -> List[torch.Tensor]:
+def select_global(
+    leaves: Sequence[torch.Tensor],
+    keeps: Sequence[torch.Tensor | None],
+    amount: Amount,
+    *,
+    method: str,
+    dtype: torch.dtype,
+    generator: torch.Generator | None = None,
+    chunk: int = _radix.DEFAULT_CHUNK,
+    largest: bool = False,
+    names: Sequence[str] | None = None,
+) -> list[torch.Tensor]:
     """Keep masks after pruning ``amount`` of the surviving entries of all ``leaves`` together.
 
     ``method`` ``"l1"`` drops the smallest ``|leaf|`` (compared in ``dtype``); ``"random"`` the
@@ -220,22 +242,32 @@ def select_global(leaves: Sequence[torch.Tensor], keeps: Sequence[Optional[torch
     names = [f"leaf {i}" for i in range(len(leaves))] if names is None else list(names)
     alive = agreed_alive(shards, call_fingerprint(names, leaves, keeps, amount, method), amount)
     amount, k = _amount.drop_count(amount, alive, "parameters")
-    spread: dict[str, Any] = dict(reduce=shards.reduce, counted=shards.counted, index_fn=shards.index,
-                                  index_total=shards.total)
+    spread: dict[str, Any] = dict(
+        reduce=shards.reduce, counted=shards.counted, index_fn=shards.index, index_total=shards.total
+    )
     if method == "l1":
-        local = _radix.radix_select_keep(shards.locals, shards.keeps, k, key_fn=lambda piece: piece.abs().to(dtype),
-                                         chunk=chunk, **spread)
+        local = _radix.radix_select_keep(
+            shards.locals, shards.keeps, k, key_fn=lambda piece: piece.abs().to(dtype), chunk=chunk, **spread
+        )
     elif method == "scores":
         local = _radix.radix_select_keep(shards.locals, shards.keeps, k, largest=largest, chunk=chunk, **spread)
     else:
         seed = draw_seed(generator, leaves)
-        local = _radix.radix_select_keep(shards.locals, shards.keeps, k, key_fn=lambda index: hash_keys(seed, index),
-                                         chunk=chunk, key_from_index=True, **spread)
+        local = _radix.radix_select_keep(
+            shards.locals,
+            shards.keeps,
+            k,
+            key_fn=lambda index: hash_keys(seed, index),
+            chunk=chunk,
+            key_from_index=True,
+            **spread,
+        )
     return shards.wrap(local)
 
 
 # ----------------------------------------------------------------------------------------------
 # Per channel: one score per channel crosses the wire, then the single-process kernel runs everywhere.
+
 
 def _channel_block(t: torch.Tensor, dim: int):
     """``(first, count)``: the global channels along ``dim`` that this rank's shard of ``t`` holds."""
@@ -251,7 +283,7 @@ def _to_channels(local_values: torch.Tensor, first: int, counted: bool, channels
     """
     out = torch.zeros(channels, dtype=torch.int64, device=local_values.device)
     if counted:
-        out[first:first + local_values.numel()] = local_values.to(torch.int64)
+        out[first : first + local_values.numel()] = local_values.to(torch.int64)
     return out if reduce is None else reduce(out)
 
 
@@ -269,8 +301,9 @@ def channels_kept(mask: torch.Tensor, dim: int) -> torch.Tensor:
     return _to_channels(counts, first, _dtensor.counts_here(mask), mask.shape[dim], reduce) > 0
 
 
-def spread_channels(channel_keep: torch.Tensor, like: torch.Tensor, dim: int,
-                    keep: Optional[torch.Tensor]) -> torch.Tensor:
+def spread_channels(
+    channel_keep: torch.Tensor, like: torch.Tensor, dim: int, keep: torch.Tensor | None
+) -> torch.Tensor:
     """A mask laid out like ``like``: ``channel_keep`` spread along ``dim`` of its shard, and ``keep``."""
     if _dtensor.outside_mesh([like]):
         return _dtensor.empty_mask_like(like)
@@ -278,7 +311,7 @@ def spread_channels(channel_keep: torch.Tensor, like: torch.Tensor, dim: int,
     shape = tuple(_dtensor.local(like).shape)
     view = [1] * len(shape)
     view[dim] = count
-    local = channel_keep[first:first + count].view(view).expand(shape).clone()
+    local = channel_keep[first : first + count].view(view).expand(shape).clone()
     if keep is not None:
         local &= _dtensor.local(keep)
     return _dtensor.like_param(local, like)
@@ -292,8 +325,10 @@ def _norm_order(n) -> float:
         computable from partial sums of shards).
     """
     if n == "nuc":
-        raise ValueError(f"n='nuc' (the nuclear norm of each channel) cannot be computed from shards; "
-                         f"DTensor scores take a vector norm order (1, 2, inf, -inf, 0, 'fro', any float p)")
+        raise ValueError(
+            "n='nuc' (the nuclear norm of each channel) cannot be computed from shards; "
+            "DTensor scores take a vector norm order (1, 2, inf, -inf, 0, 'fro', any float p)"
+        )
     return 2.0 if n == "fro" else float(n)
 
 
@@ -326,8 +361,10 @@ def channel_norms(scores: torch.Tensor, n, dim: int) -> torch.Tensor:
     local = _dtensor.local(scores).detach()
     probe = channel_norm(torch.zeros((2,) * scores.dim(), dtype=scores.dtype, device=local.device), n, dim)
     if tuple(probe.shape) != (2,):
-        raise ValueError(f"n={n!r} gives norms of shape {tuple(probe.shape)} for a tensor of shape "
-                         f"{tuple(scores.shape)}, not one per channel along dim {dim}")
+        raise ValueError(
+            f"n={n!r} gives norms of shape {tuple(probe.shape)} for a tensor of shape "
+            f"{tuple(scores.shape)}, not one per channel along dim {dim}"
+        )
     p = _norm_order(n)
     if _dtensor.outside_mesh([scores]):  # no entries here, no group to join: the selection returns an empty shard
         return torch.zeros(scores.shape[dim], dtype=probe.dtype, device=local.device)
@@ -345,7 +382,7 @@ def channel_norms(scores: torch.Tensor, n, dim: int) -> torch.Tensor:
         fill = 0 if top else torch.iinfo(torch.int64).max
         part = torch.full((channels,), fill, dtype=torch.int64, device=device)
         if counted and bits.numel():
-            part[first:first + count] = bits.amax(dim=others) if top else bits.amin(dim=others)
+            part[first : first + count] = bits.amax(dim=others) if top else bits.amin(dim=others)
         reduce = _dtensor.mesh_sum(_dtensor.mesh_of([scores]), "max" if top else "min")
         part = part if reduce is None else reduce(part)
         if not top:
@@ -362,7 +399,7 @@ def channel_norms(scores: torch.Tensor, n, dim: int) -> torch.Tensor:
             terms = x.pow(p)
         part = torch.zeros(channels, dtype=torch.float64, device=device)
         if counted and terms.numel():
-            part[first:first + count] = terms.sum(dim=others) if others else terms
+            part[first : first + count] = terms.sum(dim=others) if others else terms
         reduce = _dtensor.mesh_sum(_dtensor.mesh_of([scores]))
         part = part if reduce is None else reduce(part)
         norm = part if p in (0, 1) else part.sqrt() if p == 2 else part.pow(1.0 / p)
@@ -383,8 +420,10 @@ def kept_count(mask: torch.Tensor, per_row: bool = False) -> torch.Tensor:
     if _dtensor.is_dtensor(mask):
         _dtensor.check_placements("mask", mask)
     if _dtensor.is_dtensor(mask) and _dtensor.outside_mesh([mask]):  # only a DTensor is ever outside
-        raise ValueError(f"rank {torch.distributed.get_rank()} is not in the mask's device mesh {mask.device_mesh}: "
-                         f"it holds none of the mask's entries and cannot count them; count on the mesh's ranks")
+        raise ValueError(
+            f"rank {torch.distributed.get_rank()} is not in the mask's device mesh {mask.device_mesh}: "
+            f"it holds none of the mask's entries and cannot count them; count on the mesh's ranks"
+        )
     local = _dtensor.local(mask)
     counts = (local != 0).flatten(1).sum(1) if per_row else (local != 0).sum().reshape(1)
     if not _dtensor.counts_here(mask):

@@ -7,8 +7,6 @@ the trees are keyed by the *original* names (``"fc1.weight"``), as the functiona
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
-
 import torch
 import torch.nn.utils.prune as _torch_prune
 
@@ -21,13 +19,13 @@ from ._pytree import Tree
 __all__ = ["from_module", "to_module"]
 
 
-def _original_names(module: torch.nn.Module, reparam) -> Dict[str, str]:
+def _original_names(module: torch.nn.Module, reparam) -> dict[str, str]:
     """``{qualified parameter name in the module: original name}`` (``x.weight_orig`` -> ``x.weight``)."""
     orig_of = {(f"{p}." if p else "") + local + "_orig": name for name, (_, local, p) in reparam.items()}
     return {qname: orig_of.get(qname, qname) for qname, _ in module.named_parameters()}
 
 
-def from_module(module: torch.nn.Module) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+def from_module(module: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Read a (possibly pruned) module into ``(params, masks)`` keyed by the original names.
 
     ``params[name]`` is the module's own parameter (for a pruned tensor the ``_orig`` Parameter);
@@ -41,9 +39,10 @@ def from_module(module: torch.nn.Module) -> Tuple[Dict[str, torch.Tensor], Dict[
       (['bias', 'weight'], ['weight'], torch.bool, True)
     """
     reparam = reparametrized(module)
-    params: Dict[str, torch.Tensor] = {orig: p for (qname, orig), (_, p) in zip(
-        _original_names(module, reparam).items(), module.named_parameters())}
-    masks: Dict[str, torch.Tensor] = {}
+    params: dict[str, torch.Tensor] = {
+        orig: p for (qname, orig), (_, p) in zip(_original_names(module, reparam).items(), module.named_parameters())
+    }
+    masks: dict[str, torch.Tensor] = {}
     for name in params:
         if name in reparam:
             sub, local, _ = reparam[name]
@@ -51,7 +50,7 @@ def from_module(module: torch.nn.Module) -> Tuple[Dict[str, torch.Tensor], Dict[
     return params, masks
 
 
-def to_module(module: torch.nn.Module, params: Optional[Tree] = None, masks: Optional[Tree] = None) -> torch.nn.Module:
+def to_module(module: torch.nn.Module, params: Tree | None = None, masks: Tree | None = None) -> torch.nn.Module:
     """Give ``module`` the values of ``params`` and exactly torch's pruned layout for ``masks``.
 
     Masked names get (or keep) ``<name>_orig``/``<name>_mask``/hook as
@@ -89,12 +88,16 @@ def to_module(module: torch.nn.Module, params: Optional[Tree] = None, masks: Opt
             if not is_concrete(value):  # copied into the module below: checked before anything changes
                 raise ValueError(f"{name}: {what} must be a real tensor (not meta or vmap-batched)")
             if tuple(value.shape) != tuple(current[name].shape):
-                raise ValueError(f"{name}: {what} has shape {tuple(value.shape)} but the parameter has shape "
-                                 f"{tuple(current[name].shape)}")
+                raise ValueError(
+                    f"{name}: {what} has shape {tuple(value.shape)} but the parameter has shape "
+                    f"{tuple(current[name].shape)}"
+                )
             if what == "mask" and is_dtensor(current[name]):
-                raise TypeError(f"{name}: the parameter is a DTensor (sharded by FSDP2's fully_shard or tensor "
-                                "parallelism), and torch's full-size <name>_mask buffer and forward pre-hook do not "
-                                "fit it: keep the masks as a tree and train with funcprune.distributed.keep_pruned")
+                raise TypeError(
+                    f"{name}: the parameter is a DTensor (sharded by FSDP2's fully_shard or tensor "
+                    "parallelism), and torch's full-size <name>_mask buffer and forward pre-hook do not "
+                    "fit it: keep the masks as a tree and train with funcprune.distributed.keep_pruned"
+                )
     reparam = reparametrized(module)
     subs = dict(module.named_modules())
     with torch.no_grad():

@@ -5,22 +5,30 @@ from __future__ import annotations
 import sys
 import threading
 import weakref
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import torch
 
 from . import _pytree
-from ._layout import Layout, layout as _layout
-from ._errors import shape_mismatch, unknown_names
-from ._pytree import Tree
 from ._amount import is_concrete
+from ._errors import shape_mismatch, unknown_names
+from ._layout import Layout
+from ._layout import layout as _layout
 from ._masking import masked
+from ._pytree import Tree
 
 __all__ = ["functional_call"]
 
 
-def functional_call(module: torch.nn.Module, params: Tree, args: Any = (), kwargs: Optional[Dict[str, Any]] = None,
-                    *, masks: Optional[Tree] = None, strict: bool = False) -> Any:
+def functional_call(
+    module: torch.nn.Module,
+    params: Tree,
+    args: Any = (),
+    kwargs: dict[str, Any] | None = None,
+    *,
+    masks: Tree | None = None,
+    strict: bool = False,
+) -> Any:
     """Call ``module`` with ``params`` (masked by ``masks``) in place of its own tensors.
 
     A function of ``params`` and ``masks`` that leaves the module's tensors as they were (but see
@@ -111,26 +119,29 @@ def _check_wrapper(module: torch.nn.Module, params: Tree) -> None:
                     f"params and masks swapped in here, so they would be silently ignored. Under FSDP2, prune "
                     f"the sharded params (masks come back as DTensors), zero them in place with "
                     f"funcprune.distributed.keep_pruned(optimizer, params, masks) (or apply_masks_), and call "
-                    f"the model itself")
+                    f"the model itself"
+                )
     ddp = sys.modules.get("torch.nn.parallel.distributed")
     if ddp is not None and isinstance(module, ddp.DistributedDataParallel) and torch.is_grad_enabled():
         own = dict(module.named_parameters(remove_duplicate=False))
-        foreign = [name for name, value in _pytree.named_leaves(params).items()
-                   if name in own and value is not own[name]]
+        foreign = [
+            name for name, value in _pytree.named_leaves(params).items() if name in own and value is not own[name]
+        ]
         if foreign:
             raise TypeError(
                 f"functional_call on DistributedDataParallel with grad enabled needs its own parameters: "
                 f"params give other tensors for {foreign[:3]}{' ...' if len(foreign) > 3 else ''} (detached "
                 f"copies, or torch.func transforms' inputs), whose gradients DDP would not average across ranks. "
                 f"Pass dict(ddp.named_parameters()) (masks= as usual) and call loss.backward(), or run "
-                f"functional_call on ddp.module and all-reduce the gradients yourself")
+                f"functional_call on ddp.module and all-reduce the gradients yourself"
+            )
 
 
 # torch.func.functional_call swaps the given tensors into the module for the duration of the
 # forward: two threads doing that on one module would run on each other's tensors and could leave
 # them in it. One reentrant lock per module (kept outside it, so copies and pickles of the module
 # are unaffected) serializes the calls on a module; calls on different modules run concurrently.
-_LOCKS: "weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS: weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 
 
@@ -144,15 +155,17 @@ def _lock_of(module: torch.nn.Module) -> threading.RLock:
     return lock
 
 
-def _call(module: torch.nn.Module, params: Tree, args: Any, kwargs: Optional[Dict[str, Any]],
-          masks: Optional[Tree], strict: bool) -> Any:
+def _call(
+    module: torch.nn.Module, params: Tree, args: Any, kwargs: dict[str, Any] | None, masks: Tree | None, strict: bool
+) -> Any:
     layout = _layout(module)
     named = _pytree.named_leaves(params)
     named_masks = _pytree.named_leaves(masks) if masks is not None else {}
     unknown = [name for name in (*named_masks, *named) if name not in layout.tensors and name not in layout.pruned]
     if unknown:
-        raise unknown_names(unknown, layout.tensors, "params/masks",
-                            among=f"the parameters and buffers of {type(module).__name__}")
+        raise unknown_names(
+            unknown, layout.tensors, "params/masks", among=f"the parameters and buffers of {type(module).__name__}"
+        )
     values = {_module_name(name, layout): value for name, value in named.items()}
     if len(values) != len(named):
         raise ValueError("params name a pruned tensor both by its original name and as '<name>_orig'")
@@ -163,7 +176,7 @@ def _call(module: torch.nn.Module, params: Tree, args: Any, kwargs: Optional[Dic
         if mask.shape != value.shape:
             raise shape_mismatch("mask", mask.shape, "the param", value.shape, name=name)
         if name in layout.pruned:  # the module's own hook multiplies them, so the forward is unchanged
-            values[target[:-len("_orig")] + "_mask"] = mask
+            values[target[: -len("_orig")] + "_mask"] = mask
         else:
             products[name] = mask
     values = _untied(values, layout.tied, "params")
@@ -188,7 +201,7 @@ def _module_name(name: str, layout: Layout) -> str:
     return name + "_orig" if name in layout.pruned else name
 
 
-def _untied(named: Dict[str, Any], tied: Dict[str, List[str]], what: str) -> Dict[str, Any]:
+def _untied(named: dict[str, Any], tied: dict[str, list[str]], what: str) -> dict[str, Any]:
     """``named`` with a tied tensor's value under all of its names, as ``torch.func.functional_call`` ties them.
 
     A tied tensor given under several names must have one value under all of them (each name keeps
@@ -199,8 +212,9 @@ def _untied(named: Dict[str, Any], tied: Dict[str, List[str]], what: str) -> Dic
         for twin in tied.get(name, ()):
             other = out.setdefault(twin, value)
             if other is not value and not _same_value(other, value):
-                raise ValueError(f"{what} give different values for {name!r} and {twin!r}, which are one tied "
-                                 f"tensor of the module")
+                raise ValueError(
+                    f"{what} give different values for {name!r} and {twin!r}, which are one tied tensor of the module"
+                )
     return out
 
 
@@ -222,26 +236,33 @@ def _same_value(a: torch.Tensor, b: torch.Tensor) -> bool:
             return False
         wrapped_a, wrapped_b = _functorch.is_functorch_wrapped_tensor(a), _functorch.is_functorch_wrapped_tensor(b)
         if wrapped_a or wrapped_b:
-            if not (wrapped_a and wrapped_b) or _functorch.maybe_get_level(a) != _functorch.maybe_get_level(b) \
-                    or _functorch.is_batchedtensor(a) != _functorch.is_batchedtensor(b) \
-                    or _functorch.maybe_get_bdim(a) != _functorch.maybe_get_bdim(b):
+            if (
+                not (wrapped_a and wrapped_b)
+                or _functorch.maybe_get_level(a) != _functorch.maybe_get_level(b)
+                or _functorch.is_batchedtensor(a) != _functorch.is_batchedtensor(b)
+                or _functorch.maybe_get_bdim(a) != _functorch.maybe_get_bdim(b)
+            ):
                 return False
             a, b = _functorch.get_unwrapped(a), _functorch.get_unwrapped(b)
             continue
         if not is_concrete(a) or not is_concrete(b) or a.layout != torch.strided or b.layout != torch.strided:
             return False
-        if (a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
-                and a.storage_offset() == b.storage_offset() and a.stride() == b.stride()):
+        if (
+            a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+            and a.storage_offset() == b.storage_offset()
+            and a.stride() == b.stride()
+        ):
             return True
         return bool(torch.equal(a, b))
     return True
 
 
-def _check_complete(module: torch.nn.Module, layout: Layout, values: Dict[str, Any]) -> None:
+def _check_complete(module: torch.nn.Module, layout: Layout, values: dict[str, Any]) -> None:
     """``strict=True``: every tensor of the module is given (pruned ones by their original name)."""
     masks = {name + "_mask" for name in layout.pruned}
     original = {name + "_orig": name for name in layout.pruned}
     missing = [original.get(name, name) for name in layout.tensors if name not in values and name not in masks]
     if missing:
-        raise RuntimeError(f"Error(s) in reparametrizing for {module._get_name()}:\n\t"
-                           f"Missing key(s): {', '.join(map(repr, missing))}.")
+        raise RuntimeError(
+            f"Error(s) in reparametrizing for {module._get_name()}:\n\tMissing key(s): {', '.join(map(repr, missing))}."
+        )

@@ -8,26 +8,37 @@ no full mask on any rank. See ``docs/distributed.md`` for the supported recipes.
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, cast
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
 from . import _pytree
-from ._dtensor import check_placements as _check_placements, is_dtensor as _is_dtensor, local as _local
-from ._layout import reparametrized
+from ._dtensor import check_placements as _check_placements
+from ._dtensor import is_dtensor as _is_dtensor
+from ._dtensor import local as _local
 from ._errors import shape_mismatch
+from ._layout import reparametrized
 from ._pytree import Tree
 
 if TYPE_CHECKING:  # FSDP2 is looked up in sys.modules at run time, never imported
     from torch.distributed.fsdp import FSDPModule
 
-__all__ = ["apply_masks_", "mask_grads_", "keep_pruned", "KeepPruned", "broadcast_masks_", "save_masks_dcp",
-           "load_masks_dcp"]
+__all__ = [
+    "apply_masks_",
+    "mask_grads_",
+    "keep_pruned",
+    "KeepPruned",
+    "broadcast_masks_",
+    "save_masks_dcp",
+    "load_masks_dcp",
+]
 
 
 # ---------------------------------------------------------------------------------------------
 # Training: masks applied in place to (sharded) params and grads, kept through optimizer steps
 # ---------------------------------------------------------------------------------------------
+
 
 def _check_pair(name: str, param: torch.Tensor, mask: torch.Tensor, what: str = "param") -> None:
     """A mask fits ``param``: same global shape and, for DTensors, the same mesh and placements."""
@@ -37,22 +48,26 @@ def _check_pair(name: str, param: torch.Tensor, mask: torch.Tensor, what: str = 
         raise shape_mismatch("mask", mask.shape, f"the {what}", param.shape, name=name)
     p_dt, m_dt = _is_dtensor(param), _is_dtensor(mask)
     if p_dt != m_dt:
-        raise ValueError(f"{name}: the {what} is a {'DTensor' if p_dt else 'plain tensor'} but its mask is a "
-                         f"{'DTensor' if m_dt else 'plain tensor'}; a sharded param needs a DTensor mask with its "
-                         f"mesh and placements (a full mask on every rank would leave its shard)")
+        raise ValueError(
+            f"{name}: the {what} is a {'DTensor' if p_dt else 'plain tensor'} but its mask is a "
+            f"{'DTensor' if m_dt else 'plain tensor'}; a sharded param needs a DTensor mask with its "
+            f"mesh and placements (a full mask on every rank would leave its shard)"
+        )
     if _is_dtensor(param) and _is_dtensor(mask):  # both or neither: checked above
         _check_placements(name, param)
         if mask.device_mesh != param.device_mesh:
             raise ValueError(f"{name}: mask is on {mask.device_mesh} but the {what} is on {param.device_mesh}")
         if tuple(mask.placements) != tuple(param.placements):
-            raise ValueError(f"{name}: mask has placements {tuple(mask.placements)} but the {what} has "
-                             f"{tuple(param.placements)}")
+            raise ValueError(
+                f"{name}: mask has placements {tuple(mask.placements)} but the {what} has {tuple(param.placements)}"
+            )
         if mask.to_local().shape != param.to_local().shape:
-            raise shape_mismatch("local mask shard", mask.to_local().shape, f"the local {what} shard",
-                                 param.to_local().shape, name=name)
+            raise shape_mismatch(
+                "local mask shard", mask.to_local().shape, f"the local {what} shard", param.to_local().shape, name=name
+            )
 
 
-def _pairs(params: Tree, masks: Optional[Tree]) -> List[Tuple[str, torch.Tensor, torch.Tensor]]:
+def _pairs(params: Tree, masks: Tree | None) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
     """``(name, param, mask)`` for every masked leaf, all checked before anything changes."""
     if masks is None:
         return []
@@ -75,7 +90,7 @@ def _zero_pruned(target: torch.Tensor, mask: torch.Tensor) -> None:
     local.masked_fill_(keep.logical_not(), 0)  # exact zeros, also where the value is inf or NaN
 
 
-def _fsdp_owners(params: Sequence[torch.Tensor]) -> List[torch.nn.Module]:
+def _fsdp_owners(params: Sequence[torch.Tensor]) -> list[torch.nn.Module]:
     """The FSDP2 modules (``fully_shard``) whose sharded parameters include one of ``params``.
 
     FSDP2 keeps the all-gathered (unsharded) parameters of the root module (by default) and of
@@ -97,8 +112,11 @@ def _fsdp_owners(params: Sequence[torch.Tensor]) -> List[torch.nn.Module]:
         if not isinstance(module, fsdp.FSDPModule):
             continue
         groups = getattr(module._get_fsdp_state(), "_fsdp_param_groups", None)
-        if groups is None or any(id(getattr(fsdp_param, "sharded_param", None)) in wanted
-                                 for group in groups for fsdp_param in group.fsdp_params):
+        if groups is None or any(
+            id(getattr(fsdp_param, "sharded_param", None)) in wanted
+            for group in groups
+            for fsdp_param in group.fsdp_params
+        ):
             owners.append(module)
     return owners
 
@@ -110,7 +128,7 @@ def _reshard(owners: Sequence[torch.nn.Module]) -> None:
 
 
 @torch.no_grad()
-def apply_masks_(params: Tree, masks: Optional[Tree]) -> Tree:
+def apply_masks_(params: Tree, masks: Tree | None) -> Tree:
     """Zero the pruned entries of ``params`` in place, shard by shard, with no communication.
 
     The in-place twin of :func:`funcprune.apply_masks` for params a wrapper owns (FSDP2's sharded
@@ -152,7 +170,7 @@ def apply_masks_(params: Tree, masks: Optional[Tree]) -> Tree:
 
 
 @torch.no_grad()
-def mask_grads_(params: Tree, masks: Optional[Tree]) -> Tree:
+def mask_grads_(params: Tree, masks: Tree | None) -> Tree:
     """Zero the pruned entries of every ``param.grad`` in place, shard by shard, with no communication.
 
     Params without a gradient are skipped. Call it after the backward (FSDP2 has reduce-scattered
@@ -200,7 +218,7 @@ class KeepPruned:
     are zeroed again; register such hooks after :func:`keep_pruned`.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, params: Tree, masks: Optional[Tree]):
+    def __init__(self, optimizer: torch.optim.Optimizer, params: Tree, masks: Tree | None):
         self.optimizer = optimizer
         self.params = params
         self._masks = None
@@ -208,11 +226,11 @@ class KeepPruned:
         self._handles = [optimizer.register_step_pre_hook(self._pre), optimizer.register_step_post_hook(self._post)]
 
     @property
-    def masks(self) -> Optional[Tree]:
+    def masks(self) -> Tree | None:
         """The masks in force (None before the first pruning)."""
         return self._masks
 
-    def update(self, masks: Optional[Tree]) -> None:
+    def update(self, masks: Tree | None) -> None:
         """Put ``masks`` in force and zero the newly pruned params now, so the next forward is masked.
 
         Raises:
@@ -223,8 +241,10 @@ class KeepPruned:
         stepped = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
         for name, param, _ in _pairs(self.params, masks):  # check first
             if id(param) not in stepped:
-                raise ValueError(f"{name}: not a parameter of the optimizer; keep_pruned needs the parameters "
-                                 f"themselves (dict(model.named_parameters())), not copies")
+                raise ValueError(
+                    f"{name}: not a parameter of the optimizer; keep_pruned needs the parameters "
+                    f"themselves (dict(model.named_parameters())), not copies"
+                )
         apply_masks_(self.params, masks)
         self._masks = masks
 
@@ -249,7 +269,7 @@ class KeepPruned:
         apply_masks_(self.params, self._masks)
 
 
-def keep_pruned(optimizer: torch.optim.Optimizer, params: Tree, masks: Optional[Tree] = None) -> KeepPruned:
+def keep_pruned(optimizer: torch.optim.Optimizer, params: Tree, masks: Tree | None = None) -> KeepPruned:
     """Make a plain ``loss.backward(); optimizer.step()`` loop train a pruned model, also under FSDP2.
 
     Zeroes the pruned entries of ``params`` now, then hooks ``optimizer``: before each step the
@@ -285,7 +305,7 @@ def keep_pruned(optimizer: torch.optim.Optimizer, params: Tree, masks: Optional[
 
 
 @torch.no_grad()
-def broadcast_masks_(masks: Any, src: int = 0, group: Optional[Any] = None) -> Any:
+def broadcast_masks_(masks: Any, src: int = 0, group: Any | None = None) -> Any:
     """Copy rank ``src``'s masks to every rank, in place (for DDP, where every rank holds whole masks).
 
     For masks computed after ``DistributedDataParallel`` wrapped the module (DDP broadcasts
@@ -307,16 +327,19 @@ def broadcast_masks_(masks: Any, src: int = 0, group: Optional[Any] = None) -> A
     """
     import torch.distributed as dist
 
-    named: Dict[str, Any]  # user input, checked below
+    named: dict[str, Any]  # user input, checked below
     if isinstance(masks, torch.nn.Module):
-        named = {name + "_mask": sub._buffers[local + "_mask"]
-                 for name, (sub, local, _) in reparametrized(masks).items()}
+        named = {
+            name + "_mask": sub._buffers[local + "_mask"] for name, (sub, local, _) in reparametrized(masks).items()
+        }
     else:
         named = _pytree.named_leaves(masks)
     for name, mask in named.items():
         if not isinstance(mask, torch.Tensor) or _is_dtensor(mask):
-            raise TypeError(f"{name}: broadcast_masks_ takes plain tensors, got "
-                            f"{'a DTensor' if _is_dtensor(mask) else type(mask).__name__}")
+            raise TypeError(
+                f"{name}: broadcast_masks_ takes plain tensors, got "
+                f"{'a DTensor' if _is_dtensor(mask) else type(mask).__name__}"
+            )
     for mask in named.values():
         dist.broadcast(mask.view(torch.uint8) if mask.dtype == torch.bool else mask, src, group=group)
     return masks

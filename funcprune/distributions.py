@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 
@@ -30,7 +31,7 @@ from .select import as_keep
 __all__ = ["uniform", "erk", "to_counts", "prune_by"]
 
 
-def _covered(params: Tree, include: Include, exclude: Include, overrides: Optional[Mapping[str, float]]):
+def _covered(params: Tree, include: Include, exclude: Include, overrides: Mapping[str, float] | None):
     """Named leaves covered, and the checked overrides, in flattening order."""
     named = _pytree.named_leaves(params)
     if include is None:
@@ -55,16 +56,24 @@ def _free_budget(named, names, fixed, sparsity: float) -> float:
 
 
 def _infeasible(sparsity: float, kept: float, free: int) -> ValueError:
-    return ValueError(f"sparsity={sparsity} cannot be met: the leaves without overrides would have to keep "
-                      f"{kept:.6g} of their {free} entries (density outside [0, 1])")
+    return ValueError(
+        f"sparsity={sparsity} cannot be met: the leaves without overrides would have to keep "
+        f"{kept:.6g} of their {free} entries (density outside [0, 1])"
+    )
 
 
 def _tolerance(total: int) -> float:
     return 1e-9 * max(total, 1)
 
 
-def uniform(params: Tree, sparsity: float, *, include: Include = None, exclude: Include = None,
-            overrides: Optional[Mapping[str, float]] = None) -> Tree:
+def uniform(
+    params: Tree,
+    sparsity: float,
+    *,
+    include: Include = None,
+    exclude: Include = None,
+    overrides: Mapping[str, float] | None = None,
+) -> Tree:
     """The same sparsity for every covered leaf (but those in ``overrides``).
 
     Args:
@@ -105,11 +114,19 @@ def _erk_raw(shape, kernel: bool, power: float) -> float:
         raw = sum(shape) / math.prod(shape)
     else:
         raw = (shape[0] + shape[1]) / (shape[0] * shape[1])
-    return raw ** power
+    return raw**power
 
 
-def erk(params: Tree, sparsity: float, *, include: Include = None, exclude: Include = None,
-        overrides: Optional[Mapping[str, float]] = None, kernel: bool = True, power: float = 1.0) -> Tree:
+def erk(
+    params: Tree,
+    sparsity: float,
+    *,
+    include: Include = None,
+    exclude: Include = None,
+    overrides: Mapping[str, float] | None = None,
+    kernel: bool = True,
+    power: float = 1.0,
+) -> Tree:
     """Erdős–Rényi(-Kernel) sparsities: density proportional to ``sum(shape) / prod(shape)``.
 
     As in RigL (Evci et al., 2020): leaf ``l`` keeps a fraction ``eps * raw_l`` of its entries with
@@ -191,15 +208,18 @@ def to_counts(params: Tree, sparsities: Tree) -> Tree:
     counts = {name: math.floor(value) for name, value in exact.items()}
     extra = round(sum(exact.values())) - sum(counts.values())
     by_remainder = sorted(exact, key=lambda name: (-(exact[name] - counts[name]), list(exact).index(name)))
-    for name in by_remainder[:max(extra, 0)]:
+    for name in by_remainder[: max(extra, 0)]:
         counts[name] += 1
     return _pytree.like(params, counts)
 
 
-def _to_go(leaf: torch.Tensor, target, keep: Optional[torch.Tensor]):
+def _to_go(leaf: torch.Tensor, target, keep: torch.Tensor | None):
     """Entries still to prune so ``leaf`` reaches ``target`` (a sparsity or an int count)."""
-    wanted = target if isinstance(target, int) and not isinstance(target, bool) else round(
-        check_fraction(target, "target sparsity") * leaf.numel())
+    wanted = (
+        target
+        if isinstance(target, int) and not isinstance(target, bool)
+        else round(check_fraction(target, "target sparsity") * leaf.numel())
+    )
     if wanted > leaf.numel():
         raise ValueError(f"target count {wanted} exceeds the {leaf.numel()} entries")
     if keep is None:
@@ -210,9 +230,16 @@ def _to_go(leaf: torch.Tensor, target, keep: Optional[torch.Tensor]):
     return (wanted - pruned).clamp(min=0)
 
 
-def prune_by(params: Tree, method: Callable[..., torch.Tensor], amounts: Tree, *args: Any,
-             masks: Optional[Tree] = None, scores: Optional[Tree] = None, target: bool = False,
-             **kwargs: Any) -> Tree:
+def prune_by(
+    params: Tree,
+    method: Callable[..., torch.Tensor],
+    amounts: Tree,
+    *args: Any,
+    masks: Tree | None = None,
+    scores: Tree | None = None,
+    target: bool = False,
+    **kwargs: Any,
+) -> Tree:
     """Prune each leaf of ``amounts`` as :func:`funcprune.prune` would, each with its own amount.
 
     Args:
@@ -239,7 +266,7 @@ def prune_by(params: Tree, method: Callable[..., torch.Tensor], amounts: Tree, *
     named = _pytree.named_leaves(params)
     per_leaf = _pytree.lookup(named, amounts, "amounts")
 
-    def step(name: str, leaf_scores: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    def step(name: str, leaf_scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         amount = per_leaf[name]
         if target:
             amount = _to_go(named[name], amount, as_keep(named[name], mask))

@@ -14,13 +14,14 @@ Like the core methods these are pure and vmappable (random growth with
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Union, cast
+from collections.abc import Callable
+from typing import cast
 
 import torch
 
 from . import _amount, _pytree
-from ._pytree import Include, Tree
 from ._amount import as_number
+from ._pytree import Include, Tree
 from .select import as_keep, count_kept, select_flat
 
 DropFraction = float | torch.Tensor | Callable[[int], float | torch.Tensor]
@@ -89,15 +90,22 @@ def _update(params: Tree, masks: Tree, drop_fraction, step, include: Include, sc
     if missing:
         raise KeyError(f"drop-and-grow needs a mask for every updated leaf; no mask for {missing}")
 
-    def leaf_step(name: str, weights: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    def leaf_step(name: str, weights: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         # every updated leaf has a mask: checked above
         return drop_and_grow(weights, cast(torch.Tensor, mask), drop_fraction, scores_of(name, weights))
 
     return _pytree.per_leaf(params, leaf_step, masks=masks, include=include)
 
 
-def set_update(params: Tree, masks: Tree, drop_fraction: DropFraction, *, step: Optional[int] = None,
-               include: Include = None, generator: Optional[torch.Generator] = None) -> Tree:
+def set_update(
+    params: Tree,
+    masks: Tree,
+    drop_fraction: DropFraction,
+    *,
+    step: int | None = None,
+    include: Include = None,
+    generator: torch.Generator | None = None,
+) -> Tree:
     """SET: drop the smallest-magnitude survivors, regrow as many entries chosen at random.
 
     Args:
@@ -113,13 +121,22 @@ def set_update(params: Tree, masks: Tree, drop_fraction: DropFraction, *, step: 
       >>> int(new["w"].sum()), bool(new["w"][1])
       (2, True)
     """
+
     def scores_of(name, leaf):
         return torch.rand(leaf.shape, generator=generator, device=leaf.device)
+
     return _update(params, masks, drop_fraction, step, include, scores_of)
 
 
-def rigl_update(params: Tree, masks: Tree, grads: Tree, drop_fraction: DropFraction, *,
-                step: Optional[int] = None, include: Include = None) -> Tree:
+def rigl_update(
+    params: Tree,
+    masks: Tree,
+    grads: Tree,
+    drop_fraction: DropFraction,
+    *,
+    step: int | None = None,
+    include: Include = None,
+) -> Tree:
     """RigL: drop the smallest-magnitude survivors, grow the off entries of largest ``|grad|``.
 
     ``grads`` are dense gradients with respect to the masked params (e.g.
@@ -138,6 +155,7 @@ def rigl_update(params: Tree, masks: Tree, grads: Tree, drop_fraction: DropFract
         if name not in named_grads:
             raise KeyError(f"no gradient for {name}")
         return named_grads[name].abs()
+
     return _update(params, masks, drop_fraction, step, include, scores_of)
 
 
@@ -154,7 +172,8 @@ def zero_grown(params: Tree, old_masks: Tree, new_masks: Tree) -> Tree:
     out = dict(named)
     for name, mask in new.items():
         if name in old:  # without an old mask every entry was already on: nothing grew
-            grown = as_keep(named[name], mask, f"{name} new mask") & ~as_keep(named[name], old[name],
-                                                                               f"{name} old mask")
+            grown = as_keep(named[name], mask, f"{name} new mask") & ~as_keep(
+                named[name], old[name], f"{name} old mask"
+            )
             out[name] = named[name].masked_fill(grown, 0)
     return _pytree.like(params, out)

@@ -17,25 +17,44 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Dict, NamedTuple, Optional, Tuple
+from typing import Any, NamedTuple
 
 import torch
-
 import torch.utils._pytree as torch_pytree
 
 from . import _pytree
 from ._layout import reparametrized
 from ._masking import zeroed
-from ._pytree import Include, Tree
-from .select import as_keep
 from ._masks_io import load_masks, save_masks
+from ._pytree import Include, Tree
+from ._semistructured import (
+    SemiStructuredUnavailable,
+    check_semi_structured,
+    semi_structured_available,
+    semi_structured_pattern,
+    to_semi_structured,
+)
 from .call import functional_call
-from ._semistructured import (SemiStructuredUnavailable, check_semi_structured, semi_structured_available,
-                              semi_structured_pattern, to_semi_structured)
+from .select import as_keep
 
-__all__ = ["LeafSize", "SizeReport", "size_report", "Finalized", "finalize", "Exported", "to_sparse", "Check", "verify",
-           "SemiStructuredUnavailable", "check_semi_structured", "semi_structured_available",
-           "semi_structured_pattern", "to_semi_structured", "save_masks", "load_masks"]
+__all__ = [
+    "LeafSize",
+    "SizeReport",
+    "size_report",
+    "Finalized",
+    "finalize",
+    "Exported",
+    "to_sparse",
+    "Check",
+    "verify",
+    "SemiStructuredUnavailable",
+    "check_semi_structured",
+    "semi_structured_available",
+    "semi_structured_pattern",
+    "to_semi_structured",
+    "save_masks",
+    "load_masks",
+]
 
 _INDEX_BYTES = 8  # torch.sparse indices are int64
 
@@ -62,18 +81,23 @@ class SizeReport(NamedTuple):
     """Entries kept (unmasked leaves count in full)."""
     total: int
     """All entries."""
-    per_leaf: Dict[str, LeafSize]
+    per_leaf: dict[str, LeafSize]
 
 
 def _leaf_size(leaf: torch.Tensor, nnz: int) -> LeafSize:
     numel, item = leaf.numel(), leaf.element_size()
     rows = leaf.shape[0] if leaf.dim() >= 2 else 1
-    return LeafSize(numel, nnz, dense=numel * item, coo=nnz * (max(leaf.dim(), 1) * _INDEX_BYTES + item),
-                    csr=(rows + 1) * _INDEX_BYTES + nnz * (_INDEX_BYTES + item),
-                    bitmask=math.ceil(numel / 8) + nnz * item)
+    return LeafSize(
+        numel,
+        nnz,
+        dense=numel * item,
+        coo=nnz * (max(leaf.dim(), 1) * _INDEX_BYTES + item),
+        csr=(rows + 1) * _INDEX_BYTES + nnz * (_INDEX_BYTES + item),
+        bitmask=math.ceil(numel / 8) + nnz * item,
+    )
 
 
-def size_report(params: Tree, masks: Optional[Tree] = None) -> SizeReport:
+def size_report(params: Tree, masks: Tree | None = None) -> SizeReport:
     """Bytes of ``params`` stored dense and with each masked leaf in its smallest sparse format.
 
     COO stores an int64 index per dim and the value for each kept entry; CSR (rows = dim 0, the
@@ -107,7 +131,7 @@ class Finalized(NamedTuple):
     report: SizeReport
 
 
-def finalize(params: Tree, masks: Optional[Tree]) -> Finalized:
+def finalize(params: Tree, masks: Tree | None) -> Finalized:
     """Make pruning permanent: params with pruned entries zeroed (``prune.remove``), and sizes.
 
     Pruned entries are exactly zero whatever they held (a pruned NaN or inf gives 0, not
@@ -137,7 +161,7 @@ class Exported(NamedTuple):
 
     params: Tree
     """Params with the converted leaves as sparse tensors, the others dense (pruned entries zeroed)."""
-    skipped: Dict[str, str]
+    skipped: dict[str, str]
     """Masked leaves left dense, with the reason."""
 
 
@@ -209,7 +233,7 @@ class Check(NamedTuple):
     max_abs_diff: float
     """Largest absolute difference over every tensor of the outputs (0.0 without a module;
     ``inf`` where an output's shape or structure differs)."""
-    mismatched: Tuple[str, ...]
+    mismatched: tuple[str, ...]
     """Leaves whose dense form differs from the masked dense param."""
 
 
@@ -229,14 +253,17 @@ def _equal(a: Any, b: torch.Tensor) -> bool:
     return bool(((a == b) | both_nan).all())
 
 
-def _tensor_gap(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float) -> Tuple[bool, float]:
+def _tensor_gap(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float) -> tuple[bool, float]:
     """``(allclose with NaN == NaN, largest |difference|)`` of one output tensor."""
     if actual.shape != expected.shape:
         return False, math.inf
     if not expected.is_floating_point() and not expected.is_complex():
         same = torch.equal(actual, expected)
-        gap = 0.0 if same or not expected.numel() else \
-            float((actual.to(torch.float64) - expected.to(torch.float64)).abs().max())
+        gap = (
+            0.0
+            if same or not expected.numel()
+            else float((actual.to(torch.float64) - expected.to(torch.float64)).abs().max())
+        )
         return same, gap
     actual = actual.to(expected.dtype)
     if not expected.numel():
@@ -246,7 +273,7 @@ def _tensor_gap(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol:
     return torch.allclose(actual, expected, rtol=rtol, atol=atol, equal_nan=True), float(gaps.max())
 
 
-def _outputs_gap(actual: Any, expected: Any, rtol: float, atol: float) -> Tuple[bool, float]:
+def _outputs_gap(actual: Any, expected: Any, rtol: float, atol: float) -> tuple[bool, float]:
     """Compare two forward outputs leaf by leaf: tensors, and tuples/lists/dicts of them."""
     expected_leaves, expected_spec = torch_pytree.tree_flatten_with_path(expected)
     actual_leaves, actual_spec = torch_pytree.tree_flatten_with_path(actual)
@@ -262,17 +289,27 @@ def _outputs_gap(actual: Any, expected: Any, rtol: float, atol: float) -> Tuple[
             try:
                 leaf_close = bool(want == got)
             except Exception as err:  # e.g. an unregistered container holding tensors
-                raise TypeError(f"verify compares outputs made of tensors, tuples, lists and dicts; the "
-                                f"output at {torch_pytree.keystr(path) or 'the top'} is a "
-                                f"{type(want).__name__} it cannot compare") from err
+                raise TypeError(
+                    f"verify compares outputs made of tensors, tuples, lists and dicts; the "
+                    f"output at {torch_pytree.keystr(path) or 'the top'} is a "
+                    f"{type(want).__name__} it cannot compare"
+                ) from err
             leaf_gap = 0.0 if leaf_close else math.inf
         close, gap = close and leaf_close, max(gap, leaf_gap)
     return close, gap
 
 
-def verify(params: Tree, masks: Optional[Tree], exported: Tree, module: Optional[torch.nn.Module] = None,
-           args: Any = (), kwargs: Optional[Dict[str, Any]] = None, *, rtol: float = 1e-5,
-           atol: float = 1e-5) -> Check:
+def verify(
+    params: Tree,
+    masks: Tree | None,
+    exported: Tree,
+    module: torch.nn.Module | None = None,
+    args: Any = (),
+    kwargs: dict[str, Any] | None = None,
+    *,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+) -> Check:
     """Check exported params against the masked dense model they came from.
 
     The reference is the masked dense params with pruned entries exactly zero (what
@@ -306,13 +343,16 @@ def verify(params: Tree, masks: Optional[Tree], exported: Tree, module: Optional
     if module is not None and reparametrized(module):
         # Its pruning hooks would recompute each pruned weight from `<name>_orig * <name>_mask`
         # and never run the exported tensor: the check would pass whatever was exported.
-        raise ValueError(f"verify needs a module without pruning hooks, but {sorted(reparametrized(module))} "
-                         f"of {type(module).__name__} are pruned: check an unpruned copy (e.g. "
-                         "funcprune.to_module(copy.deepcopy(module), masks={}))")
+        raise ValueError(
+            f"verify needs a module without pruning hooks, but {sorted(reparametrized(module))} "
+            f"of {type(module).__name__} are pruned: check an unpruned copy (e.g. "
+            "funcprune.to_module(copy.deepcopy(module), masks={}))"
+        )
     named_dense = zeroed(params, masks)
     named_exported = _pytree.lookup(named_dense, exported, "exported")
-    mismatched = tuple(name for name, value in named_exported.items()
-                       if not _equal(_densified(value), named_dense[name]))
+    mismatched = tuple(
+        name for name, value in named_exported.items() if not _equal(_densified(value), named_dense[name])
+    )
     diff, close = 0.0, True
     if module is not None:
         expected = functional_call(module, named_dense, args, kwargs)

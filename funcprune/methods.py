@@ -32,24 +32,28 @@ there an int ``amount`` larger than the survivors simply prunes every survivor, 
 
 from __future__ import annotations
 
-from typing import Optional, Union
+import warnings
 
 import torch
-
-import warnings
 
 from . import _amount, _backend, select
 from ._amount import Amount
 from ._norms import channel_norm as channel_norm  # re-exported: funcprune.methods.channel_norm
 from .select import HashStream, prune_units
 
-Norm = Union[int, float, str]
+Norm = int | float | str
 
-__all__ = ["identity", "random_unstructured", "l1_unstructured", "random_structured", "ln_structured",
-           "custom_from_mask"]
+__all__ = [
+    "identity",
+    "random_unstructured",
+    "l1_unstructured",
+    "random_structured",
+    "ln_structured",
+    "custom_from_mask",
+]
 
 
-def identity(scores: torch.Tensor, *, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+def identity(scores: torch.Tensor, *, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Prune nothing: the existing mask (or all ``True``) as a new bool tensor.
 
     Example:
@@ -59,7 +63,7 @@ def identity(scores: torch.Tensor, *, mask: Optional[torch.Tensor] = None) -> to
     return _backend.fresh(scores, _backend.keep(scores, mask), mask)
 
 
-def l1_unstructured(scores: torch.Tensor, amount: Amount, *, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+def l1_unstructured(scores: torch.Tensor, amount: Amount, *, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Prune the ``amount`` surviving entries of smallest absolute score.
 
     Args:
@@ -79,14 +83,20 @@ def l1_unstructured(scores: torch.Tensor, amount: Amount, *, mask: Optional[torc
     return prune_units(scores, select.entries(scores.shape), amount, lambda: scores.detach().abs(), mask=mask)
 
 
-def _uniform(like: torch.Tensor, shape, dtype: torch.dtype, generator: Optional[torch.Generator]) -> torch.Tensor:
+def _uniform(like: torch.Tensor, shape, dtype: torch.dtype, generator: torch.Generator | None) -> torch.Tensor:
     if generator is None and tuple(shape) == tuple(like.shape) and dtype == like.dtype:
         return torch.rand_like(like)  # the very draws torch.nn.utils.prune makes
     return torch.rand(shape, generator=generator, dtype=dtype, device=like.device)
 
 
-def random_unstructured(scores: torch.Tensor, amount: Amount, *, mask: Optional[torch.Tensor] = None,
-                        generator: Optional[torch.Generator] = None, stream: Optional[str] = None) -> torch.Tensor:
+def random_unstructured(
+    scores: torch.Tensor,
+    amount: Amount,
+    *,
+    mask: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    stream: str | None = None,
+) -> torch.Tensor:
     """Prune ``amount`` surviving entries chosen uniformly at random.
 
     ``scores`` only gives the shape, dtype and device. On a fresh mask with the global RNG this
@@ -113,12 +123,25 @@ def random_unstructured(scores: torch.Tensor, amount: Amount, *, mask: Optional[
     entries = select.entries(scores.shape)
     if _backend.stream(stream, scores) == "hash":
         return prune_units(scores, entries, amount, HashStream(generator), mask=mask)
-    return prune_units(scores, entries, amount, lambda: _uniform(scores, scores.shape, scores.dtype, generator),
-                       mask=mask, largest=True)
+    return prune_units(
+        scores,
+        entries,
+        amount,
+        lambda: _uniform(scores, scores.shape, scores.dtype, generator),
+        mask=mask,
+        largest=True,
+    )
 
 
-def random_structured(scores: torch.Tensor, amount: Amount, dim: int, *, mask: Optional[torch.Tensor] = None,
-                      generator: Optional[torch.Generator] = None, stream: Optional[str] = None) -> torch.Tensor:
+def random_structured(
+    scores: torch.Tensor,
+    amount: Amount,
+    dim: int,
+    *,
+    mask: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    stream: str | None = None,
+) -> torch.Tensor:
     """Prune ``amount`` whole channels along ``dim``, chosen at random among those still alive.
 
     A channel is alive while any of its entries survives. On a fresh mask with the global RNG it
@@ -141,12 +164,18 @@ def random_structured(scores: torch.Tensor, amount: Amount, dim: int, *, mask: O
     channels = select.slices(scores.shape, dim)
     if _backend.stream(stream, scores) == "hash":
         return prune_units(scores, channels, amount, HashStream(generator), mask=mask)
-    return prune_units(scores, channels, amount,
-                       lambda: torch.rand(channels.unit_shape, generator=generator, device=scores.device), mask=mask)
+    return prune_units(
+        scores,
+        channels,
+        amount,
+        lambda: torch.rand(channels.unit_shape, generator=generator, device=scores.device),
+        mask=mask,
+    )
 
 
-def ln_structured(scores: torch.Tensor, amount: Amount, n: Norm, dim: int, *,
-                  mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+def ln_structured(
+    scores: torch.Tensor, amount: Amount, n: Norm, dim: int, *, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Prune the ``amount`` alive channels along ``dim`` with the smallest L``n`` norm.
 
     Args:
@@ -186,13 +215,13 @@ def ln_structured(scores: torch.Tensor, amount: Amount, n: Norm, dim: int, *,
     def norms():  # torch's norms; float64 partial sums for shards (the backend's)
         # slices() builds a _Slices, which has .dim; the Granularity it is annotated as does not
         return _backend.channel_norms(scores, n, channels.dim, channels.unit_shape[0])  # type: ignore[attr-defined]
+
     # Norms even when nothing is pruned (a bad `n` raises as in torch); torch selects the channels
     # it keeps (the largest norms): selecting the same way makes the same choice among tied norms.
     return prune_units(scores, channels, amount, norms, mask=mask, select_kept=True, lazy=False)
 
 
-def custom_from_mask(scores: torch.Tensor, custom: torch.Tensor, *,
-                     mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+def custom_from_mask(scores: torch.Tensor, custom: torch.Tensor, *, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Prune where ``custom`` is zero (or ``False``), on top of ``mask``.
 
     Example:
@@ -208,9 +237,12 @@ def custom_from_mask(scores: torch.Tensor, custom: torch.Tensor, *,
 def __getattr__(name: str):
     # 1.1 named the methods that took DTensors; every method does now (the backend seam carries them).
     if name in ("DTENSOR_METHODS", "check_dtensor_method"):
-        warnings.warn(f"funcprune.methods.{name} is deprecated: every method takes DTensor scores now (the "
-                      f"selection kernel runs them on the shards); it will be removed in 2.0",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            f"funcprune.methods.{name} is deprecated: every method takes DTensor scores now (the "
+            f"selection kernel runs them on the shards); it will be removed in 2.0",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         if name == "DTENSOR_METHODS":
             return (identity, l1_unstructured, random_unstructured, random_structured, ln_structured, custom_from_mask)
         return lambda method, leaf: None

@@ -9,15 +9,17 @@ Stack masks (K masks of one model), params (K models), or both (K independent su
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch.nn.modules.batchnorm import _NormBase
 
 from . import _pytree
 from ._batched_conv import routed
-from ._layout import Layout, layout as _layout
 from ._errors import shape_mismatch
+from ._layout import Layout
+from ._layout import layout as _layout
 from ._pytree import Tree
 from .call import functional_call
 
@@ -32,7 +34,7 @@ def _check_conv(conv: str) -> None:
         raise ValueError(f"conv must be one of {_CONV}, got {conv!r}")
 
 
-def _vmap(fn: Callable, in_dims: tuple, chunk_size: Optional[int], randomness: str, conv: str) -> Callable:
+def _vmap(fn: Callable, in_dims: tuple, chunk_size: int | None, randomness: str, conv: str) -> Callable:
     vmapped = torch.func.vmap(fn, in_dims=in_dims, chunk_size=chunk_size, randomness=randomness)
     if conv == "torch":
         return vmapped
@@ -40,11 +42,18 @@ def _vmap(fn: Callable, in_dims: tuple, chunk_size: Optional[int], randomness: s
     def run(*args: Any) -> Any:
         with routed():
             return vmapped(*args)
+
     return run
 
 
-def vmap_stacked(fn: Callable, argnums: Union[int, Sequence[int]] = 1, *, chunk_size: Optional[int] = None,
-                 randomness: str = "error", conv: str = "torch") -> Callable:
+def vmap_stacked(
+    fn: Callable,
+    argnums: int | Sequence[int] = 1,
+    *,
+    chunk_size: int | None = None,
+    randomness: str = "error",
+    conv: str = "torch",
+) -> Callable:
     """``fn`` vectorized over the stacked positional arguments ``argnums``; the others are shared.
 
     ``vmap_stacked(loss, argnums=(0, 1))(params, masks, x, y)`` is ``torch.func.vmap`` of
@@ -95,9 +104,18 @@ def vmap_stacked(fn: Callable, argnums: Union[int, Sequence[int]] = 1, *, chunk_
     return run
 
 
-def stacked_call(module: torch.nn.Module, params: Tree, args: Any = (), kwargs: Optional[Dict[str, Any]] = None,
-                 *, masks: Optional[Tree] = None, stacked: str = "masks",
-                 chunk_size: Optional[int] = None, randomness: str = "error", conv: str = "torch") -> Any:
+def stacked_call(
+    module: torch.nn.Module,
+    params: Tree,
+    args: Any = (),
+    kwargs: dict[str, Any] | None = None,
+    *,
+    masks: Tree | None = None,
+    stacked: str = "masks",
+    chunk_size: int | None = None,
+    randomness: str = "error",
+    conv: str = "torch",
+) -> Any:
     """Outputs of K subnetworks in one ``vmap`` of :func:`funcprune.functional_call`.
 
     Args:
@@ -141,7 +159,7 @@ def stacked_call(module: torch.nn.Module, params: Tree, args: Any = (), kwargs: 
         _check_stacked(params, "params", layout)
     _check_no_running_stats(module, params if stacked in ("params", "both") else None)
 
-    def one(p: Tree, m: Optional[Tree]) -> Any:
+    def one(p: Tree, m: Tree | None) -> Any:
         return functional_call(module, p, args, kwargs, masks=m)
 
     return _vmap(one, in_dims, chunk_size, randomness, conv)(params, masks)
@@ -150,8 +168,10 @@ def stacked_call(module: torch.nn.Module, params: Tree, args: Any = (), kwargs: 
 def _check_stacked(tree: Tree, what: str, layout: Layout) -> None:
     """Raise unless every leaf of ``tree`` is its tensor's shape with one leading K (before vmap's own error)."""
     if isinstance(tree, (list, tuple)) and tree and all(isinstance(t, Mapping) for t in tree):
-        raise TypeError(f"stacked_call takes one stacked {what} tree (a leading dim K on every leaf), got a "
-                        f"{type(tree).__name__} of {len(tree)} {what} trees: pass funcprune.stack({what}) instead")
+        raise TypeError(
+            f"stacked_call takes one stacked {what} tree (a leading dim K on every leaf), got a "
+            f"{type(tree).__name__} of {len(tree)} {what} trees: pass funcprune.stack({what}) instead"
+        )
     size, first = None, None
     for name, leaf in _pytree.named_leaves(tree).items():
         ref = layout.tensors.get(name + "_orig" if name in layout.pruned else name)
@@ -161,31 +181,51 @@ def _check_stacked(tree: Tree, what: str, layout: Layout) -> None:
             raise TypeError(f"{name}: {what} leaf must be a tensor, got {type(leaf).__name__}")
         shape = tuple(ref.shape)
         if leaf.dim() != ref.dim() + 1 or tuple(leaf.shape[1:]) != shape:
-            hint = (" (the tensor's own shape: not stacked; stack K of them with funcprune.stack, or run one with "
-                    "funcprune.functional_call)" if tuple(leaf.shape) == shape else "")
-            raise shape_mismatch(f"stacked {what} leaf", leaf.shape, None, f"(K, *{shape})", name=name,
-                                 note=f" with a leading stack dim K{hint}")
+            hint = (
+                " (the tensor's own shape: not stacked; stack K of them with funcprune.stack, or run one with "
+                "funcprune.functional_call)"
+                if tuple(leaf.shape) == shape
+                else ""
+            )
+            raise shape_mismatch(
+                f"stacked {what} leaf",
+                leaf.shape,
+                None,
+                f"(K, *{shape})",
+                name=name,
+                note=f" with a leading stack dim K{hint}",
+            )
         if size is not None and leaf.shape[0] != size:
-            raise ValueError(f"{name}: stacked {what} leaf has leading dim K={leaf.shape[0]}, but {first!r} has "
-                             f"K={size}")
+            raise ValueError(
+                f"{name}: stacked {what} leaf has leading dim K={leaf.shape[0]}, but {first!r} has K={size}"
+            )
         size, first = leaf.shape[0], name
 
 
-def _check_no_running_stats(module: torch.nn.Module, stacked_params: Optional[Tree]) -> None:
+def _check_no_running_stats(module: torch.nn.Module, stacked_params: Tree | None) -> None:
     """BatchNorm (any norm with running stats) in train mode writes its buffers in place, which vmap refuses."""
     given = set(_pytree.named_leaves(stacked_params)) if stacked_params is not None else set()
     for prefix, sub in module.named_modules():
         if isinstance(sub, _NormBase) and sub.training and sub.running_mean is not None:
             name = f"{prefix}.running_mean" if prefix else "running_mean"
             if name not in given:
-                raise ValueError(f"{prefix or type(sub).__name__} ({type(sub).__name__}) is in train mode and would "
-                                 f"update its running statistics in place, which vmap cannot do: run "
-                                 f"funcprune.call_with_buffers under funcprune.vmap_stacked with stacked buffers "
-                                 f"(each subnetwork then updates its own), or call module.eval()")
+                raise ValueError(
+                    f"{prefix or type(sub).__name__} ({type(sub).__name__}) is in train mode and would "
+                    f"update its running statistics in place, which vmap cannot do: run "
+                    f"funcprune.call_with_buffers under funcprune.vmap_stacked with stacked buffers "
+                    f"(each subnetwork then updates its own), or call module.eval()"
+                )
 
 
-def call_with_buffers(module: torch.nn.Module, params: Tree, buffers: Tree, args: Any = (),
-                      kwargs: Optional[Dict[str, Any]] = None, *, masks: Optional[Tree] = None) -> Tuple[Any, Tree]:
+def call_with_buffers(
+    module: torch.nn.Module,
+    params: Tree,
+    buffers: Tree,
+    args: Any = (),
+    kwargs: dict[str, Any] | None = None,
+    *,
+    masks: Tree | None = None,
+) -> tuple[Any, Tree]:
     """Run ``module`` on ``params`` and ``buffers``; return its output and the updated buffers.
 
     A pure version of a stateful forward: the buffers are copied first, so a BatchNorm in train

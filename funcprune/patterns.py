@@ -19,15 +19,15 @@ The layout ``torch.sparse.to_sparse_semi_structured`` expects is checked in :mod
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
 from . import _amount, _backend, _pytree, select
 from ._amount import Amount
 from ._pytree import Include, Tree
-from .select import as_keep, check_dim
 from .methods import Norm, ln_structured
+from .select import as_keep, check_dim
 
 __all__ = ["nm_structured", "satisfies_nm", "block_structured", "channels_kept", "prune_channels"]
 
@@ -50,8 +50,10 @@ def check_group_counts(kept_per_group: int, group_size: int) -> None:
         raise TypeError(f"kept_per_group must be an int, got {kept_per_group!r}")
     select.check_group_size(group_size)
     if not 0 <= kept_per_group <= group_size:
-        raise ValueError(f"kept_per_group must satisfy 0 <= kept_per_group <= group_size, got "
-                         f"kept_per_group={kept_per_group}, group_size={group_size}")
+        raise ValueError(
+            f"kept_per_group must satisfy 0 <= kept_per_group <= group_size, got "
+            f"kept_per_group={kept_per_group}, group_size={group_size}"
+        )
 
 
 def _nm_groups(shape: Sequence[int], kept_per_group: int, group_size: int, dim: int) -> select.Granularity:
@@ -60,8 +62,9 @@ def _nm_groups(shape: Sequence[int], kept_per_group: int, group_size: int, dim: 
     return select.groups(shape, group_size, dim)
 
 
-def nm_structured(scores: torch.Tensor, kept_per_group: int, group_size: int, dim: int = -1, *,
-                  mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+def nm_structured(
+    scores: torch.Tensor, kept_per_group: int, group_size: int, dim: int = -1, *, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Keep the ``kept_per_group`` largest ``|scores|`` in every ``group_size`` consecutive entries along ``dim``.
 
     Only surviving entries of ``mask`` are candidates, so a group with fewer survivors keeps just
@@ -113,8 +116,9 @@ def satisfies_nm(mask: torch.Tensor, kept_per_group: int, group_size: int, dim: 
     return (groups.pools(mask != 0).sum(-1) <= kept_per_group).all()
 
 
-def block_structured(scores: torch.Tensor, amount: Amount, block_shape: Sequence[int], n: Norm = 1, *,
-                     mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+def block_structured(
+    scores: torch.Tensor, amount: Amount, block_shape: Sequence[int], n: Norm = 1, *, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Prune the ``amount`` alive blocks whose surviving ``|scores|`` have the smallest L``n`` norm.
 
     The tensor is tiled by ``block_shape`` from index 0. A block is alive while any of its entries
@@ -149,6 +153,7 @@ def block_structured(scores: torch.Tensor, amount: Amount, block_shape: Sequence
         key = scores.detach().abs()
         key = key if keep is None else key * keep
         return blocks.pool(key.to(_float_of(key)), lambda t, dims: torch.linalg.vector_norm(t, ord=n, dim=dims))
+
     return select.prune_units(scores, blocks, amount, block_norms, mask=keep, what="blocks")
 
 
@@ -168,15 +173,24 @@ def channels_kept(mask: torch.Tensor, dim: int = 0) -> torch.Tensor:
     return _backend.channels_kept(mask, check_dim(dim, mask.shape))
 
 
-def _bias_name(weight_name: str) -> Optional[str]:
+def _bias_name(weight_name: str) -> str | None:
     head, _, last = weight_name.rpartition(".")
     if last != "weight":
         return None
     return f"{head}.bias" if head else "bias"
 
 
-def prune_channels(params: Tree, amount: Amount, n: Norm = 2, dim: int = 0, *, masks: Optional[Tree] = None,
-                   scores: Optional[Tree] = None, include: Include = None, bias: bool = True) -> Tree:
+def prune_channels(
+    params: Tree,
+    amount: Amount,
+    n: Norm = 2,
+    dim: int = 0,
+    *,
+    masks: Tree | None = None,
+    scores: Tree | None = None,
+    include: Include = None,
+    bias: bool = True,
+) -> Tree:
     """Prune output channels of each selected weight by L``n`` norm, and the matching bias entries.
 
     Each selected leaf goes through :func:`funcprune.ln_structured` (so its mask is torch's
@@ -214,7 +228,7 @@ def prune_channels(params: Tree, amount: Amount, n: Norm = 2, dim: int = 0, *, m
         include = lambda name, leaf: name.rpartition(".")[2] == "weight" and leaf.dim() >= 2  # noqa: E731
     weights = []
 
-    def step(name: str, leaf_scores: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    def step(name: str, leaf_scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         weights.append(name)
         return ln_structured(leaf_scores, amount, n, dim, mask=mask)
 
@@ -225,8 +239,10 @@ def prune_channels(params: Tree, amount: Amount, n: Norm = 2, dim: int = 0, *, m
                 continue
             bias_leaf = named[bias_name]
             if bias_leaf.shape != (named[name].shape[0],):
-                raise ValueError(f"{bias_name}: shape {tuple(bias_leaf.shape)} does not match the "
-                                 f"{named[name].shape[0]} output channels of {name}")
+                raise ValueError(
+                    f"{bias_name}: shape {tuple(bias_leaf.shape)} does not match the "
+                    f"{named[name].shape[0]} output channels of {name}"
+                )
             kept = channels_kept(new[name], 0)
             bias_keep = as_keep(bias_leaf, new.get(bias_name), f"{bias_name} mask")
             new[bias_name] = _backend.spread_channels(kept, bias_leaf, 0, bias_keep)  # a DTensor: its own shard

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import functools
 import warnings
-from typing import Any, Callable, Optional, TypeVar, cast
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 import torch
 
 from . import _pytree
-from ._pytree import Include, Tree
 from ._masking import zeroed
+from ._pytree import Include, Tree
 
 LossFn = Callable[[Tree, Any], torch.Tensor]
 
@@ -38,20 +39,29 @@ F = TypeVar("F", bound=Callable[..., Tree])
 
 def _masks_keyword_only(positional: int) -> Callable[[F], F]:
     """Take ``masks`` as the argument after the ``positional`` ones too, with a DeprecationWarning (until 1.3)."""
+
     def wrap(fn: F) -> F:
         @functools.wraps(fn)
         def call(*args: Any, **kwargs: Any) -> Tree:
             if len(args) > positional:
                 if len(args) > positional + 1:
-                    raise TypeError(f"{fn.__name__}() takes {positional} positional arguments but {len(args)} "
-                                    f"were given (masks and include are keyword-only)")
+                    raise TypeError(
+                        f"{fn.__name__}() takes {positional} positional arguments but {len(args)} "
+                        f"were given (masks and include are keyword-only)"
+                    )
                 if "masks" in kwargs:
                     raise TypeError(f"{fn.__name__}() got masks both positionally and as masks=")
-                warnings.warn(f"funcprune.saliency.{fn.__name__}: passing masks positionally is deprecated and "
-                              f"will be an error in 1.3; pass masks=masks", DeprecationWarning, stacklevel=2)
+                warnings.warn(
+                    f"funcprune.saliency.{fn.__name__}: passing masks positionally is deprecated and "
+                    f"will be an error in 1.3; pass masks=masks",
+                    DeprecationWarning,
+                    stacklevel=2,
+                )
                 kwargs["masks"], args = args[positional], args[:positional]
             return fn(*args, **kwargs)
+
         return cast(F, call)  # fn's signature (functools.wraps), masks also accepted positionally
+
     return wrap
 
 
@@ -65,7 +75,7 @@ def _pick(params: Tree, include: Include, values: dict) -> Tree:
     return _pytree.like(params, {name: values[name] for name in names})
 
 
-def _grads(loss_fn: LossFn, params: Tree, batch: Any, masks: Optional[Tree]):
+def _grads(loss_fn: LossFn, params: Tree, batch: Any, masks: Tree | None):
     """Named ``(effective params, dL/d effective params)`` at the masked params."""
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable as loss_fn(params, batch), got {loss_fn!r}")
@@ -76,7 +86,7 @@ def _grads(loss_fn: LossFn, params: Tree, batch: Any, masks: Optional[Tree]):
 
 
 @_masks_keyword_only(1)
-def magnitude(params: Tree, *, masks: Optional[Tree] = None, include: Include = None) -> Tree:
+def magnitude(params: Tree, *, masks: Tree | None = None, include: Include = None) -> Tree:
     """``|param|`` (exactly zero where ``masks`` pruned, whatever was there): the score of magnitude pruning.
 
     ``masks`` is keyword-only (positionally: ``DeprecationWarning``, an error from 1.3).
@@ -89,8 +99,7 @@ def magnitude(params: Tree, *, masks: Optional[Tree] = None, include: Include = 
 
 
 @_masks_keyword_only(3)
-def gradient(loss_fn: LossFn, params: Tree, batch: Any, *, masks: Optional[Tree] = None,
-             include: Include = None) -> Tree:
+def gradient(loss_fn: LossFn, params: Tree, batch: Any, *, masks: Tree | None = None, include: Include = None) -> Tree:
     """``|dL/dw|`` at the masked params, dense (pruned entries too): RigL's growth criterion.
 
     Args:
@@ -109,8 +118,7 @@ def gradient(loss_fn: LossFn, params: Tree, batch: Any, *, masks: Optional[Tree]
 
 
 @_masks_keyword_only(3)
-def snip(loss_fn: LossFn, params: Tree, batch: Any, *, masks: Optional[Tree] = None,
-         include: Include = None) -> Tree:
+def snip(loss_fn: LossFn, params: Tree, batch: Any, *, masks: Tree | None = None, include: Include = None) -> Tree:
     """SNIP connection sensitivity ``|dL/dw * w|`` (Lee et al., 2019), at the masked params.
 
     ``dL/dc`` for a multiplicative gate ``c = 1`` on each weight: how much the loss moves when the
@@ -129,8 +137,15 @@ def snip(loss_fn: LossFn, params: Tree, batch: Any, *, masks: Optional[Tree] = N
 
 
 @_masks_keyword_only(3)
-def taylor(loss_fn: LossFn, params: Tree, batch: Any, *, masks: Optional[Tree] = None,
-           include: Include = None, dim: Optional[int] = None) -> Tree:
+def taylor(
+    loss_fn: LossFn,
+    params: Tree,
+    batch: Any,
+    *,
+    masks: Tree | None = None,
+    include: Include = None,
+    dim: int | None = None,
+) -> Tree:
     """First-order Taylor importance ``(dL/dw * w) ** 2`` (Molchanov et al., 2019).
 
     The squared first-order estimate of the loss change when a weight is zeroed. With ``dim``,

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable, Sequence
 from fractions import Fraction
-from typing import Callable, List, Optional, Sequence, Union, cast
+from typing import cast
 
 import torch
 
@@ -35,10 +36,19 @@ from . import _amount
 from ._amount import check_fraction
 
 Step = int | torch.Tensor
-Schedule = Callable[[Step], Union[float, torch.Tensor]]
+Schedule = Callable[[Step], float | torch.Tensor]
 
-__all__ = ["Schedule", "constant", "one_shot", "periodic", "polynomial", "cosine_decay", "is_update_step",
-           "amount_between", "round_amounts"]
+__all__ = [
+    "Schedule",
+    "constant",
+    "one_shot",
+    "periodic",
+    "polynomial",
+    "cosine_decay",
+    "is_update_step",
+    "amount_between",
+    "round_amounts",
+]
 
 
 def _step_int(value, what: str, minimum: int = 0) -> int:
@@ -68,8 +78,11 @@ def _as_step(step: Step):
 
 def _where(cond, a, b):
     if isinstance(cond, torch.Tensor):
-        return torch.where(cond, torch.as_tensor(a, dtype=torch.float64, device=cond.device),
-                           torch.as_tensor(b, dtype=torch.float64, device=cond.device))
+        return torch.where(
+            cond,
+            torch.as_tensor(a, dtype=torch.float64, device=cond.device),
+            torch.as_tensor(b, dtype=torch.float64, device=cond.device),
+        )
     return a if cond else b
 
 
@@ -119,11 +132,13 @@ def periodic(amount: float, begin: int, every: int, rounds: int) -> Schedule:
     def schedule(step: Step):
         done = _rounds_done(_as_step(step), begin, every, rounds)
         return 1.0 - (1.0 - amount) ** done
+
     return schedule
 
 
-def polynomial(final: float, begin: int, end: int, every: int = 1, initial: float = 0.0,
-               power: float = 3.0) -> Schedule:
+def polynomial(
+    final: float, begin: int, end: int, every: int = 1, initial: float = 0.0, power: float = 3.0
+) -> Schedule:
     """Gradual magnitude pruning of Zhu & Gupta (2017): sparsity rises as a polynomial, then stays.
 
     At update steps ``t = begin, begin + every, ...`` up to ``end`` the target is
@@ -162,6 +177,7 @@ def polynomial(final: float, begin: int, end: int, every: int = 1, initial: floa
         # Written from `initial` so the first update gives `initial` exactly (no float drift below it).
         value = initial + (final - initial) * (1.0 - (1.0 - (last - begin) / span) ** power)
         return _where(t >= end, final, _where(t >= begin, value, initial))
+
     return schedule
 
 
@@ -180,6 +196,7 @@ def cosine_decay(initial: float, steps: int, final: float = 0.0) -> Schedule:
         t = _clip(_as_step(step), 0, steps)
         cos = torch.cos(math.pi * t / steps) if isinstance(t, torch.Tensor) else math.cos(math.pi * t / steps)
         return final + (initial - final) * 0.5 * (1.0 + cos)
+
     return schedule
 
 
@@ -291,7 +308,7 @@ def amount_between(current, target, *, total=None):
     return min(float((Fraction(target) - Fraction(current)) / (1 - Fraction(current))), 1.0)
 
 
-def round_amounts(targets: Sequence[float], *, total: Optional[int] = None) -> List[float]:
+def round_amounts(targets: Sequence[float], *, total: int | None = None) -> list[float]:
     """Per-round amounts that reach the cumulative sparsities ``targets`` one after the other.
 
     With ``total`` (the number of entries pruned) the rounds land exactly on

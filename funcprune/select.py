@@ -59,24 +59,40 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, Optional, Sequence, Tuple, Union, cast
+from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 
-from ._amount import Amount, as_number, check_count, drop_count, is_concrete, max_prune_count
 from . import _backend
+from ._amount import Amount, as_number, check_count, drop_count, is_concrete, max_prune_count
 from ._backend import HashStream, as_keep
-from ._select import FAST_MIN as FAST_MIN, select_flat, select_per_pool
+from ._select import FAST_MIN as FAST_MIN
+from ._select import select_flat, select_per_pool
 
-Count = Union[int, torch.Tensor]
-Scores = Union[torch.Tensor, Callable[[], torch.Tensor], HashStream]
+Count = int | torch.Tensor
+Scores = torch.Tensor | Callable[[], torch.Tensor] | HashStream
 
-__all__ = ["Granularity", "entries", "slices", "blocks", "groups", "rows", "prune_units", "keep_per_pool",
-           "select_flat", "select_per_pool", "as_keep", "count_kept", "HashStream", "Count", "Scores"]
+__all__ = [
+    "Granularity",
+    "entries",
+    "slices",
+    "blocks",
+    "groups",
+    "rows",
+    "prune_units",
+    "keep_per_pool",
+    "select_flat",
+    "select_per_pool",
+    "as_keep",
+    "count_kept",
+    "HashStream",
+    "Count",
+    "Scores",
+]
 
 
-
-def count_kept(keep: torch.Tensor, dims=None) -> Union[int, torch.Tensor]:
+def count_kept(keep: torch.Tensor, dims=None) -> int | torch.Tensor:
     """Number of kept entries: a Python int on real eager tensors, a tensor otherwise (``vmap``, ``meta``).
 
     Args:
@@ -106,6 +122,7 @@ def check_dim(dim, shape: Sequence[int]) -> int:
 # ----------------------------------------------------------------------------------------------
 # Granularities: what a unit is, and which units compete.
 
+
 class Granularity:
     """How the entries of a tensor of ``shape`` form units, and which units compete (in one pool or many).
 
@@ -133,7 +150,7 @@ class Granularity:
         return math.prod(self.unit_shape)
 
     @property
-    def unit_shape(self) -> Tuple[int, ...]:
+    def unit_shape(self) -> tuple[int, ...]:
         """The shape of a tensor holding one score per unit."""
         return self.shape
 
@@ -186,7 +203,7 @@ class _Slices(Granularity):
 class _Blocks(Granularity):
     expands = True
 
-    def __init__(self, shape, block_shape: Tuple[int, ...]) -> None:
+    def __init__(self, shape, block_shape: tuple[int, ...]) -> None:
         super().__init__(shape)
         self.block_shape = block_shape
         self.grid = tuple(s // b for s, b in zip(shape, block_shape))
@@ -286,20 +303,22 @@ def slices(shape: Sequence[int], dim: int) -> Granularity:
     """
     shape = tuple(shape)
     if len(shape) <= 1:
-        raise ValueError("Structured pruning can only be applied to multidimensional tensors. "
-                         f"Found tensor of shape {shape} with {len(shape)} dims")
+        raise ValueError(
+            "Structured pruning can only be applied to multidimensional tensors. "
+            f"Found tensor of shape {shape} with {len(shape)} dims"
+        )
     return _slices(shape, check_dim(dim, shape))  # validated first: True == 1 in a cache key
 
 
 # A granularity is immutable and the same few shapes recur (every layer, every round): building
 # one costs as much as a small layer's selection, so the common ones are cached.
 @functools.lru_cache(maxsize=1024)
-def _entries(shape: Tuple[int, ...]) -> Granularity:
+def _entries(shape: tuple[int, ...]) -> Granularity:
     return _Entries(shape)
 
 
 @functools.lru_cache(maxsize=1024)
-def _slices(shape: Tuple[int, ...], dim: int) -> Granularity:
+def _slices(shape: tuple[int, ...], dim: int) -> Granularity:
     return _Slices(shape, dim)
 
 
@@ -331,8 +350,10 @@ def blocks(shape: Sequence[int], block_shape: Sequence[int]) -> Granularity:
         raise ValueError(f"block_shape {block_shape} must have one size per dim of the tensor of shape {tuple(shape)}")
     bad = [d for d, (s, b) in enumerate(zip(shape, block_shape)) if b < 1 or s % b]
     if bad:
-        raise ValueError(f"block_shape {block_shape} does not tile shape {tuple(shape)}: dim(s) {bad} are not "
-                         "positive divisors of the sizes")
+        raise ValueError(
+            f"block_shape {block_shape} does not tile shape {tuple(shape)}: dim(s) {bad} are not "
+            "positive divisors of the sizes"
+        )
     return _Blocks(shape, block_shape)
 
 
@@ -364,8 +385,7 @@ def groups(shape: Sequence[int], size: int, dim: int) -> Granularity:
         raise ValueError("N:M patterns need a tensor with at least one dim, got a 0-d tensor")
     dim = check_dim(dim, shape)
     if shape[dim] % size:
-        raise ValueError(f"size {shape[dim]} of dim {dim} (shape {tuple(shape)}) is not divisible by "
-                         f"group_size={size}")
+        raise ValueError(f"size {shape[dim]} of dim {dim} (shape {tuple(shape)}) is not divisible by group_size={size}")
     return _Groups(shape, size, dim)
 
 
@@ -404,7 +424,8 @@ def rows(shape: Sequence[int], dim: int = 0) -> Granularity:
 # ----------------------------------------------------------------------------------------------
 # The kernel: count, select, spread.
 
-def _finish(gran: Granularity, unit_keep: torch.Tensor, keep: Optional[torch.Tensor]) -> torch.Tensor:
+
+def _finish(gran: Granularity, unit_keep: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
     """Kept units spread over the entries, on top of the old mask: a new tensor, never a view."""
     new = gran.spread(unit_keep)
     if keep is not None:
@@ -412,7 +433,7 @@ def _finish(gran: Granularity, unit_keep: torch.Tensor, keep: Optional[torch.Ten
     return new.contiguous() if gran.expands else new
 
 
-def _finish_dropped(gran: Granularity, unit_dropped: torch.Tensor, keep: Optional[torch.Tensor]) -> torch.Tensor:
+def _finish_dropped(gran: Granularity, unit_dropped: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
     """:func:`_finish` from the dropped units (the kernel's own fresh tensor): one op fewer per call."""
     if gran.expands:  # negate the few units, not their broadcast (a strided negation is slow)
         return _finish(gran, unit_dropped.logical_not_(), keep)
@@ -420,7 +441,7 @@ def _finish_dropped(gran: Granularity, unit_dropped: torch.Tensor, keep: Optiona
     return new if keep is None else new & keep
 
 
-def unchanged(like: torch.Tensor, keep: Optional[torch.Tensor], mask: Optional[torch.Tensor]) -> torch.Tensor:
+def unchanged(like: torch.Tensor, keep: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
     """Nothing pruned: ``keep`` (all ``True`` for None) as a new tensor, never the caller's ``mask`` itself."""
     if keep is None:
         return torch.ones(like.shape, dtype=torch.bool, device=like.device)
@@ -442,9 +463,18 @@ def _select_units(gran: Granularity, key, k, *, largest, alive, k_max) -> torch.
     return select_flat(key.reshape(-1), k, largest=largest, alive=flat_alive, k_max=k_max)  # one pool: flat
 
 
-def prune_units(like: torch.Tensor, gran: Granularity, amount: Amount, scores: Scores, *,
-                mask: Optional[torch.Tensor] = None, largest: bool = False, select_kept: bool = False,
-                lazy: bool = True, what: str = "parameters") -> torch.Tensor:
+def prune_units(
+    like: torch.Tensor,
+    gran: Granularity,
+    amount: Amount,
+    scores: Scores,
+    *,
+    mask: torch.Tensor | None = None,
+    largest: bool = False,
+    select_kept: bool = False,
+    lazy: bool = True,
+    what: str = "parameters",
+) -> torch.Tensor:
     """A new keep mask with ``amount`` of the alive units of every pool pruned, by their scores.
 
     The one selection path of every amount-based method. ``amount`` counts (int) or is a fraction
@@ -481,8 +511,9 @@ def prune_units(like: torch.Tensor, gran: Granularity, amount: Amount, scores: S
               [False,  True, False,  True]])
     """
     if _backend.sharded(like) or isinstance(scores, HashStream):
-        return _prune_spread(like, gran, amount, scores, mask=mask, largest=largest, select_kept=select_kept,
-                             lazy=lazy, what=what)
+        return _prune_spread(
+            like, gran, amount, scores, mask=mask, largest=largest, select_kept=select_kept, lazy=lazy, what=what
+        )
     keep = as_keep(like, mask)
     alive = None if keep is None else gran.pools(gran.alive(keep))
     units = gran.pool_size
@@ -509,9 +540,14 @@ def prune_units(like: torch.Tensor, gran: Granularity, amount: Amount, scores: S
     return _finish(gran, gran.unpool(kept), keep)
 
 
-def keep_per_pool(like: torch.Tensor, gran: Granularity, count: int,
-                  scores: torch.Tensor | Callable[[], torch.Tensor], *,
-                  mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+def keep_per_pool(
+    like: torch.Tensor,
+    gran: Granularity,
+    count: int,
+    scores: torch.Tensor | Callable[[], torch.Tensor],
+    *,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     """A new keep mask that keeps the ``count`` alive units of largest score in every pool (N:M).
 
     A pool with fewer survivors keeps just those. Ties follow the granularity (lower index for
@@ -547,6 +583,7 @@ def keep_per_pool(like: torch.Tensor, gran: Granularity, count: int,
 # ----------------------------------------------------------------------------------------------
 # The same selections over the backend seam: DTensor shards (and the hash stream, on any tensor).
 
+
 def _prune_spread(like, gran, amount, scores, *, mask, largest, select_kept, lazy, what) -> torch.Tensor:
     """:func:`prune_units` for a DTensor ``like`` or hash-stream scores, through :mod:`funcprune._backend`.
 
@@ -569,18 +606,39 @@ def _prune_spread(like, gran, amount, scores, *, mask, largest, select_kept, laz
         units = scores
         alive = None if keep is None else _backend.channels_kept(keep, dim)
         column = torch.empty((channels, 1), dtype=torch.bool, device=device)
-        unit_keep = prune_units(column, _slices(column.shape, 0), amount,
-                                (lambda: _backend.plain(units())) if callable(units) else _backend.plain(units),
-                                mask=None if alive is None else alive.view(channels, 1), largest=largest,
-                                select_kept=select_kept, lazy=lazy, what=what)
+        unit_keep = prune_units(
+            column,
+            _slices(column.shape, 0),
+            amount,
+            (lambda: _backend.plain(units())) if callable(units) else _backend.plain(units),
+            mask=None if alive is None else alive.view(channels, 1),
+            largest=largest,
+            select_kept=select_kept,
+            lazy=lazy,
+            what=what,
+        )
         return _backend.spread_channels(unit_keep.view(channels), like, dim, keep)
     if isinstance(scores, HashStream):
-        raise ValueError(f"the hash stream draws per entry or per channel, not per {type(gran).__name__[1:].lower()} unit")
+        raise ValueError(
+            f"the hash stream draws per entry or per channel, not per {type(gran).__name__[1:].lower()} unit"
+        )
     here, local_gran, local_keep, local_scores = _local_pools(like, gran, scores, keep)
     if here.numel() == 0:  # an empty shard (more ranks than rows): no pool here, nothing to count
         return _backend.fresh(like, keep, mask)
-    return _backend.wrap(prune_units(here, local_gran, amount, local_scores, mask=local_keep, largest=largest,
-                                     select_kept=select_kept, lazy=lazy, what=what), like)
+    return _backend.wrap(
+        prune_units(
+            here,
+            local_gran,
+            amount,
+            local_scores,
+            mask=local_keep,
+            largest=largest,
+            select_kept=select_kept,
+            lazy=lazy,
+            what=what,
+        ),
+        like,
+    )
 
 
 def _device_of(like: torch.Tensor) -> torch.device:
@@ -596,16 +654,23 @@ def _local_pools(like, gran, scores, mask):
     """
     keep = _backend.keep(like, mask)
     if not isinstance(gran, _Groups):
-        raise ValueError(f"{type(gran).__name__[1:].lower()} granularity is not selected on DTensor shards "
-                         f"(entries, slices, rows and N:M groups are)")
+        raise ValueError(
+            f"{type(gran).__name__[1:].lower()} granularity is not selected on DTensor shards "
+            f"(entries, slices, rows and N:M groups are)"
+        )
     offset, shape = _backend.local_block(like)
     for d in _backend.split_dims(like):
-        whole = d == gran.dim if type(gran) is _Rows else (
-            d != gran.dim or (offset[d] % gran.size == 0 and shape[d] % gran.size == 0))
+        whole = (
+            d == gran.dim
+            if type(gran) is _Rows
+            else (d != gran.dim or (offset[d] % gran.size == 0 and shape[d] % gran.size == 0))
+        )
         if not whole:
-            raise ValueError(f"the {'rows' if type(gran) is _Rows else 'N:M groups'} along dim {gran.dim} are split "
-                             f"across ranks by the placements {tuple(like.placements)} (dim {d} is sharded); shard "
-                             f"the tensor so that every rank holds whole pools")
+            raise ValueError(
+                f"the {'rows' if type(gran) is _Rows else 'N:M groups'} along dim {gran.dim} are split "
+                f"across ranks by the placements {tuple(like.placements)} (dim {d} is sharded); shard "
+                f"the tensor so that every rank holds whole pools"
+            )
     here = _backend.shard_of(like, like, "scores")
     local_gran = _Rows(tuple(shape), gran.dim) if type(gran) is _Rows else _Groups(tuple(shape), gran.size, gran.dim)
     if callable(scores):

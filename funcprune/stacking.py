@@ -17,7 +17,8 @@ the global RNG), not the stream of the ``vmap`` path.
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable, List, Optional, Sequence, Union, cast
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import optree
 import torch
@@ -66,19 +67,23 @@ def _check_same(first: dict, other: dict, index: int) -> None:
     if list(other) != list(first):
         missing = [name for name in first if name not in other]
         extra = [name for name in other if name not in first]
-        raise ValueError(f"stack: tree {index} has different leaves than tree 0: "
-                         f"missing {missing}, extra {extra}" if missing or extra else
-                         f"stack: tree {index} orders its leaves differently from tree 0")
+        raise ValueError(
+            f"stack: tree {index} has different leaves than tree 0: missing {missing}, extra {extra}"
+            if missing or extra
+            else f"stack: tree {index} orders its leaves differently from tree 0"
+        )
     for name, leaf in other.items():
         ref = first[name]
         if not isinstance(leaf, torch.Tensor):
             raise ValueError(f"stack: tree {index} leaf {name!r} is a {type(leaf).__name__}, not a tensor")
         if leaf.shape != ref.shape or leaf.dtype != ref.dtype:
-            raise ValueError(f"stack: tree {index} leaf {name!r} has shape {tuple(leaf.shape)} and dtype "
-                             f"{leaf.dtype}, but tree 0 has shape {tuple(ref.shape)} and dtype {ref.dtype}")
+            raise ValueError(
+                f"stack: tree {index} leaf {name!r} has shape {tuple(leaf.shape)} and dtype "
+                f"{leaf.dtype}, but tree 0 has shape {tuple(ref.shape)} and dtype {ref.dtype}"
+            )
 
 
-def unstack(tree: Tree) -> List[Tree]:
+def unstack(tree: Tree) -> list[Tree]:
     """The K trees of a stacked tree (views into its leaves), the inverse of :func:`stack`.
 
     Raises:
@@ -145,25 +150,27 @@ def _sharded(params: Tree) -> bool:
     return _backend.any_sharded(optree.tree_leaves(params))
 
 
-def _stacked_masks(trees: List[Tree]) -> Tree:
+def _stacked_masks(trees: list[Tree]) -> Tree:
     """K masks trees (DTensor leaves) stacked along a new dim 0, locally: the eager loop's :func:`stack`."""
     named = [_pytree.named_leaves(tree) for tree in trees]
-    out = {name: _backend.stacked([n[name] for n in named])
-           for name, leaf in named[0].items()}
+    out = {name: _backend.stacked([n[name] for n in named]) for name, leaf in named[0].items()}
     return _pytree.like(trees[0], out)
 
 
-def _pruner(params: Tree, method: Callable, args: tuple, masks: Optional[Tree], include: Include,
-            kwargs: dict) -> Callable[[Any, Optional[Tree]], Tree]:
+def _pruner(
+    params: Tree, method: Callable, args: tuple, masks: Tree | None, include: Include, kwargs: dict
+) -> Callable[[Any, Tree | None], Tree]:
     """``(amount, scores) -> masks``: ``method`` lifted to trees by :func:`prune` or used as is."""
     if method is global_unstructured:
-        return lambda amount, scores: global_unstructured(params, amount, masks=masks, scores=scores, include=include,
-                                                          **kwargs)
-    return lambda amount, scores: prune(params, method, amount, *args, masks=masks, scores=scores,
-                                        include=include, **kwargs)
+        return lambda amount, scores: global_unstructured(
+            params, amount, masks=masks, scores=scores, include=include, **kwargs
+        )
+    return lambda amount, scores: prune(
+        params, method, amount, *args, masks=masks, scores=scores, include=include, **kwargs
+    )
 
 
-def _check_counts(run: Callable, amounts: torch.Tensor, scores: Optional[Tree]) -> None:
+def _check_counts(run: Callable, amounts: torch.Tensor, scores: Tree | None) -> None:
     """Eager-only validation: the largest int count must not exceed what is left (torch's error).
 
     Under ``vmap`` an oversized count would silently prune everything, so it is tried eagerly once.
@@ -175,8 +182,16 @@ def _check_counts(run: Callable, amounts: torch.Tensor, scores: Optional[Tree]) 
     run(int(amounts.max()), scores)
 
 
-def masks_for_amounts(params: Tree, method: Callable, amounts: Amounts, *args: Any, masks: Optional[Tree] = None,
-                      scores: Optional[Tree] = None, include: Include = None, **kwargs: Any) -> Tree:
+def masks_for_amounts(
+    params: Tree,
+    method: Callable,
+    amounts: Amounts,
+    *args: Any,
+    masks: Tree | None = None,
+    scores: Tree | None = None,
+    include: Include = None,
+    **kwargs: Any,
+) -> Tree:
     """K masks, one per amount (a sparsity sweep), in one ``vmap``.
 
     Mask ``k`` equals ``prune(params, method, amounts[k], *args, ...)`` (or
@@ -217,8 +232,15 @@ def masks_for_amounts(params: Tree, method: Callable, amounts: Amounts, *args: A
     return torch.func.vmap(lambda amount: run(amount, scores))(amounts)
 
 
-def masks_for_seeds(params: Tree, method: Callable, num: int, *args: Any, masks: Optional[Tree] = None,
-                    include: Include = None, **kwargs: Any) -> Tree:
+def masks_for_seeds(
+    params: Tree,
+    method: Callable,
+    num: int,
+    *args: Any,
+    masks: Tree | None = None,
+    include: Include = None,
+    **kwargs: Any,
+) -> Tree:
     """``num`` independent random masks in one ``vmap(randomness="different")``.
 
     The draws come from the global RNG: after ``torch.manual_seed(s)`` mask ``k`` is the mask the
@@ -259,8 +281,16 @@ def masks_for_seeds(params: Tree, method: Callable, num: int, *args: Any, masks:
     return torch.func.vmap(one, randomness="different")(torch.arange(num))
 
 
-def masks_for_scores(params: Tree, method: Callable, scores: Tree, amount: Union[Amounts, int, float], *args: Any,
-                     masks: Optional[Tree] = None, include: Include = None, **kwargs: Any) -> Tree:
+def masks_for_scores(
+    params: Tree,
+    method: Callable,
+    scores: Tree,
+    amount: Amounts | int | float,
+    *args: Any,
+    masks: Tree | None = None,
+    include: Include = None,
+    **kwargs: Any,
+) -> Tree:
     """K masks from K stacked importance-score trees, in one ``vmap``.
 
     Mask ``k`` equals ``prune(params, method, amount_k, *args, scores=unstack(scores)[k], ...)``
@@ -293,15 +323,20 @@ def masks_for_scores(params: Tree, method: Callable, scores: Tree, amount: Union
         if leaf.shape[1:] != named[name].shape:
             raise shape_mismatch(f"scores leaf {name!r}", leaf.shape, None, f"({size}, *{tuple(named[name].shape)})")
     batched = not isinstance(amount, (numbers.Number, torch.Tensor)) or (
-        isinstance(amount, torch.Tensor) and amount.dim() == 1)
+        isinstance(amount, torch.Tensor) and amount.dim() == 1
+    )
     run = _pruner(params, method, args, masks, include, kwargs)
     if _sharded(params):
-        amounts = [amount] * size if not batched else [_amount.as_number(a) for a in _amounts_tensor(
-            cast(Amounts, amount), _device_of(params))]
+        amounts = (
+            [amount] * size
+            if not batched
+            else [_amount.as_number(a) for a in _amounts_tensor(cast(Amounts, amount), _device_of(params))]
+        )
         if len(amounts) != size:
             raise ValueError(f"got {len(amounts)} amounts for {size} stacked score trees")
         pick = lambda k: optree.tree_map(  # noqa: E731
-            lambda leaf: _backend.unstacked(leaf, k), scores)
+            lambda leaf: _backend.unstacked(leaf, k), scores
+        )
         return _stacked_masks([run(amounts[k], pick(k)) for k in range(size)])
     if not batched:
         _amount.validate_amount(cast(_amount.Amount, amount))  # not batched: a number or a 0-d tensor

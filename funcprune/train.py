@@ -13,14 +13,13 @@ to the pruned entries (weight decay, momentum) is then fixed by :func:`masked_up
 from __future__ import annotations
 
 import warnings
-from typing import Optional, Tuple
 
 import torch
 
 from . import _pytree
 from ._amount import Amount
-from ._pytree import Include, Tree
 from ._errors import shape_mismatch
+from ._pytree import Include, Tree
 from .methods import l1_unstructured
 from .tree import apply_masks, global_unstructured, prune
 
@@ -29,7 +28,7 @@ __all__ = ["masked_update", "lottery_round"]
 _POLICIES = ("keep", "zero")
 
 
-def masked_update(params: Tree, updated: Tree, masks: Optional[Tree], *, pruned: str = "keep") -> Tree:
+def masked_update(params: Tree, updated: Tree, masks: Tree | None, *, pruned: str = "keep") -> Tree:
     """``updated`` at kept entries; at pruned entries ``params`` (``"keep"``) or 0 (``"zero"``).
 
     Args:
@@ -68,14 +67,16 @@ def masked_update(params: Tree, updated: Tree, masks: Optional[Tree], *, pruned:
             out[name] = value
             continue
         keep = mask if mask.dtype == torch.bool else mask != 0
-        fill = named[name].to(value.dtype) if pruned == "keep" else torch.zeros((), dtype=value.dtype,
-                                                                                 device=value.device)
+        fill = (
+            named[name].to(value.dtype) if pruned == "keep" else torch.zeros((), dtype=value.dtype, device=value.device)
+        )
         out[name] = torch.where(keep, value, fill)
     return _pytree.like(updated, out)
 
 
-def lottery_round(trained: Tree, masks: Optional[Tree], rewind: Tree, amount: Amount, *, scope: str = "global",
-                  include: Include = None) -> Tuple[Tree, Tree]:
+def lottery_round(
+    trained: Tree, masks: Tree | None, rewind: Tree, amount: Amount, *, scope: str = "global", include: Include = None
+) -> tuple[Tree, Tree]:
     """One round of iterative magnitude pruning with rewinding (the lottery-ticket step).
 
     Prunes ``amount`` of the surviving entries with the smallest ``|trained|`` (among all
@@ -117,8 +118,12 @@ def lottery_round(trained: Tree, masks: Optional[Tree], rewind: Tree, amount: Am
       (tensor([False,  True,  True, False]), tensor([0., 1., 1., 0.]))
     """
     if scope == "layer":
-        warnings.warn('lottery_round(scope="layer") is deprecated: use scope="local" (prune_groups\' word); '
-                      '"layer" will be removed in the next minor release', DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            'lottery_round(scope="layer") is deprecated: use scope="local" (prune_groups\' word); '
+            '"layer" will be removed in the next minor release',
+            DeprecationWarning,
+            stacklevel=2,
+        )
         scope = "local"
     if scope not in ("global", "local"):
         raise ValueError(f"scope must be 'global' or 'local', got {scope!r}")

@@ -8,23 +8,31 @@ Every function returns new trees and leaves its inputs untouched.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Dict, NamedTuple, Optional, Union
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 
 from . import _amount, _backend, _dtensor, _pytree, _radix, _sharded, select
 from ._amount import Amount, drop_count
-from ._masking import masked
 from ._errors import shape_mismatch
+from ._masking import masked
 from ._pytree import Include, Tree, named_error, scores_for
-from .select import as_keep, count_kept
 from .methods import l1_unstructured, random_unstructured
+from .select import as_keep, count_kept
 
 __all__ = ["prune", "global_unstructured", "apply_masks", "mask_grads", "sparsity", "Sparsity"]
 
 
-def prune(params: Tree, method: Callable[..., torch.Tensor], *args: Any, masks: Optional[Tree] = None,
-          scores: Optional[Tree] = None, include: Include = None, **kwargs: Any) -> Tree:
+def prune(
+    params: Tree,
+    method: Callable[..., torch.Tensor],
+    *args: Any,
+    masks: Tree | None = None,
+    scores: Tree | None = None,
+    include: Include = None,
+    **kwargs: Any,
+) -> Tree:
     """Apply one tensor-level mask function to the selected leaves, on top of ``masks``.
 
     Args:
@@ -57,7 +65,8 @@ def prune(params: Tree, method: Callable[..., torch.Tensor], *args: Any, masks: 
       {'w': tensor([[False,  True],
               [False,  True]])}
     """
-    def step(name: str, leaf_scores: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+
+    def step(name: str, leaf_scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return method(leaf_scores, *args, mask=mask, **kwargs)
 
     return _pytree.per_leaf(params, step, masks=masks, scores=scores, include=include)
@@ -67,10 +76,18 @@ def _common_dtype(tensors) -> torch.dtype:
     return functools.reduce(torch.promote_types, (t.dtype for t in tensors))
 
 
-def global_unstructured(params: Tree, amount: Amount, *, masks: Optional[Tree] = None,
-                        scores: Optional[Tree] = None, method: Union[str, Callable] = "l1",
-                        include: Include = None, generator: Optional[torch.Generator] = None,
-                        chunk_size: int = _radix.DEFAULT_CHUNK, stream: Optional[str] = None) -> Tree:
+def global_unstructured(
+    params: Tree,
+    amount: Amount,
+    *,
+    masks: Tree | None = None,
+    scores: Tree | None = None,
+    method: str | Callable = "l1",
+    include: Include = None,
+    generator: torch.Generator | None = None,
+    chunk_size: int = _radix.DEFAULT_CHUNK,
+    stream: str | None = None,
+) -> Tree:
     """Prune one ``amount`` across all selected leaves at once, as if they were one vector.
 
     Matches ``torch.nn.utils.prune.global_unstructured`` (with ``L1Unstructured`` or
@@ -114,7 +131,7 @@ def global_unstructured(params: Tree, amount: Amount, *, masks: Optional[Tree] =
       >>> global_unstructured(params, amount=2)
       {'a': tensor([ True, False]), 'b': tensor([False,  True,  True])}
     """
-    aliases: Dict[Any, str] = {l1_unstructured: "l1", random_unstructured: "random"}
+    aliases: dict[Any, str] = {l1_unstructured: "l1", random_unstructured: "random"}
     method = aliases.get(method, method)
     if method not in ("l1", "random"):
         raise ValueError(f"method must be 'l1' or 'random', got {method!r}")
@@ -141,22 +158,34 @@ def global_unstructured(params: Tree, amount: Amount, *, masks: Optional[Tree] =
             raise named_error(name, err) from err
     dtype = _common_dtype(leaves)
     if sharded or stream == "hash":  # the gather-free path (one process: the same code, no collectives)
-        new_keeps = _sharded.select_global(leaves, keeps, amount, method=method, dtype=dtype, generator=generator,
-                                           chunk=chunk_size, names=names)
+        new_keeps = _sharded.select_global(
+            leaves, keeps, amount, method=method, dtype=dtype, generator=generator, chunk=chunk_size, names=names
+        )
         return _pytree.like(params, {**old, **dict(zip(names, new_keeps))})
     total = sum(leaf.numel() for leaf in leaves)
-    alive = total if all(keep is None for keep in keeps) else sum(
-        leaf.numel() if keep is None else count_kept(keep) for leaf, keep in zip(leaves, keeps))
+    alive = (
+        total
+        if all(keep is None for keep in keeps)
+        else sum(leaf.numel() if keep is None else count_kept(keep) for leaf, keep in zip(leaves, keeps))
+    )
     amount, k = drop_count(amount, alive, "parameters")
 
     concrete = all(_amount.is_concrete(t) for t in leaves + [keep for keep in keeps if keep is not None])
     if method == "l1" and concrete and isinstance(k, int):
-        new_keeps = _radix.radix_select_keep(leaves, keeps, k, key_fn=lambda piece: piece.abs().to(dtype),
-                                              chunk=chunk_size)
+        new_keeps = _radix.radix_select_keep(
+            leaves, keeps, k, key_fn=lambda piece: piece.abs().to(dtype), chunk=chunk_size
+        )
     else:
-        flat_alive = None if all(keep is None for keep in keeps) else torch.cat(
-            [(torch.ones_like(leaf, dtype=torch.bool) if keep is None else keep).reshape(-1)
-             for leaf, keep in zip(leaves, keeps)])
+        flat_alive = (
+            None
+            if all(keep is None for keep in keeps)
+            else torch.cat(
+                [
+                    (torch.ones_like(leaf, dtype=torch.bool) if keep is None else keep).reshape(-1)
+                    for leaf, keep in zip(leaves, keeps)
+                ]
+            )
+        )
         device = leaves[0].device
         if method == "random" and isinstance(k, int) and k == 0:
             flat = torch.ones(total, dtype=torch.bool, device=device)  # torch draws nothing when nothing is pruned
@@ -167,10 +196,14 @@ def global_unstructured(params: Tree, amount: Amount, *, masks: Optional[Tree] =
             chosen = select.select_flat(draws, k, largest=True)
             flat = flat_alive.clone().masked_scatter_(flat_alive, chosen.logical_not_())
         else:
-            key = (torch.cat([leaf.reshape(-1).to(dtype=dtype, device=device).abs() for leaf in leaves])
-                   if method == "l1" else torch.rand(total, generator=generator, dtype=dtype, device=device))
-            flat = ~select.select_flat(key, k, largest=method == "random", alive=flat_alive,
-                                   k_max=_amount.max_prune_count(amount, total))
+            key = (
+                torch.cat([leaf.reshape(-1).to(dtype=dtype, device=device).abs() for leaf in leaves])
+                if method == "l1"
+                else torch.rand(total, generator=generator, dtype=dtype, device=device)
+            )
+            flat = ~select.select_flat(
+                key, k, largest=method == "random", alive=flat_alive, k_max=_amount.max_prune_count(amount, total)
+            )
         if flat_alive is not None:
             flat = flat & flat_alive
         new_keeps = [piece.view(leaf.shape) for piece, leaf in zip(flat.split([t.numel() for t in leaves]), leaves)]
@@ -179,7 +212,7 @@ def global_unstructured(params: Tree, amount: Amount, *, masks: Optional[Tree] =
     return _pytree.like(params, new)
 
 
-def _map_masked(tree: Tree, masks: Optional[Tree], what: str) -> Tree:
+def _map_masked(tree: Tree, masks: Tree | None, what: str) -> Tree:
     named = _pytree.named_leaves(tree)
     named_masks = _pytree.masks_for(named, masks, what)
     out = {name: _masked(leaf, named_masks[name]) if name in named_masks else leaf for name, leaf in named.items()}
@@ -193,7 +226,7 @@ def _masked(leaf: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return masked(leaf, mask)
 
 
-def apply_masks(params: Tree, masks: Optional[Tree]) -> Tree:
+def apply_masks(params: Tree, masks: Tree | None) -> Tree:
     """A copy of ``params`` with pruned entries zeroed; leaves without a mask pass through.
 
     Masks may be bool or floating; the result keeps each param's dtype, and gradients flow to the
@@ -211,7 +244,7 @@ def apply_masks(params: Tree, masks: Optional[Tree]) -> Tree:
     return _map_masked(params, masks, "param")
 
 
-def mask_grads(grads: Tree, masks: Optional[Tree]) -> Tree:
+def mask_grads(grads: Tree, masks: Tree | None) -> Tree:
     """Zero the gradients of pruned entries (leaves without a mask pass through).
 
     Raises:
@@ -237,11 +270,11 @@ class Sparsity(NamedTuple):
     """Number of pruned entries (int64)."""
     total: int
     """Number of entries counted (of one subnetwork, for stacked masks)."""
-    per_leaf: Dict[str, torch.Tensor]
+    per_leaf: dict[str, torch.Tensor]
     """Fraction pruned of each masked leaf, by name."""
 
 
-def sparsity(masks: Tree, params: Optional[Tree] = None) -> Sparsity:
+def sparsity(masks: Tree, params: Tree | None = None) -> Sparsity:
     """Per-leaf and global fraction of pruned entries.
 
     Args:
@@ -293,8 +326,9 @@ def sparsity(masks: Tree, params: Optional[Tree] = None) -> Sparsity:
         if mask.shape == shape:
             continue
         if mask.dim() != len(shape) + 1 or mask.shape[1:] != shape:
-            raise shape_mismatch("mask", mask.shape, "the param", shape, name=name,
-                                 note=f" (stacked masks: (K, *{tuple(shape)}))")
+            raise shape_mismatch(
+                "mask", mask.shape, "the param", shape, name=name, note=f" (stacked masks: (K, *{tuple(shape)}))"
+            )
         if size is not None and mask.shape[0] != size:
             raise ValueError(f"{name}: {mask.shape[0]} stacked masks, but {first!r} has {size}")
         size, first = mask.shape[0], name
@@ -314,7 +348,7 @@ def sparsity(masks: Tree, params: Optional[Tree] = None) -> Sparsity:
     return Sparsity(pruned / max(total, 1), pruned, total, per_leaf)
 
 
-def _pruned(mask: torch.Tensor, numel: int, size: Optional[int] = None) -> torch.Tensor:
+def _pruned(mask: torch.Tensor, numel: int, size: int | None = None) -> torch.Tensor:
     """Zero entries of ``mask`` (of ``numel`` per mask; per stacked mask for ``size`` K), int64.
 
     A DTensor mask is counted shard by shard and summed across its mesh (replicas once): a plain

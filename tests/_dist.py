@@ -16,7 +16,8 @@ import queue
 import tempfile
 import time
 import traceback
-from typing import Any, Callable, List
+from collections.abc import Callable
+from typing import Any
 
 import torch.multiprocessing as mp
 
@@ -29,8 +30,7 @@ def _rank_main(rank: int, world_size: int, store_path: str, fn: Callable, args: 
 
     torch.set_num_threads(1)  # 2-4 ranks share this machine's cores
     try:
-        dist.init_process_group("gloo", store=dist.FileStore(store_path, world_size),
-                                rank=rank, world_size=world_size)
+        dist.init_process_group("gloo", store=dist.FileStore(store_path, world_size), rank=rank, world_size=world_size)
         try:
             results.put((rank, "ok", fn(rank, world_size, *args)))
         finally:
@@ -39,7 +39,7 @@ def _rank_main(rank: int, world_size: int, store_path: str, fn: Callable, args: 
         results.put((rank, "error", traceback.format_exc()))
 
 
-def run_ranks(fn: Callable, world_size: int, *args: Any, timeout: float = DEFAULT_TIMEOUT) -> List[Any]:
+def run_ranks(fn: Callable, world_size: int, *args: Any, timeout: float = DEFAULT_TIMEOUT) -> list[Any]:
     """Run ``fn(rank, world_size, *args)`` on ``world_size`` gloo ranks; return the results by rank."""
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
@@ -48,9 +48,14 @@ def run_ranks(fn: Callable, world_size: int, *args: Any, timeout: float = DEFAUL
         old = {key: os.environ.get(key) for key in env}
         os.environ.update(env)
         try:
-            procs = [ctx.Process(target=_rank_main, daemon=True,
-                                 args=(rank, world_size, os.path.join(tmp, "store"), fn, args, results))
-                     for rank in range(world_size)]
+            procs = [
+                ctx.Process(
+                    target=_rank_main,
+                    daemon=True,
+                    args=(rank, world_size, os.path.join(tmp, "store"), fn, args, results),
+                )
+                for rank in range(world_size)
+            ]
             for proc in procs:
                 proc.start()
         finally:
@@ -65,14 +70,17 @@ def run_ranks(fn: Callable, world_size: int, *args: Any, timeout: float = DEFAUL
             while len(out) < world_size and failure is None:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    failure = (f"{getattr(fn, '__name__', fn)} on {world_size} ranks ran past {timeout:.0f} s; "
-                               f"ranks that finished: {sorted(out)}")
+                    failure = (
+                        f"{getattr(fn, '__name__', fn)} on {world_size} ranks ran past {timeout:.0f} s; "
+                        f"ranks that finished: {sorted(out)}"
+                    )
                     break
                 try:
                     rank, status, value = results.get(timeout=min(left, 1.0))
                 except queue.Empty:
-                    dead = [rank for rank, proc in enumerate(procs)
-                            if rank not in out and proc.exitcode not in (None, 0)]
+                    dead = [
+                        rank for rank, proc in enumerate(procs) if rank not in out and proc.exitcode not in (None, 0)
+                    ]
                     if dead:
                         failure = f"rank {dead[0]} died with exit code {procs[dead[0]].exitcode} without a report"
                     continue

@@ -8,8 +8,10 @@ import torch
 def traffic_and_gather(rank: int, world: int) -> dict:
     """Traffic's byte counts of known collectives, and the gather baseline's masks (full)."""
     import torch.distributed as dist
+
     import funcprune as fp
     from benchmarks import distributed as bench
+
     out = {}
     with bench.Traffic() as traffic:
         dist.all_reduce(torch.zeros(65537, dtype=torch.int64))
@@ -20,7 +22,7 @@ def traffic_and_gather(rank: int, world: int) -> dict:
     shapes = {"a": (7, 5), "b": (3, 4, 2), "c": (1, 9)}
     tree = bench._local_tree(shapes, rank, world)
     with bench.Traffic() as traffic:
-        full = {n: d.full_tensor() for n, d in tree.items()}   # DTensor's functional collectives
+        full = {n: d.full_tensor() for n, d in tree.items()}  # DTensor's functional collectives
     out["full_tensor"] = (traffic.calls, traffic.bytes)
     out["leaves_equal"] = all(torch.equal(full[n], bench.full_leaf(i, s)) for i, (n, s) in enumerate(shapes.items()))
     masks = bench._gathered_select(tree)

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import copy
-from typing import Dict
 
 import torch
 import torch.nn as nn
@@ -19,7 +18,7 @@ def _model() -> nn.Module:
     return nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
 
 
-def _masked_reference(dense: nn.Module, full_masks: Dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+def _masked_reference(dense: nn.Module, full_masks: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """The single-process oracle: a plain copy of the model with the masks multiplied in."""
     ref = copy.deepcopy(dense)
     with torch.no_grad():
@@ -29,7 +28,7 @@ def _masked_reference(dense: nn.Module, full_masks: Dict[str, torch.Tensor], x: 
         return ref(x)
 
 
-def fsdp_next_forward_masked(rank: int, world: int) -> Dict[str, list]:
+def fsdp_next_forward_masked(rank: int, world: int) -> dict[str, list]:
     """For each FSDP2 configuration and each way masks are put in force, after a no-grad evaluation
     forward: is the next forward the masked model's (and not the dense one's)?
 
@@ -64,8 +63,10 @@ def fsdp_next_forward_masked(rank: int, world: int) -> Dict[str, list]:
                     fully_shard(model[i], mesh=mesh, reshard_after_forward=False)
                 fully_shard(model, mesh=mesh, reshard_after_forward=False)
             params = dict(model.named_parameters())
-            masks = {name: distribute_tensor(m, params[name].device_mesh, params[name].placements)
-                     for name, m in full_masks.items()}
+            masks = {
+                name: distribute_tensor(m, params[name].device_mesh, params[name].placements)
+                for name, m in full_masks.items()
+            }
             opt = torch.optim.SGD(model.parameters(), lr=0.0)
             keeper = fpd.keep_pruned(opt, params) if how in ("update", "post_step") else None
             with torch.no_grad():
@@ -85,20 +86,23 @@ def fsdp_next_forward_masked(rank: int, world: int) -> Dict[str, list]:
                 opt.step()
             with torch.no_grad():
                 got = model(x)
-            out[f"{config}/{how}"] = [bool(torch.allclose(got, expected, atol=1e-6)),
-                                      bool(torch.allclose(got, dense_out, atol=1e-6))]
+            out[f"{config}/{how}"] = [
+                bool(torch.allclose(got, expected, atol=1e-6)),
+                bool(torch.allclose(got, dense_out, atol=1e-6)),
+            ]
     return out
 
 
 def _sharded(full: torch.Tensor, mesh):
     from torch.distributed.tensor import Shard, distribute_tensor
+
     return distribute_tensor(full, mesh, [Shard(0)])
 
 
-def disagreeing_ranks(rank: int, world: int) -> Dict[str, object]:
+def disagreeing_ranks(rank: int, world: int) -> dict[str, object]:
     """Global L1 where the ranks' calls differ in one way each; what every rank raised (or "returned")."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor import Shard, DTensor
+    from torch.distributed.tensor import DTensor, Shard
 
     import funcprune as fp
 
@@ -129,7 +133,7 @@ def disagreeing_ranks(rank: int, world: int) -> Dict[str, object]:
     return out
 
 
-def outside_the_mesh(rank: int, world: int) -> Dict[str, object]:
+def outside_the_mesh(rank: int, world: int) -> dict[str, object]:
     """World 3, a mesh on ranks 0 and 1: the selections on every rank; what each rank got.
 
     Ranks 0 and 1 compare their masks with the one-process oracle; rank 2 reports its local shards.
@@ -148,15 +152,33 @@ def outside_the_mesh(rank: int, world: int) -> Dict[str, object]:
     prior = {name: distribute_tensor(m, mesh, [Shard(0)]) for name, m in prior_full.items()}
     cases = {
         "global_l1": (lambda p: fp.global_unstructured(p, 0.5), tree, full),
-        "global_l1_prior": (lambda p: fp.global_unstructured(
-            p, 0.5, masks=prior if p is tree else prior_full), tree, full),
-        "global_random": (lambda p: fp.global_unstructured(p, 3, method="random", stream="hash",
-                                                           generator=torch.Generator().manual_seed(0)), tree, full),
+        "global_l1_prior": (
+            lambda p: fp.global_unstructured(p, 0.5, masks=prior if p is tree else prior_full),
+            tree,
+            full,
+        ),
+        "global_random": (
+            lambda p: fp.global_unstructured(
+                p, 3, method="random", stream="hash", generator=torch.Generator().manual_seed(0)
+            ),
+            tree,
+            full,
+        ),
         "prune_l1": (lambda p: fp.prune(p, fp.l1_unstructured, 0.3), tree, full),
         "ln_structured": (lambda p: {"a": fp.ln_structured(p["a"], 0.5, 2, 1)}, tree, full),
-        "random_structured": (lambda p: {"a": fp.random_structured(
-            p["a"], 0.5, 0, generator=torch.Generator().manual_seed(0), **({} if p is tree else {"stream": "hash"}))},
-            tree, full),
+        "random_structured": (
+            lambda p: {
+                "a": fp.random_structured(
+                    p["a"],
+                    0.5,
+                    0,
+                    generator=torch.Generator().manual_seed(0),
+                    **({} if p is tree else {"stream": "hash"}),
+                )
+            },
+            tree,
+            full,
+        ),
     }
     out = {}
     for key, (call, sharded, plain) in cases.items():

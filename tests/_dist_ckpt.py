@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Dict
-
 import torch
 
 # name: (full shape, placements of the 1-D save layout (world 2), placements of the 1-D load layout)
@@ -25,7 +23,7 @@ LEAVES = {
 PLAIN = "plain.weight"
 
 
-def expected() -> Dict[str, torch.Tensor]:
+def expected() -> dict[str, torch.Tensor]:
     """The full masks every layout saves and loads (seeded; the same in every process)."""
     g = torch.Generator().manual_seed(13)
     out = {name: torch.rand(shape, generator=g) < 0.4 for name, (shape, _, _) in LEAVES.items()}
@@ -35,12 +33,14 @@ def expected() -> Dict[str, torch.Tensor]:
 
 def _placement(code: str):
     from torch.distributed.tensor import Replicate, Shard
+
     return Replicate() if code == "R" else Shard(int(code[1:]))
 
 
-def _tree(mesh, column: int, mesh_2d: bool = False) -> Dict[str, torch.Tensor]:
+def _tree(mesh, column: int, mesh_2d: bool = False) -> dict[str, torch.Tensor]:
     """The expected masks as DTensors laid out by column 1 (save) or 2 (load) of LEAVES."""
     from torch.distributed.tensor import Replicate, distribute_tensor
+
     full = expected()
     out = {}
     for name, spec in LEAVES.items():
@@ -51,17 +51,22 @@ def _tree(mesh, column: int, mesh_2d: bool = False) -> Dict[str, torch.Tensor]:
     return out
 
 
-def _report(loaded: Dict[str, torch.Tensor], like: Dict[str, torch.Tensor]) -> Dict[str, list]:
+def _report(loaded: dict[str, torch.Tensor], like: dict[str, torch.Tensor]) -> dict[str, list]:
     """Per leaf: bit-exact against expected(), same placements and local shape as ``like``, bool."""
     from funcprune._dtensor import is_dtensor
+
     full = expected()
     out = {}
     for name, mask in loaded.items():
         target = like[name]
         if is_dtensor(target):
-            ok = (is_dtensor(mask) and tuple(mask.placements) == tuple(target.placements)
-                  and mask.to_local().shape == target.to_local().shape and mask.dtype == torch.bool
-                  and torch.equal(mask.full_tensor(), full[name]))
+            ok = (
+                is_dtensor(mask)
+                and tuple(mask.placements) == tuple(target.placements)
+                and mask.to_local().shape == target.to_local().shape
+                and mask.dtype == torch.bool
+                and torch.equal(mask.full_tensor(), full[name])
+            )
             local = list(mask.to_local().shape)
         else:
             ok = not is_dtensor(mask) and mask.dtype == torch.bool and torch.equal(mask, full[name])
@@ -70,10 +75,12 @@ def _report(loaded: Dict[str, torch.Tensor], like: Dict[str, torch.Tensor]) -> D
     return out
 
 
-def save_1d(rank: int, world: int, path: str) -> Dict:
+def save_1d(rank: int, world: int, path: str) -> dict:
     """World 2, 1-D mesh: save the save-layout tree (one leaf as 0/1 floats)."""
     from torch.distributed.device_mesh import init_device_mesh
+
     from funcprune.distributed import save_masks_dcp
+
     mesh = init_device_mesh("cpu", (world,))
     tree = _tree(mesh, 1)
     tree["i.weight"] = tree["i.weight"].float()  # a 0/1 float mask loads back as bool
@@ -81,13 +88,15 @@ def save_1d(rank: int, world: int, path: str) -> Dict:
     return {name: list(t.to_local().shape) for name, t in tree.items() if hasattr(t, "to_local")}
 
 
-def load_4_and_save_hsdp(rank: int, world: int, path_1d: str, path_hsdp: str) -> Dict:
+def load_4_and_save_hsdp(rank: int, world: int, path_1d: str, path_hsdp: str) -> dict:
     """World 4: load the 2-rank checkpoint into a 1-D mesh (other placements) and into a 2-D HSDP
     mesh; then save from the HSDP mesh; plus the errors that must reach every rank."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import DTensor, Partial, Shard
+
     import funcprune as fp
     from funcprune.distributed import load_masks_dcp, save_masks_dcp
+
     out = {}
     mesh = init_device_mesh("cpu", (world,))
     like = _tree(mesh, 2)
@@ -101,13 +110,17 @@ def load_4_and_save_hsdp(rank: int, world: int, path_1d: str, path_hsdp: str) ->
     # Only rank 3 holds a value other than 0/1: every rank must raise, none may wait in DCP.
     row = torch.tensor([[0.0, 1.0, 0.5]]) if rank == 3 else torch.ones(1, 3)
     bad = DTensor.from_local(row, mesh, [Shard(0)], run_check=False, shape=torch.Size((4, 3)), stride=(3, 1))
-    for key, call in (("not_01", lambda: save_masks_dcp({"x": bad}, path_hsdp + "-bad")),
-                      ("partial", lambda: save_masks_dcp(
-                          {"x": DTensor.from_local(torch.ones(2, 2, dtype=torch.bool), mesh, [Partial()])},
-                          path_hsdp + "-bad")),
-                      ("save_masks", lambda: fp.export.save_masks({"x": like["a.weight"]}, path_hsdp + "-bad.pt")),
-                      ("load_masks", lambda: fp.export.load_masks(path_hsdp + "-bad.pt",
-                                                                  like={"x": like["a.weight"]}))):
+    for key, call in (
+        ("not_01", lambda: save_masks_dcp({"x": bad}, path_hsdp + "-bad")),
+        (
+            "partial",
+            lambda: save_masks_dcp(
+                {"x": DTensor.from_local(torch.ones(2, 2, dtype=torch.bool), mesh, [Partial()])}, path_hsdp + "-bad"
+            ),
+        ),
+        ("save_masks", lambda: fp.export.save_masks({"x": like["a.weight"]}, path_hsdp + "-bad.pt")),
+        ("load_masks", lambda: fp.export.load_masks(path_hsdp + "-bad.pt", like={"x": like["a.weight"]})),
+    ):
         try:
             call()
             errors[key] = None
@@ -117,10 +130,12 @@ def load_4_and_save_hsdp(rank: int, world: int, path_1d: str, path_hsdp: str) ->
     return out
 
 
-def load_2_from_hsdp(rank: int, world: int, path_hsdp: str) -> Dict:
+def load_2_from_hsdp(rank: int, world: int, path_hsdp: str) -> dict:
     """World 2: load the HSDP checkpoint into a 1-D mesh with the load layout."""
     from torch.distributed.device_mesh import init_device_mesh
+
     from funcprune.distributed import load_masks_dcp
+
     mesh = init_device_mesh("cpu", (world,))
     like = _tree(mesh, 2)
     return _report(load_masks_dcp(like, path_hsdp), like)
@@ -130,7 +145,9 @@ def two_saves(rank: int, world: int, path_a: str, path_b: str) -> None:
     """World 2: save masks A, then masks B with the same per-shard kept counts (rows reversed), elsewhere."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Shard, distribute_tensor
+
     from funcprune.distributed import save_masks_dcp
+
     mesh = init_device_mesh("cpu", (world,))
     a = torch.rand(8, 12, generator=torch.Generator().manual_seed(4)) < 0.5
     save_masks_dcp({"w": distribute_tensor(a, mesh, [Shard(0)])}, path_a)
@@ -141,7 +158,9 @@ def load_or_error(rank: int, world: int, path: str) -> str:
     """World 2: load ``path`` like a Shard(0) (8, 12) mask; the error, or "loaded"."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Shard, distribute_tensor
+
     from funcprune.distributed import load_masks_dcp
+
     mesh = init_device_mesh("cpu", (world,))
     try:
         load_masks_dcp({"w": distribute_tensor(torch.zeros(8, 12), mesh, [Shard(0)])}, path)

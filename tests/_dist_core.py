@@ -19,7 +19,7 @@ from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
 from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
 import funcprune as fp
-from funcprune import _dtensor, distributions, patterns
+from funcprune import distributions, patterns
 from funcprune.stacking import masks_for_amounts, masks_for_scores, masks_for_seeds
 
 
@@ -53,7 +53,9 @@ class Checker:
             assert tuple(got.placements) == tuple(like.placements), f"{what}: {got.placements} != {like.placements}"
             assert got.device_mesh == like.device_mesh and got.shape == like.shape, what
         g = full(got)
-        assert g.shape == want.shape and g.dtype == want.dtype, f"{what}: {g.shape}/{g.dtype} vs {want.shape}/{want.dtype}"
+        assert g.shape == want.shape and g.dtype == want.dtype, (
+            f"{what}: {g.shape}/{g.dtype} vs {want.shape}/{want.dtype}"
+        )
         assert torch.equal(g, want), f"{what}: differs at {(g != want).nonzero()[:5].tolist()}"
         self.done[what.split("[")[0].split(":")[0]] += 1
 
@@ -107,21 +109,27 @@ def unstructured_checks(c: Checker, mesh, layouts, seeds=(0, 1)) -> None:
             # a shard fully pruned: the first leaf's leading half
             prior[first][: fulls[first].shape[0] // 2 + 1] = False
             dprior = _as_dt(prior, dts)
-            for amount in ((0.0, 0.3, 0.9, 1.0, 7) if kind == "randn" else (0.3, 0.9)):
+            for amount in (0.0, 0.3, 0.9, 1.0, 7) if kind == "randn" else (0.3, 0.9):
                 for masks, dmasks in ((None, None), (prior, dprior)):
                     want = fp.global_unstructured(fulls, amount, masks=masks)
                     c.same(f"global_l1:{kind}", fp.global_unstructured(dts, amount, masks=dmasks), want, dts)
             # importance scores with other placements than the params
-            scores = {name: torch.randn(t.shape, generator=torch.Generator().manual_seed(seed + 20)).abs().round()
-                      for name, t in fulls.items()}
+            scores = {
+                name: torch.randn(t.shape, generator=torch.Generator().manual_seed(seed + 20)).abs().round()
+                for name, t in fulls.items()
+            }
             dscores = {name: shard(s, mesh, [Replicate()] * mesh.ndim) for name, s in scores.items()}
             want = fp.global_unstructured(fulls, 0.4, scores=scores, masks=prior)
             c.same("global_l1_scores", fp.global_unstructured(dts, 0.4, scores=dscores, masks=dprior), want, dts)
             # per tensor: lowest-index ties = one-leaf global selection; = l1_unstructured on random floats
             for masks, dmasks in ((None, None), (prior, dprior)):
                 got = fp.prune(dts, fp.l1_unstructured, 0.45, masks=dmasks)
-                want = {name: fp.global_unstructured({name: t}, 0.45, masks=None if masks is None else
-                                                     {name: masks[name]})[name] for name, t in fulls.items()}
+                want = {
+                    name: fp.global_unstructured({name: t}, 0.45, masks=None if masks is None else {name: masks[name]})[
+                        name
+                    ]
+                    for name, t in fulls.items()
+                }
                 c.same("l1_per_tensor", got, want, dts)
                 if kind == "randn":
                     c.same("l1_per_tensor_as_l1", got, fp.prune(fulls, fp.l1_unstructured, 0.45, masks=masks), dts)
@@ -132,8 +140,12 @@ def unstructured_checks(c: Checker, mesh, layouts, seeds=(0, 1)) -> None:
                 got = fp.global_unstructured(dts, 0.5, method="random", masks=dmasks, generator=gen())
                 c.same("global_random", got, want, dts)
                 want = fp.prune(fulls, fp.random_unstructured, 0.3, masks=masks, generator=gen(), stream="hash")
-                c.same("random_unstructured", fp.prune(dts, fp.random_unstructured, 0.3, masks=dmasks,
-                                                       generator=gen()), want, dts)
+                c.same(
+                    "random_unstructured",
+                    fp.prune(dts, fp.random_unstructured, 0.3, masks=dmasks, generator=gen()),
+                    want,
+                    dts,
+                )
                 torch.manual_seed(seed)
                 want = fp.prune(fulls, fp.random_unstructured, 2, masks=masks, stream="hash")
                 torch.manual_seed(seed)
@@ -146,18 +158,23 @@ def structured_checks(c: Checker, mesh, layouts, seed=0) -> None:
         fulls, dts = _trees(mesh, layouts, seed, kind)
         prior = _prior(fulls, seed + 3)
         dprior = _as_dt(prior, dts)
-        for n in ((1, math.inf) if kind == "randn" else (2,)):
+        for n in (1, math.inf) if kind == "randn" else (2,):
             for dim in (0, 1):
                 for masks, dmasks in ((None, None), (prior, dprior)):
                     want = fp.prune(fulls, fp.ln_structured, 0.5, n, dim, masks=masks)
-                    c.same(f"ln_structured:{kind}", fp.prune(dts, fp.ln_structured, 0.5, n, dim, masks=dmasks),
-                           want, dts)
+                    c.same(
+                        f"ln_structured:{kind}", fp.prune(dts, fp.ln_structured, 0.5, n, dim, masks=dmasks), want, dts
+                    )
         for dim in (0, 1):
             for masks, dmasks in ((None, None), (prior, dprior)):
                 gen = lambda: torch.Generator().manual_seed(seed + 7)  # noqa: E731
                 want = fp.prune(fulls, fp.random_structured, 0.5, dim, masks=masks, generator=gen(), stream="hash")
-                c.same("random_structured", fp.prune(dts, fp.random_structured, 0.5, dim, masks=dmasks,
-                                                     generator=gen()), want, dts)
+                c.same(
+                    "random_structured",
+                    fp.prune(dts, fp.random_structured, 0.5, dim, masks=dmasks, generator=gen()),
+                    want,
+                    dts,
+                )
 
 
 def true_tie_checks(c: Checker, mesh) -> None:
@@ -165,6 +182,7 @@ def true_tie_checks(c: Checker, mesh) -> None:
     torch's float32 summation may split by block shape: the DTensor mask is the one-process float64
     path's (_sharded.channel_norms on the plain tensor) for every placement, and the tie stays a tie."""
     from funcprune import _sharded
+
     g = torch.Generator().manual_seed(0)
     w = torch.randn(4096, 3, generator=g)
     w[:, 2] = w[torch.randperm(4096, generator=g), 0]
@@ -173,7 +191,11 @@ def true_tie_checks(c: Checker, mesh) -> None:
         norms = _sharded.channel_norms(w, n, 1)
         assert norms[0] == norms[2], (n, norms)
         want = fp.select.prune_units(w, fp.select.slices(w.shape, 1), 1, norms, select_kept=True, lazy=False)
-        for placements in ([Shard(0)] * mesh.ndim, [Shard(1)] * mesh.ndim, [Replicate()] * (mesh.ndim - 1) + [Shard(0)]):
+        for placements in (
+            [Shard(0)] * mesh.ndim,
+            [Shard(1)] * mesh.ndim,
+            [Replicate()] * (mesh.ndim - 1) + [Shard(0)],
+        ):
             dw = shard(w, mesh, placements)
             assert torch.equal(_sharded.channel_norms(dw, n, 1), norms), (n, placements)
             c.same("true_tie", fp.ln_structured(dw, 1, n, 1), want, dw)
@@ -224,13 +246,15 @@ def tree_checks(c: Checker, mesh, layouts) -> None:
     for k, amount in enumerate([0.25, 0.5]):
         ref = fp.global_unstructured(fulls, amount)
         for name in names:
-            assert got[name].placements == tuple(Shard(p.dim + 1) if isinstance(p, Shard) else p
-                                                 for p in dts[name].placements)
+            assert got[name].placements == tuple(
+                Shard(p.dim + 1) if isinstance(p, Shard) else p for p in dts[name].placements
+            )
             assert torch.equal(full(got[name])[k], ref[name]), (name, k)
             c.done["masks_for_amounts"] += 1
     s = fp.sparsity(got, dts)
-    assert s.pruned.shape == (2,) and torch.equal(s.pruned, fp.sparsity({n: full(m) for n, m in got.items()},
-                                                                        fulls).pruned)
+    assert s.pruned.shape == (2,) and torch.equal(
+        s.pruned, fp.sparsity({n: full(m) for n, m in got.items()}, fulls).pruned
+    )
     torch.manual_seed(3)
     got = masks_for_seeds(dts, fp.random_unstructured, 2, 0.5)
     torch.manual_seed(3)
@@ -251,73 +275,116 @@ def tree_checks(c: Checker, mesh, layouts) -> None:
     name0 = names[0]
     mixed = {**dts, "plain": torch.ones(3)}
     c.raises("mixed_tree", ValueError, lambda: fp.global_unstructured(mixed, 0.5), name0, "plain")
-    c.raises("plain_mask", ValueError, lambda: fp.prune(dts, fp.l1_unstructured, 0.5, masks={name0: prior[name0]}),
-             name0, "plain tensor")
+    c.raises(
+        "plain_mask",
+        ValueError,
+        lambda: fp.prune(dts, fp.l1_unstructured, 0.5, masks={name0: prior[name0]}),
+        name0,
+        "plain tensor",
+    )
     custom_method_checks(c, mesh)
-    c.raises("torch_stream", ValueError, lambda: fp.global_unstructured(dts, 0.5, method="random", stream="torch"),
-             "hash")
+    c.raises(
+        "torch_stream", ValueError, lambda: fp.global_unstructured(dts, 0.5, method="random", stream="torch"), "hash"
+    )
     partial = DTensor.from_local(fulls[name0], mesh, [Partial()] * mesh.ndim, run_check=False)
     c.raises("partial", ValueError, lambda: fp.global_unstructured({"p": partial}, 0.5), "p", "pending sum")
     # every DTensor entry point refuses Partial / _StridedShard leaves (naming them) before anything changes
     from torch.distributed.tensor.placement_types import _StridedShard
-    bad = {"pend": partial,
-           "strided": DTensor.from_local(fulls[name0], mesh, [_StridedShard(0, split_factor=2)] * mesh.ndim,
-                                         run_check=False)}
+
+    bad = {
+        "pend": partial,
+        "strided": DTensor.from_local(
+            fulls[name0], mesh, [_StridedShard(0, split_factor=2)] * mesh.ndim, run_check=False
+        ),
+    }
     for leaf, why in (("pend", "pending sum"), ("strided", "not supported")):
         tree = {**dts, leaf: bad[leaf]}
-        calls = {"prune_l1": lambda: fp.prune(tree, fp.l1_unstructured, 0.5),
-                 "prune_ln": lambda: fp.prune(tree, fp.ln_structured, 0.5, 2, 0),
-                 "prune_random": lambda: fp.prune(tree, fp.random_unstructured, 0.5),
-                 "prune_channels": lambda: patterns.prune_channels(tree, 0.5, include=[leaf]),
-                 "sparsity": lambda: fp.sparsity({leaf: bad[leaf]}),
-                 "sparsity_params": lambda: fp.sparsity(dprior, tree),
-                 "apply_masks": lambda: fp.apply_masks(tree, {leaf: bad[leaf]}),
-                 "mask_grads": lambda: fp.mask_grads(tree, {leaf: bad[leaf]}),
-                 "prune_by": lambda: distributions.prune_by(tree, fp.l1_unstructured, {name0: 0.5}),
-                 "ln_direct": lambda: fp.ln_structured(bad[leaf], 0.5, 2, 0),
-                 "l1_direct": lambda: fp.l1_unstructured(bad[leaf], 0.5)}
+        calls = {
+            "prune_l1": lambda: fp.prune(tree, fp.l1_unstructured, 0.5),
+            "prune_ln": lambda: fp.prune(tree, fp.ln_structured, 0.5, 2, 0),
+            "prune_random": lambda: fp.prune(tree, fp.random_unstructured, 0.5),
+            "prune_channels": lambda: patterns.prune_channels(tree, 0.5, include=[leaf]),
+            "sparsity": lambda: fp.sparsity({leaf: bad[leaf]}),
+            "sparsity_params": lambda: fp.sparsity(dprior, tree),
+            "apply_masks": lambda: fp.apply_masks(tree, {leaf: bad[leaf]}),
+            "mask_grads": lambda: fp.mask_grads(tree, {leaf: bad[leaf]}),
+            "prune_by": lambda: distributions.prune_by(tree, fp.l1_unstructured, {name0: 0.5}),
+            "ln_direct": lambda: fp.ln_structured(bad[leaf], 0.5, 2, 0),
+            "l1_direct": lambda: fp.l1_unstructured(bad[leaf], 0.5),
+        }
         for what, call in calls.items():
             c.raises("placements_refused", ValueError, call, why, *(() if what.endswith("direct") else (leaf,)))
     # a mask/scores sharded unlike its param is refused (no shard travels); Replicate() is sliced locally
-    moved = {name: shard(prior[name], mesh, [Shard(1 - p.dim) if isinstance(p, Shard) else Shard(0)
-                                             for p in dts[name].placements]) for name in dts}
+    moved = {
+        name: shard(
+            prior[name], mesh, [Shard(1 - p.dim) if isinstance(p, Shard) else Shard(0) for p in dts[name].placements]
+        )
+        for name in dts
+    }
     name_s = next(n for n in dts if isinstance(dts[n].placements[-1], Shard))
-    c.raises("mask_sharded_unlike", ValueError,
-             lambda: fp.global_unstructured(dts, 0.5, masks={name_s: moved[name_s]}), name_s, "lay the mask out")
-    c.raises("mask_sharded_unlike", ValueError,
-             lambda: fp.prune(dts, fp.l1_unstructured, 0.5, scores={name_s: moved[name_s].float()}), name_s, "scores")
+    c.raises(
+        "mask_sharded_unlike",
+        ValueError,
+        lambda: fp.global_unstructured(dts, 0.5, masks={name_s: moved[name_s]}),
+        name_s,
+        "lay the mask out",
+    )
+    c.raises(
+        "mask_sharded_unlike",
+        ValueError,
+        lambda: fp.prune(dts, fp.l1_unstructured, 0.5, scores={name_s: moved[name_s].float()}),
+        name_s,
+        "scores",
+    )
     repl = {name: shard(prior[name], mesh, [Replicate()] * mesh.ndim) for name in dts}
-    c.same("mask_replicated", fp.global_unstructured(dts, 0.5, masks=repl),
-           fp.global_unstructured(fulls, 0.5, masks=prior), dts)
+    c.same(
+        "mask_replicated",
+        fp.global_unstructured(dts, 0.5, masks=repl),
+        fp.global_unstructured(fulls, 0.5, masks=prior),
+        dts,
+    )
 
 
 def row_magnitude(scores, amount, *, mask=None):
     """A user's method, as docs/select.md writes it: scores plus a granularity, no distributed code."""
-    return fp.select.prune_units(scores, fp.select.rows(scores.shape, 0), amount, lambda: scores.detach().abs(),
-                                 mask=mask)
+    return fp.select.prune_units(
+        scores, fp.select.rows(scores.shape, 0), amount, lambda: scores.detach().abs(), mask=mask
+    )
 
 
 def magnitude(scores, amount, *, mask=None):
     """A user's unstructured method (scores without ties: the sharded cut and topk agree)."""
-    return fp.select.prune_units(scores, fp.select.entries(scores.shape), amount, lambda: scores.detach().abs(),
-                                 mask=mask)
+    return fp.select.prune_units(
+        scores, fp.select.entries(scores.shape), amount, lambda: scores.detach().abs(), mask=mask
+    )
 
 
 def custom_method_checks(c: Checker, mesh) -> None:
     """A method written with no distributed code runs on Shard(0) DTensors and equals one process bit
     for bit (per-row, unstructured, N:M through prune); pools split across ranks are refused, naming the leaf."""
     g = torch.Generator().manual_seed(11)
-    fulls = {"w": torch.randn(8, 12, generator=g), "v": torch.randn(4, 16, generator=g),
-             "u": torch.randn(3, 8, generator=g)}  # 3 rows over a 2x2 mesh: an empty shard
+    fulls = {
+        "w": torch.randn(8, 12, generator=g),
+        "v": torch.randn(4, 16, generator=g),
+        "u": torch.randn(3, 8, generator=g),
+    }  # 3 rows over a 2x2 mesh: an empty shard
     prior = {name: torch.rand(t.shape, generator=g) > 0.3 for name, t in fulls.items()}
     dts = {name: shard(t, mesh, [Shard(0)] * mesh.ndim) for name, t in fulls.items()}
     dprior = {name: shard(m, mesh, [Shard(0)] * mesh.ndim) for name, m in prior.items()}
     for method, amount in ((row_magnitude, 0.5), (row_magnitude, 2), (magnitude, 0.3)):
         c.same("custom_method", fp.prune(dts, method, amount), fp.prune(fulls, method, amount), dts)
-        c.same("custom_method", fp.prune(dts, method, amount, masks=dprior),
-               fp.prune(fulls, method, amount, masks=prior), dts)
-    c.same("custom_method", fp.prune(dts, patterns.nm_structured, 2, 4, masks=dprior),
-           fp.prune(fulls, patterns.nm_structured, 2, 4, masks=prior), dts)
+        c.same(
+            "custom_method",
+            fp.prune(dts, method, amount, masks=dprior),
+            fp.prune(fulls, method, amount, masks=prior),
+            dts,
+        )
+    c.same(
+        "custom_method",
+        fp.prune(dts, patterns.nm_structured, 2, 4, masks=dprior),
+        fp.prune(fulls, patterns.nm_structured, 2, 4, masks=prior),
+        dts,
+    )
     split = {"r": shard(fulls["w"], mesh, [Shard(1)] * mesh.ndim)}
     c.raises("pools_split_refused", ValueError, lambda: fp.prune(split, row_magnitude, 0.5), "r", "split across ranks")
 
@@ -344,8 +411,12 @@ def dtype_checks(c: Checker, mesh, layouts) -> None:
 
 def channels_checks(c: Checker, mesh) -> None:
     """patterns.prune_channels on a sharded Linear/Conv-like tree, biases sharded too."""
-    layouts = {"fc.weight": ((6, 5), [Shard(1)] * mesh.ndim), "fc.bias": ((6,), [Shard(0)] * mesh.ndim),
-               "conv.weight": ((5, 3, 2, 2), [Shard(0)] * mesh.ndim), "conv.bias": ((5,), [Replicate()] * mesh.ndim)}
+    layouts = {
+        "fc.weight": ((6, 5), [Shard(1)] * mesh.ndim),
+        "fc.bias": ((6,), [Shard(0)] * mesh.ndim),
+        "conv.weight": ((5, 3, 2, 2), [Shard(0)] * mesh.ndim),
+        "conv.bias": ((5,), [Replicate()] * mesh.ndim),
+    }
     for kind in ("randn", "dups"):
         fulls, dts = _trees(mesh, layouts, 8, kind)
         for n in (1, 2):
@@ -358,6 +429,7 @@ def watched(allow=()):
     """Inside: any gather or all-to-all (but those in ``allow``), full_tensor or redistribute raises;
     all_reduce payload bytes counted."""
     import torch.distributed._functional_collectives as funcol
+
     sent = {"bytes": 0, "calls": 0}
     saved = []
 
@@ -366,11 +438,21 @@ def watched(allow=()):
 
         def refuse(*args, **kwargs):
             raise AssertionError(f"{attr} called inside a gather-free selection")
+
         saved.append((owner, attr, original))
         setattr(owner, attr, refuse)
 
-    for attr in ("all_gather", "all_gather_into_tensor", "all_gather_object", "all_to_all", "all_to_all_single",
-                 "gather", "broadcast", "reduce_scatter_tensor", "scatter"):
+    for attr in (
+        "all_gather",
+        "all_gather_into_tensor",
+        "all_gather_object",
+        "all_to_all",
+        "all_to_all_single",
+        "gather",
+        "broadcast",
+        "reduce_scatter_tensor",
+        "scatter",
+    ):
         if attr not in allow:
             forbid(dist, attr)
     for attr in ("all_gather_tensor", "all_to_all_single", "reduce_scatter_tensor", "broadcast"):
@@ -383,6 +465,7 @@ def watched(allow=()):
         sent["bytes"] += tensor.numel() * tensor.element_size()
         sent["calls"] += 1
         return original_reduce(tensor, *args, **kwargs)
+
     saved.append((dist, "all_reduce", original_reduce))
     dist.all_reduce = counting
     try:
@@ -397,16 +480,22 @@ def gather_free_checks(c: Checker, mesh) -> dict:
     bytes all_reduce sends do not grow with the model (8x the entries here)."""
     out = {}
     for scale in (1, 8):
-        layouts = {"a": ((64 * scale, 33), [Shard(0)] * mesh.ndim), "b": ((40, 16 * scale), [Shard(1)] * mesh.ndim),
-                   "c": ((scale * 10,), [Replicate()] * mesh.ndim)}
+        layouts = {
+            "a": ((64 * scale, 33), [Shard(0)] * mesh.ndim),
+            "b": ((40, 16 * scale), [Shard(1)] * mesh.ndim),
+            "c": ((scale * 10,), [Replicate()] * mesh.ndim),
+        }
         fulls, dts = _trees(mesh, layouts, scale)
         calls = {
             "global_l1": lambda p, **kw: fp.global_unstructured(p, 0.7, **kw),
             "per_tensor_l1": lambda p, **kw: fp.prune(p, fp.l1_unstructured, 0.2),
             "global_random": lambda p, **kw: fp.global_unstructured(
-                p, 0.5, method="random", generator=torch.Generator().manual_seed(1), **kw),
-            "ln_structured": lambda p, **kw: {"a": fp.ln_structured(p["a"], 0.5, 2, 0),
-                                              "b": fp.ln_structured(p["b"], 0.5, 1, 1)},
+                p, 0.5, method="random", generator=torch.Generator().manual_seed(1), **kw
+            ),
+            "ln_structured": lambda p, **kw: {
+                "a": fp.ln_structured(p["a"], 0.5, 2, 0),
+                "b": fp.ln_structured(p["b"], 0.5, 1, 1),
+            },
         }
         for what, call in calls.items():
             want = call(fulls, stream="hash") if what == "global_random" else call(fulls)
@@ -438,10 +527,12 @@ def world_1d(rank: int, world: int, seeds=(0, 1), everything: bool = True) -> di
     torch.manual_seed(0)
     mesh = init_device_mesh("cpu", (world,))
     c = Checker()
-    layouts = {"a": ((7, 5), [Shard(0)]),           # uneven
-               "b": ((4, 9), [Shard(1)]),
-               "c": ((3, 4), [Replicate()]),
-               "d": ((3, 2), [Shard(0)])}           # 3 rows over 4 ranks: an empty shard
+    layouts = {
+        "a": ((7, 5), [Shard(0)]),  # uneven
+        "b": ((4, 9), [Shard(1)]),
+        "c": ((3, 4), [Replicate()]),
+        "d": ((3, 2), [Shard(0)]),
+    }  # 3 rows over 4 ranks: an empty shard
     unstructured_checks(c, mesh, layouts, seeds)
     structured_checks(c, mesh, layouts)
     true_tie_checks(c, mesh)
@@ -458,10 +549,12 @@ def world_2d(rank: int, world: int) -> dict:
     torch.manual_seed(0)
     mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("replicate", "shard"))
     c = Checker()
-    layouts = {"a": ((7, 5), [Replicate(), Shard(0)]),
-               "b": ((4, 9), [Replicate(), Shard(1)]),
-               "c": ((5, 3), [Shard(0), Shard(1)]),
-               "d": ((3, 4), [Shard(0), Shard(0)])}  # 3 rows over 4 blocks: an empty shard
+    layouts = {
+        "a": ((7, 5), [Replicate(), Shard(0)]),
+        "b": ((4, 9), [Replicate(), Shard(1)]),
+        "c": ((5, 3), [Shard(0), Shard(1)]),
+        "d": ((3, 4), [Shard(0), Shard(0)]),
+    }  # 3 rows over 4 blocks: an empty shard
     unstructured_checks(c, mesh, layouts, seeds=(0,))
     structured_checks(c, mesh, layouts)
     true_tie_checks(c, mesh)

@@ -21,18 +21,28 @@ VOCAB = 96
 def make_llama(seed: int = 0, layers: int = 2):
     """A tiny random Llama (Linear layers; hidden 32, MLP 48, grouped-query attention)."""
     from transformers import LlamaConfig, LlamaForCausalLM
+
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    cfg = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
 def make_gpt2(seed: int = 0, layers: int = 2):
     """A tiny random GPT-2 (transformers Conv1D layers; hidden 32)."""
     from transformers import GPT2Config, GPT2LMHeadModel
+
     torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=layers, n_head=4, n_positions=64, bos_token_id=0,
-                     eos_token_id=0)
+    cfg = GPT2Config(
+        vocab_size=VOCAB, n_embd=32, n_layer=layers, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0
+    )
     return GPT2LMHeadModel(cfg).eval()
 
 
@@ -76,6 +86,7 @@ def raises(done: Counter, what: str, exc, fn, *words) -> None:
 # ----------------------------------------------------------------------------------------------
 # The global block selection against a reference written here.
 
+
 def reference_block_keep(key: torch.Tensor, keep, amount) -> torch.Tensor:
     """Drop the ``round(amount * alive)`` (or int ``amount``) smallest alive keys; ties to the lowest flat index."""
     flat = key.reshape(-1).double()
@@ -92,30 +103,40 @@ def reference_block_keep(key: torch.Tensor, keep, amount) -> torch.Tensor:
 def selection(rank: int, world: int) -> dict:
     """global_block_keep on row shards (uneven, an empty one on 4 ranks) = the reference, ties included."""
     from torch.distributed.device_mesh import init_device_mesh
+
     from funcprune.oneshot.distributed import Rows, global_block_keep
+
     mesh = init_device_mesh("cpu", (world,))
     done = Counter()
     for rows, cols in ((7, 5), (3, 16), (33, 8)):  # 3 rows over 4 ranks: one rank holds none
         for kind in ("randn", "ties"):
             g = torch.Generator().manual_seed(rows * 100 + cols)
-            key = torch.randn(rows, cols, generator=g).abs() if kind == "randn" else \
-                torch.randint(0, 3, (rows, cols), generator=g).float()
+            key = (
+                torch.randn(rows, cols, generator=g).abs()
+                if kind == "randn"
+                else torch.randint(0, 3, (rows, cols), generator=g).float()
+            )
             prior = torch.rand(rows, cols, generator=g) > 0.3
             weight = shard(torch.zeros(rows, cols), mesh, [Shard(0)])
             info = Rows(weight)
             local_rows = slice(info.first, info.first + info.count)
             for keep in (None, prior):
                 for amount in (0.0, 0.5, 0.9, 1.0, 3):
-                    got = global_block_keep(key[local_rows], None if keep is None else keep[local_rows], amount,
-                                            info)
+                    got = global_block_keep(key[local_rows], None if keep is None else keep[local_rows], amount, info)
                     want = reference_block_keep(key, keep, amount)
                     assert torch.equal(full(shard(want, mesh, [Shard(0)]).to_local()), want[local_rows])
-                    got_full = full(DTensor.from_local(got, mesh, [Shard(0)], run_check=False,
-                                                       shape=key.shape, stride=key.stride()))
+                    got_full = full(
+                        DTensor.from_local(got, mesh, [Shard(0)], run_check=False, shape=key.shape, stride=key.stride())
+                    )
                     assert torch.equal(got_full, want), (rows, cols, kind, amount, keep is None)
                     done[f"block_keep:{kind}"] += 1
-    raises(done, "block_keep_too_many", ValueError, lambda: global_block_keep(
-        torch.ones(1, 2), None, 10 ** 6, Rows(shard(torch.zeros(world, 2), mesh, [Shard(0)]))), "1000000")
+    raises(
+        done,
+        "block_keep_too_many",
+        ValueError,
+        lambda: global_block_keep(torch.ones(1, 2), None, 10**6, Rows(shard(torch.zeros(world, 2), mesh, [Shard(0)]))),
+        "1000000",
+    )
     raises(done, "rows_not_dim0", ValueError, lambda: Rows(shard(torch.zeros(4, 8), mesh, [Shard(1)])), "Shard(0)")
     return {"checks": dict(done)}
 
@@ -123,15 +144,31 @@ def selection(rank: int, world: int) -> dict:
 def agreement(rank: int, world: int) -> dict:
     """check_same: equal settings pass; a field that differs on one rank raises on every rank, naming it."""
     from funcprune.oneshot.distributed import check_same
+
     done = Counter()
     check_same(method="wanda", amount=0.5, layers=[("q", (4, 4))])
     done["same"] += 1
-    raises(done, "amount_differs", ValueError,
-           lambda: check_same(method="wanda", amount=0.5 if rank else 0.6, layers=[("q", (4, 4))]), "amount")
-    raises(done, "layers_differ", ValueError,
-           lambda: check_same(method="wanda", amount=0.5, layers=[("q", (4, 4 + (rank == world - 1)))]), "layers")
-    raises(done, "method_differs", ValueError,
-           lambda: check_same(method="wanda" if rank else "sparsegpt", amount=0.5), "method")
+    raises(
+        done,
+        "amount_differs",
+        ValueError,
+        lambda: check_same(method="wanda", amount=0.5 if rank else 0.6, layers=[("q", (4, 4))]),
+        "amount",
+    )
+    raises(
+        done,
+        "layers_differ",
+        ValueError,
+        lambda: check_same(method="wanda", amount=0.5, layers=[("q", (4, 4 + (rank == world - 1)))]),
+        "layers",
+    )
+    raises(
+        done,
+        "method_differs",
+        ValueError,
+        lambda: check_same(method="wanda" if rank else "sparsegpt", amount=0.5),
+        "method",
+    )
     check_same(batches=rank + 1, method="wanda")  # ranks may hold different numbers of batches
     done["batches_differ"] += 1
     raises(done, "empty_calibration", ValueError, lambda: check_same(batches=rank, method="wanda"), "empty calibration")
@@ -142,8 +179,10 @@ def agreement(rank: int, world: int) -> dict:
 # ----------------------------------------------------------------------------------------------
 # FSDP2 blocks run with pruned shards.
 
+
 def _fsdp(model, mesh, reshard_after_forward=True):
     from torch.distributed.fsdp import fully_shard
+
     for block in model.model.layers:
         fully_shard(block, mesh=mesh, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mesh=mesh)
@@ -152,13 +191,16 @@ def _fsdp(model, mesh, reshard_after_forward=True):
 
 def _first_block_inputs(model, calibration):
     """``(args, kwargs)`` of the first block, one per batch (a hook that stops the forward)."""
+
     class Stop(Exception):
         pass
+
     caught = []
 
     def hook(module, args, kwargs):
         caught.append((args, kwargs))
         raise Stop
+
     handle = model.model.layers[0].register_forward_pre_hook(hook, with_kwargs=True)
     try:
         with torch.no_grad():
@@ -176,15 +218,20 @@ def runner(rank: int, world: int, reshard_after_forward: bool) -> dict:
     """block_runner on an FSDP2 block = functional_call of the plain block on the full pruned weights;
     ranks with different numbers of batches; the block's parameters restored afterwards."""
     from torch.distributed.device_mesh import init_device_mesh
+
     from funcprune.oneshot.distributed import block_runner
+
     mesh = init_device_mesh("cpu", (world,))
     done = Counter()
     plain = make_llama()
     mine = share(batches(2 * world + 1), rank, world)  # rank 0 holds one batch more
     inputs = _first_block_inputs(plain, mine)
     g = torch.Generator().manual_seed(3)
-    pruned = {name: p.detach() * (torch.rand(p.shape, generator=g) > 0.5)
-              for name, p in plain.model.layers[0].named_parameters() if name.endswith("weight") and p.dim() == 2}
+    pruned = {
+        name: p.detach() * (torch.rand(p.shape, generator=g) > 0.5)
+        for name, p in plain.model.layers[0].named_parameters()
+        if name.endswith("weight") and p.dim() == 2
+    }
     with torch.no_grad():
         want = [torch.func.functional_call(plain.model.layers[0], pruned, a, k) for a, k in inputs]
         dense = plain(mine[0]).logits
@@ -216,6 +263,7 @@ def runner(rank: int, world: int, reshard_after_forward: bool) -> dict:
 # ----------------------------------------------------------------------------------------------
 # One layer's rows: sharded prune_layer = one process on the full weight.
 
+
 class Stats:
     """The all-reduced sums of a layer's inputs (what funcprune.oneshot.stats holds)."""
 
@@ -239,9 +287,11 @@ def _layer_cases(dtype):
 def layers(rank: int, world: int) -> dict:
     """prune_layer on Shard(0) rows = methods.wanda / methods.sparsegpt / l1_unstructured on the full weight."""
     from torch.distributed.device_mesh import init_device_mesh
+
     import funcprune as fp
     from funcprune.oneshot import methods
     from funcprune.oneshot.distributed import prune_layer
+
     mesh = init_device_mesh("cpu", (world,))
     done, worst = Counter(), {}
     for dtype in (torch.float32, torch.float64):
@@ -251,21 +301,26 @@ def layers(rank: int, world: int) -> dict:
                 dkeep = None if keep is None else shard(keep, mesh, [Shard(0)])
                 for pattern in (None, (2, 4)):
                     # 0.25: the cut falls inside the tied zeros of the dead inputs
-                    for amount in ((0.25, 0.5, 0.7) if pattern is None else (0.5,)):
+                    for amount in (0.25, 0.5, 0.7) if pattern is None else (0.5,):
                         new, mask = prune_layer(dw, stats, "wanda", amount, pattern=pattern, mask=dkeep)
                         assert new is None and mask.placements == dw.placements
                         want = methods.wanda(w, stats.sumsq.sqrt(), amount, pattern=pattern, mask=keep)
                         assert torch.equal(full(mask), want), (case, "wanda", pattern, amount)
                         done["wanda"] += 1
                         new, mask = prune_layer(dw, stats, "magnitude", amount, pattern=pattern, mask=dkeep)
-                        want = fp.l1_unstructured(w, amount, mask=keep) if pattern is None else \
-                            fp.patterns.nm_structured(w, *pattern, 1, mask=keep)
+                        want = (
+                            fp.l1_unstructured(w, amount, mask=keep)
+                            if pattern is None
+                            else fp.patterns.nm_structured(w, *pattern, 1, mask=keep)
+                        )
                         assert torch.equal(full(mask), want), (case, "magnitude", pattern, amount)
                         done["magnitude"] += 1
-                        new, mask = prune_layer(dw, stats, "sparsegpt", amount, pattern=pattern, mask=dkeep,
-                                                block_size=8)
-                        want_w, want_m = methods.sparsegpt(w, stats.hessian, amount, pattern=pattern, mask=keep,
-                                                           block_size=8)
+                        new, mask = prune_layer(
+                            dw, stats, "sparsegpt", amount, pattern=pattern, mask=dkeep, block_size=8
+                        )
+                        want_w, want_m = methods.sparsegpt(
+                            w, stats.hessian, amount, pattern=pattern, mask=keep, block_size=8
+                        )
                         got_w, got_m = full(new), full(mask)
                         assert new.placements == dw.placements and got_w.dtype == w.dtype
                         assert torch.equal(got_m, want_m), (case, "sparsegpt", pattern, amount, keep is None)
@@ -274,9 +329,14 @@ def layers(rank: int, world: int) -> dict:
                         key = f"sparsegpt_{str(dtype)[6:]}"
                         worst[key] = max(worst.get(key, 0.0), diff)
                         done["sparsegpt"] += 1
-    raises(done, "columns_sharded", ValueError,
-           lambda: prune_layer(shard(torch.randn(4, 8), mesh, [Shard(1)]), None, "wanda", 0.5, name="mlp.up"),
-           "mlp.up", "Shard(0)")
+    raises(
+        done,
+        "columns_sharded",
+        ValueError,
+        lambda: prune_layer(shard(torch.randn(4, 8), mesh, [Shard(1)]), None, "wanda", 0.5, name="mlp.up"),
+        "mlp.up",
+        "Shard(0)",
+    )
     return {"checks": dict(done), "worst": worst}
 
 
@@ -285,9 +345,16 @@ def layers(rank: int, world: int) -> dict:
 
 MODELS = {"llama": make_llama, "gpt2": make_gpt2}
 #: (method, amount, keywords): Wanda/SparseGPT, unstructured and 2:4, sequential and one pass, OWL, K levels
-CONFIGS = (("wanda", 0.5, {}), ("wanda", 0.5, {"pattern": (2, 4)}), ("wanda", 0.6, {"sequential": False}),
-           ("wanda", 0.7, {"owl": True, "owl_threshold": 2.0}), ("sparsegpt", 0.5, {}),
-           ("sparsegpt", 0.5, {"pattern": (2, 4)}), ("sparsegpt", [0.3, 0.6], {}), ("magnitude", 0.5, {}))
+CONFIGS = (
+    ("wanda", 0.5, {}),
+    ("wanda", 0.5, {"pattern": (2, 4)}),
+    ("wanda", 0.6, {"sequential": False}),
+    ("wanda", 0.7, {"owl": True, "owl_threshold": 2.0}),
+    ("sparsegpt", 0.5, {}),
+    ("sparsegpt", 0.5, {"pattern": (2, 4)}),
+    ("sparsegpt", [0.3, 0.6], {}),
+    ("magnitude", 0.5, {}),
+)
 
 
 def _solo_group(rank: int, world: int):
@@ -297,6 +364,7 @@ def _solo_group(rank: int, world: int):
 
 def _digest(tensors) -> str:
     import hashlib
+
     h = hashlib.sha256()
     for name in sorted(tensors):
         h.update(name.encode())
@@ -320,6 +388,7 @@ def _compare(tag, got, want, worst, done):
 def data_parallel(rank: int, world: int, kinds=tuple(MODELS)) -> dict:
     """prune with each rank's share of the batches = prune on one rank with all of them (a one-rank group)."""
     from funcprune.oneshot import prune
+
     solo = _solo_group(rank, world)
     done, worst, digests = Counter(), {}, []
     for kind in kinds:
@@ -345,12 +414,18 @@ def data_parallel(rank: int, world: int, kinds=tuple(MODELS)) -> dict:
     model = make_llama()
     mine = share(batches(2 * world), rank, world)
     raises(done, "amount_differs", ValueError, lambda: prune(model, mine, "wanda", 0.5 + 0.1 * (rank == 1)), "amount")
-    raises(done, "method_differs", ValueError,
-           lambda: prune(model, mine, "wanda" if rank else "sparsegpt", 0.5), "method")
+    raises(
+        done, "method_differs", ValueError, lambda: prune(model, mine, "wanda" if rank else "sparsegpt", 0.5), "method"
+    )
     layers = ["model.layers.0.mlp.up_proj.weight"] + (["model.layers.1.mlp.up_proj.weight"] if rank else [])
     raises(done, "layers_differ", ValueError, lambda: prune(model, mine, "wanda", 0.5, include=layers), "layers")
-    raises(done, "empty_on_one_rank", ValueError,
-           lambda: prune(model, mine if rank else [], "wanda", 0.5), "empty calibration")
+    raises(
+        done,
+        "empty_on_one_rank",
+        ValueError,
+        lambda: prune(model, mine if rank else [], "wanda", 0.5),
+        "empty calibration",
+    )
     return {"checks": dict(done), "worst": worst}
 
 
@@ -360,7 +435,9 @@ def fsdp(rank: int, world: int, mesh_shape=None) -> dict:
     ``mesh_shape`` ``(replicas, shards)``: HSDP (placements ``(Replicate(), Shard(0))``).
     """
     from torch.distributed.device_mesh import init_device_mesh
+
     from funcprune.oneshot import prune
+
     solo = _solo_group(rank, world)
     names = ("replicate", "shard") if mesh_shape else None
     mesh = init_device_mesh("cpu", mesh_shape or (world,), mesh_dim_names=names)
@@ -378,21 +455,30 @@ def fsdp(rank: int, world: int, mesh_shape=None) -> dict:
             got = prune(model, mine, method, amount, **kw)
             params = dict(model.named_parameters())
             for name, mask in got.masks.items():  # laid out like the weight (K levels stacked in front)
-                want_placements = tuple(Shard(p.dim + 1) if isinstance(amount, list) and p.is_shard() else p
-                                        for p in params[name].placements)
+                want_placements = tuple(
+                    Shard(p.dim + 1) if isinstance(amount, list) and p.is_shard() else p
+                    for p in params[name].placements
+                )
                 assert isinstance(mask, DTensor) and tuple(mask.placements) == want_placements, name
             want = prune(plain, calibration, method, amount, group=solo, **kw)
             _compare(f"fsdp_{method}:{str(dtype)[6:]}", got, want, worst, done)
         for name, p in model.named_parameters():  # the model is unchanged
             assert torch.equal(full(p), dense[name]), name
         done["fsdp_unchanged"] += 1
-    raises(done, "fsdp_owl_refused", ValueError,
-           lambda: prune(model, mine, "wanda", 0.5, owl=True, dtype=torch.float32), "owl")
+    raises(
+        done,
+        "fsdp_owl_refused",
+        ValueError,
+        lambda: prune(model, mine, "wanda", 0.5, owl=True, dtype=torch.float32),
+        "owl",
+    )
     gpt2 = make_gpt2()
     from torch.distributed.fsdp import fully_shard
+
     for block in gpt2.transformer.h:
         fully_shard(block, mesh=mesh)
     fully_shard(gpt2, mesh=mesh)
-    raises(done, "fsdp_conv1d_refused", ValueError, lambda: prune(gpt2, mine, "wanda", 0.5), "transformer.h.0",
-           "Shard(0)")
+    raises(
+        done, "fsdp_conv1d_refused", ValueError, lambda: prune(gpt2, mine, "wanda", 0.5), "transformer.h.0", "Shard(0)"
+    )
     return {"checks": dict(done), "worst": worst}

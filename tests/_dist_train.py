@@ -8,7 +8,6 @@ Workers raise on a broken invariant and return a dict of what they measured for 
 
 from __future__ import annotations
 
-
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -20,7 +19,7 @@ import funcprune.compat as prune
 import funcprune.distributed as fpd
 from funcprune.schedules import amount_between, is_update_step, polynomial
 
-STEPS, BEGIN, END, EVERY = 7, 0, 4, 2      # masks change at steps 0, 2, 4
+STEPS, BEGIN, END, EVERY = 7, 0, 4, 2  # masks change at steps 0, 2, 4
 SCHEDULE = polynomial(0.75, begin=BEGIN, end=END, every=EVERY)
 LOCAL_BATCH, LR = 4, 0.1
 
@@ -28,8 +27,9 @@ LOCAL_BATCH, LR = 4, 0.1
 def make_model() -> nn.Module:
     """A small CNN+MLP whose dims (6, 9, 3 rows) leave uneven shards on 2 ranks and an empty one on 4."""
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 6, 3), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 4 * 4, 9), nn.ReLU(),
-                         nn.Linear(9, 3))
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 3), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 4 * 4, 9), nn.ReLU(), nn.Linear(9, 3)
+    )
 
 
 WEIGHTS = ["0.weight", "3.weight", "5.weight"]
@@ -160,17 +160,25 @@ def _check_against(tag, losses, masks, params, ref, zero_ok, forwards, out):
     out[f"{tag}_zero_after_every_step"] = all(zero_ok) and len(zero_ok) == STEPS
     out[f"{tag}_max_loss_diff"] = float((mean_over_ranks(losses) - torch.stack(ref_losses)).abs().max())
     out[f"{tag}_masks_equal"] = sorted(masks) == sorted(ref_masks) and all(
-        torch.equal(local(masks[n]), local(shard_like(ref_masks[n], params[n]))) for n in ref_masks)
-    out[f"{tag}_mask_placements"] = all(isinstance(masks[n], DTensor) and masks[n].dtype == torch.bool
-                                        and masks[n].placements == params[n].placements
-                                        and masks[n].device_mesh == params[n].device_mesh for n in masks)
-    out[f"{tag}_max_param_diff"] = max(maxabs(local(p) - local(shard_like(ref_params[n], p)))
-                                       for n, p in params.items())
+        torch.equal(local(masks[n]), local(shard_like(ref_masks[n], params[n]))) for n in ref_masks
+    )
+    out[f"{tag}_mask_placements"] = all(
+        isinstance(masks[n], DTensor)
+        and masks[n].dtype == torch.bool
+        and masks[n].placements == params[n].placements
+        and masks[n].device_mesh == params[n].device_mesh
+        for n in masks
+    )
+    out[f"{tag}_max_param_diff"] = max(
+        maxabs(local(p) - local(shard_like(ref_params[n], p))) for n, p in params.items()
+    )
     out[f"{tag}_final_sparsity"] = float(fp.sparsity(ref_masks, {n: ref_params[n] for n in WEIGHTS}).fraction)
     out[f"{tag}_local_pruned"] = int(sum(int((~local(m)).sum()) for m in masks.values()))
     # per mask update: |FSDP2 forward - single-process masked forward|, |FSDP2 forward - dense forward|
-    out[f"{tag}_forward_diffs"] = [(float((got - masked).abs().max()), float((got - dense).abs().max()))
-                                   for got, (masked, dense) in zip(forwards, ref_outputs)]
+    out[f"{tag}_forward_diffs"] = [
+        (float((got - masked).abs().max()), float((got - dense).abs().max()))
+        for got, (masked, dense) in zip(forwards, ref_outputs)
+    ]
 
 
 def fsdp_model(mesh):
@@ -257,24 +265,32 @@ def fsdp_misuse(rank: int, world: int) -> dict:
         with torch.no_grad():
             got = torch.func.functional_call(model, masked, (x,))
             after = model(x)
-        out[f"raw_lazy{lazy}"] = {"vs_dense": float((got - dense).abs().max()),
-                                  "vs_masked": float((got - masked_out).abs().max()),
-                                  "later_forward_vs_dense": float((after - dense).abs().max())}
+        out[f"raw_lazy{lazy}"] = {
+            "vs_dense": float((got - dense).abs().max()),
+            "vs_masked": float((got - masked_out).abs().max()),
+            "later_forward_vs_dense": float((after - dense).abs().max()),
+        }
 
     # compat on a sharded param: refused, module untouched
     model = fsdp_model(mesh)
     before = {n: local(t).clone() for n, t in model.state_dict().items()}
-    for call in (lambda: prune.l1_unstructured(model[3], "weight", 0.5),
-                 lambda: prune.global_unstructured([(model[3], "weight"), (model[5], "weight")],
-                                                   prune.L1Unstructured, amount=0.5)):
+    for call in (
+        lambda: prune.l1_unstructured(model[3], "weight", 0.5),
+        lambda: prune.global_unstructured(
+            [(model[3], "weight"), (model[5], "weight")], prune.L1Unstructured, amount=0.5
+        ),
+    ):
         try:
             call()
             out.setdefault("compat_sharded", []).append("no error")
         except TypeError as err:
             out.setdefault("compat_sharded", []).append(str(err))
     after = model.state_dict()
-    out["compat_untouched"] = sorted(after) == sorted(before) and all(
-        torch.equal(local(after[n]), t) for n, t in before.items()) and not prune.is_pruned(model)
+    out["compat_untouched"] = (
+        sorted(after) == sorted(before)
+        and all(torch.equal(local(after[n]), t) for n, t in before.items())
+        and not prune.is_pruned(model)
+    )
 
     # compat BEFORE fully_shard: correct (FSDP2's hook all-gathers weight_orig before compat's hook
     # multiplies), but the <name>_mask buffer is a full plain tensor on every rank.
@@ -286,8 +302,9 @@ def fsdp_misuse(rank: int, world: int) -> dict:
         fully_shard(model[i], mesh=mesh)
     fully_shard(model, mesh=mesh)
     out["compat_before_output_diff"] = float((model(x) - twin(x)).abs().max())
-    out["compat_before_mask_is_full"] = (not isinstance(model[3].weight_mask, DTensor)
-                                        and model[3].weight_mask.shape == twin[3].weight_mask.shape)
+    out["compat_before_mask_is_full"] = (
+        not isinstance(model[3].weight_mask, DTensor) and model[3].weight_mask.shape == twin[3].weight_mask.shape
+    )
     out["compat_before_orig_sharded"] = isinstance(model[3].weight_orig, DTensor)
 
     # keep_pruned's checks run before anything changes
@@ -295,8 +312,10 @@ def fsdp_misuse(rank: int, world: int) -> dict:
     params = dict(model.named_parameters())
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     errors = {}
-    for what, bad in (("plain mask", {"3.weight": masks_full["3.weight"]}),
-                      ("placements", {"3.weight": _replicated(masks_full["3.weight"], params["3.weight"])})):
+    for what, bad in (
+        ("plain mask", {"3.weight": masks_full["3.weight"]}),
+        ("placements", {"3.weight": _replicated(masks_full["3.weight"], params["3.weight"])}),
+    ):
         try:
             fpd.keep_pruned(opt, params, bad)
             errors[what] = "no error"
@@ -320,6 +339,7 @@ def _replicated(mask, param):
 # ---------------------------------------------------------------------------------------------
 # DDP
 # ---------------------------------------------------------------------------------------------
+
 
 def _same_on_all_ranks(tensors) -> bool:
     """Whether every rank holds the same values (one broadcast of everything, one all-reduce of the verdict)."""
@@ -374,8 +394,9 @@ def ddp_training(rank: int, world: int) -> dict:
         out[f"{tag}_masks_equal_ref"] = all(torch.equal(state[k], ref_state[k]) for k in state if k.endswith("_mask"))
         out[f"{tag}_max_loss_diff"] = max(float((a - b).abs()) for a, b in zip(losses, ref_losses))
         if grads is not None:
-            out[f"{tag}_max_grad_diff"] = max(float((g[n] - r[n]).abs().max()) for g, r in zip(grads, ref_grads)
-                                              for n in g)
+            out[f"{tag}_max_grad_diff"] = max(
+                float((g[n] - r[n]).abs().max()) for g, r in zip(grads, ref_grads) for n in g
+            )
 
     # 1. pruned before wrapping, the same seed on every rank
     model = make_model()
@@ -392,7 +413,8 @@ def ddp_training(rank: int, world: int) -> dict:
     ddp = DDP(model)
     # ... and, by default, again before every forward: the masks are buffers (in the param's dtype)
     out["before_wrap_masks_resent_every_forward"] = ddp.will_sync_module_buffers() and all(
-        f"{i}.weight_mask" in ddp.named_module_buffers for i in (0, 3, 5))
+        f"{i}.weight_mask" in ddp.named_module_buffers for i in (0, 3, 5)
+    )
     compare("before_wrap_rank_seeds", model, _ddp_steps(model, ddp, world, rank))
 
     # 3. pruned AFTER wrapping (the same Parameter moves to weight_orig: the reducer still holds it),
@@ -481,5 +503,7 @@ def two_ranks(rank: int, world: int) -> dict:
 
 def four_ranks(rank: int, world: int) -> dict:
     """FSDP2 training on a 1-D mesh of 4 (rank 3's shards are empty) and on a 2x2 HSDP mesh."""
-    return {"fsdp": fsdp_training(rank, world, kinds=("plain",)),
-            "hsdp": fsdp_training(rank, world, (2, 2), kinds=("functional",))}
+    return {
+        "fsdp": fsdp_training(rank, world, kinds=("plain",)),
+        "hsdp": fsdp_training(rank, world, (2, 2), kinds=("functional",)),
+    }

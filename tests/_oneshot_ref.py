@@ -24,11 +24,11 @@ def wanda_mask(W_metric, sparsity_ratio, prune_n=0, prune_m=0, count=int):
     if prune_n != 0:
         for ii in range(W_metric.shape[1]):
             if ii % prune_m == 0:
-                tmp = W_metric[:, ii:(ii + prune_m)].float()
+                tmp = W_metric[:, ii : (ii + prune_m)].float()
                 W_mask.scatter_(1, ii + torch.topk(tmp, prune_n, dim=1, largest=False)[1], True)
     else:
         sort_res = torch.sort(W_metric, dim=-1, stable=True)
-        indices = sort_res[1][:, :count(W_metric.shape[1] * sparsity_ratio)]
+        indices = sort_res[1][:, : count(W_metric.shape[1] * sparsity_ratio)]
         W_mask.scatter_(1, indices, True)
     return W_mask
 
@@ -68,7 +68,7 @@ class SparseGPTRef:
         self.H += inp.matmul(inp.t())
 
 
-def fasterprune(W, H, sparsity, prunen=0, prunem=0, blocksize=128, percdamp=.01, exact=False):
+def fasterprune(W, H, sparsity, prunen=0, prunem=0, blocksize=128, percdamp=0.01, exact=False):
     """``SparseGPT.fasterprune`` on a weight ``W`` (Linear layout) and Hessian ``H``: (new W, pruned mask).
 
     ``prunen`` is the number PRUNED per group of ``prunem`` (the script's convention). ``exact=True``
@@ -98,7 +98,7 @@ def fasterprune(W, H, sparsity, prunen=0, prunem=0, blocksize=128, percdamp=.01,
         Err1 = torch.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
         if prunen == 0:
-            tmp = W1 ** 2 / (torch.diag(Hinv1).reshape((1, -1))) ** 2
+            tmp = W1**2 / (torch.diag(Hinv1).reshape((1, -1))) ** 2
             if exact:
                 k = round(tmp.numel() * sparsity)
                 mask1 = (tmp <= torch.sort(tmp.flatten())[0][k - 1]) if k > 0 else torch.zeros_like(tmp) == 1
@@ -111,7 +111,7 @@ def fasterprune(W, H, sparsity, prunen=0, prunem=0, blocksize=128, percdamp=.01,
             w = W1[:, i]
             d = Hinv1[i, i]
             if prunen != 0 and i % prunem == 0:
-                tmp = W1[:, i:(i + prunem)] ** 2 / (torch.diag(Hinv1)[i:(i + prunem)].reshape((1, -1))) ** 2
+                tmp = W1[:, i : (i + prunem)] ** 2 / (torch.diag(Hinv1)[i : (i + prunem)].reshape((1, -1))) ** 2
                 mask1.scatter_(1, i + torch.topk(tmp, prunen, dim=1, largest=False)[1], True)
             q = w.clone()
             q[mask1[:, i]] = 0
@@ -134,8 +134,9 @@ def outlier_percent(layer_wmetric, M):
 def owl_amounts(all_layer_ratio, sparsity_ratio, Lamda):
     """``prune_wanda_outlier``'s per-block sparsities from the outlier ratios."""
     all_layer_ratio = np.array(all_layer_ratio)
-    all_layer_ratio = ((all_layer_ratio - all_layer_ratio.min())
-                       * (1 / (all_layer_ratio.max() - all_layer_ratio.min()) * Lamda * 2))
+    all_layer_ratio = (all_layer_ratio - all_layer_ratio.min()) * (
+        1 / (all_layer_ratio.max() - all_layer_ratio.min()) * Lamda * 2
+    )
     all_layer_ratio = all_layer_ratio - np.mean(all_layer_ratio) + (1 - sparsity_ratio)
     return [1 - r for r in all_layer_ratio]
 
@@ -161,8 +162,22 @@ class _Stop(Exception):
     pass
 
 
-def prune_model(model, blocks_name, batches, method, sparsity, prune_n=0, prune_m=0, sequential=True,
-                dtype=torch.float32, blocksize=128, percdamp=.01, exact=True, owl=None, count=int):
+def prune_model(
+    model,
+    blocks_name,
+    batches,
+    method,
+    sparsity,
+    prune_n=0,
+    prune_m=0,
+    sequential=True,
+    dtype=torch.float32,
+    blocksize=128,
+    percdamp=0.01,
+    exact=True,
+    owl=None,
+    count=int,
+):
     """The papers' sequential procedure on a copy of ``model``: {weight name: (weight, keep mask)}.
 
     ``owl=(M, Lamda)`` first computes OWL's per-block sparsities from the dense model's Wanda
@@ -197,10 +212,14 @@ def prune_model(model, blocks_name, batches, method, sparsity, prune_n=0, prune_
 
     def stats(layer, inps, kind):
         subset = _linears(layer)
-        wrapped = {n: (WrappedGPT if kind == "wanda" else SparseGPTRef)(_as_linear(m).shape[1], _as_linear(m).device,
-                                                                          dtype) for n, m in subset.items()}
-        handles = [subset[n].register_forward_hook(lambda mod, inp, out, n=n: wrapped[n].add_batch(inp[0].data))
-                   for n in subset]
+        wrapped = {
+            n: (WrappedGPT if kind == "wanda" else SparseGPTRef)(_as_linear(m).shape[1], _as_linear(m).device, dtype)
+            for n, m in subset.items()
+        }
+        handles = [
+            subset[n].register_forward_hook(lambda mod, inp, out, n=n: wrapped[n].add_batch(inp[0].data))
+            for n in subset
+        ]
         outs = run(layer, inps)
         for h in handles:
             h.remove()
@@ -212,8 +231,10 @@ def prune_model(model, blocks_name, batches, method, sparsity, prune_n=0, prune_
         all_ratio = []
         for i in range(len(layers)):
             subset, wrapped, outs = stats(dense[i], inps, "wanda")
-            metrics = [torch.abs(_as_linear(subset[n]).to(dtype)) * torch.sqrt(wrapped[n].scaler_row.reshape((1, -1)))
-                       for n in subset]
+            metrics = [
+                torch.abs(_as_linear(subset[n]).to(dtype)) * torch.sqrt(wrapped[n].scaler_row.reshape((1, -1)))
+                for n in subset
+            ]
             all_ratio.append(outlier_percent(metrics, owl[0]))
             inps = outs
         ratios = owl_amounts(all_ratio, sparsity, owl[1])

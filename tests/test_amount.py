@@ -3,10 +3,10 @@
 import pytest
 import torch
 import torch.nn.utils.prune as torch_prune
+from _torch_ref import outcome
 from hypothesis import given
 from hypothesis import strategies as st
 
-from _torch_ref import outcome
 from funcprune import _amount
 
 

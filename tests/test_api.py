@@ -7,13 +7,46 @@ import sys
 
 import funcprune as fp
 
-TOP = ["identity", "random_unstructured", "l1_unstructured", "random_structured", "ln_structured",
-       "custom_from_mask", "global_unstructured", "prune", "apply_masks", "mask_grads", "sparsity", "Sparsity",
-       "functional_call", "from_module", "to_module", "stack", "unstack", "stack_size", "masks_for_amounts",
-       "masks_for_seeds", "masks_for_scores", "stacked_call", "vmap_stacked", "call_with_buffers",
-       "masked_update", "lottery_round"]
-EXTRAS = ["patterns", "distributions", "schedules", "saliency", "dst", "export", "distributed", "structural", "select",
-          "oneshot"]
+TOP = [
+    "identity",
+    "random_unstructured",
+    "l1_unstructured",
+    "random_structured",
+    "ln_structured",
+    "custom_from_mask",
+    "global_unstructured",
+    "prune",
+    "apply_masks",
+    "mask_grads",
+    "sparsity",
+    "Sparsity",
+    "functional_call",
+    "from_module",
+    "to_module",
+    "stack",
+    "unstack",
+    "stack_size",
+    "masks_for_amounts",
+    "masks_for_seeds",
+    "masks_for_scores",
+    "stacked_call",
+    "vmap_stacked",
+    "call_with_buffers",
+    "masked_update",
+    "lottery_round",
+]
+EXTRAS = [
+    "patterns",
+    "distributions",
+    "schedules",
+    "saliency",
+    "dst",
+    "export",
+    "distributed",
+    "structural",
+    "select",
+    "oneshot",
+]
 
 
 def _public_submodules():
@@ -44,6 +77,7 @@ def test_no_top_level_name_equals_a_public_submodule():
         value = getattr(fp, module, None)
         assert value is None or value is importlib.import_module(f"funcprune.{module}"), module
     import funcprune.stacking as S
+
     assert S.__name__ == "funcprune.stacking" and fp.stack is S.stack
     assert "stack" not in _public_submodules()
 

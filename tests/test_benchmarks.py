@@ -46,8 +46,10 @@ def test_parity_check_catches_a_different_mask():
 
 def test_random_cases_reseed_both_sides():
     weights = {n: w for n, w in _models.weights("lenet").items() if w.dim() > 1}
-    import funcprune as fp
     import torch.nn.utils.prune as torch_prune
+
+    import funcprune as fp
+
     ours = _cases.Side(lambda: lambda: fp.prune(weights, fp.random_unstructured, 0.4), lambda m: m)
     theirs = _cases._torch_per_tensor(weights, lambda: torch_prune.RandomUnstructured(0.4))
     _cases.check(_cases.Case("random", "lenet", ours, theirs, seed=5))
@@ -63,8 +65,11 @@ def test_interleaved_timer_reports_a_median_per_contender():
         def prepare():
             def run():
                 calls[label] += 1
+
             return run
+
         return prepare
+
     timing = interleaved({"a": contender("a"), "b": contender("b")}, rounds=3, min_sample=0.0)
     assert set(timing.medians) == {"a", "b"} and all(v >= 0 for v in timing.medians.values())
     assert [len(v) for v in timing.samples.values()] == [3, 3]
@@ -77,6 +82,7 @@ def test_interleaved_budget_counts_elapsed_time_not_just_the_timed_calls():
     def slow_to_prepare():  # the call itself is instant; preparing it takes 20 ms
         time.sleep(0.02)
         return lambda: None
+
     timing = interleaved({"a": slow_to_prepare}, rounds=10, min_rounds=2, min_sample=0.0, budget=0.01)
     assert len(timing.samples["a"]) == 2  # over budget (elapsed >= 40 ms) once min_rounds ran
 
@@ -93,13 +99,24 @@ def test_paired_ratio_is_the_median_of_per_round_ratios():
 def test_minor_faults_per_call_counts_fresh_pages():
     def prepare():
         return lambda: bytearray(64 * 2**20)  # 64 MiB: mmap-ed and zero-filled on every call
+
     assert minor_faults_per_call(prepare) > 1000
-    assert minor_faults_per_call(lambda: (lambda: None)) < 100
+    assert minor_faults_per_call(lambda: lambda: None) < 100
 
 
 def test_memory_worker_checks_exact_counts_with_small_chunks():
-    got = _memory.worker({"model": "flat", "n": 10_007, "leaves": 3, "dtype": "float16", "lib": "funcprune",
-                          "amount": 0.5, "chunk": 997, "verify": True})
+    got = _memory.worker(
+        {
+            "model": "flat",
+            "n": 10_007,
+            "leaves": 3,
+            "dtype": "float16",
+            "lib": "funcprune",
+            "amount": 0.5,
+            "chunk": 997,
+            "verify": True,
+        }
+    )
     assert got["exact"] and got["ordered"] and got["pruned"] == round(0.5 * 10_007)
     assert got["mask_mib"] == pytest.approx(10_007 / 2**20)
 
@@ -111,12 +128,31 @@ def test_growth_exponent_recovers_power_laws():
 
 
 def test_report_writes_tables(tmp_path):
-    rows = [{"group": "g", "shapes": "s", "target": 0.5, "ours": "funcprune", "theirs": "torch", "ours_s": 0.01,
-             "theirs_s": 0.04, "ratio": 0.25}, {"group": "bad", "shapes": "s", "target": None, "ours": "funcprune",
-                                                "theirs": "torch", "error": "AssertionError: masks differ"}]
+    rows = [
+        {
+            "group": "g",
+            "shapes": "s",
+            "target": 0.5,
+            "ours": "funcprune",
+            "theirs": "torch",
+            "ours_s": 0.01,
+            "theirs_s": 0.04,
+            "ratio": 0.25,
+        },
+        {
+            "group": "bad",
+            "shapes": "s",
+            "target": None,
+            "ours": "funcprune",
+            "theirs": "torch",
+            "error": "AssertionError: masks differ",
+        },
+    ]
     assert "ok" in _report.row_line(rows[0]) and "ERROR" in _report.row_line(rows[1])
-    mem = {"funcprune": {"peak_mib": 10.0, "held_mib": 5.0, "mask_mib": 2.0},
-           "torch": {"peak_mib": 100.0, "held_mib": 50.0, "mask_mib": 8.0}}
+    mem = {
+        "funcprune": {"peak_mib": 10.0, "held_mib": 5.0, "mask_mib": 2.0},
+        "torch": {"peak_mib": 100.0, "held_mib": 50.0, "mask_mib": 8.0},
+    }
     scaling = [{"n": n, **mem} for n in (10**6, 10**7)]
     for s in scaling:
         s["funcprune"] = dict(s["funcprune"], seconds=s["n"] * 1e-8)
@@ -131,9 +167,20 @@ def test_report_writes_tables(tmp_path):
 
 
 def test_a_median_over_its_target_is_a_miss_even_within_the_spread():
-    row = {"group": "fwd", "shapes": "s", "target": 1.0, "ours": "funcprune", "theirs": "torch hooks",
-           "ours_s": 0.1, "theirs_s": 0.1, "ratio_low": 0.98, "ratio": 1.01, "ratio_high": 1.03,
-           "ours_faults": 0.0, "theirs_faults": 12.0}
+    row = {
+        "group": "fwd",
+        "shapes": "s",
+        "target": 1.0,
+        "ours": "funcprune",
+        "theirs": "torch hooks",
+        "ours_s": 0.1,
+        "theirs_s": 0.1,
+        "ratio_low": 0.98,
+        "ratio": 1.01,
+        "ratio_high": 1.03,
+        "ours_faults": 0.0,
+        "theirs_faults": 12.0,
+    }
     line = _report.row_line(row)
     assert "ratio 1.010 (0.980-1.030) <= 1.00 MISS (within spread)" in line
     assert "page faults per call: funcprune 0, torch hooks 12" in line
@@ -146,6 +193,7 @@ def test_a_median_over_its_target_is_a_miss_even_within_the_spread():
 @pytest.mark.parametrize("ours_first", [True, False])
 def test_forward_rows_give_torchs_outputs_bit_for_bit_in_either_allocation_order(ours_first):
     import funcprune.compat as compat
+
     cases = _module_cases.forward_cases("lenet", compat, ours_first)
     assert len(cases) == 6 and all(case.count_faults for case in cases)
     for case in cases:
@@ -166,8 +214,17 @@ def test_fresh_process_rows_report_the_median_process_and_worker_errors(monkeypa
 
     def worker(spec, env=None):
         specs.append(spec)
-        return {"group": "fwd", "shapes": "lenet", "target": 1.0, "ours": "funcprune", "theirs": "torch hooks",
-                "ours_s": 0.1, "theirs_s": 0.1, "ratio": next(ratios)}
+        return {
+            "group": "fwd",
+            "shapes": "lenet",
+            "target": 1.0,
+            "ours": "funcprune",
+            "theirs": "torch hooks",
+            "ours_s": 0.1,
+            "theirs_s": 0.1,
+            "ratio": next(ratios),
+        }
+
     monkeypatch.setattr(run._memory, "run_worker", worker)
     row = run._in_fresh_processes(case, args)
     assert row["ratio"] == pytest.approx(1.01) and (row["ratio_low"], row["ratio_high"]) == (0.98, 1.04)
@@ -182,19 +239,25 @@ def test_forward_rows_with_a_speed_target_are_also_timed_with_the_heap_kept(monk
     from benchmarks import run
 
     timed = _cases.Case("training step", "lenet", None, None, 1.0, count_faults=True)
-    reference = _cases.Case("inference, torch.func", "lenet", None, None, None, ours_label="torch.func",
-                            count_faults=True)
+    reference = _cases.Case(
+        "inference, torch.func", "lenet", None, None, None, ours_label="torch.func", count_faults=True
+    )
     envs = []
 
     def worker(spec, env=None):
         envs.append((spec["forward_row"], env))
         return {"group": spec["forward_row"], "shapes": "lenet", "ours_s": 0.1, "theirs_s": 0.1, "ratio": 1.0}
+
     monkeypatch.setattr(run._memory, "run_worker", worker)
     args = argparse.Namespace(processes=2, rounds=3, quick=False, threads=None)
     rows = run.time_cases([timed, reference], args)
     assert [r["group"] for r in rows] == ["training step", "training step, glibc heap kept", "inference, torch.func"]
-    assert envs == [("training step", None)] * 2 + [("training step", run.HEAP_KEPT)] * 2 + \
-        [("inference, torch.func", None)] * 2
+    assert (
+        envs
+        == [("training step", None)] * 2
+        + [("training step", run.HEAP_KEPT)] * 2
+        + [("inference, torch.func", None)] * 2
+    )
     assert "MALLOC_TRIM_THRESHOLD_=" in rows[1]["note"]
 
 
@@ -204,6 +267,7 @@ def test_run_worker_adds_env_to_the_workers_environment(monkeypatch):
     def fake_run(cmd, env=None, cwd=None, **kwargs):
         seen["env"], seen["cmd"], seen["cwd"] = env, cmd, cwd
         return type("Done", (), {"returncode": 0, "stdout": '{"ok": 1}', "stderr": ""})()
+
     monkeypatch.setattr(_memory.subprocess, "run", fake_run)
     assert _memory.run_worker({"lib": "torch"}, env={"MALLOC_TRIM_THRESHOLD_": "7"}) == {"ok": 1}
     assert seen["env"]["MALLOC_TRIM_THRESHOLD_"] == "7" and seen["env"]["PATH"] == os.environ["PATH"]
@@ -221,8 +285,13 @@ class _TinyResidualCNN(torch.nn.Module):
         super().__init__()
         nn = torch.nn
         self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
-        self.block = nn.Sequential(nn.Conv2d(8, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
-                                   nn.Conv2d(6, 8, 3, padding=1), nn.BatchNorm2d(8))
+        self.block = nn.Sequential(
+            nn.Conv2d(8, 6, 3, padding=1),
+            nn.BatchNorm2d(6),
+            nn.ReLU(),
+            nn.Conv2d(6, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+        )
         self.fc = nn.Linear(8, 4)
 
     def forward(self, x):
@@ -245,8 +314,9 @@ def _check_structural_result(bench, result, amount):
     rows = [line for line in text.splitlines() if line.startswith(f"| {result['model']} |")]
     assert len(rows) == 2 + len(result["latency"])  # size, time and one latency row per batch size
     headers = [line for line in text.splitlines() if line.startswith("| model |")]
-    assert sorted(line.count("|") for line in rows) == sorted(h.count("|") for h in headers for _ in
-                                                              range(len(result["latency"]) if "| batch |" in h else 1))
+    assert sorted(line.count("|") for line in rows) == sorted(
+        h.count("|") for h in headers for _ in range(len(result["latency"]) if "| batch |" in h else 1)
+    )
 
 
 def test_structural_benchmark_measures_a_tiny_cnn_and_torch_pruning_alike():
@@ -256,6 +326,7 @@ def test_structural_benchmark_measures_a_tiny_cnn_and_torch_pruning_alike():
     def build():
         torch.manual_seed(0)
         return _TinyResidualCNN().eval()
+
     inputs = lambda batch, quick: ((torch.randn(batch, 3, 8, 8),), {})  # noqa: E731
     spec = bench.Spec("tiny", build, inputs, bench._classifier_ignored)
     result = bench.measure(spec, quick=True, amounts=(0.5,), batches=(1, 2), rounds=1, repeats=1, log=lambda s: None)
@@ -270,9 +341,13 @@ def test_structural_benchmark_bert_spec_prunes_heads_and_mlp_in_both_libraries(m
     pytest.importorskip("transformers")
     from benchmarks import structural as bench
 
-    monkeypatch.setattr(bench, "BERT", dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                                            intermediate_size=64, vocab_size=100))
-    result = bench.measure(bench.SPECS["bert-small"], quick=True, amounts=(0.5,), batches=(1,), rounds=1, repeats=1,
-                           log=lambda s: None)
+    monkeypatch.setattr(
+        bench,
+        "BERT",
+        dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, vocab_size=100),
+    )
+    result = bench.measure(
+        bench.SPECS["bert-small"], quick=True, amounts=(0.5,), batches=(1,), rounds=1, repeats=1, log=lambda s: None
+    )
     assert result["groups"] == 2  # the heads and the MLP's inner width of the one layer
     _check_structural_result(bench, result, 0.5)

@@ -30,14 +30,30 @@ def test_traffic_counts_received_bytes_and_the_gather_baseline_is_exact():
 
 
 def test_table_reports_ratios_and_identity():
-    rows = [dict(tree="resnet50", method=m, world=w, seconds=s, peak_mib=p, mask_mib=5.0, bytes=b, calls=c,
-                 digest=d, entries=25_000_000)
-            for m, w, s, p, b, c, d in (("single", 1, 1.0, 30.0, 0, 0, [1, 2]),
-                                        ("funcprune", 2, 2.0, 10.0, 1 << 20, 3, [1, 2]),
-                                        ("gather", 2, 4.0, 100.0, 100 << 20, 54, [1, 2]),
-                                        ("funcprune", 4, 2.0, 10.0, 1 << 20, 3, [1, 3]))]
+    rows = [
+        dict(
+            tree="resnet50",
+            method=m,
+            world=w,
+            seconds=s,
+            peak_mib=p,
+            mask_mib=5.0,
+            bytes=b,
+            calls=c,
+            digest=d,
+            entries=25_000_000,
+        )
+        for m, w, s, p, b, c, d in (
+            ("single", 1, 1.0, 30.0, 0, 0, [1, 2]),
+            ("funcprune", 2, 2.0, 10.0, 1 << 20, 3, [1, 2]),
+            ("gather", 2, 4.0, 100.0, 100 << 20, 54, [1, 2]),
+            ("funcprune", 4, 2.0, 10.0, 1 << 20, 3, [1, 3]),
+        )
+    ]
     lines = bench.table(rows).splitlines()
     assert len(lines) == 4
-    assert "| 2 | 2.00 / 10.0 (5.0) / 1.00 MiB (3) | 4.00 / 100.0 / 100.00 MiB | 0.50x | 0.10x | 0.0100x | 2.00x | yes |" \
+    assert (
+        "| 2 | 2.00 / 10.0 (5.0) / 1.00 MiB (3) | 4.00 / 100.0 / 100.00 MiB | 0.50x | 0.10x | 0.0100x | 2.00x | yes |"
         in lines[2]
+    )
     assert lines[3].endswith("| NO |")

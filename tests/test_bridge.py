@@ -47,8 +47,11 @@ def test_functional_call_on_a_pruned_module_runs_the_given_params_and_masks(P):
     # missing names come from the module: its own mask for conv1.weight
     some = {k: v for k, v in new_masks.items() if k != "conv1.weight"}
     both = dict(some, **{"conv1.weight": masks["conv1.weight"]})
-    assert torch.allclose(fp.functional_call(model, new_params, (x,), masks=some),
-                          fp.functional_call(plain, new_params, (x,), masks=both), atol=1e-6)
+    assert torch.allclose(
+        fp.functional_call(model, new_params, (x,), masks=some),
+        fp.functional_call(plain, new_params, (x,), masks=both),
+        atol=1e-6,
+    )
     # gradients reach the dense param, zero where pruned
     grads = torch.func.grad(lambda p: fp.functional_call(model, p, (x,), masks=masks).sum())(params)
     assert torch.all(grads["fc1.weight"][~masks["fc1.weight"]] == 0)

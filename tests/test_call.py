@@ -131,9 +131,9 @@ def test_tied_tensors_take_one_value_and_one_mask_as_torch_ties_them():
     want = torch.func.functional_call(net, {"a.weight": weight * mask}, (x,))  # ties b.weight too
     assert torch.equal(fp.functional_call(net, {"a.weight": weight}, (x,), masks={"a.weight": mask}), want)
     assert torch.equal(fp.functional_call(net, {"b.weight": weight}, (x,), masks={"a.weight": mask}), want)
-    assert torch.equal(fp.functional_call(net, {"a.weight": weight, "b.weight": weight}, (x,),
-                                          masks={"b.weight": mask}),
-                       want)
+    assert torch.equal(
+        fp.functional_call(net, {"a.weight": weight, "b.weight": weight}, (x,), masks={"b.weight": mask}), want
+    )
     with pytest.raises(ValueError, match=r"params give different values for 'a\.weight' and 'b\.weight'"):
         fp.functional_call(net, {"a.weight": weight, "b.weight": weight + 1}, (x,))
     with pytest.raises(ValueError, match="masks give different values"):
@@ -149,8 +149,9 @@ def test_torch_func_argument_order_and_keyword_only_masks():
     assert torch.equal(fp.functional_call(lin, p, (x,)), torch.func.functional_call(lin, p, (x,)))
     assert torch.equal(fp.functional_call(lin, p, x), lin(x))
     mask = {"weight": torch.tensor([[True, False, True], [False, True, True]])}
-    assert torch.equal(fp.functional_call(lin, p, (x,), masks=mask),
-                       torch.func.functional_call(lin, fp.apply_masks(p, mask), (x,)))
+    assert torch.equal(
+        fp.functional_call(lin, p, (x,), masks=mask), torch.func.functional_call(lin, fp.apply_masks(p, mask), (x,))
+    )
     with pytest.raises(TypeError):
         fp.functional_call(lin, p, (x,), None, mask)  # masks are keyword-only
 
@@ -163,8 +164,7 @@ def test_strict_as_torch_func():
     with pytest.raises(RuntimeError, match=r"Missing key\(s\): 'bn.running_mean', 'bn.running_var'"):
         fp.functional_call(net, params, (x,), masks=masks, strict=True)
     with pytest.raises(RuntimeError, match=r"Missing key\(s\): 'fc.bias'"):
-        fp.functional_call(net, {n: v for n, v in {**params, **buffers}.items() if n != "fc.bias"}, (x,),
-                           strict=True)
+        fp.functional_call(net, {n: v for n, v in {**params, **buffers}.items() if n != "fc.bias"}, (x,), strict=True)
     with pytest.raises(RuntimeError):  # torch's own strict check fails the same way
         torch.func.functional_call(net, params, (x,), strict=True)
 
@@ -189,8 +189,11 @@ def test_a_learnable_float_mask_of_another_dtype_gets_its_gradient():
         return fp.functional_call(net, p, (x,), masks=m).square().sum()
 
     def reference(p, m):
-        return torch.func.functional_call(net, {**p, **{n: p[n] * v.to(p[n].dtype) for n, v in m.items()}},
-                                          (x,)).square().sum()
+        return (
+            torch.func.functional_call(net, {**p, **{n: p[n] * v.to(p[n].dtype) for n, v in m.items()}}, (x,))
+            .square()
+            .sum()
+        )
 
     live = {n: p.clone().requires_grad_() for n, p in params.items()}
     live_masks = {n: m.clone().requires_grad_() for n, m in soft.items()}

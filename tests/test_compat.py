@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 import funcprune.compat as C
 from examples._models import LeNet  # the tutorial's LeNet, shared with the examples and benchmarks
 
-
 # (factory, input shape, name of a >= 2-D parameter)
 MODULES = {
     "linear": (lambda: nn.Linear(7, 5), (3, 7), "weight"),
@@ -86,8 +85,9 @@ STEPS = {
     "ln_structured_inf_dim1": lambda P, m, n: P.ln_structured(m, n, 1, float("inf"), 1),
     "ln_structured_l1_-1": lambda P, m, n: P.ln_structured(m, n, 0.34, 1, -1),
     "identity": lambda P, m, n: P.identity(m, n),
-    "custom_from_mask": lambda P, m, n: P.custom_from_mask(m, n, (torch.arange(getattr(m, n).numel()) % 3 > 0)
-                                                           .view_as(getattr(m, n))),
+    "custom_from_mask": lambda P, m, n: P.custom_from_mask(
+        m, n, (torch.arange(getattr(m, n).numel()) % 3 > 0).view_as(getattr(m, n))
+    ),
 }
 
 
@@ -162,8 +162,12 @@ def test_compute_mask_and_container_match_torch(pair, mask_dtype):
     t = torch.randn(4, 6)
     default = (torch.rand(4, 6) > 0.3).to(mask_dtype)
     default[1] = 0  # a dead channel along dim 0
-    for fn in (lambda m: m.compute_mask(t, default.clone()), lambda m: _in_container(m, t, default.clone()),
-               lambda m: m.prune(t, default.clone()), lambda m: m.prune(t, default.clone(), importance_scores=-t)):
+    for fn in (
+        lambda m: m.compute_mask(t, default.clone()),
+        lambda m: _in_container(m, t, default.clone()),
+        lambda m: m.prune(t, default.clone()),
+        lambda m: m.prune(t, default.clone(), importance_scores=-t),
+    ):
         torch.manual_seed(7)
         got = fn(ours)
         torch.manual_seed(7)
@@ -196,9 +200,11 @@ def test_ported_container_compute_mask_worked_example():
     container._tensor_name = "test"
     t = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]], dtype=torch.float32)
     default_mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 1]])
-    for method, expected in ((C.L1Unstructured(amount=2), [[0, 0, 1, 0], [1, 1, 0, 1]]),
-                             (C.LnStructured(amount=1, n=2, dim=0), [[0, 0, 0, 0], [1, 1, 0, 1]]),
-                             (C.LnStructured(amount=1, n=2, dim=1), [[0, 1, 1, 0], [0, 1, 0, 1]])):
+    for method, expected in (
+        (C.L1Unstructured(amount=2), [[0, 0, 1, 0], [1, 1, 0, 1]]),
+        (C.LnStructured(amount=1, n=2, dim=0), [[0, 0, 0, 0], [1, 1, 0, 1]]),
+        (C.LnStructured(amount=1, n=2, dim=1), [[0, 1, 1, 0], [0, 1, 0, 1]]),
+    ):
         method._tensor_name = "test"
         container.add_pruning_method(method)
         assert torch.equal(container.compute_mask(t, default_mask), torch.tensor(expected, dtype=torch.float32))
@@ -215,8 +221,12 @@ def test_global_unstructured_matches_torch(lib_method, amount):
         P.random_unstructured(model.conv2, "weight", 0.3)
         params = [(model.conv1, "weight"), (model.conv2, "weight"), (model.fc1, "weight"), (model.fc3, "bias")]
         scores = {(model.fc3, "bias"): torch.linspace(-1, 1, 10)}
-        P.global_unstructured(iter(params) if P is C else params, pruning_method=getattr(P, lib_method),
-                              importance_scores=scores, amount=amount)
+        P.global_unstructured(
+            iter(params) if P is C else params,
+            pruning_method=getattr(P, lib_method),
+            importance_scores=scores,
+            amount=amount,
+        )
 
     both(ours, theirs, step, seed=5)
     assert_same(ours, theirs, x)
@@ -232,8 +242,9 @@ def test_global_unstructured_with_a_custom_unstructured_method_matches_torch():
 
             def compute_mask(self, t, default_mask):
                 mask = default_mask.clone()
-                mask.view(-1)[self.start::2] = 0
+                mask.view(-1)[self.start :: 2] = 0
                 return mask
+
         return EveryOther
 
     ours, theirs = twins(lambda: nn.Sequential(nn.Linear(5, 4), nn.Linear(4, 3)))
@@ -252,8 +263,9 @@ def test_global_unstructured_errors_match_torch(bad, error):
     with pytest.raises(error):
         C.global_unstructured(bad, importance_scores=[] if isinstance(bad, list) else None, **kwargs)
     with pytest.raises(error):
-        T.global_unstructured(bad, importance_scores=[] if isinstance(bad, list) else None,
-                              pruning_method=T.L1Unstructured, amount=1)
+        T.global_unstructured(
+            bad, importance_scores=[] if isinstance(bad, list) else None, pruning_method=T.L1Unstructured, amount=1
+        )
     m = nn.Linear(3, 2)
     for P in (C, T):
         with pytest.raises(TypeError):
@@ -328,9 +340,15 @@ FIRST_STEPS = {
 
 
 # torch's L1Unstructured fails on channels_last weights (a .view in its compute_mask): not compared.
-@pytest.mark.parametrize("step, layout", [(step, layout) for step in FIRST_STEPS
-                                          for layout in (torch.contiguous_format, torch.channels_last)
-                                          if not (step.startswith("l1") and layout == torch.channels_last)])
+@pytest.mark.parametrize(
+    "step, layout",
+    [
+        (step, layout)
+        for step in FIRST_STEPS
+        for layout in (torch.contiguous_format, torch.channels_last)
+        if not (step.startswith("l1") and layout == torch.channels_last)
+    ],
+)
 def test_first_masks_are_full_tensors_laid_out_like_torchs(step, layout):
     # The built-in methods get a one-element view of ones as their default mask: what they return
     # (a fresh mask, or the default itself when nothing is pruned) must still be torch's tensor.
@@ -387,8 +405,9 @@ def test_tied_scores_give_torchs_masks_in_containers_and_global(seed, amount):
         P.l1_unstructured(model[0], "weight", amount)
         P.ln_structured(model[0], "weight", 2, 1, 0)
         P.ln_structured(model[0], "weight", 1, 1, 1, importance_scores=model[0].weight_orig.detach().round())
-        P.global_unstructured([(model[0], "weight"), (model[1], "weight"), (model[1], "bias")], P.L1Unstructured,
-                              amount=amount)
+        P.global_unstructured(
+            [(model[0], "weight"), (model[1], "weight"), (model[1], "bias")], P.L1Unstructured, amount=amount
+        )
 
     both(ours, theirs, step, seed)
     assert_same(ours, theirs)
@@ -431,7 +450,6 @@ def test_l1_on_channels_last_weights_gives_torchs_mask_for_the_same_values():
 # ---- drop-in: bool amounts, n/dim as torch takes them, mask values kept ---------------------------------------
 
 
-
 def _same_outcome(step, factory=lambda: nn.Linear(3, 4), seed=0):
     """``step(P, module)`` with each library: same result (module state) or same exception type, same RNG after."""
     ours, theirs = twins(factory, seed)
@@ -452,12 +470,16 @@ BOOL_STEPS = {
     "l1 False": lambda P, m: P.l1_unstructured(m, "weight", False),
     "l1 True in a container": lambda P, m: (P.l1_unstructured(m, "weight", 2), P.l1_unstructured(m, "weight", True)),
     "random True": lambda P, m: P.random_unstructured(m, "weight", True),
-    "random True in a container": lambda P, m: (P.l1_unstructured(m, "weight", 2),
-                                                P.random_unstructured(m, "weight", True)),
+    "random True in a container": lambda P, m: (
+        P.l1_unstructured(m, "weight", 2),
+        P.random_unstructured(m, "weight", True),
+    ),
     "random_structured True": lambda P, m: P.random_structured(m, "weight", True, 0),
     "ln True": lambda P, m: P.ln_structured(m, "weight", True, 2, 0),
-    "ln True in a container": lambda P, m: (P.ln_structured(m, "weight", 1, 2, 0),
-                                            P.ln_structured(m, "weight", True, 1, 0)),
+    "ln True in a container": lambda P, m: (
+        P.ln_structured(m, "weight", 1, 2, 0),
+        P.ln_structured(m, "weight", True, 1, 0),
+    ),
     "global l1 True": lambda P, m: P.global_unstructured([(m, "weight"), (m, "bias")], P.L1Unstructured, amount=True),
     "global random True": lambda P, m: P.global_unstructured([(m, "weight")], P.RandomUnstructured, amount=True),
     "global l1 False": lambda P, m: P.global_unstructured([(m, "weight")], P.L1Unstructured, amount=False),
@@ -543,8 +565,12 @@ _SPECIAL = st.sampled_from([0.0, -0.0, 1.0, -1.0, 2.0, 0.5, float("nan"), float(
 
 @pytest.mark.slow  # a long property test
 @settings(max_examples=60, deadline=None)
-@given(values=st.lists(_SPECIAL, min_size=8, max_size=40), first=st.integers(0, 8), second=st.integers(0, 8),
-       ratio=st.floats(0, 1))
+@given(
+    values=st.lists(_SPECIAL, min_size=8, max_size=40),
+    first=st.integers(0, 8),
+    second=st.integers(0, 8),
+    ratio=st.floats(0, 1),
+)
 def test_nan_inf_and_ties_give_torchs_masks_everywhere(values, first, second, ratio):
     n = len(values)
     first, second = min(first, n), min(second, n - min(first, n))
@@ -577,8 +603,9 @@ def test_big_tied_weights_give_torchs_masks(seed, amount):
     def step(P, model):
         P.l1_unstructured(model[0], "weight", amount)  # 25,600 entries: the threshold fast path cannot certify
         P.l1_unstructured(model[0], "weight", amount)
-        P.global_unstructured([(model[0], "weight"), (model[1], "weight"), (model[1], "bias")], P.L1Unstructured,
-                              amount=amount)
+        P.global_unstructured(
+            [(model[0], "weight"), (model[1], "weight"), (model[1], "bias")], P.L1Unstructured, amount=amount
+        )
 
     both(ours, theirs, step, seed)
     assert_same(ours, theirs)
@@ -586,6 +613,7 @@ def test_big_tied_weights_give_torchs_masks(seed, amount):
 
 def _count_torch_order_calls(monkeypatch):
     from funcprune.compat import _functions
+
     calls = []
     real = _functions._torch_order_global
     monkeypatch.setattr(_functions, "_torch_order_global", lambda *a: calls.append(1) or real(*a))
@@ -640,8 +668,9 @@ def test_tie_order_index_per_tensor_is_the_cores_l1_and_bad_orders_raise():
 def test_compat_global_benchmark_rows_check_torchs_masks(monkeypatch):
     from benchmarks import _compat_global
 
-    got = {lib: _compat_global.worker({"compat_global": "tiny", "lib": lib, "threads": 1})
-           for lib in _compat_global.LIBS}
+    got = {
+        lib: _compat_global.worker({"compat_global": "tiny", "lib": lib, "threads": 1}) for lib in _compat_global.LIBS
+    }
     assert got["compat"]["digest"] == got["torch"]["digest"] and got["compat"]["path"] == "lean radix"
     assert got["compat-index"]["digest"][0] == got["torch"]["digest"][0]
     monkeypatch.setattr(_compat_global._memory, "run_worker", lambda spec: got[spec["lib"]])

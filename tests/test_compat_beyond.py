@@ -10,8 +10,13 @@ import torch.nn.utils.prune as torch_prune
 from torch.ao.pruning import WeightNormSparsifier
 
 import funcprune.compat as prune
-from funcprune.compat._beyond import (BlockStructured, NMStructured, block_structured, ln_structured_with_bias,
-                                      nm_structured)
+from funcprune.compat._beyond import (
+    BlockStructured,
+    NMStructured,
+    block_structured,
+    ln_structured_with_bias,
+    nm_structured,
+)
 from funcprune.patterns import block_structured as block_mask
 from funcprune.patterns import nm_structured as nm_mask
 
@@ -101,13 +106,16 @@ def test_ln_structured_with_bias_without_bias():
     assert hasattr(lin, "weight_mask") and not hasattr(lin, "bias_mask")
 
 
-@pytest.mark.parametrize("call", [
-    lambda m: nm_structured(m, "weight", 5, 4),
-    lambda m: nm_structured(m, "weight", 2, 3),        # 8 columns not divisible by 3
-    lambda m: block_structured(m, "weight", 0.5, (3, 3)),
-    lambda m: block_structured(m, "weight", 1.5, (2, 2)),
-    lambda m: block_structured(m, "weight", 100, (2, 2)),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m: nm_structured(m, "weight", 5, 4),
+        lambda m: nm_structured(m, "weight", 2, 3),  # 8 columns not divisible by 3
+        lambda m: block_structured(m, "weight", 0.5, (3, 3)),
+        lambda m: block_structured(m, "weight", 1.5, (2, 2)),
+        lambda m: block_structured(m, "weight", 100, (2, 2)),
+    ],
+)
 def test_errors_leave_module_untouched(call):
     lin = nn.Linear(8, 4)
     state = copy.deepcopy(lin.state_dict())

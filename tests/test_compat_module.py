@@ -47,8 +47,10 @@ def test_hook_recomputes_before_every_forward_and_grads_are_masked():
 def test_mocked_compute_mask_is_used_in_a_container_too():
     m = nn.Linear(4, 3)
     C.l1_unstructured(m, "weight", 2)
-    with mock.patch("funcprune.compat.L1Unstructured.compute_mask",
-                    side_effect=lambda t, default_mask: torch.zeros_like(default_mask)) as compute_mask:
+    with mock.patch(
+        "funcprune.compat.L1Unstructured.compute_mask",
+        side_effect=lambda t, default_mask: torch.zeros_like(default_mask),
+    ) as compute_mask:
         C.l1_unstructured(m, "weight", 2)
     assert compute_mask.call_count == 1 and int(m.weight_mask.sum()) == 0
 
@@ -69,25 +71,31 @@ def test_failed_pruning_leaves_the_module_exactly_as_it_was(factory, name):
     C.random_unstructured(m, name, amount=1)
     before, mask = layout(m), getattr(m, name + "_mask").clone()
     hook = next(iter(m._forward_pre_hooks.values()))
-    for bad in (lambda: C.l1_unstructured(m, name, amount=10 ** 6), lambda: C.ln_structured(m, name, 1, 2, 5),
-                lambda: C.l1_unstructured(m, name, amount=-1),
-                lambda: C.l1_unstructured(m, name, 1, importance_scores=torch.ones(1, 1, 1, 1, 1, 1))):
+    for bad in (
+        lambda: C.l1_unstructured(m, name, amount=10**6),
+        lambda: C.ln_structured(m, name, 1, 2, 5),
+        lambda: C.l1_unstructured(m, name, amount=-1),
+        lambda: C.l1_unstructured(m, name, 1, importance_scores=torch.ones(1, 1, 1, 1, 1, 1)),
+    ):
         with pytest.raises((ValueError, IndexError, AssertionError)):
             bad()
         assert layout(m) == before and len(hook) == 2 and torch.equal(getattr(m, name + "_mask"), mask)
 
 
-@pytest.mark.parametrize("bad, error", [
-    (lambda P, m: P.l1_unstructured(m, "weight", 100), ValueError),
-    (lambda P, m: P.l1_unstructured(m, "weight", 1.5), ValueError),
-    (lambda P, m: P.random_unstructured(m, "weight", "x"), TypeError),
-    (lambda P, m: P.ln_structured(m, "bias", 1, 2, 0), ValueError),
-    (lambda P, m: P.ln_structured(m, "weight", 1, 2, 4), IndexError),
-    (lambda P, m: P.random_structured(m, "weight", 9, 0), ValueError),
-    (lambda P, m: P.l1_unstructured(m, "weight", 1, importance_scores=torch.ones(3)), AssertionError),
-    (lambda P, m: P.custom_from_mask(m, "weight", torch.ones(3)), AssertionError),
-    (lambda P, m: P.l1_unstructured(m, "nope", 1), AttributeError),
-])
+@pytest.mark.parametrize(
+    "bad, error",
+    [
+        (lambda P, m: P.l1_unstructured(m, "weight", 100), ValueError),
+        (lambda P, m: P.l1_unstructured(m, "weight", 1.5), ValueError),
+        (lambda P, m: P.random_unstructured(m, "weight", "x"), TypeError),
+        (lambda P, m: P.ln_structured(m, "bias", 1, 2, 0), ValueError),
+        (lambda P, m: P.ln_structured(m, "weight", 1, 2, 4), IndexError),
+        (lambda P, m: P.random_structured(m, "weight", 9, 0), ValueError),
+        (lambda P, m: P.l1_unstructured(m, "weight", 1, importance_scores=torch.ones(3)), AssertionError),
+        (lambda P, m: P.custom_from_mask(m, "weight", torch.ones(3)), AssertionError),
+        (lambda P, m: P.l1_unstructured(m, "nope", 1), AttributeError),
+    ],
+)
 def test_errors_match_torch_and_change_nothing(bad, error):
     ours, theirs = twins(lambda: nn.Conv2d(2, 3, 2))
     before = layout(ours)
@@ -171,8 +179,9 @@ def test_pruned_modules_keep_their_class_and_torchs_state_dict():
         assert type(new) is nn.Linear and torch.equal(new.weight, ours.weight) and new.weight.grad_fn is not None
     assert b"rebuild" in pickle.dumps(ours) and "__reduce_ex__" not in ours.state_dict()
     # a pickle of funcprune 1.0/1.1 names compat's module for the rebuild: it still loads
-    old = pickle.dumps(ours, protocol=0).replace(b"cfuncprune._layout\nrebuild\n",
-                                                 b"cfuncprune.compat._module\n_rebuild\n")
+    old = pickle.dumps(ours, protocol=0).replace(
+        b"cfuncprune._layout\nrebuild\n", b"cfuncprune.compat._module\n_rebuild\n"
+    )
     assert b"compat._module" in old and torch.equal(pickle.loads(old).weight, ours.weight)
     C.remove(ours, "weight")
     assert "__reduce_ex__" not in ours.__dict__ and type(ours) is nn.Linear
@@ -192,6 +201,7 @@ def test_pickles_of_the_class_swapping_version_still_load():
     m = C.l1_unstructured(nn.Linear(3, 2), "weight", 2)
     _, _, state = m.__reduce_ex__(2)
     from funcprune.compat import _module
+
     new = _module._new_pruned(nn.Linear)  # what a funcprune 0.1 pickle calls, then __setstate__
     new.__setstate__(state)
     assert type(new) is nn.Linear and torch.equal(new.weight, m.weight) and copy.deepcopy(new) is not None
@@ -393,8 +403,10 @@ def test_concurrent_calls_on_different_tensors_of_one_module_both_land(other):
                     errors.append(err)
 
             second = (lambda: C.remove(m, "bias")) if other == "remove" else (lambda: C.l1_unstructured(m, "bias", 3))
-            threads = [threading.Thread(target=run, args=(lambda: C.l1_unstructured(m, "weight", 20),)),
-                       threading.Thread(target=run, args=(second,))]
+            threads = [
+                threading.Thread(target=run, args=(lambda: C.l1_unstructured(m, "weight", 20),)),
+                threading.Thread(target=run, args=(second,)),
+            ]
             for t in threads:
                 t.start()
             for t in threads:
@@ -403,9 +415,12 @@ def test_concurrent_calls_on_different_tensors_of_one_module_both_land(other):
             orders = []  # the calls may land in either order: torch's layout for each order
             for first_weight in (True, False):
                 twin = copy.deepcopy(original)
-                steps = [lambda: T.l1_unstructured(twin, "weight", 20),
-                         (lambda: T.remove(twin, "bias")) if other == "remove" else
-                         (lambda: T.l1_unstructured(twin, "bias", 3))]
+                steps = [
+                    lambda: T.l1_unstructured(twin, "weight", 20),
+                    (lambda: T.remove(twin, "bias"))
+                    if other == "remove"
+                    else (lambda: T.l1_unstructured(twin, "bias", 3)),
+                ]
                 for step in steps if first_weight else steps[::-1]:
                     step()
                 orders.append(twin)

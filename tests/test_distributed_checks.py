@@ -26,12 +26,21 @@ def test_ranks_that_disagree_about_a_global_selection_all_raise_naming_what_diff
     """Another amount, tree, prior masks, dtype or method on one rank: a ValueError on every rank (in bounded
     time: a dtype difference used to desynchronize the histogram passes and hang), naming the part."""
     results = run_ranks(W.disagreeing_ranks, 2, timeout=120)
-    expect = {"amount": "amount (amounts on the ranks span 0.3 .. 0.7)", "tree": "leaf names",
-              "masks": "prior masks", "dtype": "dtypes", "method": "method", "prune_l1": "amount"}
+    expect = {
+        "amount": "amount (amounts on the ranks span 0.3 .. 0.7)",
+        "tree": "leaf names",
+        "masks": "prior masks",
+        "dtype": "dtypes",
+        "method": "method",
+        "prune_l1": "amount",
+    }
     for rank, result in enumerate(results):
         for case, part in expect.items():
-            assert result[case].startswith(f"the ranks of one global selection disagree about its {part}"), \
-                (rank, case, result[case])
+            assert result[case].startswith(f"the ranks of one global selection disagree about its {part}"), (
+                rank,
+                case,
+                result[case],
+            )
     assert sum(result["agreeing"] for result in results) == 55  # ranks that agree: half of 110 entries kept
 
 

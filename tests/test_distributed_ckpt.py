@@ -38,7 +38,7 @@ def checkpoints(tmp_path_factory):
 @pytest.mark.slow  # multi-process: real gloo ranks (the module's fixture)
 def test_saved_layout_packs_bits_along_the_last_dim_unless_it_is_sharded(checkpoints):
     saved = checkpoints["saved"]
-    assert saved[0]["d.bias"] == [1] and saved[1]["d.bias"] == [0]        # an empty local shard
+    assert saved[0]["d.bias"] == [1] and saved[1]["d.bias"] == [0]  # an empty local shard
     assert saved[0]["a.weight"] == [4, 13] and saved[1]["a.weight"] == [3, 13]  # uneven
     meta = dcp.FileSystemReader(checkpoints["1d"]).read_metadata().state_dict_metadata
     full = W.expected()
@@ -60,9 +60,9 @@ def test_two_ranks_load_into_four_and_into_a_2d_mesh_bit_exact(checkpoints):
             bad = {name: r for name, r in result[layout].items() if not r[0]}
             assert not bad, (rank, layout, bad)
     one_d = [r["1d"] for r in checkpoints["loaded"]]
-    assert [r["d.bias"][1] for r in one_d] == [[1], [0], [0], [0]]        # empty local shards on load
+    assert [r["d.bias"][1] for r in one_d] == [[1], [0], [0], [0]]  # empty local shards on load
     assert [r["f.weight"][1] for r in one_d] == [[1, 17], [1, 17], [0, 17], [0, 17]]
-    assert [r["e.weight"][1] for r in one_d] == [[6, 5]] * 4              # packed on save, sharded last dim on load
+    assert [r["e.weight"][1] for r in one_d] == [[6, 5]] * 4  # packed on save, sharded last dim on load
     assert [r["a.weight"][1] for r in one_d] == [[2, 13], [2, 13], [2, 13], [1, 13]]
 
 
@@ -71,8 +71,9 @@ def test_errors_reach_every_rank_before_anything_is_written(checkpoints):
     for rank, result in enumerate(checkpoints["loaded"]):
         errors = result["errors"]
         assert errors["not_01"] == "ValueError: x: mask values must be 0 or 1 to round-trip as bits", rank
-        assert errors["partial"].startswith("ValueError: x: placement P(sum) is not supported in a mask "
-                                            "checkpoint"), rank
+        assert errors["partial"].startswith("ValueError: x: placement P(sum) is not supported in a mask checkpoint"), (
+            rank
+        )
         for key, there in (("save_masks", "save_masks_dcp"), ("load_masks", "load_masks_dcp")):
             assert errors[key].startswith("TypeError: x: "), (rank, errors[key])
             assert f"funcprune.distributed.{there}" in errors[key], (rank, errors[key])
@@ -117,10 +118,17 @@ def test_one_process_round_trip_and_errors(tmp_path):
         save_masks_dcp({"x": torch.ones(2, device="meta", dtype=torch.bool)}, str(tmp_path / "d"))
     assert not (tmp_path / "d").exists()
     # A shard whose content does not match the saved count (here: a forged header) is refused.
-    header = {"format": "funcprune.masks.dcp", "version": 1,
-              "leaves": {"w": {"shape": [3, 19], "packed": True, "kept": int(masks["w"].sum()) + 1}}}
-    _dcp_call("save", {HEADER: json.dumps(header), PREFIX + "w": torch.zeros(3, 3, dtype=torch.uint8)},
-              str(tmp_path / "forged"), None)
+    header = {
+        "format": "funcprune.masks.dcp",
+        "version": 1,
+        "leaves": {"w": {"shape": [3, 19], "packed": True, "kept": int(masks["w"].sum()) + 1}},
+    }
+    _dcp_call(
+        "save",
+        {HEADER: json.dumps(header), PREFIX + "w": torch.zeros(3, 3, dtype=torch.uint8)},
+        str(tmp_path / "forged"),
+        None,
+    )
     with pytest.raises(ValueError, match=r"w: the loaded mask keeps 0 entries but \d+ were saved"):
         load_masks_dcp({"w": torch.zeros(3, 19)}, str(tmp_path / "forged"))
     _dcp_call("save", {HEADER: json.dumps({"format": "other"})}, str(tmp_path / "other"), None)
@@ -131,6 +139,7 @@ def test_one_process_round_trip_and_errors(tmp_path):
 def test_packing_matches_numpy_packbits_along_the_last_dim():
     np = pytest.importorskip("numpy")
     from funcprune._bits import pack_last, unpack_last
+
     g = torch.Generator().manual_seed(1)
     for shape in [(1,), (8,), (9,), (3, 0), (2, 3, 17), (4, 16)]:
         mask = torch.rand(shape, generator=g) < 0.5
@@ -161,8 +170,11 @@ def test_bits_moved_inside_a_shard_with_the_same_kept_count_are_refused(tmp_path
     i = next(i for i, b in enumerate(packed) if _rotated(b) != b)
     raw[at + i] = _rotated(packed[i])
     data.write_bytes(bytes(raw))
-    with pytest.raises(ValueError, match=r"w: the shard written by rank 0 \(offset \[0, 0\], shape \[4, 64\]\) does "
-                                         r"not match its checksum"):
+    with pytest.raises(
+        ValueError,
+        match=r"w: the shard written by rank 0 \(offset \[0, 0\], shape \[4, 64\]\) does "
+        r"not match its checksum",
+    ):
         load_masks_dcp(like, str(path))
 
 
@@ -171,6 +183,7 @@ def test_a_directory_mixing_files_of_two_saves_is_refused_on_every_rank(tmp_path
     per-shard kept counts: every rank, and a one-process load, raise naming a rank whose shards are of
     another save than the metadata (DCP may store the metadata's header in either rank's file)."""
     import shutil
+
     a, b, mixed = str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "mixed")
     run_ranks(W.two_saves, 2, a, b)
     shutil.copytree(a, mixed)

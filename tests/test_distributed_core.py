@@ -16,14 +16,37 @@ if not dist.is_available() or not dist.is_gloo_available():
 from tests import _dist_core  # noqa: E402
 from tests._dist import run_ranks  # noqa: E402
 
-UNSTRUCTURED = {"global_l1", "global_l1_scores", "l1_per_tensor", "l1_per_tensor_as_l1", "global_random",
-                "random_unstructured", "random_global_rng"}
+UNSTRUCTURED = {
+    "global_l1",
+    "global_l1_scores",
+    "l1_per_tensor",
+    "l1_per_tensor_as_l1",
+    "global_random",
+    "random_unstructured",
+    "random_global_rng",
+}
 STRUCTURED = {"ln_structured", "random_structured", "true_tie"}
-TREE = {"identity", "identity_fresh", "custom_from_mask", "apply_masks", "mask_grads", "sparsity", "prune_by",
-        "masks_for_amounts", "masks_for_seeds", "masks_for_scores", "mixed_tree", "plain_mask", "custom_method",
-        "pools_split_refused",
-        "torch_stream", "partial",
-        "placements_refused", "mask_sharded_unlike", "mask_replicated"}
+TREE = {
+    "identity",
+    "identity_fresh",
+    "custom_from_mask",
+    "apply_masks",
+    "mask_grads",
+    "sparsity",
+    "prune_by",
+    "masks_for_amounts",
+    "masks_for_seeds",
+    "masks_for_scores",
+    "mixed_tree",
+    "plain_mask",
+    "custom_method",
+    "pools_split_refused",
+    "torch_stream",
+    "partial",
+    "placements_refused",
+    "mask_sharded_unlike",
+    "mask_replicated",
+}
 
 pytestmark = pytest.mark.slow  # multi-process: real gloo ranks
 
@@ -56,5 +79,7 @@ def test_one_dim_mesh_matches_one_process(world):
 
 def test_hsdp_two_dim_mesh_matches_one_process():
     # (2, 2) mesh: Replicate across "replicate", Shard across "shard"; replicas count once.
-    _check(run_ranks(_dist_core.world_2d, 4, timeout=600), UNSTRUCTURED | STRUCTURED | TREE
-           | {"apply_masks_grad", "dtypes_global", "dtypes_l1", "dtypes_ln"})
+    _check(
+        run_ranks(_dist_core.world_2d, 4, timeout=600),
+        UNSTRUCTURED | STRUCTURED | TREE | {"apply_masks_grad", "dtypes_global", "dtypes_l1", "dtypes_ln"},
+    )

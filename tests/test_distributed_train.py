@@ -8,12 +8,11 @@ The helpers of funcprune.distributed also get plain-tensor tests, without a proc
 
 import copy
 
+import _dist_train as W
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-import _dist_train as W
 from _dist import run_ranks
 
 import funcprune as fp
@@ -33,11 +32,11 @@ def four():
 
 
 def _check_training(res, kind):
-    assert res[f"{kind}_zero_after_every_step"]                      # after EVERY optimizer step, every rank
-    assert res[f"{kind}_masks_equal"]                                # the single-process masks, bit for bit
-    assert res[f"{kind}_mask_placements"]                            # bool DTensors with the params' placements
-    assert res[f"{kind}_max_loss_diff"] < TOL                        # the single-process losses
-    assert res[f"{kind}_max_param_diff"] < TOL                       # and params
+    assert res[f"{kind}_zero_after_every_step"]  # after EVERY optimizer step, every rank
+    assert res[f"{kind}_masks_equal"]  # the single-process masks, bit for bit
+    assert res[f"{kind}_mask_placements"]  # bool DTensors with the params' placements
+    assert res[f"{kind}_max_loss_diff"] < TOL  # the single-process losses
+    assert res[f"{kind}_max_param_diff"] < TOL  # and params
     assert abs(res[f"{kind}_final_sparsity"] - W.SCHEDULE(W.END)) < 1e-3
     updates = res[f"{kind}_forward_diffs"]
     assert len(updates) == 3
@@ -53,7 +52,7 @@ def test_fsdp2_training_two_ranks(two, kind):
         fsdp = res["fsdp"]
         assert set(fsdp["placements"].values()) == {"(Shard(dim=0),)"}
         _check_training(fsdp, kind)
-    assert [r["fsdp"]["local_rows"]["3.weight"] for r in two] == [5, 4]   # uneven shards
+    assert [r["fsdp"]["local_rows"]["3.weight"] for r in two] == [5, 4]  # uneven shards
     assert all(r["fsdp"][f"{kind}_local_pruned"] > 0 for r in two)
 
 
@@ -63,7 +62,7 @@ def test_fsdp2_training_four_ranks_empty_shard_and_hsdp(four):
         _check_training(res["fsdp"], "plain")
         _check_training(res["hsdp"], "functional")
         assert set(res["hsdp"]["placements"].values()) == {"(Replicate(), Shard(dim=0))"}
-    assert [r["fsdp"]["local_rows"]["5.weight"] for r in four] == [1, 1, 1, 0]   # rank 3 holds nothing
+    assert [r["fsdp"]["local_rows"]["5.weight"] for r in four] == [1, 1, 1, 0]  # rank 3 holds nothing
     assert four[3]["fsdp"]["plain_local_pruned"] == 0
 
 
@@ -71,8 +70,12 @@ def test_fsdp2_training_four_ranks_empty_shard_and_hsdp(four):
 def test_functional_call_refuses_fsdp2_modules(two):
     for res in two:
         m = res["misuse"]
-        for key in ("functional_call_lazyFalse", "functional_call_lazyTrue",
-                    "functional_call_sub_lazyFalse", "functional_call_sub_lazyTrue"):
+        for key in (
+            "functional_call_lazyFalse",
+            "functional_call_lazyTrue",
+            "functional_call_sub_lazyFalse",
+            "functional_call_sub_lazyTrue",
+        ):
             assert "FSDP2" in m[key] and "silently ignored" in m[key], key
         assert "FSDPSequential" in m["functional_call_lazyTrue"] and "FSDPLinear" in m["functional_call_sub_lazyTrue"]
         # refused before anything changed: a first call before FSDP2's lazy init must not be adopted
@@ -109,7 +112,7 @@ def test_keep_pruned_checks_sharded_masks(two):
 def test_ddp_compat(two, case):
     for res in two:
         d = res["ddp"]
-        assert d[f"{case}_same_on_ranks"]                   # every param and mask identical across ranks
+        assert d[f"{case}_same_on_ranks"]  # every param and mask identical across ranks
         assert d[f"{case}_keys"] and d[f"{case}_masks_equal_ref"]
         assert d[f"{case}_max_state_diff"] < TOL and d[f"{case}_max_loss_diff"] < TOL
 
@@ -119,7 +122,7 @@ def test_ddp_averages_weight_orig_grads(two):
     for res in two:
         d = res["ddp"]
         assert "0.weight_orig" in d["before_wrap_grad_names"] and "0.weight" not in d["before_wrap_grad_names"]
-        assert d["before_wrap_max_grad_diff"] < TOL        # each rank's grad is the full-batch single-process grad
+        assert d["before_wrap_max_grad_diff"] < TOL  # each rank's grad is the full-batch single-process grad
         assert d["before_wrap_masks_resent_every_forward"]  # DDP's default buffer sync: the documented cost
 
 
@@ -127,8 +130,8 @@ def test_ddp_averages_weight_orig_grads(two):
 def test_ddp_prune_after_wrapping(two):
     for res in two:
         d = res["ddp"]
-        assert d["after_wrap_params_are_ddps"]      # compat moves the same Parameter: DDP's reducer still holds it
-        assert d["after_wrap_masks_diverged"]        # per-rank seeds after wrapping: diverged until broadcast_masks_
+        assert d["after_wrap_params_are_ddps"]  # compat moves the same Parameter: DDP's reducer still holds it
+        assert d["after_wrap_masks_diverged"]  # per-rank seeds after wrapping: diverged until broadcast_masks_
 
 
 @pytest.mark.slow  # multi-process: real gloo ranks (the module's fixture)
@@ -144,13 +147,19 @@ def test_ddp_functional_path(two):
 
 # --- funcprune.distributed on plain tensors (one process) ---
 
+
 def _model():
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
 
 
-@pytest.mark.parametrize("make_opt", [lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.1),
-                                      lambda p: torch.optim.Adam(p, lr=0.05, weight_decay=0.1)])
+@pytest.mark.parametrize(
+    "make_opt",
+    [
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.1),
+        lambda p: torch.optim.Adam(p, lr=0.05, weight_decay=0.1),
+    ],
+)
 def test_keep_pruned_keeps_zeros_and_matches_the_functional_loop(make_opt):
     model = _model()
     params = dict(model.named_parameters())
@@ -159,8 +168,9 @@ def test_keep_pruned_keeps_zeros_and_matches_the_functional_loop(make_opt):
         F.mse_loss(model(torch.randn(5, 6)), torch.randn(5, 3)).backward()
         opt.step()
         opt.zero_grad()
-    masks = fp.global_unstructured({n: p.detach() for n, p in params.items()}, 0.6,
-                                   include=lambda n, p: n.endswith("weight"))
+    masks = fp.global_unstructured(
+        {n: p.detach() for n, p in params.items()}, 0.6, include=lambda n, p: n.endswith("weight")
+    )
     twin = _model()
     twin.load_state_dict(model.state_dict())
     twin_opt = make_opt(twin.parameters())
@@ -203,7 +213,7 @@ def test_keep_pruned_update_applies_now_and_checks_first():
     x = torch.randn(3, 6)
     masks = fp.prune({n: p.detach() for n, p in params.items()}, fp.l1_unstructured, 0.5, include=["0.weight"])
     expected = fp.functional_call(_model(), {}, (x,), masks=masks)
-    keeper.update(masks)                            # the next forward is masked, before any step
+    keeper.update(masks)  # the next forward is masked, before any step
     assert torch.allclose(model(x), expected)
     before = {n: p.detach().clone() for n, p in params.items()}
     with pytest.raises(ValueError, match=r"2\.weight: mask has shape \(3, 3\) but the param has shape \(3, 8\)"):
@@ -219,11 +229,11 @@ def test_apply_masks_and_mask_grads_in_place():
     w = nn.Parameter(torch.tensor([[1.0, float("inf")], [float("nan"), -2.0]]))
     mask = torch.tensor([[True, False], [False, True]])
     assert fpd.apply_masks_({"w": w}, {"w": mask})["w"] is w
-    assert w.data.tolist() == [[1.0, 0.0], [0.0, -2.0]]                     # exact zeros, even for inf/NaN
+    assert w.data.tolist() == [[1.0, 0.0], [0.0, -2.0]]  # exact zeros, even for inf/NaN
     (w * torch.tensor([[2.0, 3.0], [4.0, 5.0]])).sum().backward()
-    fpd.mask_grads_({"w": w}, {"w": mask.float()})                          # a float 0/1 mask too
+    fpd.mask_grads_({"w": w}, {"w": mask.float()})  # a float 0/1 mask too
     assert w.grad.tolist() == [[2.0, 0.0], [0.0, 5.0]]
-    b = nn.Parameter(torch.ones(2))                                          # no grad: skipped
+    b = nn.Parameter(torch.ones(2))  # no grad: skipped
     fpd.mask_grads_({"w": w, "b": b}, {"b": torch.tensor([True, False])})
     assert fpd.apply_masks_({"w": w}, None)["w"] is w
     with pytest.raises(TypeError, match="w: mask must be a tensor"):
@@ -235,7 +245,7 @@ def test_keep_pruned_mask_grads_before_clipping():
     opt = torch.optim.SGD([w], lr=1.0)
     keeper = fpd.keep_pruned(opt, {"w": w}, {"w": torch.tensor([True, True, False])})
     (w * torch.tensor([3.0, 4.0, 12.0])).sum().backward()
-    keeper.mask_grads()                                  # the pruned gradient is zero before clipping reads it
+    keeper.mask_grads()  # the pruned gradient is zero before clipping reads it
     assert w.grad.tolist() == [3.0, 4.0, 0.0]
     assert float(torch.nn.utils.clip_grad_norm_([w], 1.0)) == 5.0
     opt.step()

@@ -30,11 +30,13 @@ def test_erk_meets_target_with_densities_at_most_one(shape_list, sparsity, kerne
     total = sum(p.numel() for p in params.values())
     assert math.isclose(kept(params, out), (1 - sparsity) * total, rel_tol=1e-9, abs_tol=1e-6)
     assert all(0.0 <= s <= 1.0 for s in out.values())
+
     # Free (not dense) leaves keep densities proportional to their raw ERK score; dense ones score higher.
     def raw(shape):
         if kernel or len(shape) < 2:
             return (sum(shape) / math.prod(shape)) ** power
         return ((shape[0] + shape[1]) / (shape[0] * shape[1])) ** power
+
     # (densities within float rounding of 0 carry no ratio: 1 - s cancels catastrophically there)
     free = {n: (1 - s) / raw(tuple(params[n].shape)) for n, s in out.items() if s > 0 and 1 - s > 1e-9}
     if free:
@@ -110,8 +112,11 @@ def test_to_counts_is_exact(shape_list, sparsity):
 
 def test_prune_by_equals_per_leaf_prune_and_is_pure(device):
     torch.manual_seed(0)
-    params = {"a": torch.randn(6, 5, device=device), "b": torch.randn(4, 4, device=device),
-              "c": torch.randn(3, device=device)}
+    params = {
+        "a": torch.randn(6, 5, device=device),
+        "b": torch.randn(4, 4, device=device),
+        "c": torch.randn(3, device=device),
+    }
     snapshot = {k: v.clone() for k, v in params.items()}
     amounts = {"a": 0.3, "b": 5}
     out = prune_by(params, fp.l1_unstructured, amounts)
@@ -141,11 +146,17 @@ def test_prune_by_target_lands_exactly_every_step():
 def test_prune_by_target_under_vmap_and_meta():
     w = torch.randn(8, 8)
     start = torch.stack([fp.l1_unstructured(w, k) for k in (0, 10, 40)])
-    m = torch.vmap(lambda mask: prune_by({"w": w}, fp.l1_unstructured, {"w": 0.5}, masks={"w": mask},
-                                         target=True)["w"])(start)
+    m = torch.vmap(
+        lambda mask: prune_by({"w": w}, fp.l1_unstructured, {"w": 0.5}, masks={"w": mask}, target=True)["w"]
+    )(start)
     assert [int((~x).sum()) for x in m] == [32, 32, 40]
-    meta = prune_by({"w": torch.empty(8, 8, device="meta")}, fp.l1_unstructured, {"w": 0.5},
-                    masks={"w": torch.ones(8, 8, dtype=torch.bool, device="meta")}, target=True)
+    meta = prune_by(
+        {"w": torch.empty(8, 8, device="meta")},
+        fp.l1_unstructured,
+        {"w": 0.5},
+        masks={"w": torch.ones(8, 8, dtype=torch.bool, device="meta")},
+        target=True,
+    )
     assert meta["w"].device.type == "meta"
 
 

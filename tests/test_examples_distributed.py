@@ -21,7 +21,7 @@ def test_distributed_example_prunes_trains_and_checkpoints(tmp_path, capsys):
     total = 32 * 64 + 64 * 48 + 48 * 10
     assert result["world"] == 2 and result["total"] == total
     assert result["pruned"] == round(0.8 * total) == result["one_process_pruned"]
-    assert result["local_shapes"]["0.weight"] == (32, 32)                  # rank 0 holds half the rows
+    assert result["local_shapes"]["0.weight"] == (32, 32)  # rank 0 holds half the rows
     assert result["pruned_nonzero"] == 0
     assert result["loaded_equal"] and result["one_process_equal"]
     assert result["checkpoint"] == str(tmp_path / "masks") and os.path.isdir(result["checkpoint"])
@@ -29,11 +29,14 @@ def test_distributed_example_prunes_trains_and_checkpoints(tmp_path, capsys):
     model = distributed.make_model()
     weights = {n: p.detach() for n, p in model.named_parameters() if n.endswith("weight")}
     import funcprune as fp
+
     expected = fp.global_unstructured(weights, 0.8)
     assert all(torch.equal(result["one_process_masks"][n], expected[n]) for n in expected)
     assert result["losses"] == pytest.approx(result["reference_losses"], abs=1e-5)
     out = capsys.readouterr().out.splitlines()
-    assert out[1] == f"global L1 0.8: pruned {result['pruned']} of {total} (round(0.8 * n) = {result['pruned']}), " \
-                     "no rank gathered a weight"
+    assert (
+        out[1] == f"global L1 0.8: pruned {result['pruned']} of {total} (round(0.8 * n) = {result['pruned']}), "
+        "no rank gathered a weight"
+    )
     assert out[3] == "pruned weights still nonzero after training: 0"
     assert out[-1].endswith("bit-exact to the ranks' masks")

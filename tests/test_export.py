@@ -16,9 +16,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import funcprune as fp
-from funcprune.export import (SemiStructuredUnavailable, check_semi_structured, finalize, load_masks, save_masks,
-                              semi_structured_available, semi_structured_pattern, size_report, to_semi_structured,
-                              to_sparse, verify)
+from funcprune.export import (
+    SemiStructuredUnavailable,
+    check_semi_structured,
+    finalize,
+    load_masks,
+    save_masks,
+    semi_structured_available,
+    semi_structured_pattern,
+    size_report,
+    to_semi_structured,
+    to_sparse,
+    verify,
+)
 from funcprune.patterns import nm_structured
 
 
@@ -55,7 +65,12 @@ def test_size_report_numbers():
     leaf = report.per_leaf["0.weight"]
     nnz = int(masks["0.weight"].sum())
     assert (leaf.nnz, leaf.dense, leaf.coo, leaf.csr, leaf.bitmask) == (
-        nnz, 16 * 12 * 4, nnz * (2 * 8 + 4), 17 * 8 + nnz * 12, 24 + nnz * 4)
+        nnz,
+        16 * 12 * 4,
+        nnz * (2 * 8 + 4),
+        17 * 8 + nnz * 12,
+        24 + nnz * 4,
+    )
     assert report.sparse_bytes < report.dense_bytes
     assert size_report(params).sparse_bytes == size_report(params).dense_bytes
 
@@ -138,8 +153,15 @@ def test_semi_structured_conversion_skips_cleanly_where_unsupported(device):
     assert out.skipped == {}
     lin = nn.Linear(64, 32).to(device=device, dtype=torch.float16)
     params = {"weight": w, "bias": lin.bias.detach()}
-    check = verify(params, {"weight": mask}, {**params, **out.params}, lin,
-                   (torch.randn(64, 64, device=device, dtype=torch.float16),), rtol=1e-2, atol=1e-2)
+    check = verify(
+        params,
+        {"weight": mask},
+        {**params, **out.params},
+        lin,
+        (torch.randn(64, 64, device=device, dtype=torch.float16),),
+        rtol=1e-2,
+        atol=1e-2,
+    )
     assert check.ok
 
 
@@ -162,8 +184,9 @@ def test_mask_checkpoint_round_trips_and_is_numpy_packbits(shape, seed):
     raw = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
     assert raw["format"] == "funcprune.masks" and raw["version"] == 2
     header = b'["m.weight",' + str(list(mask.shape)).replace(" ", "").encode() + b"]"
-    assert raw["masks"]["m.weight"]["crc32"] == zlib.crc32(raw["masks"]["m.weight"]["bits"].numpy().tobytes(),
-                                                           zlib.crc32(header))
+    assert raw["masks"]["m.weight"]["crc32"] == zlib.crc32(
+        raw["masks"]["m.weight"]["bits"].numpy().tobytes(), zlib.crc32(header)
+    )
     assert np.array_equal(raw["masks"]["m.weight"]["bits"].numpy(), np.packbits(mask.numpy().ravel()))
     loaded = load_masks(buffer)
     assert set(loaded) == {"m.weight", "n.bias"}
@@ -180,8 +203,15 @@ def test_mask_files_written_from_the_format_spec_load(shape):
     crc = zlib.crc32(bits.numpy().tobytes(), zlib.crc32(json.dumps(["w", list(shape)], separators=(",", ":")).encode()))
     total = zlib.crc32(json.dumps([["w", crc]], separators=(",", ":")).encode())
     buffer = io.BytesIO()
-    torch.save({"format": "funcprune.masks", "version": 2, "crc32": total,
-                "masks": {"w": {"shape": list(shape), "bits": bits, "crc32": crc}}}, buffer)
+    torch.save(
+        {
+            "format": "funcprune.masks",
+            "version": 2,
+            "crc32": total,
+            "masks": {"w": {"shape": list(shape), "bits": bits, "crc32": crc}},
+        },
+        buffer,
+    )
     buffer.seek(0)
     loaded = load_masks(buffer)["w"]
     assert loaded.dtype == torch.bool and loaded.shape == mask.shape and torch.equal(loaded, mask)
@@ -281,6 +311,7 @@ def test_verify_still_flags_a_pruned_nan_left_in_the_export():
 
 # --- verify on modules returning tuples, lists, dicts -----------------------------------------------------
 
+
 class Outputs(nn.Module):
     def __init__(self, kind):
         super().__init__()
@@ -335,6 +366,7 @@ def test_verify_rejects_outputs_it_cannot_compare():
 
 # --- corrupt, truncated or empty checkpoints raise ValueError, never load wrong masks
 
+
 def checkpoint():
     torch.manual_seed(0)
     masks = {"fc.weight": torch.rand(9, 13) > 0.5, "fc.bias": torch.rand(9) > 0.3}
@@ -348,7 +380,7 @@ def member_spans(raw):
     spans = {}
     for info in zipfile.ZipFile(io.BytesIO(raw)).infolist():
         h = info.header_offset
-        start = h + 30 + int.from_bytes(raw[h + 26:h + 28], "little") + int.from_bytes(raw[h + 28:h + 30], "little")
+        start = h + 30 + int.from_bytes(raw[h + 26 : h + 28], "little") + int.from_bytes(raw[h + 28 : h + 30], "little")
         spans[info.filename.split("/", 1)[1]] = (start, start + info.compress_size)
     return spans
 
@@ -386,7 +418,7 @@ def test_flipped_bytes_anywhere_never_load_a_wrong_mask():
             payload |= set(range(start, end))
     raised = 0
     for offset in sorted(payload | set(range(0, len(raw), 5))):
-        out = load_or_error(bytes(raw[:offset]) + bytes([raw[offset] ^ 0xFF]) + raw[offset + 1:])
+        out = load_or_error(bytes(raw[:offset]) + bytes([raw[offset] ^ 0xFF]) + raw[offset + 1 :])
         if isinstance(out, ValueError):
             raised += 1
             assert "<BytesIO>" in str(out)
@@ -460,8 +492,11 @@ def test_checkpoint_structure_damage_raises_naming_file_and_leaf(tmp_path):
 def test_version_1_checkpoints_without_checksums_still_load(tmp_path):
     masks, raw = checkpoint()
     good = torch.load(io.BytesIO(raw), weights_only=True)
-    v1 = {"format": "funcprune.masks", "version": 1,
-          "masks": {name: {"shape": e["shape"], "bits": e["bits"]} for name, e in good["masks"].items()}}
+    v1 = {
+        "format": "funcprune.masks",
+        "version": 1,
+        "masks": {name: {"shape": e["shape"], "bits": e["bits"]} for name, e in good["masks"].items()},
+    }
     torch.save(v1, tmp_path / "v1.pt")
     loaded = load_masks(tmp_path / "v1.pt")
     assert set(loaded) == set(masks) and all(torch.equal(loaded[k], masks[k]) for k in masks)

@@ -11,9 +11,32 @@ import pytest
 import funcprune
 
 PACKAGE = pathlib.Path(funcprune.__file__).parent
-CORE = ["_amount", "select", "_select", "_norms", "_backend", "_masking", "_layout", "_pytree", "methods", "tree", "call", "patterns",
-        "distributions", "schedules", "saliency", "dst", "stacking", "multi", "train", "export",
-        "_dtensor", "_sharded", "_radix", "distributed"]
+CORE = [
+    "_amount",
+    "select",
+    "_select",
+    "_norms",
+    "_backend",
+    "_masking",
+    "_layout",
+    "_pytree",
+    "methods",
+    "tree",
+    "call",
+    "patterns",
+    "distributions",
+    "schedules",
+    "saliency",
+    "dst",
+    "stacking",
+    "multi",
+    "train",
+    "export",
+    "_dtensor",
+    "_sharded",
+    "_radix",
+    "distributed",
+]
 UPPER = {"compat", "bridge"}
 
 
@@ -25,7 +48,7 @@ def _imported(path: pathlib.Path, package: str = "funcprune") -> set:
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             if node.level:  # relative, from inside the package: level 1 is ``package``, 2 its parent, ...
-                parts = package.split(".")[:len(package.split(".")) - node.level + 1]
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(parts + ([node.module] if node.module else []))
             elif node.module and node.module.split(".")[0] == "funcprune":
                 base = node.module
@@ -34,7 +57,9 @@ def _imported(path: pathlib.Path, package: str = "funcprune") -> set:
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)
         elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in (
-                "import_module", "__import__"):
+            "import_module",
+            "__import__",
+        ):
             found.update(arg.value for arg in node.args if isinstance(arg, ast.Constant))
     return {name for name in found if name.split(".")[0] == "funcprune"}
 
@@ -70,8 +95,9 @@ def test_the_checker_resolves_relative_imports_of_subpackages(tmp_path):
 
 def test_the_checker_sees_lazy_and_absolute_imports(tmp_path):
     source = tmp_path / "x.py"
-    source.write_text("def f():\n    from .compat import _module\n    import funcprune.bridge\n"
-                      "    from funcprune import compat\n")
+    source.write_text(
+        "def f():\n    from .compat import _module\n    import funcprune.bridge\n    from funcprune import compat\n"
+    )
     assert {"funcprune.compat._module", "funcprune.bridge", "funcprune.compat"} <= _imported(source)
 
 
@@ -103,13 +129,15 @@ assert not any(m.startswith(("funcprune.compat", "funcprune.bridge")) for m in s
 
 def test_import_funcprune_does_not_load_compat():
     code = "import sys, funcprune; assert 'funcprune.compat' not in sys.modules, sorted(sys.modules)"
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         cwd=str(PACKAGE.parent))
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=str(PACKAGE.parent)
+    )
     assert run.returncode == 0, run.stderr
 
 
 def _private_names_crossing(path: pathlib.Path) -> list:
     """``from .x import _name`` (not a module) and ``module._name`` on an imported sibling module, in one file."""
+
     def is_module(folder: pathlib.Path, name: str) -> bool:
         return (folder / f"{name}.py").exists() or (folder / name / "__init__.py").exists()
 
@@ -128,8 +156,12 @@ def _private_names_crossing(path: pathlib.Path) -> list:
                 elif private(alias.name):
                     found.append(f"{node.lineno}: imports {alias.name}")
     for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules \
-                and private(node.attr):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in modules
+            and private(node.attr)
+        ):
             found.append(f"{node.lineno}: uses {node.value.id}.{node.attr}")
     return found
 
@@ -137,8 +169,11 @@ def _private_names_crossing(path: pathlib.Path) -> list:
 def test_no_private_name_crosses_a_module_outside_compat():
     """A name with a leading underscore is used only in the module that defines it (compat mirrors
     torch.nn.utils.prune's own private helpers by name, so it is left out)."""
-    offenders = {str(path.relative_to(PACKAGE)): found for path in PACKAGE.rglob("*.py")
-                 if "compat" not in path.relative_to(PACKAGE).parts and (found := _private_names_crossing(path))}
+    offenders = {
+        str(path.relative_to(PACKAGE)): found
+        for path in PACKAGE.rglob("*.py")
+        if "compat" not in path.relative_to(PACKAGE).parts and (found := _private_names_crossing(path))
+    }
     assert offenders == {}
 
 

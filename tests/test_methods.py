@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 import torch.nn.utils.prune as torch_prune
+from _torch_ref import outcome, torch_mask
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import funcprune as fp
-from _torch_ref import outcome, torch_mask
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 NORMS = [1, 2, 3, math.inf, -math.inf, "fro"]
@@ -140,7 +140,10 @@ def test_random_unstructured_fresh_mask_same_draws_as_torch(case, seed):
     assert err == ref_err
     if ref is not None:
         assert torch.equal(got, ref)
-        assert torch.equal(torch.rand(3), (torch.manual_seed(seed), torch_mask(torch_prune.RandomUnstructured(amount), scores), torch.rand(3))[2]), "RNG stream advanced differently"
+        assert torch.equal(
+            torch.rand(3),
+            (torch.manual_seed(seed), torch_mask(torch_prune.RandomUnstructured(amount), scores), torch.rand(3))[2],
+        ), "RNG stream advanced differently"
 
 
 @pytest.mark.slow  # a long property test
@@ -213,12 +216,15 @@ def test_every_method_returns_a_new_bool_mask_on_the_scores_device(device, dtype
 def test_every_method_runs_on_meta():
     scores = torch.empty(6, 4, device="meta")
     prior = torch.empty(6, 4, device="meta", dtype=torch.bool)
-    for fn in (lambda m: fp.identity(scores, mask=m), lambda m: fp.l1_unstructured(scores, 0.4, mask=m),
-               lambda m: fp.random_unstructured(scores, 0.4, mask=m),
-               lambda m: fp.random_structured(scores, 2, 0, mask=m),
-               lambda m: fp.ln_structured(scores, 0.5, 1, -1, mask=m),
-               lambda m: fp.custom_from_mask(scores, prior, mask=m),
-               lambda m: fp.l1_unstructured(scores, torch.tensor(0.3, device="meta"), mask=m)):
+    for fn in (
+        lambda m: fp.identity(scores, mask=m),
+        lambda m: fp.l1_unstructured(scores, 0.4, mask=m),
+        lambda m: fp.random_unstructured(scores, 0.4, mask=m),
+        lambda m: fp.random_structured(scores, 2, 0, mask=m),
+        lambda m: fp.ln_structured(scores, 0.5, 1, -1, mask=m),
+        lambda m: fp.custom_from_mask(scores, prior, mask=m),
+        lambda m: fp.l1_unstructured(scores, torch.tensor(0.3, device="meta"), mask=m),
+    ):
         for mask in (None, prior):
             out = fn(mask)
             assert out.device.type == "meta" and out.dtype == torch.bool and out.shape == scores.shape
@@ -235,10 +241,12 @@ def test_vmap_over_masks_each_element_prunes_its_own_survivors(amount):
     gen = torch.Generator().manual_seed(1)
     scores = torch.randn(5, 7, generator=gen)
     masks = torch.rand(8, 5, 7, generator=gen) > torch.linspace(0.05, 0.9, 8).view(8, 1, 1)
-    for fn in (lambda m: fp.l1_unstructured(scores, amount, mask=m),
-               lambda m: fp.ln_structured(scores, amount, 2, 0, mask=m),
-               lambda m: fp.ln_structured(scores, amount, 1, -1, mask=m),
-               lambda m: fp.identity(scores, mask=m)):
+    for fn in (
+        lambda m: fp.l1_unstructured(scores, amount, mask=m),
+        lambda m: fp.ln_structured(scores, amount, 2, 0, mask=m),
+        lambda m: fp.ln_structured(scores, amount, 1, -1, mask=m),
+        lambda m: fp.identity(scores, mask=m),
+    ):
         batched = torch.func.vmap(fn)(masks)
         for mask, out in zip(masks, batched):
             expected, err = outcome(lambda: fn(mask))
@@ -289,8 +297,18 @@ def test_random_methods_under_vmap_draw_per_element_and_keep_counts(method):
     assert all(torch.equal(same[0], m) for m in same)
 
 
-@pytest.mark.parametrize("bad, err", [("0.3", TypeError), (None, TypeError), (-1, ValueError), (1.5, ValueError),
-                                      (-0.1, ValueError), (torch.ones(2), ValueError), (torch.tensor(True), TypeError)])
+@pytest.mark.parametrize(
+    "bad, err",
+    [
+        ("0.3", TypeError),
+        (None, TypeError),
+        (-1, ValueError),
+        (1.5, ValueError),
+        (-0.1, ValueError),
+        (torch.ones(2), ValueError),
+        (torch.tensor(True), TypeError),
+    ],
+)
 def test_bad_amounts_raise_like_torch(bad, err):
     scores = torch.randn(3, 4)
     with pytest.raises(err, match="amount"):
@@ -351,13 +369,16 @@ def test_scores_that_require_grad_give_masks_that_gate_the_gradient():
     assert torch.equal(w.grad, fp.l1_unstructured(w, 0.5).float())
 
 
-@pytest.mark.parametrize("call", [
-    lambda s, m: fp.random_unstructured(s, 11),                 # fails: more than there is
-    lambda s, m: fp.random_unstructured(s, 0, mask=m),               # prunes nothing on top of a mask
-    lambda s, m: fp.random_unstructured(s, 0.01, mask=m),            # rounds to nothing
-    lambda s, m: fp.random_structured(s.view(2, 5), 0, 0, mask=m.view(2, 5)),
-    lambda s, m: fp.global_unstructured({"a": s}, 0, masks={"a": m}, method="random"),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda s, m: fp.random_unstructured(s, 11),  # fails: more than there is
+        lambda s, m: fp.random_unstructured(s, 0, mask=m),  # prunes nothing on top of a mask
+        lambda s, m: fp.random_unstructured(s, 0.01, mask=m),  # rounds to nothing
+        lambda s, m: fp.random_structured(s.view(2, 5), 0, 0, mask=m.view(2, 5)),
+        lambda s, m: fp.global_unstructured({"a": s}, 0, masks={"a": m}, method="random"),
+    ],
+)
 def test_random_methods_draw_nothing_when_failing_or_pruning_nothing(call):
     scores, prior = torch.zeros(10), torch.arange(10) < 7
     torch.manual_seed(0)
@@ -396,8 +417,10 @@ def test_hash_stream_scores_through_the_kernel_equal_the_random_methods():
     w = torch.randn(6, 8, generator=torch.Generator().manual_seed(0))
     prior = torch.rand(6, 8, generator=torch.Generator().manual_seed(1)) > 0.3
     gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
-    for gran, method, args in ((fp.select.entries(w.shape), fp.random_unstructured, ()),
-                               (fp.select.slices(w.shape, 1), fp.random_structured, (1,))):
+    for gran, method, args in (
+        (fp.select.entries(w.shape), fp.random_unstructured, ()),
+        (fp.select.slices(w.shape, 1), fp.random_structured, (1,)),
+    ):
         want = method(w, 3, *args, mask=prior, stream="hash", generator=gen())
         got = fp.select.prune_units(w, gran, 3, fp.select.HashStream(gen()), mask=prior)
         assert torch.equal(got, want)

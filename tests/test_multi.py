@@ -31,8 +31,10 @@ def setup(device, dropout=0.0, seed=0):
     model = Net(dropout).to(device).eval()
     params = {n: p.detach() for n, p in model.named_parameters()}
     gen = torch.Generator(device).manual_seed(seed)
-    masks = [fp.prune(params, fp.random_unstructured, 0.2 * k, include=["conv.weight", "fc.weight"], generator=gen)
-             for k in range(K)]
+    masks = [
+        fp.prune(params, fp.random_unstructured, 0.2 * k, include=["conv.weight", "fc.weight"], generator=gen)
+        for k in range(K)
+    ]
     x = torch.randn(5, 2, 6, 6, device=device)
     y = torch.randint(0, 3, (5,), device=device)
     return model, params, masks, x, y
@@ -41,6 +43,7 @@ def setup(device, dropout=0.0, seed=0):
 def loss_fn(model):
     def loss(params, masks, x, y):
         return F.cross_entropy(fp.functional_call(model, params, (x,), masks=masks), y)
+
     return loss
 
 
@@ -83,7 +86,8 @@ def test_grad_and_value_equal_loop(device, argnums):
     losses = fp.vmap_stacked(loss, argnums)(use_params, stacked_masks, x, y)
     grads = fp.vmap_stacked(torch.func.grad(loss), argnums)(use_params, stacked_masks, x, y)
     grads2, losses2 = fp.vmap_stacked(torch.func.grad_and_value(loss), argnums, chunk_size=3)(
-        use_params, stacked_masks, x, y)
+        use_params, stacked_masks, x, y
+    )
     torch.testing.assert_close(losses2, losses)
     for k in range(K):
         p = param_list[k] if 0 in argnums else params
@@ -107,8 +111,9 @@ def test_batchnorm_train_stacked_buffers_equal_loop(device):
         out, new = fp.call_with_buffers(model, p, b, (x,), masks=m)
         return F.cross_entropy(out, y), new
 
-    grads, new = fp.vmap_stacked(torch.func.grad(loss, has_aux=True), (1, 2))(params, stacked_buffers,
-                                                                            fp.stack(masks), x, y)
+    grads, new = fp.vmap_stacked(torch.func.grad(loss, has_aux=True), (1, 2))(
+        params, stacked_buffers, fp.stack(masks), x, y
+    )
     for k in range(K):
         ref_grads, ref_new = torch.func.grad(loss, has_aux=True)(params, buffers, masks[k], x, y)
         for name, b in ref_new.items():
@@ -184,19 +189,24 @@ def test_conv_rule_equals_torch_rule_and_loop(device, stacked):
     x = torch.randn(3, 2, 9, 9, device=device)
     weights = [n for n in params if n.endswith("weight")]
     masks = fp.masks_for_seeds(params, fp.random_unstructured, K, 0.5, include=weights)
-    use_params = fp.stack([{n: p * (1 + k) for n, p in params.items()} for k in range(K)]) \
-        if stacked != "masks" else params
+    use_params = (
+        fp.stack([{n: p * (1 + k) for n, p in params.items()} for k in range(K)]) if stacked != "masks" else params
+    )
     use_masks = masks if stacked != "params" else fp.unstack(masks)[0]
     argnums = {"masks": 1, "params": 0, "both": (0, 1)}[stacked]
 
     def loss(p, m):
         return fp.functional_call(model, p, (x,), masks=m).square().mean()
 
-    out = {conv: fp.stacked_call(model, use_params, (x,), masks=use_masks, stacked=stacked, conv=conv)
-           for conv in ("auto", "torch")}
+    out = {
+        conv: fp.stacked_call(model, use_params, (x,), masks=use_masks, stacked=stacked, conv=conv)
+        for conv in ("auto", "torch")
+    }
     torch.testing.assert_close(out["auto"], out["torch"])
-    grads = {label: fp.vmap_stacked(torch.func.grad(loss), argnums, conv=conv, chunk_size=chunk)(use_params, use_masks)
-             for label, conv, chunk in (("auto", "auto", None), ("torch", "torch", None), ("chunked", "auto", 3))}
+    grads = {
+        label: fp.vmap_stacked(torch.func.grad(loss), argnums, conv=conv, chunk_size=chunk)(use_params, use_masks)
+        for label, conv, chunk in (("auto", "auto", None), ("torch", "torch", None), ("chunked", "auto", 3))
+    }
     for k in range(K):
         p = fp.unstack(use_params)[k] if stacked != "masks" else params
         m = fp.unstack(use_masks)[k] if stacked != "params" else use_masks
@@ -231,12 +241,18 @@ def test_misused_stacked_call_names_the_leaf_and_the_fix():
     model, params, masks, x, _ = setup("cpu")
     with pytest.raises(TypeError, match=r"got a list of 4 masks trees: pass funcprune\.stack\(masks\)"):
         fp.stacked_call(model, params, (x,), masks=masks)
-    with pytest.raises(ValueError, match=r"^conv\.weight: stacked masks leaf has shape \(4, 2, 3, 3\), expected "
-                                         r"\(K, \*\(4, 2, 3, 3\)\) .*not stacked"):
+    with pytest.raises(
+        ValueError,
+        match=r"^conv\.weight: stacked masks leaf has shape \(4, 2, 3, 3\), expected "
+        r"\(K, \*\(4, 2, 3, 3\)\) .*not stacked",
+    ):
         fp.stacked_call(model, params, (x,), masks=masks[1])
     ragged = {**fp.stack(masks), "fc.weight": fp.stack(masks[:3])["fc.weight"]}
-    with pytest.raises(ValueError, match=r"^fc\.weight: stacked masks leaf has leading dim K=3, but 'conv\.weight' "
-                                         r"has K=4"):
+    with pytest.raises(
+        ValueError,
+        match=r"^fc\.weight: stacked masks leaf has leading dim K=3, but 'conv\.weight' "
+        r"has K=4",
+    ):
         fp.stacked_call(model, params, (x,), masks=ragged)
     with pytest.raises(ValueError, match=r"^fc\.bias: stacked params leaf has shape \(3,\)"):
         fp.stacked_call(model, {**fp.stack([params] * K), "fc.bias": params["fc.bias"]}, (x,), stacked="params")
@@ -254,6 +270,12 @@ def test_misused_stacked_call_names_the_leaf_and_the_fix():
 def test_sibling_defaults_agree():
     import inspect
 
-    defaults = [{name: p.default for name, p in inspect.signature(fn).parameters.items()
-                 if name in ("conv", "chunk_size", "randomness")} for fn in (fp.stacked_call, fp.vmap_stacked)]
+    defaults = [
+        {
+            name: p.default
+            for name, p in inspect.signature(fn).parameters.items()
+            if name in ("conv", "chunk_size", "randomness")
+        }
+        for fn in (fp.stacked_call, fp.vmap_stacked)
+    ]
     assert defaults[0] == defaults[1] == {"chunk_size": None, "randomness": "error", "conv": "torch"}

@@ -31,13 +31,17 @@ def _checks(results, expected):
 def test_block_selection_over_row_shards_is_the_global_cut(world):
     # k = round(amount * alive entries of the whole block), smallest keys first, ties to the lowest
     # flat index of the full block, whatever the row sharding (uneven; an empty shard on 4 ranks).
-    _checks(run_ranks(_dist_oneshot.selection, world),
-            {"block_keep:randn", "block_keep:ties", "block_keep_too_many", "rows_not_dim0"})
+    _checks(
+        run_ranks(_dist_oneshot.selection, world),
+        {"block_keep:randn", "block_keep:ties", "block_keep_too_many", "rows_not_dim0"},
+    )
 
 
 def test_ranks_that_disagree_raise_on_every_rank():
-    _checks(run_ranks(_dist_oneshot.agreement, 2, timeout=120),
-            {"same", "amount_differs", "layers_differ", "method_differs", "batches_differ", "empty_calibration"})
+    _checks(
+        run_ranks(_dist_oneshot.agreement, 2, timeout=120),
+        {"same", "amount_differs", "layers_differ", "method_differs", "batches_differ", "empty_calibration"},
+    )
 
 
 @pytest.mark.parametrize("reshard_after_forward", [True, False])
@@ -45,8 +49,10 @@ def test_fsdp_block_runs_on_pruned_shards_then_is_restored(reshard_after_forward
     # the pruned block's outputs equal the plain block's on the full pruned weights, bit for bit,
     # with one batch more on rank 0 (no collective per batch), even when a previous forward left
     # the block gathered; the block's sharded parameters are the dense ones afterwards.
-    _checks(run_ranks(_dist_oneshot.runner, 2, reshard_after_forward),
-            {"runner_equals_plain", "restored", "dense_after", "runner_plain_for_fsdp"})
+    _checks(
+        run_ranks(_dist_oneshot.runner, 2, reshard_after_forward),
+        {"runner_equals_plain", "restored", "dense_after", "runner_plain_for_fsdp"},
+    )
 
 
 @pytest.mark.parametrize("world", [2, 4])
@@ -54,8 +60,9 @@ def test_sharded_rows_prune_like_one_process(world):
     # Shard(0) rows (uneven; an empty shard on 4 ranks), float32 and float64, prior masks, 2:4,
     # dead inputs (zero columns: tied scores at a block's cut): Wanda's and magnitude's masks and
     # SparseGPT's masks equal one process's on the full weight; SparseGPT's weights to round-off.
-    results = _checks(run_ranks(_dist_oneshot.layers, world, timeout=300),
-                      {"wanda", "magnitude", "sparsegpt", "columns_sharded"})
+    results = _checks(
+        run_ranks(_dist_oneshot.layers, world, timeout=300), {"wanda", "magnitude", "sparsegpt", "columns_sharded"}
+    )
     worst = results[0]["worst"]
     print(f"\nworld {world}: SparseGPT weights, max |sharded - one process| / max |W|: {worst}")
     assert worst["sparsegpt_float64"] <= 1e-12 and worst["sparsegpt_float32"] <= 1e-5
@@ -83,9 +90,19 @@ def test_data_parallel_calibration_equals_one_process_with_all_batches(world):
     # masks equal bit for bit, every rank holds the same result, SparseGPT's weights to round-off;
     # ranks passing different amounts, methods or layers, or an empty calibration: ValueError on all.
     kinds = ("llama", "gpt2") if world == 2 else ("llama",)
-    results = _checks(run_ranks(_dist_oneshot.data_parallel, world, kinds, timeout=600),
-                      {"wanda", "sparsegpt", "magnitude", "ranks_identical", "amount_differs", "method_differs",
-                       "layers_differ", "empty_on_one_rank"})
+    results = _checks(
+        run_ranks(_dist_oneshot.data_parallel, world, kinds, timeout=600),
+        {
+            "wanda",
+            "sparsegpt",
+            "magnitude",
+            "ranks_identical",
+            "amount_differs",
+            "method_differs",
+            "layers_differ",
+            "empty_on_one_rank",
+        },
+    )
     _within_round_off(_report(f"data-parallel, {world} ranks", results))
 
 
@@ -95,16 +112,18 @@ def test_fsdp2_sharded_rows_prune_like_one_process(world):
     # fully_shard on every block and the root (Shard(0) rows, uneven batch shares): masks equal one
     # process's on the plain model with all the batches, SparseGPT's weights to round-off, masks
     # laid out like the weights, the model unchanged; OWL and GPT-2's Conv1D (sharded on inputs) refused.
-    results = _checks(run_ranks(_dist_oneshot.fsdp, world, timeout=600),
-                      {"fsdp_wanda", "fsdp_sparsegpt", "fsdp_magnitude", "fsdp_unchanged", "fsdp_owl_refused",
-                       "fsdp_conv1d_refused"})
+    results = _checks(
+        run_ranks(_dist_oneshot.fsdp, world, timeout=600),
+        {"fsdp_wanda", "fsdp_sparsegpt", "fsdp_magnitude", "fsdp_unchanged", "fsdp_owl_refused", "fsdp_conv1d_refused"},
+    )
     _within_round_off(_report(f"FSDP2, {world} ranks", results))
 
 
 def test_hsdp_replicated_shards_prune_like_one_process():
     # a (2, 2) mesh: FSDP2 shards rows over "shard" and replicates over "replicate" ((Replicate(), Shard(0))):
     # replicas count once in every global cut; the statistics are summed over all 4 ranks' batches.
-    results = _checks(run_ranks(_dist_oneshot.fsdp, 4, (2, 2), timeout=600),
-                      {"fsdp_wanda", "fsdp_sparsegpt", "fsdp_magnitude", "fsdp_unchanged", "fsdp_owl_refused",
-                       "fsdp_conv1d_refused"})
+    results = _checks(
+        run_ranks(_dist_oneshot.fsdp, 4, (2, 2), timeout=600),
+        {"fsdp_wanda", "fsdp_sparsegpt", "fsdp_magnitude", "fsdp_unchanged", "fsdp_owl_refused", "fsdp_conv1d_refused"},
+    )
     _within_round_off(_report("HSDP (2 x 2 mesh)", results))

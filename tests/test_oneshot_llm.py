@@ -35,7 +35,7 @@ def reference_perplexity(model, tokens, seq_len):
     losses = []
     with torch.no_grad():
         for w in range(windows):
-            ids = tokens[w * seq_len:(w + 1) * seq_len][None]
+            ids = tokens[w * seq_len : (w + 1) * seq_len][None]
             out = model(ids)
             logits = (out.logits if hasattr(out, "logits") else out)[0, :-1].double()
             logp = torch.log_softmax(logits, dim=-1).gather(1, ids[0, 1:, None])
@@ -59,8 +59,15 @@ def test_perplexity_is_the_mean_window_loss_of_the_papers_evaluation(batch_size)
 def test_perplexity_accepts_a_1_by_n_row_and_hf_outputs():
     """tokens of shape (1, n) equal (n,); a Hugging Face model's output object is read through .logits."""
     transformers = pytest.importorskip("transformers")
-    config = transformers.LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+    config = transformers.LlamaConfig(
+        vocab_size=50,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+    )
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(config).double().eval()
     tokens = torch.randint(0, 50, (70,))
@@ -88,21 +95,25 @@ def test_the_model_is_left_as_it_was(device):
     model, tokens = tiny(torch.float32)
     model.train()
     before = {n: t.clone() for n, t in model.state_dict().items()}
-    got = perplexity(model, tokens, seq_len=20, device=device,
-                     masks={"head.weight": torch.ones(13, 8, dtype=torch.bool)})
+    got = perplexity(
+        model, tokens, seq_len=20, device=device, masks={"head.weight": torch.ones(13, 8, dtype=torch.bool)}
+    )
     assert model.training
     assert all(torch.equal(before[n], t) and t.device.type == "cpu" for n, t in model.state_dict().items())
     assert got == pytest.approx(perplexity(model, tokens, seq_len=20), rel=1e-5)
 
 
-@pytest.mark.parametrize("tokens, seq_len, batch_size, error, match", [
-    (torch.rand(40), 10, 1, TypeError, "integer tensor"),
-    ([1, 2, 3], 2, 1, TypeError, "integer tensor"),
-    (torch.zeros(2, 40, dtype=torch.long), 10, 1, ValueError, r"\(n,\) or \(1, n\)"),
-    (torch.zeros(9, dtype=torch.long), 10, 1, ValueError, "9 tokens.*seq_len=10"),
-    (torch.zeros(40, dtype=torch.long), 1, 1, ValueError, "seq_len"),
-    (torch.zeros(40, dtype=torch.long), 10, 0, ValueError, "batch_size"),
-])
+@pytest.mark.parametrize(
+    "tokens, seq_len, batch_size, error, match",
+    [
+        (torch.rand(40), 10, 1, TypeError, "integer tensor"),
+        ([1, 2, 3], 2, 1, TypeError, "integer tensor"),
+        (torch.zeros(2, 40, dtype=torch.long), 10, 1, ValueError, r"\(n,\) or \(1, n\)"),
+        (torch.zeros(9, dtype=torch.long), 10, 1, ValueError, "9 tokens.*seq_len=10"),
+        (torch.zeros(40, dtype=torch.long), 1, 1, ValueError, "seq_len"),
+        (torch.zeros(40, dtype=torch.long), 10, 0, ValueError, "batch_size"),
+    ],
+)
 def test_bad_input_names_the_argument(tokens, seq_len, batch_size, error, match):
     """Wrong token dtype or shape, too few tokens, seq_len < 2, batch_size < 1: an exception naming it."""
     model, _ = tiny()
@@ -142,34 +153,59 @@ def test_benchmark_rows_are_the_pruned_models_perplexities(monkeypatch, capsys):
     transformers = pytest.importorskip("transformers")
     from benchmarks import oneshot as bench
 
-    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2)
+    config = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(config).eval()
     gen = torch.Generator().manual_seed(1)
     calibration, evaluation = torch.randint(0, 64, (2000,), generator=gen), torch.randint(0, 64, (2000,), generator=gen)
     monkeypatch.setattr(_smollm2, "load", lambda: (model, None))
     monkeypatch.setattr(_smollm2, "text_tokens", lambda tokenizer: (calibration, evaluation))
-    out = bench.main(["--calibration", "4", "--calibration-len", "16", "--eval", "2", "--eval-len", "32",
-                      "--batch-size", "2", "--parts", "ours,curve", "--settings", "50%,2:4,70% OWL"])
+    out = bench.main(
+        [
+            "--calibration",
+            "4",
+            "--calibration-len",
+            "16",
+            "--eval",
+            "2",
+            "--eval-len",
+            "32",
+            "--batch-size",
+            "2",
+            "--parts",
+            "ours,curve",
+            "--settings",
+            "50%,2:4,70% OWL",
+        ]
+    )
     windows = list(_smollm2.windows(calibration, 4, 16).split(2))
     tokens = evaluation[:64]
     rows = out["rows"]
     assert [(r["method"], r["setting"]) for r in rows] == [("dense", "-")] + [
-        (m, s) for s in ("50%", "2:4") for m in bench.METHODS] + [("wanda", "70% OWL"), ("sparsegpt", "70% OWL")]
+        (m, s) for s in ("50%", "2:4") for m in bench.METHODS
+    ] + [("wanda", "70% OWL"), ("sparsegpt", "70% OWL")]
     assert rows[0]["ppl"] == perplexity(model, tokens, seq_len=32, batch_size=2)
     for row in rows[1:]:
         amount, pattern, owl = {label: rest for label, *rest in bench.SETTINGS}[row["setting"]]
         result = fp.oneshot.prune(model, windows, row["method"], amount, pattern=pattern, owl=owl)
         assert row["sparsity"] == bench.pruned_fraction(result.masks)
-        assert row["ppl"] == perplexity(model, tokens, seq_len=32, batch_size=2, params=result.params,
-                                        masks=result.masks)
+        assert row["ppl"] == perplexity(
+            model, tokens, seq_len=32, batch_size=2, params=result.params, masks=result.masks
+        )
     one_pass = fp.oneshot.prune(model, windows, "wanda", bench.CURVE, sequential=False)
     for k, ppl in enumerate(out["curve"]["ppl"]):
-        assert ppl == perplexity(model, tokens, seq_len=32, batch_size=2,
-                                 masks={n: m[k] for n, m in one_pass.masks.items()})
+        assert ppl == perplexity(
+            model, tokens, seq_len=32, batch_size=2, masks={n: m[k] for n, m in one_pass.masks.items()}
+        )
     printed = capsys.readouterr().out.splitlines()
-    assert printed[1:3] == bench.TABLE_HEAD and [bench.row_line(r) for r in rows] == printed[3:3 + len(rows)]
+    assert printed[1:3] == bench.TABLE_HEAD and [bench.row_line(r) for r in rows] == printed[3 : 3 + len(rows)]
     failed = {"lib": "llm-compressor", "method": "sparsegpt", "setting": "50%", "error": "ValueError: x"}
     assert bench.row_line(failed) == "| llm-compressor | sparsegpt | 50% | failed: ValueError: x | | | |"
     assert f"| sparsegpt | 50% | {rows[3]['ppl']:.2f} / failed | | | |" in bench.comparison(rows + [failed])

@@ -4,11 +4,10 @@ import math
 
 import pytest
 import torch
+from _oneshot_ref import fasterprune, outlier_percent, owl_amounts, wanda_mask
 
 import funcprune as fp
 from funcprune.oneshot import outlier_ratio, owl, sparsegpt, wanda, wanda_scores
-
-from _oneshot_ref import fasterprune, outlier_percent, owl_amounts, wanda_mask
 
 
 def _hessian(cols, tokens=None, dtype=torch.float64, seed=0, dead=()):
@@ -24,6 +23,7 @@ def _weight(rows, cols, dtype=torch.float64, seed=1):
 
 # ------------------------------------------------------------------------------------------------
 # Wanda
+
 
 @pytest.mark.parametrize("amount", [0.5, 0.25, 0.75, 0.0, 1.0])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -84,15 +84,18 @@ def test_wanda_nm_with_a_prior_mask_keeps_only_survivors():
     assert not bool(keep[:, 0].any()) and bool(fp.patterns.satisfies_nm(keep, 2, 4).all())
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(input_norm=torch.ones(5)), "input_norm must have shape \\(8,\\)"),
-    (dict(input_norm=torch.full((8,), math.nan)), "input_norm must be finite"),
-    (dict(amount=1.5), "amount=1.5"),
-    (dict(amount=-1), "amount=-1"),
-    (dict(pattern=(2, 3)), "divisible by 3"),
-    (dict(pattern=(5, 4)), "kept_per_group"),
-    (dict(mask=torch.ones(3, 3, dtype=torch.bool)), "mask has shape"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(input_norm=torch.ones(5)), "input_norm must have shape \\(8,\\)"),
+        (dict(input_norm=torch.full((8,), math.nan)), "input_norm must be finite"),
+        (dict(amount=1.5), "amount=1.5"),
+        (dict(amount=-1), "amount=-1"),
+        (dict(pattern=(2, 3)), "divisible by 3"),
+        (dict(pattern=(5, 4)), "kept_per_group"),
+        (dict(mask=torch.ones(3, 3, dtype=torch.bool)), "mask has shape"),
+    ],
+)
 def test_wanda_bad_input_raises_naming_the_argument(bad, match):
     args = dict(input_norm=torch.ones(8), amount=0.5, pattern=None, mask=None)
     args.update(bad)
@@ -107,6 +110,7 @@ def test_wanda_refuses_a_weight_with_nan():
 
 # ------------------------------------------------------------------------------------------------
 # SparseGPT
+
 
 @pytest.mark.parametrize("cols, block_size", [(64, 128), (96, 32), (100, 16)])
 @pytest.mark.parametrize("amount", [0.5, 0.3])
@@ -124,8 +128,8 @@ def test_sparsegpt_prunes_exactly_the_rounded_count_per_block_where_the_referenc
     _, keep = sparsegpt(w, h, 0.5, block_size=32)
     _, ref_pruned = fasterprune(w, h, 0.5, blocksize=32, exact=False)
     for i1 in (0, 32):
-        assert int((~keep[:, i1:i1 + 32]).sum()) == 256
-        assert int(ref_pruned[:, i1:i1 + 32].sum()) == 257  # the `<=` of sorted[int(n * sparsity)]
+        assert int((~keep[:, i1 : i1 + 32]).sum()) == 256
+        assert int(ref_pruned[:, i1 : i1 + 32].sum()) == 257  # the `<=` of sorted[int(n * sparsity)]
 
 
 def test_sparsegpt_block_ties_go_to_the_lower_row_major_index():
@@ -176,8 +180,8 @@ def test_sparsegpt_with_a_prior_mask_keeps_pruned_entries_pruned_and_prunes_amon
     new, keep = sparsegpt(w, h, 0.5, mask=prior, block_size=16)
     assert not bool((keep & ~prior).any()) and not bool(new[~keep].any())
     for i1 in (0, 16):
-        alive = int(prior[:, i1:i1 + 16].sum())
-        assert int(keep[:, i1:i1 + 16].sum()) == alive - round(0.5 * alive)
+        alive = int(prior[:, i1 : i1 + 16].sum())
+        assert int(keep[:, i1 : i1 + 16].sum()) == alive - round(0.5 * alive)
 
 
 def test_sparsegpt_dead_inputs_are_zeroed():
@@ -186,18 +190,21 @@ def test_sparsegpt_dead_inputs_are_zeroed():
     assert not bool(new[:, [2, 7]].any())
 
 
-@pytest.mark.parametrize("bad, exc, match", [
-    (dict(hessian=torch.eye(7)), ValueError, "hessian must have shape \\(8, 8\\)"),
-    (dict(hessian=torch.eye(8) + torch.triu(torch.ones(8, 8), 1)), ValueError, "not symmetric"),
-    (dict(hessian=torch.full((8, 8), math.nan)), ValueError, "NaN or inf"),
-    (dict(hessian=torch.eye(8, dtype=torch.float16)), TypeError, "float32 or float64"),
-    (dict(amount=2), TypeError, "fraction"),
-    (dict(amount=1.5), ValueError, "amount=1.5"),
-    (dict(pattern=(2, 3)), ValueError, "divisible by 3"),
-    (dict(pattern=(2, 8), block_size=4), ValueError, "block_size=4"),
-    (dict(block_size=0), ValueError, "block_size"),
-    (dict(damp=-1.0), ValueError, "damp"),
-])
+@pytest.mark.parametrize(
+    "bad, exc, match",
+    [
+        (dict(hessian=torch.eye(7)), ValueError, "hessian must have shape \\(8, 8\\)"),
+        (dict(hessian=torch.eye(8) + torch.triu(torch.ones(8, 8), 1)), ValueError, "not symmetric"),
+        (dict(hessian=torch.full((8, 8), math.nan)), ValueError, "NaN or inf"),
+        (dict(hessian=torch.eye(8, dtype=torch.float16)), TypeError, "float32 or float64"),
+        (dict(amount=2), TypeError, "fraction"),
+        (dict(amount=1.5), ValueError, "amount=1.5"),
+        (dict(pattern=(2, 3)), ValueError, "divisible by 3"),
+        (dict(pattern=(2, 8), block_size=4), ValueError, "block_size=4"),
+        (dict(block_size=0), ValueError, "block_size"),
+        (dict(damp=-1.0), ValueError, "damp"),
+    ],
+)
 def test_sparsegpt_bad_input_raises_naming_the_argument(bad, exc, match):
     args = dict(hessian=torch.eye(8), amount=0.5, pattern=None, block_size=128, damp=0.01)
     args.update(bad)
@@ -214,6 +221,7 @@ def test_sparsegpt_refuses_a_hessian_that_is_not_positive_definite():
 
 # ------------------------------------------------------------------------------------------------
 # OWL
+
 
 def test_outlier_ratio_is_the_reference_percent_over_100_with_one_common_mean():
     g = torch.Generator().manual_seed(5)
@@ -238,10 +246,15 @@ def test_owl_equal_ratios_give_the_amount_everywhere():
     assert owl([0.1, 0.1], 0.5) == [0.5, 0.5]
 
 
-@pytest.mark.parametrize("args, match", [
-    (([], 0.5), "non-empty"), (([0.1, math.nan], 0.5), "finite"), (([0.1, 0.2], 1.5), "amount"),
-    (([0.1, 0.2], 0.99, 0.08), "outside \\[0, 1\\]"),
-])
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (([], 0.5), "non-empty"),
+        (([0.1, math.nan], 0.5), "finite"),
+        (([0.1, 0.2], 1.5), "amount"),
+        (([0.1, 0.2], 0.99, 0.08), "outside \\[0, 1\\]"),
+    ],
+)
 def test_owl_bad_input_raises(args, match):
     with pytest.raises(ValueError, match=match):
         owl(*args[:2], lam=args[2] if len(args) > 2 else 0.08)
@@ -252,6 +265,7 @@ def test_the_oneshot_code_never_sorts():
     import pathlib
 
     import funcprune.oneshot as oneshot
+
     for path in pathlib.Path(oneshot.__file__).parent.glob("*.py"):
         text = path.read_text()
         for word in ("topk", "sort(", "argsort", "kthvalue"):

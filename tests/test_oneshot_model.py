@@ -9,32 +9,45 @@ import math
 
 import pytest
 import torch
+from _oneshot_ref import prune_model
 
 import funcprune as fp
 from funcprune.oneshot import all_reduce, find_blocks, prune
 from funcprune.oneshot.stats import Collector
-
-from _oneshot_ref import prune_model
 
 transformers = pytest.importorskip("transformers")
 VOCAB = 64
 
 
 def _llama():
-    cfg = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2)
+    cfg = transformers.LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     return transformers.LlamaForCausalLM(cfg), "model.layers"
 
 
 def _gpt2():
-    cfg = transformers.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
-                                  bos_token_id=0, eos_token_id=0)
+    cfg = transformers.GPT2Config(
+        vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0
+    )
     return transformers.GPT2LMHeadModel(cfg), "transformer.h"
 
 
 def _opt():
-    cfg = transformers.OPTConfig(vocab_size=VOCAB, hidden_size=32, ffn_dim=64, num_hidden_layers=2,
-                                 num_attention_heads=4, max_position_embeddings=64, word_embed_proj_dim=32)
+    cfg = transformers.OPTConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        ffn_dim=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        word_embed_proj_dim=32,
+    )
     return transformers.OPTForCausalLM(cfg), "model.decoder.layers"
 
 
@@ -63,7 +76,7 @@ def test_wanda_masks_equal_the_sequential_reference_bit_for_bit(kind):
     got = prune(model, batches, "wanda", 0.5, dtype=torch.float64)
     ref = prune_model(model, blocks, batches, "wanda", 0.5, dtype=torch.float64)
     assert sorted(got.masks) == sorted(ref)
-    for name, (_, keep) in ref.items():
+    for name, (weight, keep) in ref.items():
         assert torch.equal(got.masks[name], keep), name
         assert torch.equal(_pruned_weight(got, name), weight), name
         assert got.params[name] is dict(model.named_parameters())[name]  # not copied
@@ -126,7 +139,7 @@ def test_owl_amounts_and_masks_equal_owls_procedure():
     assert any(not torch.equal(got.masks[n], k) for n, (_, k) in floored.items())
     amounts = {got.layers[n].block: got.layers[n].amount for n in got.layers}
     assert len(set(amounts.values())) == 2 and sum(amounts.values()) / 2 == pytest.approx(0.7, abs=1e-12)
-    for name, (weight, keep) in ref.items():
+    for name, (_, keep) in ref.items():
         assert torch.equal(got.masks[name], keep), name
 
 
@@ -138,8 +151,10 @@ def test_a_list_of_levels_equals_one_run_per_level_stacked(method, sequential):
     got = prune(model, batches, method, levels, sequential=sequential, dtype=torch.float64)
     singles = [prune(model, batches, method, a, sequential=sequential, dtype=torch.float64) for a in levels]
     assert got.stacked == ("both" if method == "sparsegpt" else "masks")
-    assert torch.equal(got.masks["model.layers.1.mlp.down_proj.weight"],
-                       torch.stack([s.masks["model.layers.1.mlp.down_proj.weight"] for s in singles]))
+    assert torch.equal(
+        got.masks["model.layers.1.mlp.down_proj.weight"],
+        torch.stack([s.masks["model.layers.1.mlp.down_proj.weight"] for s in singles]),
+    )
     for name in got.masks:
         for k, single in enumerate(singles):
             assert torch.equal(got.masks[name][k], single.masks[name]), name
@@ -214,9 +229,15 @@ def test_include_selects_weights_by_name_or_predicate():
 
 
 def _tiny(cls_name, **extra):
-    config = getattr(transformers, cls_name + "Config")(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
-                                                         num_hidden_layers=2, num_attention_heads=4,
-                                                         num_key_value_heads=2, **extra)
+    config = getattr(transformers, cls_name + "Config")(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        **extra,
+    )
     return getattr(transformers, cls_name + "ForCausalLM")(config)
 
 
@@ -269,20 +290,28 @@ def _raises_and_unchanged(model, exc, match, *args, **kwargs):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-@pytest.mark.parametrize("args, kwargs, exc, match", [
-    (([], "wanda", 0.5), {}, ValueError, "calibration is empty"),
-    ((None, "obs", 0.5), {}, ValueError, "method must be one of"),
-    ((None, "wanda", 1.5), {}, ValueError, "amount=1.5"),
-    ((None, "wanda", []), {}, ValueError, "empty list"),
-    ((None, "sparsegpt", 3), {}, TypeError, "fractions"),
-    ((None, "wanda", 0.5), {"pattern": (2, 3)}, ValueError, "model.layers.0.self_attn.q_proj.weight: pattern 2:3"),
-    ((None, "wanda", 0.5), {"blocks": "model.nope"}, ValueError, "pass blocks="),
-    ((None, "wanda", 0.5), {"blocks": "model.norm"}, ValueError, "not a non-empty nn.ModuleList"),
-    ((None, "wanda", 0.5), {"include": ["model.embed_tokens.weight"]}, ValueError, "not the weight of an nn.Linear"),
-    ((None, "wanda", 0.5), {"include": ["lm_head.weight"]}, ValueError, "not the weight of an nn.Linear"),
-    ((None, "wanda", 0.5), {"include": ["nope.weight"]}, KeyError, "nope.weight"),
-    ((None, "wanda", 0.5), {"dtype": torch.float16}, ValueError, "dtype"),
-])
+@pytest.mark.parametrize(
+    "args, kwargs, exc, match",
+    [
+        (([], "wanda", 0.5), {}, ValueError, "calibration is empty"),
+        ((None, "obs", 0.5), {}, ValueError, "method must be one of"),
+        ((None, "wanda", 1.5), {}, ValueError, "amount=1.5"),
+        ((None, "wanda", []), {}, ValueError, "empty list"),
+        ((None, "sparsegpt", 3), {}, TypeError, "fractions"),
+        ((None, "wanda", 0.5), {"pattern": (2, 3)}, ValueError, "model.layers.0.self_attn.q_proj.weight: pattern 2:3"),
+        ((None, "wanda", 0.5), {"blocks": "model.nope"}, ValueError, "pass blocks="),
+        ((None, "wanda", 0.5), {"blocks": "model.norm"}, ValueError, "not a non-empty nn.ModuleList"),
+        (
+            (None, "wanda", 0.5),
+            {"include": ["model.embed_tokens.weight"]},
+            ValueError,
+            "not the weight of an nn.Linear",
+        ),
+        ((None, "wanda", 0.5), {"include": ["lm_head.weight"]}, ValueError, "not the weight of an nn.Linear"),
+        ((None, "wanda", 0.5), {"include": ["nope.weight"]}, KeyError, "nope.weight"),
+        ((None, "wanda", 0.5), {"dtype": torch.float16}, ValueError, "dtype"),
+    ],
+)
 def test_bad_input_raises_naming_the_thing_and_leaves_the_model_unchanged(args, kwargs, exc, match):
     model, _ = _model("llama")
     args = (args[0] if args[0] is not None else _batches(1),) + args[1:]
@@ -299,8 +328,9 @@ def test_nan_activations_name_the_block_and_layer():
     model, _ = _model("llama")
     with torch.no_grad():
         model.model.layers[1].mlp.up_proj.weight[0, 0] = math.inf  # inf activations reach down_proj of block 1
-    _raises_and_unchanged(model, ValueError, r"model.layers.1.mlp.down_proj.weight: non-finite .* block 1",
-                          _batches(1), "wanda", 0.5)
+    _raises_and_unchanged(
+        model, ValueError, r"model.layers.1.mlp.down_proj.weight: non-finite .* block 1", _batches(1), "wanda", 0.5
+    )
 
 
 def test_fp_oneshot_is_the_submodule():

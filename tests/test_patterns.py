@@ -6,13 +6,13 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.utils.prune as torch_prune
+from _torch_ref import torch_mask
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.ao.pruning import WeightNormSparsifier
 
 import funcprune as fp
 from funcprune.patterns import block_structured, channels_kept, nm_structured, prune_channels, satisfies_nm
-from _torch_ref import torch_mask
 
 
 def weight_norm_mask(w, **config):
@@ -73,8 +73,9 @@ def test_nm_device_purity_and_dtype(device):
 
 def test_nm_vmap_and_meta():
     w = torch.randn(5, 4, 8)
-    assert torch.equal(torch.vmap(lambda x: nm_structured(x, 2, 4, 0))(w),
-                       torch.stack([nm_structured(x, 2, 4, 0) for x in w]))
+    assert torch.equal(
+        torch.vmap(lambda x: nm_structured(x, 2, 4, 0))(w), torch.stack([nm_structured(x, 2, 4, 0) for x in w])
+    )
     meta = nm_structured(torch.empty(4, 8, device="meta"), 2, 4, mask=torch.ones(4, 8, dtype=torch.bool, device="meta"))
     assert meta.device.type == "meta" and meta.shape == (4, 8) and meta.dtype == torch.bool
     assert torch.vmap(lambda x: satisfies_nm(x, 2, 4))(torch.stack([nm_structured(x, 2, 4) for x in w])).all()
@@ -87,14 +88,17 @@ def test_satisfies_nm_examples():
     assert not bool(satisfies_nm(torch.tensor([[1.0, 0.0], [1.0, 0.0]]), 1, 2, dim=0))
 
 
-@pytest.mark.parametrize("args,err", [
-    ((5, 4), ValueError),           # n > m
-    ((-1, 4), ValueError),
-    ((0, 0), ValueError),
-    ((2, 3), ValueError),           # 8 not divisible by 3
-    ((2.0, 4), TypeError),
-    ((2, 4, 2), IndexError),
-])
+@pytest.mark.parametrize(
+    "args,err",
+    [
+        ((5, 4), ValueError),  # n > m
+        ((-1, 4), ValueError),
+        ((0, 0), ValueError),
+        ((2, 3), ValueError),  # 8 not divisible by 3
+        ((2.0, 4), TypeError),
+        ((2, 4, 2), IndexError),
+    ],
+)
 def test_nm_errors(args, err):
     with pytest.raises(err):
         nm_structured(torch.randn(4, 8), *args)
@@ -130,7 +134,8 @@ def test_nm_ties_go_to_the_lower_index():
     # negative zero ties zero; a surviving NaN is the largest, as in torch.topk
     assert nm_structured(torch.tensor([[-0.0, 0.0, 0.0, 0.0]]), 1, 4).tolist() == [[True, False, False, False]]
     assert nm_structured(torch.tensor([[1.0, float("inf"), float("nan"), 2.0]]), 2, 4).tolist() == [
-        [False, True, True, False]]
+        [False, True, True, False]
+    ]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int8])
@@ -153,10 +158,14 @@ def test_nm_with_a_prior_mask_keeps_alive_entries_first_whatever_they_hold():
     # all-equal groups on top of a mask: the lowest alive indices
     ones = torch.ones(2, 8)
     prior = torch.tensor([[False, True, True, True] * 2, [True, False, False, True] * 2])
-    assert nm_structured(ones, 2, 4, mask=prior).tolist() == [[False, True, True, False] * 2,
-                                                              [True, False, False, True] * 2]
-    assert torch.equal(torch.vmap(lambda x: nm_structured(ones[:1], 2, 4, mask=x))(prior.view(2, 1, 8)),
-                       nm_structured(ones, 2, 4, mask=prior).view(2, 1, 8))
+    assert nm_structured(ones, 2, 4, mask=prior).tolist() == [
+        [False, True, True, False] * 2,
+        [True, False, False, True] * 2,
+    ]
+    assert torch.equal(
+        torch.vmap(lambda x: nm_structured(ones[:1], 2, 4, mask=x))(prior.view(2, 1, 8)),
+        nm_structured(ones, 2, 4, mask=prior).view(2, 1, 8),
+    )
 
 
 @pytest.mark.parametrize("norm", [1, 2])
@@ -196,8 +205,9 @@ def test_block_vmap_amounts_and_meta():
     amounts = torch.tensor([0.0, 0.25, 0.5, 1.0])
     batched = torch.vmap(lambda a: block_structured(w, a, (2, 2)), in_dims=0)(amounts)
     assert torch.equal(batched, torch.stack([block_structured(w, float(a), (2, 2)) for a in amounts]))
-    meta = block_structured(torch.empty(8, 8, device="meta"), 0.5, (2, 2),
-                            mask=torch.ones(8, 8, dtype=torch.bool, device="meta"))
+    meta = block_structured(
+        torch.empty(8, 8, device="meta"), 0.5, (2, 2), mask=torch.ones(8, 8, dtype=torch.bool, device="meta")
+    )
     assert meta.device.type == "meta" and meta.shape == (8, 8)
 
 
@@ -206,8 +216,9 @@ def test_block_device(device):
     assert block_structured(w, 0.5, (2, 2)).device == w.device
 
 
-@pytest.mark.parametrize("block,err", [((3, 4), ValueError), ((2,), ValueError), ((0, 4), ValueError),
-                                       (2, TypeError), ((2.0, 4), TypeError)])
+@pytest.mark.parametrize(
+    "block,err", [((3, 4), ValueError), ((2,), ValueError), ((0, 4), ValueError), (2, TypeError), ((2.0, 4), TypeError)]
+)
 def test_block_shape_errors(block, err):
     with pytest.raises(err):
         block_structured(torch.randn(8, 8), 0.5, block)
@@ -233,8 +244,12 @@ def test_prune_channels_matches_ln_structured_and_masks_bias(amount, n):
         assert torch.equal(masks[f"{prefix}.bias"], channels_kept(expected, 0))
     # Pruned output channels now output exactly zero (without the bias mask they output the bias).
     x = torch.randn(2, 3, 6, 6)
-    conv_out = fp.functional_call(model[0], {"weight": params["0.weight"], "bias": params["0.bias"]}, (x,),
-                                  masks={"weight": masks["0.weight"], "bias": masks["0.bias"]})
+    conv_out = fp.functional_call(
+        model[0],
+        {"weight": params["0.weight"], "bias": params["0.bias"]},
+        (x,),
+        masks={"weight": masks["0.weight"], "bias": masks["0.bias"]},
+    )
     dead = ~channels_kept(masks["0.weight"], 0)
     assert dead.any() and (conv_out[:, dead] == 0).all()
 

@@ -18,13 +18,15 @@ def _reference_keep(keys, alive, k, order=None):
     flat = [float(v) for key in keys for v in key.reshape(-1).tolist()]
     live = [True] * len(flat) if alive is None else [bool(v) for a in alive for v in a.reshape(-1).tolist()]
     order = list(range(len(flat))) if order is None else order
-    ranked = sorted((i for i in range(len(flat)) if live[i]),
-                    key=lambda i: (math.inf if math.isnan(flat[i]) else flat[i], math.isnan(flat[i]), order[i]))
+    ranked = sorted(
+        (i for i in range(len(flat)) if live[i]),
+        key=lambda i: (math.inf if math.isnan(flat[i]) else flat[i], math.isnan(flat[i]), order[i]),
+    )
     dropped = set(ranked[:k])
     out = [live[i] and i not in dropped for i in range(len(flat))]
     masks, start = [], 0
     for key in keys:
-        masks.append(torch.tensor(out[start:start + key.numel()], dtype=torch.bool).view(key.shape))
+        masks.append(torch.tensor(out[start : start + key.numel()], dtype=torch.bool).view(key.shape))
         start += key.numel()
     return masks
 
@@ -62,8 +64,16 @@ def test_index_ties_equal_the_sequential_ties_on_floats_nan_included():
             cut = _radix.radix_cut(keys, alive, k, key_fn=key_fn, largest=largest, chunk=5)
             seq = _radix.keep_from_cut(keys, alive, cut, key_fn=key_fn, largest=largest, chunk=5)
             for total in (None, 45):  # the index bound: 16 index bits instead of 64
-                by_index = _radix.keep_from_cut(keys, alive, cut, key_fn=key_fn, largest=largest, chunk=5,
-                                                index_fn=_positions(keys), index_total=total)
+                by_index = _radix.keep_from_cut(
+                    keys,
+                    alive,
+                    cut,
+                    key_fn=key_fn,
+                    largest=largest,
+                    chunk=5,
+                    index_fn=_positions(keys),
+                    index_total=total,
+                )
                 assert all(torch.equal(a, b) for a, b in zip(seq, by_index)), (k, largest, total)
 
 
@@ -73,7 +83,7 @@ def test_index_ties_past_16_bits_of_index_follow_the_global_order():
     order = torch.randperm(n, generator=torch.Generator().manual_seed(3))
     keys = [torch.ones(n)]
     keys[0][order[:5]] = 2.0  # 5 entries above the tie, at scattered positions
-    index_fn = lambda leaf, start, count: order[start:start + count]  # noqa: E731
+    index_fn = lambda leaf, start, count: order[start : start + count]  # noqa: E731
     for k in (1, 40_000, n - 6):
         want = _reference_keep(keys, None, k, order.tolist())[0].tolist()
         for chunk in (4096, 1 << 20):  # chunks smaller and larger than the tie split's blocks
@@ -84,7 +94,7 @@ def test_index_ties_past_16_bits_of_index_follow_the_global_order():
 def test_index_ties_follow_the_given_global_order():
     keys = [torch.ones(8)]
     order = [5, 3, 7, 0, 6, 1, 4, 2]  # the global index of each local entry (a shard's view)
-    index_fn = lambda leaf, start, count: torch.tensor(order[start:start + count])  # noqa: E731
+    index_fn = lambda leaf, start, count: torch.tensor(order[start : start + count])  # noqa: E731
     got = _radix.radix_select_keep(keys, [None], 3, index_fn=index_fn, chunk=3)[0]
     assert got.tolist() == _reference_keep(keys, None, 3, order)[0].tolist()
     assert (~got).nonzero().view(-1).tolist() == [3, 5, 7]  # global indices 0, 1, 2
@@ -117,13 +127,13 @@ def test_counted_leaves_out_a_replica():
 
 
 def test_hash_keys_are_deterministic_non_negative_and_exact_past_2_31():
-    index = torch.tensor([0, 1, 2 ** 31 - 1, 2 ** 31, 2 ** 40 + 3, 2 ** 61])
+    index = torch.tensor([0, 1, 2**31 - 1, 2**31, 2**40 + 3, 2**61])
     a = _sharded.hash_keys(12345, index)
     assert torch.equal(a, _sharded.hash_keys(12345, index))
-    assert bool((a >= 0).all()) and bool((a < 2 ** 62).all())
+    assert bool((a >= 0).all()) and bool((a < 2**62).all())
     assert len(set(a.tolist())) == len(index)
     assert not torch.equal(a, _sharded.hash_keys(12346, index))
-    for d in (1, 2 ** 20 + 5, 2 ** 40):  # a seed change is not an index change (the seed is mixed nonlinearly)
+    for d in (1, 2**20 + 5, 2**40):  # a seed change is not an index change (the seed is mixed nonlinearly)
         assert not torch.equal(_sharded.hash_keys(12345 ^ d, index), _sharded.hash_keys(12345, index ^ d))
     many = _sharded.hash_keys(7, torch.arange(1 << 16))
     top = (many >> 61).float().mean().item()  # the top bit of 62: about half set
@@ -149,11 +159,14 @@ def test_hash_stream_one_process():
 
 def test_flat_index_of_a_shard_is_exact_past_2_31():
     from funcprune._dtensor import flat_index
-    shape = (5, 2 ** 31 + 5)  # a shard's block, never materialized: only the indices asked for
-    for offset, local_shape in (((2, 0), (2, 2 ** 31 + 5)), ((0, 2 ** 30), (5, 2 ** 30 + 1))):
+
+    shape = (5, 2**31 + 5)  # a shard's block, never materialized: only the indices asked for
+    for offset, local_shape in (((2, 0), (2, 2**31 + 5)), ((0, 2**30), (5, 2**30 + 1))):
         n = math.prod(local_shape)
         for start in (0, n - 3):
             got = flat_index(offset, local_shape, shape, start, 3, base=7).tolist()
-            want = [7 + (offset[0] + p // local_shape[1]) * shape[1] + offset[1] + p % local_shape[1]
-                    for p in range(start, start + 3)]
+            want = [
+                7 + (offset[0] + p // local_shape[1]) * shape[1] + offset[1] + p % local_shape[1]
+                for p in range(start, start + 3)
+            ]
             assert got == want

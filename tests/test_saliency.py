@@ -22,6 +22,7 @@ def setup(device, seed=0):
 
     def loss_fn(p, b):
         return F.cross_entropy(torch.func.functional_call(model, p, (b[0],)), b[1])
+
     return model, params, masks, batch, loss_fn
 
 
@@ -38,8 +39,11 @@ def autograd_grads(model, masks, batch):
 def test_scores_match_autograd(device):
     model, params, masks, batch, loss_fn = setup(device)
     grads, effective = autograd_grads(model, masks, batch)
-    g, s, t = gradient(loss_fn, params, batch, masks=masks), snip(loss_fn, params, batch, masks=masks), \
-        taylor(loss_fn, params, batch, masks=masks)
+    g, s, t = (
+        gradient(loss_fn, params, batch, masks=masks),
+        snip(loss_fn, params, batch, masks=masks),
+        taylor(loss_fn, params, batch, masks=masks),
+    )
     for name in params:
         torch.testing.assert_close(g[name], grads[name].abs(), rtol=1e-6, atol=1e-7)
         torch.testing.assert_close(s[name], (grads[name] * effective[name]).abs(), rtol=1e-6, atol=1e-7)
@@ -71,9 +75,12 @@ def test_scores_drive_every_method_like_torch_importance_scores():
     weights = lambda n, p: n.endswith("weight")  # noqa: E731
     ours = fp.global_unstructured(params, 20, scores=scores, include=weights)
     ref = copy.deepcopy(model)
-    torch_prune.global_unstructured([(ref[0], "weight"), (ref[2], "weight")], torch_prune.L1Unstructured, amount=20,
-                                    importance_scores={(ref[0], "weight"): scores["0.weight"],
-                                                       (ref[2], "weight"): scores["2.weight"]})
+    torch_prune.global_unstructured(
+        [(ref[0], "weight"), (ref[2], "weight")],
+        torch_prune.L1Unstructured,
+        amount=20,
+        importance_scores={(ref[0], "weight"): scores["0.weight"], (ref[2], "weight"): scores["2.weight"]},
+    )
     assert torch.equal(ours["0.weight"], ref[0].weight_mask.bool())
     assert torch.equal(ours["2.weight"], ref[2].weight_mask.bool())
 
@@ -111,14 +118,17 @@ def test_include_purity_and_errors():
 def test_pruned_nan_inf_score_zero_and_leave_the_rest_finite():
     """Scores are taken at the masked params with pruned entries exactly zero: a pruned NaN/inf scores zero."""
     model, params, masks, batch, loss_fn = setup("cpu")
-    clean = {name: fn(loss_fn, params, batch, masks=masks) for name, fn in
-             (("gradient", gradient), ("snip", snip), ("taylor", taylor))}
+    clean = {
+        name: fn(loss_fn, params, batch, masks=masks)
+        for name, fn in (("gradient", gradient), ("snip", snip), ("taylor", taylor))
+    }
     clean["magnitude"] = magnitude(params, masks=masks)
     pruned = ~masks["0.weight"]
     dirty = dict(params)
     dirty["0.weight"] = params["0.weight"].clone()
     dirty["0.weight"][pruned] = torch.tensor([float("nan"), float("inf"), -float("inf")]).repeat(
-        int(pruned.sum()) // 3 + 1)[:int(pruned.sum())]
+        int(pruned.sum()) // 3 + 1
+    )[: int(pruned.sum())]
     for name, fn in (("gradient", gradient), ("snip", snip), ("taylor", taylor)):
         scores = fn(loss_fn, dirty, batch, masks=masks)
         for leaf in params:
@@ -131,8 +141,12 @@ def test_pruned_nan_inf_score_zero_and_leave_the_rest_finite():
 def test_masks_are_keyword_only_and_positional_masks_still_work_with_a_deprecation_warning():
     """Optional prior masks are keyword-only; positionally they give the same scores and warn DeprecationWarning."""
     model, params, masks, batch, loss_fn = setup("cpu")
-    for name, fn, lead in (("gradient", gradient, (loss_fn, params, batch)), ("snip", snip, (loss_fn, params, batch)),
-                           ("taylor", taylor, (loss_fn, params, batch)), ("magnitude", magnitude, (params,))):
+    for name, fn, lead in (
+        ("gradient", gradient, (loss_fn, params, batch)),
+        ("snip", snip, (loss_fn, params, batch)),
+        ("taylor", taylor, (loss_fn, params, batch)),
+        ("magnitude", magnitude, (params,)),
+    ):
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # the keyword spelling warns nothing
             keyword = fn(*lead, masks=masks)

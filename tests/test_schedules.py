@@ -8,8 +8,16 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import funcprune as fp
-from funcprune.schedules import (amount_between, constant, cosine_decay, is_update_step, one_shot, periodic,
-                                 polynomial, round_amounts)
+from funcprune.schedules import (
+    amount_between,
+    constant,
+    cosine_decay,
+    is_update_step,
+    one_shot,
+    periodic,
+    polynomial,
+    round_amounts,
+)
 
 
 def zhu_gupta(t, final, initial, begin, end, every, power=3):
@@ -22,8 +30,9 @@ def zhu_gupta(t, final, initial, begin, end, every, power=3):
     return final + (initial - final) * (1 - k * every / (end - begin)) ** power
 
 
-@pytest.mark.parametrize("final,initial,begin,end,every", [(0.9, 0.0, 0, 100, 10), (0.5, 0.1, 20, 95, 7),
-                                                           (0.8, 0.0, 5, 6, 1)])
+@pytest.mark.parametrize(
+    "final,initial,begin,end,every", [(0.9, 0.0, 0, 100, 10), (0.5, 0.1, 20, 95, 7), (0.8, 0.0, 5, 6, 1)]
+)
 def test_polynomial_follows_zhu_gupta(final, initial, begin, end, every):
     s = polynomial(final, begin, end, every, initial)
     values = [s(t) for t in range(0, 130)]
@@ -35,8 +44,13 @@ def test_polynomial_follows_zhu_gupta(final, initial, begin, end, every):
 
 def test_schedules_accept_tensor_steps_and_vmap():
     steps = torch.arange(0, 120)
-    for s in (polynomial(0.9, 10, 100, 5), periodic(0.2, 10, 10, 5), one_shot(0.5, 30), cosine_decay(0.3, 50),
-              constant(0.4)):
+    for s in (
+        polynomial(0.9, 10, 100, 5),
+        periodic(0.2, 10, 10, 5),
+        one_shot(0.5, 30),
+        cosine_decay(0.3, 50),
+        constant(0.4),
+    ):
         as_ints = torch.tensor([float(s(int(t))) for t in steps], dtype=torch.float64)
         assert torch.allclose(torch.stack([torch.as_tensor(s(t), dtype=torch.float64) for t in steps]), as_ints)
         assert torch.allclose(torch.vmap(s)(steps).to(torch.float64), as_ints)
@@ -52,21 +66,24 @@ def test_one_shot_periodic_cosine_and_update_steps():
     assert polynomial(0.6, 7, 7)(6) == 0.0 and polynomial(0.6, 7, 7)(7) == 0.6  # begin == end: one-shot
 
 
-@pytest.mark.parametrize("make", [
-    lambda: polynomial(0.5, 10, 5),          # start > end
-    lambda: polynomial(0.5, 0, 10, every=0),
-    lambda: polynomial(1.5, 0, 10),
-    lambda: polynomial(0.5, 0, 10, power=0),
-    lambda: polynomial(0.5, -1, 10),
-    lambda: periodic(0.2, 0, 0, 3),
-    lambda: periodic(1.2, 0, 1, 3),
-    lambda: one_shot(-0.1),
-    lambda: cosine_decay(0.3, 0),
-    lambda: is_update_step(3, 5, 4),
-    lambda: round_amounts([0.5, 0.4]),
-    lambda: amount_between(0.6, 1.5),
-    lambda: constant(2.0),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: polynomial(0.5, 10, 5),  # start > end
+        lambda: polynomial(0.5, 0, 10, every=0),
+        lambda: polynomial(1.5, 0, 10),
+        lambda: polynomial(0.5, 0, 10, power=0),
+        lambda: polynomial(0.5, -1, 10),
+        lambda: periodic(0.2, 0, 0, 3),
+        lambda: periodic(1.2, 0, 1, 3),
+        lambda: one_shot(-0.1),
+        lambda: cosine_decay(0.3, 0),
+        lambda: is_update_step(3, 5, 4),
+        lambda: round_amounts([0.5, 0.4]),
+        lambda: amount_between(0.6, 1.5),
+        lambda: constant(2.0),
+    ],
+)
 def test_bad_schedules_raise(make):
     with pytest.raises(ValueError):
         make()
@@ -110,6 +127,7 @@ def test_amount_between_tensor_and_global():
 
 # --- a gradual-pruning loop ends at exactly `final`, whatever `every` is -----------------------------------
 
+
 def test_end_is_always_an_update_step():
     steps = [t for t in range(100) if is_update_step(t, 5, 65, 7)]
     assert steps == [5, 12, 19, 26, 33, 40, 47, 54, 61, 65]
@@ -132,8 +150,10 @@ def gradual_loop(w, schedule, begin, end, every, measure):
     return mask, updates
 
 
-@pytest.mark.parametrize("begin,end,every", [(5, 65, 7), (0, 10, 3), (0, 10, 20), (3, 4, 2), (7, 7, 5),
-                                             (1, 100, 9), (0, 97, 1), (10, 50, 13), (2, 33, 31)])
+@pytest.mark.parametrize(
+    "begin,end,every",
+    [(5, 65, 7), (0, 10, 3), (0, 10, 20), (3, 4, 2), (7, 7, 5), (1, 100, 9), (0, 97, 1), (10, 50, 13), (2, 33, 31)],
+)
 @pytest.mark.parametrize("final", [0.95, 0.5, 0.8, 0.9])
 def test_gradual_pruning_loop_ends_at_exactly_final(begin, end, every, final):
     n = 997
@@ -146,8 +166,14 @@ def test_gradual_pruning_loop_ends_at_exactly_final(begin, end, every, final):
 
 
 @settings(max_examples=60, deadline=None)
-@given(begin=st.integers(0, 30), span=st.integers(0, 80), every=st.integers(1, 40), n=st.integers(1, 400),
-       final=st.floats(0, 1), initial=st.floats(0, 1))
+@given(
+    begin=st.integers(0, 30),
+    span=st.integers(0, 80),
+    every=st.integers(1, 40),
+    n=st.integers(1, 400),
+    final=st.floats(0, 1),
+    initial=st.floats(0, 1),
+)
 def test_gradual_pruning_loop_ends_at_final_for_any_window(begin, span, every, n, final, initial):
     initial = min(initial, final)
     w = torch.randn(n, generator=torch.Generator().manual_seed(n))
@@ -194,8 +220,10 @@ def test_amount_between_counts_as_tensors_and_under_vmap():
         batched = torch.vmap(lambda t: amount_between(torch.tensor(pruned / n), t, total=n))(targets)
         assert torch.equal(as_tensor, expected) and torch.equal(batched, expected)
         goal = fp._amount.prune_count(targets, n)
-        assert torch.equal(pruned + fp._amount.prune_count(batched, torch.tensor(n - pruned)),
-                           torch.maximum(goal, torch.tensor(pruned)))
+        assert torch.equal(
+            pruned + fp._amount.prune_count(batched, torch.tensor(n - pruned)),
+            torch.maximum(goal, torch.tensor(pruned)),
+        )
 
 
 def test_round_amounts_with_total_is_exact():

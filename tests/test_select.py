@@ -9,7 +9,8 @@ from funcprune import _select
 from funcprune import select as kernel
 from funcprune._radix import keep_from_cut, radix_cut, radix_select_keep
 from funcprune.compat._ties import torch_order_select
-from funcprune.select import select_flat as select, select_per_pool
+from funcprune.select import select_flat as select
+from funcprune.select import select_per_pool
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 
@@ -17,18 +18,27 @@ DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 def reference_keep(keys, alive, k, largest):
     """Drop the k smallest (largest) alive keys; ties go to the lowest index (a stable sort)."""
     flat = torch.cat([key.reshape(-1).double() for key in keys])
-    live = torch.cat([(torch.ones_like(key, dtype=torch.bool) if a is None else a).reshape(-1)
-                      for key, a in zip(keys, alive)])
-    order = torch.sort(flat.masked_fill(~live, -torch.inf if largest else torch.inf), stable=True,
-                       descending=largest).indices
+    live = torch.cat(
+        [(torch.ones_like(key, dtype=torch.bool) if a is None else a).reshape(-1) for key, a in zip(keys, alive)]
+    )
+    order = torch.sort(
+        flat.masked_fill(~live, -torch.inf if largest else torch.inf), stable=True, descending=largest
+    ).indices
     keep = live.clone()
     keep[order[:k]] = False
     return keep
 
 
 @settings(max_examples=120, deadline=None)
-@given(st.sampled_from(DTYPES), st.lists(st.integers(0, 40), min_size=1, max_size=4), st.booleans(),
-       st.booleans(), st.booleans(), st.integers(1, 17), st.data())
+@given(
+    st.sampled_from(DTYPES),
+    st.lists(st.integers(0, 40), min_size=1, max_size=4),
+    st.booleans(),
+    st.booleans(),
+    st.booleans(),
+    st.integers(1, 17),
+    st.data(),
+)
 def test_radix_select_is_exact_across_leaves_and_chunks(dtype, sizes, with_alive, many_ties, largest, chunk, data):
     gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31 - 1)))
     keys = [torch.randn(size, generator=gen).abs() for size in sizes]
@@ -118,8 +128,9 @@ def assert_best_selected(chosen, key, alive, k, largest):
 
 
 def test_nan_and_inf_among_the_weights_are_both_pruned_like_torch():
-    import funcprune as fp
     import torch.nn.utils.prune as torch_prune
+
+    import funcprune as fp
 
     w = torch.tensor([NAN, INF, 1.0, 2.0])
     lin = torch.nn.Linear(4, 1, bias=False)
@@ -136,8 +147,9 @@ def test_nan_and_inf_among_the_weights_are_both_pruned_like_torch():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 def test_forty_thousand_entries_full_of_infs_and_nans_prune_exactly_like_torch(dtype):
-    import funcprune as fp
     import torch.nn.utils.prune as torch_prune
+
+    import funcprune as fp
 
     g = torch.Generator().manual_seed(11)
     n = 40_000
@@ -160,7 +172,7 @@ def test_forty_thousand_entries_full_of_infs_and_nans_prune_exactly_like_torch(d
         container.add_pruning_method(method)
         ref = container.compute_mask(w, prior.to(dtype)).bool()
         assert int(ref.sum()) == int(new.sum())
-        differ = (ref ^ new)
+        differ = ref ^ new
         if differ.any():  # only entries tied at the cut (all NaN, or all of one value) may be chosen differently
             tied = w.abs()[differ].double()
             assert tied.isnan().all() or tied.unique().numel() == 1
@@ -198,8 +210,10 @@ def test_every_method_prunes_exactly_the_requested_survivors_whatever_they_hold(
     alive = int(prior.sum())
     for amount in (0.5, 7):
         k = amount if isinstance(amount, int) else round(amount * alive)
-        for fn in (lambda: fp.l1_unstructured(w, amount, mask=prior),
-                   lambda: fp.random_unstructured(w, amount, mask=prior, generator=torch.Generator().manual_seed(0))):
+        for fn in (
+            lambda: fp.l1_unstructured(w, amount, mask=prior),
+            lambda: fp.random_unstructured(w, amount, mask=prior, generator=torch.Generator().manual_seed(0)),
+        ):
             assert int((prior & ~fn()).sum()) == k
         batched = torch.vmap(lambda m: fp.l1_unstructured(w, amount, mask=m))(torch.stack([prior, prior]))
         assert ((prior & ~batched).sum((1, 2)) == k).all()
@@ -211,7 +225,8 @@ def test_every_method_prunes_exactly_the_requested_survivors_whatever_they_hold(
         new = fp.patterns.block_structured(w, amount, (2, 2), mask=prior)
         blocks = prior.view(6, 2, 5, 2).any(3).any(1)
         assert int((blocks & ~new.view(6, 2, 5, 2).any(3).any(1)).sum()) == (
-            amount if isinstance(amount, int) else round(amount * int(blocks.sum())))
+            amount if isinstance(amount, int) else round(amount * int(blocks.sum()))
+        )
 
 
 def test_ordered_keys_rank_like_topk():
@@ -246,6 +261,7 @@ def test_ordered_keys_rank_like_topk():
 # ------------------------------------------------------------------------------------------------
 # Pools: ties to the lower index (N:M groups, per-row pruning).
 
+
 def stable_per_row(key, k, largest, alive=None):
     """Reference: per row, the k best alive keys, ties to the lower index; NaN ranks above inf."""
     out = torch.zeros(key.shape, dtype=torch.bool)
@@ -255,13 +271,19 @@ def stable_per_row(key, k, largest, alive=None):
         row = key[r].double()
         cand = [i for i in range(key.shape[1]) if alive is None or alive[r, i]]
         cand.sort(key=lambda i: (sign * int(row[i].isnan()), sign * float(row[i].nan_to_num(0.0)), i))
-        out[r, cand[:ks[r]]] = True
+        out[r, cand[: ks[r]]] = True
     return out
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.sampled_from([torch.float32, torch.float16, torch.float64, torch.int32, torch.int64]),
-       st.integers(1, 5), st.integers(1, 9), st.booleans(), st.booleans(), st.data())
+@given(
+    st.sampled_from([torch.float32, torch.float16, torch.float64, torch.int32, torch.int64]),
+    st.integers(1, 5),
+    st.integers(1, 9),
+    st.booleans(),
+    st.booleans(),
+    st.data(),
+)
 def test_select_per_pool_matches_a_stable_reference(dtype, pools, units, largest, masked, data):
     g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31 - 1)))
     key = torch.randint(-2, 3, (pools, units), generator=g).to(dtype)  # ties everywhere
@@ -275,8 +297,10 @@ def test_select_per_pool_matches_a_stable_reference(dtype, pools, units, largest
     assert torch.equal(got & live, stable_per_row(key, k, largest, alive))  # a pool short of k: all its survivors
     assert (got.sum(1) == k).all()
     per_row = torch.minimum(torch.full((pools,), k), live.sum(1))
-    assert torch.equal(select_per_pool(key, per_row, largest=largest, alive=alive, k_max=units),
-                       stable_per_row(key, per_row.tolist(), largest, alive))
+    assert torch.equal(
+        select_per_pool(key, per_row, largest=largest, alive=alive, k_max=units),
+        stable_per_row(key, per_row.tolist(), largest, alive),
+    )
 
 
 def test_rows_granularity_prunes_a_fraction_of_every_rows_survivors():
@@ -300,10 +324,10 @@ def test_rows_granularity_prunes_a_fraction_of_every_rows_survivors():
     with pytest.raises(ValueError, match="amount=9 should be smaller"):
         kernel.prune_units(w, kernel.rows(w.shape, 0), 9, scores, mask=prior)
     batched = torch.vmap(lambda m: kernel.prune_units(w, kernel.rows(w.shape, 0), 0.5, scores, mask=m))(
-        torch.stack([prior, ~prior]))
+        torch.stack([prior, ~prior])
+    )
     assert torch.equal(batched[0], new)
-    meta = kernel.prune_units(w.to("meta"), kernel.rows(w.shape, 0), 0.5, scores.to("meta"),
-                               mask=prior.to("meta"))
+    meta = kernel.prune_units(w.to("meta"), kernel.rows(w.shape, 0), 0.5, scores.to("meta"), mask=prior.to("meta"))
     assert meta.device.type == "meta" and meta.shape == w.shape
     ones = torch.ones(2, 8)
     assert kernel.prune_units(ones, kernel.rows(ones.shape, 0), 0.25, ones).tolist() == [[False] * 2 + [True] * 6] * 2
@@ -336,15 +360,20 @@ def test_ranking_ops_appear_only_in_the_kernel_and_compats_tie_module():
     root = pathlib.Path(funcprune.__file__).parent
     allowed = {root / "select.py", root / "_select.py", root / "compat" / "_ties.py"}
     ranking = re.compile(r"topk\(|kthvalue\(|argsort\(|\.sort\(")
-    offenders = [f"{path.relative_to(root)}:{i}" for path in root.rglob("*.py") if path not in allowed
-                 for i, line in enumerate(path.read_text().splitlines(), 1) if ranking.search(line)]
+    offenders = [
+        f"{path.relative_to(root)}:{i}"
+        for path in root.rglob("*.py")
+        if path not in allowed
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if ranking.search(line)
+    ]
     assert offenders == []
-    assert all(ranking.search(path.read_text()) for path in allowed - {root / 'select.py'})  # where ranking is
+    assert all(ranking.search(path.read_text()) for path in allowed - {root / "select.py"})  # where ranking is
 
 
 def test_radix_cut_reports_the_tie_band_and_keep_from_cut_breaks_it_by_index():
     torch.manual_seed(0)
-    for levels in (3, 50, 10 ** 6):
+    for levels in (3, 50, 10**6):
         keys = [torch.randint(0, levels, (n,)).float() for n in (1000, 37, 2500)]
         alive = [None, torch.rand(37) > 0.3, torch.rand(2500) > 0.5]
         flat = torch.cat([key if a is None else key[a] for key, a in zip(keys, alive)]).sort().values
@@ -401,8 +430,10 @@ def test_threshold_fast_path_gives_topks_positions(kind, largest):
 
 
 def test_threshold_fast_path_with_survivors_matches_torch():
-    import funcprune as fp
     import torch.nn.utils.prune as torch_prune
+
+    import funcprune as fp
+
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(300, 200, generator=gen)
     mask = fp.l1_unstructured(w, 0.4)
@@ -427,8 +458,9 @@ def test_radix_selection_ties_nans_of_every_payload_by_index():
     keys = [torch.cat([torch.randn(3000, generator=torch.Generator().manual_seed(0)), nans.repeat(500)]), nans]
     for k in (1, 3000, 3001, 4000, 5003):
         got = radix_select_keep(keys, [None, None], k, key_fn=torch.abs, chunk=777)
-        want = reference_keep([torch.where(key.isnan(), torch.inf, key.abs()) for key in keys], [None, None], k,
-                              largest=False).split([key.numel() for key in keys])
+        want = reference_keep(
+            [torch.where(key.isnan(), torch.inf, key.abs()) for key in keys], [None, None], k, largest=False
+        ).split([key.numel() for key in keys])
         # the reference maps NaN to +inf, which ranks them together above every finite key; no inf in keys
         assert all(torch.equal(a, b) for a, b in zip(got, want)), k
 

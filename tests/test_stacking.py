@@ -3,9 +3,9 @@
 import pytest
 import torch
 import torch.nn.utils.prune as torch_prune
+from _torch_ref import torch_mask
 
 import funcprune as fp
-from _torch_ref import torch_mask
 from funcprune._pytree import named_leaves
 
 
@@ -28,6 +28,7 @@ def assert_trees_equal(a, b):
 
 # --- stack / unstack -------------------------------------------------------------------------------
 
+
 def test_stack_unstack_round_trip(device):
     trees = [make_params(device, seed) for seed in range(3)]
     nested = [{"a": {"w": t["fc.weight"]}, "b": [t["fc.bias"]]} for t in trees]
@@ -47,12 +48,15 @@ def test_stack_leaves_inputs_unchanged(device):
         assert_trees_equal(tree, copy)
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda t: {**t, "fc.weight": t["fc.weight"][:, :6]}, r"tree 1 leaf 'fc.weight' has shape \(5, 6\)"),
-    (lambda t: {**t, "fc.bias": t["fc.bias"].double()}, r"tree 1 leaf 'fc.bias' .*float64"),
-    (lambda t: {n: v for n, v in t.items() if n != "conv.bias"}, r"tree 1 .*missing \['conv.bias'\]"),
-    (lambda t: {**t, "extra": t["fc.bias"]}, r"tree 1 .*extra \['extra'\]"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda t: {**t, "fc.weight": t["fc.weight"][:, :6]}, r"tree 1 leaf 'fc.weight' has shape \(5, 6\)"),
+        (lambda t: {**t, "fc.bias": t["fc.bias"].double()}, r"tree 1 leaf 'fc.bias' .*float64"),
+        (lambda t: {n: v for n, v in t.items() if n != "conv.bias"}, r"tree 1 .*missing \['conv.bias'\]"),
+        (lambda t: {**t, "extra": t["fc.bias"]}, r"tree 1 .*extra \['extra'\]"),
+    ],
+)
 def test_stack_mismatch_names_the_leaf(change, message):
     params = make_params("cpu")
     with pytest.raises(ValueError, match=message):
@@ -72,11 +76,13 @@ def test_stack_and_unstack_errors():
 
 # --- masks_for_amounts -----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("amounts", [[0.0, 0.1, 0.5, 0.75, 1.0], [0, 3, 7, 12]])
 def test_amounts_l1_equals_loop_and_torch(device, amounts):
     params = make_params(device)
-    prior = fp.prune(params, fp.random_unstructured, 0.2, include=weights,
-                     generator=torch.Generator(device).manual_seed(1))
+    prior = fp.prune(
+        params, fp.random_unstructured, 0.2, include=weights, generator=torch.Generator(device).manual_seed(1)
+    )
     stacked = fp.masks_for_amounts(params, fp.l1_unstructured, amounts, masks=prior, include=weights)
     assert set(stacked) == {"conv.weight", "fc.weight"}
     for k, amount in enumerate(amounts):
@@ -107,8 +113,9 @@ def test_amounts_global_equals_loop_and_torch(amounts):
         modules = {name: torch.nn.Module() for name in loop}
         for name, module in modules.items():
             module.register_parameter("weight", torch.nn.Parameter(params[name].clone()))
-        torch_prune.global_unstructured([(m, "weight") for m in modules.values()], torch_prune.L1Unstructured,
-                                        amount=amount)
+        torch_prune.global_unstructured(
+            [(m, "weight") for m in modules.values()], torch_prune.L1Unstructured, amount=amount
+        )
         for name, module in modules.items():
             assert torch.equal(stacked[name][k], module.weight_mask.bool()), (name, amount)
 
@@ -124,20 +131,24 @@ def test_amounts_tensor_and_meta():
         assert mask.device.type == "meta" and mask.shape == (2, *params[name].shape)
 
 
-@pytest.mark.parametrize("amounts, error, message", [
-    ([0.5, 3], TypeError, "mixes counts"),
-    ([0.5, 1.5], ValueError, "amount=1.5"),
-    ([-1, 2], ValueError, "amount=-1"),
-    ([], ValueError, "must not be empty"),
-    ([0, 1000], ValueError, r"conv.weight: amount=1000 should be smaller"),
-    (torch.zeros(2, 2), ValueError, r"1-D tensor, got shape \(2, 2\)"),
-])
+@pytest.mark.parametrize(
+    "amounts, error, message",
+    [
+        ([0.5, 3], TypeError, "mixes counts"),
+        ([0.5, 1.5], ValueError, "amount=1.5"),
+        ([-1, 2], ValueError, "amount=-1"),
+        ([], ValueError, "must not be empty"),
+        ([0, 1000], ValueError, r"conv.weight: amount=1000 should be smaller"),
+        (torch.zeros(2, 2), ValueError, r"1-D tensor, got shape \(2, 2\)"),
+    ],
+)
 def test_amounts_errors(amounts, error, message):
     with pytest.raises(error, match=message):
         fp.masks_for_amounts(make_params("cpu"), fp.l1_unstructured, amounts)
 
 
 # --- masks_for_seeds -------------------------------------------------------------------------------
+
 
 def drop_largest(draws, amount):
     """Reference: keep mask after dropping round(amount * n) largest draws (RandomUnstructured's rule)."""
@@ -183,6 +194,7 @@ def test_seeds_errors():
 
 # --- masks_for_scores ------------------------------------------------------------------------------
 
+
 def test_scores_equals_loop(device):
     params = make_params(device)
     score_trees = [{n: t for n, t in make_params(device, seed).items() if n != "fc.bias"} for seed in (5, 6, 7)]
@@ -195,8 +207,9 @@ def test_scores_equals_loop(device):
             assert_trees_equal(fp.unstack(stacked)[k], loop)
     glob = fp.masks_for_scores(params, fp.global_unstructured, scores, [5, 10, 20], include=weights)
     for k, tree in enumerate(score_trees):
-        assert_trees_equal(fp.unstack(glob)[k], fp.global_unstructured(params, [5, 10, 20][k], scores=tree,
-                                                                       include=weights))
+        assert_trees_equal(
+            fp.unstack(glob)[k], fp.global_unstructured(params, [5, 10, 20][k], scores=tree, include=weights)
+        )
 
 
 def test_scores_errors():

@@ -52,8 +52,11 @@ def pairs(groups_):
 
 
 def by_producer(report, name):
-    found = [g for g in report.groups + report.inexact + report.excluded
-             if Member(name, 0) in g.members or any(m.name == name and m.dim == 0 for m in g.members)]
+    found = [
+        g
+        for g in report.groups + report.inexact + report.excluded
+        if Member(name, 0) in g.members or any(m.name == name and m.dim == 0 for m in g.members)
+    ]
     assert len(found) == 1, (name, found)
     return found[0]
 
@@ -81,8 +84,15 @@ def test_residual_mlp_couples_the_residual_width():
     assert len(report.groups) == 3 and not report.inexact
     width = by_producer(report, "embed.weight")
     assert width.channels == 16
-    assert {("fc2.0.weight", 0), ("fc2.1.weight", 0), ("fc1.0.weight", 1), ("fc1.1.weight", 1),
-            ("head.weight", 1), ("embed.bias", 0), ("fc2.1.bias", 0)} <= pairs([width])
+    assert {
+        ("fc2.0.weight", 0),
+        ("fc2.1.weight", 0),
+        ("fc1.0.weight", 1),
+        ("fc1.1.weight", 1),
+        ("head.weight", 1),
+        ("embed.bias", 0),
+        ("fc2.1.bias", 0),
+    } <= pairs([width])
     hidden = by_producer(report, "fc1.0.weight")
     assert pairs([hidden]) == {("fc1.0.weight", 0), ("fc1.0.bias", 0), ("fc2.0.weight", 1)}
     assert [g.reason for g in report.excluded] == ["reaches the model output"]
@@ -187,7 +197,9 @@ def test_multihead_attention_prunes_heads_of_the_fused_in_proj():
     assert len(heads) == 1 and heads[0].channels == 4 and heads[0].exact
     assert set(heads[0].members) == {
         *(Member("mha.in_proj_weight", 0, o, 4) for o in (0, 16, 32)),
-        *(Member("mha.in_proj_bias", 0, o, 4) for o in (0, 16, 32)), Member("mha.out_proj.weight", 1, 0, 4)}
+        *(Member("mha.in_proj_bias", 0, o, 4) for o in (0, 16, 32)),
+        Member("mha.out_proj.weight", 1, 0, 4),
+    }
     proj = by_producer(report, "proj.weight")  # the width into the attention: in_proj's columns
     assert proj in report.groups and pairs([proj]) == {("proj.weight", 0), ("proj.bias", 0), ("mha.in_proj_weight", 1)}
     out = by_producer(report, "mha.out_proj.weight")
@@ -275,8 +287,11 @@ def tp_pairs(model, x):
                 else:
                     out.add((pre + "weight", 1))
             elif isinstance(m, (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)):
-                out |= {(pre + n, 0) for n in ("weight", "bias", "running_mean", "running_var")
-                        if getattr(m, n, None) is not None}
+                out |= {
+                    (pre + n, 0)
+                    for n in ("weight", "bias", "running_mean", "running_var")
+                    if getattr(m, n, None) is not None
+                }
             elif isinstance(m, nn.MultiheadAttention):  # TP prunes the embedding width through it
                 out |= {(pre + "in_proj_weight", 1), (pre + "out_proj.weight", 0), (pre + "out_proj.bias", 0)}
     return out
@@ -321,8 +336,10 @@ def test_torchvision_groups_match_torch_pruning(name):
         # mapping); ours makes the shuffled channels a barrier: the branches' inner widths prune
         shuffled = [g for g in report.excluded if "mixes channels with another dim" in g.reason]
         assert len(shuffled) == n_excluded - 1 and all("InvertedResidual" in g.reason for g in shuffled)
-        assert all(len({m.name.split(".branch")[0] for m in g.members if ".branch" in m.name}) == 1
-                   for g in report.groups[1:-1])
+        assert all(
+            len({m.name.split(".branch")[0] for m in g.members if ".branch" in m.name}) == 1
+            for g in report.groups[1:-1]
+        )
         return
     theirs = tp_pairs(model, x)
     if name == "vit_b_16":
@@ -348,14 +365,31 @@ def _hf(name):
     T = pytest.importorskip("transformers")
     torch.manual_seed(0)
     if name == "bert":
-        return T.BertModel(T.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                        intermediate_size=128, vocab_size=100, max_position_embeddings=32)), {}
+        return T.BertModel(
+            T.BertConfig(
+                hidden_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                intermediate_size=128,
+                vocab_size=100,
+                max_position_embeddings=32,
+            )
+        ), {}
     if name == "gpt2":
-        return T.GPT2LMHeadModel(T.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=100, n_positions=32,
-                                              bos_token_id=0, eos_token_id=0)), {"use_cache": False}
-    return T.LlamaForCausalLM(T.LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                            num_key_value_heads=2, intermediate_size=128, vocab_size=100,
-                                            max_position_embeddings=32)), {"use_cache": False}
+        return T.GPT2LMHeadModel(
+            T.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=100, n_positions=32, bos_token_id=0, eos_token_id=0)
+        ), {"use_cache": False}
+    return T.LlamaForCausalLM(
+        T.LlamaConfig(
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=128,
+            vocab_size=100,
+            max_position_embeddings=32,
+        )
+    ), {"use_cache": False}
 
 
 @pytest.mark.slow
@@ -365,9 +399,11 @@ def test_bert_heads_and_mlp():
     check_report(model, report)
     heads = [g for g in report.groups if g.kind == "heads"]
     assert len(heads) == 2 and all(g.channels == 4 for g in heads)
-    assert set(heads[0].members) >= {Member("encoder.layer.0.attention.self.query.weight", 0, 0, 16),
-                                     Member("encoder.layer.0.attention.self.value.bias", 0, 0, 16),
-                                     Member("encoder.layer.0.attention.output.dense.weight", 1, 0, 16)}
+    assert set(heads[0].members) >= {
+        Member("encoder.layer.0.attention.self.query.weight", 0, 0, 16),
+        Member("encoder.layer.0.attention.self.value.bias", 0, 0, 16),
+        Member("encoder.layer.0.attention.output.dense.weight", 1, 0, 16),
+    }
     mlp = [g for g in report.groups if g.kind == "channels"]
     assert len(mlp) == 2 and all(g.channels == 128 for g in mlp)
     # BertModel returns the hidden states: the residual width reaches the output
@@ -383,7 +419,8 @@ def test_gpt2_fused_qkv_heads_and_tied_head():
     heads = [g for g in report.groups if g.kind == "heads"]
     assert len(heads) == 2 and heads[0].channels == 4
     assert {m for m in heads[0].members if m.name.endswith("c_attn.weight")} == {
-        Member("transformer.h.0.attn.c_attn.weight", 1, o, 16) for o in (0, 64, 128)}  # Conv1D: out dim 1
+        Member("transformer.h.0.attn.c_attn.weight", 1, o, 16) for o in (0, 64, 128)
+    }  # Conv1D: out dim 1
     assert Member("transformer.h.0.attn.c_proj.weight", 0, 0, 16) in heads[0].members
     (residual,) = report.inexact
     assert residual.channels == 64 and ("transformer.wte.weight", 1) in pairs([residual])
@@ -398,14 +435,18 @@ def test_llama_gqa_prunes_query_heads_with_their_kv_head():
     check_report(model, report)
     heads = [g for g in report.groups if g.kind == "heads"]
     assert len(heads) == 2 and heads[0].channels == 2  # kv heads; 2 query heads of 16 each per kv head
-    assert set(heads[0].members) == {Member("model.layers.0.self_attn.q_proj.weight", 0, 0, 32),
-                                     Member("model.layers.0.self_attn.k_proj.weight", 0, 0, 16),
-                                     Member("model.layers.0.self_attn.v_proj.weight", 0, 0, 16),
-                                     Member("model.layers.0.self_attn.o_proj.weight", 1, 0, 32)}
+    assert set(heads[0].members) == {
+        Member("model.layers.0.self_attn.q_proj.weight", 0, 0, 32),
+        Member("model.layers.0.self_attn.k_proj.weight", 0, 0, 16),
+        Member("model.layers.0.self_attn.v_proj.weight", 0, 0, 16),
+        Member("model.layers.0.self_attn.o_proj.weight", 1, 0, 32),
+    }
     mlp = [g for g in report.groups if g.kind == "channels"]
-    assert len(mlp) == 2 and pairs(mlp[:1]) == {("model.layers.0.mlp.gate_proj.weight", 0),
-                                                ("model.layers.0.mlp.up_proj.weight", 0),
-                                                ("model.layers.0.mlp.down_proj.weight", 1)}
+    assert len(mlp) == 2 and pairs(mlp[:1]) == {
+        ("model.layers.0.mlp.gate_proj.weight", 0),
+        ("model.layers.0.mlp.up_proj.weight", 0),
+        ("model.layers.0.mlp.down_proj.weight", 1),
+    }
     (residual,) = report.inexact
     assert "mean across channels" in residual.reason and "LlamaRMSNorm" in residual.reason
 
@@ -448,11 +489,14 @@ def removed_equals_masked(model, args, kwargs, groups_, atol=1e-5):
     torch.testing.assert_close(got, want, atol=atol, rtol=1e-4)
 
 
-@pytest.mark.parametrize("make,x", [
-    (ResidualMLP, torch.randn(2, 8)),
-    (Concat, torch.randn(1, 3, 8, 8)),
-    (TiedLM, torch.randint(0, 50, (1, 7))),
-])
+@pytest.mark.parametrize(
+    "make,x",
+    [
+        (ResidualMLP, torch.randn(2, 8)),
+        (Concat, torch.randn(1, 3, 8, 8)),
+        (TiedLM, torch.randint(0, 50, (1, 7))),
+    ],
+)
 def test_removing_a_groups_channels_equals_zeroing_them(make, x):
     torch.manual_seed(0)
     model = make().eval()

@@ -18,7 +18,6 @@ For each model (torchvision with ``weights=None``; transformers small random con
 Run with ``-s`` to print the per-model table quoted in docs/structural.md.
 """
 
-import copy
 import math
 
 import pytest
@@ -95,6 +94,7 @@ def _tv(name, size=32, **kw):
     def build():
         model = _randomize_bn(_nonzero(getattr(tv.models, name)(weights=None, **kw)))
         return model, (torch.randn(1, 3, size, size),), {}
+
     return build
 
 
@@ -102,25 +102,46 @@ def _hf(kind):
     def build():
         T = transformers
         if kind == "bert":
-            model = T.BertModel(T.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                             intermediate_size=128, vocab_size=100, max_position_embeddings=32))
+            model = T.BertModel(
+                T.BertConfig(
+                    hidden_size=64,
+                    num_hidden_layers=2,
+                    num_attention_heads=4,
+                    intermediate_size=128,
+                    vocab_size=100,
+                    max_position_embeddings=32,
+                )
+            )
             kwargs = {}
         elif kind == "gpt2":
-            model = T.GPT2LMHeadModel(T.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=100, n_positions=32,
-                                                   bos_token_id=0, eos_token_id=0))
+            model = T.GPT2LMHeadModel(
+                T.GPT2Config(
+                    n_embd=64, n_layer=2, n_head=4, vocab_size=100, n_positions=32, bos_token_id=0, eos_token_id=0
+                )
+            )
             kwargs = {"use_cache": False}
         else:  # grouped-query attention: 4 query heads, 2 key/value heads
-            model = T.LlamaForCausalLM(T.LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                                     num_key_value_heads=2, intermediate_size=128, vocab_size=100,
-                                                     max_position_embeddings=32))
+            model = T.LlamaForCausalLM(
+                T.LlamaConfig(
+                    hidden_size=64,
+                    num_hidden_layers=2,
+                    num_attention_heads=4,
+                    num_key_value_heads=2,
+                    intermediate_size=128,
+                    vocab_size=100,
+                    max_position_embeddings=32,
+                )
+            )
             kwargs = {"use_cache": False}
         return _nonzero(model).eval(), (torch.randint(0, 100, (1, 8)),), kwargs
+
     return build
 
 
 def _custom(cls, x):
     def build():
         return _nonzero(cls()).eval(), (x(),), {}
+
     return build
 
 
@@ -272,9 +293,12 @@ def test_model_groups_shrink_equal_masked_params_and_flops_as_predicted(name, sc
     # (e) torch.func.functional_call on the shrunk model
     state = {**dict(small.named_parameters()), **dict(small.named_buffers())}
     with torch.no_grad():
-        torch.testing.assert_close(_outputs(torch.func.functional_call(small, state, args, kwargs)),
-                                   _outputs(small_out), rtol=0, atol=0)
+        torch.testing.assert_close(
+            _outputs(torch.func.functional_call(small, state, args, kwargs)), _outputs(small_out), rtol=0, atol=0
+        )
 
-    print(f"\n| {name} ({scope}) | {len(report.groups)} | {len(report.inexact)} | {len(report.excluded)} | "
-          f"{dense_params:,} -> {small_params:,} ({small_params / dense_params:.3f}) | "
-          f"{dense_flops:,} -> {small_flops:,} ({small_flops / dense_flops:.3f}) | {diff:.2e} |")
+    print(
+        f"\n| {name} ({scope}) | {len(report.groups)} | {len(report.inexact)} | {len(report.excluded)} | "
+        f"{dense_params:,} -> {small_params:,} ({small_params / dense_params:.3f}) | "
+        f"{dense_flops:,} -> {small_flops:,} ({small_flops / dense_flops:.3f}) | {diff:.2e} |"
+    )

@@ -117,8 +117,18 @@ def test_an_op_without_a_rule_names_the_op_and_the_submodule():
 def _t5(cls):
     T = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    cfg = T.T5Config(vocab_size=64, d_model=16, d_kv=4, d_ff=24, num_layers=2, num_decoder_layers=2, num_heads=4,
-                     relative_attention_num_buckets=8, relative_attention_max_distance=16, dropout_rate=0.0)
+    cfg = T.T5Config(
+        vocab_size=64,
+        d_model=16,
+        d_kv=4,
+        d_ff=24,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=16,
+        dropout_rate=0.0,
+    )
     return getattr(T, cls)(cfg).eval()
 
 
@@ -138,6 +148,9 @@ def test_t5_relative_position_buckets_trace_and_heads_and_mlp_shrink_exactly(cls
     assert heads and all(any("relative_attention_bias" in m.name for m in g.members) for g in heads)
     assert all(g.channels == 24 for g in gs if g.kind == "channels")
     if cls == "T5Model":
-        cross = [g for g in report.excluded
-                 if any(m.name.endswith("EncDecAttention.q.weight") and m.dim == 0 for m in g.members)]
+        cross = [
+            g
+            for g in report.excluded
+            if any(m.name.endswith("EncDecAttention.q.weight") and m.dim == 0 for m in g.members)
+        ]
         assert len(cross) == 2 and all("head" in g.reason for g in cross)

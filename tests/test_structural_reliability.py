@@ -12,8 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import funcprune as fp
-from funcprune.structural import Group, Member as M
-from funcprune.structural import group_report, groups, kept_channels, prune_groups, shrink, shrink_to
+from funcprune.structural import Group, group_report, groups, kept_channels, prune_groups, shrink, shrink_to
+from funcprune.structural import Member as M
 
 
 def masked_output(model, masks, args):
@@ -42,8 +42,11 @@ class CustomLayerNorm(nn.Module):
         return F.layer_norm(x, self.normalized_shape, self.weight)
 
 
-@pytest.mark.parametrize("norm", [nn.LayerNorm(8, elementwise_affine=False), nn.RMSNorm(8, elementwise_affine=False)],
-                         ids=["layernorm", "rmsnorm"])
+@pytest.mark.parametrize(
+    "norm",
+    [nn.LayerNorm(8, elementwise_affine=False), nn.RMSNorm(8, elementwise_affine=False)],
+    ids=["layernorm", "rmsnorm"],
+)
 def test_a_norm_without_affine_weight_excludes_its_channels_and_a_shrink_through_it_raises(norm):
     model = PlainNorm(norm).eval()
     x = torch.randn(3, 4)
@@ -213,14 +216,16 @@ def test_a_per_head_attention_bias_is_a_member_of_the_heads_group(gather):
 def test_hf_swin_relative_position_bias_joins_its_heads_and_shrinks():
     T = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    cfg = T.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=4,
-                       mlp_ratio=2.0)
+    cfg = T.SwinConfig(
+        image_size=32, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=4, mlp_ratio=2.0
+    )
     model = T.SwinModel(cfg).eval()
     x = torch.randn(1, 3, 32, 32)
     gs = groups(model, (x,))
     heads = [g for g in gs if g.kind == "heads"]
-    assert len(heads) == 4 and all(any(m.name.endswith("relative_position_bias_table") for m in g.members)
-                                   for g in heads)
+    assert len(heads) == 4 and all(
+        any(m.name.endswith("relative_position_bias_table") for m in g.members) for g in heads
+    )
     masks = prune_groups(dict(model.named_parameters()), gs, 0.5)
     small = shrink(model, masks, (x,), groups=gs)  # checked against the masked model
     assert small.encoder.layers[1].blocks[0].attention.num_attention_heads == 2
@@ -385,6 +390,9 @@ def test_shrink_on_ln_structured_masks_says_why_and_points_at_prune_groups():
     params = dict(model.named_parameters())
     masks = fp.prune(params, fp.ln_structured, 0.5, n=2, dim=0, include=["c1.weight"])
     x = torch.randn(2, 3, 8, 8)
-    with pytest.raises(ValueError, match=r"(?s)BatchNorm's shift.*members without a mask: group 0 .*'b1.bias'.*"
-                                         r"funcprune.structural.prune_groups"):
+    with pytest.raises(
+        ValueError,
+        match=r"(?s)BatchNorm's shift.*members without a mask: group 0 .*'b1.bias'.*"
+        r"funcprune.structural.prune_groups",
+    ):
         shrink(model, masks, (x,))

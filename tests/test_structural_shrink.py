@@ -10,14 +10,19 @@ import torch
 import torch.nn as nn
 
 import funcprune as fp
-from funcprune.structural import Group, Member as M, group_importance, kept_channels, prune_groups, shrink, shrink_to
+from funcprune.structural import Group, group_importance, kept_channels, prune_groups, shrink, shrink_to
+from funcprune.structural import Member as M
 
 torch.manual_seed(0)
 
 
 def _bn(prefix):
-    return [M(prefix + ".weight", 0), M(prefix + ".bias", 0), M(prefix + ".running_mean", 0, buffer=True),
-            M(prefix + ".running_var", 0, buffer=True)]
+    return [
+        M(prefix + ".weight", 0),
+        M(prefix + ".bias", 0),
+        M(prefix + ".running_mean", 0, buffer=True),
+        M(prefix + ".running_var", 0, buffer=True),
+    ]
 
 
 def _randomize_bn(model):
@@ -45,8 +50,10 @@ class ConvBN(nn.Module):
         x = torch.relu(self.b2(self.c2(x)))
         return self.fc(x.mean((2, 3)))
 
-    GROUPS = [Group(8, (M("c1.weight", 0), M("c1.bias", 0), *_bn("b1"), M("c2.weight", 1))),
-              Group(6, (M("c2.weight", 0), M("c2.bias", 0), *_bn("b2"), M("fc.weight", 1)))]
+    GROUPS = [
+        Group(8, (M("c1.weight", 0), M("c1.bias", 0), *_bn("b1"), M("c2.weight", 1))),
+        Group(6, (M("c2.weight", 0), M("c2.bias", 0), *_bn("b2"), M("fc.weight", 1))),
+    ]
     X = (torch.randn(2, 3, 8, 8),)
 
 
@@ -79,9 +86,23 @@ class Residual(nn.Module):
         y = self.bb(self.b(torch.relu(self.ba(self.a(x)))))
         return self.fc(torch.relu(x + y).mean((2, 3)))
 
-    GROUPS = [Group(8, (M("stem.weight", 0), M("stem.bias", 0), *_bn("bs"), M("a.weight", 1), M("b.weight", 0),
-                        M("b.bias", 0), *_bn("bb"), M("fc.weight", 1)), kind="residual"),
-              Group(4, (M("a.weight", 0), M("a.bias", 0), *_bn("ba"), M("b.weight", 1)))]
+    GROUPS = [
+        Group(
+            8,
+            (
+                M("stem.weight", 0),
+                M("stem.bias", 0),
+                *_bn("bs"),
+                M("a.weight", 1),
+                M("b.weight", 0),
+                M("b.bias", 0),
+                *_bn("bb"),
+                M("fc.weight", 1),
+            ),
+            kind="residual",
+        ),
+        Group(4, (M("a.weight", 0), M("a.bias", 0), *_bn("ba"), M("b.weight", 1))),
+    ]
     X = (torch.randn(2, 3, 6, 6),)
 
 
@@ -98,9 +119,11 @@ class Concat(nn.Module):
         y = torch.cat([torch.tanh(self.p(x)), torch.sigmoid(self.q(x))], dim=1)
         return self.fc(torch.relu(self.r(y)).flatten(1))
 
-    GROUPS = [Group(4, (M("p.weight", 0), M("p.bias", 0), M("r.weight", 1, offset=0))),
-              Group(6, (M("q.weight", 0), M("q.bias", 0), M("r.weight", 1, offset=4))),
-              Group(5, (M("r.weight", 0), M("r.bias", 0), M("fc.weight", 1, unit=16)))]
+    GROUPS = [
+        Group(4, (M("p.weight", 0), M("p.bias", 0), M("r.weight", 1, offset=0))),
+        Group(6, (M("q.weight", 0), M("q.bias", 0), M("r.weight", 1, offset=4))),
+        Group(5, (M("r.weight", 0), M("r.bias", 0), M("fc.weight", 1, unit=16))),
+    ]
     X = (torch.randn(2, 3, 4, 4),)
 
 
@@ -121,9 +144,21 @@ class Depthwise(nn.Module):
         x = torch.relu(self.g(torch.relu(self.pw(x))))
         return self.fc(x.mean((2, 3)))
 
-    GROUPS = [Group(8, (M("c.weight", 0), M("c.bias", 0), *_bn("bc"), M("dw.weight", 0), M("dw.bias", 0),
-                        *_bn("bd"), M("pw.weight", 1))),
-              Group(8, (M("g.weight", 0), M("g.bias", 0), M("fc.weight", 1)), pools=2)]
+    GROUPS = [
+        Group(
+            8,
+            (
+                M("c.weight", 0),
+                M("c.bias", 0),
+                *_bn("bc"),
+                M("dw.weight", 0),
+                M("dw.bias", 0),
+                *_bn("bd"),
+                M("pw.weight", 1),
+            ),
+        ),
+        Group(8, (M("g.weight", 0), M("g.bias", 0), M("fc.weight", 1)), pools=2),
+    ]
     X = (torch.randn(2, 3, 5, 5),)
 
 
@@ -140,13 +175,33 @@ class MHA(nn.Module):
         h = self.inp(x)
         return self.out(self.attn(h, h, h, need_weights=False)[0])
 
-    GROUPS = [Group(4, (M("attn.in_proj_weight", 0, 0, 4), M("attn.in_proj_weight", 0, 16, 4),
-                        M("attn.in_proj_weight", 0, 32, 4), M("attn.in_proj_bias", 0, 0, 4),
-                        M("attn.in_proj_bias", 0, 16, 4), M("attn.in_proj_bias", 0, 32, 4),
-                        M("attn.out_proj.weight", 1, 0, 4)), kind="heads"),
-              Group(16, (M("inp.weight", 0), M("inp.bias", 0), M("attn.in_proj_weight", 1),
-                         M("attn.out_proj.weight", 0), M("attn.out_proj.bias", 0), M("out.weight", 1)),
-                    kind="residual")]
+    GROUPS = [
+        Group(
+            4,
+            (
+                M("attn.in_proj_weight", 0, 0, 4),
+                M("attn.in_proj_weight", 0, 16, 4),
+                M("attn.in_proj_weight", 0, 32, 4),
+                M("attn.in_proj_bias", 0, 0, 4),
+                M("attn.in_proj_bias", 0, 16, 4),
+                M("attn.in_proj_bias", 0, 32, 4),
+                M("attn.out_proj.weight", 1, 0, 4),
+            ),
+            kind="heads",
+        ),
+        Group(
+            16,
+            (
+                M("inp.weight", 0),
+                M("inp.bias", 0),
+                M("attn.in_proj_weight", 1),
+                M("attn.out_proj.weight", 0),
+                M("attn.out_proj.bias", 0),
+                M("out.weight", 1),
+            ),
+            kind="residual",
+        ),
+    ]
     X = (torch.randn(2, 5, 6),)
 
 
@@ -164,8 +219,10 @@ class Transposed(nn.Module):
         y = torch.relu(self.up(self.act(self.c(x))))
         return self.c1d(y.mean(2))
 
-    GROUPS = [Group(8, (M("c.weight", 0), M("c.bias", 0), M("act.weight", 0), M("up.weight", 0))),
-              Group(6, (M("up.weight", 1), M("up.bias", 0), M("c1d.weight", 1)))]
+    GROUPS = [
+        Group(8, (M("c.weight", 0), M("c.bias", 0), M("act.weight", 0), M("up.weight", 0))),
+        Group(6, (M("up.weight", 1), M("up.bias", 0), M("c1d.weight", 1))),
+    ]
     X = (torch.randn(2, 3, 4, 4),)
 
 
@@ -179,8 +236,14 @@ class LayerNormed(nn.Module):
     def forward(self, x):
         return self.l2(self.ln(self.l1(x)))
 
-    GROUPS = [Group(8, (M("l1.weight", 0), M("l1.bias", 0), M("ln.weight", 0), M("ln.bias", 0), M("l2.weight", 1)),
-                    exact=False, reason="LayerNorm ln normalizes across these channels")]
+    GROUPS = [
+        Group(
+            8,
+            (M("l1.weight", 0), M("l1.bias", 0), M("ln.weight", 0), M("ln.bias", 0), M("l2.weight", 1)),
+            exact=False,
+            reason="LayerNorm ln normalizes across these channels",
+        )
+    ]
     X = (torch.randn(4, 5),)
 
 
@@ -251,16 +314,22 @@ def test_the_check_names_the_group_and_the_difference():
     # sigmoid(0) = 0.5 on; shrink removes it, and the check says which group and by how much
     masks = prune_groups(params, SigmoidMLP.GROUPS, 0.5)
     producer = {"l1.weight": masks["l1.weight"], "l1.bias": masks["l1.bias"]}
-    with pytest.raises(ValueError, match=r"group 0 \(channels, 8 channels\): output differs by up to [0-9.e-]+ "
-                                         r"\([0-9.e-]+ of its largest reference magnitude"):
+    with pytest.raises(
+        ValueError,
+        match=r"group 0 \(channels, 8 channels\): output differs by up to [0-9.e-]+ "
+        r"\([0-9.e-]+ of its largest reference magnitude",
+    ):
         shrink(model, producer, SigmoidMLP.X, groups=SigmoidMLP.GROUPS)
     # with the full masks (consumer's slice too) the shrink is exact
     small = shrink(model, masks, SigmoidMLP.X, groups=SigmoidMLP.GROUPS)
     assert small.l1.out_features == small.l2.in_features == 4
     # a group that forgets a consumer gives a model that fails: reported as the check's failure
     bad_group = [Group(8, (M("l1.weight", 0), M("l1.bias", 0)))]
-    with pytest.raises(ValueError, match=r"group 0 \(channels, 8 channels\): the shrunk model cannot run on "
-                                         r"the example inputs: RuntimeError"):
+    with pytest.raises(
+        ValueError,
+        match=r"group 0 \(channels, 8 channels\): the shrunk model cannot run on "
+        r"the example inputs: RuntimeError",
+    ):
         shrink(model, prune_groups(params, bad_group, 0.5), SigmoidMLP.X, groups=bad_group)
 
 
@@ -268,8 +337,11 @@ def test_members_that_disagree_raise_naming_them():
     model = _model(SigmoidMLP)
     masks = prune_groups(_params(model), SigmoidMLP.GROUPS, 0.5)
     masks["l2.weight"] = torch.ones_like(masks["l2.weight"])
-    with pytest.raises(ValueError, match=r"member 'l2.weight' \(dim 1\) and member 'l1.weight' \(dim 0\) keep "
-                                         r"different channels"):
+    with pytest.raises(
+        ValueError,
+        match=r"member 'l2.weight' \(dim 1\) and member 'l1.weight' \(dim 0\) keep "
+        r"different channels",
+    ):
         shrink(model, masks, SigmoidMLP.X, groups=SigmoidMLP.GROUPS)
 
 
@@ -336,8 +408,7 @@ def test_group_l2_importance_sums_squared_norms_over_members_and_l1_and_callable
     expect_l2 = w1.square().sum(1) + b1.square() + w2.square().sum(0)
     torch.testing.assert_close(group_importance(g, vals), expect_l2)
     torch.testing.assert_close(group_importance(g, vals, "l1"), w1.abs().sum(1) + b1.abs() + w2.abs().sum(0))
-    torch.testing.assert_close(group_importance(g, vals, lambda rows: rows.amax(1)),
-                               w1.amax(1) + b1 + w2.amax(0))
+    torch.testing.assert_close(group_importance(g, vals, lambda rows: rows.amax(1)), w1.amax(1) + b1 + w2.amax(0))
     # pruning 1 channel drops the least important one (channel 1: 1 + 4 + 2 = 7) in every member
     masks = prune_groups(vals, [g], 1)
     assert expect_l2.tolist() == [27.0, 7.0, 9.0]
@@ -349,6 +420,7 @@ def test_scores_replace_params_in_the_norms():
     model = _model(SigmoidMLP)
     params = _params(model)
     x, y = torch.randn(16, 5), torch.randint(0, 3, (16,))
+
     def loss(p, batch):
         return nn.functional.cross_entropy(fp.functional_call(model, p, (batch[0],)), batch[1])
 
@@ -363,6 +435,7 @@ def test_scores_replace_params_in_the_norms():
 def test_pools_round_to_and_min_channels():
     params = {"w": torch.arange(1.0, 17.0).reshape(16, 1), "v": torch.ones(1, 16)}
     g = Group(16, (M("w", 0), M("v", 1)), pools=4)
+
     def keep(masks):
         return masks["w"].flatten()
 
@@ -404,8 +477,9 @@ def test_a_param_in_two_groups_gets_the_product():
     masks = prune_groups(_params(model), ConvBN.GROUPS, 0.5)
     out_keep = masks["c2.bias"]
     in_keep = masks["b1.bias"]
-    torch.testing.assert_close(masks["c2.weight"], (out_keep[:, None, None, None] & in_keep[None, :, None, None])
-                               .expand(6, 8, 3, 3))
+    torch.testing.assert_close(
+        masks["c2.weight"], (out_keep[:, None, None, None] & in_keep[None, :, None, None]).expand(6, 8, 3, 3)
+    )
 
 
 @pytest.mark.parametrize("scope", ["local", "global"])
@@ -536,13 +610,18 @@ def test_ranking_only_through_the_kernel():
 
     root = pathlib.Path(funcprune.structural.__file__).parent
     ranking = re.compile(r"topk|kthvalue|argsort|\.sort\(|\bsorted\(")
-    offenders = [f"{p.name}:{i}" for p in root.glob("*.py") for i, line in enumerate(p.read_text().splitlines(), 1)
-                 if ranking.search(line) and p.name in ("_prune.py",)]
+    offenders = [
+        f"{p.name}:{i}"
+        for p in root.glob("*.py")
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if ranking.search(line) and p.name in ("_prune.py",)
+    ]
     assert offenders == []
 
 
 # ----------------------------------------------------------------------------------------------
 # Real models, groups written by hand (the tracer's own tests check that it finds them).
+
 
 def _predicted_params(model, masks):
     """Parameters left after removing whole channels: each masked param keeps its mask's count."""
@@ -551,6 +630,7 @@ def _predicted_params(model, masks):
 
 def _resnet18_groups():
     """ResNet-18's 12 groups: one per stage (the residual width) and one inside each block."""
+
     def conv(name, dim):
         return [M(name + ".weight", dim)]
 
@@ -600,27 +680,57 @@ def _transformer_groups(kind, layers, heads, hidden, inner, kv_heads=None, mode=
             a, f = f"encoder.layer.{layer}.attention.", f"encoder.layer.{layer}."
             qkv = [M(a + f"self.{n}.{t}", 0, 0, hd) for n in ("query", "key", "value") for t in ("weight", "bias")]
             out.append(Group(heads, (*qkv, M(a + "output.dense.weight", 1, 0, hd)), kind="heads"))
-            out.append(Group(inner, (M(f + "intermediate.dense.weight", 0), M(f + "intermediate.dense.bias", 0),
-                                     M(f + "output.dense.weight", 1)), kind="mlp"))
+            out.append(
+                Group(
+                    inner,
+                    (
+                        M(f + "intermediate.dense.weight", 0),
+                        M(f + "intermediate.dense.bias", 0),
+                        M(f + "output.dense.weight", 1),
+                    ),
+                    kind="mlp",
+                )
+            )
         elif kind == "gpt2":  # Conv1D weights are (in, out): the fused q/k/v output is dim 1, at 3 offsets
             a, f = f"transformer.h.{layer}.attn.", f"transformer.h.{layer}.mlp."
             qkv = [M(a + "c_attn.weight", 1, o * hidden, hd) for o in range(3)]
             qkv += [M(a + "c_attn.bias", 0, o * hidden, hd) for o in range(3)]
             out.append(Group(heads, (*qkv, M(a + "c_proj.weight", 0, 0, hd)), kind="heads"))
-            out.append(Group(inner, (M(f + "c_fc.weight", 1), M(f + "c_fc.bias", 0), M(f + "c_proj.weight", 0)),
-                             kind="mlp"))
+            out.append(
+                Group(inner, (M(f + "c_fc.weight", 1), M(f + "c_fc.bias", 0), M(f + "c_proj.weight", 0)), kind="mlp")
+            )
         else:  # llama, grouped-query attention
             a, f = f"model.layers.{layer}.self_attn.", f"model.layers.{layer}.mlp."
             if mode == "kv":  # whole key/value groups, each with its query heads
                 r = heads // kv_heads
-                out.append(Group(kv_heads, (M(a + "k_proj.weight", 0, 0, hd), M(a + "v_proj.weight", 0, 0, hd),
-                                            M(a + "q_proj.weight", 0, 0, hd * r), M(a + "o_proj.weight", 1, 0, hd * r)),
-                                 kind="heads"))
+                out.append(
+                    Group(
+                        kv_heads,
+                        (
+                            M(a + "k_proj.weight", 0, 0, hd),
+                            M(a + "v_proj.weight", 0, 0, hd),
+                            M(a + "q_proj.weight", 0, 0, hd * r),
+                            M(a + "o_proj.weight", 1, 0, hd * r),
+                        ),
+                        kind="heads",
+                    )
+                )
             else:  # query heads, an equal count in each key/value group
-                out.append(Group(heads, (M(a + "q_proj.weight", 0, 0, hd), M(a + "o_proj.weight", 1, 0, hd)),
-                                 kind="heads", pools=kv_heads))
-            out.append(Group(inner, (M(f + "gate_proj.weight", 0), M(f + "up_proj.weight", 0),
-                                     M(f + "down_proj.weight", 1)), kind="mlp"))
+                out.append(
+                    Group(
+                        heads,
+                        (M(a + "q_proj.weight", 0, 0, hd), M(a + "o_proj.weight", 1, 0, hd)),
+                        kind="heads",
+                        pools=kv_heads,
+                    )
+                )
+            out.append(
+                Group(
+                    inner,
+                    (M(f + "gate_proj.weight", 0), M(f + "up_proj.weight", 0), M(f + "down_proj.weight", 1)),
+                    kind="mlp",
+                )
+            )
     return out
 
 
@@ -631,17 +741,41 @@ def test_transformers_heads_and_mlp_by_hand(kind):
     torch.manual_seed(0)
     layers, heads, hidden, inner, kv = 2, 4, 32, 64, 2
     if kind == "bert":
-        model = transformers.BertModel(transformers.BertConfig(
-            vocab_size=50, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-            intermediate_size=inner, max_position_embeddings=16))
+        model = transformers.BertModel(
+            transformers.BertConfig(
+                vocab_size=50,
+                hidden_size=hidden,
+                num_hidden_layers=layers,
+                num_attention_heads=heads,
+                intermediate_size=inner,
+                max_position_embeddings=16,
+            )
+        )
     elif kind == "gpt2":
         inner = 4 * hidden
-        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
-            vocab_size=50, n_embd=hidden, n_layer=layers, n_head=heads, n_positions=16, bos_token_id=0, eos_token_id=0))
+        model = transformers.GPT2LMHeadModel(
+            transformers.GPT2Config(
+                vocab_size=50,
+                n_embd=hidden,
+                n_layer=layers,
+                n_head=heads,
+                n_positions=16,
+                bos_token_id=0,
+                eos_token_id=0,
+            )
+        )
     else:
-        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-            vocab_size=50, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-            num_key_value_heads=kv, intermediate_size=inner, max_position_embeddings=16))
+        model = transformers.LlamaForCausalLM(
+            transformers.LlamaConfig(
+                vocab_size=50,
+                hidden_size=hidden,
+                num_hidden_layers=layers,
+                num_attention_heads=heads,
+                num_key_value_heads=kv,
+                intermediate_size=inner,
+                max_position_embeddings=16,
+            )
+        )
     model.eval()
     groups = _transformer_groups(kind.split("-")[0], layers, heads, hidden, inner, kv, kind.split("-")[-1])
     ids = (torch.randint(0, 50, (2, 7)),)
@@ -677,8 +811,9 @@ def test_same_shrunk_shapes_as_torch_pruning_for_the_same_channels():
     for g in groups:
         keep = torch.rand(g.channels, generator=gen) < 0.6
         keep[0] = True
-        kept.append({"channels": g.channels, "members": [list(m) for m in g.members],
-                     "kept": keep.nonzero().flatten().tolist()})
+        kept.append(
+            {"channels": g.channels, "members": [list(m) for m in g.members], "kept": keep.nonzero().flatten().tolist()}
+        )
     ours = shrink_to(model, kept)
     theirs = __import__("copy").deepcopy(model)
     dg = tp.DependencyGraph().build_dependency(theirs, example_inputs=x)
@@ -709,14 +844,17 @@ def test_unstructured_masks_underneath_are_kept_as_zeros():
 # ----------------------------------------------------------------------------------------------
 # End to end with the tracer: groups -> prune_groups -> shrink.
 
+
 def _traced_groups():
     import funcprune.structural as structural
 
     return getattr(structural, "groups", None)
 
 
-@pytest.mark.skipif(_traced_groups() is None, reason="funcprune.structural.groups (the struct-groups work) is not "
-                                                     "merged on this branch yet")
+@pytest.mark.skipif(
+    _traced_groups() is None,
+    reason="funcprune.structural.groups (the struct-groups work) is not merged on this branch yet",
+)
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
 def test_torchvision_end_to_end_with_traced_groups(name):
@@ -732,21 +870,38 @@ def test_torchvision_end_to_end_with_traced_groups(name):
     assert _n_params(small) == _predicted_params(model, masks) < 0.6 * _n_params(model)
 
 
-@pytest.mark.skipif(_traced_groups() is None, reason="funcprune.structural.groups (the struct-groups work) is not "
-                                                     "merged on this branch yet")
+@pytest.mark.skipif(
+    _traced_groups() is None,
+    reason="funcprune.structural.groups (the struct-groups work) is not merged on this branch yet",
+)
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["bert", "llama"])
 def test_transformers_end_to_end_with_traced_groups(kind):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     if kind == "bert":
-        model = transformers.BertModel(transformers.BertConfig(
-            vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-            max_position_embeddings=16))
+        model = transformers.BertModel(
+            transformers.BertConfig(
+                vocab_size=50,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                intermediate_size=64,
+                max_position_embeddings=16,
+            )
+        )
     else:
-        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-            vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-            intermediate_size=64, max_position_embeddings=16))
+        model = transformers.LlamaForCausalLM(
+            transformers.LlamaConfig(
+                vocab_size=50,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                intermediate_size=64,
+                max_position_embeddings=16,
+            )
+        )
     model.eval()
     ids, kwargs = (torch.randint(0, 50, (2, 7)),), {"use_cache": False}
     groups = _traced_groups()(model, ids, kwargs)
@@ -757,8 +912,10 @@ def test_transformers_end_to_end_with_traced_groups(kind):
     assert _n_params(small) == _predicted_params(model, masks) < _n_params(model)
 
 
-@pytest.mark.skipif(_traced_groups() is None, reason="funcprune.structural.groups (the struct-groups work) is not "
-                                                     "merged on this branch yet")
+@pytest.mark.skipif(
+    _traced_groups() is None,
+    reason="funcprune.structural.groups (the struct-groups work) is not merged on this branch yet",
+)
 @pytest.mark.slow
 def test_torchvision_vit_heads_and_mlp_with_traced_groups():
     # torchvision's ViT attends with nn.MultiheadAttention: its heads shrink alone (the residual
@@ -767,8 +924,9 @@ def test_torchvision_vit_heads_and_mlp_with_traced_groups():
     from funcprune.structural import ShrunkMultiheadAttention
 
     torch.manual_seed(0)
-    model = torchvision.models.VisionTransformer(image_size=32, patch_size=16, num_layers=2, num_heads=4,
-                                                 hidden_dim=32, mlp_dim=64, num_classes=5).eval()
+    model = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=16, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=64, num_classes=5
+    ).eval()
     x = torch.randn(1, 3, 32, 32)
     groups = _traced_groups()(model, (x,))
     assert sorted(g.kind for g in groups).count("heads") == 2
@@ -787,7 +945,13 @@ class _SumOfSigmoid(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.i, self.ln, self.a, self.o, self.h = nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 16), nn.Linear(16, 8), nn.Linear(8, 2)
+        self.i, self.ln, self.a, self.o, self.h = (
+            nn.Linear(4, 8),
+            nn.LayerNorm(8),
+            nn.Linear(8, 16),
+            nn.Linear(16, 8),
+            nn.Linear(8, 2),
+        )
 
     def forward(self, x):
         y = self.i(x)
@@ -798,8 +962,21 @@ class _SumOfSigmoid(nn.Module):
 def test_a_wrong_exact_group_raises_even_when_inexact_groups_are_pruned_too():
     model = _model(_SumOfSigmoid)
     params = _params(model)
-    width = Group(8, (M("i.weight", 0), M("i.bias", 0), M("ln.weight", 0), M("ln.bias", 0), M("a.weight", 1),
-                      M("o.weight", 0), M("o.bias", 0), M("h.weight", 1)), exact=False, reason="LayerNorm ln")
+    width = Group(
+        8,
+        (
+            M("i.weight", 0),
+            M("i.bias", 0),
+            M("ln.weight", 0),
+            M("ln.bias", 0),
+            M("a.weight", 1),
+            M("o.weight", 0),
+            M("o.bias", 0),
+            M("h.weight", 1),
+        ),
+        exact=False,
+        reason="LayerNorm ln",
+    )
     hidden = Group(16, (M("a.weight", 0), M("a.bias", 0), M("o.weight", 1)))
     masks = prune_groups(params, [width, hidden], 0.5, include_inexact=True)
     with pytest.raises(ValueError, match=r"inexact group\(s\) \[0\] left unpruned.*group 1 .*16 channels"):

@@ -5,9 +5,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.nn.utils.prune as torch_prune
+from _torch_ref import torch_mask
 
 import funcprune as fp
-from _torch_ref import torch_mask
 
 WEIGHTS = ["0.weight", "2.weight"]
 
@@ -22,6 +22,7 @@ def setup(device, seed=0):
 
 
 # --- masked_update ---------------------------------------------------------------------------------
+
 
 def test_masked_update_policies(device):
     _, params, _, _ = setup(device)
@@ -44,11 +45,14 @@ def test_masked_update_policies(device):
 
 def test_masked_update_vmap_equals_loop():
     _, params, _, _ = setup("cpu")
-    masks = [fp.prune(params, fp.random_unstructured, 0.3, include=WEIGHTS,
-                      generator=torch.Generator().manual_seed(k)) for k in range(3)]
+    masks = [
+        fp.prune(params, fp.random_unstructured, 0.3, include=WEIGHTS, generator=torch.Generator().manual_seed(k))
+        for k in range(3)
+    ]
     updates = [{n: p * (k + 2.0) for n, p in params.items()} for k in range(3)]
-    out = torch.func.vmap(lambda u, m: fp.masked_update(params, u, m, pruned="zero"))(fp.stack(updates),
-                                                                                   fp.stack(masks))
+    out = torch.func.vmap(lambda u, m: fp.masked_update(params, u, m, pruned="zero"))(
+        fp.stack(updates), fp.stack(masks)
+    )
     for k in range(3):
         for name, value in fp.masked_update(params, updates[k], masks[k], pruned="zero").items():
             assert torch.equal(out[name][k], value)
@@ -67,6 +71,7 @@ def test_masked_update_errors():
 
 
 # --- lottery_round ---------------------------------------------------------------------------------
+
 
 def torch_module(params):
     """A torch module per selected weight, holding the dense values, for torch's global pruning."""
@@ -93,8 +98,9 @@ def test_lottery_rounds_match_torch_iterative_pruning(device, scope):
             for hook in module._forward_pre_hooks.values():
                 hook(module, ())  # what a forward does: refresh weight = weight_orig * weight_mask
         if scope == "global":
-            torch_prune.global_unstructured([(m, "weight") for m in modules.values()], torch_prune.L1Unstructured,
-                                            amount=amount)
+            torch_prune.global_unstructured(
+                [(m, "weight") for m in modules.values()], torch_prune.L1Unstructured, amount=amount
+            )
         else:
             for module in modules.values():
                 torch_prune.l1_unstructured(module, "weight", amount)
@@ -127,8 +133,9 @@ def torch_global_masks(params, names, amount, rounds):
         modules[name] = nn.Module()
         modules[name].register_parameter("weight", nn.Parameter(params[name].clone()))
     for _ in range(rounds):
-        torch_prune.global_unstructured([(m, "weight") for m in modules.values()], torch_prune.L1Unstructured,
-                                        amount=amount)
+        torch_prune.global_unstructured(
+            [(m, "weight") for m in modules.values()], torch_prune.L1Unstructured, amount=amount
+        )
     return {name: m.weight_mask.bool() for name, m in modules.items()}
 
 
@@ -181,8 +188,10 @@ def test_lottery_errors():
 
 # --- vmapped training == training each subnetwork alone -------------------------------------------
 
+
 def make_step(model, x, y, lr=0.5, pruned="keep"):
     """One functional SGD step with weight decay (which would move pruned entries if unmasked)."""
+
     def loss(p, m):
         return F.cross_entropy(fp.functional_call(model, p, (x,), masks=m), y)
 

@@ -108,8 +108,12 @@ def _global_setup(model, prior_names):
 
 @pytest.mark.slow  # a long property test
 @settings(max_examples=40, deadline=None)
-@given(st.one_of(st.floats(0, 1), st.integers(0, 300)), st.sets(st.sampled_from(["0.weight", "2.weight", "2.bias"])),
-       st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16]), st.integers(1, 500))
+@given(
+    st.one_of(st.floats(0, 1), st.integers(0, 300)),
+    st.sets(st.sampled_from(["0.weight", "2.weight", "2.bias"])),
+    st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16]),
+    st.integers(1, 500),
+)
 def test_global_l1_matches_torch(amount, prior_names, dtype, chunk):
     model = mlp(dtype=dtype)
     names = ["0.weight", "2.weight", "2.bias", "4.weight"]
@@ -117,8 +121,9 @@ def test_global_l1_matches_torch(amount, prior_names, dtype, chunk):
     scores = {"4.weight": torch.randn(5, 16).to(dtype)}
     targets = [(model.get_submodule(split(n)[0]), split(n)[1]) for n in names]
     try:
-        torch_prune.global_unstructured(targets, torch_prune.L1Unstructured, amount=amount,
-                                        importance_scores={targets[3]: scores["4.weight"]})
+        torch_prune.global_unstructured(
+            targets, torch_prune.L1Unstructured, amount=amount, importance_scores={targets[3]: scores["4.weight"]}
+        )
     except ValueError:
         with pytest.raises(ValueError, match="amount"):
             fp.global_unstructured(params, amount, masks=masks, scores=scores, include=names, chunk_size=chunk)
@@ -150,8 +155,9 @@ def test_global_random_fresh_masks_are_torchs_for_the_same_seed(amount):
 def test_global_random_on_prior_masks_keeps_exact_counts():
     params = params_of(mlp())
     masks = fp.prune(params, fp.l1_unstructured, 0.5, include=["0.weight"])
-    got = fp.global_unstructured(params, 0.25, masks=masks, method=fp.random_unstructured,
-                                 generator=torch.Generator().manual_seed(0))
+    got = fp.global_unstructured(
+        params, 0.25, masks=masks, method=fp.random_unstructured, generator=torch.Generator().manual_seed(0)
+    )
     alive = sum(p.numel() for p in params.values()) - int((~masks["0.weight"]).sum())
     assert sum(int((~m).sum()) for m in got.values()) - int((~masks["0.weight"]).sum()) == round(0.25 * alive)
     assert not (got["0.weight"] & ~masks["0.weight"]).any()
@@ -172,8 +178,9 @@ def test_global_l1_under_vmap_and_on_meta():
         assert all(torch.equal(sweep[n][i], fp.global_unstructured(sub, a)[n]) for n in sub)
     meta = {n: torch.empty(p.shape, device="meta") for n, p in sub.items()}
     for method in ("l1", "random"):
-        out = fp.global_unstructured(meta, 0.5, masks={"2.bias": torch.empty(b.shape, dtype=torch.bool, device="meta")},
-                                     method=method)
+        out = fp.global_unstructured(
+            meta, 0.5, masks={"2.bias": torch.empty(b.shape, dtype=torch.bool, device="meta")}, method=method
+        )
         assert all(m.device.type == "meta" and m.dtype == torch.bool for m in out.values())
 
 
@@ -244,16 +251,18 @@ def test_sparsity_counts_and_vmap():
 
 # --- one tree driver, and every returned mask has its param's shape ---
 
+
 def _tree_functions():
     """Every per-leaf tree function, as ``(label, fn(params, masks, include))``."""
     return [
         ("prune", lambda p, m, inc: fp.prune(p, fp.l1_unstructured, 0.5, masks=m, include=inc)),
         ("global_unstructured", lambda p, m, inc: fp.global_unstructured(p, 0.5, masks=m, include=inc)),
         ("prune_channels", lambda p, m, inc: fp.patterns.prune_channels(p, 1, masks=m, include=inc)),
-        ("prune_by", lambda p, m, inc: fp.distributions.prune_by(p, fp.l1_unstructured, {n: 0.5 for n in inc},
-                                                                 masks=m)),
-        ("set_update", lambda p, m, inc: fp.dst.set_update(p, {**{n: p[n] != 0 for n in inc}, **m}, 0.5,
-                                                            include=inc)),
+        (
+            "prune_by",
+            lambda p, m, inc: fp.distributions.prune_by(p, fp.l1_unstructured, {n: 0.5 for n in inc}, masks=m),
+        ),
+        ("set_update", lambda p, m, inc: fp.dst.set_update(p, {**{n: p[n] != 0 for n in inc}, **m}, 0.5, include=inc)),
     ]
 
 
@@ -270,11 +279,14 @@ def test_a_wrong_shaped_mask_of_an_unselected_leaf_raises(label, fn):
     assert all(good[n].shape == params[n].shape for n in good)
 
 
-@pytest.mark.parametrize("label, fn", [
-    ("prune", lambda p: fp.prune(p, fp.ln_structured, 1, 2, 5, include=["0.weight"])),
-    ("prune_channels", lambda p: fp.patterns.prune_channels(p, 1, dim=5, include=["0.weight"])),
-    ("prune_by", lambda p: fp.distributions.prune_by(p, fp.ln_structured, {"0.weight": 1}, 2, 5)),
-])
+@pytest.mark.parametrize(
+    "label, fn",
+    [
+        ("prune", lambda p: fp.prune(p, fp.ln_structured, 1, 2, 5, include=["0.weight"])),
+        ("prune_channels", lambda p: fp.patterns.prune_channels(p, 1, dim=5, include=["0.weight"])),
+        ("prune_by", lambda p: fp.distributions.prune_by(p, fp.ln_structured, {"0.weight": 1}, 2, 5)),
+    ],
+)
 def test_the_driver_names_the_leaf_and_keeps_the_exception_type(label, fn):
     with pytest.raises(IndexError, match=r"^0\.weight: "):
         fn(params_of(mlp()))
@@ -289,8 +301,10 @@ def test_dst_errors_go_through_the_same_driver():
         fp.dst.set_update(params, {"0.weight": torch.ones(12, 20, dtype=torch.bool)}, 0.5)
 
 
-@pytest.mark.parametrize("value_dtype, mask_dtype", [(torch.float32, torch.float64), (torch.bfloat16, torch.float32),
-                                                     (torch.float32, torch.float32)])
+@pytest.mark.parametrize(
+    "value_dtype, mask_dtype",
+    [(torch.float32, torch.float64), (torch.bfloat16, torch.float32), (torch.float32, torch.float32)],
+)
 @pytest.mark.parametrize("value_grad", [True, False])
 def test_gradients_reach_a_float_mask_of_another_dtype(value_dtype, mask_dtype, value_grad):
     # eager autograd gives the mask its gradient also when its dtype differs from the param's.
@@ -318,11 +332,15 @@ def test_gradients_reach_a_float_mask_of_another_dtype(value_dtype, mask_dtype, 
         assert torch.equal(v.grad, v_ref.grad) and torch.equal(functorch[0], v_ref.grad)
 
 
-@pytest.mark.parametrize("tree", [
-    {"x.y": torch.ones(2), "x": {"y": torch.zeros(2)}},
-    {0: torch.ones(2), "0": torch.zeros(2)},
-    {"a": [torch.ones(2)], "a.0": torch.zeros(2)},
-], ids=["dotted-vs-nested", "int-vs-str", "list-vs-dotted"])
+@pytest.mark.parametrize(
+    "tree",
+    [
+        {"x.y": torch.ones(2), "x": {"y": torch.zeros(2)}},
+        {0: torch.ones(2), "0": torch.zeros(2)},
+        {"a": [torch.ones(2)], "a.0": torch.zeros(2)},
+    ],
+    ids=["dotted-vs-nested", "int-vs-str", "list-vs-dotted"],
+)
 def test_leaf_names_that_collide_raise(tree, tmp_path):
     # two leaves with one name would share a mask (and save_masks would keep one): refused.
     from funcprune import _pytree
@@ -411,8 +429,9 @@ def test_global_random_on_top_of_masks_gives_torchs_mask_for_the_same_seed(seed)
     torch_prune.l1_unstructured(net[0], "weight", 0.3)
     masks = {"0.weight": net[0].weight_mask.bool()}
     torch.manual_seed(100 + seed)
-    torch_prune.global_unstructured([(net[0], "weight"), (net[1], "weight")], torch_prune.RandomUnstructured,
-                                    amount=0.4)
+    torch_prune.global_unstructured(
+        [(net[0], "weight"), (net[1], "weight")], torch_prune.RandomUnstructured, amount=0.4
+    )
     torch.manual_seed(100 + seed)
     got = fp.global_unstructured(params, 0.4, masks=masks, method="random")
     assert torch.equal(got["0.weight"], net[0].weight_mask.bool())

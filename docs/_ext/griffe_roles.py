@@ -38,7 +38,7 @@ def _resolve(package, obj, target: str):
             scopes.append(scope)
         scope = scope.parent
     if target == top or target.startswith(top + "."):
-        found = package if target == top else _member(package, target[len(top) + 1:])
+        found = package if target == top else _member(package, target[len(top) + 1 :])
         return found.path if found is not None else None
     for scope in scopes:
         found = _member(scope, target)
@@ -58,8 +58,7 @@ def convert(text: str, package, obj) -> str:
             target = target[:-2]
         shown = target.rsplit(".", 1)[-1] if short else target
         identifier = _resolve(package, obj, target) or target
-        return (f'<autoref identifier="{html.escape(identifier)}" optional><code>{html.escape(shown)}</code>'
-                "</autoref>")
+        return f'<autoref identifier="{html.escape(identifier)}" optional><code>{html.escape(shown)}</code></autoref>'
 
     return ROLE.sub(replace, text)
 

@@ -34,17 +34,59 @@ Example:
 
 import torch  # noqa: F401  (doctest namespace)
 
-from ._amounts import (_compute_nparams_toprune, _compute_norm, _validate_pruning_amount,
-                       _validate_pruning_amount_init, _validate_pruning_dim, _validate_structured_pruning)
-from ._functions import (custom_from_mask, global_unstructured, identity, is_pruned, l1_unstructured,
-                         ln_structured, random_structured, random_unstructured, remove)
-from ._methods import (BasePruningMethod, CustomFromMask, Identity, L1Unstructured, LnStructured,
-                       PruningContainer, RandomStructured, RandomUnstructured, current_tie_order, tie_order)
+from ._amounts import (
+    _compute_norm,
+    _compute_nparams_toprune,
+    _validate_pruning_amount,
+    _validate_pruning_amount_init,
+    _validate_pruning_dim,
+    _validate_structured_pruning,
+)
+from ._functions import (
+    custom_from_mask,
+    global_unstructured,
+    identity,
+    is_pruned,
+    l1_unstructured,
+    ln_structured,
+    random_structured,
+    random_unstructured,
+    remove,
+)
+from ._methods import (
+    BasePruningMethod,
+    CustomFromMask,
+    Identity,
+    L1Unstructured,
+    LnStructured,
+    PruningContainer,
+    RandomStructured,
+    RandomUnstructured,
+    current_tie_order,
+    tie_order,
+)
 
-__all__ = ["BasePruningMethod", "PruningContainer", "Identity", "RandomUnstructured", "L1Unstructured",
-           "RandomStructured", "LnStructured", "CustomFromMask", "identity", "random_unstructured",
-           "l1_unstructured", "random_structured", "ln_structured", "global_unstructured", "custom_from_mask",
-           "remove", "is_pruned", "tie_order", "current_tie_order"]
+__all__ = [
+    "BasePruningMethod",
+    "PruningContainer",
+    "Identity",
+    "RandomUnstructured",
+    "L1Unstructured",
+    "RandomStructured",
+    "LnStructured",
+    "CustomFromMask",
+    "identity",
+    "random_unstructured",
+    "l1_unstructured",
+    "random_structured",
+    "ln_structured",
+    "global_unstructured",
+    "custom_from_mask",
+    "remove",
+    "is_pruned",
+    "tie_order",
+    "current_tie_order",
+]
 
 # Methods beyond torch.nn.utils.prune (N:M, blocks, channels with their bias), same module protocol.
 from ._beyond import BlockStructured, NMStructured, block_structured, ln_structured_with_bias, nm_structured

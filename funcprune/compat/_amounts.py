@@ -13,8 +13,14 @@ import torch
 
 from .. import _amount, methods
 
-__all__ = ["_validate_pruning_amount_init", "_validate_pruning_amount", "_compute_nparams_toprune",
-           "_validate_structured_pruning", "_validate_pruning_dim", "_compute_norm"]
+__all__ = [
+    "_validate_pruning_amount_init",
+    "_validate_pruning_amount",
+    "_compute_nparams_toprune",
+    "_validate_structured_pruning",
+    "_validate_pruning_dim",
+    "_compute_norm",
+]
 
 
 def _as_core_amount(amount):
@@ -58,8 +64,10 @@ def _compute_nparams_toprune(amount, tensor_size: int) -> int:
 def _validate_structured_pruning(t: torch.Tensor) -> None:
     """Raise ``ValueError`` for a tensor with fewer than 2 dims (channels need structure)."""
     if t.dim() <= 1:
-        raise ValueError("Structured pruning can only be applied to multidimensional tensors. "
-                         f"Found tensor of shape {t.shape} with {t.dim()} dims")
+        raise ValueError(
+            "Structured pruning can only be applied to multidimensional tensors. "
+            f"Found tensor of shape {t.shape} with {t.dim()} dims"
+        )
 
 
 def _validate_pruning_dim(t: torch.Tensor, dim: int) -> None:

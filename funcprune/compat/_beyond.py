@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 
 from .. import patterns
-from . import _module
 from .._errors import shape_mismatch
+from . import _module
 from ._amounts import _as_core_amount, _validate_pruning_amount_init
 from ._methods import BasePruningMethod, CustomFromMask, LnStructured, _zero_pruned
 
@@ -49,8 +49,14 @@ class NMStructured(BasePruningMethod):
     @classmethod
     # torch's own subclasses narrow apply's arguments too
     def apply(cls, module, name, kept_per_group, group_size, dim=-1, importance_scores=None):  # type: ignore[override]
-        return super().apply(module, name, kept_per_group=kept_per_group, group_size=group_size, dim=dim,
-                             importance_scores=importance_scores)
+        return super().apply(
+            module,
+            name,
+            kept_per_group=kept_per_group,
+            group_size=group_size,
+            dim=dim,
+            importance_scores=importance_scores,
+        )
 
 
 class BlockStructured(BasePruningMethod):
@@ -69,14 +75,14 @@ class BlockStructured(BasePruningMethod):
         return _zero_pruned(default_mask, keep)
 
     def _survivor_mask(self, t, default_mask):
-        return patterns.block_structured(t, _as_core_amount(self.amount), self.block_shape, self.n,
-                                         mask=default_mask)
+        return patterns.block_structured(t, _as_core_amount(self.amount), self.block_shape, self.n, mask=default_mask)
 
     @classmethod
     # torch's own subclasses narrow apply's arguments too
     def apply(cls, module, name, amount, block_shape, n=1, importance_scores=None):  # type: ignore[override]
-        return super().apply(module, name, amount=amount, block_shape=block_shape, n=n,
-                             importance_scores=importance_scores)
+        return super().apply(
+            module, name, amount=amount, block_shape=block_shape, n=n, importance_scores=importance_scores
+        )
 
 
 _module.register_builtin_compute(NMStructured, BlockStructured)
@@ -123,8 +129,9 @@ def ln_structured_with_bias(module, amount, n, name="weight", bias_name="bias", 
     weight = getattr(module, name)
     if isinstance(bias, torch.Tensor) and (weight.dim() < 1 or bias.shape != (weight.shape[0],)):
         channels = weight.shape[0] if weight.dim() else 0  # checked before any change
-        raise shape_mismatch(bias_name, bias.shape, None, f"({channels},)",
-                             note=f": one entry per output channel of {name}")
+        raise shape_mismatch(
+            bias_name, bias.shape, None, f"({channels},)", note=f": one entry per output channel of {name}"
+        )
     LnStructured.apply(module, name, amount, n, 0, importance_scores=importance_scores)
     if isinstance(bias, torch.Tensor):
         kept = patterns.channels_kept(getattr(module, name + "_mask"), 0)

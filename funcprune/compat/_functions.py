@@ -11,13 +11,32 @@ import torch
 from .. import _radix, select, tree
 from .._amount import is_concrete
 from . import _module
-from ._ties import torch_order_select
 from ._amounts import _as_core_amount
-from ._methods import (CustomFromMask, Identity, L1Unstructured, LnStructured, PruningContainer, RandomStructured,
-                       RandomUnstructured, _check_not_bool, _prune_count, _tie_order)
+from ._methods import (
+    CustomFromMask,
+    Identity,
+    L1Unstructured,
+    LnStructured,
+    PruningContainer,
+    RandomStructured,
+    RandomUnstructured,
+    _check_not_bool,
+    _prune_count,
+    _tie_order,
+)
+from ._ties import torch_order_select
 
-__all__ = ["identity", "random_unstructured", "l1_unstructured", "random_structured", "ln_structured",
-           "global_unstructured", "custom_from_mask", "remove", "is_pruned"]
+__all__ = [
+    "identity",
+    "random_unstructured",
+    "l1_unstructured",
+    "random_structured",
+    "ln_structured",
+    "global_unstructured",
+    "custom_from_mask",
+    "remove",
+    "is_pruned",
+]
 
 
 def identity(module, name):
@@ -127,8 +146,10 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, **kw
     method = pruning_method(**kwargs)
     method._tensor_name = "temp"
     if method.PRUNING_TYPE != "unstructured":
-        raise TypeError('Only "unstructured" PRUNING_TYPE supported for the `pruning_method`. '
-                        f"Found method {pruning_method} of type {method.PRUNING_TYPE}")
+        raise TypeError(
+            'Only "unstructured" PRUNING_TYPE supported for the `pruning_method`. '
+            f"Found method {pruning_method} of type {method.PRUNING_TYPE}"
+        )
     if _module.is_builtin_compute(method) and isinstance(method, L1Unstructured):
         masks = _global_l1(parameters, scores, method.amount)
     else:
@@ -203,8 +224,13 @@ def _sliced_global(parameters, scores, method) -> list:
     """torch's way: one container over the concatenated scores and masks, sliced per parameter."""
     flat_scores = torch.nn.utils.parameters_to_vector(scores)
     flat_mask = torch.nn.utils.parameters_to_vector(
-        [getattr(module, name + "_mask") if hasattr(module, name + "_mask") else
-         torch.ones_like(getattr(module, name)) for module, name in parameters])
+        [
+            getattr(module, name + "_mask")
+            if hasattr(module, name + "_mask")
+            else torch.ones_like(getattr(module, name))
+            for module, name in parameters
+        ]
+    )
     container = PruningContainer()
     container._tensor_name = "temp"
     container.add_pruning_method(method)
@@ -242,6 +268,6 @@ def is_pruned(module) -> bool:
       >>> is_pruned(m), is_pruned(random_unstructured(m[0], "weight", 0.2))
       (False, True)
     """
-    return any(_module.is_pruning_hook(hook) for sub in module.modules()
-               for hook in list(sub._forward_pre_hooks.values()))  # a snapshot: another thread may prune
-
+    return any(
+        _module.is_pruning_hook(hook) for sub in module.modules() for hook in list(sub._forward_pre_hooks.values())
+    )  # a snapshot: another thread may prune

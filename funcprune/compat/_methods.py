@@ -30,12 +30,28 @@ import torch.nn.utils.prune as _torch_prune
 from .. import methods, select
 from .._amount import is_concrete
 from . import _module
+from ._amounts import (
+    _as_core_amount,
+    _compute_norm,
+    _compute_nparams_toprune,
+    _validate_pruning_amount,
+    _validate_pruning_amount_init,
+    _validate_pruning_dim,
+    _validate_structured_pruning,
+)
 from ._ties import torch_order_select
-from ._amounts import (_as_core_amount, _compute_norm, _compute_nparams_toprune, _validate_pruning_amount,
-                       _validate_pruning_amount_init, _validate_pruning_dim, _validate_structured_pruning)
 
-__all__ = ["BasePruningMethod", "PruningContainer", "Identity", "RandomUnstructured", "L1Unstructured",
-           "RandomStructured", "LnStructured", "CustomFromMask", "tie_order"]
+__all__ = [
+    "BasePruningMethod",
+    "PruningContainer",
+    "Identity",
+    "RandomUnstructured",
+    "L1Unstructured",
+    "RandomStructured",
+    "LnStructured",
+    "CustomFromMask",
+    "tie_order",
+]
 
 _TIE_ORDERS = ("torch", "index")
 _tie_order = contextvars.ContextVar("funcprune_compat_tie_order", default="torch")
@@ -87,8 +103,10 @@ def current_tie_order() -> str:
 def _check_not_bool(amount, k) -> None:
     """torch counts ``amount=True`` as 1 in its checks, then its top-k/k-th value rejects the bool."""
     if isinstance(amount, bool) and k:
-        raise TypeError(f"amount={amount!r}: a bool is not a count (torch.nn.utils.prune fails on it "
-                        "too: top-k: argument 'k' must be int, not bool)")
+        raise TypeError(
+            f"amount={amount!r}: a bool is not a count (torch.nn.utils.prune fails on it "
+            "too: top-k: argument 'k' must be int, not bool)"
+        )
 
 
 def _prune_count(amount, size: int) -> int:
@@ -172,8 +190,9 @@ def _sliced_mask(method, t: torch.Tensor, default_mask: torch.Tensor) -> torch.T
         slc = default_mask == 1
     elif kind == "structured":
         if not hasattr(method, "dim"):
-            raise AttributeError('Pruning methods of PRUNING_TYPE "structured" need to have the attribute '
-                                 "`dim` defined.")
+            raise AttributeError(
+                'Pruning methods of PRUNING_TYPE "structured" need to have the attribute `dim` defined.'
+            )
         dim = _container_dim(method, t)
         alive = default_mask.sum(dim=[d for d in range(t.dim()) if d != dim]) != 0
         slc = tuple(alive if d == dim else slice(None) for d in range(t.dim()))
@@ -245,8 +264,9 @@ class L1Unstructured(_Amount):
     def _dropped(self, t, alive):
         size = t.nelement() if alive is None else select.count_kept(alive)
         if not isinstance(size, int) or _tie_order.get() == "index":  # meta (no values): the core too
-            keep = methods.l1_unstructured(t, _as_core_amount(self.amount) if not isinstance(size, int)
-                                           else self._count(size), mask=alive)
+            keep = methods.l1_unstructured(
+                t, _as_core_amount(self.amount) if not isinstance(size, int) else self._count(size), mask=alive
+            )
             return keep.logical_not_() if alive is None else alive & ~keep
         return torch_order_select(t.detach().abs(), self._count(size), largest=False, alive=alive)
 
@@ -336,8 +356,9 @@ class LnStructured(_Structured):
         alive = default_mask.sum(dim=others) != 0
         new_mask = default_mask.to(dtype=t.dtype, copy=True)
         if not is_concrete(t) or not is_concrete(alive):
-            keep = methods.ln_structured(t, _as_core_amount(self.amount), self.n, _as_dim(self.dim),
-                                         mask=default_mask != 0)
+            keep = methods.ln_structured(
+                t, _as_core_amount(self.amount), self.n, _as_dim(self.dim), mask=default_mask != 0
+            )
             return new_mask.mul_(_as_dtype(keep, t.dtype))
         slc = tuple(alive if d == dim else slice(None) for d in range(t.dim()))
         piece = t.detach()[slc]  # the slice torch computes the norms on (same values, same layout, same numbers)
@@ -386,8 +407,9 @@ class CustomFromMask(BasePruningMethod):
 
     def compute_mask(self, t, default_mask):
         if default_mask.shape != self.mask.shape:
-            raise AssertionError(f"default_mask shape {default_mask.shape} must match "
-                                 f"self.mask shape {self.mask.shape}")
+            raise AssertionError(
+                f"default_mask shape {default_mask.shape} must match self.mask shape {self.mask.shape}"
+            )
         mask = self.mask
         cast = _as_dtype(mask, default_mask.dtype) if mask.dtype == torch.bool else mask.to(dtype=default_mask.dtype)
         if _module.is_all_ones(default_mask) and cast.shape == default_mask.shape:
@@ -406,5 +428,6 @@ class CustomFromMask(BasePruningMethod):
 
 
 _module.register_builtin_compute(L1Unstructured, LnStructured)
-_module.register_read_only_default(Identity, RandomUnstructured, L1Unstructured, RandomStructured, LnStructured,
-                                  CustomFromMask)
+_module.register_read_only_default(
+    Identity, RandomUnstructured, L1Unstructured, RandomStructured, LnStructured, CustomFromMask
+)

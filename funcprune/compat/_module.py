@@ -19,20 +19,28 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any, Dict
+from typing import Any
 
 import torch
 import torch.nn.utils.prune as _torch_prune
 
 # Re-exported for compat's other modules (the writer itself is neutral: bridge.to_module uses it too).
-from .._layout import (LOCK, install, is_pruning_hook, pruning_hook, rebuild, reparam_tensors,  # noqa: F401
-                       unmark_if_unpruned, unprune)
+from .._layout import (  # noqa: F401
+    LOCK,
+    install,
+    is_pruning_hook,
+    pruning_hook,
+    rebuild,
+    reparam_tensors,
+    unmark_if_unpruned,
+    unprune,
+)
 
 _rebuild = rebuild  # pickles of funcprune 1.0 and 1.1 name funcprune.compat._module._rebuild
 
 _BUILTIN_COMPUTE: set[Callable[..., Any]] = set()
 _READ_ONLY_DEFAULT: set[Callable[..., Any]] = set()
-_PRUNED_CLASSES: Dict[type, type] = {}
+_PRUNED_CLASSES: dict[type, type] = {}
 
 
 def register_builtin_compute(*classes) -> None:
@@ -81,7 +89,7 @@ def _put_back(table: dict, key, value, order: list) -> None:
     table[key] = value
     if present or key not in order:
         return  # replaced in place: its position never changed
-    for later in order[order.index(key) + 1:]:
+    for later in order[order.index(key) + 1 :]:
         moved = table.pop(later, _MISSING)  # one operation: another thread may remove it meanwhile
         if moved is not _MISSING:
             table[later] = moved
@@ -108,8 +116,13 @@ class Rollback:
         self.methods = getattr(self.hook, "_pruning_methods", None)
         self.attr = d.get(name, _MISSING)
         current = d.get(name, self.params[name])
-        self.slots = [(v, i, x) for v in list(d.values()) if isinstance(v, list)
-                      for i, x in enumerate(v) if current is not _MISSING and x is current]
+        self.slots = [
+            (v, i, x)
+            for v in list(d.values())
+            if isinstance(v, list)
+            for i, x in enumerate(v)
+            if current is not _MISSING and x is current
+        ]
         self.was_pruned = "__reduce_ex__" in d
 
     def restore(self) -> None:
@@ -118,8 +131,11 @@ class Rollback:
             _put_back(module._parameters, key, value, self.param_order)
         _put_back(module._buffers, name + "_mask", self.mask, self.buffer_order)
         hooks = module._forward_pre_hooks
-        for hook_key in [k for k, h in list(hooks.items()) if k not in self.hook_order and is_pruning_hook(h)
-                         and getattr(h, "_tensor_name", None) == name]:
+        for hook_key in [
+            k
+            for k, h in list(hooks.items())
+            if k not in self.hook_order and is_pruning_hook(h) and getattr(h, "_tensor_name", None) == name
+        ]:
             hooks.pop(hook_key, None)  # the hook this call registered
         if self.hook_key is not None:
             _put_back(hooks, self.hook_key, self.hook, self.hook_order)
@@ -153,11 +169,13 @@ def check_not_sharded(module: torch.nn.Module, name: str) -> None:
     dtensor = sys.modules.get("torch.distributed.tensor")
     param = module._parameters.get(name, module._parameters.get(name + "_orig"))
     if dtensor is not None and isinstance(param, dtensor.DTensor):
-        raise TypeError(f"funcprune.compat cannot prune {type(module).__name__}.{name}: it is a DTensor (sharded by "
-                        f"FSDP2's fully_shard or tensor parallelism), and compat's full-size {name}_mask buffer and "
-                        f"forward pre-hook do not fit a sharded parameter. Prune the params tree with the functional "
-                        f"API (the masks are DTensors like the params) and train with "
-                        f"funcprune.distributed.keep_pruned, or prune with compat before fully_shard")
+        raise TypeError(
+            f"funcprune.compat cannot prune {type(module).__name__}.{name}: it is a DTensor (sharded by "
+            f"FSDP2's fully_shard or tensor parallelism), and compat's full-size {name}_mask buffer and "
+            f"forward pre-hook do not fit a sharded parameter. Prune the params tree with the functional "
+            f"API (the masks are DTensors like the params) and train with "
+            f"funcprune.distributed.keep_pruned, or prune with compat before fully_shard"
+        )
 
 
 def apply(cls, module, name, args, kwargs, importance_scores, container_cls):
@@ -170,8 +188,10 @@ def apply(cls, module, name, args, kwargs, importance_scores, container_cls):
     method = cls(*args, **kwargs)
     method._tensor_name = name
     if importance_scores is not None and importance_scores.shape != orig.shape:
-        raise AssertionError(f"importance_scores should have the same shape as parameter {name} of {module}, "
-                             f"got {importance_scores.shape} vs {orig.shape}")
+        raise AssertionError(
+            f"importance_scores should have the same shape as parameter {name} of {module}, "
+            f"got {importance_scores.shape} vs {orig.shape}"
+        )
     scores = orig if importance_scores is None else importance_scores
     try:
         hook = _grown(old, method, container_cls)

@@ -7,8 +7,6 @@ the selection kernel that ranks.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from .. import select
@@ -17,8 +15,9 @@ from .._amount import is_concrete
 __all__ = ["torch_order_select"]
 
 
-def torch_order_select(key: torch.Tensor, k: int, *, largest: bool, alive: Optional[torch.Tensor] = None,
-                       unique_first: bool = True) -> torch.Tensor:
+def torch_order_select(
+    key: torch.Tensor, k: int, *, largest: bool, alive: torch.Tensor | None = None, unique_first: bool = True
+) -> torch.Tensor:
     """Bool mask (``key``'s shape) of the ``k`` alive entries ``torch.nn.utils.prune`` picks, ties included.
 
     torch's CPU ``topk`` (``aten/src/ATen/native/TopKImpl.h``) runs ``std::nth_element`` (or
@@ -50,8 +49,9 @@ def torch_order_select(key: torch.Tensor, k: int, *, largest: bool, alive: Optio
       tensor([False, False, False,  True])
     """
     if not is_concrete(key) or (alive is not None and not is_concrete(alive)):
-        return select.select_flat(key.reshape(-1), k, largest=largest,
-                                  alive=None if alive is None else alive.reshape(-1)).view(key.shape)
+        return select.select_flat(
+            key.reshape(-1), k, largest=largest, alive=None if alive is None else alive.reshape(-1)
+        ).view(key.shape)
     flat = key.reshape(-1)
     live = None if alive is None else alive.reshape(-1)
     cand = flat if live is None else flat[live]  # the vector torch's topk sees

@@ -26,5 +26,17 @@ from .methods import outlier_ratio, owl, sparsegpt, wanda, wanda_scores
 from .model import LayerReport, Result, find_blocks, prune, prune_layer
 from .stats import LayerStats, all_reduce
 
-__all__ = ["wanda", "wanda_scores", "sparsegpt", "outlier_ratio", "owl", "prune", "prune_layer", "find_blocks",
-           "Result", "LayerReport", "LayerStats", "all_reduce"]
+__all__ = [
+    "wanda",
+    "wanda_scores",
+    "sparsegpt",
+    "outlier_ratio",
+    "owl",
+    "prune",
+    "prune_layer",
+    "find_blocks",
+    "Result",
+    "LayerReport",
+    "LayerStats",
+    "all_reduce",
+]

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, Optional, Tuple, cast
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -37,7 +38,7 @@ if TYPE_CHECKING:  # types only: torch.distributed is imported lazily
     from torch.distributed.tensor import DTensor
 
 
-def _world(group) -> Optional[int]:
+def _world(group) -> int | None:
     """The size of ``group`` (the default group when None) when torch.distributed is running, else None."""
     dist = torch.distributed
     if not (dist.is_available() and dist.is_initialized()):
@@ -52,8 +53,9 @@ def _digest(value: Any) -> int:
     return int.from_bytes(hashlib.sha256(repr(value).encode()).digest()[:8], "little") >> 2
 
 
-def check_same(group: Optional[Any] = None, device: Optional[torch.device] = None, *, batches: Optional[int] = None,
-               **fields: Any) -> None:
+def check_same(
+    group: Any | None = None, device: torch.device | None = None, *, batches: int | None = None, **fields: Any
+) -> None:
     """Raise ``ValueError`` on every rank when the ranks of ``group`` passed different ``fields`` (or no batches).
 
     Each field is fingerprinted (a hash of its ``repr``); one ``all_reduce`` (max) of the
@@ -83,26 +85,31 @@ def check_same(group: Optional[Any] = None, device: Optional[torch.device] = Non
     both: Any = torch.cat([prints, -prints, fewest])  # a tensor, then its list
     torch.distributed.all_reduce(both, op=torch.distributed.ReduceOp.MAX, group=group)
     both = both.tolist()
-    differ = [name for name, hi, lo in zip(names, both[:len(names)], both[len(names):-1]) if hi != -lo]
+    differ = [name for name, hi, lo in zip(names, both[: len(names)], both[len(names) : -1]) if hi != -lo]
     if differ:
         here = ", ".join(f"{name}={fields[name]!r}" for name in differ)
-        raise ValueError(f"ranks disagree on {', '.join(differ)} (this rank: {here}); every rank must pass the "
-                         f"same settings and layers to a distributed one-shot prune")
+        raise ValueError(
+            f"ranks disagree on {', '.join(differ)} (this rank: {here}); every rank must pass the "
+            f"same settings and layers to a distributed one-shot prune"
+        )
     if -both[-1] < 1:
-        raise ValueError(f"a rank has an empty calibration (this rank: {batches} batches): give every rank one "
-                         f"batch or more")
+        raise ValueError(
+            f"a rank has an empty calibration (this rank: {batches} batches): give every rank one batch or more"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
 # Rows of a sharded weight.
+
 
 class Rows:
     """Where this rank's rows of a row-sharded 2-D weight sit, and the weight's mesh and placements."""
 
     def __init__(self, weight: torch.Tensor, what: str = "weight") -> None:
         if weight.dim() != 2:
-            raise ValueError(f"{what}: expected a 2-D (out_features, in_features) weight, got shape "
-                             f"{tuple(weight.shape)}")
+            raise ValueError(
+                f"{what}: expected a 2-D (out_features, in_features) weight, got shape {tuple(weight.shape)}"
+            )
         if _dtensor.is_dtensor(weight):
             _check_rows(what, weight)
         offset, shape = _dtensor.offset_and_shape(weight)
@@ -118,13 +125,16 @@ def _check_rows(what: str, weight: DTensor) -> None:
     placement: Any  # a Shard has .dim; Placement.is_shard() does not narrow to it
     for placement in weight.placements:
         if placement.is_shard() and placement.dim != 0:
-            raise ValueError(f"{what}: sharded along dim {placement.dim} ({tuple(weight.placements)}); one-shot "
-                             f"pruning of a DTensor weight needs whole rows on each rank (Shard(0), as FSDP2 "
-                             f"shards, or Replicate)")
+            raise ValueError(
+                f"{what}: sharded along dim {placement.dim} ({tuple(weight.placements)}); one-shot "
+                f"pruning of a DTensor weight needs whole rows on each rank (Shard(0), as FSDP2 "
+                f"shards, or Replicate)"
+            )
 
 
-def global_block_keep(key: torch.Tensor, keep: Optional[torch.Tensor], amount: _amount.Amount, rows: Rows,
-                      what: str = "block") -> torch.Tensor:
+def global_block_keep(
+    key: torch.Tensor, keep: torch.Tensor | None, amount: _amount.Amount, rows: Rows, what: str = "block"
+) -> torch.Tensor:
     """This rank's keep mask after pruning ``amount`` of a block's alive entries over ALL rows, by smallest key.
 
     ``key`` (``(local rows, columns)``, non-negative) and ``keep`` are this rank's rows of the block;
@@ -137,26 +147,51 @@ def global_block_keep(key: torch.Tensor, keep: Optional[torch.Tensor], amount: _
     if rows.mesh is None:  # one pool over the block, row-major, ties to the lower index
         flat = key.reshape(1, -1)
         flat_keep = None if keep is None else keep.reshape(1, -1)
-        return select.prune_units(flat, select.rows(flat.shape, 0), amount, flat, mask=flat_keep,
-                                  what=f"entries of {what}").view(key.shape)
+        return select.prune_units(
+            flat, select.rows(flat.shape, 0), amount, flat, mask=flat_keep, what=f"entries of {what}"
+        ).view(key.shape)
     from torch.distributed.tensor import DTensor
+
     shape = (rows.total, key.shape[1])
 
     def laid_out(local: torch.Tensor) -> torch.Tensor:
-        return DTensor.from_local(local.contiguous(), rows.mesh, rows.placements, run_check=False,
-                                  shape=cast(torch.Size, shape), stride=(shape[1], 1))
+        return DTensor.from_local(
+            local.contiguous(),
+            rows.mesh,
+            rows.placements,
+            run_check=False,
+            shape=cast(torch.Size, shape),
+            stride=(shape[1], 1),
+        )
+
     like = laid_out(key)
-    out = select.prune_units(like, select.entries(shape), amount, like, mask=None if keep is None else laid_out(keep),
-                             what=f"entries of {what}")
+    out = select.prune_units(
+        like,
+        select.entries(shape),
+        amount,
+        like,
+        mask=None if keep is None else laid_out(keep),
+        what=f"entries of {what}",
+    )
     return cast("DTensor", out).to_local()
 
 
 # ----------------------------------------------------------------------------------------------
 # One layer's rows.
 
-def prune_layer(weight: torch.Tensor, stats: Any, method: str, amount: _amount.Amount, *, pattern=None,
-                mask: Optional[torch.Tensor] = None, block_size: int = 128, damp: float = 0.01,
-                name: str = "weight") -> Tuple[Optional[torch.Tensor], torch.Tensor]:
+
+def prune_layer(
+    weight: torch.Tensor,
+    stats: Any,
+    method: str,
+    amount: _amount.Amount,
+    *,
+    pattern=None,
+    mask: torch.Tensor | None = None,
+    block_size: int = 128,
+    damp: float = 0.01,
+    name: str = "weight",
+) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Prune a row-sharded ``(out, in)`` weight on each rank's own rows: ``(new weight or None, keep mask)``.
 
     ``weight`` is a DTensor with ``Shard(0)`` (FSDP2) or ``Replicate`` placements, or a plain tensor
@@ -195,8 +230,14 @@ def prune_layer(weight: torch.Tensor, stats: Any, method: str, amount: _amount.A
     new = None
     if local.shape[0] == 0 and (method == "wanda" or method == "magnitude" and pattern is not None):
         # a rank holding no rows (more ranks than rows): the same checks on one dummy row, no entries
-        _, dummy = prune_layer(torch.zeros((1,) + tuple(local.shape[1:]), dtype=local.dtype, device=local.device),
-                               stats, method, amount, pattern=pattern, name=name)
+        _, dummy = prune_layer(
+            torch.zeros((1,) + tuple(local.shape[1:]), dtype=local.dtype, device=local.device),
+            stats,
+            method,
+            amount,
+            pattern=pattern,
+            name=name,
+        )
         return None, _dtensor.like_param(dummy[:0], weight)
     if method == "magnitude":
         if pattern is not None:
@@ -230,14 +271,17 @@ def _sparsegpt_rows(local, hessian, amount, rows, pattern, keep, block_size, dam
 
         def choose(scores, keep1):
             return global_block_keep(scores, keep1, amount, rows, f"a block of {name}")
+
         for i1 in range(0, w.shape[1], block_size):
-            methods.prune_block(w, keep, hinv, i1, min(i1 + block_size, w.shape[1]), amount, pattern, choose=choose,
-                                prior=prior)
+            methods.prune_block(
+                w, keep, hinv, i1, min(i1 + block_size, w.shape[1]), amount, pattern, choose=choose, prior=prior
+            )
     return w.to(local.dtype), keep
 
 
 # ----------------------------------------------------------------------------------------------
 # Running a block with given parameters.
+
 
 def _is_fsdp(module: nn.Module) -> bool:
     fsdp = _fsdp_module_type()
@@ -275,8 +319,9 @@ def _same(value: torch.Tensor, param: torch.Tensor) -> bool:
 
 
 @contextlib.contextmanager
-def block_runner(block: nn.Module, params: Optional[Dict[str, torch.Tensor]] = None
-                 ) -> Iterator[Callable[[tuple, dict], Any]]:
+def block_runner(
+    block: nn.Module, params: dict[str, torch.Tensor] | None = None
+) -> Iterator[Callable[[tuple, dict], Any]]:
     """A context yielding ``run(args, kwargs)``: ``block``'s forward on ``params`` (names relative to ``block``).
 
     A plain block runs through ``torch.func.functional_call`` (the block is not touched). An FSDP2
@@ -294,23 +339,33 @@ def block_runner(block: nn.Module, params: Optional[Dict[str, torch.Tensor]] = N
     """
     params = dict(params or {})
     if not _is_fsdp(block):
+
         def run(args: tuple, kwargs: dict) -> Any:
-            return torch.func.functional_call(block, params, tuple(args), dict(kwargs)) if params else \
-                block(*args, **kwargs)
+            return (
+                torch.func.functional_call(block, params, tuple(args), dict(kwargs))
+                if params
+                else block(*args, **kwargs)
+            )
+
         yield run
         return
     # a block left gathered (reshard_after_forward=False) would not see the new shards
     cast("FSDPModule", block).reshard()
-    own: Dict[str, Any] = dict(block.named_parameters())  # DTensors (FSDP2 shards)
-    changed: Dict[str, Any]  # DTensors, checked below
+    own: dict[str, Any] = dict(block.named_parameters())  # DTensors (FSDP2 shards)
+    changed: dict[str, Any]  # DTensors, checked below
     changed = {name: value for name, value in params.items() if name in own and not _same(value, own[name])}
     for name, value in changed.items():  # all checked before any is written
         target = own[name]
-        if not (_dtensor.is_dtensor(target) and _dtensor.is_dtensor(value)) or \
-                tuple(value.placements) != tuple(target.placements) or value.shape != target.shape:
-            raise ValueError(f"{name}: an FSDP2 block runs on parameters laid out like its own (shape "
-                             f"{tuple(target.shape)}, placements {getattr(target, 'placements', None)}), got "
-                             f"{tuple(value.shape)}, {getattr(value, 'placements', 'a plain tensor')}")
+        if (
+            not (_dtensor.is_dtensor(target) and _dtensor.is_dtensor(value))
+            or tuple(value.placements) != tuple(target.placements)
+            or value.shape != target.shape
+        ):
+            raise ValueError(
+                f"{name}: an FSDP2 block runs on parameters laid out like its own (shape "
+                f"{tuple(target.shape)}, placements {getattr(target, 'placements', None)}), got "
+                f"{tuple(value.shape)}, {getattr(value, 'placements', 'a plain tensor')}"
+            )
     saved = {}
     try:
         with torch.no_grad():

@@ -10,7 +10,7 @@ windows' mean losses).
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional, Union, cast
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -20,9 +20,16 @@ from ..call import functional_call
 __all__ = ["perplexity"]
 
 
-def perplexity(model: torch.nn.Module, tokens: torch.Tensor, *, seq_len: int,
-               params: Optional[Dict[str, torch.Tensor]] = None, masks: Optional[Dict[str, torch.Tensor]] = None,
-               batch_size: int = 4, device: Optional[Union[str, torch.device]] = None) -> float:
+def perplexity(
+    model: torch.nn.Module,
+    tokens: torch.Tensor,
+    *,
+    seq_len: int,
+    params: dict[str, torch.Tensor] | None = None,
+    masks: dict[str, torch.Tensor] | None = None,
+    batch_size: int = 4,
+    device: str | torch.device | None = None,
+) -> float:
     """Perplexity of ``model`` (on ``params`` masked by ``masks`` when given) over ``tokens``.
 
     The model runs in eval mode under ``torch.no_grad`` (its ``training`` flag is restored
@@ -79,15 +86,16 @@ def perplexity(model: torch.nn.Module, tokens: torch.Tensor, *, seq_len: int,
     try:
         with torch.no_grad():
             for start in range(0, windows, batch_size):
-                batch = tokens[start:start + batch_size]
+                batch = tokens[start : start + batch_size]
                 if values is None:
                     out = model(batch)
                 else:
                     out = functional_call(model, values, (batch,), masks=masks)
                 logits = _logits(out)
                 loss_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-                nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).to(loss_dtype), batch[:, 1:].flatten(),
-                                      reduction="sum")
+                nll = F.cross_entropy(
+                    logits[:, :-1].flatten(0, 1).to(loss_dtype), batch[:, 1:].flatten(), reduction="sum"
+                )
                 total = nll if total is None else total + nll
                 count += batch[:, 1:].numel()
     finally:
@@ -96,10 +104,16 @@ def perplexity(model: torch.nn.Module, tokens: torch.Tensor, *, seq_len: int,
 
 
 def _check(tokens: Any, seq_len: int, batch_size: int) -> torch.Tensor:
-    if not isinstance(tokens, torch.Tensor) or tokens.is_floating_point() or tokens.is_complex() \
-            or tokens.dtype == torch.bool:
-        raise TypeError(f"tokens must be an integer tensor of token ids, got {type(tokens).__name__}"
-                        + (f" of dtype {tokens.dtype}" if isinstance(tokens, torch.Tensor) else ""))
+    if (
+        not isinstance(tokens, torch.Tensor)
+        or tokens.is_floating_point()
+        or tokens.is_complex()
+        or tokens.dtype == torch.bool
+    ):
+        raise TypeError(
+            f"tokens must be an integer tensor of token ids, got {type(tokens).__name__}"
+            + (f" of dtype {tokens.dtype}" if isinstance(tokens, torch.Tensor) else "")
+        )
     if tokens.dim() == 2 and tokens.shape[0] == 1:
         tokens = tokens[0]
     if tokens.dim() != 1:
@@ -113,10 +127,14 @@ def _check(tokens: Any, seq_len: int, batch_size: int) -> torch.Tensor:
     return tokens
 
 
-def _values_on(model: torch.nn.Module, params: Optional[Dict[str, torch.Tensor]],
-               masks: Optional[Dict[str, torch.Tensor]], device: torch.device) -> Optional[Dict[str, torch.Tensor]]:
+def _values_on(
+    model: torch.nn.Module,
+    params: dict[str, torch.Tensor] | None,
+    masks: dict[str, torch.Tensor] | None,
+    device: torch.device,
+) -> dict[str, torch.Tensor] | None:
     """The tensors to call the model on, on ``device``; None when the model's own (already there) will do."""
-    own: Dict[str, torch.Tensor] = dict(model.named_parameters())
+    own: dict[str, torch.Tensor] = dict(model.named_parameters())
     own.update(model.named_buffers())
     on_device = all(t.device == device for t in own.values())
     if params is None and masks is None and on_device:
@@ -133,5 +151,6 @@ def _logits(out: Any) -> torch.Tensor:
         return out.logits
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
         return out[0]
-    raise TypeError(f"the model's output must be logits, an object with .logits or a tuple of them, "
-                    f"got {type(out).__name__}")
+    raise TypeError(
+        f"the model's output must be logits, an object with .logits or a tuple of them, got {type(out).__name__}"
+    )

@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
@@ -37,10 +37,10 @@ from ..select import as_keep, groups, keep_per_pool, prune_units, rows
 
 __all__ = ["wanda", "wanda_scores", "sparsegpt", "outlier_ratio", "owl", "check_pattern", "ieee_matmul"]
 
-Pattern = Optional[Tuple[int, int]]
+Pattern = tuple[int, int] | None
 
 
-def check_pattern(pattern: Pattern, in_features: Optional[int] = None, what: str = "weight") -> Pattern:
+def check_pattern(pattern: Pattern, in_features: int | None = None, what: str = "weight") -> Pattern:
     """``pattern`` as a checked ``(n, m)`` (or None); ValueError naming ``what`` when ``m`` does not divide its inputs.
 
     Raises:
@@ -53,8 +53,9 @@ def check_pattern(pattern: Pattern, in_features: Optional[int] = None, what: str
     n, m = pattern
     check_group_counts(n, m)
     if in_features is not None and in_features % m:
-        raise ValueError(f"{what}: pattern {n}:{m} needs the number of inputs to be divisible by {m}, "
-                         f"got {in_features} inputs")
+        raise ValueError(
+            f"{what}: pattern {n}:{m} needs the number of inputs to be divisible by {m}, got {in_features} inputs"
+        )
     return (n, m)
 
 
@@ -82,15 +83,23 @@ def wanda_scores(weight: torch.Tensor, input_norm: torch.Tensor) -> torch.Tensor
     _check_weight(weight)
     if not isinstance(input_norm, torch.Tensor) or tuple(input_norm.shape) != (weight.shape[1],):
         shape = tuple(input_norm.shape) if isinstance(input_norm, torch.Tensor) else type(input_norm).__name__
-        raise ValueError(f"input_norm must have shape ({weight.shape[1]},) (one norm per input of the weight of "
-                         f"shape {tuple(weight.shape)}), got {shape}")
+        raise ValueError(
+            f"input_norm must have shape ({weight.shape[1]},) (one norm per input of the weight of "
+            f"shape {tuple(weight.shape)}), got {shape}"
+        )
     if not bool(torch.isfinite(input_norm).all()) or bool((input_norm < 0).any()):
         raise ValueError("input_norm must be finite and non-negative (NaN/inf calibration activations?)")
     return weight.abs() * input_norm.to(weight.device).reshape(1, -1)
 
 
-def wanda(weight: torch.Tensor, input_norm: torch.Tensor, amount: Amount, *, pattern: Pattern = None,
-          mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+def wanda(
+    weight: torch.Tensor,
+    input_norm: torch.Tensor,
+    amount: Amount,
+    *,
+    pattern: Pattern = None,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Wanda's mask: in every output row, prune ``amount`` of the entries of lowest ``|W| * input_norm``.
 
     Args:
@@ -159,8 +168,10 @@ def _check_sparsegpt_args(amount, pattern, block_size, damp) -> None:
     if pattern is None:
         validate_amount(amount)
         if isinstance(amount, numbers.Integral):
-            raise TypeError(f"sparsegpt prunes a fraction of every block of columns: amount must be a float in "
-                            f"[0, 1], got {amount!r}")
+            raise TypeError(
+                f"sparsegpt prunes a fraction of every block of columns: amount must be a float in "
+                f"[0, 1], got {amount!r}"
+            )
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"block_size must be a positive int, got {block_size!r}")
     if pattern is not None and block_size % pattern[1]:
@@ -169,8 +180,15 @@ def _check_sparsegpt_args(amount, pattern, block_size, damp) -> None:
         raise ValueError(f"damp must be a non-negative float, got {damp!r}")
 
 
-def check_sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, amount, pattern: Pattern, block_size: int,
-                    damp: float, what: str = "weight") -> Pattern:
+def check_sparsegpt(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    amount,
+    pattern: Pattern,
+    block_size: int,
+    damp: float,
+    what: str = "weight",
+) -> Pattern:
     """Every check :func:`sparsegpt` makes of its arguments; returns the checked pattern."""
     _check_weight(weight, what)
     pattern = check_pattern(pattern, weight.shape[1], what)
@@ -179,7 +197,7 @@ def check_sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, amount, pattern
     return pattern
 
 
-def inverse_factor(hessian: torch.Tensor, damp: float) -> Tuple[torch.Tensor, torch.Tensor]:
+def inverse_factor(hessian: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(dead inputs, upper Cholesky factor of the damped ``H^-1``), as the reference computes them."""
     h = hessian.clone()
     diag = h.diagonal()
@@ -193,9 +211,16 @@ def inverse_factor(hessian: torch.Tensor, damp: float) -> Tuple[torch.Tensor, to
     return dead, torch.linalg.cholesky(torch.cholesky_inverse(lower), upper=True)
 
 
-def sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, amount: Optional[float], *, pattern: Pattern = None,
-              mask: Optional[torch.Tensor] = None, block_size: int = 128,
-              damp: float = 0.01) -> Tuple[torch.Tensor, torch.Tensor]:
+def sparsegpt(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    amount: float | None,
+    *,
+    pattern: Pattern = None,
+    mask: torch.Tensor | None = None,
+    block_size: int = 128,
+    damp: float = 0.01,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """SparseGPT: prune ``weight`` and update its surviving entries to reconstruct the layer's outputs.
 
     Inputs ``j`` never active (``hessian[j, j] == 0``) get ``H[j, j] = 1`` and ``W[:, j] = 0``; the
@@ -244,9 +269,18 @@ def sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, amount: Optional[floa
     return w.to(weight.dtype), keep_all
 
 
-def prune_block(w: torch.Tensor, keep: torch.Tensor, hinv: torch.Tensor, i1: int, i2: int, amount, pattern, *,
-                choose: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None,
-                prior: bool = True) -> None:
+def prune_block(
+    w: torch.Tensor,
+    keep: torch.Tensor,
+    hinv: torch.Tensor,
+    i1: int,
+    i2: int,
+    amount,
+    pattern,
+    *,
+    choose: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    prior: bool = True,
+) -> None:
     """Columns ``i1:i2`` of ``w`` and ``keep``, in place: choose, prune, push the error on.
 
     ``choose(scores, keep1) -> keep1`` replaces the block's unstructured selection (the sharded
@@ -258,7 +292,7 @@ def prune_block(w: torch.Tensor, keep: torch.Tensor, hinv: torch.Tensor, i1: int
     d1 = h1.diagonal().reshape(1, -1)
     keep1 = keep[:, i1:i2]
     if pattern is None:
-        scores = w1 ** 2 / d1 ** 2
+        scores = w1**2 / d1**2
         keep1 = choose(scores, keep1) if choose is not None else _choose_block(scores, keep1, amount)
     else:
         keep1 = keep1.clone()
@@ -268,9 +302,9 @@ def prune_block(w: torch.Tensor, keep: torch.Tensor, hinv: torch.Tensor, i1: int
         if pattern is not None and i % pattern[1] == 0:
             n, m = pattern
             assert per_row is not None  # set whenever pattern is
-            part = w1[:, i:i + m]
-            scores = part ** 2 / d1[:, i:i + m] ** 2
-            keep1[:, i:i + m] = keep_per_pool(part, per_row, n, scores, mask=keep1[:, i:i + m] if prior else None)
+            part = w1[:, i : i + m]
+            scores = part**2 / d1[:, i : i + m] ** 2
+            keep1[:, i : i + m] = keep_per_pool(part, per_row, n, scores, mask=keep1[:, i : i + m] if prior else None)
         col = w1[:, i]
         q = torch.where(keep1[:, i], col, 0)
         err = (col - q) / h1[i, i]
@@ -293,7 +327,7 @@ def _choose_block(scores: torch.Tensor, keep1: torch.Tensor, amount) -> torch.Te
     return keep.view(keep1.shape)
 
 
-def outlier_ratio(scores: Union[torch.Tensor, Sequence[torch.Tensor]], threshold: float = 5.0) -> float:
+def outlier_ratio(scores: torch.Tensor | Sequence[torch.Tensor], threshold: float = 5.0) -> float:
     """OWL's outlier ratio: the share of ``scores`` above ``threshold`` times their mean (a fraction).
 
     Args:
@@ -320,7 +354,7 @@ def outlier_ratio(scores: Union[torch.Tensor, Sequence[torch.Tensor]], threshold
     return float(above) / flat.numel()
 
 
-def owl(outlier_ratios: Sequence[float], amount: float, *, lam: float = 0.08) -> List[float]:
+def owl(outlier_ratios: Sequence[float], amount: float, *, lam: float = 0.08) -> list[float]:
     """OWL's per-block amounts: blocks with more outliers pruned less, the mean amount unchanged.
 
     The ratios are min-max scaled to ``[0, 2 * lam]``, centred, and added to the density
@@ -358,6 +392,8 @@ def owl(outlier_ratios: Sequence[float], amount: float, *, lam: float = 0.08) ->
     amounts = [1.0 - (s - mean + (1.0 - float(amount))) for s in scaled]
     bad = [(i, a) for i, a in enumerate(amounts) if not 0.0 <= a <= 1.0]
     if bad:
-        raise ValueError(f"OWL with amount={amount} and lam={lam} gives block {bad[0][0]} the amount {bad[0][1]:.4f}, "
-                         "outside [0, 1]: lower lam")
+        raise ValueError(
+            f"OWL with amount={amount} and lam={lam} gives block {bad[0][0]} the amount {bad[0][1]:.4f}, "
+            "outside [0, 1]: lower lam"
+        )
     return amounts

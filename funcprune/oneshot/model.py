@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import numbers
-from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple, Union, cast
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple, cast
 
 import optree
 import torch
@@ -24,8 +25,9 @@ from .. import _dtensor
 from .._amount import validate_amount
 from ..methods import l1_unstructured
 from ..patterns import nm_structured
-from .methods import check_pattern, outlier_ratio, owl as owl_amounts, sparsegpt, wanda, wanda_scores
 from . import distributed
+from .methods import check_pattern, outlier_ratio, sparsegpt, wanda, wanda_scores
+from .methods import owl as owl_amounts
 from .stats import Collector, LayerStats, all_reduce
 
 __all__ = ["prune", "prune_layer", "find_blocks", "Result", "LayerReport", "METHODS"]
@@ -33,26 +35,35 @@ __all__ = ["prune", "prune_layer", "find_blocks", "Result", "LayerReport", "METH
 METHODS = ("magnitude", "wanda", "sparsegpt")
 #: where transformers keeps the decoder blocks (Llama, Qwen2, Mistral, Gemma, Phi; GPT-2; OPT; GPT-NeoX; bare
 #: models)
-AUTO_BLOCKS = ("model.layers", "transformer.h", "model.decoder.layers", "gpt_neox.layers",
-               "model.language_model.layers",
-               "layers", "h", "decoder.layers", "transformer.blocks", "blocks")
+AUTO_BLOCKS = (
+    "model.layers",
+    "transformer.h",
+    "model.decoder.layers",
+    "gpt_neox.layers",
+    "model.language_model.layers",
+    "layers",
+    "h",
+    "decoder.layers",
+    "transformer.blocks",
+    "blocks",
+)
 
 
 class LayerReport(NamedTuple):
     """What :func:`prune` did to one weight (tuples over the levels when ``amount`` is a list)."""
 
     block: int  #: index of the block in the block list
-    amount: Union[float, int, Tuple]  #: the amount applied (OWL's per-block amount, or the given one)
-    sparsity: Union[float, Tuple]  #: the fraction of the weight pruned
+    amount: float | int | tuple  #: the amount applied (OWL's per-block amount, or the given one)
+    sparsity: float | tuple  #: the fraction of the weight pruned
     tokens: int  #: calibration token rows its statistics summed (0 for magnitude)
 
 
 class Result(NamedTuple):
     """The pruned model as trees keyed like ``model.named_parameters()``."""
 
-    params: Dict[str, torch.Tensor]  #: the model's own tensors, SparseGPT's updated weights in their place
-    masks: Dict[str, torch.Tensor]  #: bool keep masks of the pruned weights
-    layers: Dict[str, LayerReport]  #: per pruned weight
+    params: dict[str, torch.Tensor]  #: the model's own tensors, SparseGPT's updated weights in their place
+    masks: dict[str, torch.Tensor]  #: bool keep masks of the pruned weights
+    layers: dict[str, LayerReport]  #: per pruned weight
     stacked: str  #: "none" (one amount), "masks" or "both" (K levels): ``fp.stacked_call``'s ``stacked``
 
 
@@ -60,7 +71,7 @@ class _Stop(Exception):
     pass
 
 
-def find_blocks(model: torch.nn.Module, blocks: Optional[str] = None) -> Tuple[str, torch.nn.ModuleList]:
+def find_blocks(model: torch.nn.Module, blocks: str | None = None) -> tuple[str, torch.nn.ModuleList]:
     """The dotted name and the ``nn.ModuleList`` of the model's repeated blocks.
 
     Args:
@@ -95,7 +106,7 @@ def _is_conv1d(module: torch.nn.Module) -> bool:
     return type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None
 
 
-def _targets(model: torch.nn.Module, prefix: str, blocks, include) -> List[Dict[str, Tuple[str, torch.nn.Module]]]:
+def _targets(model: torch.nn.Module, prefix: str, blocks, include) -> list[dict[str, tuple[str, torch.nn.Module]]]:
     """Per block: ``{param name: (module name inside the block, module)}`` of the selected linear weights."""
     found = []
     for i, block in enumerate(blocks):
@@ -117,8 +128,10 @@ def _targets(model: torch.nn.Module, prefix: str, blocks, include) -> List[Dict[
         if name not in params:
             raise KeyError(f"include names {name!r}, which is not a parameter of {type(model).__name__}")
         if name not in every:
-            raise ValueError(f"include names {name!r}, which is not the weight of an nn.Linear inside the blocks "
-                             f"{prefix!r} (one-shot methods prune linear layers from their inputs' statistics)")
+            raise ValueError(
+                f"include names {name!r}, which is not the weight of an nn.Linear inside the blocks "
+                f"{prefix!r} (one-shot methods prune linear layers from their inputs' statistics)"
+            )
     return [{n: t for n, t in layers.items() if n in names} for layers in found]
 
 
@@ -126,9 +139,17 @@ def _linear_weight(module: torch.nn.Module, value: torch.Tensor) -> torch.Tensor
     return value.t() if _is_conv1d(module) else value
 
 
-def prune_layer(weight: torch.Tensor, stats: Optional[LayerStats], method: str, amount, *, pattern=None,
-                mask: Optional[torch.Tensor] = None, block_size: int = 128,
-                damp: float = 0.01) -> Tuple[torch.Tensor, torch.Tensor]:
+def prune_layer(
+    weight: torch.Tensor,
+    stats: LayerStats | None,
+    method: str,
+    amount,
+    *,
+    pattern=None,
+    mask: torch.Tensor | None = None,
+    block_size: int = 128,
+    damp: float = 0.01,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One layer's step of :func:`prune`: ``(weight after pruning, keep mask)`` in the Linear layout ``(out, in)``.
 
     ``"magnitude"`` is torch's ``l1_unstructured`` over the whole weight (per row N:M of ``|W|``
@@ -137,8 +158,9 @@ def prune_layer(weight: torch.Tensor, stats: Optional[LayerStats], method: str, 
     returned as given except for SparseGPT.
     """
     if _dtensor.is_dtensor(weight):  # FSDP2 rows: pruned where they live
-        new, keep = distributed.prune_layer(weight, stats, method, amount, pattern=pattern, mask=mask,
-                                            block_size=block_size, damp=damp)
+        new, keep = distributed.prune_layer(
+            weight, stats, method, amount, pattern=pattern, mask=mask, block_size=block_size, damp=damp
+        )
         return (weight if new is None else new), keep
     if method == "magnitude":
         if pattern is not None:
@@ -147,14 +169,16 @@ def prune_layer(weight: torch.Tensor, stats: Optional[LayerStats], method: str, 
     needed = "sumsq" if method == "wanda" else "hessian"
     statistic = None if stats is None else getattr(stats, needed)
     if statistic is None:
-        raise ValueError(f"method {method!r} needs the layer's statistics with {needed} (LayerStats.{needed}), "
-                         f"got {'no statistics' if stats is None else 'none'}")
+        raise ValueError(
+            f"method {method!r} needs the layer's statistics with {needed} (LayerStats.{needed}), "
+            f"got {'no statistics' if stats is None else 'none'}"
+        )
     if method == "wanda":
         return weight, wanda(weight, statistic.sqrt(), amount, pattern=pattern, mask=mask)
     return sparsegpt(weight, statistic, amount, pattern=pattern, mask=mask, block_size=block_size, damp=damp)
 
 
-def _levels(method: str, amount, owl: bool, pattern) -> Tuple[list, bool]:
+def _levels(method: str, amount, owl: bool, pattern) -> tuple[list, bool]:
     stacked = isinstance(amount, (list, tuple))
     levels = list(amount) if stacked else [amount]
     if not levels:
@@ -186,7 +210,7 @@ def _check(model, method, dtype, sequential, pattern, targets, block_size) -> No
             check_pattern(pattern, _linear_weight(module, module.weight).shape[1], name)
 
 
-def _to(tree: Any, device: Optional[torch.device]) -> Any:
+def _to(tree: Any, device: torch.device | None) -> Any:
     if device is None:
         return tree
     return optree.tree_map(lambda x: x.to(device) if isinstance(x, torch.Tensor) else x, tree, none_is_leaf=True)
@@ -202,7 +226,7 @@ def _call(model: torch.nn.Module, batch: Any, accepts_cache: bool) -> None:
         model(batch, **extra)
 
 
-def _capture(model, first, batches, device) -> List[Tuple[tuple, dict]]:
+def _capture(model, first, batches, device) -> list[tuple[tuple, dict]]:
     """The first block's ``(args, kwargs)`` for every batch (on ``device``), by stopping the model there."""
     import inspect
 
@@ -253,8 +277,8 @@ def _without_hidden(entry):
     return args, {**kwargs, "hidden_states": None}
 
 
-def _block_values(block: torch.nn.Module, device) -> Dict[str, torch.Tensor]:
-    values: Dict[str, torch.Tensor] = dict(block.named_parameters())
+def _block_values(block: torch.nn.Module, device) -> dict[str, torch.Tensor]:
+    values: dict[str, torch.Tensor] = dict(block.named_parameters())
     values.update(block.named_buffers())
     return {n: (v.to(device) if device is not None else v).detach() for n, v in values.items()}
 
@@ -263,8 +287,10 @@ def _collect(block, values, layers, hs, entries, *, sumsq, hessian, dtype, where
     """Run the block on every batch with the statistics hooks on; (all-reduced stats, outputs or None)."""
     modules = {name: (module, _linear_weight(module, module.weight).shape[1]) for name, (_, module) in layers.items()}
     outs: Any = [] if keep_outputs else None  # a list exactly when keep_outputs
-    with Collector(modules, sumsq=sumsq, hessian=hessian, dtype=dtype) as collector, \
-            distributed.block_runner(block, values) as run:
+    with (
+        Collector(modules, sumsq=sumsq, hessian=hessian, dtype=dtype) as collector,
+        distributed.block_runner(block, values) as run,
+    ):
         for h, entry in zip(hs, entries):
             collector.new_batch()
             out = _run(run, h, entry)
@@ -281,16 +307,29 @@ def _collect(block, values, layers, hs, entries, *, sumsq, hessian, dtype, where
     return {name: stats[collector.key_of[name]] for name in layers}, outs
 
 
-def _owl_ratios(blocks, prefix, targets, captured, device, dtype, threshold, group) -> List[float]:
+def _owl_ratios(blocks, prefix, targets, captured, device, dtype, threshold, group) -> list[float]:
     """OWL's outlier ratio of every block, from the dense model's Wanda scores (one dense pass)."""
     hs = [_hidden(entry) for entry in captured]
     ratios = []
     for i, block in enumerate(blocks):
         values = _block_values(block, device)
-        stats, hs = _collect(block, values, targets[i], hs, captured, sumsq=True, hessian=False, dtype=dtype,
-                             where=f"block {i} ({prefix}.{i})", group=group, keep_outputs=True)
-        scores = [wanda_scores(_linear_weight(m, values[sub + ".weight"]), stats[n].sumsq.sqrt())
-                  for n, (sub, m) in targets[i].items()]
+        stats, hs = _collect(
+            block,
+            values,
+            targets[i],
+            hs,
+            captured,
+            sumsq=True,
+            hessian=False,
+            dtype=dtype,
+            where=f"block {i} ({prefix}.{i})",
+            group=group,
+            keep_outputs=True,
+        )
+        scores = [
+            wanda_scores(_linear_weight(m, values[sub + ".weight"]), stats[n].sumsq.sqrt())
+            for n, (sub, m) in targets[i].items()
+        ]
         ratios.append(outlier_ratio(scores, threshold) if scores else 0.0)
     return ratios
 
@@ -307,10 +346,25 @@ def _eval_mode(model: torch.nn.Module):
             module.training = mode
 
 
-def prune(model: torch.nn.Module, calibration: Iterable[Any], method: str, amount, *, pattern=None,
-          blocks: Optional[str] = None, include=None, owl: bool = False, owl_threshold: float = 5.0,
-          owl_lam: float = 0.08, sequential: bool = True, device=None, group=None, block_size: int = 128,
-          damp: float = 0.01, dtype: torch.dtype = torch.float32) -> Result:
+def prune(
+    model: torch.nn.Module,
+    calibration: Iterable[Any],
+    method: str,
+    amount,
+    *,
+    pattern=None,
+    blocks: str | None = None,
+    include=None,
+    owl: bool = False,
+    owl_threshold: float = 5.0,
+    owl_lam: float = 0.08,
+    sequential: bool = True,
+    device=None,
+    group=None,
+    block_size: int = 128,
+    damp: float = 0.01,
+    dtype: torch.dtype = torch.float32,
+) -> Result:
     """Prune the linear layers of a model's blocks one shot from calibration batches.
 
     Args:
@@ -365,14 +419,28 @@ def prune(model: torch.nn.Module, calibration: Iterable[Any], method: str, amoun
     needs = method != "magnitude"
     with _eval_mode(model):
         batches = list(calibration)
-        layer_shapes = [(n, tuple(cast(torch.Tensor, m.weight).shape))
-                        for layers in targets for n, (_, m) in layers.items()]
-        distributed.check_same(group, batches=len(batches), method=method, amount=levels, pattern=pattern,
-                               blocks=block_name, layers=layer_shapes, owl=(owl, owl_threshold, owl_lam),
-                               sequential=sequential, dtype=str(dtype), block_size=block_size, damp=damp)
+        layer_shapes = [
+            (n, tuple(cast(torch.Tensor, m.weight).shape)) for layers in targets for n, (_, m) in layers.items()
+        ]
+        distributed.check_same(
+            group,
+            batches=len(batches),
+            method=method,
+            amount=levels,
+            pattern=pattern,
+            blocks=block_name,
+            layers=layer_shapes,
+            owl=(owl, owl_threshold, owl_lam),
+            sequential=sequential,
+            dtype=str(dtype),
+            block_size=block_size,
+            damp=damp,
+        )
         if owl and any(_dtensor.is_dtensor(m.weight) for layers in targets for _, m in layers.values()):
-            raise ValueError("owl=True needs every pruned weight whole on each rank (data-parallel calibration); "
-                             "with FSDP2-sharded weights pass owl=False")
+            raise ValueError(
+                "owl=True needs every pruned weight whole on each rank (data-parallel calibration); "
+                "with FSDP2-sharded weights pass owl=False"
+            )
         if not batches:
             raise ValueError("calibration is empty: pass an iterable of one batch or more")
         captured = _capture(model, block_list[0], batches, device) if needs or owl else []
@@ -384,17 +452,30 @@ def prune(model: torch.nn.Module, calibration: Iterable[Any], method: str, amoun
         work = _Work(method, pattern, block_size, damp, levels)
         acts = [[_hidden(e) for e in captured] for _ in (levels if sequential else levels[:1])]
         captured = [_without_hidden(e) for e in captured]  # one boundary's activations alive: those in acts
-        stats: Optional[list]  # per level; dropped after each block
-        collected: Optional[list]
+        stats: list | None  # per level; dropped after each block
+        collected: list | None
         for i, block in enumerate(block_list):
             where = f"block {i} ({block_name}.{i})"
             values = _block_values(block, device)
             layers = targets[i]
             stats, dense_outs = [{}] * len(acts), None
             if needs and layers:
-                collected = [_collect(block, values, layers, hs, captured, sumsq=method == "wanda",
-                                      hessian=method == "sparsegpt", dtype=dtype, where=where, group=group,
-                                      keep_outputs=not sequential) for hs in acts]
+                collected = [
+                    _collect(
+                        block,
+                        values,
+                        layers,
+                        hs,
+                        captured,
+                        sumsq=method == "wanda",
+                        hessian=method == "sparsegpt",
+                        dtype=dtype,
+                        where=where,
+                        group=group,
+                        keep_outputs=not sequential,
+                    )
+                    for hs in acts
+                ]
                 stats = [s for s, _ in collected]
                 dense_outs = collected[0][1]
             pruned = work.block(i, layers, values, stats, per_block[i])
@@ -418,13 +499,13 @@ class _Work:
 
     def __init__(self, method, pattern, block_size, damp, levels) -> None:
         self.method, self.pattern, self.block_size, self.damp, self.levels = method, pattern, block_size, damp, levels
-        self.weights: List[Dict[str, torch.Tensor]] = [{} for _ in levels]
-        self.masks: List[Dict[str, torch.Tensor]] = [{} for _ in levels]
-        self.reports: Dict[str, list] = {}
+        self.weights: list[dict[str, torch.Tensor]] = [{} for _ in levels]
+        self.masks: list[dict[str, torch.Tensor]] = [{} for _ in levels]
+        self.reports: dict[str, list] = {}
 
-    def block(self, i, layers, values, stats, amounts) -> List[Dict[str, torch.Tensor]]:
+    def block(self, i, layers, values, stats, amounts) -> list[dict[str, torch.Tensor]]:
         """Prune the block's layers at every level; per level the block values to run it pruned."""
-        pruned: List[Dict[str, torch.Tensor]] = [{} for _ in self.levels]
+        pruned: list[dict[str, torch.Tensor]] = [{} for _ in self.levels]
         for name, (sub, module) in layers.items():
             param = module.weight
             weight = _linear_weight(module, values[sub + ".weight"])
@@ -432,8 +513,15 @@ class _Work:
             for level, amount in enumerate(amounts):
                 layer_stats = stats[min(level, len(stats) - 1)].get(name)
                 try:
-                    new, keep = prune_layer(weight, layer_stats, self.method, amount, pattern=self.pattern,
-                                            block_size=self.block_size, damp=self.damp)
+                    new, keep = prune_layer(
+                        weight,
+                        layer_stats,
+                        self.method,
+                        amount,
+                        pattern=self.pattern,
+                        block_size=self.block_size,
+                        damp=self.damp,
+                    )
                 except (ValueError, TypeError) as err:
                     raise type(err)(f"{name}: {err}") from err
                 run = new if self.method == "sparsegpt" else torch.where(keep, weight, 0)
@@ -453,11 +541,15 @@ class _Work:
             reports = {n: LayerReport(b, r[0][0], r[0][1], r[0][2]) for n, (b, r) in self.reports.items()}
             return Result({**params, **self.weights[0]}, self.masks[0], reports, "none")
         k = len(self.levels)
-        reports = {n: LayerReport(b, tuple(x[0] for x in r), tuple(x[1] for x in r), r[0][2])
-                   for n, (b, r) in self.reports.items()}
+        reports = {
+            n: LayerReport(b, tuple(x[0] for x in r), tuple(x[1] for x in r), r[0][2])
+            for n, (b, r) in self.reports.items()
+        }
         masks = {n: torch.stack([m[n] for m in self.masks]) for n in self.masks[0]}
         if self.method != "sparsegpt":
             return Result(params, masks, reports, "masks")
-        stacked_params = {n: (torch.stack([w[n] for w in self.weights]) if n in self.weights[0]
-                              else p.detach().expand(k, *p.shape)) for n, p in params.items()}
+        stacked_params = {
+            n: (torch.stack([w[n] for w in self.weights]) if n in self.weights[0] else p.detach().expand(k, *p.shape))
+            for n, p in params.items()
+        }
         return Result(stacked_params, masks, reports, "both")

@@ -9,7 +9,8 @@ every rank then holds the statistics of all ranks' batches.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
@@ -22,14 +23,14 @@ class LayerStats(NamedTuple):
     """Sums over the calibration token rows of one input tensor (shared by the layers that read it)."""
 
     #: ``(in_features,)``: ``sum_t x_tj^2``; Wanda's input norm is its square root (None if not needed)
-    sumsq: Optional[torch.Tensor]
+    sumsq: torch.Tensor | None
     #: ``(in_features, in_features)``: ``sum_t x_t x_tᵀ`` (None if not needed)
-    hessian: Optional[torch.Tensor]
+    hessian: torch.Tensor | None
     #: 0-d int64: how many token rows were summed
     tokens: torch.Tensor
 
 
-def all_reduce(stats: Dict[str, LayerStats], group=None) -> Dict[str, LayerStats]:
+def all_reduce(stats: dict[str, LayerStats], group=None) -> dict[str, LayerStats]:
     """Sum every statistic over the ranks of ``group`` (the default group), in one collective per dtype.
 
     A no-op returning ``stats`` when torch.distributed is not initialized and no ``group`` is
@@ -47,15 +48,15 @@ def all_reduce(stats: Dict[str, LayerStats], group=None) -> Dict[str, LayerStats
     if group is None and not (dist.is_available() and dist.is_initialized()):
         return stats
     names = sorted(stats)
-    fields: List[Tuple[str, int, torch.Tensor]] = []
+    fields: list[tuple[str, int, torch.Tensor]] = []
     for name in names:
         for index, value in enumerate(stats[name]):
             if value is not None:
                 fields.append((name, index, value))
-    by_dtype: Dict[torch.dtype, List[int]] = {}
+    by_dtype: dict[torch.dtype, list[int]] = {}
     for position, (_, _, value) in enumerate(fields):
         by_dtype.setdefault(value.dtype, []).append(position)
-    summed: Dict[int, torch.Tensor] = {}
+    summed: dict[int, torch.Tensor] = {}
     for dtype in sorted(by_dtype, key=str):  # the same order on every rank
         positions = by_dtype[dtype]
         flat = torch.cat([fields[p][2].reshape(-1) for p in positions])
@@ -63,9 +64,9 @@ def all_reduce(stats: Dict[str, LayerStats], group=None) -> Dict[str, LayerStats
         offset = 0
         for p in positions:
             value = fields[p][2]
-            summed[p] = flat[offset:offset + value.numel()].view(value.shape)
+            summed[p] = flat[offset : offset + value.numel()].view(value.shape)
             offset += value.numel()
-    out: Dict[str, list] = {name: list(stats[name]) for name in names}
+    out: dict[str, list] = {name: list(stats[name]) for name in names}
     for position, (name, index, _) in enumerate(fields):
         out[name][index] = summed[position]
     return {name: LayerStats(*values) for name, values in out.items()}
@@ -84,15 +85,16 @@ class Collector:
       dtype: float32 or float64, the statistics' dtype.
     """
 
-    def __init__(self, layers: Dict[str, Tuple[torch.nn.Module, int]], *, sumsq: bool, hessian: bool,
-                 dtype: torch.dtype) -> None:
+    def __init__(
+        self, layers: dict[str, tuple[torch.nn.Module, int]], *, sumsq: bool, hessian: bool, dtype: torch.dtype
+    ) -> None:
         self.layers, self.want_sumsq, self.want_hessian, self.dtype = layers, sumsq, hessian, dtype
-        self.key_of: Dict[str, str] = {}
-        self.sums: Dict[str, list] = {}
-        self.seen: List[Tuple[torch.Tensor, str]] = []  # this forward's input tensors (identity, not value)
+        self.key_of: dict[str, str] = {}
+        self.sums: dict[str, list] = {}
+        self.seen: list[tuple[torch.Tensor, str]] = []  # this forward's input tensors (identity, not value)
         self.handles: list = []  # torch's RemovableHandle
 
-    def __enter__(self) -> "Collector":
+    def __enter__(self) -> Collector:
         for name, (module, _) in self.layers.items():
             self.handles.append(module.register_forward_pre_hook(self._hook(name)))
         return self
@@ -118,6 +120,7 @@ class Collector:
             self.seen.append((x, key))
             self._add(key, x, self.layers[name][1])
             return None
+
         return pre
 
     def _add(self, key: str, x: torch.Tensor, features: int) -> None:
@@ -125,9 +128,11 @@ class Collector:
         sums = self.sums.get(key)
         if sums is None:
             zeros = rows.new_zeros
-            sums = self.sums[key] = [zeros(features) if self.want_sumsq else None,
-                                     zeros(features, features) if self.want_hessian else None,
-                                     torch.zeros((), dtype=torch.int64, device=rows.device)]
+            sums = self.sums[key] = [
+                zeros(features) if self.want_sumsq else None,
+                zeros(features, features) if self.want_hessian else None,
+                torch.zeros((), dtype=torch.int64, device=rows.device),
+            ]
         if sums[0] is not None:
             sums[0] += (rows * rows).sum(0)
         if sums[1] is not None:
@@ -135,6 +140,6 @@ class Collector:
                 sums[1].addmm_(rows.mT, rows)
         sums[2] += rows.shape[0]
 
-    def stats(self) -> Dict[str, LayerStats]:
+    def stats(self) -> dict[str, LayerStats]:
         """The sums so far, keyed by the first layer reading each input."""
         return {key: LayerStats(*sums) for key, sums in self.sums.items()}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any, Dict, Optional, Tuple
+from typing import Any
 
 import torch
 
@@ -16,17 +16,21 @@ def renamed(where: str, new: Any, old: Any, new_name: str, old_name: str, defaul
         return default if new is UNSET else new
     if new is not UNSET:
         raise TypeError(f"{where}: got both {new_name}= and its old name {old_name}=; pass {new_name}= only")
-    warnings.warn(f"{where}: {old_name}= is renamed {new_name}= (torch.export's and functional_call's word); "
-                  f"{old_name}= stops working in the next minor release", DeprecationWarning, stacklevel=3)
+    warnings.warn(
+        f"{where}: {old_name}= is renamed {new_name}= (torch.export's and functional_call's word); "
+        f"{old_name}= stops working in the next minor release",
+        DeprecationWarning,
+        stacklevel=3,
+    )
     return old
 
 
-def as_args(args: Any) -> Tuple[Any, ...]:
+def as_args(args: Any) -> tuple[Any, ...]:
     """Positional inputs as functional_call takes them: a tuple is the arguments, anything else the one argument."""
     return args if isinstance(args, tuple) else (args,)
 
 
-def as_kwargs(where: str, kwargs: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+def as_kwargs(where: str, kwargs: dict[str, Any] | None) -> dict[str, Any]:
     if kwargs is None:
         return {}
     if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, List, Optional, Tuple, cast
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -16,12 +16,12 @@ from ._types import Group
 __all__ = ["build", "owners_of", "plan_slices"]
 
 
-def owners_of(module: nn.Module) -> Dict[str, List[Tuple[str, str]]]:
+def owners_of(module: nn.Module) -> dict[str, list[tuple[str, str]]]:
     """``{name: [(submodule path, local name), ...]}`` for every param and buffer, tied aliases
     listed under the name ``named_parameters()`` (``named_buffers()``) gives them."""
-    out: Dict[str, List[Tuple[str, str]]] = {}
+    out: dict[str, list[tuple[str, str]]] = {}
     for named in (module.named_parameters, module.named_buffers):
-        first: Dict[int, str] = {}
+        first: dict[int, str] = {}
         for name, t in named(remove_duplicate=False):
             path, _, local = name.rpartition(".")
             key = first.setdefault(id(t), name)
@@ -29,16 +29,16 @@ def owners_of(module: nn.Module) -> Dict[str, List[Tuple[str, str]]]:
     return out
 
 
-def plan_slices(module: nn.Module, entries: List[Tuple[Group, List[int]]]):
+def plan_slices(module: nn.Module, entries: list[tuple[Group, list[int]]]):
     """``{(name, dim): kept indices}`` of every tensor a group slices, checked against the module."""
-    tensors: Dict[str, torch.Tensor] = dict(module.named_parameters())
+    tensors: dict[str, torch.Tensor] = dict(module.named_parameters())
     tensors.update(dict(module.named_buffers()))
     shapes = {name: tuple(t.shape) for name, t in tensors.items()}
     try:
         checked = check_groups([g for g, _ in entries], shapes, "parameters and buffers of the module", buffers=True)
     except KeyError as err:  # a member naming no tensor of this module: a value that does not fit it
         raise ValueError(err.args[0]) from err
-    lines: Dict[Tuple[str, int], torch.Tensor] = {}
+    lines: dict[tuple[str, int], torch.Tensor] = {}
     for group, (_, kept) in zip(checked, entries):
         if len(kept) == group.channels:
             continue
@@ -46,12 +46,16 @@ def plan_slices(module: nn.Module, entries: List[Tuple[Group, List[int]]]):
         keep[kept] = True
         for m in group.members:
             line = lines.setdefault((m.name, m.dim), torch.ones(shapes[m.name][m.dim], dtype=torch.bool))
-            line[m.offset:m.offset + group.channels * m.unit] &= keep.repeat_interleave(m.unit)
+            line[m.offset : m.offset + group.channels * m.unit] &= keep.repeat_interleave(m.unit)
     return {key: line.nonzero().flatten() for key, line in lines.items()}
 
 
-def build(module: nn.Module, entries: List[Tuple[Group, List[int]]], params: Optional[Dict[str, torch.Tensor]],
-          masks: Dict[str, torch.Tensor]) -> nn.Module:
+def build(
+    module: nn.Module,
+    entries: list[tuple[Group, list[int]]],
+    params: dict[str, torch.Tensor] | None,
+    masks: dict[str, torch.Tensor],
+) -> nn.Module:
     """A deep copy of ``module`` with every group's members sliced at its kept channels, ``params`` in place of
     the module's values, ``masks`` applied, and the owners' attributes resized (unknown owners refused first)."""
     plan = plan_slices(module, entries)
@@ -61,10 +65,12 @@ def build(module: nn.Module, entries: List[Tuple[Group, List[int]]], params: Opt
         sub = module.get_submodule(path)
         if resizer_for(sub) is None:
             names = sorted(name for name, _ in plan if any(p == path for p, _ in owners[name]))
-            raise ValueError(f"shrink does not know how to resize submodule {path or '<root>'!r} of type "
-                             f"{type(sub).__module__}.{type(sub).__qualname__}, which owns {names}: register how its "
-                             "attributes follow its tensors' shapes with funcprune.structural.register_resizer")
-    own: Dict[str, torch.Tensor] = dict(module.named_parameters())
+            raise ValueError(
+                f"shrink does not know how to resize submodule {path or '<root>'!r} of type "
+                f"{type(sub).__module__}.{type(sub).__qualname__}, which owns {names}: register how its "
+                "attributes follow its tensors' shapes with funcprune.structural.register_resizer"
+            )
+    own: dict[str, torch.Tensor] = dict(module.named_parameters())
     own.update(dict(module.named_buffers()))
     params = params or {}
     touched = set(params) | set(masks) | {name for name, _ in plan}

@@ -10,10 +10,21 @@ the runner (``_trace``), so neither imports the other's internals.
 from __future__ import annotations
 
 import math
-from typing import List, NamedTuple, Optional, Tuple
+from typing import NamedTuple
 
-__all__ = ["Flow", "Seg", "Shim", "Space", "TensorState", "iter_dims", "module_path", "norm_dim", "shape_of",
-           "untracked", "where"]
+__all__ = [
+    "Flow",
+    "Seg",
+    "Shim",
+    "Space",
+    "TensorState",
+    "iter_dims",
+    "module_path",
+    "norm_dim",
+    "shape_of",
+    "untracked",
+    "where",
+]
 
 
 class Seg(NamedTuple):
@@ -23,7 +34,7 @@ class Seg(NamedTuple):
     ``head_dim`` after a ``view`` into heads); it names no channel of its own.
     """
 
-    space: "Space"
+    space: Space
     pos: int
     length: int
     inner: bool = False
@@ -32,26 +43,41 @@ class Seg(NamedTuple):
 class Space:
     """One channel space (a node of the union-find): its members and what keeps it from pruning."""
 
-    __slots__ = ("parent", "size", "channels", "members", "producer", "pinned", "inexact",
-                 "kinds", "pools", "merged", "parts", "origin", "ident", "attached", "fold")
+    __slots__ = (
+        "parent",
+        "size",
+        "channels",
+        "members",
+        "producer",
+        "pinned",
+        "inexact",
+        "kinds",
+        "pools",
+        "merged",
+        "parts",
+        "origin",
+        "ident",
+        "attached",
+        "fold",
+    )
 
     def __init__(self, ident: int, size: int, origin=None):
-        self.parent: Optional[Space] = None
+        self.parent: Space | None = None
         self.ident = ident
-        self.size = size              # fine channels when created (offsets of a split are in these)
-        self.channels = size          # current count: gcd with every length that had to align
+        self.size = size  # fine channels when created (offsets of a split are in these)
+        self.channels = size  # current count: gcd with every length that had to align
         # name, dim, offset, length, buffer, local (a grouped conv's in dim: one run, not `fold` runs)
-        self.members: List[Tuple[str, int, int, int, bool, bool]] = []
-        self.producer = False         # a conv/linear/embedding output dim starts here
-        self.pinned: List[str] = []   # reasons it may not be pruned (barrier, model output, ...)
-        self.inexact: List[str] = []  # normalizations across it
+        self.members: list[tuple[str, int, int, int, bool, bool]] = []
+        self.producer = False  # a conv/linear/embedding output dim starts here
+        self.pinned: list[str] = []  # reasons it may not be pruned (barrier, model output, ...)
+        self.inexact: list[str] = []  # normalizations across it
         self.kinds: set = set()
         self.pools = 1
-        self.fold = 1                 # grouped-conv input: channels are positions local to `fold` runs
-        self.merged = False           # joined with another space (then it cannot be split)
-        self.parts: Optional[List[Tuple["Space", int]]] = None  # after a split: (part, fine size)
-        self.origin = origin          # (name, dim, buffer) of a parameter dim not yet claimed
-        self.attached: List["Space"] = []  # spaces this unclaimed parameter dim was attached to
+        self.fold = 1  # grouped-conv input: channels are positions local to `fold` runs
+        self.merged = False  # joined with another space (then it cannot be split)
+        self.parts: list[tuple[Space, int]] | None = None  # after a split: (part, fine size)
+        self.origin = origin  # (name, dim, buffer) of a parameter dim not yet claimed
+        self.attached: list[Space] = []  # spaces this unclaimed parameter dim was attached to
 
 
 def module_path(node) -> str:
@@ -68,8 +94,8 @@ class Flow:
     """The dataflow state: spaces, the per-node values, and the helpers the op rules use."""
 
     def __init__(self):
-        self.spaces: List[Space] = []
-        self.equal_splits: List[Tuple[list, str]] = []  # (each part's segments, reason): one space or pinned
+        self.spaces: list[Space] = []
+        self.equal_splits: list[tuple[list, str]] = []  # (each part's segments, reason): one space or pinned
 
     # --- spaces -------------------------------------------------------------------------
     def new(self, size: int, origin=None) -> Space:
@@ -120,8 +146,7 @@ class Flow:
         root.origin = None
         return root
 
-    def member(self, space: Space, name: str, dim: int, pos: int, length: int, buffer=False,
-               local=False):
+    def member(self, space: Space, name: str, dim: int, pos: int, length: int, buffer=False, local=False):
         root = self.find(space)
         root.members.append((name, dim, pos, length, buffer, local))
         root.channels = math.gcd(root.channels, length * (root.fold if local else 1))
@@ -137,7 +162,7 @@ class Flow:
             root.inexact.append(reason)
 
     # --- segments -----------------------------------------------------------------------
-    def resolve(self, segs) -> Tuple[Seg, ...]:
+    def resolve(self, segs) -> tuple[Seg, ...]:
         """Segments with split spaces expanded into their parts, spaces replaced by roots."""
         out = []
         for seg in segs:
@@ -176,7 +201,7 @@ class Flow:
         space.parts = halves
         return True
 
-    def fresh_pinned(self, size: int, reason: str) -> Tuple[Seg, ...]:
+    def fresh_pinned(self, size: int, reason: str) -> tuple[Seg, ...]:
         space = self.new(size)
         space.pinned.append(reason)
         return (Seg(space, 0, size),)
@@ -216,8 +241,9 @@ class Flow:
                 if (length * lo) % param.length or (length * seg.length) % param.length:
                     self.pin(seg.space, reason + f": {name} dim {dim} does not split evenly")
                     continue
-                self.member(seg.space, name, dim, off + length * lo // param.length,
-                            length * seg.length // param.length, buf)
+                self.member(
+                    seg.space, name, dim, off + length * lo // param.length, length * seg.length // param.length, buf
+                )
             space.attached.append(self.find(seg.space))
 
     def align(self, a, b, reason: str):
@@ -232,10 +258,12 @@ class Flow:
             return
         if any(s.inner for s in a + b):
             if all(s.inner or s.space.origin is not None for s in a + b) and any(
-                    s.space.origin is not None for s in a + b):
+                s.space.origin is not None for s in a + b
+            ):
                 return  # a parameter or buffer along the head dim (rotary tables): shared by all heads
             if [(s.pos, s.inner) for s in a] == [(s.pos, s.inner) for s in b] and all(
-                    self.find(x.space) is self.find(y.space) for x, y in zip(a, b)):
+                self.find(x.space) is self.find(y.space) for x, y in zip(a, b)
+            ):
                 return
             for seg in a + b:
                 self.pin(seg.space, reason)
@@ -264,17 +292,15 @@ def iter_dims(value):
 class TensorState(NamedTuple):
     """What one tensor value carries: its shape and, per dim, its segments."""
 
-    shape: Tuple[int, ...]
-    dims: Tuple[Tuple[Seg, ...], ...]
+    shape: tuple[int, ...]
+    dims: tuple[tuple[Seg, ...], ...]
 
 
 def untracked(shape) -> TensorState:
     return TensorState(tuple(shape), tuple(() for _ in shape))
 
 
-
-
-def shape_of(node) -> Tuple[int, ...]:
+def shape_of(node) -> tuple[int, ...]:
     """The shape of a node's (single) output."""
     return tuple(node.meta["val"].shape)
 

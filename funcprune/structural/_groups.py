@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -20,13 +20,19 @@ class GroupReport(NamedTuple):
     input, one channel...).
     """
 
-    groups: Tuple[Group, ...]
-    inexact: Tuple[Group, ...]
-    excluded: Tuple[Group, ...]
+    groups: tuple[Group, ...]
+    inexact: tuple[Group, ...]
+    excluded: tuple[Group, ...]
 
 
-def group_report(module: torch.nn.Module, args: Any = UNSET, kwargs: Optional[Dict[str, Any]] = UNSET, *,
-                 example_args: Any = UNSET, example_kwargs: Any = UNSET) -> GroupReport:
+def group_report(
+    module: torch.nn.Module,
+    args: Any = UNSET,
+    kwargs: dict[str, Any] | None = UNSET,
+    *,
+    example_args: Any = UNSET,
+    example_kwargs: Any = UNSET,
+) -> GroupReport:
     """Trace ``module`` once and sort its channel spaces into prunable, inexact and excluded groups.
 
     Args:
@@ -51,14 +57,18 @@ def group_report(module: torch.nn.Module, args: Any = UNSET, kwargs: Optional[Di
     if args is UNSET:
         raise TypeError("funcprune.structural.groups: missing the example inputs args (a tuple of positional inputs)")
     flow = run(module, as_args(args), as_kwargs("funcprune.structural.groups", kwargs))
-    good: List[Group] = []
-    inexact: List[Group] = []
-    excluded: List[Group] = []
+    good: list[Group] = []
+    inexact: list[Group] = []
+    excluded: list[Group] = []
     seen = set()
     for space in flow.spaces:
         root = flow.find(space)
-        if id(root) in seen or root.parts is not None or not root.members or not (
-                root.producer or (root.pinned and root.origin is None)):
+        if (
+            id(root) in seen
+            or root.parts is not None
+            or not root.members
+            or not (root.producer or (root.pinned and root.origin is None))
+        ):
             continue  # unclaimed parameter dims (kernel taps, vocab rows) are no channel space
         seen.add(id(root))
         reasons = list(root.pinned)
@@ -86,8 +96,15 @@ def group_report(module: torch.nn.Module, args: Any = UNSET, kwargs: Optional[Di
     return GroupReport(tuple(good), tuple(inexact), tuple(excluded))
 
 
-def groups(module: torch.nn.Module, args: Any = UNSET, kwargs: Optional[Dict[str, Any]] = UNSET, *,
-           inexact: bool = False, example_args: Any = UNSET, example_kwargs: Any = UNSET) -> List[Group]:
+def groups(
+    module: torch.nn.Module,
+    args: Any = UNSET,
+    kwargs: dict[str, Any] | None = UNSET,
+    *,
+    inexact: bool = False,
+    example_args: Any = UNSET,
+    example_kwargs: Any = UNSET,
+) -> list[Group]:
     """The coupled channel groups of ``module``: tensor slices that must lose the same channels.
 
     Args:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -14,7 +15,7 @@ from ._types import Group, Member
 __all__ = ["as_group", "kept_channels"]
 
 
-def kept_channels(masks: Tree, groups: Sequence[Group]) -> List[Dict[str, Any]]:
+def kept_channels(masks: Tree, groups: Sequence[Group]) -> list[dict[str, Any]]:
     """Per group, the channels the masks keep, as plain data (JSON- and ``torch.save``-able).
 
     A channel is kept in a member when any entry of its slice survives the member's mask; every
@@ -68,15 +69,22 @@ def kept_channels(masks: Tree, groups: Sequence[Group]) -> List[Dict[str, Any]]:
                     raise ValueError(
                         f"{describe(i, group)}: member {m.name!r} (dim {m.dim}) and member {first.name!r} "
                         f"(dim {first.dim}) keep different channels (they differ at channels {diff[:8]}"
-                        f"{' ...' if len(diff) > 8 else ''}); masks from prune_groups agree across a group")
+                        f"{' ...' if len(diff) > 8 else ''}); masks from prune_groups agree across a group"
+                    )
         indices = list(range(group.channels)) if kept is None else kept.nonzero().flatten().tolist()
-        out.append({"channels": group.channels, "kind": group.kind, "pools": group.pools,
-                    "members": [[m.name, m.dim, m.offset, m.unit, m.buffer] for m in group.members],
-                    "kept": indices})
+        out.append(
+            {
+                "channels": group.channels,
+                "kind": group.kind,
+                "pools": group.pools,
+                "members": [[m.name, m.dim, m.offset, m.unit, m.buffer] for m in group.members],
+                "kept": indices,
+            }
+        )
     return out
 
 
-def as_group(entry: Dict[str, Any], index: int) -> Tuple[Group, List[int]]:
+def as_group(entry: dict[str, Any], index: int) -> tuple[Group, list[int]]:
     """An entry of :func:`kept_channels` (or its JSON round trip) as ``(group, kept)``, validated."""
     try:
         members = tuple(Member(str(n), int(d), int(o), int(u), bool(b)) for n, d, o, u, b in entry["members"])
@@ -87,11 +95,15 @@ def as_group(entry: Dict[str, Any], index: int) -> Tuple[Group, List[int]]:
     if not kept:
         raise ValueError(f"kept[{index}] ({describe(index, group)}) keeps no channel")
     if kept != sorted(set(kept)) or kept[0] < 0 or kept[-1] >= group.channels:
-        raise ValueError(f"kept[{index}] ({describe(index, group)}): kept channels must be increasing indices in "
-                         f"[0, {group.channels}), got {kept[:8]}{' ...' if len(kept) > 8 else ''}")
+        raise ValueError(
+            f"kept[{index}] ({describe(index, group)}): kept channels must be increasing indices in "
+            f"[0, {group.channels}), got {kept[:8]}{' ...' if len(kept) > 8 else ''}"
+        )
     per = group.channels // group.pools
     counts = [sum(1 for c in kept if c // per == p) for p in range(group.pools)]
     if len(set(counts)) > 1:
-        raise ValueError(f"kept[{index}] ({describe(index, group)}): {group.pools} pools need an equal count of "
-                         f"kept channels each, got {counts}")
+        raise ValueError(
+            f"kept[{index}] ({describe(index, group)}): {group.pools} pools need an equal count of "
+            f"kept channels each, got {counts}"
+        )
     return group, kept

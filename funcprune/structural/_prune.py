@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeGuard, Union, cast
+from collections.abc import Callable, Sequence
+from typing import TypeGuard, cast
 
 import torch
 
@@ -14,8 +15,8 @@ from ._types import Group, Member
 
 __all__ = ["prune_groups", "group_importance"]
 
-Importance = Union[str, Callable[[torch.Tensor], torch.Tensor]]
-Count = Union[int, torch.Tensor]
+Importance = str | Callable[[torch.Tensor], torch.Tensor]
+Count = int | torch.Tensor
 
 _IMPORTANCE = {
     # one row per channel: (channels, entries of that channel in this member)
@@ -38,7 +39,7 @@ def channel_any(keep: torch.Tensor, member: Member, channels: int) -> torch.Tens
     return live.reshape(channels, member.unit).any(1)
 
 
-def _param_members(group: Group) -> List[Member]:
+def _param_members(group: Group) -> list[Member]:
     return [m for m in group.members if not m.buffer]
 
 
@@ -46,8 +47,9 @@ def describe(index: int, group: Group) -> str:
     return f"group {index} ({group.kind}, {group.channels} channels)"
 
 
-def check_groups(groups: Sequence[Group], shapes: Dict[str, Tuple[int, ...]], what: str = "params",
-                 buffers: bool = False) -> List[Group]:
+def check_groups(
+    groups: Sequence[Group], shapes: dict[str, tuple[int, ...]], what: str = "params", buffers: bool = False
+) -> list[Group]:
     """The groups as a list, each member's dim made non-negative, after checking them against ``shapes``.
 
     Args:
@@ -92,19 +94,27 @@ def check_groups(groups: Sequence[Group], shapes: Dict[str, Tuple[int, ...]], wh
             except (TypeError, IndexError) as err:
                 raise type(err)(f"{describe(i, group)}: member {m.name!r}: {err}") from err
             if not isinstance(m.unit, int) or m.unit < 1 or not isinstance(m.offset, int) or m.offset < 0:
-                raise ValueError(f"{describe(i, group)}: member {m.name!r} needs offset >= 0 and unit >= 1, "
-                                 f"got offset={m.offset!r}, unit={m.unit!r}")
+                raise ValueError(
+                    f"{describe(i, group)}: member {m.name!r} needs offset >= 0 and unit >= 1, "
+                    f"got offset={m.offset!r}, unit={m.unit!r}"
+                )
             if m.offset + c * m.unit > shape[dim]:
-                raise ValueError(f"{describe(i, group)}: member {m.name!r} dim {dim} has size {shape[dim]} "
-                                 f"(shape {tuple(shape)}) but the group needs offset {m.offset} + {c} channels "
-                                 f"x unit {m.unit} = {m.offset + c * m.unit}")
+                raise ValueError(
+                    f"{describe(i, group)}: member {m.name!r} dim {dim} has size {shape[dim]} "
+                    f"(shape {tuple(shape)}) but the group needs offset {m.offset} + {c} channels "
+                    f"x unit {m.unit} = {m.offset + c * m.unit}"
+                )
             members.append(m._replace(dim=dim))
         out.append(group._replace(members=tuple(members)))
     return out
 
 
-def group_importance(group: Group, values: Dict[str, torch.Tensor], importance: Importance = "l2",
-                     keeps: Optional[Dict[str, torch.Tensor]] = None) -> torch.Tensor:
+def group_importance(
+    group: Group,
+    values: dict[str, torch.Tensor],
+    importance: Importance = "l2",
+    keeps: dict[str, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """One importance per channel of ``group``: the sum over its param members of each channel's norm.
 
     ``"l2"`` is DepGraph's group L2 importance: the sum over members of the squared L2 norm of each
@@ -145,13 +155,15 @@ def group_importance(group: Group, values: Dict[str, torch.Tensor], importance: 
         else:
             score = fn(_member_rows(t, m, group.channels))
         if not isinstance(score, torch.Tensor) or tuple(score.shape) != (group.channels,):
-            raise ValueError(f"importance for member {m.name!r} must return one score per channel, shape "
-                             f"({group.channels},), got {getattr(score, 'shape', type(score).__name__)}")
+            raise ValueError(
+                f"importance for member {m.name!r} must return one score per channel, shape "
+                f"({group.channels},), got {getattr(score, 'shape', type(score).__name__)}"
+            )
         total = score if total is None else total + score
     return cast(torch.Tensor, total)  # a checked group has a param member, so the loop set it
 
 
-def _alive(group: Group, keeps: Dict[str, torch.Tensor]) -> Optional[torch.Tensor]:
+def _alive(group: Group, keeps: dict[str, torch.Tensor]) -> torch.Tensor | None:
     """Channels not pruned yet: a channel is gone when every param member has a prior mask that is
     all ``False`` over its slice (None: no prior masks over all the members, every channel alive)."""
     members = _param_members(group)
@@ -164,7 +176,7 @@ def _alive(group: Group, keeps: Dict[str, torch.Tensor]) -> Optional[torch.Tenso
     return alive
 
 
-def _n_alive(alive: Optional[torch.Tensor], group: Group) -> Count:
+def _n_alive(alive: torch.Tensor | None, group: Group) -> Count:
     """Alive channels in the pool that has the fewest (an int for eager tensors)."""
     per = group.channels // group.pools
     if alive is None:
@@ -195,12 +207,19 @@ def _constrained(k: Count, n: Count, group: Group, round_to: int) -> Count:
     return n - kept
 
 
-def _select_channels(group: Group, imp: torch.Tensor, alive: Optional[torch.Tensor], k: Count) -> torch.Tensor:
+def _select_channels(group: Group, imp: torch.Tensor, alive: torch.Tensor | None, k: Count) -> torch.Tensor:
     """Kept channels of ``group`` (bool, ``channels``) after dropping ``k`` of lowest importance in every pool."""
     shape = (group.pools, group.channels // group.pools)
     key = imp.reshape(shape)
-    keep = select.prune_units(key, select.rows(shape, 0), k, key, lazy=False, what="channels",
-                               mask=None if alive is None else alive.reshape(shape))
+    keep = select.prune_units(
+        key,
+        select.rows(shape, 0),
+        k,
+        key,
+        lazy=False,
+        what="channels",
+        mask=None if alive is None else alive.reshape(shape),
+    )
     return keep.reshape(-1)
 
 
@@ -211,6 +230,7 @@ def _spread(channel_keep: torch.Tensor, member: Member, shape: Sequence[int]) ->
     line = channel_keep if member.unit == 1 else channel_keep.unsqueeze(-1).expand(c, member.unit).reshape(-1)
     before, after = member.offset, size - member.offset - c * member.unit
     if before or after:
+
         def ones(n: int) -> torch.Tensor:
             return torch.ones(n, dtype=torch.bool, device=channel_keep.device)
 
@@ -220,9 +240,18 @@ def _spread(channel_keep: torch.Tensor, member: Member, shape: Sequence[int]) ->
     return line.view(view).expand(tuple(shape))
 
 
-def prune_groups(params: Tree, groups: Sequence[Group], amount: Amount, *, importance: Importance = "l2",
-                 scope: str = "local", masks: Optional[Tree] = None, round_to: int = 1,
-                 include_inexact: bool = False, scores: Optional[Tree] = None) -> Tree:
+def prune_groups(
+    params: Tree,
+    groups: Sequence[Group],
+    amount: Amount,
+    *,
+    importance: Importance = "l2",
+    scope: str = "local",
+    masks: Tree | None = None,
+    round_to: int = 1,
+    include_inexact: bool = False,
+    scores: Tree | None = None,
+) -> Tree:
     """Masks that remove whole channels of every group, the same channels in all of a group's members.
 
     A group's importance per channel sums, over its param members, each channel's norm
@@ -289,8 +318,10 @@ def prune_groups(params: Tree, groups: Sequence[Group], amount: Amount, *, impor
     """
     for what, tree in (("params", params), ("masks", masks), ("scores", scores)):
         if isinstance(tree, torch.nn.Module):
-            raise TypeError(f"prune_groups: {what} must be a tree of tensors named like named_parameters() "
-                            f"(e.g. dict(module.named_parameters())), got the module {type(tree).__name__}")
+            raise TypeError(
+                f"prune_groups: {what} must be a tree of tensors named like named_parameters() "
+                f"(e.g. dict(module.named_parameters())), got the module {type(tree).__name__}"
+            )
     _amount.validate_amount(amount)
     if scope not in ("local", "global"):
         raise ValueError(f"scope must be 'local' or 'global', got {scope!r}")
@@ -306,8 +337,11 @@ def prune_groups(params: Tree, groups: Sequence[Group], amount: Amount, *, impor
     checked = check_groups(groups, {name: tuple(t.shape) for name, t in named.items()})
     chosen = [g for g in checked if g.exact or include_inexact]
     if not chosen:
-        raise ValueError("prune_groups has no group to prune (every group is inexact; pass include_inexact=True "
-                         "to prune those too)" if checked else "prune_groups needs at least one group")
+        raise ValueError(
+            "prune_groups has no group to prune (every group is inexact; pass include_inexact=True to prune those too)"
+            if checked
+            else "prune_groups needs at least one group"
+        )
     amount = _amount.as_number(amount)
     imps = [group_importance(g, values, importance, keeps) for g in chosen]
     alives = [_alive(g, keeps) for g in chosen]
@@ -318,12 +352,13 @@ def prune_groups(params: Tree, groups: Sequence[Group], amount: Amount, *, impor
             n = _n_alive(alive, g)
             k = _floor_div(amount, g.pools) if _is_int_amount(amount) else _amount.prune_count(amount, n)
             if isinstance(k, int) and isinstance(n, int) and k > n:
-                raise ValueError(f"{describe(i, g)}: amount={amount} prunes {k} channels per pool but only {n} "
-                                 "are alive")
+                raise ValueError(
+                    f"{describe(i, g)}: amount={amount} prunes {k} channels per pool but only {n} are alive"
+                )
             counts.append(k)
     else:
         counts = _global_counts(chosen, imps, alives, amount)
-    new: Dict[str, torch.Tensor] = {}
+    new: dict[str, torch.Tensor] = {}
     for g, imp, alive, k in zip(chosen, imps, alives, counts):
         n = _n_alive(alive, g)
         channel_keep = _select_channels(g, imp, alive, _constrained(k, n, g, round_to))
@@ -346,8 +381,9 @@ def _is_int_amount(amount) -> TypeGuard[Count]:
     return isinstance(amount, int) and not isinstance(amount, bool)
 
 
-def _global_counts(groups: List[Group], imps: List[torch.Tensor], alives: List[Optional[torch.Tensor]],
-                   amount) -> List[Count]:
+def _global_counts(
+    groups: list[Group], imps: list[torch.Tensor], alives: list[torch.Tensor | None], amount
+) -> list[Count]:
     """Per group, the channels per pool that one global ranking of normalized importance drops."""
     keys, lives = [], []
     for g, imp, alive in zip(groups, imps, alives):
@@ -360,11 +396,12 @@ def _global_counts(groups: List[Group], imps: List[torch.Tensor], alives: List[O
     live = torch.cat(lives)
     total = key.numel() if all(a is None for a in alives) else select.count_kept(live)
     amount, k = _amount.drop_count(amount, total, "channels")
-    dropped = select.select_flat(key, k, largest=False, alive=None if all(a is None for a in alives) else live,
-                             k_max=key.numel())
+    dropped = select.select_flat(
+        key, k, largest=False, alive=None if all(a is None for a in alives) else live, k_max=key.numel()
+    )
     counts, start = [], 0
     for g in groups:
-        taken = dropped[start:start + g.channels].sum()
+        taken = dropped[start : start + g.channels].sum()
         start += g.channels
         count: Count = int(taken) if is_concrete(taken) else taken
         counts.append(_floor_div(count, g.pools))

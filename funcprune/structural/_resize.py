@@ -10,7 +10,7 @@ sees its projections' new widths), deepest first.
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Optional, Union
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -19,12 +19,12 @@ import torch.nn.functional as F
 __all__ = ["ShrunkMultiheadAttention", "register_resizer", "resizer_for"]
 
 Resizer = Callable[[nn.Module, str], None]
-_BY_TYPE: Dict[type, Resizer] = {}
-_BY_NAME: Dict[str, Resizer] = {}
+_BY_TYPE: dict[type, Resizer] = {}
+_BY_NAME: dict[str, Resizer] = {}
 _NORM_SUFFIXES = ("RMSNorm", "LayerNorm")  # LlamaRMSNorm, T5LayerNorm...: a weight (and bias) and a width
 
 
-def register_resizer(module_type: Union[type, str], resizer: Resizer) -> None:
+def register_resizer(module_type: type | str, resizer: Resizer) -> None:
     """Teach :func:`funcprune.structural.shrink` how to resize modules of ``module_type``.
 
     Args:
@@ -46,11 +46,12 @@ def register_resizer(module_type: Union[type, str], resizer: Resizer) -> None:
     elif isinstance(module_type, type) and issubclass(module_type, nn.Module):
         _BY_TYPE[module_type] = resizer
     else:
-        raise TypeError(f"register_resizer: module_type must be an nn.Module subclass or a class name, got "
-                        f"{module_type!r}")
+        raise TypeError(
+            f"register_resizer: module_type must be an nn.Module subclass or a class name, got {module_type!r}"
+        )
 
 
-def resizer_for(module: nn.Module) -> Optional[Resizer]:
+def resizer_for(module: nn.Module) -> Resizer | None:
     """The registered resizer of ``module``'s type (most specific first), else None."""
     for cls in type(module).__mro__:
         if cls in _BY_TYPE:
@@ -76,12 +77,16 @@ def _fix_conv(sub, path):
     if groups > 1 and old_b_total == groups and b == 1:  # depthwise-style: one channel per conv group on dim 1
         per = old_a // groups
         if a % per:
-            raise ValueError(f"submodule {path!r} ({type(sub).__name__}, groups={groups}): {a} channels left on dim 0 "
-                             f"is not a multiple of the {per} per conv group")
+            raise ValueError(
+                f"submodule {path!r} ({type(sub).__name__}, groups={groups}): {a} channels left on dim 0 "
+                f"is not a multiple of the {per} per conv group"
+            )
         groups = a // per
     elif a % groups:
-        raise ValueError(f"submodule {path!r} ({type(sub).__name__}, groups={groups}): {a} channels left on dim 0 "
-                         f"are not divisible by groups={groups} (a grouped conv prunes an equal count per group)")
+        raise ValueError(
+            f"submodule {path!r} ({type(sub).__name__}, groups={groups}): {a} channels left on dim 0 "
+            f"are not divisible by groups={groups} (a grouped conv prunes an equal count per group)"
+        )
     sub.groups = groups
     if sub.transposed:
         sub.in_channels, sub.out_channels = a, b * groups
@@ -96,16 +101,19 @@ def _fix_norm(sub, path):
 
 def _fix_layer_norm(sub, path):
     if sub.weight is None:
-        raise ValueError(f"submodule {path!r} ({type(sub).__name__}) has no affine weight to read its new "
-                         "normalized_shape from")
+        raise ValueError(
+            f"submodule {path!r} ({type(sub).__name__}) has no affine weight to read its new normalized_shape from"
+        )
     sub.normalized_shape = tuple(sub.weight.shape)
 
 
 def _fix_group_norm(sub, path):
     sub.num_channels = sub.weight.shape[0]
     if sub.num_channels % sub.num_groups:
-        raise ValueError(f"submodule {path!r} (GroupNorm, num_groups={sub.num_groups}): {sub.num_channels} channels "
-                         "left are not divisible by num_groups")
+        raise ValueError(
+            f"submodule {path!r} (GroupNorm, num_groups={sub.num_groups}): {sub.num_channels} channels "
+            "left are not divisible by num_groups"
+        )
 
 
 def _fix_embedding(sub, path):
@@ -125,8 +133,17 @@ class ShrunkMultiheadAttention(nn.MultiheadAttention):
     projection) for the usual arguments. ``bias_k``/``bias_v`` and ``add_zero_attn`` are refused.
     """
 
-    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
-                average_attn_weights=True, is_causal=False):
+    def forward(
+        self,
+        query,
+        key,
+        value,
+        key_padding_mask=None,
+        need_weights=True,
+        attn_mask=None,
+        average_attn_weights=True,
+        is_causal=False,
+    ):
         if self.bias_k is not None or self.add_zero_attn:
             raise NotImplementedError("ShrunkMultiheadAttention: bias_k/bias_v and add_zero_attn are not supported")
         unbatched = query.dim() == 2
@@ -143,11 +160,12 @@ class ShrunkMultiheadAttention(nn.MultiheadAttention):
         else:
             w_q, w_k, w_v = self.q_proj_weight, self.k_proj_weight, self.v_proj_weight
         b_q, b_k, b_v = (None, None, None) if self.in_proj_bias is None else self.in_proj_bias.chunk(3)
+
         def split(x, w, b, n):
             return F.linear(x, w, b).reshape(n, batch, heads, head_dim).permute(1, 2, 0, 3)
 
         q, k, v = split(query, w_q, b_q, length), split(key, w_k, b_k, source), split(value, w_v, b_v, source)
-        scores = (q * head_dim ** -0.5) @ k.transpose(-2, -1)  # (batch, heads, length, source)
+        scores = (q * head_dim**-0.5) @ k.transpose(-2, -1)  # (batch, heads, length, source)
         bias = None
         if attn_mask is not None:
             bias = attn_mask if attn_mask.dim() == 2 else attn_mask.reshape(batch, heads, length, source)
@@ -191,13 +209,17 @@ def _fix_mha(sub, path):
     elif inner % sub.num_heads == 0:
         sub.head_dim = inner // sub.num_heads
     else:
-        raise ValueError(f"submodule {path!r} (nn.MultiheadAttention): width {inner} is neither whole heads of "
-                         f"{head_dim} nor {sub.num_heads} heads of equal size")
+        raise ValueError(
+            f"submodule {path!r} (nn.MultiheadAttention): width {inner} is neither whole heads of "
+            f"{head_dim} nor {sub.num_heads} heads of equal size"
+        )
     sub.embed_dim = embed
     if inner != embed or sub.out_proj.weight.shape[0] != embed:
         if sub.bias_k is not None or sub.add_zero_attn:
-            raise ValueError(f"submodule {path!r} (nn.MultiheadAttention with bias_k/add_zero_attn): its query/key/"
-                             f"value width ({inner}) must stay equal to its input width ({embed})")
+            raise ValueError(
+                f"submodule {path!r} (nn.MultiheadAttention with bias_k/add_zero_attn): its query/key/"
+                f"value width ({inner}) must stay equal to its input width ({embed})"
+            )
         sub.__class__ = ShrunkMultiheadAttention
 
 
@@ -221,8 +243,10 @@ def _fix_llama_attention(sub, path):
     heads = sub.q_proj.weight.shape[0] // sub.head_dim
     kv_heads = sub.k_proj.weight.shape[0] // sub.head_dim
     if heads % kv_heads:
-        raise ValueError(f"submodule {path!r} ({type(sub).__name__}): {heads} query heads left are not a multiple of "
-                         f"the {kv_heads} key/value heads left (prune query heads with pools = key/value groups)")
+        raise ValueError(
+            f"submodule {path!r} ({type(sub).__name__}): {heads} query heads left are not a multiple of "
+            f"the {kv_heads} key/value heads left (prune query heads with pools = key/value groups)"
+        )
     sub.num_heads, sub.num_key_value_heads = heads, kv_heads
     sub.num_key_value_groups = heads // kv_heads
 
@@ -243,17 +267,31 @@ def _fix_t5_attention(sub, path):
     sub.n_heads = sub.inner_dim // sub.key_value_proj_dim
 
 
-
-for _type, _fix in [(nn.Linear, _fix_linear), (nn.modules.conv._ConvNd, _fix_conv),
-                    (nn.modules.batchnorm._NormBase, _fix_norm), (nn.LayerNorm, _fix_layer_norm),
-                    (nn.RMSNorm, _fix_layer_norm), (nn.GroupNorm, _fix_group_norm), (nn.Embedding, _fix_embedding),
-                    (nn.EmbeddingBag, _fix_embedding), (nn.PReLU, _fix_prelu), (nn.MultiheadAttention, _fix_mha)]:
+for _type, _fix in [
+    (nn.Linear, _fix_linear),
+    (nn.modules.conv._ConvNd, _fix_conv),
+    (nn.modules.batchnorm._NormBase, _fix_norm),
+    (nn.LayerNorm, _fix_layer_norm),
+    (nn.RMSNorm, _fix_layer_norm),
+    (nn.GroupNorm, _fix_group_norm),
+    (nn.Embedding, _fix_embedding),
+    (nn.EmbeddingBag, _fix_embedding),
+    (nn.PReLU, _fix_prelu),
+    (nn.MultiheadAttention, _fix_mha),
+]:
     register_resizer(_type, _fix)
 # transformers' modules, by class name (no import of transformers)
-for _name, _fix in [("Conv1D", _fix_conv1d_hf), ("SwinRelativePositionBias", lambda sub, path: None),
-                    ("BertSelfAttention", _fix_bert_attention), ("BertSdpaSelfAttention", _fix_bert_attention),
-                    ("RobertaSelfAttention", _fix_bert_attention), ("GPT2Attention", _fix_gpt2_attention),
-                    ("LlamaAttention", _fix_llama_attention), ("MistralAttention", _fix_llama_attention),
-                    ("Qwen2Attention", _fix_llama_attention), ("T5Attention", _fix_t5_attention),
-                    ("SwinAttention", _fix_swin_attention)]:
+for _name, _fix in [
+    ("Conv1D", _fix_conv1d_hf),
+    ("SwinRelativePositionBias", lambda sub, path: None),
+    ("BertSelfAttention", _fix_bert_attention),
+    ("BertSdpaSelfAttention", _fix_bert_attention),
+    ("RobertaSelfAttention", _fix_bert_attention),
+    ("GPT2Attention", _fix_gpt2_attention),
+    ("LlamaAttention", _fix_llama_attention),
+    ("MistralAttention", _fix_llama_attention),
+    ("Qwen2Attention", _fix_llama_attention),
+    ("T5Attention", _fix_t5_attention),
+    ("SwinAttention", _fix_swin_attention),
+]:
     register_resizer(_name, _fix)

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Any, Callable, List, Union
+from collections.abc import Callable
+from typing import Any
 
 from ._flow import Seg, Shim, TensorState, module_path, untracked
-from ._flow import norm_dim as _nd, shape_of as _shape, where as _where
+from ._flow import norm_dim as _nd
+from ._flow import shape_of as _shape
+from ._flow import where as _where
 from ._shapes import SHAPE_RULES
 
 
@@ -92,14 +95,12 @@ def conv(flow, node, args, kwargs):
         # same local positions (the space folds into `groups` runs)
         segs = flow.resolve(x.dims[1])
         origin = flow.find(w.dims[1][0].space).origin if w.dims[1] else None
-        if len(segs) == 1 and segs[0].pos == 0 and segs[0].length == cin and not segs[0].inner \
-                and origin is not None:
+        if len(segs) == 1 and segs[0].pos == 0 and segs[0].length == cin and not segs[0].inner and origin is not None:
             root = flow.find(segs[0].space)
             root.fold = root.fold * groups // math.gcd(root.fold, groups)
             flow.member(root, origin[0], 1, 0, cin // groups, origin[2], local=True)
         elif segs:
-            flow.pin_all([x], why + f": input channels of a grouped conv (groups={groups}) are "
-                                    "not one channel space")
+            flow.pin_all([x], why + f": input channels of a grouped conv (groups={groups}) are not one channel space")
     if isinstance(b, TensorState):
         flow.align(out, b.dims[0], why)
     return TensorState(shape, ((),) + (tuple(out),) + tuple(() for _ in shape[2:]))
@@ -107,8 +108,9 @@ def conv(flow, node, args, kwargs):
 
 def convolution(flow, node, args, kwargs):
     if args[6]:  # transposed
-        raise NotImplementedError(f"funcprune.structural.groups: no channel rule for transposed "
-                                  f"convolution in submodule {module_path(node)}")
+        raise NotImplementedError(
+            f"funcprune.structural.groups: no channel rule for transposed convolution in submodule {module_path(node)}"
+        )
     return conv(flow, node, list(args[:6]) + [args[8]], {})
 
 
@@ -197,7 +199,7 @@ def layer_norm(flow, node, args, kwargs):
             for d in range(k):
                 flow.align(x.dims[len(x.shape) - k + d], p.dims[d], why)
     affine = isinstance(args[2] if len(args) > 2 else kwargs.get("weight"), TensorState)
-    for segs in x.dims[len(x.shape) - k:]:
+    for segs in x.dims[len(x.shape) - k :]:
         for seg in flow.resolve(segs):
             if seg.inner:
                 continue
@@ -249,9 +251,10 @@ def reduction(flow, node, args, kwargs):
         for seg in flow.resolve(x.dims[d]):
             if not seg.inner:
                 flow.mark_inexact(seg.space, _where(node, f"{name} across channels"))
-    out = TensorState(_shape(node) if not isinstance(node.meta["val"], (tuple, list)) else
-                      tuple(node.meta["val"][0].shape),
-                      tuple(() if d in dims else x.dims[d] for d in range(n) if keep or d not in dims))
+    out = TensorState(
+        _shape(node) if not isinstance(node.meta["val"], (tuple, list)) else tuple(node.meta["val"][0].shape),
+        tuple(() if d in dims else x.dims[d] for d in range(n) if keep or d not in dims),
+    )
     if isinstance(node.meta["val"], (tuple, list)):  # max.dim / min.dim: (values, indices)
         return [out, out]
     return out
@@ -266,7 +269,7 @@ def pool(flow, node, args, kwargs):
     name = node.target.overloadpacket.__name__
     val = node.meta["val"]
     shape = tuple((val[0] if isinstance(val, (tuple, list)) else val).shape)
-    base = name[:-len("_with_indices")] if name.endswith("_with_indices") else name
+    base = name[: -len("_with_indices")] if name.endswith("_with_indices") else name
     k = len(args[1]) // 2 if name in ("constant_pad_nd", "pad") else _SPATIAL[base[-2:]]
     lead = len(x.shape) - k
     for segs in x.dims[lead:]:
@@ -334,7 +337,7 @@ def index(flow, node, args, kwargs):
     rest = [x.dims[d] for d in range(len(x.shape)) if d not in used]
     width = len(shape) - len(rest)  # the broadcast index dims
     if used == list(range(used[0], used[-1] + 1)):  # adjacent: the index dims replace them in place
-        dims = list(x.dims[:used[0]]) + [()] * width + list(x.dims[used[-1] + 1:])
+        dims = list(x.dims[: used[0]]) + [()] * width + list(x.dims[used[-1] + 1 :])
     else:
         dims = [()] * width + rest
     return TensorState(shape, tuple(dims))
@@ -356,8 +359,10 @@ def sdpa(flow, node, args, kwargs):
             elif q.shape[d] == t.shape[d]:
                 flow.align(q.dims[d], t.dims[d], why)
             else:
-                flow.pin_all([TensorState((1,), (q.dims[d],)), TensorState((1,), (t.dims[d],))],
-                              why + ": q and k/v differ in a batch dim")
+                flow.pin_all(
+                    [TensorState((1,), (q.dims[d],)), TensorState((1,), (t.dims[d],))],
+                    why + ": q and k/v differ in a batch dim",
+                )
     if n >= 4:
         for seg in flow.resolve(q.dims[n - 3]):
             flow.find(seg.space).kinds.add("heads")
@@ -370,8 +375,10 @@ def sdpa(flow, node, args, kwargs):
         for d in range(len(mask.shape) - 2):
             if lead + d >= 0 and mask.shape[d] == q.shape[lead + d] and mask.shape[d] > 1:
                 if not mask.dims[d]:  # e.g. torch.zeros(1, n_heads, L, S): a size that does not follow a shrink
-                    flow.pin_all([TensorState((1,), (q.dims[lead + d],))],
-                                 why + ": a per-head attention mask of a fixed head count")
+                    flow.pin_all(
+                        [TensorState((1,), (q.dims[lead + d],))],
+                        why + ": a per-head attention mask of a fixed head count",
+                    )
                 flow.align(q.dims[lead + d], mask.dims[d], why + ": a per-head attention mask")
             elif mask.dims[d]:
                 flow.pin_all([TensorState((1,), (mask.dims[d],))], why + ": channels in the attention mask")
@@ -380,20 +387,109 @@ def sdpa(flow, node, args, kwargs):
 
 
 RULES = {}
-for _name in ("relu", "relu_", "gelu", "gelu_", "silu", "silu_", "sigmoid", "sigmoid_", "hardswish",
-              "hardswish_", "hardsigmoid", "hardsigmoid_", "tanh", "tanh_", "neg", "abs", "exp",
-              "log", "sqrt", "rsqrt", "reciprocal", "dropout", "dropout_", "feature_dropout",
-              "alpha_dropout", "clone", "contiguous", "alias", "detach", "to", "_to_copy",
-              "lift_fresh_copy", "cos", "sin", "erf",
-              "hardtanh", "hardtanh_", "relu6", "leaky_relu", "leaky_relu_", "elu", "elu_", "mish",
-              "softplus", "square", "zeros_like", "ones_like", "empty_like", "full_like",
-              "type_as", "float", "log1p", "expm1", "logical_not", "bitwise_not", "isnan",
-              "nan_to_num", "sign", "round", "floor", "ceil", "trunc", "frac"):
+for _name in (
+    "relu",
+    "relu_",
+    "gelu",
+    "gelu_",
+    "silu",
+    "silu_",
+    "sigmoid",
+    "sigmoid_",
+    "hardswish",
+    "hardswish_",
+    "hardsigmoid",
+    "hardsigmoid_",
+    "tanh",
+    "tanh_",
+    "neg",
+    "abs",
+    "exp",
+    "log",
+    "sqrt",
+    "rsqrt",
+    "reciprocal",
+    "dropout",
+    "dropout_",
+    "feature_dropout",
+    "alpha_dropout",
+    "clone",
+    "contiguous",
+    "alias",
+    "detach",
+    "to",
+    "_to_copy",
+    "lift_fresh_copy",
+    "cos",
+    "sin",
+    "erf",
+    "hardtanh",
+    "hardtanh_",
+    "relu6",
+    "leaky_relu",
+    "leaky_relu_",
+    "elu",
+    "elu_",
+    "mish",
+    "softplus",
+    "square",
+    "zeros_like",
+    "ones_like",
+    "empty_like",
+    "full_like",
+    "type_as",
+    "float",
+    "log1p",
+    "expm1",
+    "logical_not",
+    "bitwise_not",
+    "isnan",
+    "nan_to_num",
+    "sign",
+    "round",
+    "floor",
+    "ceil",
+    "trunc",
+    "frac",
+):
     RULES[_name] = unary
-for _name in ("add", "add_", "sub", "sub_", "rsub", "mul", "mul_", "div", "div_", "pow", "where",
-              "maximum", "minimum", "masked_fill", "masked_fill_", "eq", "ne", "lt", "le", "gt",
-              "ge", "__and__", "__or__", "logical_and", "logical_or", "addcmul", "addcdiv",
-              "lerp", "fmod", "remainder", "floor_divide", "copy_", "copy", "atan2", "hypot"):
+for _name in (
+    "add",
+    "add_",
+    "sub",
+    "sub_",
+    "rsub",
+    "mul",
+    "mul_",
+    "div",
+    "div_",
+    "pow",
+    "where",
+    "maximum",
+    "minimum",
+    "masked_fill",
+    "masked_fill_",
+    "eq",
+    "ne",
+    "lt",
+    "le",
+    "gt",
+    "ge",
+    "__and__",
+    "__or__",
+    "logical_and",
+    "logical_or",
+    "addcmul",
+    "addcdiv",
+    "lerp",
+    "fmod",
+    "remainder",
+    "floor_divide",
+    "copy_",
+    "copy",
+    "atan2",
+    "hypot",
+):
     RULES[_name] = broadcast
 for _name in ("conv1d", "conv2d", "conv3d"):
     RULES[_name] = conv
@@ -402,8 +498,14 @@ RULES["linear"] = linear
 for _name in ("mm", "bmm", "matmul", "addmm", "baddbmm"):
     RULES[_name] = matmul
 RULES["embedding"] = embedding
-for _name in ("batch_norm", "_native_batch_norm_legit_no_training", "_native_batch_norm_legit",
-              "_native_batch_norm_legit_functional", "native_batch_norm", "instance_norm"):
+for _name in (
+    "batch_norm",
+    "_native_batch_norm_legit_no_training",
+    "_native_batch_norm_legit",
+    "_native_batch_norm_legit_functional",
+    "native_batch_norm",
+    "instance_norm",
+):
     RULES[_name] = batch_norm
 RULES["layer_norm"] = layer_norm
 RULES["native_layer_norm"] = layer_norm
@@ -414,16 +516,45 @@ for _name in ("softmax", "_softmax", "log_softmax", "_log_softmax", "_safe_softm
     RULES[_name] = softmax
 for _name in ("clamp", "clamp_", "clamp_min", "clamp_max", "clamp_min_", "clamp_max_"):
     RULES[_name] = clamp
-for _name in ("mean", "sum", "amax", "amin", "var", "std", "prod", "norm",
-              "linalg_vector_norm", "logsumexp", "any", "all"):
+for _name in (
+    "mean",
+    "sum",
+    "amax",
+    "amin",
+    "var",
+    "std",
+    "prod",
+    "norm",
+    "linalg_vector_norm",
+    "logsumexp",
+    "any",
+    "all",
+):
     RULES[_name] = reduction
 RULES["max"] = max_min
 RULES["min"] = max_min
-for _name in ("max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
-              "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
-              "adaptive_max_pool1d", "adaptive_max_pool2d", "max_pool2d_with_indices",
-              "adaptive_max_pool3d", "max_pool3d_with_indices", "upsample_nearest1d",
-              "upsample_nearest2d", "upsample_bilinear2d", "upsample_nearest3d", "pad", "constant_pad_nd"):
+for _name in (
+    "max_pool1d",
+    "max_pool2d",
+    "max_pool3d",
+    "avg_pool1d",
+    "avg_pool2d",
+    "avg_pool3d",
+    "adaptive_avg_pool1d",
+    "adaptive_avg_pool2d",
+    "adaptive_avg_pool3d",
+    "adaptive_max_pool1d",
+    "adaptive_max_pool2d",
+    "max_pool2d_with_indices",
+    "adaptive_max_pool3d",
+    "max_pool3d_with_indices",
+    "upsample_nearest1d",
+    "upsample_nearest2d",
+    "upsample_bilinear2d",
+    "upsample_nearest3d",
+    "pad",
+    "constant_pad_nd",
+):
     RULES[_name] = pool
 RULES["roll"] = barrier_on_dim(2, "torch.roll")
 RULES["flip"] = barrier_on_dim(1, "torch.flip")
@@ -438,8 +569,15 @@ RULES["index"] = index
 RULES["index_put"] = index
 RULES["index_put_"] = index
 RULES["scaled_dot_product_attention"] = sdpa
-for _name in ("_assert_tensor_metadata", "_assert_async", "sym_size", "sym_numel", "sym_stride",
-              "_assert_scalar", "sym_constrain_range_for_size"):
+for _name in (
+    "_assert_tensor_metadata",
+    "_assert_async",
+    "sym_size",
+    "sym_numel",
+    "sym_stride",
+    "_assert_scalar",
+    "sym_constrain_range_for_size",
+):
     RULES[_name] = nothing
 
 RULES.update(SHAPE_RULES)  # views, cat, split, select: the layout rules
@@ -470,7 +608,7 @@ def op_key(target) -> str:
     return "getitem" if target is operator.getitem else str(target)
 
 
-def register_rule(op: Any, rule: Union[str, Callable]) -> None:
+def register_rule(op: Any, rule: str | Callable) -> None:
     """Teach :func:`funcprune.structural.groups` how channels pass through ``op``.
 
     Args:
@@ -493,8 +631,7 @@ def register_rule(op: Any, rule: Union[str, Callable]) -> None:
             raise TypeError(f"register_rule: rule must be one of {sorted(_NAMED)} or a callable, got {rule!r}")
         rule = _NAMED[rule]
     elif not callable(rule):
-        raise TypeError(f"register_rule: rule must be one of {sorted(_NAMED)} or a callable, got "
-                        f"{type(rule).__name__}")
+        raise TypeError(f"register_rule: rule must be one of {sorted(_NAMED)} or a callable, got {type(rule).__name__}")
     if isinstance(op, str):
         if "::" not in op:
             raise TypeError(f"register_rule: a qualified op name is 'namespace::name', got {op!r}")
@@ -502,9 +639,11 @@ def register_rule(op: Any, rule: Union[str, Callable]) -> None:
     elif hasattr(getattr(op, "overloadpacket", op), "_qualified_op_name"):
         key = op_key(op)
     else:
-        raise TypeError(f"register_rule: op must be torch.ops.<namespace>.<name> (or an overload, or its qualified "
-                        f"name), got {type(op).__name__}")
+        raise TypeError(
+            f"register_rule: op must be torch.ops.<namespace>.<name> (or an overload, or its qualified "
+            f"name), got {type(op).__name__}"
+        )
     RULES[key] = rule
 
 
-__all__: List[str] = ["RULES", "op_key", "register_rule"]
+__all__: list[str] = ["RULES", "op_key", "register_rule"]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
-from typing import List, Tuple
 
-from ._flow import Seg, Shim, TensorState, module_path, norm_dim as _nd, shape_of as _shape, where as _why
+from ._flow import Seg, Shim, TensorState, module_path
+from ._flow import norm_dim as _nd
+from ._flow import shape_of as _shape
+from ._flow import where as _why
 
 
 def _real(flow, segs):
@@ -22,9 +24,13 @@ def _blocks(a, b):
         ga, gb, pa, pb = [], [], 1, 1
         while True:
             if pa <= pb and i < len(ia):
-                ga.append(ia[i]); pa *= a[ia[i]]; i += 1
+                ga.append(ia[i])
+                pa *= a[ia[i]]
+                i += 1
             elif j < len(ib):
-                gb.append(ib[j]); pb *= b[ib[j]]; j += 1
+                gb.append(ib[j])
+                pb *= b[ib[j]]
+                j += 1
             else:
                 break
             if pa == pb and ga and gb:
@@ -37,7 +43,7 @@ def reshape_state(flow, node, x: TensorState, shape):
     """Follow channels through any view: dims merge (flatten: unit H*W) or split (heads)."""
     shape = tuple(shape)
     why = _why(node, "reshape")
-    dims: List[Tuple[Seg, ...]] = [() for _ in shape]
+    dims: list[tuple[Seg, ...]] = [() for _ in shape]
     for d, n in enumerate(x.shape):
         if n == 1 and _real(flow, x.dims[d]):
             flow.pin_all([TensorState((1,), (x.dims[d],))], why + ": a one-entry channel dim")
@@ -51,7 +57,7 @@ def reshape_state(flow, node, x: TensorState, shape):
             continue
         if not real:
             continue  # batch/spatial/head_dim runs: nothing to follow
-        if len(real) > 1 or math.prod(sizes[:real[0][0]]) > 1:
+        if len(real) > 1 or math.prod(sizes[: real[0][0]]) > 1:
             # channels interleave with another dim (two channel dims merged, or an outer dim
             # repeats them: channel shuffle): not separable
             reason = why + ": mixes channels with another dim"
@@ -63,7 +69,7 @@ def reshape_state(flow, node, x: TensorState, shape):
         roots = {flow.find(s.space) for s in segs}
         if inner_spaces - roots:
             flow.pin_all([TensorState((1,), (segs,))], why + ": merges channels of two spaces")
-        inner = math.prod(sizes[k + 1:])
+        inner = math.prod(sizes[k + 1 :])
         virtual = [Seg(s.space, s.pos * inner, s.length * inner) for s in segs]
         # split the virtual dim over gb: channels land on gb's outermost dim
         head = math.prod(shape[e] for e in gb[1:])
@@ -145,9 +151,16 @@ def cat(flow, node, args, kwargs):
         else:
             for t in tensors[1:]:
                 flow.align(tensors[0].dims[d], t.dims[d], why)
-            dims.append(next((flow.resolve(t.dims[d]) for t in tensors
-                              if t.dims[d] and all(s.space.origin is None for s in flow.resolve(t.dims[d]))),
-                             flow.resolve(tensors[0].dims[d])))
+            dims.append(
+                next(
+                    (
+                        flow.resolve(t.dims[d])
+                        for t in tensors
+                        if t.dims[d] and all(s.space.origin is None for s in flow.resolve(t.dims[d]))
+                    ),
+                    flow.resolve(tensors[0].dims[d]),
+                )
+            )
     return TensorState(shape, tuple(dims))
 
 
@@ -243,8 +256,9 @@ def split(flow, node, args, kwargs):
             flow.pin_all([TensorState((1,), (x.dims[dim],))], why + " into parts of given sizes")
         else:  # equal parts the forward recomputes: pruned together (GPT-2's q/k/v) or not at all
             pieces = _pieces(flow, node, x, dim, sizes)
-            flow.equal_splits.append(([p.dims[dim] for p in pieces], why + " into equal parts that are not "
-                                      "pruned as one channel space"))
+            flow.equal_splits.append(
+                ([p.dims[dim] for p in pieces], why + " into equal parts that are not pruned as one channel space")
+            )
             return pieces
     return _pieces(flow, node, x, dim, sizes)
 
@@ -258,8 +272,9 @@ def select(flow, node, args, kwargs):
     shape = _shape(node)
     dims = list(x.dims)
     raw = {flow.find(s.space) for s in x.dims[dim] if not s.inner}
-    holders = [d for d, ds in enumerate(dims) if d != dim and len(ds) == 1 and ds[0].inner
-               and flow.find(ds[0].space) in raw]
+    holders = [
+        d for d, ds in enumerate(dims) if d != dim and len(ds) == 1 and ds[0].inner and flow.find(ds[0].space) in raw
+    ]
     holders = [d - (d > dim) for d in holders]
     segs = _real(flow, x.dims[dim])
     del dims[dim]
@@ -285,8 +300,9 @@ def getitem(flow, node, args, kwargs):
     seq, i = args[0], args[1]
     if isinstance(seq, (list, tuple)):
         return seq[i]
-    raise NotImplementedError(f"funcprune.structural.groups: getitem on {type(seq).__name__} "
-                              f"in submodule {module_path(node)}")
+    raise NotImplementedError(
+        f"funcprune.structural.groups: getitem on {type(seq).__name__} in submodule {module_path(node)}"
+    )
 
 
 def squeeze(flow, node, args, kwargs):
@@ -294,10 +310,30 @@ def squeeze(flow, node, args, kwargs):
 
 
 SHAPE_RULES = {
-    "view": view, "reshape": view, "_unsafe_view": view, "flatten": view, "unflatten": view,
-    "squeeze": squeeze, "unsqueeze": squeeze, "view_as": view, "reshape_as": view,
-    "permute": permute, "transpose": transpose, "t": transpose, "numpy_T": permute,
-    "expand": expand, "expand_as": expand, "repeat": repeat, "cat": cat, "concat": cat,
-    "stack": stack, "slice": slice_, "split": split, "split_with_sizes": split, "chunk": split,
-    "unbind": unbind, "select": select, "getitem": getitem,
+    "view": view,
+    "reshape": view,
+    "_unsafe_view": view,
+    "flatten": view,
+    "unflatten": view,
+    "squeeze": squeeze,
+    "unsqueeze": squeeze,
+    "view_as": view,
+    "reshape_as": view,
+    "permute": permute,
+    "transpose": transpose,
+    "t": transpose,
+    "numpy_T": permute,
+    "expand": expand,
+    "expand_as": expand,
+    "repeat": repeat,
+    "cat": cat,
+    "concat": cat,
+    "stack": stack,
+    "slice": slice_,
+    "split": split,
+    "split_with_sizes": split,
+    "chunk": split,
+    "unbind": unbind,
+    "select": select,
+    "getitem": getitem,
 }

@@ -7,7 +7,8 @@ attributes), ``_check`` (the numerical check).
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -24,8 +25,9 @@ from ._types import Group
 __all__ = ["named_tensors", "shrink", "shrink_to"]
 
 
-def shrink_to(module: nn.Module, kept: Sequence[Dict[str, Any]], *, params: Optional[Tree] = None,
-              masks: Optional[Tree] = None) -> nn.Module:
+def shrink_to(
+    module: nn.Module, kept: Sequence[dict[str, Any]], *, params: Tree | None = None, masks: Tree | None = None
+) -> nn.Module:
     """A smaller dense copy of ``module`` keeping the channels ``kept`` names (from :func:`kept_channels`).
 
     Carries a shrink to a freshly built model (another process, a saved ``kept``): build the
@@ -67,15 +69,17 @@ def shrink_to(module: nn.Module, kept: Sequence[Dict[str, Any]], *, params: Opti
     return build(module, entries, named_tensors(module, params, "params"), named_tensors(module, masks, "masks"))
 
 
-def named_tensors(module: nn.Module, tree: Optional[Tree], what: str) -> Dict[str, torch.Tensor]:
+def named_tensors(module: nn.Module, tree: Tree | None, what: str) -> dict[str, torch.Tensor]:
     """``tree``'s leaves by name, each checked to be a tensor of the module tensor of that name's shape."""
     if tree is None:
         return {}
     if isinstance(tree, nn.Module):
-        raise TypeError(f"{what} must be a tree of tensors named like named_parameters() (e.g. a dict), "
-                        f"got the module {type(tree).__name__}")
+        raise TypeError(
+            f"{what} must be a tree of tensors named like named_parameters() (e.g. a dict), "
+            f"got the module {type(tree).__name__}"
+        )
     named = _pytree.named_leaves(tree)
-    known: Dict[str, torch.Tensor] = dict(module.named_parameters())
+    known: dict[str, torch.Tensor] = dict(module.named_parameters())
     known.update(dict(module.named_buffers()))
     unknown = [name for name in named if name not in known]
     if unknown:
@@ -83,15 +87,27 @@ def named_tensors(module: nn.Module, tree: Optional[Tree], what: str) -> Dict[st
     for name, leaf in named.items():
         _pytree.check_like(name, leaf, known[name], what[:-1])
         if what == "masks" and leaf.is_meta:
-            raise ValueError(f"masks {name!r} is on the meta device: shrink reads which channels the masks keep "
-                             "and needs their values")
+            raise ValueError(
+                f"masks {name!r} is on the meta device: shrink reads which channels the masks keep "
+                "and needs their values"
+            )
     return named
 
 
-def shrink(module: nn.Module, masks: Tree, args: Any = UNSET, params: Optional[Tree] = None, *,
-           groups: Optional[Sequence[Group]] = None, kwargs: Optional[Dict[str, Any]] = UNSET,
-           check: bool = True, rtol: float = 1e-4, atol: float = 1e-5, example_args: Any = UNSET,
-           example_kwargs: Any = UNSET) -> nn.Module:
+def shrink(
+    module: nn.Module,
+    masks: Tree,
+    args: Any = UNSET,
+    params: Tree | None = None,
+    *,
+    groups: Sequence[Group] | None = None,
+    kwargs: dict[str, Any] | None = UNSET,
+    check: bool = True,
+    rtol: float = 1e-4,
+    atol: float = 1e-5,
+    example_args: Any = UNSET,
+    example_kwargs: Any = UNSET,
+) -> nn.Module:
     """A new, smaller dense module in which the channels ``masks`` prune in each group are gone.
 
     ``module`` is deep-copied (it stays as it was); every member of every group, BatchNorm
@@ -163,11 +179,16 @@ def shrink(module: nn.Module, masks: Tree, args: Any = UNSET, params: Optional[T
     named_masks = named_tensors(module, masks, "masks")
     named_params = named_tensors(module, params, "params")
     if check:
-        meta = [n for n, t in list(module.named_parameters()) + list(module.named_buffers()) if t.is_meta
-                and n not in named_params]
+        meta = [
+            n
+            for n, t in list(module.named_parameters()) + list(module.named_buffers())
+            if t.is_meta and n not in named_params
+        ]
         if meta:
-            raise ValueError(f"shrink's check runs the model, but {meta[:4]} are on the meta device: pass values "
-                             "with params= or check=False")
+            raise ValueError(
+                f"shrink's check runs the model, but {meta[:4]} are on the meta device: pass values "
+                "with params= or check=False"
+            )
     if groups is None:  # inexact groups too: the masks may prune them (prune_groups(..., include_inexact=True))
         groups = find_groups(module, args, kwargs, inexact=True)
     kept = kept_channels(named_masks, groups)

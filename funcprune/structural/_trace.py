@@ -7,7 +7,7 @@ parameter's values. The data model is in ``_flow``, the op rules in ``_rules``/`
 
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any
 
 import torch
 
@@ -24,7 +24,7 @@ def capture(module: torch.nn.Module, args, kwargs=None, training: bool = False):
         weight, one tensor under two names, maps to the name ``named_parameters()`` reports).
     """
     modes = {m: m.training for m in module.modules()}
-    canonical: Dict[int, Tuple[str, bool]] = {}
+    canonical: dict[int, tuple[str, bool]] = {}
     for name, p in module.named_parameters():
         canonical.setdefault(id(p), (name, False))
     for name, b in module.named_buffers():
@@ -38,7 +38,8 @@ def capture(module: torch.nn.Module, args, kwargs=None, training: bool = False):
                 raise NotImplementedError(
                     f"funcprune.structural.groups: torch.export could not capture the model "
                     f"{type(module).__module__}.{type(module).__qualname__} (its groups are traced from the "
-                    f"exported graph): {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
+                    f"exported graph): {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                ) from err
     finally:
         for m, mode in modes.items():
             m.training = mode
@@ -61,7 +62,7 @@ def run(module: torch.nn.Module, args, kwargs=None) -> Flow:
     that a shrink also slices what only training reads.
     """
     flow = Flow()
-    params: Dict[str, Tuple[Tuple[Seg, ...], ...]] = {}  # canonical name -> per-dim segments, shared by both graphs
+    params: dict[str, tuple[tuple[Seg, ...], ...]] = {}  # canonical name -> per-dim segments, shared by both graphs
     ep, names = capture(module, args, kwargs)
     _follow(flow, module, ep, names, params)
     used = {names[n.name][0] for n in ep.graph.nodes if n.op == "placeholder" and n.name in names and n.users}
@@ -73,7 +74,8 @@ def run(module: torch.nn.Module, args, kwargs=None) -> Flow:
             raise NotImplementedError(
                 f"funcprune.structural.groups: parameters {unused[:4]}{' ...' if len(unused) > 4 else ''} are unused "
                 "by the eval-mode forward (a branch only train mode runs?) and tracing train mode, to follow their "
-                f"channels, failed: {err}") from err
+                f"channels, failed: {err}"
+            ) from err
         _follow(flow, module, ep, names, params)
     for parts, reason in flow.equal_splits:  # a split into equal parts needs its parts pruned alike
         roots = {id(flow.find(s.space)): s.space for segs in parts for s in flow.resolve(segs) if not s.inner}
@@ -85,9 +87,12 @@ def run(module: torch.nn.Module, args, kwargs=None) -> Flow:
 
 def _follow(flow: Flow, module: torch.nn.Module, ep, names, params) -> None:
     """Run the op rules over one exported graph."""
-    env: Dict[str, Any] = {}  # map_arg's callback must return an fx Argument; the states are not
-    user_outputs = [i for i, spec in enumerate(ep.graph_signature.output_specs)
-                    if spec.kind == torch.export.graph_signature.OutputKind.USER_OUTPUT]
+    env: dict[str, Any] = {}  # map_arg's callback must return an fx Argument; the states are not
+    user_outputs = [
+        i
+        for i, spec in enumerate(ep.graph_signature.output_specs)
+        if spec.kind == torch.export.graph_signature.OutputKind.USER_OUTPUT
+    ]
     for node in ep.graph.nodes:
         val = node.meta.get("val")
         if node.op == "placeholder":
@@ -95,8 +100,9 @@ def _follow(flow: Flow, module: torch.nn.Module, ep, names, params) -> None:
             if node.name in names:
                 name, buf = names[node.name]
                 if name not in params:
-                    params[name] = tuple((Seg(flow.new(n, (name, d, buf)), 0, n),) if n > 1 else ()
-                                         for d, n in enumerate(shape))
+                    params[name] = tuple(
+                        (Seg(flow.new(n, (name, d, buf)), 0, n),) if n > 1 else () for d, n in enumerate(shape)
+                    )
                 env[node.name] = TensorState(shape, params[name])
             elif isinstance(val, torch.Tensor):
                 env[node.name] = untracked(shape)  # a model input: carries no channel space
@@ -112,7 +118,8 @@ def _follow(flow: Flow, module: torch.nn.Module, ep, names, params) -> None:
                     continue
                 raise NotImplementedError(
                     f"funcprune.structural.groups: no channel rule for {node.target} "
-                    f"(node {node.name}) in submodule {module_path(node)}; its inputs carry channels")
+                    f"(node {node.name}) in submodule {module_path(node)}; its inputs carry channels"
+                )
             try:
                 out = rule(flow, node, args_, kwargs_)
                 if isinstance(val, torch.Tensor) and (not isinstance(out, TensorState) or len(out.dims) != val.dim()):
@@ -122,7 +129,8 @@ def _follow(flow: Flow, module: torch.nn.Module, ep, names, params) -> None:
             except Exception as err:  # a call the rule was not written for: name it, never an internal error
                 raise NotImplementedError(
                     f"funcprune.structural.groups: the channel rule for {node.target} (node {node.name}) in submodule "
-                    f"{module_path(node)} does not handle this call: {type(err).__name__}: {err}") from err
+                    f"{module_path(node)} does not handle this call: {type(err).__name__}: {err}"
+                ) from err
             env[node.name] = out
         elif node.op == "output":  # the user's outputs (not the buffers a train-mode forward updates)
             outs = torch.fx.node.map_arg(node.args[0], lambda n: env[n.name])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, Tuple
+from typing import NamedTuple
 
 
 class Member(NamedTuple):
@@ -24,7 +24,7 @@ class Group(NamedTuple):
     """Tensor slices that must lose the same ``channels`` together (DepGraph's coupled group)."""
 
     channels: int
-    members: Tuple[Member, ...]
+    members: tuple[Member, ...]
     kind: str = "channels"
     pools: int = 1
     exact: bool = True
