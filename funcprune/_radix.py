@@ -122,7 +122,13 @@ def _cut_bits(key_fn, keys, largest, key_from_index: bool = False):
 
     def bits_of(piece):
         key = key_fn(piece)
-        b = _bits(key).to(work).clamp_(max=nan_bits) if floating else key.to(work)
+        if not floating:
+            b = key.to(work)
+        else:
+            view = _bits(key)
+            b = view.to(work)
+            # .to() returns the caller's own bits when no conversion is needed: clamp a copy then
+            b = b.clamp(max=nan_bits) if b is view else b.clamp_(max=nan_bits)
         return flip - b if largest else b
 
     return nbits, flip, bits_of

@@ -170,3 +170,15 @@ def test_flat_index_of_a_shard_is_exact_past_2_31():
                 for p in range(start, start + 3)
             ]
             assert got == want
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_the_cut_leaves_its_keys_bit_for_bit_unchanged_nan_payloads_included(dtype):
+    """Rule: a selection is pure: keys holding NaNs with any payload are not written to."""
+    ints = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16}[dtype]
+    keys = torch.rand(64, dtype=dtype)
+    nan = torch.tensor(float("nan"), dtype=dtype).view(ints) | 0x3  # a NaN with a non-canonical payload
+    keys.view(ints)[5] = nan
+    before = keys.view(ints).clone()
+    _radix.radix_select_keep([keys], [None], 10)
+    assert torch.equal(keys.view(ints), before)
