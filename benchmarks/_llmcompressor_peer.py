@@ -7,7 +7,7 @@ test environment), from the repository root::
 
 ``SPEC.json``: ``{"calibration": "calib.pt", "method": "wanda" | "sparsegpt", "amount": 0.5,
 "pattern": [2, 4] | null, "owl": false, "batch_size": 4, "block_size": 128, "damp": 0.01,
-"threads": 2, "out": "weights.pt"}``. ``calibration`` holds the ``(samples, seq_len)`` token
+"threads": 2, "dtype": "float32", "out": "weights.pt"}`` (``dtype`` optional). ``calibration`` holds the ``(samples, seq_len)`` token
 windows funcprune calibrates on; the pruned weights of the blocks' linear layers are saved to
 ``out`` (named like the model's parameters), so that perplexity is measured by the same code as
 funcprune's rows, in the parent process. The last line printed is JSON: the seconds and the
@@ -46,7 +46,7 @@ def _reset_peak() -> None:
         pass
 
 
-def _plain_checkpoint(model, tokenizer, directory: str):
+def _plain_checkpoint(model, tokenizer, directory: str, dtype: torch.dtype = torch.float32):
     """The model and tokenizer saved as a float32 checkpoint and loaded back: ``oneshot`` refuses a model whose
     config names a quantization (GGUF), and transformers will not save one; the weights are the dequantized
     ones, unchanged."""
@@ -55,11 +55,11 @@ def _plain_checkpoint(model, tokenizer, directory: str):
     config = copy.deepcopy(model.config)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain = AutoModelForCausalLM.from_config(config, dtype=dtype)
     plain.load_state_dict(model.state_dict())
     plain.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
-    return AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(
+    return AutoModelForCausalLM.from_pretrained(directory, dtype=dtype).eval(), AutoTokenizer.from_pretrained(
         directory
     )
 
@@ -91,9 +91,10 @@ def main(spec: dict) -> dict:
     from torch.utils.data import DataLoader
 
     torch.set_num_threads(spec.get("threads", torch.get_num_threads()))
-    model, tokenizer = _smollm2.load()
+    dtype = getattr(torch, spec.get("dtype", "float32"))
+    model, tokenizer = _smollm2.load(dtype)
     checkpoint = tempfile.TemporaryDirectory()
-    model, tokenizer = _plain_checkpoint(model, tokenizer, checkpoint.name)
+    model, tokenizer = _plain_checkpoint(model, tokenizer, checkpoint.name, dtype)
     windows = torch.load(spec["calibration"])
     rows = [{"input_ids": w, "attention_mask": torch.ones_like(w)} for w in windows]
     loader = DataLoader(rows, batch_size=spec.get("batch_size", 1), shuffle=False)
