@@ -15,7 +15,9 @@ implementations of one small interface, chosen by the tensor being pruned:
 The interface: :func:`keep` (a mask laid out like its tensor), :func:`fresh` (nothing pruned),
 :func:`stream` (which random stream), :func:`channel_norms`, :func:`kept_count`,
 :func:`channels_kept`, :func:`spread_channels`, :func:`stacked`/:func:`unstacked` and the
-kernel's own :func:`global_cut`, :func:`split_dims`, :func:`shard_of`, :func:`plain` and :func:`wrap`.
+kernel's own :func:`global_cut`, :func:`split_dims`, :func:`shard_of`, :func:`plain` and :func:`wrap`;
+for methods that work row by row on a layer's own rows (one-shot pruning): :func:`local`,
+:func:`check_rows_whole` and :func:`rows_like` (with :func:`shard_of`, :func:`wrap` and :func:`global_cut`).
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ __all__ = [
     "local_block",
     "plain",
     "wrap",
+    "local",
+    "check_rows_whole",
+    "rows_like",
 ]
 
 _STREAMS = (None, "torch", "hash")
@@ -314,3 +319,51 @@ def plain(units: torch.Tensor) -> torch.Tensor:
 def wrap(local_mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A local mask as a mask laid out like ``like``."""
     return _dtensor.like_param(local_mask, like)
+
+
+# ----------------------------------------------------------------------------------------------
+# Row-wise methods: each process works on the rows it holds (a plain tensor: all of them).
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This process's entries of ``t``: a DTensor's local shard, a plain tensor itself."""
+    return _dtensor.local(t)
+
+
+def check_rows_whole(weight: torch.Tensor, what: str = "weight") -> None:
+    """Raise unless every process holds whole rows of ``weight`` (``Shard(0)``, as FSDP2 shards, or ``Replicate``).
+
+    Raises:
+      ValueError: a DTensor sharded along another dim or laid out otherwise
+        (:func:`funcprune._dtensor.check_placements`), naming ``what``.
+    """
+    if not _dtensor.is_dtensor(weight):
+        return
+    _dtensor.check_placements(what, weight)
+    for placement in weight.placements:
+        if placement.is_shard() and cast("Shard", placement).dim % max(weight.dim(), 1) != 0:
+            raise ValueError(
+                f"{what}: sharded along dim {cast('Shard', placement).dim} ({tuple(weight.placements)}); a "
+                f"row-wise method needs whole rows on each rank (Shard(0), as FSDP2 shards, or Replicate)"
+            )
+
+
+def rows_like(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """This process's rows ``rows`` (``(rows held here, c)``) as the ``(like.shape[0], c)`` tensor they belong to.
+
+    For a row-sharded DTensor ``like`` the result is a DTensor with its mesh and placements (so a
+    :func:`global_cut` on it spans every rank's rows); for a plain ``like``, ``rows`` itself.
+    """
+    if not _dtensor.is_dtensor(like):
+        return rows
+    from torch.distributed.tensor import DTensor
+
+    shape = (like.shape[0], rows.shape[1])
+    return DTensor.from_local(
+        rows.contiguous(),
+        like.device_mesh,
+        like.placements,
+        run_check=False,
+        shape=torch.Size(shape),
+        stride=(shape[1], 1),
+    )

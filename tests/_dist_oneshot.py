@@ -101,10 +101,10 @@ def reference_block_keep(key: torch.Tensor, keep, amount) -> torch.Tensor:
 
 
 def selection(rank: int, world: int) -> dict:
-    """global_block_keep on row shards (uneven, an empty one on 4 ranks) = the reference, ties included."""
+    """The exact cut over a block of row shards (uneven, an empty one on 4 ranks) = the reference, ties included."""
     from torch.distributed.device_mesh import init_device_mesh
 
-    from funcprune.oneshot.distributed import Rows, global_block_keep
+    from funcprune import _backend
 
     mesh = init_device_mesh("cpu", (world,))
     done = Counter()
@@ -118,11 +118,17 @@ def selection(rank: int, world: int) -> dict:
             )
             prior = torch.rand(rows, cols, generator=g) > 0.3
             weight = shard(torch.zeros(rows, cols), mesh, [Shard(0)])
-            info = Rows(weight)
-            local_rows = slice(info.first, info.first + info.count)
+            (first, _), (count, _) = _backend.local_block(weight)
+            local_rows = slice(first, first + count)
+
+            def block_cut(key_here, keep_here, amount, weight=weight):
+                key_rows = _backend.rows_like(key_here, weight)
+                keep_rows = None if keep_here is None else _backend.rows_like(keep_here, weight)
+                return _backend.local(_backend.global_cut(key_rows, keep_rows, amount, key_rows, largest=False))
+
             for keep in (None, prior):
                 for amount in (0.0, 0.5, 0.9, 1.0, 3):
-                    got = global_block_keep(key[local_rows], None if keep is None else keep[local_rows], amount, info)
+                    got = block_cut(key[local_rows], None if keep is None else keep[local_rows], amount)
                     want = reference_block_keep(key, keep, amount)
                     assert torch.equal(full(shard(want, mesh, [Shard(0)]).to_local()), want[local_rows])
                     got_full = full(
@@ -130,14 +136,22 @@ def selection(rank: int, world: int) -> dict:
                     )
                     assert torch.equal(got_full, want), (rows, cols, kind, amount, keep is None)
                     done[f"block_keep:{kind}"] += 1
+    ones = shard(torch.ones(world, 2), mesh, [Shard(0)])
     raises(
         done,
         "block_keep_too_many",
         ValueError,
-        lambda: global_block_keep(torch.ones(1, 2), None, 10**6, Rows(shard(torch.zeros(world, 2), mesh, [Shard(0)]))),
+        lambda: _backend.global_cut(ones, None, 10**6, ones, largest=False),
         "1000000",
     )
-    raises(done, "rows_not_dim0", ValueError, lambda: Rows(shard(torch.zeros(4, 8), mesh, [Shard(1)])), "Shard(0)")
+    raises(
+        done,
+        "rows_not_dim0",
+        ValueError,
+        lambda: _backend.check_rows_whole(shard(torch.zeros(4, 8), mesh, [Shard(1)]), "mlp.up"),
+        "mlp.up",
+        "Shard(0)",
+    )
     return {"checks": dict(done)}
 
 
@@ -285,12 +299,11 @@ def _layer_cases(dtype):
 
 
 def layers(rank: int, world: int) -> dict:
-    """prune_layer on Shard(0) rows = methods.wanda / methods.sparsegpt / l1_unstructured on the full weight."""
+    """prune_layer on Shard(0) rows (each rank its own rows, nothing gathered) = the same on the full weight."""
     from torch.distributed.device_mesh import init_device_mesh
 
     import funcprune as fp
-    from funcprune.oneshot import methods
-    from funcprune.oneshot.distributed import prune_layer
+    from funcprune.oneshot import methods, prune_layer
 
     mesh = init_device_mesh("cpu", (world,))
     done, worst = Counter(), {}
@@ -303,7 +316,7 @@ def layers(rank: int, world: int) -> dict:
                     # 0.25: the cut falls inside the tied zeros of the dead inputs
                     for amount in (0.25, 0.5, 0.7) if pattern is None else (0.5,):
                         new, mask = prune_layer(dw, stats, "wanda", amount, pattern=pattern, mask=dkeep)
-                        assert new is None and mask.placements == dw.placements
+                        assert new is dw and mask.placements == dw.placements
                         want = methods.wanda(w, stats.sumsq.sqrt(), amount, pattern=pattern, mask=keep)
                         assert torch.equal(full(mask), want), (case, "wanda", pattern, amount)
                         done["wanda"] += 1
@@ -333,8 +346,8 @@ def layers(rank: int, world: int) -> dict:
         done,
         "columns_sharded",
         ValueError,
-        lambda: prune_layer(shard(torch.randn(4, 8), mesh, [Shard(1)]), None, "wanda", 0.5, name="mlp.up"),
-        "mlp.up",
+        lambda: methods.wanda(shard(torch.randn(4, 8), mesh, [Shard(1)]), torch.ones(8), 0.5),
+        "dim 1",
         "Shard(0)",
     )
     return {"checks": dict(done), "worst": worst}
@@ -472,6 +485,7 @@ def fsdp(rank: int, world: int, mesh_shape=None) -> dict:
         lambda: prune(model, mine, "wanda", 0.5, owl=True, dtype=torch.float32),
         "owl",
     )
+    raises(done, "fsdp_device_refused", ValueError, lambda: prune(model, mine, "wanda", 0.5, device="cpu"), "device=")
     gpt2 = make_gpt2()
     from torch.distributed.fsdp import fully_shard
 

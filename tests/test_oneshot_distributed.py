@@ -106,15 +106,27 @@ def test_data_parallel_calibration_equals_one_process_with_all_batches(world):
     _within_round_off(_report(f"data-parallel, {world} ranks", results))
 
 
+FSDP_CHECKS = {
+    "fsdp_wanda",
+    "fsdp_sparsegpt",
+    "fsdp_magnitude",
+    "fsdp_unchanged",
+    "fsdp_owl_refused",
+    "fsdp_device_refused",
+    "fsdp_conv1d_refused",
+}
+
+
 @pytest.mark.parametrize("world", [2, 3, 4])
 def test_fsdp2_sharded_rows_prune_like_one_process(world):
     # 3 ranks: rows that do not divide (FSDP2 pads its shard storage: 32 rows as 11 + 11 + 10).
     # fully_shard on every block and the root (Shard(0) rows, uneven batch shares): masks equal one
     # process's on the plain model with all the batches, SparseGPT's weights to round-off, masks
-    # laid out like the weights, the model unchanged; OWL and GPT-2's Conv1D (sharded on inputs) refused.
+    # laid out like the weights, the model unchanged; OWL, device= and GPT-2's Conv1D (sharded on
+    # inputs) refused.
     results = _checks(
         run_ranks(_dist_oneshot.fsdp, world, timeout=600),
-        {"fsdp_wanda", "fsdp_sparsegpt", "fsdp_magnitude", "fsdp_unchanged", "fsdp_owl_refused", "fsdp_conv1d_refused"},
+        FSDP_CHECKS,
     )
     _within_round_off(_report(f"FSDP2, {world} ranks", results))
 
@@ -124,6 +136,6 @@ def test_hsdp_replicated_shards_prune_like_one_process():
     # replicas count once in every global cut; the statistics are summed over all 4 ranks' batches.
     results = _checks(
         run_ranks(_dist_oneshot.fsdp, 4, (2, 2), timeout=600),
-        {"fsdp_wanda", "fsdp_sparsegpt", "fsdp_magnitude", "fsdp_unchanged", "fsdp_owl_refused", "fsdp_conv1d_refused"},
+        FSDP_CHECKS,
     )
     _within_round_off(_report("HSDP (2 x 2 mesh)", results))

@@ -28,9 +28,11 @@ import contextlib
 import math
 import numbers
 from collections.abc import Callable, Iterator, Sequence
+from typing import cast
 
 import torch
 
+from .. import _backend
 from .._amount import Amount, validate_amount
 from ..patterns import check_group_counts
 from ..select import as_keep, groups, keep_per_pool, prune_units, rows
@@ -65,6 +67,15 @@ def _check_weight(weight: torch.Tensor, what: str = "weight") -> None:
         raise ValueError(f"{what} must be a 2-D floating tensor (out_features, in_features), got {shape}")
     if not bool(torch.isfinite(weight).all()):
         raise ValueError(f"{what} holds NaN or inf")
+
+
+def _rows_here(weight: torch.Tensor, what: str = "weight") -> torch.Tensor:
+    """The rows of ``weight`` this process holds (all of a plain tensor), after the layout checks."""
+    if isinstance(weight, torch.Tensor):
+        _backend.check_rows_whole(weight, what)
+        weight = _backend.local(weight).detach()
+    _check_weight(weight, what)
+    return weight
 
 
 def wanda_scores(weight: torch.Tensor, input_norm: torch.Tensor) -> torch.Tensor:
@@ -112,7 +123,9 @@ def wanda(
         ``s`` survivors loses ``round(amount * s)``).
 
     Returns:
-      A new bool keep mask of ``weight``'s shape. Ties go to the lower input index.
+      A new bool keep mask of ``weight``'s shape. Ties go to the lower input index. A DTensor
+      ``weight`` with whole rows on each rank (``Shard(0)``, as FSDP2 shards, or ``Replicate``)
+      gets a DTensor mask laid out like it, each rank choosing in its own rows.
 
     Raises:
       ValueError, TypeError: a bad amount, pattern, mask, or ``input_norm`` (named in the message).
@@ -122,14 +135,20 @@ def wanda(
       >>> wanda(w, torch.tensor([4.0, 1.0, 1.0, 1.0]), 0.5)
       tensor([[ True, False,  True, False]])
     """
-    scores = wanda_scores(weight, input_norm)
+    here = _rows_here(weight)
+    keep = as_keep(here, _backend.shard_of(mask, weight, "mask"))
+    if here.shape[0] == 0:  # a rank holding no rows: the same checks on one row, so every rank raises alike
+        empty = torch.zeros((1, here.shape[1]), dtype=here.dtype, device=here.device)
+        return _backend.wrap(wanda(empty, input_norm, amount, pattern=pattern)[:0], weight)
+    scores = wanda_scores(here, input_norm)
     pattern = check_pattern(pattern, weight.shape[1])
-    keep = as_keep(weight, mask)
     if pattern is not None:
         n, m = pattern
-        return keep_per_pool(weight, groups(weight.shape, m, 1), n, scores, mask=keep)
-    validate_amount(amount)
-    return prune_units(weight, rows(weight.shape, 0), amount, scores, mask=keep, what="entries of a row")
+        out = keep_per_pool(here, groups(here.shape, m, 1), n, scores, mask=keep)
+    else:
+        validate_amount(amount)
+        out = prune_units(here, rows(here.shape, 0), amount, scores, mask=keep, what="entries of a row")
+    return _backend.wrap(out, weight)
 
 
 @contextlib.contextmanager
@@ -243,7 +262,9 @@ def sparsegpt(
 
     Returns:
       ``(new_weight, keep_mask)``: the updated weight in ``weight``'s dtype, pruned entries exactly 0,
-      and the bool mask.
+      and the bool mask. A DTensor ``weight`` with whole rows on each rank (``Shard(0)``, as FSDP2
+      shards, or ``Replicate``) gets both laid out like it: each rank updates its own rows, and every
+      block's selection is the exact cut over all ranks' rows (the same masks as one process).
 
     Raises:
       ValueError, TypeError: bad amount, pattern, block_size, damp, mask, a hessian of the wrong shape or
@@ -255,18 +276,25 @@ def sparsegpt(
       >>> keep
       tensor([[ True, False,  True, False]])
     """
-    pattern = check_sparsegpt(weight, hessian, amount, pattern, block_size, damp)
-    columns = weight.shape[1]
-    keep_all = as_keep(weight, mask)
+    here = _rows_here(weight)
+    pattern = check_sparsegpt(here, hessian, amount, pattern, block_size, damp)
+    columns = here.shape[1]
+    prior = as_keep(here, _backend.shard_of(mask, weight, "mask"))
     dtype = hessian.dtype
+
+    def choose(scores: torch.Tensor, keep1: torch.Tensor) -> torch.Tensor:
+        """The block's keep mask: the exact cut over every rank's rows of the block, ties to the lower index."""
+        key = _backend.rows_like(scores, weight)
+        cut = _backend.global_cut(key, _backend.rows_like(keep1, weight), cast(float, amount), key, largest=False)
+        return _backend.local(cut)
+
     with ieee_matmul():
-        dead, hinv = inverse_factor(hessian.to(weight.device), float(damp))
-        w = torch.where(dead.reshape(1, -1), 0, weight.to(dtype))
-        keep_all = torch.ones_like(w, dtype=torch.bool) if keep_all is None else keep_all.clone()
+        dead, hinv = inverse_factor(hessian.to(here.device), float(damp))
+        w = torch.where(dead.reshape(1, -1), 0, here.to(dtype))
+        keep = torch.ones_like(w, dtype=torch.bool) if prior is None else prior.clone()
         for i1 in range(0, columns, block_size):
-            i2 = min(i1 + block_size, columns)
-            prune_block(w, keep_all, hinv, i1, i2, amount, pattern, prior=mask is not None)
-    return w.to(weight.dtype), keep_all
+            prune_block(w, keep, hinv, i1, min(i1 + block_size, columns), pattern, choose, prior=prior is not None)
+    return _backend.wrap(w.to(here.dtype), weight), _backend.wrap(keep, weight)
 
 
 def prune_block(
@@ -275,27 +303,22 @@ def prune_block(
     hinv: torch.Tensor,
     i1: int,
     i2: int,
-    amount,
-    pattern,
+    pattern: Pattern,
+    choose: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     *,
-    choose: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     prior: bool = True,
 ) -> None:
     """Columns ``i1:i2`` of ``w`` and ``keep``, in place: choose, prune, push the error on.
 
-    ``choose(scores, keep1) -> keep1`` replaces the block's unstructured selection (the sharded
-    path: a global cut over the rows of every rank); the rest is row-wise. ``prior=False`` says
-    ``keep`` is all True (no earlier mask), so N:M groups skip the survivors bookkeeping.
+    ``choose(scores, keep1) -> keep1`` is the block's unstructured selection (over the rows of
+    every rank); N:M groups are chosen row by row. ``prior=False`` says ``keep`` is all True (no
+    earlier mask), so N:M groups skip the survivors bookkeeping.
     """
     w1 = w[:, i1:i2].clone()
     h1 = hinv[i1:i2, i1:i2]
     d1 = h1.diagonal().reshape(1, -1)
     keep1 = keep[:, i1:i2]
-    if pattern is None:
-        scores = w1**2 / d1**2
-        keep1 = choose(scores, keep1) if choose is not None else _choose_block(scores, keep1, amount)
-    else:
-        keep1 = keep1.clone()
+    keep1 = choose(w1**2 / d1**2, keep1) if pattern is None else keep1.clone()
     errors = torch.zeros_like(w1)
     per_row = None if pattern is None else groups((w1.shape[0], pattern[1]), pattern[1], 1)
     for i in range(i2 - i1):
@@ -314,17 +337,6 @@ def prune_block(
     w[:, i1:i2] = w1
     keep[:, i1:i2] = keep1
     w[:, i2:] -= errors.matmul(hinv[i1:i2, i2:])
-
-
-def _choose_block(scores: torch.Tensor, keep1: torch.Tensor, amount) -> torch.Tensor:
-    """The block's keep mask: ``round(amount * alive)`` of lowest score pruned, ties to the lower flat index.
-
-    One pool over the block's entries, row-major, so a tie is broken by position as the exact
-    global cut over row shards breaks it (``funcprune.oneshot.distributed``).
-    """
-    flat = scores.reshape(1, -1)
-    keep = prune_units(flat, rows(flat.shape, 0), amount, flat, mask=keep1.reshape(1, -1), what="entries of a block")
-    return keep.view(keep1.shape)
 
 
 def outlier_ratio(scores: torch.Tensor | Sequence[torch.Tensor], threshold: float = 5.0) -> float:

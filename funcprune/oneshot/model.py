@@ -21,7 +21,7 @@ from typing import Any, NamedTuple, cast
 import optree
 import torch
 
-from .. import _dtensor
+from .. import _backend
 from .._amount import validate_amount
 from ..methods import l1_unstructured
 from ..patterns import nm_structured
@@ -157,11 +157,6 @@ def prune_layer(
     ``"sparsegpt"`` :func:`funcprune.oneshot.sparsegpt` on ``stats.hessian``. The weight is
     returned as given except for SparseGPT.
     """
-    if _dtensor.is_dtensor(weight):  # FSDP2 rows: pruned where they live
-        new, keep = distributed.prune_layer(
-            weight, stats, method, amount, pattern=pattern, mask=mask, block_size=block_size, damp=damp
-        )
-        return (weight if new is None else new), keep
     if method == "magnitude":
         if pattern is not None:
             return weight, nm_structured(weight, pattern[0], pattern[1], dim=1, mask=mask)
@@ -436,13 +431,20 @@ def prune(
             block_size=block_size,
             damp=damp,
         )
-        if owl and any(_dtensor.is_dtensor(m.weight) for layers in targets for _, m in layers.values()):
+        if owl and _backend.any_sharded(
+            [cast(torch.Tensor, m.weight) for layers in targets for _, m in layers.values()]
+        ):
             raise ValueError(
                 "owl=True needs every pruned weight whole on each rank (data-parallel calibration); "
                 "with FSDP2-sharded weights pass owl=False"
             )
         if not batches:
             raise ValueError("calibration is empty: pass an iterable of one batch or more")
+        if device is not None and any(distributed.is_fsdp(m) for m in model.modules()):
+            raise ValueError(
+                f"device={device} moves one block at a time to the device; an FSDP2 model already "
+                "runs on its ranks' devices: leave device=None"
+            )
         captured = _capture(model, block_list[0], batches, device) if needs or owl else []
         per_block = [levels] * len(block_list)
         if owl:
