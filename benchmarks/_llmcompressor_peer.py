@@ -7,11 +7,11 @@ test environment), from the repository root::
 
 ``SPEC.json``: ``{"calibration": "calib.pt", "method": "wanda" | "sparsegpt", "amount": 0.5,
 "pattern": [2, 4] | null, "owl": false, "batch_size": 4, "block_size": 128, "damp": 0.01,
-"threads": 2, "dtype": "float32", "out": "weights.pt"}`` (``dtype`` optional). ``calibration`` holds the ``(samples, seq_len)`` token
-windows funcprune calibrates on; the pruned weights of the blocks' linear layers are saved to
-``out`` (named like the model's parameters), so that perplexity is measured by the same code as
-funcprune's rows, in the parent process. The last line printed is JSON: the seconds and the
-peak-RSS growth of the ``oneshot`` call, or the error it raised.
+"threads": 2, "dtype": "float32", "out": "weights.pt"}`` (``dtype`` optional). ``calibration``
+holds the ``(samples, seq_len)`` token windows funcprune calibrates on; the pruned weights of the
+blocks' linear layers are saved to ``out`` (named like the model's parameters), so that perplexity
+is measured by the same code as funcprune's rows, in the parent process. The last line printed is
+JSON: the seconds and the peak-RSS growth of the ``oneshot`` call, or the error it raised.
 
 Imports neither funcprune nor anything of the benchmarks but the model loader.
 """
@@ -59,9 +59,7 @@ def _plain_checkpoint(model, tokenizer, directory: str, dtype: torch.dtype = tor
     plain.load_state_dict(model.state_dict())
     plain.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
-    return AutoModelForCausalLM.from_pretrained(directory, dtype=dtype).eval(), AutoTokenizer.from_pretrained(
-        directory
-    )
+    return AutoModelForCausalLM.from_pretrained(directory, dtype=dtype).eval(), AutoTokenizer.from_pretrained(directory)
 
 
 def _recipe(spec: dict):

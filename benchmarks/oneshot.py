@@ -19,9 +19,10 @@ With ``--peer-python`` (a Python with llm-compressor 0.14 installed, e.g. its ow
 same settings through llm-compressor's ``oneshot`` with ``WandaPruningModifier`` and
 ``SparseGPTModifier`` (sequential pipeline, one decoder layer at a time), each in a fresh
 process (``benchmarks/_llmcompressor_peer.py``) on the same calibration windows; its pruned
-weights come back in a file and are evaluated here by the same perplexity code. The peer's
-processes run one after another while funcprune's rows run (so both share the machine alike:
-time ratios compare calls made under the same load).
+weights come back in a file and are evaluated here by the same perplexity code, and its masks
+are compared with funcprune's of the same setting (the share of entries that differ, and the
+first block where they do). The peer's processes run first, one after another, then
+funcprune's rows, on an otherwise idle machine (the load average is printed before and after).
 
 ``torch.set_num_threads`` is fixed (``--threads``, default 2) in both.
 """
@@ -36,7 +37,6 @@ import os
 import platform
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -91,8 +91,9 @@ def pruned_fraction(masks: dict[str, torch.Tensor]) -> float:
     return 1 - kept / sum(m.numel() for m in masks.values())
 
 
-def ours(model, batches, evaluation, args) -> list[dict]:
-    """funcprune's rows: dense, then every method at every setting."""
+def ours(model, batches, evaluation, args, peer_rows: list[dict]) -> list[dict]:
+    """funcprune's rows: dense, then every method at every setting (masks compared with ``peer_rows``'s)."""
+    peer_weights = {(r["method"], r["setting"]): r["weights"] for r in peer_rows if "error" not in r}
 
     def evaluate(**kw):
         return perplexity(model, evaluation, seq_len=args.eval_len, batch_size=args.batch_size, **kw)
@@ -121,6 +122,10 @@ def ours(model, batches, evaluation, args) -> list[dict]:
                     "ppl": evaluate(params=result.params, masks=result.masks),
                 }
             )
+            if (method, label) in peer_weights:
+                rows[-1]["masks_differ"], rows[-1]["first_differ"] = mask_agreement(
+                    result.masks, peer_weights[method, label]
+                )
             print_row(rows[-1])
             del result
     return rows
@@ -142,9 +147,8 @@ def curve(model, batches, evaluation, args) -> dict:
     return {"levels": CURVE, "ppl": ppl, "seconds": seconds, "peak_mib": peak}
 
 
-def start_peer(windows, args, workdir: str) -> tuple[threading.Thread, list[dict]]:
-    """Run llm-compressor's rows one after another, each in a fresh process of ``args.peer_python``, in a
-    background thread (so they run while funcprune's rows do); the rows fill in as they finish."""
+def run_peer(windows, args, workdir: str) -> list[dict]:
+    """Run llm-compressor's rows one after another, each in a fresh process of ``args.peer_python``."""
     calibration = os.path.join(workdir, "calibration.pt")
     torch.save(windows, calibration)
     settings = {label: (amount, pattern, owl) for label, amount, pattern, owl in SETTINGS}
@@ -202,14 +206,12 @@ def start_peer(windows, args, workdir: str) -> tuple[threading.Thread, list[dict
             row.update(got)
             rows.append(row)
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, rows
+    run()
+    return rows
 
 
-def finish_peer(model, evaluation, args, thread: threading.Thread, rows: list[dict]) -> list[dict]:
-    """Wait for llm-compressor's rows; evaluate the weights each saved by the same perplexity code as ours."""
-    thread.join()
+def evaluate_peer(model, evaluation, args, rows: list[dict]) -> list[dict]:
+    """Evaluate the weights each llm-compressor run saved by the same perplexity code as ours."""
     for row in rows:
         if "error" not in row:
             weights = torch.load(row["weights"])
@@ -221,6 +223,20 @@ def finish_peer(model, evaluation, args, thread: threading.Thread, rows: list[di
             )
         print_row(row)
     return rows
+
+
+def mask_agreement(ours: dict[str, torch.Tensor], weights_file: str) -> tuple[float, str]:
+    """The share of entries whose kept/pruned state differs between funcprune's masks and the peer's
+    pruned weights (zero = pruned), and the first parameter (in model order) where any does."""
+    peer = torch.load(weights_file)
+    differ = total = 0
+    first = "-"
+    for name, mask in ours.items():
+        d = int((mask != (peer[name] != 0)).sum())
+        differ, total = differ + d, total + mask.numel()
+        if d and first == "-":
+            first = name
+    return differ / total, first
 
 
 def print_row(row: dict) -> None:
@@ -248,27 +264,29 @@ def comparison(rows: list[dict]) -> list[str]:
     """funcprune against llm-compressor, setting by setting: perplexity difference, time and memory ratios."""
     by = {(r["lib"], r["method"], r["setting"]): r for r in rows}
     lines = [
-        "| method | setting | perplexity funcprune / llm-compressor | difference | time ratio | peak memory ratio |",
-        "|---|---|---:|---:|---:|---:|",
+        "| method | setting | perplexity funcprune / llm-compressor | difference | time ratio | peak memory ratio "
+        "| masks differ | first differing layer |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for method, label in PEER:
         a, b = by.get(("funcprune", method, label)), by.get(("llm-compressor", method, label))
         if a is None or b is None or "error" in b:
-            lines.append(f"| {method} | {label} | {a['ppl']:.2f} / failed | | | |" if a else "")
+            lines.append(f"| {method} | {label} | {a['ppl']:.2f} / failed | | | | | |" if a else "")
             continue
         lines.append(
             f"| {method} | {label} | {a['ppl']:.2f} / {b['ppl']:.2f} | {a['ppl'] / b['ppl'] - 1:+.2%} "
-            f"| {a['seconds'] / b['seconds']:.2f} | {a['peak_mib'] / max(b['peak_mib'], 1e-9):.2f} |"
+            f"| {a['seconds'] / b['seconds']:.2f} | {a['peak_mib'] / max(b['peak_mib'], 1e-9):.2f} "
+            f"| {a.get('masks_differ', float('nan')):.3%} | {a.get('first_differ', '-')} |"
         )
     return lines
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calibration", type=int, default=8, help="calibration windows")
-    parser.add_argument("--calibration-len", type=int, default=128, help="tokens per calibration window")
-    parser.add_argument("--eval", type=int, default=4, help="evaluation windows")
-    parser.add_argument("--eval-len", type=int, default=128, help="tokens per evaluation window")
+    parser.add_argument("--calibration", type=int, default=32, help="calibration windows")
+    parser.add_argument("--calibration-len", type=int, default=256, help="tokens per calibration window")
+    parser.add_argument("--eval", type=int, default=32, help="evaluation windows")
+    parser.add_argument("--eval-len", type=int, default=256, help="tokens per evaluation window")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
@@ -302,16 +320,15 @@ def main(argv: list[str] | None = None) -> dict:
         f"{args.calibration} x {args.calibration_len} tokens (batches of {args.batch_size}), evaluation "
         f"{args.eval} x {args.eval_len} tokens; torch {torch.__version__}, {args.threads} threads, "
         f"{platform.machine()} {platform.processor() or ''}".rstrip()
+        + "; load average at start {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
     )
     print(header)
     print("\n".join(TABLE_HEAD), flush=True)
     parts = set(args.parts.split(","))
     with tempfile.TemporaryDirectory() as workdir:
-        if args.peer_python and "peer" in parts:
-            peer = start_peer(windows, args, workdir)
-        rows = ours(model, batches, evaluation, args) if "ours" in parts else []
-        if args.peer_python and "peer" in parts:
-            rows += finish_peer(model, evaluation, args, *peer)
+        peer = run_peer(windows, args, workdir) if args.peer_python and "peer" in parts else []
+        rows = ours(model, batches, evaluation, args, peer) if "ours" in parts else []
+        rows += evaluate_peer(model, evaluation, args, peer)
     lines = [header, "", *TABLE_HEAD, *(row_line(r) for r in rows)]
     if args.peer_python and "peer" in parts:
         versions = next((r["versions"] for r in rows if "versions" in r), {})
@@ -338,6 +355,8 @@ def main(argv: list[str] | None = None) -> dict:
         ]
         print("\n" + "\n".join(curve_lines))
         lines += ["", *curve_lines]
+    lines += ["", "load average at the end {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())]
+    print(lines[-1])
     if args.out:
         with open(args.out, "w") as f:
             f.write("\n".join(lines) + "\n")

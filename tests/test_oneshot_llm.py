@@ -208,4 +208,17 @@ def test_benchmark_rows_are_the_pruned_models_perplexities(monkeypatch, capsys):
     assert printed[1:3] == bench.TABLE_HEAD and [bench.row_line(r) for r in rows] == printed[3 : 3 + len(rows)]
     failed = {"lib": "llm-compressor", "method": "sparsegpt", "setting": "50%", "error": "ValueError: x"}
     assert bench.row_line(failed) == "| llm-compressor | sparsegpt | 50% | failed: ValueError: x | | | |"
-    assert f"| sparsegpt | 50% | {rows[3]['ppl']:.2f} / failed | | | |" in bench.comparison(rows + [failed])
+    assert f"| sparsegpt | 50% | {rows[3]['ppl']:.2f} / failed | | | | | |" in bench.comparison(rows + [failed])
+
+
+def test_benchmark_mask_agreement_counts_entries_whose_state_differs(tmp_path):
+    """The peer comparison's mask agreement: the share of entries kept by one side and pruned (zero) by the
+    other, and the first parameter, in the order of funcprune's masks, where any differs."""
+    from benchmarks import oneshot as bench
+
+    ours = {"a": torch.tensor([True, False, True, True]), "b": torch.tensor([[True, False], [False, True]])}
+    peer = {"a": torch.tensor([1.0, 0.0, 2.0, -3.0]), "b": torch.tensor([[0.0, 0.0], [5.0, 1.0]])}
+    torch.save(peer, tmp_path / "peer.pt")
+    assert bench.mask_agreement(ours, str(tmp_path / "peer.pt")) == (2 / 8, "b")
+    torch.save({"a": peer["a"], "b": torch.tensor([[1.0, 0.0], [0.0, 1.0]])}, tmp_path / "same.pt")
+    assert bench.mask_agreement(ours, str(tmp_path / "same.pt")) == (0.0, "-")
