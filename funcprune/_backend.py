@@ -17,7 +17,8 @@ The interface: :func:`keep` (a mask laid out like its tensor), :func:`fresh` (no
 :func:`channels_kept`, :func:`spread_channels`, :func:`stacked`/:func:`unstacked` and the
 kernel's own :func:`global_cut`, :func:`split_dims`, :func:`shard_of`, :func:`plain` and :func:`wrap`;
 for methods that work row by row on a layer's own rows (one-shot pruning): :func:`local`,
-:func:`check_rows_whole` and :func:`rows_like` (with :func:`shard_of`, :func:`wrap` and :func:`global_cut`).
+:func:`total`, :func:`check_rows_whole` and :func:`rows_like` (with :func:`shard_of`, :func:`wrap` and
+:func:`global_cut`).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ __all__ = [
     "plain",
     "wrap",
     "local",
+    "total",
     "check_rows_whole",
     "rows_like",
 ]
@@ -328,6 +330,19 @@ def wrap(local_mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def local(t: torch.Tensor) -> torch.Tensor:
     """This process's entries of ``t``: a DTensor's local shard, a plain tensor itself."""
     return _dtensor.local(t)
+
+
+def total(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``value``, computed from this process's shard of ``like``, summed over the shards (replicas counted once).
+
+    A small tensor (a count, a sum), never the entries: one ``all_reduce`` per mesh dim for a
+    DTensor ``like``; ``value`` itself for a plain one.
+    """
+    if not _dtensor.is_dtensor(like):
+        return value
+    summed = value.clone() if _dtensor.counts_here(like) else torch.zeros_like(value)
+    reduce = _dtensor.mesh_sum(_dtensor.mesh_of([like]))
+    return summed if reduce is None else reduce(summed)
 
 
 def check_rows_whole(weight: torch.Tensor, what: str = "weight") -> None:

@@ -462,8 +462,6 @@ def fsdp(rank: int, world: int, mesh_shape=None) -> dict:
         calibration = batches(2 * world + 1)
         mine = share(calibration, rank, world)
         for method, amount, kw in CONFIGS:
-            if kw.get("owl"):
-                continue
             kw = dict(kw, dtype=dtype, block_size=16)
             got = prune(model, mine, method, amount, **kw)
             params = dict(model.named_parameters())
@@ -474,17 +472,10 @@ def fsdp(rank: int, world: int, mesh_shape=None) -> dict:
                 )
                 assert isinstance(mask, DTensor) and tuple(mask.placements) == want_placements, name
             want = prune(plain, calibration, method, amount, group=solo, **kw)
-            _compare(f"fsdp_{method}:{str(dtype)[6:]}", got, want, worst, done)
+            _compare(f"fsdp_{method}{'_owl' if kw.get('owl') else ''}:{str(dtype)[6:]}", got, want, worst, done)
         for name, p in model.named_parameters():  # the model is unchanged
             assert torch.equal(full(p), dense[name]), name
         done["fsdp_unchanged"] += 1
-    raises(
-        done,
-        "fsdp_owl_refused",
-        ValueError,
-        lambda: prune(model, mine, "wanda", 0.5, owl=True, dtype=torch.float32),
-        "owl",
-    )
     raises(done, "fsdp_device_refused", ValueError, lambda: prune(model, mine, "wanda", 0.5, device="cpu"), "device=")
     gpt2 = make_gpt2()
     from torch.distributed.fsdp import fully_shard

@@ -108,10 +108,10 @@ def test_data_parallel_calibration_equals_one_process_with_all_batches(world):
 
 FSDP_CHECKS = {
     "fsdp_wanda",
+    "fsdp_wanda_owl",
     "fsdp_sparsegpt",
     "fsdp_magnitude",
     "fsdp_unchanged",
-    "fsdp_owl_refused",
     "fsdp_device_refused",
     "fsdp_conv1d_refused",
 }
@@ -122,8 +122,8 @@ def test_fsdp2_sharded_rows_prune_like_one_process(world):
     # 3 ranks: rows that do not divide (FSDP2 pads its shard storage: 32 rows as 11 + 11 + 10).
     # fully_shard on every block and the root (Shard(0) rows, uneven batch shares): masks equal one
     # process's on the plain model with all the batches, SparseGPT's weights to round-off, masks
-    # laid out like the weights, the model unchanged; OWL, device= and GPT-2's Conv1D (sharded on
-    # inputs) refused.
+    # laid out like the weights (OWL's outlier ratios counted over the shards), the model unchanged;
+    # device= and GPT-2's Conv1D (sharded on inputs) refused.
     results = _checks(
         run_ranks(_dist_oneshot.fsdp, world, timeout=600),
         FSDP_CHECKS,

@@ -86,12 +86,12 @@ def wanda_scores(weight: torch.Tensor, input_norm: torch.Tensor) -> torch.Tensor
       input_norm: ``(in_features,)``: the L2 norm of every input feature over the calibration tokens.
 
     Returns:
-      A tensor of ``weight``'s shape.
+      A tensor of ``weight``'s shape (for a row-sharded DTensor ``weight``, a DTensor laid out like it).
 
     Raises:
       ValueError: ``input_norm`` of the wrong shape, negative, NaN or inf.
     """
-    _check_weight(weight)
+    here = _rows_here(weight)
     if not isinstance(input_norm, torch.Tensor) or tuple(input_norm.shape) != (weight.shape[1],):
         shape = tuple(input_norm.shape) if isinstance(input_norm, torch.Tensor) else type(input_norm).__name__
         raise ValueError(
@@ -100,7 +100,7 @@ def wanda_scores(weight: torch.Tensor, input_norm: torch.Tensor) -> torch.Tensor
         )
     if not bool(torch.isfinite(input_norm).all()) or bool((input_norm < 0).any()):
         raise ValueError("input_norm must be finite and non-negative (NaN/inf calibration activations?)")
-    return weight.abs() * input_norm.to(weight.device).reshape(1, -1)
+    return _backend.wrap(here.abs() * input_norm.to(here.device).reshape(1, -1), weight)
 
 
 def wanda(
@@ -348,7 +348,8 @@ def outlier_ratio(scores: torch.Tensor | Sequence[torch.Tensor], threshold: floa
       threshold: OWL's ``M``.
 
     Returns:
-      A float in ``[0, 1]``.
+      A float in ``[0, 1]``. DTensor scores (a block of FSDP2-sharded layers) are counted over all
+      ranks: their sum and counts cross the wire, never a score.
 
     Example:
       >>> outlier_ratio(torch.tensor([1.0, 1.0, 1.0, 1.0, 100.0]), threshold=3.0)
@@ -359,11 +360,14 @@ def outlier_ratio(scores: torch.Tensor | Sequence[torch.Tensor], threshold: floa
         raise TypeError("scores must be a tensor or a non-empty sequence of tensors")
     if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not math.isfinite(threshold):
         raise ValueError(f"threshold must be a finite number, got {threshold!r}")
-    flat = torch.cat([t.detach().reshape(-1).to(tensors[0].device) for t in tensors])
-    if flat.numel() == 0:
+    like = tensors[0]
+    flat = torch.cat([_backend.local(t).detach().reshape(-1).to(_backend.local(like).device) for t in tensors])
+    n = int(_backend.total(torch.tensor([flat.numel()], device=flat.device), like))
+    if n == 0:
         raise ValueError("scores are empty")
-    above = (flat > flat.mean() * threshold).sum()
-    return float(above) / flat.numel()
+    mean = _backend.total(flat.sum(), like) / n  # flat.mean() in one process, bit for bit
+    above = _backend.total((flat > mean * threshold).sum(), like)
+    return float(above) / n
 
 
 def owl(outlier_ratios: Sequence[float], amount: float, *, lam: float = 0.08) -> list[float]:

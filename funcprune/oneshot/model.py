@@ -21,7 +21,6 @@ from typing import Any, NamedTuple, cast
 import optree
 import torch
 
-from .. import _backend
 from .._amount import validate_amount
 from ..methods import l1_unstructured
 from ..patterns import nm_structured
@@ -431,13 +430,6 @@ def prune(
             block_size=block_size,
             damp=damp,
         )
-        if owl and _backend.any_sharded(
-            [cast(torch.Tensor, m.weight) for layers in targets for _, m in layers.values()]
-        ):
-            raise ValueError(
-                "owl=True needs every pruned weight whole on each rank (data-parallel calibration); "
-                "with FSDP2-sharded weights pass owl=False"
-            )
         if not batches:
             raise ValueError("calibration is empty: pass an iterable of one batch or more")
         if device is not None and any(distributed.is_fsdp(m) for m in model.modules()):
