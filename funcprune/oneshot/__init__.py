@@ -22,8 +22,9 @@ the weight update, the later choices of that row (a few hundredths of a percent 
 entries on small random models).
 """
 
+from .blocks import find_blocks
 from .methods import outlier_ratio, owl, sparsegpt, wanda, wanda_scores
-from .model import LayerReport, Result, find_blocks, prune, prune_layer
+from .model import LayerReport, Result, prune, prune_layer
 from .stats import LayerStats, all_reduce
 
 __all__ = [

@@ -13,18 +13,27 @@ model's parameters are never written, and ``device=`` copies one block at a time
 
 from __future__ import annotations
 
-import contextlib
 import numbers
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, NamedTuple, cast
 
-import optree
 import torch
 
 from .._amount import validate_amount
 from ..methods import l1_unstructured
 from ..patterns import nm_structured
 from . import distributed
+from .blocks import (
+    block_values,
+    capture,
+    eval_mode,
+    find_blocks,
+    find_layers,
+    hidden,
+    linear_weight,
+    run_block,
+    without_hidden,
+)
 from .methods import check_pattern, outlier_ratio, sparsegpt, wanda, wanda_scores
 from .methods import owl as owl_amounts
 from .stats import Collector, LayerStats, all_reduce
@@ -32,20 +41,6 @@ from .stats import Collector, LayerStats, all_reduce
 __all__ = ["prune", "prune_layer", "find_blocks", "Result", "LayerReport", "METHODS"]
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
-#: where transformers keeps the decoder blocks (Llama, Qwen2, Mistral, Gemma, Phi; GPT-2; OPT; GPT-NeoX; bare
-#: models)
-AUTO_BLOCKS = (
-    "model.layers",
-    "transformer.h",
-    "model.decoder.layers",
-    "gpt_neox.layers",
-    "model.language_model.layers",
-    "layers",
-    "h",
-    "decoder.layers",
-    "transformer.blocks",
-    "blocks",
-)
 
 
 class LayerReport(NamedTuple):
@@ -64,78 +59,6 @@ class Result(NamedTuple):
     masks: dict[str, torch.Tensor]  #: bool keep masks of the pruned weights
     layers: dict[str, LayerReport]  #: per pruned weight
     stacked: str  #: "none" (one amount), "masks" or "both" (K levels): ``fp.stacked_call``'s ``stacked``
-
-
-class _Stop(Exception):
-    pass
-
-
-def find_blocks(model: torch.nn.Module, blocks: str | None = None) -> tuple[str, torch.nn.ModuleList]:
-    """The dotted name and the ``nn.ModuleList`` of the model's repeated blocks.
-
-    Args:
-      model: the model.
-      blocks: the dotted name (e.g. ``"model.layers"``); None looks where transformers keeps them
-        (:data:`AUTO_BLOCKS`).
-
-    Raises:
-      ValueError: not found, or not a non-empty ``nn.ModuleList``: the message lists the model's
-        ModuleLists to pass as ``blocks=``.
-    """
-    lists = [n for n, m in model.named_modules() if isinstance(m, torch.nn.ModuleList) and len(m)]
-    hint = f"pass blocks='<dotted name of the nn.ModuleList of blocks>' (this model's ModuleLists: {lists or 'none'})"
-    if blocks is not None:
-        if not isinstance(blocks, str):
-            raise TypeError(f"blocks must be a dotted module name, got {blocks!r}")
-        try:
-            found = model.get_submodule(blocks)
-        except AttributeError:
-            raise ValueError(f"blocks={blocks!r} is not a submodule of {type(model).__name__}: {hint}") from None
-        if not isinstance(found, torch.nn.ModuleList) or not len(found):
-            raise ValueError(f"blocks={blocks!r} is a {type(found).__name__}, not a non-empty nn.ModuleList: {hint}")
-        return blocks, found
-    for name in AUTO_BLOCKS:
-        if name in lists:
-            return name, cast(torch.nn.ModuleList, model.get_submodule(name))  # lists holds ModuleLists only
-    raise ValueError(f"could not find the stack of repeated blocks of {type(model).__name__}: {hint}")
-
-
-def _is_conv1d(module: torch.nn.Module) -> bool:
-    """transformers' ``Conv1D`` (GPT-2): a linear layer whose weight is ``(in_features, out_features)``."""
-    return type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None
-
-
-def _targets(model: torch.nn.Module, prefix: str, blocks, include) -> list[dict[str, tuple[str, torch.nn.Module]]]:
-    """Per block: ``{param name: (module name inside the block, module)}`` of the selected linear weights."""
-    found = []
-    for i, block in enumerate(blocks):
-        layers = {}
-        for sub, module in block.named_modules():
-            if isinstance(module, torch.nn.Linear) or _is_conv1d(module):
-                layers[f"{prefix}.{i}.{sub}.weight"] = (sub, module)
-        found.append(layers)
-    every = {name: t for layers in found for name, t in layers.items()}
-    if include is None:
-        return found
-    params = dict(model.named_parameters())
-    if callable(include):
-        return [{n: t for n, t in layers.items() if include(n, params[n])} for layers in found]
-    if isinstance(include, str):
-        raise TypeError(f"include must be a list of names or a predicate, got the string {include!r}")
-    names = set(include)
-    for name in sorted(names):
-        if name not in params:
-            raise KeyError(f"include names {name!r}, which is not a parameter of {type(model).__name__}")
-        if name not in every:
-            raise ValueError(
-                f"include names {name!r}, which is not the weight of an nn.Linear inside the blocks "
-                f"{prefix!r} (one-shot methods prune linear layers from their inputs' statistics)"
-            )
-    return [{n: t for n, t in layers.items() if n in names} for layers in found]
-
-
-def _linear_weight(module: torch.nn.Module, value: torch.Tensor) -> torch.Tensor:
-    return value.t() if _is_conv1d(module) else value
 
 
 def prune_layer(
@@ -201,85 +124,12 @@ def _check(model, method, dtype, sequential, pattern, targets, block_size) -> No
         for name, (_, module) in layers.items():
             if method == "sparsegpt" and pattern is not None and block_size % pattern[1]:
                 raise ValueError(f"block_size={block_size} must be a multiple of the pattern's group size {pattern[1]}")
-            check_pattern(pattern, _linear_weight(module, module.weight).shape[1], name)
-
-
-def _to(tree: Any, device: torch.device | None) -> Any:
-    if device is None:
-        return tree
-    return optree.tree_map(lambda x: x.to(device) if isinstance(x, torch.Tensor) else x, tree, none_is_leaf=True)
-
-
-def _call(model: torch.nn.Module, batch: Any, accepts_cache: bool) -> None:
-    extra = {"use_cache": False} if accepts_cache else {}
-    if isinstance(batch, dict):
-        model(**batch, **extra)
-    elif isinstance(batch, (tuple, list)):
-        model(*batch, **extra)
-    else:
-        model(batch, **extra)
-
-
-def _capture(model, first, batches, device) -> list[tuple[tuple, dict]]:
-    """The first block's ``(args, kwargs)`` for every batch (on ``device``), by stopping the model there."""
-    import inspect
-
-    accepts_cache = "use_cache" in inspect.signature(model.forward).parameters
-    home = next(model.parameters()).device
-    captured = []
-
-    def catch(module, args, kwargs):
-        captured.append(_to((args, dict(kwargs)), device))
-        raise _Stop
-
-    # first among the block's hooks: FSDP2's would gather the block only to be stopped
-    handle = first.register_forward_pre_hook(catch, with_kwargs=True, prepend=True)
-    try:
-        for index, batch in enumerate(batches):
-            try:
-                _call(model, _to(batch, home), accepts_cache)
-            except _Stop:
-                continue
-            raise ValueError(f"calibration batch {index} ran through the model without reaching its first block")
-    finally:
-        handle.remove()
-        distributed.settle(model)
-    if not captured:
-        raise ValueError("calibration is empty: pass an iterable of one batch or more")
-    return captured
-
-
-def _run(run: Callable, h: torch.Tensor, entry) -> torch.Tensor:
-    """The block's output on hidden states ``h`` with the rest of a captured ``entry``; ``run`` from a block runner."""
-    args, kwargs = entry
-    if args:
-        out = run((h, *args[1:]), kwargs)
-    else:
-        out = run((), {**kwargs, "hidden_states": h})
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
-def _hidden(entry) -> torch.Tensor:
-    args, kwargs = entry
-    return args[0] if args else kwargs["hidden_states"]
-
-
-def _without_hidden(entry):
-    args, kwargs = entry
-    if args:
-        return (None, *args[1:]), kwargs
-    return args, {**kwargs, "hidden_states": None}
-
-
-def _block_values(block: torch.nn.Module, device) -> dict[str, torch.Tensor]:
-    values: dict[str, torch.Tensor] = dict(block.named_parameters())
-    values.update(block.named_buffers())
-    return {n: (v.to(device) if device is not None else v).detach() for n, v in values.items()}
+            check_pattern(pattern, linear_weight(module, module.weight).shape[1], name)
 
 
 def _collect(block, values, layers, hs, entries, *, sumsq, hessian, dtype, where, group, keep_outputs):
     """Run the block on every batch with the statistics hooks on; (all-reduced stats, outputs or None)."""
-    modules = {name: (module, _linear_weight(module, module.weight).shape[1]) for name, (_, module) in layers.items()}
+    modules = {name: (module, linear_weight(module, module.weight).shape[1]) for name, (_, module) in layers.items()}
     outs: Any = [] if keep_outputs else None  # a list exactly when keep_outputs
     with (
         Collector(modules, sumsq=sumsq, hessian=hessian, dtype=dtype) as collector,
@@ -287,7 +137,7 @@ def _collect(block, values, layers, hs, entries, *, sumsq, hessian, dtype, where
     ):
         for h, entry in zip(hs, entries):
             collector.new_batch()
-            out = _run(run, h, entry)
+            out = run_block(run, h, entry)
             if keep_outputs:
                 outs.append(out)
     stats = all_reduce(collector.stats(), group)
@@ -303,10 +153,10 @@ def _collect(block, values, layers, hs, entries, *, sumsq, hessian, dtype, where
 
 def _owl_ratios(blocks, prefix, targets, captured, device, dtype, threshold, group) -> list[float]:
     """OWL's outlier ratio of every block, from the dense model's Wanda scores (one dense pass)."""
-    hs = [_hidden(entry) for entry in captured]
+    hs = [hidden(entry) for entry in captured]
     ratios = []
     for i, block in enumerate(blocks):
-        values = _block_values(block, device)
+        values = block_values(block, device)
         stats, hs = _collect(
             block,
             values,
@@ -321,23 +171,11 @@ def _owl_ratios(blocks, prefix, targets, captured, device, dtype, threshold, gro
             keep_outputs=True,
         )
         scores = [
-            wanda_scores(_linear_weight(m, values[sub + ".weight"]), stats[n].sumsq.sqrt())
+            wanda_scores(linear_weight(m, values[sub + ".weight"]), stats[n].sumsq.sqrt())
             for n, (sub, m) in targets[i].items()
         ]
         ratios.append(outlier_ratio(scores, threshold) if scores else 0.0)
     return ratios
-
-
-@contextlib.contextmanager
-def _eval_mode(model: torch.nn.Module):
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for module, mode in modes:
-            module.training = mode
 
 
 def prune(
@@ -407,11 +245,11 @@ def prune(
     levels, stacked = _levels(method, amount, owl, pattern)
     block_name, block_list = find_blocks(model, blocks)
     pattern = check_pattern(pattern)
-    targets = _targets(model, block_name, block_list, include)
+    targets = find_layers(model, block_name, block_list, include)
     _check(model, method, dtype, sequential, pattern, targets, block_size)
     device = torch.device(device) if device is not None else None
     needs = method != "magnitude"
-    with _eval_mode(model):
+    with eval_mode(model):
         batches = list(calibration)
         layer_shapes = [
             (n, tuple(cast(torch.Tensor, m.weight).shape)) for layers in targets for n, (_, m) in layers.items()
@@ -437,20 +275,20 @@ def prune(
                 f"device={device} moves one block at a time to the device; an FSDP2 model already "
                 "runs on its ranks' devices: leave device=None"
             )
-        captured = _capture(model, block_list[0], batches, device) if needs or owl else []
+        captured = capture(model, block_list[0], batches, device) if needs or owl else []
         per_block = [levels] * len(block_list)
         if owl:
             ratios = _owl_ratios(block_list, block_name, targets, captured, device, dtype, owl_threshold, group)
             by_level = [owl_amounts(ratios, level, lam=owl_lam) for level in levels]
             per_block = [[amounts[i] for amounts in by_level] for i in range(len(block_list))]
         work = _Work(method, pattern, block_size, damp, levels)
-        acts = [[_hidden(e) for e in captured] for _ in (levels if sequential else levels[:1])]
-        captured = [_without_hidden(e) for e in captured]  # one boundary's activations alive: those in acts
+        acts = [[hidden(e) for e in captured] for _ in (levels if sequential else levels[:1])]
+        captured = [without_hidden(e) for e in captured]  # one boundary's activations alive: those in acts
         stats: list | None  # per level; dropped after each block
         collected: list | None
         for i, block in enumerate(block_list):
             where = f"block {i} ({block_name}.{i})"
-            values = _block_values(block, device)
+            values = block_values(block, device)
             layers = targets[i]
             stats, dense_outs = [{}] * len(acts), None
             if needs and layers:
@@ -479,12 +317,12 @@ def prune(
             if not sequential:
                 if dense_outs is None:
                     with distributed.block_runner(block, values) as run:
-                        dense_outs = [_run(run, h, e) for h, e in zip(acts[0], captured)]
+                        dense_outs = [run_block(run, h, e) for h, e in zip(acts[0], captured)]
                 acts[0] = dense_outs
                 continue
             for level, hs in enumerate(acts):
                 with distributed.block_runner(block, {**values, **pruned[level]}) as run:
-                    acts[level] = [_run(run, h, e) for h, e in zip(hs, captured)]
+                    acts[level] = [run_block(run, h, e) for h, e in zip(hs, captured)]
     return work.result(model, stacked)
 
 
@@ -502,7 +340,7 @@ class _Work:
         pruned: list[dict[str, torch.Tensor]] = [{} for _ in self.levels]
         for name, (sub, module) in layers.items():
             param = module.weight
-            weight = _linear_weight(module, values[sub + ".weight"])
+            weight = linear_weight(module, values[sub + ".weight"])
             rows = []
             for level, amount in enumerate(amounts):
                 layer_stats = stats[min(level, len(stats) - 1)].get(name)
@@ -519,11 +357,11 @@ class _Work:
                 except (ValueError, TypeError) as err:
                     raise type(err)(f"{name}: {err}") from err
                 run = new if self.method == "sparsegpt" else torch.where(keep, weight, 0)
-                pruned[level][sub + ".weight"] = _linear_weight(module, run)
-                keep_param = _linear_weight(module, keep).contiguous().to(param.device)
+                pruned[level][sub + ".weight"] = linear_weight(module, run)
+                keep_param = linear_weight(module, keep).contiguous().to(param.device)
                 self.masks[level][name] = keep_param
                 if self.method == "sparsegpt":
-                    self.weights[level][name] = _linear_weight(module, new).contiguous().to(param.device)
+                    self.weights[level][name] = linear_weight(module, new).contiguous().to(param.device)
                 tokens = 0 if layer_stats is None else int(layer_stats.tokens)
                 rows.append((amount, 1.0 - float(keep.sum()) / keep.numel(), tokens))
             self.reports[name] = [i, rows]
