@@ -135,19 +135,18 @@ def wanda(
       >>> wanda(w, torch.tensor([4.0, 1.0, 1.0, 1.0]), 0.5)
       tensor([[ True, False,  True, False]])
     """
-    here = _rows_here(weight)
-    keep = as_keep(here, _backend.shard_of(mask, weight, "mask"))
-    if here.shape[0] == 0:  # a rank holding no rows: the same checks on one row, so every rank raises alike
-        empty = torch.zeros((1, here.shape[1]), dtype=here.dtype, device=here.device)
+    scores = _backend.local(wanda_scores(weight, input_norm))  # this rank's rows
+    keep = as_keep(scores, _backend.shard_of(mask, weight, "mask"))
+    if scores.shape[0] == 0:  # a rank holding no rows: the same checks on one row, so every rank raises alike
+        empty = torch.zeros((1, scores.shape[1]), dtype=scores.dtype, device=scores.device)
         return _backend.wrap(wanda(empty, input_norm, amount, pattern=pattern)[:0], weight)
-    scores = wanda_scores(here, input_norm)
     pattern = check_pattern(pattern, weight.shape[1])
     if pattern is not None:
         n, m = pattern
-        out = keep_per_pool(here, groups(here.shape, m, 1), n, scores, mask=keep)
+        out = keep_per_pool(scores, groups(scores.shape, m, 1), n, scores, mask=keep)
     else:
         validate_amount(amount)
-        out = prune_units(here, rows(here.shape, 0), amount, scores, mask=keep, what="entries of a row")
+        out = prune_units(scores, rows(scores.shape, 0), amount, scores, mask=keep, what="entries of a row")
     return _backend.wrap(out, weight)
 
 
