@@ -21,8 +21,9 @@ same settings through llm-compressor's ``oneshot`` with ``WandaPruningModifier``
 process (``benchmarks/_llmcompressor_peer.py``) on the same calibration windows; its pruned
 weights come back in a file and are evaluated here by the same perplexity code, and its masks
 are compared with funcprune's of the same setting (the share of entries that differ, and the
-first block where they do). The peer's processes run first, one after another, then
-funcprune's rows, on an otherwise idle machine (the load average is printed before and after).
+first block where they do). Each of the peer's runs comes right before funcprune's run of the
+same setting, so the two calls meet the same machine (the load average is printed at the start
+and the end).
 
 ``torch.set_num_threads`` is fixed (``--threads``, default 2) in both.
 """
@@ -61,9 +62,9 @@ SETTINGS = [
 ]
 METHODS = ("magnitude", "wanda", "sparsegpt")
 CURVE = [0.4, 0.5, 0.6, 0.7]
-# in this order until --peer-budget runs out (llm-compressor's SparseGPT is slow on a CPU)
-PEER = [("wanda", "50%"), ("wanda", "70% OWL"), ("sparsegpt", "50%"), ("wanda", "2:4"), ("sparsegpt", "2:4")]
-PEER_DEFAULT = "wanda 50%,wanda 70% OWL,sparsegpt 50%,wanda 2:4,sparsegpt 2:4"
+# llm-compressor's rows (each run beside ours of the same setting) while --peer-budget lasts
+PEER = [("wanda", "50%"), ("sparsegpt", "50%"), ("wanda", "2:4"), ("sparsegpt", "2:4"), ("wanda", "70% OWL")]
+PEER_DEFAULT = ",".join(f"{method} {label}" for method, label in PEER)
 
 
 def _trim() -> None:
@@ -91,9 +92,9 @@ def pruned_fraction(masks: dict[str, torch.Tensor]) -> float:
     return 1 - kept / sum(m.numel() for m in masks.values())
 
 
-def ours(model, batches, evaluation, args, peer_rows: list[dict]) -> list[dict]:
-    """funcprune's rows: dense, then every method at every setting (masks compared with ``peer_rows``'s)."""
-    peer_weights = {(r["method"], r["setting"]): r["weights"] for r in peer_rows if "error" not in r}
+def ours(model, batches, evaluation, args, peer: Peer | None) -> list[dict]:
+    """funcprune's rows: dense, then every method at every setting; where ``peer`` has the same row, its
+    run comes right before ours (so the two calls meet the same machine) and the masks are compared."""
 
     def evaluate(**kw):
         return perplexity(model, evaluation, seq_len=args.eval_len, batch_size=args.batch_size, **kw)
@@ -106,6 +107,7 @@ def ours(model, batches, evaluation, args, peer_rows: list[dict]) -> list[dict]:
         for method in METHODS:
             if amount > 0.5 and method == "magnitude":  # the 70% rows compare the calibrated methods
                 continue
+            peer_row = peer.run(method, label, amount, pattern, owl) if peer and peer.wanted(method, label) else {}
             result, seconds, peak = measured(
                 lambda: fp.oneshot.prune(
                     model, batches, method, amount, pattern=pattern, owl=owl, block_size=128, damp=0.01
@@ -122,10 +124,8 @@ def ours(model, batches, evaluation, args, peer_rows: list[dict]) -> list[dict]:
                     "ppl": evaluate(params=result.params, masks=result.masks),
                 }
             )
-            if (method, label) in peer_weights:
-                rows[-1]["masks_differ"], rows[-1]["first_differ"] = mask_agreement(
-                    result.masks, peer_weights[method, label]
-                )
+            if "weights" in peer_row and "error" not in peer_row:
+                rows[-1]["masks_differ"], rows[-1]["first_differ"] = mask_agreement(result.masks, peer_row["weights"])
             print_row(rows[-1])
             del result
     return rows
@@ -147,67 +147,64 @@ def curve(model, batches, evaluation, args) -> dict:
     return {"levels": CURVE, "ppl": ppl, "seconds": seconds, "peak_mib": peak}
 
 
-def run_peer(windows, args, workdir: str) -> list[dict]:
-    """Run llm-compressor's rows one after another, each in a fresh process of ``args.peer_python``."""
-    calibration = os.path.join(workdir, "calibration.pt")
-    torch.save(windows, calibration)
-    settings = {label: (amount, pattern, owl) for label, amount, pattern, owl in SETTINGS}
-    rows: list[dict] = []
+class Peer:
+    """llm-compressor's rows, each run in a fresh process of ``args.peer_python`` when :meth:`run` is called."""
 
-    def run() -> None:
+    def __init__(self, windows, args, workdir: str) -> None:
+        self.args, self.workdir = args, workdir
+        self.calibration = os.path.join(workdir, "calibration.pt")
+        torch.save(windows, self.calibration)
+        self.rows: list[dict] = []
+        self.spent = 0.0
+
+    def wanted(self, method: str, label: str) -> bool:
+        return (method, label) in PEER and f"{method} {label}" in self.args.peer_rows.split(",")
+
+    def run(self, method: str, label: str, amount, pattern, owl) -> dict:
+        """One row: llm-compressor's ``oneshot`` with ``method`` at ``label``'s settings (its weights saved)."""
+        args = self.args
+        row = {"lib": "llm-compressor", "method": method, "setting": label}
+        self.rows.append(row)
+        left = args.peer_budget - self.spent
+        if left < 60:
+            row["error"] = f"not run: the peer's time budget (--peer-budget {args.peer_budget:.0f} s) was spent"
+            return row
+        out = os.path.join(self.workdir, f"{method}-{label.replace(' ', '_').replace(':', '-')}.pt")
+        spec = {
+            "calibration": self.calibration,
+            "method": method,
+            "amount": amount,
+            "pattern": pattern,
+            "owl": owl,
+            "batch_size": args.batch_size,
+            "block_size": 128,
+            "damp": 0.01,
+            "threads": args.threads,
+            "out": out,
+        }
+        with open(out + ".json", "w") as f:
+            json.dump(spec, f)
+        row["weights"] = out
         begin = time.perf_counter()
-        for method, label in PEER:
-            if f"{method} {label}" not in args.peer_rows.split(","):
-                continue
-            amount, pattern, owl = settings[label]
-            left = args.peer_budget - (time.perf_counter() - begin)
-            if left < 60:
-                rows.append(
-                    {
-                        "lib": "llm-compressor",
-                        "method": method,
-                        "setting": label,
-                        "error": f"not run: the peer's time budget (--peer-budget {args.peer_budget:.0f} s) was spent",
-                    }
-                )
-                continue
-            out = os.path.join(workdir, f"{method}-{label.replace(' ', '_').replace(':', '-')}.pt")
-            spec = {
-                "calibration": calibration,
-                "method": method,
-                "amount": amount,
-                "pattern": pattern,
-                "owl": owl,
-                "batch_size": args.batch_size,
-                "block_size": 128,
-                "damp": 0.01,
-                "threads": args.threads,
-                "out": out,
-            }
-            with open(out + ".json", "w") as f:
-                json.dump(spec, f)
-            row = {"lib": "llm-compressor", "method": method, "setting": label, "weights": out}
-            try:
-                done = subprocess.run(
-                    [args.peer_python, "-m", "benchmarks._llmcompressor_peer", out + ".json"],
-                    cwd=ROOT,
-                    capture_output=True,
-                    text=True,
-                    timeout=left,
-                )
-                lines = done.stdout.strip().splitlines()
-                got = (
-                    json.loads(lines[-1])
-                    if lines
-                    else {"error": f"no output (rc {done.returncode}): {done.stderr.strip()[-300:]}"}
-                )
-            except subprocess.TimeoutExpired:
-                got = {"error": f"stopped after {left:.0f} s: the peer's time budget was spent"}
-            row.update(got)
-            rows.append(row)
-
-    run()
-    return rows
+        try:
+            done = subprocess.run(
+                [args.peer_python, "-m", "benchmarks._llmcompressor_peer", out + ".json"],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=left,
+            )
+            lines = done.stdout.strip().splitlines()
+            got = (
+                json.loads(lines[-1])
+                if lines
+                else {"error": f"no output (rc {done.returncode}): {done.stderr.strip()[-300:]}"}
+            )
+        except subprocess.TimeoutExpired:
+            got = {"error": f"stopped after {left:.0f} s: the peer's time budget was spent"}
+        self.spent += time.perf_counter() - begin
+        row.update(got)
+        return row
 
 
 def evaluate_peer(model, evaluation, args, rows: list[dict]) -> list[dict]:
@@ -305,7 +302,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--parts",
         default="ours,peer,curve",
-        help="which parts to run, comma-separated: ours (funcprune's table), peer, curve",
+        help="which parts to run, comma-separated: ours (funcprune's table), peer (llm-compressor's rows, "
+        "each run beside ours: needs ours), curve",
     )
     parser.add_argument("--out", help="also write the tables (markdown) to this file")
     args = parser.parse_args(argv)
@@ -326,9 +324,9 @@ def main(argv: list[str] | None = None) -> dict:
     print("\n".join(TABLE_HEAD), flush=True)
     parts = set(args.parts.split(","))
     with tempfile.TemporaryDirectory() as workdir:
-        peer = run_peer(windows, args, workdir) if args.peer_python and "peer" in parts else []
+        peer = Peer(windows, args, workdir) if args.peer_python and "peer" in parts else None
         rows = ours(model, batches, evaluation, args, peer) if "ours" in parts else []
-        rows += evaluate_peer(model, evaluation, args, peer)
+        rows += evaluate_peer(model, evaluation, args, peer.rows if peer else [])
     lines = [header, "", *TABLE_HEAD, *(row_line(r) for r in rows)]
     if args.peer_python and "peer" in parts:
         versions = next((r["versions"] for r in rows if "versions" in r), {})
