@@ -52,7 +52,10 @@ def capture(module: torch.nn.Module, args, kwargs=None, training: bool = False):
         module.train(training)
         with torch.no_grad(), _module_stack(module):
             try:
-                gm = make_fx(call, pre_dispatch=True, tracing_mode="fake")(tensors, tuple(args), dict(kwargs or {}))
+                # tensors the forward holds outside parameters and buffers (a plain tensor attribute) are
+                # constants of the graph, as torch.export lifts them: make_fx's flag for that is underscored
+                trace = make_fx(call, pre_dispatch=True, tracing_mode="fake", _allow_non_fake_inputs=True)
+                gm = trace(tensors, tuple(args), dict(kwargs or {}))
             except Exception as err:  # data-dependent control flow, unsupported Python...
                 raise NotImplementedError(
                     f"funcprune.structural.groups: could not trace the model "
