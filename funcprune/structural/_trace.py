@@ -74,7 +74,7 @@ def capture(module: torch.nn.Module, args, kwargs=None, training: bool = False):
 
 @contextlib.contextmanager
 def _module_stack(module: torch.nn.Module) -> Iterator[None]:
-    """Record, in each traced node's ``meta["nn_module_stack"]``, the submodules it ran in (for error messages).
+    """Record, in each traced node's ``meta["nn_module_stack"]``, the submodules it ran in (for reasons and errors).
 
     make_fx's own recorder (``record_module_stack``) proxies every submodule attribute access, which
     doubles the trace of a transformer; forward hooks keep the stack instead, and fx copies the
@@ -105,7 +105,7 @@ def _module_stack(module: torch.nn.Module) -> Iterator[None]:
 
 
 def run(module: torch.nn.Module, args, kwargs=None) -> Flow:
-    """Export ``module`` and run the channel-space dataflow over its graph.
+    """Trace ``module`` and run the channel-space dataflow over its graph.
 
     The eval-mode graph is followed; where it leaves parameters unused (a branch only train mode runs,
     Inception-v3's auxiliary head), the train-mode graph is followed too, into the same spaces, so
