@@ -15,7 +15,7 @@ importance) this measures, side by side with Torch-Pruning (``MetaPruner`` with
   batch 1 and 32, timed in interleaved rounds (the order alternates every round) and reported as
   medians; speedups are medians of the per-round ratios dense / contender, with their quartiles;
 - the latency speedup against the speedup the FLOPs predict (dense FLOPs / shrunk FLOPs);
-- time to find the groups (``funcprune.structural.groups``, a ``torch.export`` trace), to choose
+- time to find the groups (``funcprune.structural.groups``, one fake-tensor ATen trace), to choose
   the channels (``prune_groups``) and to shrink (``shrink``, whose default output check is
   included), against Torch-Pruning's pruner construction (its dependency-graph trace) and
   ``step()`` (importance, selection and in-place surgery): medians of repeats.
@@ -430,7 +430,7 @@ def report(results: list[dict], info: str, command: str, elapsed: float, rounds_
     lines += latency_table(results)
     lines += [
         "",
-        "Time to prune (medians of repeats): funcprune finds the groups once per model (torch.export), "
+        "Time to prune (medians of repeats): funcprune finds the groups once per model (one trace), "
         "then prune_groups and shrink (its output check included); Torch-Pruning builds its pruner (dependency "
         "graph trace) and steps:",
         "",
@@ -548,7 +548,7 @@ def main(argv=None) -> int:
             with open(args.out, "w") as f:
                 f.write("# Structural pruning pipeline: funcprune vs Torch-Pruning\n\n" + text)
         return 0
-    # One untimed trace first: the first torch.export of a process pays one-time imports and setup.
+    # One untimed trace first: the first trace of a process pays one-time imports and setup.
     st.groups(nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1)), (torch.randn(1, 2),))
     start = time.perf_counter()
     results, failed = [], []

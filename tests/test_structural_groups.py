@@ -247,6 +247,29 @@ def test_an_op_without_a_rule_names_the_op_and_the_submodule():
         groups(Shuffled(), (torch.randn(1, 3, 4, 4),))
 
 
+class _ConstantScale(nn.Module):
+    """Scales a conv's channels by a plain tensor attribute (not a parameter or buffer)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1)
+        self.scale = torch.linspace(0.5, 1.5, 8)
+        self.offset = torch.tensor(0.25)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x) * self.scale.view(1, -1, 1, 1) + self.offset))
+
+
+def test_a_tensor_attribute_is_a_graph_constant_whose_channels_cannot_be_sliced():
+    """A tensor the forward holds outside the parameters and buffers traces as a constant (as torch.export
+    lifts it): it carries no channel, so the conv channels it scales are excluded, naming the op."""
+    report = group_report(_ConstantScale(), (torch.randn(2, 3, 4, 4),))
+    g = by_producer(report, "a.weight")
+    assert g in report.excluded
+    assert "elementwise op (aten.mul.Tensor, submodule <top level> (_ConstantScale))" in g.reason
+    assert not report.groups and not report.inexact
+
+
 def test_groups_returns_exact_groups_unless_asked_and_restores_train_mode():
     model = ResidualMLP()
     model.train()
@@ -617,9 +640,9 @@ class _DataDependent(nn.Module):
         return self.o(y)
 
 
-def test_an_export_failure_is_not_implemented_naming_the_model():
-    with pytest.raises(NotImplementedError, match=r"torch.export could not capture the model .*_DataDependent") as info:
+def test_a_trace_failure_is_not_implemented_naming_the_model():
+    with pytest.raises(NotImplementedError, match=r"could not trace the model .*_DataDependent") as info:
         group_report(_DataDependent(), (torch.randn(2, 3, 4, 4),))
     assert info.value.__cause__ is not None
-    with pytest.raises(NotImplementedError, match="torch.export could not capture"):
+    with pytest.raises(NotImplementedError, match="could not trace the model"):
         groups(_DataDependent(), (torch.randn(2, 3, 4, 4),))

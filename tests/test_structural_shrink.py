@@ -399,6 +399,25 @@ def test_bad_groups_raise_before_anything():
         prune_groups(params, SigmoidMLP.GROUPS, 9)
 
 
+def test_group_importance_of_a_channel_dim_inside_a_tensor_equals_the_norm_of_each_moved_slice():
+    """A member whose channels lie in a middle dim (a conv consumer's input channels, with an offset
+    and a unit) scores each channel by the norm of its slice, as the moved-to-front reference does;
+    masks and kept channels of such members read the same slices."""
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(5, 14, 3, 2, generator=gen)  # channels 2..13 of dim 1, unit 3: 4 channels
+    g = Group(4, (M("w", 1, 2, 3),))
+    rows = w[:, 2:14].movedim(1, 0).reshape(4, 3, -1)
+    for imp, ref in (("l2", rows.square().sum((1, 2))), ("l1", rows.abs().sum((1, 2)))):
+        torch.testing.assert_close(group_importance(g, {"w": w}, imp), ref)
+    masks = prune_groups({"w": w}, [g], 2)
+    dropped = rows.square().sum((1, 2)).argsort()[:2].sort().values.tolist()
+    keep = torch.ones(14, dtype=torch.bool)
+    for c in dropped:
+        keep[2 + 3 * c : 5 + 3 * c] = False
+    assert torch.equal(masks["w"], keep.view(1, 14, 1, 1).expand(5, 14, 3, 2))
+    assert kept_channels(masks, [g])[0]["kept"] == [c for c in range(4) if c not in dropped]
+
+
 def test_group_l2_importance_sums_squared_norms_over_members_and_l1_and_callables():
     w1 = torch.tensor([[3.0, 4.0], [1.0, 0.0], [0.0, 2.0]])
     b1 = torch.tensor([1.0, -2.0, 0.0])

@@ -36,7 +36,7 @@ def group_report(
     """Trace ``module`` once and sort its channel spaces into prunable, inexact and excluded groups.
 
     Args:
-        module: the model; exported with ``torch.export`` (``strict=False``) in eval mode without
+        module: the model; traced as ``torch.export`` (``strict=False``) traces it in eval mode without
             grad (its train/eval flags are restored); its parameters are not read or changed.
         args: example positional inputs, as ``functional_call`` takes them: a tuple is the
             arguments, anything else (a tensor, a list) the one argument.
@@ -49,7 +49,7 @@ def group_report(
 
     Raises:
         NotImplementedError: an op without a channel rule touches channels (names the op and the
-            submodule), or ``torch.export`` cannot capture the model.
+            submodule), or the model cannot be traced.
     """
     args = renamed("group_report", args, example_args, "args", "example_args", UNSET)
     kwargs = renamed("group_report", kwargs, example_kwargs, "kwargs", "example_kwargs", None)
@@ -108,7 +108,7 @@ def groups(
     """The coupled channel groups of ``module``: tensor slices that must lose the same channels.
 
     Args:
-        module: the model (traced once with ``torch.export``; see :func:`group_report`).
+        module: the model (traced once into its ATen graph; see :func:`group_report`).
         args: example positional inputs: a tuple is the arguments, anything else the one argument.
         kwargs: optional keyword inputs.
         inexact: also return groups whose channels a normalization spans (LayerNorm over a
@@ -121,8 +121,8 @@ def groups(
     Raises:
         TypeError: ``module`` is not an ``nn.Module``, or ``kwargs`` is not a dict.
         NotImplementedError: an op without a channel rule touches channels (the message names the
-            ATen op and the submodule), or ``torch.export`` cannot capture the model (names the
-            model class; the export error is chained).
+            ATen op and the submodule), or the model cannot be traced (names the model class; the
+            tracer's error is chained).
 
     Example:
         >>> import torch.nn as nn

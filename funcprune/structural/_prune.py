@@ -35,7 +35,11 @@ def channel_any(keep: torch.Tensor, member: Member, channels: int) -> torch.Tens
     """Per channel of ``member``, whether any entry of its slice of the bool ``keep`` survives."""
     part = keep.narrow(member.dim, member.offset, channels * member.unit)
     others = tuple(d for d in range(keep.dim()) if d != member.dim)
-    live = part.any(dim=others) if others else part
+    if others and is_concrete(part) and part.dtype == torch.bool:
+        # any() over several dims runs element by element; a max over the bytes is vectorized (10-100x)
+        live = part.view(torch.uint8).amax(dim=others).bool()
+    else:
+        live = part.any(dim=others) if others else part
     return live.reshape(channels, member.unit).any(1)
 
 
@@ -150,8 +154,15 @@ def group_importance(
         if isinstance(importance, str):  # reduce in place over the other dims: no moved copy of the tensor
             part = t.narrow(m.dim, m.offset, group.channels * m.unit)
             others = [d for d in range(t.dim()) if d != m.dim]
-            norm = torch.linalg.vector_norm(part, 1 if importance == "l1" else 2, dim=others) if others else part.abs()
-            score = (norm.square() if importance == "l2" else norm).reshape(group.channels, m.unit).sum(1)
+            if not others:
+                norm = part.square() if importance == "l2" else part.abs()
+            elif m.dim == 0:
+                norm = torch.linalg.vector_norm(part, 1 if importance == "l1" else 2, dim=others)
+                norm = norm.square() if importance == "l2" else norm
+            else:  # a norm over dims around the channel dim is 5-10x slower than a sum over (before, after)
+                cube = part.reshape(math.prod(part.shape[: m.dim]), part.shape[m.dim], -1)
+                norm = (cube.square() if importance == "l2" else cube.abs()).sum((0, 2))
+            score = norm.reshape(group.channels, m.unit).sum(1)
         else:
             score = fn(_member_rows(t, m, group.channels))
         if not isinstance(score, torch.Tensor) or tuple(score.shape) != (group.channels,):
@@ -224,7 +235,8 @@ def _select_channels(group: Group, imp: torch.Tensor, alive: torch.Tensor | None
 
 
 def _spread(channel_keep: torch.Tensor, member: Member, shape: Sequence[int]) -> torch.Tensor:
-    """A member's full-shaped mask (an expanded view) from the group's per-channel keep."""
+    """A member's mask from the group's per-channel keep: a view of size 1 in every dim but the member's
+    (broadcasts to the member's shape; two groups' masks of one tensor combine before any is expanded)."""
     c = channel_keep.shape[-1]
     size = shape[member.dim]
     line = channel_keep if member.unit == 1 else channel_keep.unsqueeze(-1).expand(c, member.unit).reshape(-1)
@@ -237,7 +249,7 @@ def _spread(channel_keep: torch.Tensor, member: Member, shape: Sequence[int]) ->
         line = torch.cat([ones(before), line, ones(after)])
     view = [1] * len(shape)
     view[member.dim] = size
-    return line.view(view).expand(tuple(shape))
+    return line.view(view)
 
 
 def prune_groups(
@@ -369,7 +381,7 @@ def prune_groups(
     for name in named:
         if name in new:
             mask = new[name] if name not in keeps else new[name] & keeps[name]
-            out[name] = mask.contiguous()  # a fresh tensor: an expanded view is materialized
+            out[name] = mask.expand(named[name].shape).contiguous()  # a fresh full-shaped tensor
         elif name in old:
             out[name] = old[name]
     return _pytree.like(params, out)

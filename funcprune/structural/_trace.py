@@ -1,61 +1,111 @@
-"""Capture a module with ``torch.export`` and follow its channel spaces through the graph.
+"""Trace a module into its pre-dispatch ATen graph and follow its channel spaces through the graph.
 
-Eager-only code: it reads shapes from the exported graph's fake tensors and never touches a
+Eager-only code: it reads shapes from the traced graph's fake tensors and never touches a
 parameter's values. The data model is in ``_flow``, the op rules in ``_rules``/``_shapes``;
 ``_groups`` turns the joined spaces into :class:`~funcprune.structural.Group`.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
+import torch.fx.traceback as fx_traceback
+from torch.fx.experimental.proxy_tensor import make_fx
 
 from ._flow import Flow, Seg, TensorState, iter_dims, module_path, untracked
 from ._rules import RULES, op_key
 
 
 def capture(module: torch.nn.Module, args, kwargs=None, training: bool = False):
-    """``torch.export`` the module in eval (or train) mode without grad; its train/eval flags are restored.
+    """Trace the module in eval (or train) mode without grad into its pre-dispatch ATen graph; its
+    train/eval flags are restored.
+
+    The graph is the one ``torch.export.export(module, args, kwargs, strict=False)`` builds (its tracer,
+    ``make_fx`` with ``pre_dispatch=True`` on fake tensors), without export's signature, verifier and
+    program construction, which cost twice the trace itself: the parameters and buffers are explicit
+    inputs (``torch.func.functional_call``), so each placeholder's name is known by its position.
 
     Returns:
-        ``(exported_program, {placeholder name: (canonical name, is_buffer)})``: canonical names
+        ``(graph_module, {placeholder name: (canonical name, is_buffer)})``: canonical names
         are the first name of each tensor in ``named_parameters()`` / ``named_buffers()`` (a tied
-        weight, one tensor under two names, maps to the name ``named_parameters()`` reports).
+        weight, one tensor under two names, is one input under the name ``named_parameters()`` reports).
     """
+    tensors: dict[str, torch.Tensor] = {}
+    owners: list[tuple[str, bool]] = []
+    seen: set[int] = set()
+    for what, is_buffer in ((module.named_parameters(), False), (module.named_buffers(), True)):
+        for name, t in what:
+            if id(t) not in seen:
+                seen.add(id(t))
+                tensors[name] = t
+                owners.append((name, is_buffer))
+    flat, _ = torch.utils._pytree.tree_flatten((tensors, tuple(args), dict(kwargs or {})))
+
+    def call(tensors, args, kwargs):
+        return torch.func.functional_call(module, tensors, args, kwargs)
+
     modes = {m: m.training for m in module.modules()}
-    canonical: dict[int, tuple[str, bool]] = {}
-    for name, p in module.named_parameters():
-        canonical.setdefault(id(p), (name, False))
-    for name, b in module.named_buffers():
-        canonical.setdefault(id(b), (name, True))
     try:
         module.train(training)
-        with torch.no_grad():
+        with torch.no_grad(), _module_stack(module):
             try:
-                ep = torch.export.export(module, args, kwargs or {}, strict=False)
+                # tensors the forward holds outside parameters and buffers (a plain tensor attribute) are
+                # constants of the graph, as torch.export lifts them: make_fx's flag for that is underscored
+                trace = make_fx(call, pre_dispatch=True, tracing_mode="fake", _allow_non_fake_inputs=True)
+                gm = trace(tensors, tuple(args), dict(kwargs or {}))
             except Exception as err:  # data-dependent control flow, unsupported Python...
                 raise NotImplementedError(
-                    f"funcprune.structural.groups: torch.export could not capture the model "
-                    f"{type(module).__module__}.{type(module).__qualname__} (its groups are traced from the "
-                    f"exported graph): {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                    f"funcprune.structural.groups: could not trace the model "
+                    f"{type(module).__module__}.{type(module).__qualname__} (its groups are read from its "
+                    f"fake-tensor ATen graph, as torch.export(strict=False) traces it): "
+                    f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
                 ) from err
     finally:
         for m, mode in modes.items():
             m.training = mode
-    sig = ep.graph_signature
-    names = {}
-    for ph, fqn in list(sig.inputs_to_parameters.items()) + list(sig.inputs_to_buffers.items()):
+    placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != len(flat):  # make_fx makes one placeholder per flattened input, in order
+        raise AssertionError(f"funcprune.structural.groups: {len(placeholders)} graph inputs for {len(flat)} inputs")
+    return gm, dict(zip(placeholders, owners))
+
+
+@contextlib.contextmanager
+def _module_stack(module: torch.nn.Module) -> Iterator[None]:
+    """Record, in each traced node's ``meta["nn_module_stack"]``, the submodules it ran in (for reasons and errors).
+
+    make_fx's own recorder (``record_module_stack``) proxies every submodule attribute access, which
+    doubles the trace of a transformer; forward hooks keep the stack instead, and fx copies the
+    current meta into every node it creates while ``preserve_node_meta`` is on.
+    """
+    paths = {m: name for name, m in module.named_modules()}
+    stack: list[tuple[str, type]] = []
+    meta = fx_traceback.get_current_meta
+
+    def push(mod, inputs):
+        if mod in paths:
+            stack.append((paths[mod], type(mod)))
+            meta()["nn_module_stack"] = {path: (path, cls) for path, cls in stack}
+
+    def pop(mod, inputs, output):
+        if mod in paths and stack:
+            stack.pop()
+            meta()["nn_module_stack"] = {path: (path, cls) for path, cls in stack}
+
+    with fx_traceback.preserve_node_meta():
+        pre = torch.nn.modules.module.register_module_forward_pre_hook(push)
+        post = torch.nn.modules.module.register_module_forward_hook(pop)
         try:
-            tensor: torch.Tensor = module.get_parameter(fqn)
-        except AttributeError:
-            tensor = module.get_buffer(fqn)
-        names[ph] = canonical.get(id(tensor), (fqn, fqn in sig.inputs_to_buffers.values()))
-    return ep, names
+            yield
+        finally:
+            pre.remove()
+            post.remove()
 
 
 def run(module: torch.nn.Module, args, kwargs=None) -> Flow:
-    """Export ``module`` and run the channel-space dataflow over its graph.
+    """Trace ``module`` and run the channel-space dataflow over its graph.
 
     The eval-mode graph is followed; where it leaves parameters unused (a branch only train mode runs,
     Inception-v3's auxiliary head), the train-mode graph is followed too, into the same spaces, so
@@ -63,20 +113,20 @@ def run(module: torch.nn.Module, args, kwargs=None) -> Flow:
     """
     flow = Flow()
     params: dict[str, tuple[tuple[Seg, ...], ...]] = {}  # canonical name -> per-dim segments, shared by both graphs
-    ep, names = capture(module, args, kwargs)
-    _follow(flow, module, ep, names, params)
-    used = {names[n.name][0] for n in ep.graph.nodes if n.op == "placeholder" and n.name in names and n.users}
+    gm, names = capture(module, args, kwargs)
+    _follow(flow, module, gm, names, params)
+    used = {names[n.name][0] for n in gm.graph.nodes if n.op == "placeholder" and n.name in names and n.users}
     unused = [name for name, is_buffer in dict.fromkeys(names.values()) if not is_buffer and name not in used]
     if unused:
         try:
-            ep, names = capture(module, args, kwargs, training=True)
+            gm, names = capture(module, args, kwargs, training=True)
         except NotImplementedError as err:
             raise NotImplementedError(
                 f"funcprune.structural.groups: parameters {unused[:4]}{' ...' if len(unused) > 4 else ''} are unused "
                 "by the eval-mode forward (a branch only train mode runs?) and tracing train mode, to follow their "
                 f"channels, failed: {err}"
             ) from err
-        _follow(flow, module, ep, names, params)
+        _follow(flow, module, gm, names, params)
     for parts, reason in flow.equal_splits:  # a split into equal parts needs its parts pruned alike
         roots = {id(flow.find(s.space)): s.space for segs in parts for s in flow.resolve(segs) if not s.inner}
         if len(roots) > 1:
@@ -85,15 +135,10 @@ def run(module: torch.nn.Module, args, kwargs=None) -> Flow:
     return flow
 
 
-def _follow(flow: Flow, module: torch.nn.Module, ep, names, params) -> None:
-    """Run the op rules over one exported graph."""
+def _follow(flow: Flow, module: torch.nn.Module, gm: torch.fx.GraphModule, names, params) -> None:
+    """Run the op rules over one traced graph."""
     env: dict[str, Any] = {}  # map_arg's callback must return an fx Argument; the states are not
-    user_outputs = [
-        i
-        for i, spec in enumerate(ep.graph_signature.output_specs)
-        if spec.kind == torch.export.graph_signature.OutputKind.USER_OUTPUT
-    ]
-    for node in ep.graph.nodes:
+    for node in gm.graph.nodes:
         val = node.meta.get("val")
         if node.op == "placeholder":
             shape = tuple(val.shape) if isinstance(val, torch.Tensor) else ()
@@ -132,9 +177,11 @@ def _follow(flow: Flow, module: torch.nn.Module, ep, names, params) -> None:
                     f"{module_path(node)} does not handle this call: {type(err).__name__}: {err}"
                 ) from err
             env[node.name] = out
-        elif node.op == "output":  # the user's outputs (not the buffers a train-mode forward updates)
+        elif node.op == "get_attr":  # a tensor constant of the forward (not a parameter or buffer): no channels
+            env[node.name] = _untracked_like(getattr(gm, node.target, None))
+        elif node.op == "output":  # the model's outputs (buffer updates happen in place, not as outputs)
             outs = torch.fx.node.map_arg(node.args[0], lambda n: env[n.name])
-            flow.pin_all([outs[i] for i in user_outputs], "reaches the model output")
+            flow.pin_all(outs, "reaches the model output")
         else:
             raise NotImplementedError(f"funcprune.structural.groups: graph node kind {node.op!r}")
 
