@@ -182,3 +182,21 @@ def test_the_cut_leaves_its_keys_bit_for_bit_unchanged_nan_payloads_included(dty
     before = keys.view(ints).clone()
     _radix.radix_select_keep([keys], [None], 10)
     assert torch.equal(keys.view(ints), before)
+
+
+@pytest.mark.parametrize("largest", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int32, torch.int64])
+def test_the_cut_reuses_only_its_own_temporaries_never_the_callers_keys(dtype, largest):
+    """Rule: the in-place clamp and order flip run on the radix's own copy of the key bits (identity
+    ``key_fn`` on the caller's keys, floating or integer, smallest or largest), and the masks are the
+    oracle's: a stable sort of the keys (ties to the lowest index)."""
+    g = torch.Generator().manual_seed(3)
+    keys = [torch.randint(0, 50, (300,), generator=g).to(dtype), torch.randint(0, 50, (7, 11), generator=g).to(dtype)]
+    before = [k.clone() for k in keys]
+    got = _radix.radix_select_keep(keys, [None, None], 100, largest=largest, chunk=64)
+    assert all(torch.equal(k, b) for k, b in zip(keys, before))
+    flat = torch.cat([k.reshape(-1) for k in keys]).to(torch.float64)
+    order = torch.sort(-flat if largest else flat, stable=True).indices[:100]
+    want = torch.ones(flat.numel(), dtype=torch.bool)
+    want[order] = False
+    assert torch.equal(torch.cat([m.reshape(-1) for m in got]), want)
