@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, cast, overload
 
 import torch
 
-from . import _dtensor, _sharded
+from . import _dtensor, _hashstream, _sharded, _sharded_channels
 from ._amount import Amount, is_concrete
 from ._norms import channel_norm
 
@@ -170,13 +170,13 @@ class HashStream:
     def seed(self, like: torch.Tensor) -> int:
         """The seed, drawn once (checked equal on every rank for a DTensor ``like``)."""
         if self._seed is None:
-            self._seed = _sharded.draw_seed(self.generator, [like])
+            self._seed = _hashstream.draw_seed(self.generator, [like])
         return self._seed
 
 
 def hash_channel_keys(seed: int, channels: int, device) -> torch.Tensor:
     """Hash-stream keys of channels ``0 .. channels-1`` (plain, the same on every rank)."""
-    return _sharded.random_channel_keys(seed, channels, device)
+    return _hashstream.random_channel_keys(seed, channels, device)
 
 
 def channel_norms(scores: torch.Tensor, n, dim: int, channels: int) -> torch.Tensor:
@@ -186,7 +186,7 @@ def channel_norms(scores: torch.Tensor, n, dim: int, channels: int) -> torch.Ten
       ValueError: an ``n`` that does not give one norm per channel (and ``'nuc'`` for DTensors).
     """
     if _dtensor.is_dtensor(scores):
-        return _sharded.channel_norms(scores, n, dim)  # one float64 per channel crosses the wire
+        return _sharded_channels.channel_norms(scores, n, dim)  # one float64 per channel crosses the wire
     norm = channel_norm(scores.detach(), n, dim)
     if tuple(norm.shape) != (channels,):  # torch 2.14 reads 'nuc' over other than 2 dims so
         raise ValueError(
@@ -199,7 +199,7 @@ def channel_norms(scores: torch.Tensor, n, dim: int, channels: int) -> torch.Ten
 def kept_count(mask: torch.Tensor) -> int | torch.Tensor:
     """Kept entries of ``mask`` over the full tensor (summed across the mesh for a DTensor)."""
     if _dtensor.is_dtensor(mask):
-        return int(_sharded.kept_count(mask))
+        return int(_sharded_channels.kept_count(mask))
     total = mask.sum()
     return int(total) if is_concrete(mask) else total
 
@@ -211,7 +211,7 @@ def channels_kept(mask: torch.Tensor, dim: int) -> torch.Tensor:
     locally (under ``vmap`` too).
     """
     if _dtensor.is_dtensor(mask):
-        return _sharded.channels_kept(mask, dim)
+        return _sharded_channels.channels_kept(mask, dim)
     others = [d for d in range(mask.dim()) if d != dim]
     kept = mask != 0
     return kept.any(dim=others) if others else kept
@@ -222,7 +222,7 @@ def spread_channels(
 ) -> torch.Tensor:
     """A new mask laid out like ``like``: the plain channels-sized ``channel_keep`` spread along ``dim``, & ``kept``."""
     if _dtensor.is_dtensor(like):
-        return _sharded.spread_channels(channel_keep, like, dim, kept)
+        return _sharded_channels.spread_channels(channel_keep, like, dim, kept)
     view = [1] * like.dim()
     view[dim] = -1
     spread = channel_keep.to(like.device).view(view).expand(like.shape)

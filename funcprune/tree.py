@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from . import _amount, _backend, _dtensor, _pytree, _radix, _sharded, select
+from . import _amount, _backend, _dtensor, _pytree, _radix, _sharded, _sharded_channels, select
 from ._amount import Amount, drop_count
 from ._errors import shape_mismatch
 from ._masking import masked
@@ -355,6 +355,6 @@ def _pruned(mask: torch.Tensor, numel: int, size: int | None = None) -> torch.Te
     tensor, the same on every rank.
     """
     if _dtensor.is_dtensor(mask):
-        return numel - _sharded.kept_count(mask, per_row=size is not None)
+        return numel - _sharded_channels.kept_count(mask, per_row=size is not None)
     dropped = mask == 0
     return dropped.sum() if size is None else dropped.reshape(size, numel).sum(dim=1)

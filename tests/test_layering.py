@@ -34,6 +34,8 @@ CORE = [
     "export",
     "_dtensor",
     "_sharded",
+    "_sharded_channels",
+    "_hashstream",
     "_radix",
     "distributed",
 ]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import funcprune as fp
-from funcprune import _radix, _sharded
+from funcprune import _hashstream, _radix
 
 
 def _reference_keep(keys, alive, k, order=None):
@@ -128,14 +128,14 @@ def test_counted_leaves_out_a_replica():
 
 def test_hash_keys_are_deterministic_non_negative_and_exact_past_2_31():
     index = torch.tensor([0, 1, 2**31 - 1, 2**31, 2**40 + 3, 2**61])
-    a = _sharded.hash_keys(12345, index)
-    assert torch.equal(a, _sharded.hash_keys(12345, index))
+    a = _hashstream.hash_keys(12345, index)
+    assert torch.equal(a, _hashstream.hash_keys(12345, index))
     assert bool((a >= 0).all()) and bool((a < 2**62).all())
     assert len(set(a.tolist())) == len(index)
-    assert not torch.equal(a, _sharded.hash_keys(12346, index))
+    assert not torch.equal(a, _hashstream.hash_keys(12346, index))
     for d in (1, 2**20 + 5, 2**40):  # a seed change is not an index change (the seed is mixed nonlinearly)
-        assert not torch.equal(_sharded.hash_keys(12345 ^ d, index), _sharded.hash_keys(12345, index ^ d))
-    many = _sharded.hash_keys(7, torch.arange(1 << 16))
+        assert not torch.equal(_hashstream.hash_keys(12345 ^ d, index), _hashstream.hash_keys(12345, index ^ d))
+    many = _hashstream.hash_keys(7, torch.arange(1 << 16))
     top = (many >> 61).float().mean().item()  # the top bit of 62: about half set
     assert 0.45 < top < 0.55 and len(set(many.tolist())) == 1 << 16
 
