@@ -15,6 +15,8 @@ CORE = [
     "_amount",
     "select",
     "_select",
+    "_granularity",
+    "_select_sharded",
     "_norms",
     "_backend",
     "_masking",
