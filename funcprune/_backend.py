@@ -15,7 +15,8 @@ implementations of one small interface, chosen by the tensor being pruned:
 The interface: :func:`keep` (a mask laid out like its tensor), :func:`fresh` (nothing pruned),
 :func:`stream` (which random stream), :func:`channel_norms`, :func:`kept_count`,
 :func:`channels_kept`, :func:`spread_channels`, :func:`stacked`/:func:`unstacked` and the
-kernel's own :func:`global_cut`, :func:`split_dims`, :func:`shard_of`, :func:`plain` and :func:`wrap`.
+kernel's own :func:`global_cut` (one tensor), :func:`global_select` (many), :func:`split_dims`,
+:func:`shard_of`, :func:`plain` and :func:`wrap`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, cast, overload
 
 import torch
 
-from . import _dtensor, _hashstream, _sharded, _sharded_channels
+from . import _dtensor, _hashstream, _radix, _sharded, _sharded_channels
 from ._amount import Amount, is_concrete
 from ._norms import channel_norm
 
@@ -48,6 +49,7 @@ __all__ = [
     "stacked",
     "unstacked",
     "global_cut",
+    "global_select",
     "split_dims",
     "shard_of",
     "local_block",
@@ -277,6 +279,33 @@ def global_cut(
     return _sharded.select_global(
         [scores.detach()], [kept], amount, method="scores", dtype=scores.dtype, largest=largest
     )[0]
+
+
+def global_select(
+    leaves: Sequence[torch.Tensor],
+    keeps: Sequence[torch.Tensor | None],
+    amount: Amount,
+    *,
+    method: str,
+    dtype: torch.dtype,
+    generator: torch.Generator | None = None,
+    chunk: int = _radix.DEFAULT_CHUNK,
+    names: Sequence[str] | None = None,
+) -> list[torch.Tensor]:
+    """Keep masks after pruning ``amount`` of the survivors of all ``leaves`` together: the global cut.
+
+    ``method``: ``"l1"`` (smallest ``|leaf|`` in ``dtype``) or ``"random"`` (the hash stream of one
+    seed from ``generator``). Local (plain tensors): radix passes over the leaves, ties to the
+    lowest index in leaf order. Sharded (DTensors of one mesh): the same passes over the local
+    shards with every histogram summed across the mesh, ties by global index, masks laid out like
+    the leaves. The same masks either way. Eager only.
+
+    Raises:
+      ValueError: an int ``amount`` above the survivors, or ranks whose calls or seeds differ.
+    """
+    return _sharded.select_global(
+        leaves, keeps, amount, method=method, dtype=dtype, generator=generator, chunk=chunk, names=names
+    )
 
 
 def split_dims(like: torch.Tensor) -> list[int]:

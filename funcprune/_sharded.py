@@ -175,6 +175,10 @@ def select_global(
     spread: dict[str, Any] = dict(
         reduce=shards.reduce, counted=shards.counted, index_fn=shards.index, index_total=shards.total
     )
+    if shards.reduce is None and method != "random" and not any(_dtensor.is_dtensor(t) for t in leaves):
+        # plain tensors: the flat order is the global index order, so ties are counted off in one
+        # pass (no index radix); the hash stream still reads its keys from the global indices
+        spread = {}
     if method == "l1":
         local = _radix.radix_select_keep(
             shards.locals, shards.keeps, k, key_fn=lambda piece: piece.abs().to(dtype), chunk=chunk, **spread
