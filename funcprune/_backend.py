@@ -15,8 +15,7 @@ implementations of one small interface, chosen by the tensor being pruned:
 The interface: :func:`keep` (a mask laid out like its tensor), :func:`fresh` (nothing pruned),
 :func:`stream` (which random stream), :func:`channel_norms`, :func:`kept_count`,
 :func:`channels_kept`, :func:`spread_channels`, :func:`stacked`/:func:`unstacked` and the
-kernel's own :func:`global_cut` (one tensor), :func:`global_select` (many), :func:`split_dims`,
-:func:`shard_of`, :func:`plain` and :func:`wrap`.
+kernel's own :func:`global_cut`, :func:`split_dims`, :func:`shard_of`, :func:`plain` and :func:`wrap`.
 """
 
 from __future__ import annotations
@@ -243,7 +242,7 @@ def unstacked(t: torch.Tensor, k: int) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------
-# The kernel's half: the global cut, local shards, wrapping.
+# The kernel's half: the global cut (one tensor: global_cut; many: global_select), local shards, wrapping.
 
 
 def global_cut(
