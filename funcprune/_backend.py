@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, cast, overload
 
 import torch
 
-from . import _dtensor, _sharded
+from . import _dtensor, _hashstream, _radix, _sharded, _sharded_channels
 from ._amount import Amount, is_concrete
 from ._norms import channel_norm
 
@@ -51,6 +51,7 @@ __all__ = [
     "stacked",
     "unstacked",
     "global_cut",
+    "global_select",
     "split_dims",
     "shard_of",
     "local_block",
@@ -177,13 +178,13 @@ class HashStream:
     def seed(self, like: torch.Tensor) -> int:
         """The seed, drawn once (checked equal on every rank for a DTensor ``like``)."""
         if self._seed is None:
-            self._seed = _sharded.draw_seed(self.generator, [like])
+            self._seed = _hashstream.draw_seed(self.generator, [like])
         return self._seed
 
 
 def hash_channel_keys(seed: int, channels: int, device) -> torch.Tensor:
     """Hash-stream keys of channels ``0 .. channels-1`` (plain, the same on every rank)."""
-    return _sharded.random_channel_keys(seed, channels, device)
+    return _hashstream.random_channel_keys(seed, channels, device)
 
 
 def channel_norms(scores: torch.Tensor, n, dim: int, channels: int) -> torch.Tensor:
@@ -193,7 +194,7 @@ def channel_norms(scores: torch.Tensor, n, dim: int, channels: int) -> torch.Ten
       ValueError: an ``n`` that does not give one norm per channel (and ``'nuc'`` for DTensors).
     """
     if _dtensor.is_dtensor(scores):
-        return _sharded.channel_norms(scores, n, dim)  # one float64 per channel crosses the wire
+        return _sharded_channels.channel_norms(scores, n, dim)  # one float64 per channel crosses the wire
     norm = channel_norm(scores.detach(), n, dim)
     if tuple(norm.shape) != (channels,):  # torch 2.14 reads 'nuc' over other than 2 dims so
         raise ValueError(
@@ -206,7 +207,7 @@ def channel_norms(scores: torch.Tensor, n, dim: int, channels: int) -> torch.Ten
 def kept_count(mask: torch.Tensor) -> int | torch.Tensor:
     """Kept entries of ``mask`` over the full tensor (summed across the mesh for a DTensor)."""
     if _dtensor.is_dtensor(mask):
-        return int(_sharded.kept_count(mask))
+        return int(_sharded_channels.kept_count(mask))
     total = mask.sum()
     return int(total) if is_concrete(mask) else total
 
@@ -218,7 +219,7 @@ def channels_kept(mask: torch.Tensor, dim: int) -> torch.Tensor:
     locally (under ``vmap`` too).
     """
     if _dtensor.is_dtensor(mask):
-        return _sharded.channels_kept(mask, dim)
+        return _sharded_channels.channels_kept(mask, dim)
     others = [d for d in range(mask.dim()) if d != dim]
     kept = mask != 0
     return kept.any(dim=others) if others else kept
@@ -229,7 +230,7 @@ def spread_channels(
 ) -> torch.Tensor:
     """A new mask laid out like ``like``: the plain channels-sized ``channel_keep`` spread along ``dim``, & ``kept``."""
     if _dtensor.is_dtensor(like):
-        return _sharded.spread_channels(channel_keep, like, dim, kept)
+        return _sharded_channels.spread_channels(channel_keep, like, dim, kept)
     view = [1] * like.dim()
     view[dim] = -1
     spread = channel_keep.to(like.device).view(view).expand(like.shape)
@@ -248,7 +249,7 @@ def unstacked(t: torch.Tensor, k: int) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------
-# The kernel's half: the global cut, local shards, wrapping.
+# The kernel's half: the global cut (one tensor: global_cut; many: global_select), local shards, wrapping.
 
 
 def global_cut(
@@ -284,6 +285,33 @@ def global_cut(
     return _sharded.select_global(
         [scores.detach()], [kept], amount, method="scores", dtype=scores.dtype, largest=largest
     )[0]
+
+
+def global_select(
+    leaves: Sequence[torch.Tensor],
+    keeps: Sequence[torch.Tensor | None],
+    amount: Amount,
+    *,
+    method: str,
+    dtype: torch.dtype,
+    generator: torch.Generator | None = None,
+    chunk: int = _radix.DEFAULT_CHUNK,
+    names: Sequence[str] | None = None,
+) -> list[torch.Tensor]:
+    """Keep masks after pruning ``amount`` of the survivors of all ``leaves`` together: the global cut.
+
+    ``method``: ``"l1"`` (smallest ``|leaf|`` in ``dtype``) or ``"random"`` (the hash stream of one
+    seed from ``generator``). Local (plain tensors): radix passes over the leaves, ties to the
+    lowest index in leaf order. Sharded (DTensors of one mesh): the same passes over the local
+    shards with every histogram summed across the mesh, ties by global index, masks laid out like
+    the leaves. The same masks either way. Eager only.
+
+    Raises:
+      ValueError: an int ``amount`` above the survivors, or ranks whose calls or seeds differ.
+    """
+    return _sharded.select_global(
+        leaves, keeps, amount, method=method, dtype=dtype, generator=generator, chunk=chunk, names=names
+    )
 
 
 def split_dims(like: torch.Tensor) -> list[int]:

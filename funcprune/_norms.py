@@ -1,6 +1,6 @@
 """torch's channel norms (``torch.nn.utils.prune``'s ``_compute_norm``), for the structured methods.
 
-Below both :mod:`funcprune.methods` (one-process ``ln_structured``) and :mod:`funcprune._sharded`
+Below both :mod:`funcprune.methods` (one-process ``ln_structured``) and :mod:`funcprune._sharded_channels`
 (which checks ``n`` and the norm dtype against it), so neither imports the other for it.
 """
 

@@ -106,12 +106,19 @@ def _sample(keys, key_fn, key_from_index: bool) -> torch.Tensor:
     return key_fn(keys[0].reshape(-1)[:1])
 
 
+def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` and ``b`` are views of one storage (then writing to ``a`` writes to the caller's ``b``)."""
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
 def _cut_bits(key_fn, keys, largest, key_from_index: bool = False):
-    """``(nbits, flip, bits_of)``: ``bits_of(piece)`` gives a piece's keys as ordered integers.
+    """``(nbits, flip, bits_of)``: ``bits_of(piece)`` gives a piece's keys as ordered integers, a new tensor.
 
     Floating keys are read through their bit patterns (non-negative floats order like their
     patterns); integer keys (hashed random keys, indices) must be non-negative and are their own
-    pattern.
+    pattern. ``key_fn`` returns a view of its input (the caller's keys: read, never written) or a
+    new tensor, which the clamp of NaN payloads and the flip for ``largest`` then reuse in place:
+    one chunk-sized temporary per piece, not three.
     """
     sample = _sample(keys, key_fn, key_from_index)
     nbits = 8 * sample.element_size()
@@ -122,14 +129,12 @@ def _cut_bits(key_fn, keys, largest, key_from_index: bool = False):
 
     def bits_of(piece):
         key = key_fn(piece)
-        if not floating:
-            b = key.to(work)
-        else:
-            view = _bits(key)
-            b = view.to(work)
-            # .to() returns the caller's own bits when no conversion is needed: clamp a copy then
-            b = b.clamp(max=nan_bits) if b is view else b.clamp_(max=nan_bits)
-        return flip - b if largest else b
+        b = (_bits(key) if floating else key).to(work)
+        if _shares_memory(b, piece):  # the caller's own keys (no conversion copied them): work on a copy
+            b = b.clone()
+        if floating:
+            b.clamp_(max=nan_bits)
+        return b.neg_().add_(flip) if largest else b
 
     return nbits, flip, bits_of
 
@@ -160,10 +165,14 @@ def _histogram_cut(bits_and_inside, k: int, nbits: int, device, reduce: Reduce |
     for shift in range(max(nbits - _DIGIT_BITS, 0), -1, -_DIGIT_BITS):
         hist = torch.zeros(_DIGITS + 1, dtype=torch.int64, device=device)
         for b, inside_mask in bits_and_inside():
+            # chunk-sized temporaries: one bool and one integer tensor besides ``b``, each reused in place
             inside = (b >> (shift + _DIGIT_BITS)) == (prefix >> (shift + _DIGIT_BITS))
             if inside_mask is not None:
                 inside &= inside_mask
-            hist += torch.bincount(torch.where(inside, (b >> shift) & (_DIGITS - 1), _DIGITS), minlength=_DIGITS + 1)
+            digit = (b >> shift).bitwise_and_(_DIGITS - 1).masked_fill_(inside.logical_not_(), _DIGITS)
+            del inside
+            hist += torch.bincount(digit, minlength=_DIGITS + 1)
+            del digit
         if reduce is not None:
             hist = reduce(hist)
         cum = hist[:_DIGITS].cumsum(0)

@@ -213,7 +213,7 @@ def ln_structured(
     channels = select.slices(scores.shape, dim)
 
     def norms():  # torch's norms; float64 partial sums for shards (the backend's)
-        # slices() builds a _Slices, which has .dim; the Granularity it is annotated as does not
+        # slices() builds a Slices, which has .dim; the Granularity it is annotated as does not
         return _backend.channel_norms(scores, n, channels.dim, channels.unit_shape[0])  # type: ignore[attr-defined]
 
     # Norms even when nothing is pruned (a bad `n` raises as in torch); torch selects the channels

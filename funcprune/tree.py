@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from . import _amount, _backend, _dtensor, _pytree, _radix, _sharded, select
+from . import _amount, _backend, _dtensor, _pytree, _radix, _sharded_channels, select
 from ._amount import Amount, drop_count
 from ._errors import shape_mismatch
 from ._masking import masked
@@ -157,11 +157,28 @@ def global_unstructured(
         except (ValueError, TypeError) as err:
             raise named_error(name, err) from err
     dtype = _common_dtype(leaves)
-    if sharded or stream == "hash":  # the gather-free path (one process: the same code, no collectives)
-        new_keeps = _sharded.select_global(
+    eager = all(_amount.is_concrete(t) for t in leaves + [keep for keep in keeps if keep is not None]) and (
+        not isinstance(amount, torch.Tensor) or _amount.is_concrete(amount)
+    )
+    if sharded or stream == "hash" or (method == "l1" and eager):
+        # the backend's global cut: radix passes over the leaves (summed across the mesh for DTensors)
+        new_keeps = _backend.global_select(
             leaves, keeps, amount, method=method, dtype=dtype, generator=generator, chunk=chunk_size, names=names
         )
-        return _pytree.like(params, {**old, **dict(zip(names, new_keeps))})
+    else:  # torch's random stream, or under vmap/meta: the kernel's flat selection over the joined keys
+        new_keeps = _flat_global(leaves, keeps, amount, method, dtype, generator)
+    new = dict(old)
+    new.update(zip(names, new_keeps))
+    return _pytree.like(params, new)
+
+
+def _flat_global(leaves, keeps, amount: Amount, method: str, dtype: torch.dtype, generator) -> list:
+    """Keep masks of :func:`global_unstructured` from one :func:`funcprune.select.select_flat` over all leaves.
+
+    torch's random draws (one number per entry on fresh masks, per survivor on top of masks: the
+    same draws and the same choice as torch's container), and L1 where the radix cut cannot run
+    (under ``vmap``, on ``meta``): the keys are concatenated, so no shape depends on data.
+    """
     total = sum(leaf.numel() for leaf in leaves)
     alive = (
         total
@@ -169,47 +186,37 @@ def global_unstructured(
         else sum(leaf.numel() if keep is None else count_kept(keep) for leaf, keep in zip(leaves, keeps))
     )
     amount, k = drop_count(amount, alive, "parameters")
-
-    concrete = all(_amount.is_concrete(t) for t in leaves + [keep for keep in keeps if keep is not None])
-    if method == "l1" and concrete and isinstance(k, int):
-        new_keeps = _radix.radix_select_keep(
-            leaves, keeps, k, key_fn=lambda piece: piece.abs().to(dtype), chunk=chunk_size
+    flat_alive = (
+        None
+        if all(keep is None for keep in keeps)
+        else torch.cat(
+            [
+                (torch.ones_like(leaf, dtype=torch.bool) if keep is None else keep).reshape(-1)
+                for leaf, keep in zip(leaves, keeps)
+            ]
         )
+    )
+    device = leaves[0].device
+    if method == "random" and isinstance(k, int) and k == 0:
+        flat = torch.ones(total, dtype=torch.bool, device=device)  # torch draws nothing when nothing is pruned
+    elif method == "random" and flat_alive is not None and isinstance(alive, int):
+        # torch's container draws one number per survivor, in index order, and takes its top-k
+        # there: the same draws and the same choice (ties included) give torch's mask.
+        draws = torch.rand(alive, generator=generator, dtype=dtype, device=device)
+        chosen = select.select_flat(draws, k, largest=True)
+        flat = flat_alive.clone().masked_scatter_(flat_alive, chosen.logical_not_())
     else:
-        flat_alive = (
-            None
-            if all(keep is None for keep in keeps)
-            else torch.cat(
-                [
-                    (torch.ones_like(leaf, dtype=torch.bool) if keep is None else keep).reshape(-1)
-                    for leaf, keep in zip(leaves, keeps)
-                ]
-            )
+        key = (
+            torch.cat([leaf.reshape(-1).to(dtype=dtype, device=device).abs() for leaf in leaves])
+            if method == "l1"
+            else torch.rand(total, generator=generator, dtype=dtype, device=device)
         )
-        device = leaves[0].device
-        if method == "random" and isinstance(k, int) and k == 0:
-            flat = torch.ones(total, dtype=torch.bool, device=device)  # torch draws nothing when nothing is pruned
-        elif method == "random" and flat_alive is not None and isinstance(alive, int):
-            # torch's container draws one number per survivor, in index order, and takes its top-k
-            # there: the same draws and the same choice (ties included) give torch's mask.
-            draws = torch.rand(alive, generator=generator, dtype=dtype, device=device)
-            chosen = select.select_flat(draws, k, largest=True)
-            flat = flat_alive.clone().masked_scatter_(flat_alive, chosen.logical_not_())
-        else:
-            key = (
-                torch.cat([leaf.reshape(-1).to(dtype=dtype, device=device).abs() for leaf in leaves])
-                if method == "l1"
-                else torch.rand(total, generator=generator, dtype=dtype, device=device)
-            )
-            flat = ~select.select_flat(
-                key, k, largest=method == "random", alive=flat_alive, k_max=_amount.max_prune_count(amount, total)
-            )
-        if flat_alive is not None:
-            flat = flat & flat_alive
-        new_keeps = [piece.view(leaf.shape) for piece, leaf in zip(flat.split([t.numel() for t in leaves]), leaves)]
-    new = dict(old)
-    new.update(zip(names, new_keeps))
-    return _pytree.like(params, new)
+        flat = ~select.select_flat(
+            key, k, largest=method == "random", alive=flat_alive, k_max=_amount.max_prune_count(amount, total)
+        )
+    if flat_alive is not None:
+        flat = flat & flat_alive
+    return [piece.view(leaf.shape) for piece, leaf in zip(flat.split([t.numel() for t in leaves]), leaves)]
 
 
 def _map_masked(tree: Tree, masks: Tree | None, what: str) -> Tree:
@@ -355,6 +362,6 @@ def _pruned(mask: torch.Tensor, numel: int, size: int | None = None) -> torch.Te
     tensor, the same on every rank.
     """
     if _dtensor.is_dtensor(mask):
-        return numel - _sharded.kept_count(mask, per_row=size is not None)
+        return numel - _sharded_channels.kept_count(mask, per_row=size is not None)
     dropped = mask == 0
     return dropped.sum() if size is None else dropped.reshape(size, numel).sum(dim=1)

@@ -180,15 +180,15 @@ def structured_checks(c: Checker, mesh, layouts, seed=0) -> None:
 def true_tie_checks(c: Checker, mesh) -> None:
     """Columns 0 and 2 hold the same values in another order (a true tie of their norms) that
     torch's float32 summation may split by block shape: the DTensor mask is the one-process float64
-    path's (_sharded.channel_norms on the plain tensor) for every placement, and the tie stays a tie."""
-    from funcprune import _sharded
+    path's (_sharded_channels.channel_norms on the plain tensor) for every placement, and the tie stays a tie."""
+    from funcprune import _sharded_channels
 
     g = torch.Generator().manual_seed(0)
     w = torch.randn(4096, 3, generator=g)
     w[:, 2] = w[torch.randperm(4096, generator=g), 0]
     w[:, 1] *= 10
     for n in (1, 2, math.inf):
-        norms = _sharded.channel_norms(w, n, 1)
+        norms = _sharded_channels.channel_norms(w, n, 1)
         assert norms[0] == norms[2], (n, norms)
         want = fp.select.prune_units(w, fp.select.slices(w.shape, 1), 1, norms, select_kept=True, lazy=False)
         for placements in (
@@ -197,7 +197,7 @@ def true_tie_checks(c: Checker, mesh) -> None:
             [Replicate()] * (mesh.ndim - 1) + [Shard(0)],
         ):
             dw = shard(w, mesh, placements)
-            assert torch.equal(_sharded.channel_norms(dw, n, 1), norms), (n, placements)
+            assert torch.equal(_sharded_channels.channel_norms(dw, n, 1), norms), (n, placements)
             c.same("true_tie", fp.ln_structured(dw, 1, n, 1), want, dw)
 
 

@@ -1,6 +1,7 @@
 """funcprune.compat against torch.nn.utils.prune: every method and function, differential, same seed."""
 
 import copy
+import inspect
 
 import pytest
 import torch
@@ -320,6 +321,22 @@ def test_ported_amount_helpers():
             assert C._compute_nparams_toprune(amount, size) == T._compute_nparams_toprune(amount, size)
     t = torch.randn(3, 4, 5)
     assert torch.equal(C._compute_norm(t, 2, -1), T._compute_norm(t, 2, -1))
+
+
+def test_compat_defines_every_module_level_name_of_torch_prune_private_helpers_included():
+    """The drop-in has every class and function torch.nn.utils.prune defines, under torch's names
+    (its ``_validate_pruning_dim`` ... too: torch's own tests call them), each a compat one."""
+    names = [
+        name
+        for name, value in vars(T).items()
+        if (inspect.isfunction(value) or inspect.isclass(value)) and value.__module__ == T.__name__
+    ]
+    assert "_validate_pruning_dim" in names and "_compute_norm" in names
+    missing = [name for name in names if getattr(C, name, None) is None]
+    assert missing == []
+    assert all(getattr(C, name) is not getattr(T, name) for name in names)
+    for name, value in ((n, getattr(C, n)) for n in names if n.startswith("_")):
+        assert value.__module__ == "funcprune.compat._amounts", name
 
 
 def test_unstructured_same_magnitude_prunes_exactly_the_count():

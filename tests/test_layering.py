@@ -15,6 +15,8 @@ CORE = [
     "_amount",
     "select",
     "_select",
+    "_granularity",
+    "_select_sharded",
     "_norms",
     "_backend",
     "_masking",
@@ -34,6 +36,8 @@ CORE = [
     "export",
     "_dtensor",
     "_sharded",
+    "_sharded_channels",
+    "_hashstream",
     "_radix",
     "distributed",
 ]
@@ -135,8 +139,15 @@ def test_import_funcprune_does_not_load_compat():
     assert run.returncode == 0, run.stderr
 
 
-def _private_names_crossing(path: pathlib.Path) -> list:
-    """``from .x import _name`` (not a module) and ``module._name`` on an imported sibling module, in one file."""
+def _private_names_crossing(path: pathlib.Path, root: pathlib.Path = PACKAGE) -> list:
+    """``from .x import _name`` / ``from funcprune.x import _name`` (not a module) and ``module._name``
+    on an imported funcprune module, in one file (``root``: the package folder that absolute imports name).
+
+    Only the package's own modules count: torch's private helpers (``torch.utils._pytree``,
+    ``torch.distributed.tensor._utils``) are torch's to rename, not part of this package's layering;
+    dunder names (``__version__``) are public by convention. Private *module* names (``_amount``,
+    ``compat/_amounts.py``) may be imported: equinox's rule is about the names inside them.
+    """
 
     def is_module(folder: pathlib.Path, name: str) -> bool:
         return (folder / f"{name}.py").exists() or (folder / name / "__init__.py").exists()
@@ -145,16 +156,26 @@ def _private_names_crossing(path: pathlib.Path) -> list:
     tree = ast.parse(path.read_text(), str(path))
     modules, found = set(), []
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.level:
-            base = path.parent
-            for _ in range(node.level - 1):
-                base = base.parent
-            target = base.joinpath(*node.module.split(".")) if node.module else base
+        if isinstance(node, ast.ImportFrom):
+            parts = (node.module or "").split(".") if node.module else []
+            if node.level:
+                base = path.parent
+                for _ in range(node.level - 1):
+                    base = base.parent
+            elif parts and parts[0] == root.name:
+                base, parts = root, parts[1:]
+            else:
+                continue
+            target = base.joinpath(*parts)
             for alias in node.names:
                 if target.is_dir() and is_module(target, alias.name):
                     modules.add(alias.asname or alias.name)
                 elif private(alias.name):
                     found.append(f"{node.lineno}: imports {alias.name}")
+        elif isinstance(node, ast.Import):  # import funcprune._sharded as sharded: sharded._x below
+            modules.update(
+                alias.asname for alias in node.names if alias.asname and alias.name.split(".")[0] == root.name
+            )
     for node in ast.walk(tree):
         if (
             isinstance(node, ast.Attribute)
@@ -166,13 +187,14 @@ def _private_names_crossing(path: pathlib.Path) -> list:
     return found
 
 
-def test_no_private_name_crosses_a_module_outside_compat():
-    """A name with a leading underscore is used only in the module that defines it (compat mirrors
-    torch.nn.utils.prune's own private helpers by name, so it is left out)."""
+def test_no_private_name_crosses_a_module():
+    """A name with a leading underscore is used only in the module that defines it, compat included:
+    a helper another module needs gets a public-internal name listed in its module's ``__all__``
+    (compat binds torch.nn.utils.prune's own ``_validate_pruning_amount`` ... to such names)."""
     offenders = {
         str(path.relative_to(PACKAGE)): found
         for path in PACKAGE.rglob("*.py")
-        if "compat" not in path.relative_to(PACKAGE).parts and (found := _private_names_crossing(path))
+        if (found := _private_names_crossing(path))
     }
     assert offenders == {}
 
@@ -182,3 +204,17 @@ def test_the_private_name_checker_sees_imports_and_attributes(tmp_path):
     user = tmp_path / "user.py"
     user.write_text("from . import _mod\nfrom ._mod import _x\ny = _mod._x\n")
     assert _private_names_crossing(user) == ["2: imports _x", "3: uses _mod._x"]
+
+
+def test_the_private_name_checker_sees_absolute_imports_and_spares_dunders_and_torch(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "_mod.py").write_text("_x = 1\n__all__ = []\n")
+    user = pkg / "sub" / "user.py"
+    user.write_text(
+        "import pkg._mod as m\nfrom pkg._mod import _x, __all__\nfrom pkg import _mod\n"
+        "import torch.utils._pytree as tp\nfrom torch.utils._pytree import _private\n"
+        "y = m._x + _mod._x + m.__all__ + tp._z\n"
+    )
+    assert sorted(_private_names_crossing(user, pkg)) == ["2: imports _x", "6: uses _mod._x", "6: uses m._x"]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import funcprune as fp
-from funcprune import _radix, _sharded
+from funcprune import _hashstream, _radix
 
 
 def _reference_keep(keys, alive, k, order=None):
@@ -128,14 +128,14 @@ def test_counted_leaves_out_a_replica():
 
 def test_hash_keys_are_deterministic_non_negative_and_exact_past_2_31():
     index = torch.tensor([0, 1, 2**31 - 1, 2**31, 2**40 + 3, 2**61])
-    a = _sharded.hash_keys(12345, index)
-    assert torch.equal(a, _sharded.hash_keys(12345, index))
+    a = _hashstream.hash_keys(12345, index)
+    assert torch.equal(a, _hashstream.hash_keys(12345, index))
     assert bool((a >= 0).all()) and bool((a < 2**62).all())
     assert len(set(a.tolist())) == len(index)
-    assert not torch.equal(a, _sharded.hash_keys(12346, index))
+    assert not torch.equal(a, _hashstream.hash_keys(12346, index))
     for d in (1, 2**20 + 5, 2**40):  # a seed change is not an index change (the seed is mixed nonlinearly)
-        assert not torch.equal(_sharded.hash_keys(12345 ^ d, index), _sharded.hash_keys(12345, index ^ d))
-    many = _sharded.hash_keys(7, torch.arange(1 << 16))
+        assert not torch.equal(_hashstream.hash_keys(12345 ^ d, index), _hashstream.hash_keys(12345, index ^ d))
+    many = _hashstream.hash_keys(7, torch.arange(1 << 16))
     top = (many >> 61).float().mean().item()  # the top bit of 62: about half set
     assert 0.45 < top < 0.55 and len(set(many.tolist())) == 1 << 16
 
@@ -182,3 +182,21 @@ def test_the_cut_leaves_its_keys_bit_for_bit_unchanged_nan_payloads_included(dty
     before = keys.view(ints).clone()
     _radix.radix_select_keep([keys], [None], 10)
     assert torch.equal(keys.view(ints), before)
+
+
+@pytest.mark.parametrize("largest", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int32, torch.int64])
+def test_the_cut_reuses_only_its_own_temporaries_never_the_callers_keys(dtype, largest):
+    """Rule: the in-place clamp and order flip run on the radix's own copy of the key bits (identity
+    ``key_fn`` on the caller's keys, floating or integer, smallest or largest), and the masks are the
+    oracle's: a stable sort of the keys (ties to the lowest index)."""
+    g = torch.Generator().manual_seed(3)
+    keys = [torch.randint(0, 50, (300,), generator=g).to(dtype), torch.randint(0, 50, (7, 11), generator=g).to(dtype)]
+    before = [k.clone() for k in keys]
+    got = _radix.radix_select_keep(keys, [None, None], 100, largest=largest, chunk=64)
+    assert all(torch.equal(k, b) for k, b in zip(keys, before))
+    flat = torch.cat([k.reshape(-1) for k in keys]).to(torch.float64)
+    order = torch.sort(-flat if largest else flat, stable=True).indices[:100]
+    want = torch.ones(flat.numel(), dtype=torch.bool)
+    want[order] = False
+    assert torch.equal(torch.cat([m.reshape(-1) for m in got]), want)

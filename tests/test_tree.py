@@ -448,3 +448,39 @@ def test_forward_mode_tangent_of_a_float_mask_reaches_the_masked_params():
         out = fp.apply_masks({"w": w}, {"w": fwAD.make_dual(mask, tangent)})["w"]
         got = fwAD.unpack_dual(out).tangent
     assert torch.allclose(got, w.detach() * tangent.float())
+
+
+def _lowest_index_oracle(keys: list, alive: list, k: int) -> list:
+    """Reference: drop the k smallest alive |keys| of the leaves joined in order, ties to the lowest index."""
+    flat = torch.cat([key.abs().double().reshape(-1) for key in keys])
+    live = torch.cat(
+        [torch.ones(key.numel(), dtype=torch.bool) if a is None else a.reshape(-1) for key, a in zip(keys, alive)]
+    )
+    order = torch.sort(torch.where(live, flat, torch.inf), stable=True).indices[:k]
+    keep = live.clone()
+    keep[order] = False
+    return [piece.view(key.shape) for piece, key in zip(keep.split([key.numel() for key in keys]), keys)]
+
+
+@pytest.mark.parametrize("prior", [False, True])
+def test_global_l1_on_plain_tensors_is_the_backends_global_cut_ties_to_the_lowest_index(monkeypatch, prior):
+    """Rule: eager global L1 has one selection path, the backend's global cut (the same one DTensors
+    take), and on plain tensors it drops ties at the cut at the lowest index in leaf order."""
+    from funcprune import _backend
+
+    calls = []
+    real = _backend.global_select
+    monkeypatch.setattr(_backend, "global_select", lambda *a, **kw: calls.append(kw["method"]) or real(*a, **kw))
+    g = torch.Generator().manual_seed(0)
+    params = {
+        "a": torch.randint(-3, 4, (40, 7), generator=g).float(),
+        "b": torch.randint(-3, 4, (33,), generator=g).float(),
+    }
+    masks = {"a": torch.rand(40, 7, generator=g) > 0.3} if prior else None
+    alive = sum(p.numel() for p in params.values()) - (int((~masks["a"]).sum()) if prior else 0)
+    for amount in (0.0, 0.35, 0.8, 1.0, 17):
+        got = fp.global_unstructured(params, amount, masks=masks, chunk_size=50)
+        k = amount if isinstance(amount, int) else round(amount * alive)
+        want = _lowest_index_oracle(list(params.values()), [None if masks is None else masks["a"], None], k)
+        assert torch.equal(got["a"], want[0]) and torch.equal(got["b"], want[1]), amount
+    assert calls == ["l1"] * 5

@@ -34,14 +34,14 @@ Example:
 
 import torch  # noqa: F401  (doctest namespace)
 
-from ._amounts import (
-    _compute_norm,
-    _compute_nparams_toprune,
-    _validate_pruning_amount,
-    _validate_pruning_amount_init,
-    _validate_pruning_dim,
-    _validate_structured_pruning,
-)
+from ._amounts import compute_norm as _compute_norm
+
+# torch.nn.utils.prune's module-level helpers under torch's own names (torch's tests call them)
+from ._amounts import compute_nparams_toprune as _compute_nparams_toprune
+from ._amounts import validate_pruning_amount as _validate_pruning_amount
+from ._amounts import validate_pruning_amount_init as _validate_pruning_amount_init
+from ._amounts import validate_pruning_dim as _validate_pruning_dim
+from ._amounts import validate_structured_pruning as _validate_structured_pruning
 from ._functions import (
     custom_from_mask,
     global_unstructured,

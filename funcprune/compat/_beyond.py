@@ -21,8 +21,8 @@ import torch
 from .. import patterns
 from .._errors import shape_mismatch
 from . import _module
-from ._amounts import _as_core_amount, _validate_pruning_amount_init
-from ._methods import BasePruningMethod, CustomFromMask, LnStructured, _zero_pruned
+from ._amounts import as_core_amount, validate_pruning_amount_init
+from ._methods import BasePruningMethod, CustomFromMask, LnStructured, zero_pruned
 
 __all__ = ["NMStructured", "BlockStructured", "nm_structured", "block_structured", "ln_structured_with_bias"]
 
@@ -41,7 +41,7 @@ class NMStructured(BasePruningMethod):
         self.kept_per_group, self.group_size, self.dim = kept_per_group, group_size, dim
 
     def compute_mask(self, t, default_mask):
-        return _zero_pruned(default_mask, patterns.nm_structured(t, self.kept_per_group, self.group_size, self.dim))
+        return zero_pruned(default_mask, patterns.nm_structured(t, self.kept_per_group, self.group_size, self.dim))
 
     def _survivor_mask(self, t, default_mask):
         return patterns.nm_structured(t, self.kept_per_group, self.group_size, self.dim, mask=default_mask)
@@ -65,17 +65,17 @@ class BlockStructured(BasePruningMethod):
     PRUNING_TYPE = "unstructured"
 
     def __init__(self, amount, block_shape, n=1) -> None:
-        _validate_pruning_amount_init(amount)
+        validate_pruning_amount_init(amount)
         if isinstance(block_shape, int) or not all(isinstance(b, int) and b >= 1 for b in block_shape):
             raise TypeError(f"block_shape must be a sequence of positive ints, got {block_shape!r}")
         self.amount, self.block_shape, self.n = amount, tuple(block_shape), n
 
     def compute_mask(self, t, default_mask):
-        keep = patterns.block_structured(t, _as_core_amount(self.amount), self.block_shape, self.n)
-        return _zero_pruned(default_mask, keep)
+        keep = patterns.block_structured(t, as_core_amount(self.amount), self.block_shape, self.n)
+        return zero_pruned(default_mask, keep)
 
     def _survivor_mask(self, t, default_mask):
-        return patterns.block_structured(t, _as_core_amount(self.amount), self.block_shape, self.n, mask=default_mask)
+        return patterns.block_structured(t, as_core_amount(self.amount), self.block_shape, self.n, mask=default_mask)
 
     @classmethod
     # torch's own subclasses narrow apply's arguments too

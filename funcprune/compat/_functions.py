@@ -11,7 +11,7 @@ import torch
 from .. import _radix, select, tree
 from .._amount import is_concrete
 from . import _module
-from ._amounts import _as_core_amount
+from ._amounts import as_core_amount, check_not_bool, prune_count
 from ._methods import (
     CustomFromMask,
     Identity,
@@ -20,9 +20,7 @@ from ._methods import (
     PruningContainer,
     RandomStructured,
     RandomUnstructured,
-    _check_not_bool,
-    _prune_count,
-    _tie_order,
+    current_tie_order,
 )
 from ._ties import torch_order_select
 
@@ -179,18 +177,18 @@ def _global_l1(parameters, scores, amount) -> list:
     scores = [s.detach() for s in scores]
     dtype = functools.reduce(torch.promote_types, [s.dtype for s in scores])  # torch.cat's dtype
     if not all(is_concrete(t) for t in scores + [a for a in alive if a is not None]):
-        keeps = tree.global_unstructured(scores, _as_core_amount(amount), masks=alive, method="l1")
+        keeps = tree.global_unstructured(scores, as_core_amount(amount), masks=alive, method="l1")
         return [k if o is None else o * k for k, o in zip(keeps, old)]  # meta: shapes only
     # every mask is concrete from here on, so count_kept gives ints
     size = sum(s.numel() if a is None else cast(int, select.count_kept(a)) for s, a in zip(scores, alive))
-    k = _prune_count(amount, size)
-    _check_not_bool(amount, k)
+    k = prune_count(amount, size)
+    check_not_bool(amount, k)
     if k == 0:
         keeps = [torch.ones_like(s, dtype=torch.bool) if a is None else a for s, a in zip(scores, alive)]
     elif dtype.is_floating_point:
         key_fn = lambda piece: piece.abs().to(dtype)  # noqa: E731
         cut = _radix.radix_cut(scores, alive, k, key_fn=key_fn)
-        if _tie_order.get() == "index" or not cut.straddles:
+        if current_tie_order() == "index" or not cut.straddles:
             keeps = _radix.keep_from_cut(scores, alive, cut, key_fn=key_fn)
         else:
             del cut

@@ -31,13 +31,14 @@ from .. import methods, select
 from .._amount import is_concrete
 from . import _module
 from ._amounts import (
-    _as_core_amount,
-    _compute_norm,
-    _compute_nparams_toprune,
-    _validate_pruning_amount,
-    _validate_pruning_amount_init,
-    _validate_pruning_dim,
-    _validate_structured_pruning,
+    as_core_amount,
+    check_not_bool,
+    compute_norm,
+    compute_nparams_toprune,
+    prune_count,
+    validate_pruning_amount_init,
+    validate_pruning_dim,
+    validate_structured_pruning,
 )
 from ._ties import torch_order_select
 
@@ -51,6 +52,10 @@ __all__ = [
     "LnStructured",
     "CustomFromMask",
     "tie_order",
+    "current_tie_order",
+    # for the other compat modules: masks in torch's dtype
+    "as_dtype",
+    "zero_pruned",
 ]
 
 _TIE_ORDERS = ("torch", "index")
@@ -100,37 +105,21 @@ def current_tie_order() -> str:
     return _tie_order.get()
 
 
-def _check_not_bool(amount, k) -> None:
-    """torch counts ``amount=True`` as 1 in its checks, then its top-k/k-th value rejects the bool."""
-    if isinstance(amount, bool) and k:
-        raise TypeError(
-            f"amount={amount!r}: a bool is not a count (torch.nn.utils.prune fails on it "
-            "too: top-k: argument 'k' must be int, not bool)"
-        )
-
-
-def _prune_count(amount, size: int) -> int:
-    """torch's number of units to prune out of ``size``, after torch's checks (an int, or ``True``)."""
-    k = _compute_nparams_toprune(amount, size)
-    _validate_pruning_amount(k, size)
-    return k
-
-
 def _as_dim(dim) -> int:
     """torch accepts a bool ``dim`` (``True`` is 1); the core wants an int."""
     return int(dim) if isinstance(dim, bool) else dim
 
 
-def _as_dtype(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def as_dtype(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A bool mask as a new ``dtype`` tensor (through ``uint8``: bool casts are not vectorized)."""
     return keep.clone() if dtype == torch.bool else keep.view(torch.uint8).to(dtype)
 
 
-def _zero_pruned(default_mask: torch.Tensor, keep: torch.Tensor, dtype=None) -> torch.Tensor:
+def zero_pruned(default_mask: torch.Tensor, keep: torch.Tensor, dtype=None) -> torch.Tensor:
     """A new mask: ``default_mask`` (cast to ``dtype``) with the entries ``keep`` drops set to 0."""
     dtype = default_mask.dtype if dtype is None else dtype
     if _module.is_all_ones(default_mask):  # a first pruning: 1 where kept (a vectorized cast, no fill)
-        return _as_dtype(keep, dtype)
+        return as_dtype(keep, dtype)
     return default_mask.to(dtype=dtype, copy=True).masked_fill_(keep.logical_not(), 0)
 
 
@@ -173,7 +162,7 @@ class PruningContainer(BasePruningMethod, _torch_prune.PruningContainer):
             if in_container is not None:
                 return in_container(t, default_mask)
             # a builtin compute method: ours, which defines _survivor_mask
-            return _as_dtype(method._survivor_mask(t, default_mask), t.dtype)  # type: ignore[attr-defined]
+            return as_dtype(method._survivor_mask(t, default_mask), t.dtype)  # type: ignore[attr-defined]
         return _sliced_mask(method, t, default_mask)
 
 
@@ -223,7 +212,7 @@ class _Amount(BasePruningMethod):
     """Shared ``__init__`` of the methods taking an ``amount``."""
 
     def __init__(self, amount) -> None:
-        _validate_pruning_amount_init(amount)
+        validate_pruning_amount_init(amount)
         self.amount = amount
 
 
@@ -233,10 +222,10 @@ class RandomUnstructured(_Amount):
     PRUNING_TYPE = "unstructured"
 
     def compute_mask(self, t, default_mask):
-        if isinstance(self.amount, bool) and _prune_count(self.amount, t.nelement()):
+        if isinstance(self.amount, bool) and prune_count(self.amount, t.nelement()):
             torch.rand_like(t)  # torch draws, then its top-k rejects the bool
-            _check_not_bool(self.amount, True)
-        return _zero_pruned(default_mask, methods.random_unstructured(t, _as_core_amount(self.amount)))
+            check_not_bool(self.amount, True)
+        return zero_pruned(default_mask, methods.random_unstructured(t, as_core_amount(self.amount)))
 
     @classmethod
     # torch's own subclasses narrow apply's arguments too
@@ -252,27 +241,27 @@ class L1Unstructured(_Amount):
     def compute_mask(self, t, default_mask):
         dropped = self._dropped(t, None)
         if _module.is_all_ones(default_mask):  # a first pruning: 1 where kept (a vectorized cast, no fill)
-            return _as_dtype(dropped.logical_not_(), default_mask.dtype)
+            return as_dtype(dropped.logical_not_(), default_mask.dtype)
         return default_mask.clone(memory_format=torch.contiguous_format).masked_fill_(dropped, 0)
 
     def _in_container(self, t, default_mask):
         """torch's container: the entries of ``default_mask`` equal to 1 are the candidates."""
         alive = default_mask == 1
         # Dropped entries are among those equal to 1, so a product by 0/1 sets exactly them to 0.
-        return _as_dtype(self._dropped(t, alive).logical_not_(), t.dtype).mul_(default_mask.to(dtype=t.dtype))
+        return as_dtype(self._dropped(t, alive).logical_not_(), t.dtype).mul_(default_mask.to(dtype=t.dtype))
 
     def _dropped(self, t, alive):
         size = t.nelement() if alive is None else select.count_kept(alive)
         if not isinstance(size, int) or _tie_order.get() == "index":  # meta (no values): the core too
             keep = methods.l1_unstructured(
-                t, _as_core_amount(self.amount) if not isinstance(size, int) else self._count(size), mask=alive
+                t, as_core_amount(self.amount) if not isinstance(size, int) else self._count(size), mask=alive
             )
             return keep.logical_not_() if alive is None else alive & ~keep
         return torch_order_select(t.detach().abs(), self._count(size), largest=False, alive=alive)
 
     def _count(self, size: int) -> int:
-        k = _prune_count(self.amount, size)
-        _check_not_bool(self.amount, k)
+        k = prune_count(self.amount, size)
+        check_not_bool(self.amount, k)
         return k
 
     @classmethod
@@ -289,25 +278,25 @@ class _Structured(_Amount):
     def _combine(self, t, default_mask, keep):
         """torch's structured result: ``default_mask`` itself when nothing is pruned, else
         ``zeros_like(t)`` with the kept channels set to 1, times ``default_mask``."""
-        if _compute_nparams_toprune(self.amount, t.shape[self.dim]) == 0:
+        if compute_nparams_toprune(self.amount, t.shape[self.dim]) == 0:
             return default_mask
-        mask = _as_dtype(keep, t.dtype)
+        mask = as_dtype(keep, t.dtype)
         if not t.is_contiguous():  # torch's structured masks start as zeros_like(t): t's memory format
             mask = torch.empty_like(t).copy_(mask)
         return mask if _module.is_all_ones(default_mask) else mask.mul_(default_mask.to(dtype=t.dtype))
 
     def _combine_channels(self, t, default_mask, kept):
         """:meth:`_combine` for a per-channel ``kept`` vector (broadcast as floats: a fast copy)."""
-        if _compute_nparams_toprune(self.amount, t.shape[self.dim]) == 0:
+        if compute_nparams_toprune(self.amount, t.shape[self.dim]) == 0:
             return default_mask
         mask = torch.empty_like(t).copy_(_channel_view(kept.to(t.dtype), t, self.dim).expand(t.shape))
         return mask if _module.is_all_ones(default_mask) else mask.mul_(default_mask.to(dtype=t.dtype))
 
     def _checked_count(self, t) -> int:
         """torch's checks and count, in torch's order."""
-        _validate_structured_pruning(t)
-        _validate_pruning_dim(t, self.dim)
-        return _prune_count(self.amount, t.shape[self.dim])
+        validate_structured_pruning(t)
+        validate_pruning_dim(t, self.dim)
+        return prune_count(self.amount, t.shape[self.dim])
 
 
 class RandomStructured(_Structured):
@@ -318,8 +307,8 @@ class RandomStructured(_Structured):
     def compute_mask(self, t, default_mask):
         if isinstance(self.amount, bool) and self._checked_count(t):
             torch.rand(t.shape[self.dim])  # torch draws, then its k-th value rejects the bool
-            _check_not_bool(self.amount, True)
-        keep = methods.random_structured(t, _as_core_amount(self.amount), _as_dim(self.dim))
+            check_not_bool(self.amount, True)
+        keep = methods.random_structured(t, as_core_amount(self.amount), _as_dim(self.dim))
         return self._combine(t, default_mask, keep)
 
     @classmethod
@@ -339,12 +328,12 @@ class LnStructured(_Structured):
 
     def compute_mask(self, t, default_mask):
         k = self._checked_count(t)
-        norm = _compute_norm(t.detach(), self.n, self.dim)  # torch's own: a bad `n` fails as in this torch
+        norm = compute_norm(t.detach(), self.n, self.dim)  # torch's own: a bad `n` fails as in this torch
         if norm.shape != (t.shape[self.dim],):  # a matrix norm of some torch versions: torch's own steps
             # torch's method reads only amount, n and dim, which this class has under the same names
             return _torch_prune.LnStructured.compute_mask(self, t, default_mask)  # type: ignore[arg-type]
         if not is_concrete(norm):
-            keep = methods.ln_structured(t, _as_core_amount(self.amount), self.n, _as_dim(self.dim))
+            keep = methods.ln_structured(t, as_core_amount(self.amount), self.n, _as_dim(self.dim))
             return self._combine(t, default_mask, keep)
         kept = torch_order_select(norm, t.shape[self.dim] - k, largest=True)
         return self._combine_channels(t, default_mask, kept)
@@ -357,15 +346,15 @@ class LnStructured(_Structured):
         new_mask = default_mask.to(dtype=t.dtype, copy=True)
         if not is_concrete(t) or not is_concrete(alive):
             keep = methods.ln_structured(
-                t, _as_core_amount(self.amount), self.n, _as_dim(self.dim), mask=default_mask != 0
+                t, as_core_amount(self.amount), self.n, _as_dim(self.dim), mask=default_mask != 0
             )
-            return new_mask.mul_(_as_dtype(keep, t.dtype))
+            return new_mask.mul_(as_dtype(keep, t.dtype))
         slc = tuple(alive if d == dim else slice(None) for d in range(t.dim()))
         piece = t.detach()[slc]  # the slice torch computes the norms on (same values, same layout, same numbers)
         k = self._checked_count(piece)
         if k == 0:
             return new_mask
-        norm = _compute_norm(piece, self.n, self.dim)
+        norm = compute_norm(piece, self.n, self.dim)
         if norm.shape != (piece.shape[self.dim],):
             return _sliced_mask(self, t, default_mask)
         kept = torch_order_select(norm, piece.shape[self.dim] - k, largest=True)
@@ -411,7 +400,7 @@ class CustomFromMask(BasePruningMethod):
                 f"default_mask shape {default_mask.shape} must match self.mask shape {self.mask.shape}"
             )
         mask = self.mask
-        cast = _as_dtype(mask, default_mask.dtype) if mask.dtype == torch.bool else mask.to(dtype=default_mask.dtype)
+        cast = as_dtype(mask, default_mask.dtype) if mask.dtype == torch.bool else mask.to(dtype=default_mask.dtype)
         if _module.is_all_ones(default_mask) and cast.shape == default_mask.shape:
             return cast if cast is not mask else cast.clone()  # x * 1 == x: skip the product
         if cast is mask:
