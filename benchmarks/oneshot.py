@@ -10,7 +10,9 @@ papers, SparseGPT with blocks of 128 columns and damping 0.01), it measures:
 - perplexity (``funcprune.oneshot.evaluate.perplexity``, the same code for every row);
 - the pruned fraction of the blocks' linear weights;
 - the seconds of the ``prune`` call and the growth of the process's peak RSS during it (freed
-  heap handed back with ``malloc_trim`` and the peak count restarted before each call).
+  heap handed back with ``malloc_trim`` and the peak count restarted before each call), and of
+  that the size of the result (its masks, and SparseGPT's updated weights: the model itself is
+  not modified, where llm-compressor writes into it).
 
 Then the sparsity curve: Wanda at several amounts from one dense pass (``sequential=False``,
 ``amount`` a list).
@@ -87,6 +89,14 @@ def measured(fn: Callable[[], Any]) -> tuple[Any, float, float]:
     return out, seconds, (_peak_bytes() - base) / _MIB
 
 
+def result_size(model, result) -> int:
+    """Bytes the result holds beyond the model's own tensors: its masks, and SparseGPT's updated weights
+    (the model is not modified; llm-compressor writes into the model instead)."""
+    own = {n: p.data_ptr() for n, p in model.named_parameters()}
+    new = sum(p.nbytes for n, p in result.params.items() if p.data_ptr() != own.get(n))
+    return new + sum(m.nbytes for m in result.masks.values())
+
+
 def pruned_fraction(masks: dict[str, torch.Tensor]) -> float:
     kept = sum(int(m.sum()) for m in masks.values())
     return 1 - kept / sum(m.numel() for m in masks.values())
@@ -120,6 +130,7 @@ def ours(model, batches, evaluation, args, peer: Peer | None) -> list[dict]:
                     "setting": label,
                     "seconds": seconds,
                     "peak_mib": peak,
+                    "result_mib": result_size(model, result) / _MIB,
                     "sparsity": pruned_fraction(result.masks),
                     "ppl": evaluate(params=result.params, masks=result.masks),
                 }
@@ -245,6 +256,8 @@ def row_line(row: dict) -> str:
         return f"| {row['lib']} | {row['method']} | {row['setting']} | failed: {row['error']} | | | |"
     seconds = f"{row['seconds']:.1f}" if "seconds" in row else "-"
     peak = f"{row['peak_mib']:.0f}" if "peak_mib" in row else "-"
+    if "result_mib" in row:
+        peak += f" ({row['result_mib']:.0f})"
     return (
         f"| {row['lib']} | {row['method']} | {row['setting']} | {row['sparsity']:.1%} | {row['ppl']:.2f} "
         f"| {seconds} | {peak} |"
@@ -252,7 +265,7 @@ def row_line(row: dict) -> str:
 
 
 TABLE_HEAD = [
-    "| library | method | setting | pruned | perplexity | prune s | peak MiB |",
+    "| library | method | setting | pruned | perplexity | prune s | peak MiB (of it the result) |",
     "|---|---|---|---:|---:|---:|---:|",
 ]
 
@@ -261,7 +274,8 @@ def comparison(rows: list[dict]) -> list[str]:
     """funcprune against llm-compressor, setting by setting: perplexity difference, time and memory ratios."""
     by = {(r["lib"], r["method"], r["setting"]): r for r in rows}
     lines = [
-        "| method | setting | perplexity funcprune / llm-compressor | difference | time ratio | peak memory ratio "
+        "| method | setting | perplexity funcprune / llm-compressor | difference | time ratio "
+        "| peak memory ratio (without funcprune's result) "
         "| masks differ | first differing layer |",
         "|---|---|---:|---:|---:|---:|---:|---|",
     ]
@@ -273,6 +287,7 @@ def comparison(rows: list[dict]) -> list[str]:
         lines.append(
             f"| {method} | {label} | {a['ppl']:.2f} / {b['ppl']:.2f} | {a['ppl'] / b['ppl'] - 1:+.2%} "
             f"| {a['seconds'] / b['seconds']:.2f} | {a['peak_mib'] / max(b['peak_mib'], 1e-9):.2f} "
+            f"({(a['peak_mib'] - a.get('result_mib', 0)) / max(b['peak_mib'], 1e-9):.2f}) "
             f"| {a.get('masks_differ', float('nan')):.3%} | {a.get('first_differ', '-')} |"
         )
     return lines
