@@ -136,7 +136,8 @@ def ours(model, batches, evaluation, args, peer: Peer | None) -> list[dict]:
                 }
             )
             if "weights" in peer_row and "error" not in peer_row:
-                rows[-1]["masks_differ"], rows[-1]["first_differ"] = mask_agreement(result.masks, peer_row["weights"])
+                agreement = mask_agreement(result.masks, peer_row["weights"])
+                rows[-1]["entries_differ"], rows[-1]["masks_differ"], rows[-1]["first_differ"] = agreement
             print_row(rows[-1])
             del result
     return rows
@@ -233,9 +234,9 @@ def evaluate_peer(model, evaluation, args, rows: list[dict]) -> list[dict]:
     return rows
 
 
-def mask_agreement(ours: dict[str, torch.Tensor], weights_file: str) -> tuple[float, str]:
-    """The share of entries whose kept/pruned state differs between funcprune's masks and the peer's
-    pruned weights (zero = pruned), and the first parameter (in model order) where any does."""
+def mask_agreement(ours: dict[str, torch.Tensor], weights_file: str) -> tuple[int, float, str]:
+    """How many entries (and what share) differ in their kept/pruned state between funcprune's masks
+    and the peer's pruned weights (zero = pruned), and the first parameter (in model order) where any does."""
     peer = torch.load(weights_file)
     differ = total = 0
     first = "-"
@@ -244,7 +245,7 @@ def mask_agreement(ours: dict[str, torch.Tensor], weights_file: str) -> tuple[fl
         differ, total = differ + d, total + mask.numel()
         if d and first == "-":
             first = name
-    return differ / total, first
+    return differ, differ / total, first
 
 
 def print_row(row: dict) -> None:
@@ -288,7 +289,8 @@ def comparison(rows: list[dict]) -> list[str]:
             f"| {method} | {label} | {a['ppl']:.2f} / {b['ppl']:.2f} | {a['ppl'] / b['ppl'] - 1:+.2%} "
             f"| {a['seconds'] / b['seconds']:.2f} | {a['peak_mib'] / max(b['peak_mib'], 1e-9):.2f} "
             f"({(a['peak_mib'] - a.get('result_mib', 0)) / max(b['peak_mib'], 1e-9):.2f}) "
-            f"| {a.get('masks_differ', float('nan')):.3%} | {a.get('first_differ', '-')} |"
+            f"| {a.get('entries_differ', '-')} ({a.get('masks_differ', float('nan')):.3%}) "
+            f"| {a.get('first_differ', '-')} |"
         )
     return lines
 

@@ -219,6 +219,6 @@ def test_benchmark_mask_agreement_counts_entries_whose_state_differs(tmp_path):
     ours = {"a": torch.tensor([True, False, True, True]), "b": torch.tensor([[True, False], [False, True]])}
     peer = {"a": torch.tensor([1.0, 0.0, 2.0, -3.0]), "b": torch.tensor([[0.0, 0.0], [5.0, 1.0]])}
     torch.save(peer, tmp_path / "peer.pt")
-    assert bench.mask_agreement(ours, str(tmp_path / "peer.pt")) == (2 / 8, "b")
+    assert bench.mask_agreement(ours, str(tmp_path / "peer.pt")) == (2, 2 / 8, "b")
     torch.save({"a": peer["a"], "b": torch.tensor([[1.0, 0.0], [0.0, 1.0]])}, tmp_path / "same.pt")
-    assert bench.mask_agreement(ours, str(tmp_path / "same.pt")) == (0.0, "-")
+    assert bench.mask_agreement(ours, str(tmp_path / "same.pt")) == (0, 0.0, "-")
