@@ -377,11 +377,17 @@ class _Work:
             n: LayerReport(b, tuple(x[0] for x in r), tuple(x[1] for x in r), r[0][2])
             for n, (b, r) in self.reports.items()
         }
-        masks = {n: torch.stack([m[n] for m in self.masks]) for n in self.masks[0]}
+        masks = {n: _stack_popping(self.masks, n) for n in list(self.masks[0])}
         if self.method != "sparsegpt":
             return Result(params, masks, reports, "masks")
         stacked_params = {
-            n: (torch.stack([w[n] for w in self.weights]) if n in self.weights[0] else p.detach().expand(k, *p.shape))
+            n: (_stack_popping(self.weights, n) if n in self.weights[0] else p.detach().expand(k, *p.shape))
             for n, p in params.items()
         }
         return Result(stacked_params, masks, reports, "both")
+
+
+def _stack_popping(levels: list[dict[str, torch.Tensor]], name: str) -> torch.Tensor:
+    """The K levels' tensors of ``name`` stacked, each dropped from its level as it is stacked, so that
+    stacking all the layers never holds two copies of the K levels."""
+    return torch.stack([level.pop(name) for level in levels])
