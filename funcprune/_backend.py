@@ -397,16 +397,4 @@ def rows_like(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     For a row-sharded DTensor ``like`` the result is a DTensor with its mesh and placements (so a
     :func:`global_cut` on it spans every rank's rows); for a plain ``like``, ``rows`` itself.
     """
-    if not _dtensor.is_dtensor(like):
-        return rows
-    from torch.distributed.tensor import DTensor
-
-    shape = (like.shape[0], rows.shape[1])
-    return DTensor.from_local(
-        rows.contiguous(),
-        like.device_mesh,
-        like.placements,
-        run_check=False,
-        shape=torch.Size(shape),
-        stride=(shape[1], 1),
-    )
+    return _dtensor.like_param(rows, like, (like.shape[0], rows.shape[1]))

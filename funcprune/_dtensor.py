@@ -211,18 +211,23 @@ def flat_index(
     return out
 
 
-def like_param(local_mask: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-    """``local_mask`` (this rank's shard) as a DTensor with ``param``'s mesh, placements, shape and stride."""
+def like_param(local_mask: torch.Tensor, param: torch.Tensor, shape: Sequence[int] | None = None) -> torch.Tensor:
+    """``local_mask`` (this rank's shard) as a DTensor with ``param``'s mesh, placements, shape and stride.
+
+    ``shape``: the global shape when it is not ``param``'s (a slice of ``param``'s columns, laid out
+    like its rows).
+    """
     if not is_dtensor(param):
         return local_mask
     DTensor = _dtensor_types()[0]
+    shape = torch.Size(param.shape if shape is None else shape)
     return DTensor.from_local(
-        local_mask,
+        local_mask.contiguous(),  # the strides below say row-major
         param.device_mesh,
         param.placements,
         run_check=False,
-        shape=param.shape,
-        stride=contiguous_strides(param.shape),
+        shape=shape,
+        stride=contiguous_strides(shape),
     )
 
 
